@@ -1,0 +1,206 @@
+"""The Trace: what one forward pass of a batch revealed about attention.
+
+A Trace is plain data (tensors, strings, dataclasses) and never holds a model reference,
+so it can be saved, sent to another process or kept after the model is freed.
+
+Dimension vocabulary: B batch, H heads, Q queries, K keys, N tokens, d_head, d_model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+
+SEGMENT_KINDS = ("text", "image", "special", "system", "register", "pad")
+
+#: Per-query statistics, each ``[B, H, Q]``; ``mass.<set>`` keys follow the same shape.
+ROW_STATS = ("lse", "entropy", "max")
+#: Per-key statistics, each ``[B, H, K]``.
+KEY_STATS = ("received",)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A labelled span ``[start, end)`` of token positions in one batch item.
+
+    Attributes:
+        kind: one of ``SEGMENT_KINDS`` (``text``, ``image``, ``special``, ``system``, ``register``, ``pad``).
+        start: first position (inclusive).
+        end: last position (exclusive).
+        grid: ``(rows, cols)`` of the image patch grid, for image spans; ``rows * cols == end - start``.
+        label: free text, e.g. ``"[CLS]"`` or ``"image 0"``.
+    """
+
+    kind: str
+    start: int
+    end: int
+    grid: tuple[int, int] | None = None
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in SEGMENT_KINDS:
+            raise ValueError(f"Segment kind {self.kind!r} is not one of {SEGMENT_KINDS}")
+        if not 0 <= self.start <= self.end:
+            raise ValueError(f"Segment span [{self.start}, {self.end}) is not a valid range")
+        if self.grid is not None and self.grid[0] * self.grid[1] != self.end - self.start:
+            raise ValueError(
+                f"Segment grid {self.grid} holds {self.grid[0] * self.grid[1]} patches "
+                f"but the span has {self.end - self.start} tokens"
+            )
+
+    @property
+    def length(self) -> int:
+        """Number of tokens in the span."""
+        return self.end - self.start
+
+
+@dataclass
+class LayerRecord:
+    """Everything captured for one attention layer. Every field is optional.
+
+    Attributes:
+        pattern: post-softmax attention ``[B, H, Q, K]``.
+        stats: per-row stats (``lse``, ``entropy``, ``max``, ``mass.<set>``) ``[B, H, Q]`` and
+            per-key ``received`` ``[B, H, K]`` (attention summed over queries).
+        q: queries ``[B, H, N, d_head]`` (after any rotary embedding, before scaling).
+        k: keys ``[B, H, N, d_head]`` (grouped-query keys are repeated to ``H`` heads).
+        head_out: per-head attention output before the output projection ``[B, H, N, d_head]``.
+        resid: the block's output hidden state ``[B, N, d_model]``.
+    """
+
+    pattern: torch.Tensor | None = None
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    q: torch.Tensor | None = None
+    k: torch.Tensor | None = None
+    head_out: torch.Tensor | None = None
+    resid: torch.Tensor | None = None
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Flat ``{name: tensor}`` view using the Run-format names (``pattern``, ``stats.lse``, ...)."""
+        out = {name: getattr(self, name) for name in ("pattern", "q", "k", "head_out", "resid")}
+        out = {k: v for k, v in out.items() if v is not None}
+        out.update({f"stats.{k}": v for k, v in self.stats.items()})
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "LayerRecord":
+        """Inverse of :meth:`tensors`."""
+        rec = cls()
+        for name, value in tensors.items():
+            if name.startswith("stats."):
+                rec.stats[name[len("stats.") :]] = value
+            elif name in ("pattern", "q", "k", "head_out", "resid"):
+                setattr(rec, name, value)
+            else:
+                raise ValueError(f"Unknown layer tensor name {name!r}")
+        return rec
+
+
+@dataclass
+class TraceMeta:
+    """Facts about the model and the capture that produced a Trace.
+
+    Attributes:
+        model: the model's name or path.
+        family: architecture family (``bert``, ``gpt2``, ``llama``, ``vit``, ``dinov2``, ``clip``, ``llava``, ``torch``).
+        n_layers: attention layers in the stack.
+        n_heads: query heads per layer.
+        d_head: head dimension.
+        d_model: residual width.
+        causal: whether the stack uses causal attention.
+        captured: names of what was recorded (``pattern``, ``stats``, ``qk``, ``head_out``, ``resid``).
+        dtype: dtype the model ran in.
+        backend: ``hf``, ``transformer_lens`` or ``torch``.
+    """
+
+    model: str
+    family: str
+    n_layers: int
+    n_heads: int
+    d_head: int
+    d_model: int
+    causal: bool
+    captured: tuple[str, ...] = ()
+    dtype: str = "float32"
+    backend: str = "hf"
+
+
+@dataclass
+class Trace:
+    """One batch's captured attention.
+
+    Attributes:
+        tokens: ``tokens[b][n]`` token strings.
+        segments: ``segments[b]`` labelled spans over the tokens.
+        layers: ``{layer_index: LayerRecord}``, only for the captured layers.
+        meta: :class:`TraceMeta`.
+        token_mask: ``[B, N]`` bool, ``True`` for real (non-padding) tokens.
+        embeddings: ``[B, N, d_model]`` hidden state entering layer 0, when ``resid`` was captured.
+        vision: for vision-language models, the vision tower's own Trace (its tokens are patches).
+    """
+
+    tokens: list[list[str]]
+    segments: list[list[Segment]]
+    layers: dict[int, LayerRecord]
+    meta: TraceMeta
+    token_mask: torch.Tensor
+    embeddings: torch.Tensor | None = None
+    vision: "Trace | None" = None
+
+    @property
+    def batch_size(self) -> int:
+        """B."""
+        return len(self.tokens)
+
+    @property
+    def n_tokens(self) -> int:
+        """N, the padded sequence length."""
+        return int(self.token_mask.shape[1])
+
+    def layer(self, index: int) -> LayerRecord:
+        """The record of a captured layer; raises a ValueError naming the captured layers otherwise."""
+        if index < 0:
+            index += self.meta.n_layers
+        if index not in self.layers:
+            raise ValueError(
+                f"Layer {index} was not captured; captured layers are {sorted(self.layers)}. "
+                "Capture it with Capture(layers=...)."
+            )
+        return self.layers[index]
+
+    def require(self, what: str, probe: str) -> None:
+        """Raise a ValueError naming the capture option ``what`` if it is missing for ``probe``."""
+        if what not in self.meta.captured:
+            raise ValueError(
+                f"{probe} needs '{what}' in the Trace, which captured only {list(self.meta.captured) or 'nothing'}. "
+                f"Capture again with Capture({what}=True)."
+            )
+
+    def resid_in(self, index: int) -> torch.Tensor:
+        """Hidden state entering layer ``index`` ``[B, N, d_model]`` (the embeddings for layer 0)."""
+        self.require("resid", "resid_in")
+        if index == 0:
+            if self.embeddings is None:
+                raise ValueError("The embeddings entering layer 0 were not captured")
+            return self.embeddings
+        prev = self.layer(index - 1).resid
+        if prev is None:
+            raise ValueError(f"resid of layer {index - 1} was not captured; capture all layers up to {index}")
+        return prev
+
+    def key_set(self, kind: str) -> torch.Tensor:
+        """``[B, N]`` bool mask of the positions inside segments of ``kind`` (``"first"``: position 0)."""
+        mask = torch.zeros_like(self.token_mask)
+        if kind == "first":
+            mask[:, 0] = True
+            return mask & self.token_mask
+        for b, segs in enumerate(self.segments):
+            for seg in segs:
+                if seg.kind == kind:
+                    mask[b, seg.start : seg.end] = True
+        return mask
+
+    def with_layers(self, layers: dict[int, LayerRecord]) -> "Trace":
+        """A copy of this Trace holding other layer records."""
+        return replace(self, layers=layers)

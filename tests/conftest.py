@@ -19,3 +19,26 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """``tiny_dir(family)`` -> directory of a tiny random HF checkpoint of that family, built once per session."""
+    from attnlab.zoo.tiny import save_tiny
+
+    built = {}
+
+    def make(family: str):
+        if family not in built:
+            built[family] = save_tiny(family, tmp_path_factory.mktemp(family) / "ckpt")
+        return built[family]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The embedded pretrained MiniLM: ``(model, tokenizer, spec)``."""
+    from attnlab.zoo import load
+
+    return load("minilm")

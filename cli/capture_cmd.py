@@ -1,0 +1,97 @@
+"""``attnlab capture``, ``attnlab info`` and ``attnlab demo``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import typer
+
+from attnlab.core.capture import Capture
+from attnlab.core.runs import Run, RunInfo, save_run
+from attnlab.core.trace import Trace
+
+from .common import emit_json, friendly, parse_layers
+from .summary import print_summary, run_summary
+
+DEMO_TEXT = "The quick brown fox jumps over the lazy dog, and the dog sleeps."
+
+
+def attention_budget(trace: Trace) -> list[dict]:
+    """Per layer: mean attention mass on each recorded key set and mean entropy, over heads and real queries."""
+    rows = []
+    live = trace.token_mask[:, None, :].float()  # (B, 1, Q)
+    for i, rec in sorted(trace.layers.items()):
+        row: dict = {"layer": i}
+        for name, value in sorted(rec.stats.items()):
+            if name.startswith("mass.") or name == "entropy":
+                row[name.replace("mass.", "mass on ")] = float((value * live).sum() / (live.sum() * value.shape[1]))
+        rows.append(row)
+    return rows
+
+
+def run_capture(model_name: str, texts: list[str], images: list[str], capture: Capture, out: Path,
+                overwrite: bool = False) -> Path:
+    """Load a model, capture one batch and save it as a Run; returns the Run directory."""
+    from attnlab.hooks.inputs import capture_trace, check_request, load_images
+    from attnlab.zoo import load, peek
+
+    if out.exists() and not overwrite:
+        raise ValueError(f"{out} already exists; choose another --out or pass --overwrite")
+    name, _, _, modality = peek(model_name)
+    check_request(name, modality, texts, images)
+    t0 = time.perf_counter()
+    pil = load_images(images)
+    model, processor, spec = load(model_name)
+    t1 = time.perf_counter()
+    trace = capture_trace(model, processor, spec, capture, texts, pil)
+    t2 = time.perf_counter()
+    info = RunInfo(model=asdict(spec), inputs={"texts": texts, "images": [str(p) for p in images]},
+                   capture={k: v for k, v in asdict(capture).items()},
+                   timings={"load": t1 - t0, "forward": t2 - t1})
+    path = save_run(out, {"main": trace}, info, overwrite=overwrite)
+    return path
+
+
+def register(app: typer.Typer) -> None:
+    """Add the capture commands to the app."""
+
+    @app.command()
+    @friendly
+    def capture(
+        model: str = typer.Option(..., "--model", help="zoo name (minilm, toy-gpt, ...) or a local HF checkpoint directory"),
+        text: list[str] = typer.Option([], "--text", help="prompt; repeat for a batch"),
+        image: list[str] = typer.Option([], "--image", help="image file; repeat for a batch"),
+        what: str = typer.Option("pattern,stats", "--capture", help="comma list of pattern,stats,qk,head_out,resid"),
+        layers: str = typer.Option(None, "--layers", help="e.g. '0,2,-1', '0-3' or 'all'"),
+        budget_gb: float = typer.Option(4.0, "--budget-gb", help="refuse captures estimated above this size"),
+        out: Path = typer.Option(..., "--out", help="Run directory to create"),
+        overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing Run"),
+    ):
+        """Capture attention from a model into a Run directory."""
+        cap = Capture.parse(what, layers=parse_layers(layers), budget_bytes=int(budget_gb * 2**30))
+        path = run_capture(model, text, image, cap, out, overwrite)
+        typer.echo(f"wrote {path}")
+
+    @app.command()
+    @friendly
+    def info(run: Path = typer.Argument(..., help="Run directory"),
+             as_json: bool = typer.Option(False, "--json", help="print JSON")):
+        """Describe a Run: model, layers, heads, tokens per item, what was captured."""
+        opened = Run.open(run)
+        summary = run_summary(opened)
+        if as_json:
+            emit_json(summary)
+        else:
+            trace = opened.trace("main")
+            print_summary(summary, attention_budget(trace) if any(r.stats for r in trace.layers.values()) else None)
+
+    @app.command()
+    @friendly
+    def demo(text: str = typer.Option(DEMO_TEXT, "--text", help="sentence to analyse"),
+             out: Path = typer.Option(Path("runs/demo"), "--out", help="Run directory (replaced)")):
+        """The main job: capture the embedded MiniLM on a sentence and summarise where attention goes."""
+        path = run_capture("minilm", [text], [], Capture(pattern=True, stats=True, resid=True), out, overwrite=True)
+        opened = Run.open(path)
+        print_summary(run_summary(opened), attention_budget(opened.trace("main")))

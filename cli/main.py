@@ -1,0 +1,24 @@
+"""The ``attnlab`` command line."""
+
+from __future__ import annotations
+
+import typer
+
+from . import capture_cmd
+
+app = typer.Typer(help="attnlab: capture, probe and steer attention in transformers.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+capture_cmd.register(app)
+
+
+@app.callback()
+def main() -> None:
+    """attnlab: capture, probe and steer attention in transformers."""
+    from transformers.utils import logging as hf_logging
+
+    # The CLI owns its terminal: keep the loaders' per-file progress bars out of its output.
+    hf_logging.disable_progress_bar()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,234 @@
+"""The Run store: Traces and results on disk, written atomically, loaded lazily, never unpickled.
+
+Layout (see ``docs/run-format.md``)::
+
+    RUN/manifest.json            schema, model, inputs, capture, plan, timings, traces (tokens, segments, meta)
+    RUN/traces/<name>.safetensors    layer.{i}.<field> tensors, token_mask, embeddings
+    RUN/results/<name>.parquet       probe result tables
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .trace import LayerRecord, Segment, Trace, TraceMeta
+
+SCHEMA = "attnlab.run"
+SCHEMA_VERSION = 1
+
+
+class RunFormatError(ValueError):
+    """A directory that is not a valid attnlab Run (corrupt, truncated or foreign)."""
+
+
+@dataclass
+class RunInfo:
+    """The manifest's descriptive part.
+
+    Attributes:
+        model: model name or path and its spec fields.
+        inputs: what was fed (texts, image paths, ...).
+        capture: the Capture options.
+        plan: the Plan applied (``Plan.to_dict()``) or ``None``.
+        timings: seconds per phase (``load``, ``forward``, ``write``).
+        extra: anything else a command wants to keep (e.g. eval settings).
+    """
+
+    model: dict
+    inputs: dict = field(default_factory=dict)
+    capture: dict = field(default_factory=dict)
+    plan: dict | None = None
+    timings: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+
+def _trace_entries(trace: Trace, name: str) -> list[tuple[str, Trace]]:
+    out = [(name, trace)]
+    if trace.vision is not None:
+        out.append((f"{name}.vision", trace.vision))
+    return out
+
+
+def _trace_header(trace: Trace) -> dict:
+    return {
+        "tokens": trace.tokens,
+        "segments": [[asdict(s) for s in segs] for segs in trace.segments],
+        "meta": asdict(trace.meta),
+        "layers": sorted(trace.layers),
+    }
+
+
+def _trace_tensors(trace: Trace) -> dict[str, torch.Tensor]:
+    tensors = {"token_mask": trace.token_mask.to(torch.bool)}
+    if trace.embeddings is not None:
+        tensors["embeddings"] = trace.embeddings
+    for i, rec in trace.layers.items():
+        for key, value in rec.tensors().items():
+            tensors[f"layer.{i}.{key}"] = value
+    return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+
+
+def save_run(path: str | Path, traces: dict[str, Trace], info: RunInfo, results: dict[str, pd.DataFrame] | None = None,
+             overwrite: bool = False) -> Path:
+    """Write a Run atomically: everything goes to a temporary sibling directory, renamed at the end.
+
+    Args:
+        path: the Run directory to create.
+        traces: ``{name: Trace}``; a Trace's vision tower is stored as ``<name>.vision``.
+        info: manifest fields.
+        results: ``{name: DataFrame}`` result tables.
+        overwrite: replace an existing Run (otherwise an existing path is an error).
+
+    Returns:
+        The Run directory.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise ValueError(f"{path} already exists; choose another --out or remove it (nothing was overwritten)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        (tmp / "traces").mkdir()
+        headers = {}
+        for name, trace in traces.items():
+            for entry, tr in _trace_entries(trace, name):
+                save_file(_trace_tensors(tr), str(tmp / "traces" / f"{entry}.safetensors"))
+                headers[entry] = _trace_header(tr)
+        for name, frame in (results or {}).items():
+            (tmp / "results").mkdir(exist_ok=True)
+            frame.to_parquet(tmp / "results" / f"{name}.parquet")
+        manifest = {"schema": SCHEMA, "version": SCHEMA_VERSION, "created": time.time(), **asdict(info),
+                    "traces": headers, "results": sorted(results or {})}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _read_manifest(path: Path) -> dict:
+    file = path / "manifest.json"
+    if not path.is_dir():
+        raise RunFormatError(f"{path} is not a Run directory (it does not exist or is a file)")
+    if not file.exists():
+        raise RunFormatError(f"{path} has no manifest.json; it is not an attnlab Run")
+    try:
+        manifest = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RunFormatError(f"{file} is corrupt (not valid JSON: {err}); re-create the Run") from err
+    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
+        raise RunFormatError(f"{file} is not an attnlab Run manifest (schema {manifest.get('schema') if isinstance(manifest, dict) else None!r})")
+    if manifest.get("version") != SCHEMA_VERSION:
+        raise RunFormatError(f"{file} has schema version {manifest.get('version')}; this attnlab reads version {SCHEMA_VERSION}")
+    for key in ("model", "traces"):
+        if key not in manifest:
+            raise RunFormatError(f"{file} lacks the required field {key!r}; the Run is incomplete")
+    return manifest
+
+
+class Run:
+    """A Run on disk, opened lazily: only the manifest is read until a Trace or result is asked for.
+
+    Example:
+        >>> run = Run.open("runs/minilm")  # doctest: +SKIP
+        >>> run.trace("main").layer(0).pattern.shape  # doctest: +SKIP
+    """
+
+    def __init__(self, path: Path, manifest: dict) -> None:
+        self.path = path
+        self.manifest = manifest
+
+    @classmethod
+    def open(cls, path: str | Path) -> "Run":
+        """Read and validate the manifest; raises :class:`RunFormatError` with the cause."""
+        path = Path(path)
+        return cls(path, _read_manifest(path))
+
+    @property
+    def trace_names(self) -> list[str]:
+        """Names of the stored Traces (vision towers appear as ``<name>.vision``)."""
+        return list(self.manifest["traces"])
+
+    @property
+    def info(self) -> RunInfo:
+        """The descriptive manifest fields."""
+        m = self.manifest
+        return RunInfo(m["model"], m.get("inputs", {}), m.get("capture", {}), m.get("plan"), m.get("timings", {}), m.get("extra", {}))
+
+    def trace(self, name: str = "main", layers: list[int] | None = None, with_vision: bool = True) -> Trace:
+        """Load one Trace (optionally only some layers)."""
+        from safetensors import SafetensorError, safe_open
+
+        if name not in self.manifest["traces"]:
+            raise ValueError(f"Run {self.path} has no trace {name!r}; it has {self.trace_names}")
+        header = self.manifest["traces"][name]
+        file = self.path / "traces" / f"{name}.safetensors"
+        if not file.exists():
+            raise RunFormatError(f"{file} is missing; the Run is incomplete")
+        wanted = None if layers is None else set(layers)
+        per_layer: dict[int, dict[str, torch.Tensor]] = {}
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                token_mask = handle.get_tensor("token_mask")
+                embeddings = handle.get_tensor("embeddings") if "embeddings" in handle.keys() else None
+                for key in handle.keys():
+                    if key.startswith("layer."):
+                        _, idx, rest = key.split(".", 2)
+                        if wanted is None or int(idx) in wanted:
+                            per_layer.setdefault(int(idx), {})[rest] = handle.get_tensor(key)
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            raise RunFormatError(f"{file} is corrupt or truncated ({err}); re-create the Run") from err
+        missing = set(header["layers"]) - set(per_layer) if wanted is None else wanted & set(header["layers"]) - set(per_layer)
+        if missing:
+            raise RunFormatError(f"{file} lacks layers {sorted(missing)} listed in the manifest; the Run is corrupt")
+        segments = [[Segment(**s) for s in segs] for segs in header["segments"]]
+        segments = [[Segment(s.kind, s.start, s.end, tuple(s.grid) if s.grid else None, s.label) for s in segs] for segs in segments]
+        meta = TraceMeta(**{**header["meta"], "captured": tuple(header["meta"]["captured"])})
+        layers_out = {i: LayerRecord.from_tensors(t) for i, t in sorted(per_layer.items())}
+        trace = Trace(header["tokens"], segments, layers_out, meta, token_mask, embeddings)
+        vision = f"{name}.vision"
+        if with_vision and vision in self.manifest["traces"]:
+            trace.vision = self.trace(vision)
+        return trace
+
+    def result(self, name: str) -> pd.DataFrame:
+        """A stored result table."""
+        file = self.path / "results" / f"{name}.parquet"
+        if not file.exists():
+            raise ValueError(f"Run {self.path} has no result {name!r}; it has {self.manifest.get('results', [])}")
+        try:
+            return pd.read_parquet(file)
+        except Exception as err:  # pyarrow raises several types for damaged files
+            raise RunFormatError(f"{file} is corrupt ({err})") from err
+
+    def add_result(self, name: str, frame: pd.DataFrame) -> Path:
+        """Store a result table atomically (temporary file, then rename) and list it in the manifest."""
+        folder = self.path / "results"
+        folder.mkdir(exist_ok=True)
+        target = folder / f"{name}.parquet"
+        tmp = folder / f".{name}.parquet.tmp"
+        frame.to_parquet(tmp)
+        os.replace(tmp, target)
+        self.manifest["results"] = sorted(set(self.manifest.get("results", [])) | {name})
+        _write_json_atomic(self.path / "manifest.json", self.manifest)
+        return target
+
+
+def _write_json_atomic(file: Path, data: dict) -> None:
+    tmp = file.with_name(f".{file.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, file)

@@ -1,0 +1,88 @@
+"""Turn texts and images into model inputs for a zoo spec, and capture one Trace from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from attnlab.core.capture import Capture
+from attnlab.core.trace import Trace
+from attnlab.kernels import Plan
+
+from .attach import attach
+
+IMAGE_PLACEHOLDER = "<image>"
+
+
+def load_images(paths: list[str | Path]):
+    """Open images as RGB PIL images; a missing or unreadable file is a ValueError naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    images = []
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            raise ValueError(f"Image {path} does not exist")
+        try:
+            images.append(Image.open(path).convert("RGB"))
+        except (UnidentifiedImageError, OSError) as err:
+            raise ValueError(f"Image {path} could not be read ({err})") from err
+    return images
+
+
+def prepare_inputs(processor, spec, texts: list[str], images: list | None = None) -> dict[str, torch.Tensor]:
+    """Model inputs for a spec's modality.
+
+    Args:
+        processor: tokenizer, image processor or LLaVA processor from :func:`attnlab.zoo.load`.
+        spec: the :class:`~attnlab.zoo.load.ModelSpec`.
+        texts: prompts (text and vision-language models); each non-empty.
+        images: PIL images (vision and vision-language models); one per text for LVLMs.
+
+    Returns:
+        Keyword arguments for ``model(**inputs)``.
+    """
+    images = list(images or [])
+    check_request(spec.name, spec.modality, texts, images)
+    if spec.modality == "text":
+        return dict(processor(texts, return_tensors="pt", padding=True))
+    if spec.modality == "vision":
+        if processor is None:
+            raise ValueError(f"{spec.path} has no preprocessor_config.json; save an image processor with the model")
+        return dict(processor(images=images, return_tensors="pt"))
+    prompts = [t if IMAGE_PLACEHOLDER in t else f"{IMAGE_PLACEHOLDER} {t}" for t in texts]
+    return dict(processor(images=images, text=prompts, return_tensors="pt", padding=True))
+
+
+def check_request(name: str, modality: str, texts: list[str], images: list) -> None:
+    """Validate texts/images against a model's modality before anything is loaded or run."""
+    if modality in ("text", "vision-language") and (not texts or any(not t.strip() for t in texts)):
+        raise ValueError("Give a non-empty --text (empty prompts cannot be captured)")
+    if modality == "text" and images:
+        raise ValueError(f"{name} is a text-only model; drop --image or choose a vision(-language) model")
+    if modality == "vision" and texts:
+        raise ValueError(f"{name} is a vision model; give --image only, not --text")
+    if modality != "text" and not images:
+        raise ValueError(f"{name} takes images; give at least one --image")
+    if modality == "vision-language" and len(images) != len(texts):
+        raise ValueError(f"Give one --image per --text for {name} (got {len(images)} images, {len(texts)} texts)")
+
+
+def tokenizer_of(processor):
+    """The tokenizer inside a processor (or the processor itself when it is a tokenizer; ``None`` for images)."""
+    if processor is None:
+        return None
+    if hasattr(processor, "convert_ids_to_tokens"):
+        return processor
+    return getattr(processor, "tokenizer", None)
+
+
+def capture_trace(model, processor, spec, capture: Capture, texts: list[str], images: list | None = None,
+                  plan: Plan | None = None, impl: str = "auto") -> Trace:
+    """One forward pass under :func:`attach`; returns the Trace (with the vision tower's for LVLMs)."""
+    inputs = prepare_inputs(processor, spec, texts, images)
+    with torch.no_grad(), attach(model, capture, plan, tokenizer=tokenizer_of(processor), impl=impl,
+                                 model_id=spec.name) as rec:
+        model(**inputs)
+    return rec.trace()

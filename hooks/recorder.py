@@ -1,0 +1,198 @@
+"""The backend-independent half of capture: run attention through the kernels and keep what was asked.
+
+Backends (Hugging Face, TransformerLens, plain torch) only translate their modules' inputs into
+``q, k, v [B, H, N, d]`` and masks, then call :meth:`Recorder.attend`. The recorder owns one
+:class:`StackState` per attention stack (a LLaVA model has two: the language model and the vision tower).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from attnlab.core.capture import Capture, ModelShape
+from attnlab.core.trace import LayerRecord, Segment, Trace, TraceMeta
+from attnlab.kernels import Plan, attention
+
+#: ``fn(layer, hidden_in [B, N, d] or None, static_sets {name: [B, K]}) -> {name: [B, K] bool}``.
+KeySetFn = Callable[[int, "torch.Tensor | None", dict], dict]
+
+
+@dataclass
+class Pass:
+    """What one forward call of a stack recorded."""
+
+    tokens: list[list[str]]
+    segments: list[list[Segment]]
+    token_mask: torch.Tensor  # (B, N)
+    layers: dict[int, LayerRecord] = field(default_factory=dict)
+    embeddings: torch.Tensor | None = None
+
+
+@dataclass
+class StackState:
+    """One attention stack: its metadata, the layers to record and the passes so far."""
+
+    meta: TraceMeta
+    layers: tuple[int, ...]
+    passes: list[Pass] = field(default_factory=list)
+    block_input: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+class Recorder:
+    """Collects Traces inside ``attach(...)``. Not constructed by users.
+
+    Args:
+        capture: what to record.
+        plan: intervention applied to the main stack, or ``None``.
+        key_sets: extra static key sets ``{name: [B, N] bool}`` for stats and the plan.
+        key_set_fn: computes dynamic, per-layer key sets (e.g. VAR's sinks) from the block input.
+        impl: attention implementation for recorded layers (``auto``, ``torch``, ``eager``, ``triton``).
+    """
+
+    def __init__(self, capture: Capture, plan: Plan | None, key_sets: dict | None = None,
+                 key_set_fn: KeySetFn | None = None, impl: str = "auto") -> None:
+        self.capture = capture
+        self.plan = plan
+        self.extra_key_sets = dict(key_sets or {})
+        self.key_set_fn = key_set_fn
+        self.impl = impl
+        self.stacks: dict[str, StackState] = {}
+        self.main = "main"
+
+    # -- set-up -----------------------------------------------------------------------------------
+    def add_stack(self, name: str, meta: TraceMeta, main: bool = False) -> None:
+        """Register a stack; ``main=True`` marks the one plans and ``Capture.layers`` refer to."""
+        layers = self.capture.layer_indices(meta.n_layers) if main else tuple(range(meta.n_layers))
+        meta.captured = self.capture.captured
+        self.stacks[name] = StackState(meta=meta, layers=layers)
+        if main:
+            self.main = name
+
+    def begin_pass(self, stack: str, tokens: list[list[str]], segments: list[list[Segment]],
+                   token_mask: torch.Tensor) -> None:
+        """Start a forward call of ``stack``; checks the memory budget before anything runs."""
+        st = self.stacks[stack]
+        if not st.passes:
+            m = st.meta
+            shape = ModelShape(m.n_layers, m.n_heads, m.d_head, m.d_model)
+            self.capture.check_budget(shape, batch=len(tokens), n_tokens=int(token_mask.shape[1]))
+        st.passes.append(Pass(tokens=tokens, segments=segments, token_mask=token_mask))
+        st.block_input.clear()
+
+    # -- what the backends call -------------------------------------------------------------------
+    def wants(self, stack: str, layer: int) -> bool:
+        """Whether this layer needs attnlab's attention (recorded or intervened)."""
+        st = self.stacks.get(stack)
+        if st is None or not st.passes:
+            return False
+        if layer in st.layers and self.capture.captured:
+            return True
+        return stack == self.main and self.plan is not None and self.plan.for_layer(layer) is not None
+
+    def _store(self, value: torch.Tensor) -> torch.Tensor:
+        value = value.detach()
+        return value if self.capture.keep_on_device else value.to("cpu")
+
+    def _record(self, stack: str, layer: int, name: str, value: torch.Tensor) -> None:
+        rec = self.stacks[stack].passes[-1].layers.setdefault(layer, LayerRecord())
+        setattr(rec, name, self._store(value))
+
+    def _key_sets(self, stack: str, layer: int, n_keys: int) -> dict[str, torch.Tensor]:
+        """Static key sets from the segments (padded with ``False`` for generated keys) plus dynamic ones."""
+        st = self.stacks[stack]
+        first = st.passes[0]
+        prompt = Trace(first.tokens, first.segments, {}, st.meta, first.token_mask)
+        sets = {}
+        for kind in self.capture.key_sets:
+            mask = prompt.key_set(kind)  # (B, N_prompt)
+            if kind == "text" or mask.any():
+                sets[kind] = mask
+        for name, mask in self.extra_key_sets.items():
+            sets[name] = mask.to(torch.bool)
+        if self.key_set_fn is not None and stack == self.main:
+            sets.update(self.key_set_fn(layer, st.block_input.get(layer), sets))
+        return {name: _fit_keys(mask, n_keys) for name, mask in sets.items()}
+
+    def attend(self, stack: str, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+               causal: bool, key_mask: torch.Tensor | None, attn_mask: torch.Tensor | None,
+               scale: float | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run attention for a layer, recording what the capture asks.
+
+        Args:
+            q: ``[B, H, Q, d]``; k, v: ``[B, Hkv, K, d]``.
+            causal, key_mask, attn_mask, scale: as in :func:`attnlab.kernels.attention`.
+
+        Returns:
+            ``(out [B, H, Q, d], pattern [B, H, Q, K] or None)``.
+        """
+        st = self.stacks[stack]
+        cap = self.capture
+        record = layer in st.layers and bool(cap.captured)
+        lplan = self.plan.for_layer(layer) if (self.plan is not None and stack == self.main) else None
+        stats = cap.stat_names if record else ()
+        stats = stats + ("mass",) if stats else stats
+        key_sets = self._key_sets(stack, layer, k.shape[2]) if (stats or lplan is not None) else {}
+        query_sets = {name: m[:, -q.shape[2]:] for name, m in key_sets.items()} if lplan is not None else {}
+        want_pattern = record and cap.pattern
+        impl = "eager" if want_pattern else self.impl
+        out, stt = attention(q, k, v, causal=causal, key_mask=key_mask, attn_mask=attn_mask, scale=scale,
+                             plan=lplan, stats=stats, key_sets=key_sets, query_sets=query_sets, impl=impl,
+                             return_pattern=want_pattern)
+        if record:
+            rec = st.passes[-1].layers.setdefault(layer, LayerRecord())
+            if want_pattern:
+                rec.pattern = self._store(stt.pattern)
+            rec.stats = {name: self._store(t) for name, t in stt.as_dict().items()}
+            if cap.qk:
+                rec.q = self._store(q)
+                rec.k = self._store(k.repeat_interleave(q.shape[1] // k.shape[1], dim=1))
+            if cap.head_out:
+                rec.head_out = self._store(out)
+        return out, stt.pattern
+
+    def block_input(self, stack: str, layer: int, hidden: torch.Tensor) -> None:
+        """Called with the hidden state ``[B, N, d]`` entering a block."""
+        st = self.stacks.get(stack)
+        if st is None or not st.passes:
+            return
+        if self.key_set_fn is not None and stack == self.main:
+            st.block_input[layer] = hidden.detach()
+        if layer == 0 and self.capture.resid:
+            st.passes[-1].embeddings = self._store(hidden)
+
+    def block_output(self, stack: str, layer: int, hidden: torch.Tensor) -> None:
+        """Called with a block's output hidden state ``[B, N, d]``."""
+        st = self.stacks.get(stack)
+        if st is None or not st.passes or not self.capture.resid or layer not in st.layers:
+            return
+        self._record(stack, layer, "resid", hidden)
+
+    # -- results ------------------------------------------------------------------------------------
+    def traces(self, stack: str | None = None) -> list[Trace]:
+        """Every forward call of a stack (the main one by default) as a Trace, in call order."""
+        st = self.stacks[stack or self.main]
+        return [Trace(p.tokens, p.segments, p.layers, st.meta, p.token_mask, p.embeddings) for p in st.passes]
+
+    def trace(self) -> Trace:
+        """The first forward call (the prefill, when generating), with the vision tower's Trace attached."""
+        main = self.traces()
+        if not main:
+            raise RuntimeError("Nothing was recorded: call the model inside the `with attach(...)` block first")
+        out = main[0]
+        for name in self.stacks:
+            if name != self.main and self.stacks[name].passes:
+                out.vision = self.traces(name)[0]
+        return out
+
+
+def _fit_keys(mask: torch.Tensor, n_keys: int) -> torch.Tensor:
+    """Pad (with False) or trim a ``[B, N]`` key mask to ``n_keys`` columns."""
+    n = mask.shape[1]
+    if n == n_keys:
+        return mask
+    if n > n_keys:
+        return mask[:, :n_keys]
+    return torch.cat([mask, mask.new_zeros(mask.shape[0], n_keys - n)], dim=1)

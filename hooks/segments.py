@@ -1,0 +1,103 @@
+"""Token strings and modality segments for the inputs of a forward call."""
+
+from __future__ import annotations
+
+import math
+import string
+
+import torch
+
+from attnlab.core.trace import Segment
+
+
+def text_tokens(input_ids: torch.Tensor, tokenizer) -> list[list[str]]:
+    """Token strings ``[B][N]``; ``#<id>`` when no tokenizer is known."""
+    ids = input_ids.tolist()
+    if tokenizer is None:
+        return [[f"#{i}" for i in row] for row in ids]
+    return [tokenizer.convert_ids_to_tokens(row) for row in ids]
+
+
+def _runs(flags: list[bool]) -> list[tuple[int, int]]:
+    """Maximal ``[start, end)`` runs of True."""
+    runs, start = [], None
+    for i, flag in enumerate(flags + [False]):
+        if flag and start is None:
+            start = i
+        elif not flag and start is not None:
+            runs.append((start, i))
+            start = None
+    return runs
+
+
+def square_grid(n: int) -> tuple[int, int] | None:
+    """``(r, r)`` when ``n`` is a perfect square, else ``None``."""
+    r = math.isqrt(n)
+    return (r, r) if r * r == n and n > 0 else None
+
+
+def text_segments(input_ids: torch.Tensor, token_mask: torch.Tensor, special_ids: set[int],
+                  image_token_id: int | None = None, image_grid: tuple[int, int] | None = None) -> list[list[Segment]]:
+    """Segments of token-id sequences: ``special`` ids, ``image`` placeholder runs, ``pad`` and ``text``.
+
+    Args:
+        input_ids: ``[B, N]``.
+        token_mask: ``[B, N]`` bool, False for padding.
+        special_ids: ids of special tokens (BOS, [CLS], [SEP], ...).
+        image_token_id: id of the LVLM image placeholder, whose runs become image spans.
+        image_grid: patch grid of each image span; a square grid is inferred when ``None``.
+    """
+    out = []
+    for row, live in zip(input_ids.tolist(), token_mask.tolist()):
+        kinds = []
+        for tok, ok in zip(row, live):
+            if not ok:
+                kinds.append("pad")
+            elif image_token_id is not None and tok == image_token_id:
+                kinds.append("image")
+            elif tok in special_ids:
+                kinds.append("special")
+            else:
+                kinds.append("text")
+        segs = []
+        for kind in ("text", "special", "image", "pad"):
+            for idx, (s, e) in enumerate(_runs([k == kind for k in kinds])):
+                grid = (image_grid or square_grid(e - s)) if kind == "image" else None
+                if grid is not None and grid[0] * grid[1] != e - s:
+                    grid = square_grid(e - s)
+                label = f"image {idx}" if kind == "image" else ""
+                segs.append(Segment(kind, s, e, grid=grid, label=label))
+        out.append(sorted(segs, key=lambda seg: seg.start))
+    return out
+
+
+def vision_layout(batch: int, n_tokens: int, grid: tuple[int, int], n_registers: int = 0,
+                  has_cls: bool = True) -> tuple[list[list[str]], list[list[Segment]]]:
+    """Tokens and segments of a ViT-style sequence ``[CLS] [REG]*r patches``.
+
+    Args:
+        batch: B.
+        n_tokens: N; must equal ``has_cls + n_registers + rows * cols``.
+        grid: patch grid ``(rows, cols)``.
+        n_registers: register tokens after [CLS] (DINOv2 with registers).
+        has_cls: whether a [CLS] token leads.
+    """
+    rows, cols = grid
+    lead = int(has_cls) + n_registers
+    if lead + rows * cols != n_tokens:
+        raise ValueError(f"Vision sequence of {n_tokens} tokens does not match {lead} leading tokens + {rows}x{cols} patches")
+    tokens = (["[CLS]"] if has_cls else []) + [f"[REG{i}]" for i in range(n_registers)]
+    tokens += [f"patch({r},{c})" for r in range(rows) for c in range(cols)]
+    segs = []
+    if has_cls:
+        segs.append(Segment("special", 0, 1, label="[CLS]"))
+    if n_registers:
+        segs.append(Segment("register", int(has_cls), lead, label="registers"))
+    segs.append(Segment("image", lead, n_tokens, grid=grid, label="image 0"))
+    return [list(tokens) for _ in range(batch)], [list(segs) for _ in range(batch)]
+
+
+def is_punctuation(token: str) -> bool:
+    """True for tokens made only of punctuation (after stripping sub-word markers)."""
+    core = token.replace("Ġ", "").replace("▁", "").replace("##", "").strip()
+    return bool(core) and all(ch in string.punctuation for ch in core)

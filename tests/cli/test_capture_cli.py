@@ -1,0 +1,66 @@
+"""The capture / info CLI on the embedded MiniLM and tiny checkpoints; bad input exits 2 with one line."""
+
+import json
+
+import numpy as np
+from PIL import Image
+from typer.testing import CliRunner
+
+from attnlab.cli.main import app
+
+runner = CliRunner()
+
+
+def test_capture_then_info_json(tmp_path):
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["capture", "--model", "minilm", "--text", "Attention is all you need.",
+                              "--capture", "pattern,stats,qk", "--layers", "0,-1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["info", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.stdout)
+    main = info["traces"]["main"]
+    assert (main["n_layers"], main["n_heads"], main["layers_captured"]) == (6, 12, [0, 5])
+    assert main["captured"] == ["pattern", "stats", "qk"]
+    assert main["tokens"][0][0] == "[CLS]" and main["tokens_per_item"] == [len(main["tokens"][0])]
+
+
+def test_info_prints_table(tmp_path):
+    out = tmp_path / "run"
+    runner.invoke(app, ["capture", "--model", "minilm", "--text", "Hello there.", "--out", str(out)])
+    res = runner.invoke(app, ["info", str(out)])
+    assert res.exit_code == 0 and "mass on first" in res.stdout and "12 heads" in res.stdout
+
+
+def bad(args):
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_bad_inputs(tmp_path):
+    img = tmp_path / "x.png"
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(img)
+    assert "Unknown model" in bad(["capture", "--model", "nope", "--text", "hi", "--out", str(tmp_path / "a")])
+    assert "non-empty --text" in bad(["capture", "--model", "minilm", "--text", " ", "--out", str(tmp_path / "b")])
+    assert "text-only model" in bad(["capture", "--model", "minilm", "--text", "hi", "--image", str(img),
+                                     "--out", str(tmp_path / "c")])
+    assert "over the budget" in bad(["capture", "--model", "minilm", "--text", "hi " * 50, "--budget-gb", "0.000001",
+                                     "--out", str(tmp_path / "d")])
+    assert "Unknown capture option" in bad(["capture", "--model", "minilm", "--text", "hi", "--capture", "weights",
+                                            "--out", str(tmp_path / "e")])
+    assert "not a Run directory" in bad(["info", str(tmp_path / "missing")])
+    assert not (tmp_path / "d").exists()
+
+
+def test_vision_capture_of_local_checkpoint(tmp_path, tiny_dir):
+    img = tmp_path / "x.png"
+    Image.fromarray(np.random.RandomState(0).randint(0, 255, (32, 32, 3), dtype=np.uint8)).save(img)
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["capture", "--model", str(tiny_dir("dinov2_with_registers")), "--image", str(img),
+                              "--capture", "stats,resid", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    info = json.loads(runner.invoke(app, ["info", str(out), "--json"]).stdout)
+    assert info["traces"]["main"]["segments"][0] == ["special[0:1]", "register[1:5]", "image[5:21] grid 4x4"]

@@ -1,0 +1,80 @@
+"""The Run store: round trip, atomic writes, and clear rejection of corrupt or foreign files."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from attnlab.core.runs import Run, RunFormatError, RunInfo, save_run
+from attnlab.core.trace import LayerRecord, Segment, Trace, TraceMeta
+
+
+def make_trace(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    pattern = torch.softmax(torch.randn(1, 2, 5, 5, generator=g), -1)
+    rec = LayerRecord(pattern=pattern, stats={"entropy": torch.rand(1, 2, 5, generator=g)},
+                      q=torch.randn(1, 2, 5, 4, generator=g), resid=torch.randn(1, 5, 8, generator=g))
+    meta = TraceMeta("m", "bert", 1, 2, 4, 8, False, captured=("pattern", "stats", "qk", "resid"))
+    segs = [[Segment("special", 0, 1, label="[CLS]"), Segment("image", 1, 5, grid=(2, 2))]]
+    return Trace([["[CLS]", "a", "b", "c", "d"]], segs, {0: rec}, meta, torch.ones(1, 5, dtype=torch.bool),
+                 embeddings=torch.randn(1, 5, 8, generator=g))
+
+
+def test_round_trip(tmp_path):
+    trace = make_trace()
+    vision = make_trace(1)
+    trace.vision = vision
+    path = save_run(tmp_path / "run", {"main": trace}, RunInfo(model={"name": "m"}),
+                    results={"table": pd.DataFrame({"x": [1, 2]})})
+    run = Run.open(path)
+    back = run.trace("main")
+    assert back.tokens == trace.tokens and back.segments == trace.segments
+    assert back.meta == trace.meta
+    for key, value in trace.layers[0].tensors().items():
+        assert torch.equal(back.layers[0].tensors()[key], value), key
+    assert torch.equal(back.embeddings, trace.embeddings)
+    assert torch.equal(back.vision.layers[0].pattern, vision.layers[0].pattern)
+    assert run.result("table")["x"].tolist() == [1, 2]
+
+
+def test_refuses_to_overwrite_and_leaves_no_temp(tmp_path):
+    save_run(tmp_path / "run", {"main": make_trace()}, RunInfo(model={}))
+    with pytest.raises(ValueError, match="already exists"):
+        save_run(tmp_path / "run", {"main": make_trace()}, RunInfo(model={}))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    bad = make_trace()
+    bad.layers[0].stats["entropy"] = "not a tensor"  # fails inside the write
+    with pytest.raises(Exception):
+        save_run(tmp_path / "run", {"main": bad}, RunInfo(model={}))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_corrupt_manifest_rejected(tmp_path):
+    path = save_run(tmp_path / "run", {"main": make_trace()}, RunInfo(model={}))
+    (path / "manifest.json").write_text("{not json")
+    with pytest.raises(RunFormatError, match="corrupt"):
+        Run.open(path)
+
+
+def test_foreign_manifest_rejected(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema": "something-else"}))
+    with pytest.raises(RunFormatError, match="not an attnlab Run manifest"):
+        Run.open(tmp_path)
+
+
+def test_truncated_tensor_file_rejected(tmp_path):
+    path = save_run(tmp_path / "run", {"main": make_trace()}, RunInfo(model={}))
+    file = path / "traces" / "main.safetensors"
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+    run = Run.open(path)
+    with pytest.raises(RunFormatError, match="corrupt or truncated"):
+        run.trace("main")
+
+
+def test_partial_layer_load(tmp_path):
+    path = save_run(tmp_path / "run", {"main": make_trace()}, RunInfo(model={}))
+    assert Run.open(path).trace("main", layers=[]).layers == {}

@@ -1,0 +1,138 @@
+"""HF backend: captured patterns equal HF eager ``output_attentions``; capture leaves outputs unchanged."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from attnlab.core.capture import Capture
+from attnlab.hooks import attach
+from attnlab.hooks.inputs import prepare_inputs, tokenizer_of
+from attnlab.kernels import LayerPlan, Plan
+from attnlab.zoo import load
+
+FAMILIES = ["gpt2", "llama", "bert", "vit", "dinov2", "dinov2_with_registers", "clip_vision_model", "llava"]
+TEXTS = ["the cat sat on the mat .", "the dog"]
+
+
+def image(seed=0):
+    return Image.fromarray(np.random.RandomState(seed).randint(0, 255, (32, 32, 3), dtype=np.uint8))
+
+
+def inputs_for(spec, proc):
+    if spec.modality == "text":
+        return prepare_inputs(proc, spec, TEXTS)
+    if spec.modality == "vision":
+        return prepare_inputs(proc, spec, [], [image(0), image(1)])
+    return prepare_inputs(proc, spec, ["is there a cat ?"], [image(0)])
+
+
+def eager_attentions(path, model_cls, inputs):
+    eager = model_cls.from_pretrained(path, attn_implementation="eager").eval()
+    with torch.no_grad():
+        out = eager(**inputs, output_attentions=True)
+    return out.attentions
+
+
+def main_output(out):
+    return out.logits if "logits" in out else out.last_hidden_state
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pattern_matches_hf_eager_and_outputs_unchanged(family, tiny_dir):
+    model, proc, spec = load(str(tiny_dir(family)))
+    inputs = inputs_for(spec, proc)
+    with torch.no_grad():
+        base = main_output(model(**inputs))
+        with attach(model, Capture(pattern=True, stats=True), tokenizer=tokenizer_of(proc)) as rec:
+            captured = main_output(model(**inputs))
+    trace = rec.trace()
+    live = trace.token_mask if base.dim() == 3 and base.shape[1] == trace.n_tokens else None
+    diff = (captured - base).abs()
+    assert (diff[live] if live is not None else diff).max() < 1e-5
+    reference = eager_attentions(spec.path, type(model), inputs)
+    assert len(reference) == spec.n_layers == len(trace.layers)
+    for i, ref in enumerate(reference):
+        pattern = trace.layer(i).pattern
+        rows = trace.token_mask[:, None, :, None].expand_as(pattern)  # padded query rows carry no meaning
+        assert torch.allclose(pattern[rows], ref[rows], atol=1e-5), f"layer {i}"
+        real = pattern.sum(-1)[trace.token_mask[:, None, :].expand(-1, pattern.shape[1], -1)]
+        assert torch.allclose(real, torch.ones_like(real), atol=1e-5)
+        if spec.causal:
+            assert pattern.triu(1).abs().max() == 0
+
+
+def test_padding_mask_is_applied(tiny_dir):
+    """A custom attention name loses masks unless its mask function is registered: padded keys get zero."""
+    model, tok, spec = load(str(tiny_dir("bert")))
+    inputs = prepare_inputs(tok, spec, TEXTS)
+    with torch.no_grad(), attach(model, Capture(pattern=True), tokenizer=tok) as rec:
+        model(**inputs)
+    pattern = rec.trace().layer(0).pattern
+    pad_keys = ~inputs["attention_mask"][1].bool()
+    assert pad_keys.any()
+    assert pattern[1, :, :, pad_keys].abs().max() == 0
+
+
+def test_stats_match_pattern(tiny_dir):
+    model, tok, spec = load(str(tiny_dir("gpt2")))
+    with torch.no_grad(), attach(model, Capture(pattern=True, stats=True), tokenizer=tok) as rec:
+        model(**prepare_inputs(tok, spec, TEXTS[:1]))
+    layer = rec.trace().layer(1)
+    p = layer.pattern.double()
+    entropy = -(p * torch.where(p > 0, p.log(), 0)).sum(-1)
+    assert torch.allclose(layer.stats["entropy"].double(), entropy, atol=1e-5)
+    assert torch.allclose(layer.stats["received"].double(), p.sum(-2), atol=1e-5)
+    assert torch.allclose(layer.stats["mass.first"].double(), p[..., 0], atol=1e-6)
+
+
+def test_restores_model_on_exception(tiny_dir):
+    model, tok, spec = load(str(tiny_dir("gpt2")))
+    before = model.config._attn_implementation
+    with pytest.raises(RuntimeError, match="boom"):
+        with attach(model, Capture(pattern=True), tokenizer=tok):
+            raise RuntimeError("boom")
+    assert model.config._attn_implementation == before
+    assert not any(hasattr(m, "_attnlab_site") for m in model.modules())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_segments_mark_special_and_image_tokens(tiny_dir, minilm):
+    model, tok, spec = minilm
+    with torch.no_grad(), attach(model, Capture(stats=True), tokenizer=tok) as rec:
+        model(**prepare_inputs(tok, spec, ["Attention is all you need."]))
+    trace = rec.trace()
+    kinds = {(s.kind, trace.tokens[0][s.start]) for s in trace.segments[0] if s.kind == "special"}
+    assert kinds == {("special", "[CLS]"), ("special", "[SEP]")}
+    model, proc, spec = load(str(tiny_dir("llava")))
+    inputs = prepare_inputs(proc, spec, ["is there a cat ?"], [image()])
+    with torch.no_grad(), attach(model, Capture(stats=True), tokenizer=proc.tokenizer) as rec:
+        model(**inputs)
+    trace = rec.trace()
+    images = [s for s in trace.segments[0] if s.kind == "image"]
+    n_image_tokens = int((inputs["input_ids"][0] == spec.image_token_id).sum())
+    assert len(images) == 1 and images[0].length == n_image_tokens and images[0].grid == (4, 4)
+    assert trace.vision is not None and trace.vision.meta.family == "clip_vision_model"
+    assert [s.kind for s in trace.vision.segments[0]] == ["special", "image"]
+
+
+def test_identity_plan_and_head_mask_in_generation(tiny_dir):
+    model, tok, spec = load(str(tiny_dir("llama")))
+    inputs = prepare_inputs(tok, spec, TEXTS[:1])
+    with torch.no_grad():
+        base = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+        with attach(model, Capture(stats=True), Plan({0: LayerPlan(head_scale=(1.0,) * 4)}), tokenizer=tok) as rec:
+            same = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+        logits = model(**inputs).logits
+        with attach(model, plan=Plan({1: LayerPlan(head_scale=(0.0, 1.0, 1.0, 1.0))})):
+            masked = model(**inputs).logits
+    assert torch.equal(base, same)
+    assert len(rec.traces()) == 5 and rec.traces()[1].layer(0).stats["lse"].shape[-1] == 1
+    assert (masked - logits).abs().max() > 1e-4
+
+
+def test_over_budget_fails_before_forward(minilm):
+    model, tok, spec = minilm
+    with pytest.raises(ValueError, match="over the budget"):
+        with attach(model, Capture(pattern=True, budget_bytes=1024), tokenizer=tok):
+            model(**prepare_inputs(tok, spec, ["A sentence long enough to exceed a tiny budget."]))

@@ -50,8 +50,9 @@ class ModelSpec:
 
 
 def _zoo_dirs() -> dict[str, Path]:
+    from .registry import CHECKPOINTS as ckpts
+
     dirs = {"minilm": None}
-    ckpts = Path(__file__).parent / "checkpoints"
     if ckpts.is_dir():
         dirs.update({d.name: d for d in sorted(ckpts.iterdir()) if (d / "config.json").exists()})
     return dirs

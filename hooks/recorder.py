@@ -100,7 +100,7 @@ class Recorder:
         rec = self.stacks[stack].passes[-1].layers.setdefault(layer, LayerRecord())
         setattr(rec, name, self._store(value))
 
-    def _key_sets(self, stack: str, layer: int, n_keys: int) -> dict[str, torch.Tensor]:
+    def _key_sets(self, stack: str, layer: int, n_keys: int, device: torch.device) -> dict[str, torch.Tensor]:
         """Static key sets from the segments (padded with ``False`` for generated keys) plus dynamic ones."""
         st = self.stacks[stack]
         first = st.passes[0]
@@ -114,16 +114,20 @@ class Recorder:
             sets[name] = mask.to(torch.bool)
         if self.key_set_fn is not None and stack == self.main:
             sets.update(self.key_set_fn(layer, st.block_input.get(layer), sets))
-        return {name: _fit_keys(mask, n_keys) for name, mask in sets.items()}
+        # Generated tokens are text and come after everything in the prompt.
+        return {name: _fit_keys(mask, n_keys, fill=name == "text" or name.startswith("after_")).to(device)
+                for name, mask in sets.items()}
 
     def attend(self, stack: str, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                causal: bool, key_mask: torch.Tensor | None, attn_mask: torch.Tensor | None,
-               scale: float | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+               scale: float | None, return_pattern: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Run attention for a layer, recording what the capture asks.
 
         Args:
             q: ``[B, H, Q, d]``; k, v: ``[B, Hkv, K, d]``.
             causal, key_mask, attn_mask, scale: as in :func:`attnlab.kernels.attention`.
+            return_pattern: return the applied pattern even when the capture does not record it
+                (for modules whose caller asked for attention weights).
 
         Returns:
             ``(out [B, H, Q, d], pattern [B, H, Q, K] or None)``.
@@ -134,13 +138,13 @@ class Recorder:
         lplan = self.plan.for_layer(layer) if (self.plan is not None and stack == self.main) else None
         stats = cap.stat_names if record else ()
         stats = stats + ("mass",) if stats else stats
-        key_sets = self._key_sets(stack, layer, k.shape[2]) if (stats or lplan is not None) else {}
+        key_sets = self._key_sets(stack, layer, k.shape[2], k.device) if (stats or lplan is not None) else {}
         query_sets = {name: m[:, -q.shape[2]:] for name, m in key_sets.items()} if lplan is not None else {}
         want_pattern = record and cap.pattern
-        impl = "eager" if want_pattern else self.impl
+        impl = "eager" if (want_pattern or return_pattern) else self.impl
         out, stt = attention(q, k, v, causal=causal, key_mask=key_mask, attn_mask=attn_mask, scale=scale,
                              plan=lplan, stats=stats, key_sets=key_sets, query_sets=query_sets, impl=impl,
-                             return_pattern=want_pattern)
+                             return_pattern=want_pattern or return_pattern)
         if record:
             rec = st.passes[-1].layers.setdefault(layer, LayerRecord())
             if want_pattern:
@@ -188,11 +192,11 @@ class Recorder:
         return out
 
 
-def _fit_keys(mask: torch.Tensor, n_keys: int) -> torch.Tensor:
-    """Pad (with False) or trim a ``[B, N]`` key mask to ``n_keys`` columns."""
+def _fit_keys(mask: torch.Tensor, n_keys: int, fill: bool = False) -> torch.Tensor:
+    """Pad (with ``fill``) or trim a ``[B, N]`` key mask to ``n_keys`` columns."""
     n = mask.shape[1]
     if n == n_keys:
         return mask
     if n > n_keys:
         return mask[:, :n_keys]
-    return torch.cat([mask, mask.new_zeros(mask.shape[0], n_keys - n)], dim=1)
+    return torch.cat([mask, mask.new_full((mask.shape[0], n_keys - n), fill)], dim=1)

@@ -1,0 +1,150 @@
+"""TransformerLens backend: the same tiny weights through HF and TransformerBridge must agree.
+
+Oracles: the Hugging Face model run eagerly (``output_attentions=True``, ``output_hidden_states=True``)
+and attnlab's own HF backend for plans.
+"""
+
+import pytest
+import torch
+from torch import nn
+
+from attnlab.core.capture import Capture
+from attnlab.hooks import attach, backend_of
+from attnlab.hooks.recorder import Recorder
+from attnlab.hooks.tl import attach_tl
+from attnlab.kernels import LayerPlan, Plan
+from attnlab.zoo.tiny import save_tiny
+
+bridge_mod = pytest.importorskip("transformer_lens.model_bridge")
+
+IDS = torch.tensor([[1, 5, 6, 7, 8, 9, 10], [1, 9, 8, 7, 6, 5, 4]])
+HEAD0_OFF = Plan({0: LayerPlan(head_scale=(0.0, 1.0, 1.0, 1.0))})
+
+
+def _load(family: str, root) -> tuple[nn.Module, nn.Module]:
+    from transformers import AutoModelForCausalLM
+
+    path = save_tiny(family, root / family)
+    hf = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+    bridge = bridge_mod.TransformerBridge.boot_transformers(str(path), device="cpu")
+    return hf, bridge
+
+
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory):
+    return _load("gpt2", tmp_path_factory.mktemp("tl"))
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    return _load("llama", tmp_path_factory.mktemp("tl"))
+
+
+def _n_hooks(bridge: nn.Module) -> int:
+    """Hooks left anywhere: TL hook points (its bookkeeping and torch's) plus pre-hooks on the HF model."""
+    points = list(bridge.hook_points())
+    tl = sum(len(hp.fwd_hooks) + len(hp.bwd_hooks) for hp in points)
+    torch_level = sum(len(hp._forward_hooks) for hp in points)
+    return tl + torch_level + len(bridge.original_model._forward_pre_hooks)
+
+
+def test_bridge_dispatches_to_the_tl_backend(gpt2):
+    assert backend_of(gpt2[1]) == "transformer_lens"
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_capture_matches_hf_and_changes_nothing(family, request):
+    hf, bridge = request.getfixturevalue(family)
+    with torch.no_grad():
+        ref = hf(IDS, output_attentions=True, output_hidden_states=True)
+        base = bridge(IDS)
+        with attach(bridge, Capture(pattern=True, stats=True, qk=True, resid=True)) as rec:
+            logits = bridge(IDS)
+    torch.testing.assert_close(base, ref.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits, base, atol=1e-5, rtol=0)
+    trace = rec.trace()
+    for layer in range(2):
+        torch.testing.assert_close(trace.layer(layer).pattern, ref.attentions[layer], atol=1e-5, rtol=0)
+        assert trace.layer(layer).q.shape == (2, 4, IDS.shape[1], 8)
+    torch.testing.assert_close(trace.embeddings, ref.hidden_states[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(trace.layer(0).resid, ref.hidden_states[1], atol=1e-5, rtol=0)
+    assert trace.meta.backend == "transformer_lens" and trace.meta.family == family
+    assert (trace.meta.n_layers, trace.meta.n_heads, trace.meta.d_head, trace.meta.causal) == (2, 4, 8, True)
+    assert trace.tokens[0] == bridge.tokenizer.convert_ids_to_tokens(IDS[0].tolist())
+
+
+def test_stats_follow_the_hf_pattern(gpt2):
+    hf, bridge = gpt2
+    with torch.no_grad():
+        ref = hf(IDS, output_attentions=True).attentions[1]  # (B, H, Q, K)
+        with attach(bridge, Capture(stats=True)) as rec:
+            bridge(IDS)
+    stats = rec.trace().layer(1).stats
+    entropy = -(ref * ref.clamp_min(1e-30).log()).sum(-1)
+    torch.testing.assert_close(stats["entropy"], entropy, atol=1e-5, rtol=0)
+    torch.testing.assert_close(stats["mass.first"], ref[..., 0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(stats["received"], ref.sum(2), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_plan_changes_logits_as_through_hf(family, request):
+    hf, bridge = request.getfixturevalue(family)
+    with torch.no_grad():
+        base = bridge(IDS)
+        with attach(hf, plan=HEAD0_OFF):
+            want = hf(IDS).logits
+        with attach(bridge, plan=HEAD0_OFF):
+            got = bridge(IDS)
+    assert (got - base).abs().max() > 1e-3
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_right_padding_matches_hf_on_real_tokens(gpt2):
+    hf, bridge = gpt2
+    ids = IDS.clone()
+    ids[1, -2:] = bridge.tokenizer.pad_token_id
+    mask = torch.ones_like(ids)
+    mask[1, -2:] = 0
+    with torch.no_grad():
+        ref = hf(ids, attention_mask=mask, output_attentions=True)
+        with attach(bridge, Capture(pattern=True)) as rec:
+            logits = bridge(ids, attention_mask=mask)
+    real = mask.bool()
+    torch.testing.assert_close(logits[real], ref.logits[real], atol=1e-5, rtol=0)
+    pattern = rec.trace().layer(0).pattern.transpose(1, 2)[real]  # (real queries, H, K)
+    torch.testing.assert_close(pattern, ref.attentions[0].transpose(1, 2)[real], atol=1e-5, rtol=0)
+    assert rec.trace().token_mask.equal(real)
+    assert [s.kind for s in rec.trace().segments[1]] == ["special", "text", "pad"]
+
+
+def test_hooks_removed_after_block_and_after_errors(gpt2):
+    _, bridge = gpt2
+    assert _n_hooks(bridge) == 0
+    with attach(bridge, Capture(stats=True, resid=True)):
+        assert _n_hooks(bridge) > 0
+        bridge(IDS)
+    assert _n_hooks(bridge) == 0
+    with pytest.raises(RuntimeError, match="boom"):
+        with attach(bridge, plan=HEAD0_OFF):
+            bridge(IDS)
+            raise RuntimeError("boom")
+    assert _n_hooks(bridge) == 0
+    with torch.no_grad():
+        torch.testing.assert_close(bridge(IDS), gpt2[0](IDS).logits, atol=1e-5, rtol=0)
+
+
+def test_kv_cached_pass_fails_loudly_and_cleans_up(gpt2):
+    _, bridge = gpt2
+    with torch.no_grad():
+        _, cache = bridge(IDS[:, :4], return_type="logits_and_cache")
+        with pytest.raises(ValueError, match="KV cache"):
+            with attach(bridge, Capture(stats=True)):
+                bridge(IDS[:, 4:5], past_key_values=cache)
+    assert _n_hooks(bridge) == 0
+
+
+def test_non_bridge_is_rejected_with_the_fix():
+    rec = Recorder(Capture(stats=True), None)
+    with pytest.raises(TypeError, match="boot_transformers"):
+        with attach_tl(nn.Linear(2, 2), rec):
+            pass

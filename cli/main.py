@@ -5,12 +5,14 @@ from __future__ import annotations
 import typer
 
 from . import capture_cmd
+from .eval_cmd import eval_app
 from .zoo_cmd import zoo_app
 
 app = typer.Typer(help="attnlab: capture, probe and steer attention in transformers.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 capture_cmd.register(app)
 app.add_typer(zoo_app, name="zoo")
+app.add_typer(eval_app, name="eval")
 
 
 @app.callback()

@@ -232,3 +232,23 @@ def _write_json_atomic(file: Path, data: dict) -> None:
     tmp = file.with_name(f".{file.name}.tmp")
     tmp.write_text(json.dumps(data, indent=1))
     os.replace(tmp, file)
+
+
+def write_results(path: str | Path, info: RunInfo, results: dict[str, pd.DataFrame]) -> Run:
+    """Make ``path`` (an existing directory, e.g. an eval's working folder) a Run holding result tables only.
+
+    Each table is written to a temporary file and renamed; the manifest is written last, so a folder whose
+    manifest exists is complete.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "results").mkdir(exist_ok=True)
+    for name, frame in results.items():
+        tmp = path / "results" / f".{name}.parquet.tmp"
+        frame.to_parquet(tmp)
+        os.replace(tmp, path / "results" / f"{name}.parquet")
+    old = json.loads((path / "manifest.json").read_text()).get("results", []) if (path / "manifest.json").exists() else []
+    manifest = {"schema": SCHEMA, "version": SCHEMA_VERSION, "created": time.time(), **asdict(info), "traces": {},
+                "results": sorted(set(old) | set(results))}
+    _write_json_atomic(path / "manifest.json", manifest)
+    return Run(path, manifest)

@@ -1,0 +1,149 @@
+"""``attnlab eval pope|chair|compare``: hallucination evaluations of baseline and intervention methods."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+import typer
+
+from .common import emit_json, friendly
+
+eval_app = typer.Typer(help="Hallucination evaluations (POPE, CHAIR) of methods that steer attention.",
+                       no_args_is_help=True)
+
+
+def _methods(spec: str) -> list[str]:
+    from attnlab.interventions.methods import check_method_name
+
+    names = [m.strip() for m in spec.split(";") if m.strip()] if ";" in spec else _split_methods(spec)
+    for name in names:
+        check_method_name(name)
+    if not names:
+        raise ValueError("Give at least one --method")
+    return names
+
+
+def _split_methods(spec: str) -> list[str]:
+    """Split on commas, keeping ``mask:SPEC`` lists (which contain commas) whole."""
+    out: list[str] = []
+    for part in spec.split(","):
+        part = part.strip()
+        if out and out[-1].startswith("mask:") and part and (part[0].isdigit() or part[0] == "*"):
+            out[-1] += "," + part
+        elif part:
+            out.append(part)
+    return out
+
+
+def _dataset(spec, questions: Path | None, images: Path | None, split: str | None, annotations: Path | None,
+             out: Path, need_chair: bool):
+    from attnlab.evals.suite import Dataset, toy_dataset
+
+    if questions is None and annotations is None:
+        return toy_dataset(spec, out)
+    if images is None:
+        raise ValueError("Give --images DIR with --questions/--annotations")
+    if not images.is_dir():
+        raise ValueError(f"--images {images} is not a directory")
+    pope = {split or questions.stem: str(questions)} if questions else {}
+    if questions is not None and not questions.is_file():
+        raise ValueError(f"--questions {questions} does not exist")
+    if need_chair and annotations is None:
+        raise ValueError("CHAIR needs --annotations COCO_INSTANCES.json")
+    return Dataset(pope=pope, images=str(images), annotations=str(annotations) if annotations else None)
+
+
+def _load_lvlm(model: str):
+    from attnlab.zoo import load, peek
+
+    name, _, family, modality = peek(model)
+    if modality != "vision-language":
+        raise ValueError(f"{name} ({family}) is not a vision-language model; POPE and CHAIR need one with an image processor")
+    loaded = load(model)
+    if getattr(loaded[1], "image_processor", None) is None:
+        raise ValueError(f"{name} has no image processor; save a LlavaProcessor with the checkpoint")
+    return loaded
+
+
+def _run(task: str, model: str, method: str, questions, images, split, annotations, limit, max_new_tokens, out,
+         as_json: bool, caption_tokens: int = 32) -> None:
+    from attnlab.core.runs import RunInfo, write_results
+    from attnlab.evals.suite import chair_table, pope_table, prepare_chair
+    from attnlab.interventions.methods import build_method
+
+    names = _methods(method)
+    out.mkdir(parents=True, exist_ok=True)
+    loaded = _load_lvlm(model)
+    data = _dataset(loaded[2], questions, images, split, annotations, out, need_chair=task in ("chair", "compare"))
+    chair = prepare_chair(data, limit) if task in ("chair", "compare") else None
+    t0 = time.perf_counter()
+    states = {name: build_method(name, loaded, calibration=data) for name in names}
+    setup = time.perf_counter() - t0
+    tables, extra = [], {}
+    if task in ("pope", "compare") and data.pope:
+        table, preds = pope_table(loaded, states, data, out, loaded[2].name, limit, max_new_tokens)
+        tables.append(table)
+        extra.update(preds)
+    if task in ("chair", "compare"):
+        table, caps = chair_table(loaded, states, data, chair, out, loaded[2].name, limit, caption_tokens)
+        tables.append(table)
+        extra.update(caps)
+    summary = pd.concat(tables, ignore_index=True)
+    info = RunInfo(model=asdict(loaded[2]), inputs={"dataset": asdict(data)},
+                   timings={"method_setup": setup},
+                   extra={"task": task, "methods": names, "limit": limit, "max_new_tokens": max_new_tokens,
+                          "caption_tokens": caption_tokens,
+                          "plans": {n: getattr(s, "describe", lambda: None)() for n, s in states.items()}})
+    write_results(out, info, {"summary": summary, **extra})
+    if as_json:
+        emit_json({"run": str(out), "table": summary.to_dict(orient="records"), "plans": info.extra["plans"]})
+    else:
+        from rich.console import Console
+
+        Console().print(summary.drop(columns=[c for c in ("n",) if c in summary]).round(3).to_string(index=False))
+        typer.echo(f"wrote {out}")
+
+
+OUT_HELP = "eval Run directory (resumes an interrupted eval with the same settings; never overwrites results)"
+
+
+@eval_app.command("pope")
+@friendly
+def pope(model: str = typer.Option(..., "--model"), questions: Path = typer.Option(None, "--questions"),
+         images: Path = typer.Option(None, "--images"), method: str = typer.Option("baseline", "--method"),
+         split: str = typer.Option(None, "--split"), limit: int = typer.Option(None, "--limit"),
+         max_new_tokens: int = typer.Option(8, "--max-new-tokens"),
+         out: Path = typer.Option(Path("runs/eval-pope"), "--out", help=OUT_HELP),
+         as_json: bool = typer.Option(False, "--json")):
+    """POPE accuracy/precision/recall/F1/yes-ratio; without --questions, all three toy-world splits."""
+    _run("pope", model, method, questions, images, split, None, limit, max_new_tokens, out, as_json)
+
+
+@eval_app.command("chair")
+@friendly
+def chair(model: str = typer.Option(..., "--model"), annotations: Path = typer.Option(None, "--annotations"),
+          images: Path = typer.Option(None, "--images"), method: str = typer.Option("baseline", "--method"),
+          limit: int = typer.Option(None, "--limit"), max_new_tokens: int = typer.Option(32, "--max-new-tokens"),
+          out: Path = typer.Option(Path("runs/eval-chair"), "--out", help=OUT_HELP),
+          as_json: bool = typer.Option(False, "--json")):
+    """Captions scored with CHAIR_s, CHAIR_i, recall and length; without --annotations, the toy world."""
+    _run("chair", model, method, None, images, None, annotations, limit, max_new_tokens, out, as_json,
+         caption_tokens=max_new_tokens)
+
+
+@eval_app.command("compare")
+@friendly
+def compare(model: str = typer.Option(..., "--model"),
+            method: str = typer.Option("baseline,vhr,var,act", "--method", help="comma list of methods"),
+            questions: Path = typer.Option(None, "--questions"), annotations: Path = typer.Option(None, "--annotations"),
+            images: Path = typer.Option(None, "--images"), limit: int = typer.Option(None, "--limit"),
+            max_new_tokens: int = typer.Option(8, "--max-new-tokens", help="POPE answer length cap"),
+            caption_tokens: int = typer.Option(32, "--caption-tokens", help="CHAIR caption length cap"),
+            out: Path = typer.Option(Path("runs/eval-compare"), "--out", help=OUT_HELP),
+            as_json: bool = typer.Option(False, "--json")):
+    """Baseline vs every method on the same POPE questions and CHAIR images, with wall-time ratios."""
+    _run("compare", model, method, questions, images, None, annotations, limit, max_new_tokens, out, as_json,
+         caption_tokens=caption_tokens)

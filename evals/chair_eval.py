@@ -1,0 +1,85 @@
+"""CHAIR evaluation of one method: caption each image, count hallucinated objects. Resumable."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .answer import format_prompt, generate_answer, prompt_templates
+from .chair import ChairMetrics, Synonyms, chair_metrics
+from .progress import Progress
+
+
+@dataclass(frozen=True)
+class ChairUnit:
+    """One method's CHAIR evaluation settings.
+
+    Attributes:
+        model: model name or path.
+        method: method name.
+        annotations: COCO instances file.
+        images: image directory.
+        limit: first N images only (``None``: all).
+        max_new_tokens: caption length cap (CHAIR depends strongly on length: always recorded).
+    """
+
+    model: str
+    method: str
+    annotations: str
+    images: str
+    limit: int | None
+    max_new_tokens: int
+
+    @property
+    def name(self) -> str:
+        """Unit name used for progress and result files."""
+        return f"chair-{self.method.replace(':', '_').replace(',', '+').replace('/', '_')}"
+
+
+@dataclass
+class ChairOutcome:
+    """Captions and metrics of a finished unit."""
+
+    unit: ChairUnit
+    metrics: ChairMetrics
+    captions: pd.DataFrame
+    seconds: float
+
+
+def run_chair_unit(unit: ChairUnit, images: list[tuple[int, str]], ground_truth: dict[int, set[str]],
+                   synonyms: Synonyms, loaded, method_state, out: Path, progress_bar: bool = True) -> ChairOutcome:
+    """Caption every image not yet done (durably), then score all captions.
+
+    Args:
+        unit: settings.
+        images: ``(image_id, file_name)`` pairs to caption.
+        ground_truth: ``{image_id: canonical object names}``.
+        synonyms: CHAIR vocabulary.
+        loaded: ``(model, processor, spec)``.
+        method_state: object with ``plan_for(image, prompt)``.
+        out: eval Run directory.
+        progress_bar: show a tqdm bar.
+    """
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    model, processor, spec = loaded
+    prog = Progress(out, unit.name, asdict(unit), key="image_id")
+    done = prog.done
+    prompt = format_prompt(processor, prompt_templates(spec)["caption"])
+    todo = [(i, f) for i, f in images if i not in done]
+    for image_id, file_name in tqdm(todo, desc=unit.name, disable=not progress_bar, initial=len(images) - len(todo),
+                                    total=len(images)):
+        image = Image.open(Path(unit.images) / file_name).convert("RGB")
+        t0 = time.perf_counter()
+        plan, key_set_fn = method_state.plan_for(image, prompt)
+        caption = generate_answer(model, processor, spec, image, prompt, max_new_tokens=unit.max_new_tokens,
+                                  plan=plan, key_set_fn=key_set_fn)
+        prog.add({"image_id": image_id, "image": file_name, "caption": caption, "seconds": time.perf_counter() - t0})
+    by_id = {row["image_id"]: row for row in prog.rows}
+    frame = pd.DataFrame([by_id[i] for i, _ in images])
+    metrics = chair_metrics(dict(zip(frame["image_id"], frame["caption"])), ground_truth, synonyms)
+    return ChairOutcome(unit, metrics, frame, float(frame["seconds"].sum()))

@@ -1,0 +1,94 @@
+"""POPE evaluation of one method on one question file, resumable, with per-question predictions kept."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .answer import format_prompt, generate_answer, prompt_templates
+from .pope import PopeMetrics, PopeQuestion, parse_pope_answer, pope_metrics
+from .progress import Progress
+
+
+@dataclass(frozen=True)
+class PopeUnit:
+    """One (method, split) evaluation: what fixes its results.
+
+    Attributes:
+        model: model name or path.
+        method: method name (``baseline``, ``vhr``, ``var``, ``act``, ``mask:SPEC``).
+        split: split label (``random``, ``popular``, ``adversarial`` or the file stem).
+        questions: question file path.
+        images: image directory.
+        limit: first N questions only (``None``: all).
+        max_new_tokens: answer length cap.
+    """
+
+    model: str
+    method: str
+    split: str
+    questions: str
+    images: str
+    limit: int | None
+    max_new_tokens: int
+
+    @property
+    def name(self) -> str:
+        """Unit name used for progress and result files."""
+        return f"pope-{self.split}-{self.method.replace(':', '_').replace(',', '+').replace('/', '_')}"
+
+
+@dataclass
+class PopeOutcome:
+    """Predictions and metrics of a finished unit."""
+
+    unit: PopeUnit
+    metrics: PopeMetrics
+    predictions: pd.DataFrame
+    seconds: float
+
+
+def check_images(questions: list[PopeQuestion], images: Path) -> None:
+    """Fail before any work when an image a question names is missing."""
+    missing = [q.image for q in questions if not (images / q.image).is_file()]
+    if missing:
+        raise ValueError(f"{len(missing)} image(s) named in the questions are missing from {images}, e.g. {missing[0]}")
+
+
+def run_pope_unit(unit: PopeUnit, questions: list[PopeQuestion], loaded, method_state, out: Path,
+                  progress_bar: bool = True) -> PopeOutcome:
+    """Answer every question not yet done, append each answer durably, and return metrics over all.
+
+    Args:
+        unit: the unit settings.
+        questions: the (limited) questions of the split.
+        loaded: ``(model, processor, spec)``.
+        method_state: object with ``plan_for(inputs_image, prompt) -> (plan, key_set_fn)`` (see ``interventions.methods``).
+        out: the eval Run directory.
+        progress_bar: show a tqdm bar.
+    """
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    model, processor, spec = loaded
+    prog = Progress(out, unit.name, asdict(unit), key="question_id")
+    done = prog.done
+    template = prompt_templates(spec)["pope"]
+    todo = [q for q in questions if q.question_id not in done]
+    for q in tqdm(todo, desc=unit.name, disable=not progress_bar, initial=len(questions) - len(todo), total=len(questions)):
+        image = Image.open(Path(unit.images) / q.image).convert("RGB")
+        prompt = format_prompt(processor, template, q.text)
+        t0 = time.perf_counter()
+        plan, key_set_fn = method_state.plan_for(image, prompt)
+        answer = generate_answer(model, processor, spec, image, prompt, max_new_tokens=unit.max_new_tokens,
+                                 plan=plan, key_set_fn=key_set_fn)
+        prog.add({"question_id": q.question_id, "image": q.image, "text": q.text, "label": q.label, "answer": answer,
+                  "prediction": parse_pope_answer(answer), "seconds": time.perf_counter() - t0})
+    by_id = {row["question_id"]: row for row in prog.rows}
+    rows = [by_id[q.question_id] for q in questions]
+    frame = pd.DataFrame(rows)
+    metrics = pope_metrics(frame["label"].tolist(), frame["prediction"].tolist())
+    return PopeOutcome(unit, metrics, frame, float(frame["seconds"].sum()))

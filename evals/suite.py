@@ -1,0 +1,132 @@
+"""Run POPE and CHAIR over several methods on the same data and assemble one comparison table."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .chair import Synonyms, ground_truth_from_coco
+from .chair_eval import ChairUnit, run_chair_unit
+from .pope import load_pope_questions
+from .pope_eval import PopeUnit, check_images, run_pope_unit
+
+TOY_SPLITS = ("random", "popular", "adversarial")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Where the questions, images and annotations live.
+
+    Attributes:
+        pope: ``{split: question file}``.
+        images: image directory.
+        annotations: COCO instances file for CHAIR (``None``: no CHAIR).
+        synonyms: CHAIR synonym file (``None``: COCO's list).
+    """
+
+    pope: dict
+    images: str
+    annotations: str | None = None
+    synonyms: str | None = None
+
+
+def toy_dataset(spec, folder: Path, split: str = "test") -> Dataset:
+    """Write (once) the held-out toy-world scenes of a zoo LVLM's card and describe them as a Dataset.
+
+    The card's ``world`` entry gives the world seed and the index range of each split, so the scenes are
+    exactly the ones the model never saw in training.
+    """
+    from attnlab.zoo.world import write_world
+
+    card_file = Path(spec.path) / "card.json"
+    if not card_file.exists():
+        raise ValueError(f"{spec.name} has no card.json with toy-world splits; give --questions and --images")
+    world = json.loads(card_file.read_text()).get("world")
+    if not world or split not in world.get("splits", {}):
+        raise ValueError(f"{spec.name}'s card names no toy-world '{split}' split; give --questions and --images")
+    start, stop = world["splits"][split]
+    target = folder / f"toy-world-{split}"
+    if not (target / "world.json").exists():
+        write_world(target, stop - start, world["seed"], start=start)
+    pope = {s: str(target / f"pope_{s}.jsonl") for s in TOY_SPLITS}
+    return Dataset(pope=pope, images=str(target / "images"), annotations=str(target / "instances.json"),
+                   synonyms=str(target / "synonyms.txt"))
+
+
+def pope_table(loaded, methods: dict, data: Dataset, out: Path, model_name: str, limit: int | None,
+               max_new_tokens: int, progress: bool = True) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """Every method on every split; returns the metrics table and the per-unit predictions."""
+    rows, predictions = [], {}
+    for split, file in data.pope.items():
+        questions = load_pope_questions(file)[: limit or None]
+        check_images(questions, Path(data.images))
+        for name, state in methods.items():
+            unit = PopeUnit(model_name, name, split, str(file), data.images, limit, max_new_tokens)
+            outcome = run_pope_unit(unit, questions, loaded, state, out, progress)
+            rows.append({"task": "pope", "split": split, "method": name, **_pope_fields(outcome.metrics),
+                         "seconds": outcome.seconds})
+            predictions[f"predictions-{unit.name}"] = outcome.predictions
+    return _with_time_ratio(pd.DataFrame(rows), ["task", "split"]), predictions
+
+
+@dataclass
+class ChairData:
+    """Everything CHAIR needs, checked before any caption is generated."""
+
+    synonyms: Synonyms
+    truth: dict
+    images: list
+
+
+def prepare_chair(data: Dataset, limit: int | None) -> ChairData:
+    """Load the vocabulary and ground truth and check the images exist (fails before any work).
+
+    The vocabulary is ``data.synonyms``, else a ``synonyms.txt`` beside a toy world's ``instances.json``
+    (a folder with ``world.json``), else COCO's 80-class list.
+    """
+    ann = Path(data.annotations)
+    if not ann.is_file():
+        raise ValueError(f"--annotations {ann} does not exist")
+    syn_file = data.synonyms or (ann.parent / "synonyms.txt" if (ann.parent / "world.json").exists() else None)
+    synonyms = Synonyms.from_file(syn_file) if syn_file else Synonyms.coco()
+    instances = json.loads(ann.read_text())
+    truth = ground_truth_from_coco(instances, synonyms)
+    images = [(im["id"], im["file_name"]) for im in instances["images"]][: limit or None]
+    missing = [f for _, f in images if not (Path(data.images) / f).is_file()]
+    if missing:
+        raise ValueError(f"{len(missing)} annotated image(s) are missing from {data.images}, e.g. {missing[0]}")
+    return ChairData(synonyms, {i: truth[i] for i, _ in images}, images)
+
+
+def chair_table(loaded, methods: dict, data: Dataset, chair: ChairData, out: Path, model_name: str,
+                limit: int | None, max_new_tokens: int, progress: bool = True) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """Every method's captions scored with CHAIR on the annotated images."""
+    synonyms, images = chair.synonyms, chair.images
+    rows, captions = [], {}
+    for name, state in methods.items():
+        unit = ChairUnit(model_name, name, data.annotations, data.images, limit, max_new_tokens)
+        outcome = run_chair_unit(unit, images, chair.truth, synonyms, loaded, state, out, progress)
+        m = outcome.metrics
+        rows.append({"task": "chair", "split": "captions", "method": name, "chair_s": m.chair_s, "chair_i": m.chair_i,
+                     "recall": m.recall, "mean_length": m.mean_length, "n": m.n_captions, "seconds": outcome.seconds})
+        captions[f"captions-{unit.name}"] = outcome.captions
+    return _with_time_ratio(pd.DataFrame(rows), ["task", "split"]), captions
+
+
+def _pope_fields(m) -> dict:
+    d = asdict(m)
+    return {k: d[k] for k in ("accuracy", "precision", "recall", "f1", "yes_ratio", "n")}
+
+
+def _with_time_ratio(frame: pd.DataFrame, group: list[str]) -> pd.DataFrame:
+    """Add each row's wall time as a ratio to the baseline's on the same task and split (NaN without one)."""
+    if frame.empty:
+        return frame
+    base = frame[frame["method"] == "baseline"].set_index(group)["seconds"]
+    keys = list(zip(*(frame[g] for g in group)))
+    frame["time_vs_baseline"] = [row_s / base[k] if k in base.index else float("nan")
+                                 for k, row_s in zip(keys, frame["seconds"])]
+    return frame

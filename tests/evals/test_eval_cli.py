@@ -1,0 +1,104 @@
+"""End-to-end POPE/CHAIR evals on a tiny LLaVA and a tiny toy world; resume; bad input."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from attnlab.cli.main import app
+from attnlab.zoo.world import write_world
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return write_world(tmp_path_factory.mktemp("w") / "world", 3, seed=5)
+
+
+def invoke(args):
+    return runner.invoke(app, args)
+
+
+def test_pope_and_chair_end_to_end(world, tiny_dir, tmp_path):
+    out = tmp_path / "eval"
+    res = invoke(["eval", "compare", "--model", str(tiny_dir("llava")), "--questions", str(world / "pope_random.jsonl"),
+                  "--annotations", str(world / "instances.json"), "--images", str(world / "images"),
+                  "--method", "baseline,mask:1.0-3", "--limit", "4", "--max-new-tokens", "2", "--caption-tokens", "4",
+                  "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    table = json.loads(res.stdout)["table"]
+    pope = [r for r in table if r["task"] == "pope"]
+    assert {r["method"] for r in pope} == {"baseline", "mask:1.0-3"} and all(r["n"] == 4 for r in pope)
+    assert all(r["time_vs_baseline"] > 0 for r in table)
+    from attnlab.core.runs import Run
+
+    run = Run.open(out)
+    preds = run.result("predictions-pope-pope_random-baseline")
+    assert len(preds) == 4 and set(preds["prediction"]) <= {"yes", "no"}
+    from attnlab.evals.pope import pope_metrics
+
+    recomputed = pope_metrics(preds["label"].tolist(), preds["prediction"].tolist())
+    assert recomputed.accuracy == next(r for r in pope if r["method"] == "baseline")["accuracy"]
+    # Same command again: everything is already done; different settings are refused.
+    res = invoke(["eval", "pope", "--model", str(tiny_dir("llava")), "--questions", str(world / "pope_random.jsonl"),
+                  "--images", str(world / "images"), "--limit", "5", "--max-new-tokens", "2", "--out", str(out)])
+    assert res.exit_code == 2 and "other settings (limit)" in res.stderr
+
+
+def test_identity_plan_gives_baseline_answers(world, tiny_dir):
+    from PIL import Image
+
+    from attnlab.evals.answer import generate_answer
+    from attnlab.kernels import LayerPlan, Plan
+    from attnlab.zoo import load
+
+    model, proc, spec = load(str(tiny_dir("llava")))
+    image = Image.open(next((world / "images").glob("*.png"))).convert("RGB")
+    identity = Plan({i: LayerPlan(head_scale=(1.0,) * spec.n_heads) for i in range(spec.n_layers)})
+    base = generate_answer(model, proc, spec, image, "is there a cat ?", max_new_tokens=6)
+    same = generate_answer(model, proc, spec, image, "is there a cat ?", max_new_tokens=6, plan=identity)
+    assert base == same
+
+
+def test_resume_redoes_nothing(world, tiny_dir, tmp_path, monkeypatch):
+    import attnlab.evals.pope_eval as pope_eval
+
+    calls = []
+    real = pope_eval.generate_answer
+    monkeypatch.setattr(pope_eval, "generate_answer", lambda *a, **k: calls.append(1) or real(*a, **k))
+    args = ["eval", "pope", "--model", str(tiny_dir("llava")), "--questions", str(world / "pope_random.jsonl"),
+            "--images", str(world / "images"), "--max-new-tokens", "1", "--out", str(tmp_path / "e"), "--json"]
+    first = json.loads(invoke(args).stdout)["table"][0]
+    n = len(calls)
+    progress = tmp_path / "e" / "progress" / "pope-pope_random-baseline.jsonl"
+    lines = progress.read_text().splitlines()
+    progress.write_text("\n".join(lines[:2]) + "\n" + lines[2][:10])  # interrupted mid-write
+    (tmp_path / "e" / "manifest.json").unlink()
+    second = json.loads(invoke(args).stdout)["table"][0]
+    assert len(calls) - n == len(lines) - 2
+    assert first["accuracy"] == second["accuracy"]
+
+
+def test_bad_inputs(world, tiny_dir, tmp_path):
+    llava = str(tiny_dir("llava"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question_id": 0, "image": "000001.png", "text": "x", "label": "yes"}\n{oops\n')
+
+    def err(args):
+        res = invoke(args)
+        assert res.exit_code == 2, res.output
+        return res.stderr
+
+    common = ["--images", str(world / "images"), "--out", str(tmp_path / "o")]
+    assert "line 2" in err(["eval", "pope", "--model", llava, "--questions", str(bad), *common])
+    missing = tmp_path / "missing.jsonl"
+    missing.write_text('{"question_id": 0, "image": "nope.png", "text": "x", "label": "yes"}\n')
+    assert "missing from" in err(["eval", "pope", "--model", llava, "--questions", str(missing), *common])
+    assert "Unknown method 'magic'" in err(["eval", "pope", "--model", llava, "--method", "magic",
+                                           "--questions", str(world / "pope_random.jsonl"), *common])
+    assert "outside the model" in err(["eval", "pope", "--model", llava, "--method", "mask:9.0",
+                                       "--questions", str(world / "pope_random.jsonl"), *common])
+    assert "not a vision-language model" in err(["eval", "pope", "--model", str(tiny_dir("gpt2")),
+                                                 "--questions", str(world / "pope_random.jsonl"), *common])
+    assert not (tmp_path / "o" / "manifest.json").exists()

@@ -27,6 +27,10 @@ class StaticMethod:
         """``(plan, key_set_fn)`` for one input."""
         return self.plan, self.key_set_fn
 
+    def describe(self) -> dict:
+        """The Plan (for the eval Run)."""
+        return self.plan.to_dict() if self.plan is not None else {}
+
 
 def check_method_name(name: str) -> None:
     """Raise a ValueError naming the valid methods for an unknown one."""
@@ -56,7 +60,7 @@ def build_method(name: str, loaded, calibration=None):
     if name == "var":
         from .var import var_method
 
-        return var_method(model, processor, spec)
+        return var_method(model, processor, spec, calibration)
     from .act import act_method
 
     return act_method(model, processor, spec, calibration)

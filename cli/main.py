@@ -6,6 +6,7 @@ import typer
 
 from . import capture_cmd
 from .eval_cmd import eval_app
+from .probe_cmd import register_probes
 from .zoo_cmd import zoo_app
 
 app = typer.Typer(help="attnlab: capture, probe and steer attention in transformers.", no_args_is_help=True,
@@ -13,6 +14,7 @@ app = typer.Typer(help="attnlab: capture, probe and steer attention in transform
 capture_cmd.register(app)
 app.add_typer(zoo_app, name="zoo")
 app.add_typer(eval_app, name="eval")
+app.add_typer(register_probes(), name="probe")
 
 
 @app.callback()

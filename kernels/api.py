@@ -9,26 +9,77 @@ from .reference import reference_attention
 from .stats import Stats, check_stat_names
 
 IMPLS = ("auto", "eager", "torch", "triton")
-DEFAULT_BLOCK_Q = 128
+#: Score elements per row block on the torch path when ``block_q`` is None: 2**22 float32 = 16 MiB, so a
+#: block's few [B, H, block, K] temporaries stay near cache size. Measured on CPU (benchmarks/kernels.py):
+#: at N=8k this is 128 rows and beats eager on time; at N <= 1k the whole input is one block.
+BLOCK_ELEMENTS = 1 << 22
 
 
-def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask, attn_mask, key_sets) -> None:
+def default_block_q(batch: int, heads: int, n_keys: int) -> int:
+    """Query rows per block so one ``[B, H, rows, K]`` score block holds about ``BLOCK_ELEMENTS`` values."""
+    return max(16, BLOCK_ELEMENTS // max(1, batch * heads * n_keys))
+
+
+def _check_mask(name: str, mask: torch.Tensor, shape: tuple[int, ...], device: torch.device) -> None:
+    """A mask must have ``shape`` (``-1`` entries accept 1 or the given size), be bool/integer and sit on ``device``."""
+    if mask.dim() != len(shape) or any(n != s and not (s < 0 and n in (1, -s)) for n, s in zip(mask.shape, shape)):
+        want = ", ".join(f"1|{-s}" if s < 0 else str(s) for s in shape)
+        raise ValueError(f"{name} must be [{want}]; got {tuple(mask.shape)}")
+    if mask.is_floating_point() or mask.is_complex():
+        raise ValueError(f"{name} must be a bool mask (True = allowed/member); got {mask.dtype}. "
+                         "For an additive float mask (0 / -inf) pass `mask == 0`")
+    if mask.device != device:
+        raise ValueError(f"{name} is on {mask.device} but q is on {device}; move it with .to(q.device)")
+
+
+def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask, attn_mask, key_sets,
+                  query_sets) -> None:
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(f"q, k, v must be [B, H, N, d]; got shapes {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    if k.shape != v.shape[:3] + (k.shape[3],) or k.shape[:3] != v.shape[:3]:
+    if k.shape[:3] != v.shape[:3]:
         raise ValueError(f"k and v must share [B, Hkv, K]; got {tuple(k.shape)} and {tuple(v.shape)}")
     if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
         raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must share batch and head dim")
     if q.shape[1] % k.shape[1]:
         raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
+    if not (q.is_floating_point() and k.is_floating_point() and v.is_floating_point()):
+        raise ValueError(f"q, k, v must be floating point; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.shape[2] == 0 or k.shape[2] == 0:
+        raise ValueError(f"attention needs at least one query and one key; got Q={q.shape[2]}, K={k.shape[2]}")
+    if k.device != q.device or v.device != q.device:
+        raise ValueError(f"q, k, v must be on one device; got {q.device}, {k.device}, {v.device}")
+    bsz, n_heads, n_q = q.shape[:3]
     n_k = k.shape[2]
-    if key_mask is not None and tuple(key_mask.shape) != (k.shape[0], n_k):
-        raise ValueError(f"key_mask must be [B, K] = {(k.shape[0], n_k)}; got {tuple(key_mask.shape)}")
-    if attn_mask is not None and (attn_mask.dim() != 4 or attn_mask.shape[-2:] != (q.shape[2], n_k)):
-        raise ValueError(f"attn_mask must be [B, 1|H, Q, K]; got {tuple(attn_mask.shape)}")
-    for name, m in (key_sets or {}).items():
-        if tuple(m.shape) != (k.shape[0], n_k):
-            raise ValueError(f"key set {name!r} must be a [B, K] = {(k.shape[0], n_k)} bool mask; got {tuple(m.shape)}")
+    if key_mask is not None:
+        _check_mask("key_mask", key_mask, (bsz, n_k), q.device)
+    if attn_mask is not None:
+        _check_mask("attn_mask", attn_mask, (-bsz, -n_heads, n_q, n_k), q.device)
+    for name, m in key_sets.items():
+        _check_mask(f"key set {name!r}", m, (bsz, n_k), q.device)
+    for name, m in query_sets.items():
+        _check_mask(f"query set {name!r}", m, (bsz, n_q), q.device)
+
+
+def _check_plan(plan, n_heads: int, key_sets: dict, query_sets: dict) -> None:
+    if plan is None:
+        return
+    if not isinstance(plan, LayerPlan):
+        raise TypeError(f"plan must be a LayerPlan (one layer's plan) or None; got {type(plan).__name__}. "
+                        "For a model-wide Plan pass plan.for_layer(layer_index)")
+    if plan.head_scale is not None and len(plan.head_scale) != n_heads:
+        raise ValueError(f"plan.head_scale has {len(plan.head_scale)} values for {n_heads} query heads")
+    rw = plan.reweight
+    if rw is None:
+        return
+    factors = rw.factors(n_heads)  # raises on a wrong per-head length
+    if any(not f >= 0 for f in factors):
+        raise ValueError(f"Reweight factors must be >= 0 (a multiplies attention probabilities); got {factors}")
+    needed = {rw.source, rw.target, *(() if rw.gate is None else (rw.gate.within, rw.gate.part))} - {None}
+    missing = needed - key_sets.keys()
+    if missing:
+        raise ValueError(f"The plan reweights key sets {sorted(missing)} that were not passed in key_sets")
+    if rw.queries and rw.queries not in query_sets:
+        raise ValueError(f"The plan restricts rows to query set {rw.queries!r}, not passed in query_sets")
 
 
 def resolve_impl(impl: str, device: torch.device) -> str:
@@ -45,17 +96,17 @@ def attention(
     key_mask: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None, scale: float | None = None,
     plan: LayerPlan | None = None, stats: tuple[str, ...] | None = None,
     key_sets: dict[str, torch.Tensor] | None = None, query_sets: dict[str, torch.Tensor] | None = None,
-    impl: str = "auto", return_pattern: bool = False, block_q: int = DEFAULT_BLOCK_Q,
+    impl: str = "auto", return_pattern: bool = False, block_q: int | None = None,
 ) -> tuple[torch.Tensor, Stats]:
     """Softmax attention that applies a layer plan and emits statistics in the same pass.
 
     Args:
         q: ``[B, Hq, Q, d]`` queries (float32, float16 or bfloat16).
         k: ``[B, Hkv, K, d]`` keys, ``Hq`` a multiple of ``Hkv`` (grouped-query attention).
-        v: ``[B, Hkv, K, d]`` values.
+        v: ``[B, Hkv, K, dv]`` values (``dv`` may differ from ``d``).
         causal: query ``i`` sees keys ``<= i + K - Q`` (last query aligned with last key, as in decoding).
         key_mask: ``[B, K]`` bool, ``True`` for real keys (padding mask).
-        attn_mask: ``[B, 1|Hq, Q, K]`` bool, ``True`` where attending is allowed (any other mask).
+        attn_mask: ``[1|B, 1|Hq, Q, K]`` bool, ``True`` where attending is allowed (any other mask).
         scale: score scale; ``1/sqrt(d)`` by default.
         plan: the :class:`LayerPlan` of this layer, or ``None``.
         stats: names from ``lse``, ``entropy``, ``max``, ``mass`` (per key set), ``received``.
@@ -63,10 +114,10 @@ def attention(
         query_sets: ``{name: [B, Q] bool}`` named query sets for the plan.
         impl: ``auto`` (Triton on CUDA, torch elsewhere), ``eager``, ``torch`` or ``triton``.
         return_pattern: also return the ``[B, Hq, Q, K]`` pattern (eager only, materialises it).
-        block_q: query rows per block on the torch path.
+        block_q: query rows per block on the torch path; None sizes blocks by :data:`BLOCK_ELEMENTS`.
 
     Returns:
-        ``(out [B, Hq, Q, d] in q's dtype, Stats)``.
+        ``(out [B, Hq, Q, dv] in q's dtype, Stats)``.
 
     Example:
         >>> q = k = v = torch.randn(1, 2, 5, 8)
@@ -77,15 +128,12 @@ def attention(
     stats = check_stat_names(stats)
     key_sets = dict(key_sets or {})
     query_sets = dict(query_sets or {})
-    _check_inputs(q, k, v, key_mask, attn_mask, key_sets)
-    if plan is not None and plan.reweight is not None:
-        rw = plan.reweight
-        needed = {rw.source, rw.target, *(() if rw.gate is None else (rw.gate.within, rw.gate.part))} - {None}
-        missing = needed - key_sets.keys()
-        if missing:
-            raise ValueError(f"The plan reweights key sets {sorted(missing)} that were not passed in key_sets")
-        if rw.queries and rw.queries not in query_sets:
-            raise ValueError(f"The plan restricts rows to query set {rw.queries!r}, not passed in query_sets")
+    _check_inputs(q, k, v, key_mask, attn_mask, key_sets, query_sets)
+    _check_plan(plan, q.shape[1], key_sets, query_sets)
+    if block_q is None:
+        block_q = default_block_q(q.shape[0], q.shape[1], k.shape[2])
+    elif isinstance(block_q, bool) or not isinstance(block_q, int) or block_q < 1:
+        raise ValueError(f"block_q must be a positive int or None; got {block_q!r}")
     chosen = resolve_impl(impl, q.device)
     if return_pattern and chosen != "eager":
         raise ValueError("return_pattern=True needs impl='eager' (the only path that materialises the pattern)")

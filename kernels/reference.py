@@ -20,9 +20,13 @@ def _expand_kv(x: torch.Tensor, n_heads: int) -> torch.Tensor:
     return x if rep == 1 else x.repeat_interleave(rep, dim=1)
 
 
-def _row_mass(p: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """Mass of ``p`` ``[B, H, q, K]`` on a key set ``keys`` ``[B, K]`` -> ``[B, H, q]``."""
-    return (p * keys[:, None, None, :].to(p.dtype)).sum(-1)
+def _masses(p: torch.Tensor, columns: list[torch.Tensor]) -> torch.Tensor:
+    """Mass of rows ``p`` ``[B, H, q, K]`` on each key set in ``columns`` (``[B, K]`` each) -> ``[B, H, q, n]``.
+
+    One matmul for every set instead of a masked sum each: the sets ride along as extra columns.
+    """
+    members = torch.stack([c.to(p.dtype) for c in columns], dim=-1)  # (B, K, n)
+    return p @ members[:, None]  # (B, H, q, n)
 
 
 def reweight_rows(
@@ -43,24 +47,43 @@ def reweight_rows(
     n_heads = p.shape[1]
     src = key_sets[rw.source].to(torch.bool)  # (B, K)
     tgt = ~src if rw.target is None else key_sets[rw.target].to(torch.bool) & ~src  # (B, K)
+    gate = rw.gate
+    cols = [src, tgt] + ([] if gate is None else [key_sets[gate.within]] + ([key_sets[gate.part]] if gate.part else []))
+    masses = _masses(p, cols)  # (B, H, q, 2..4)
+    m_s, m_t = masses[..., 0], masses[..., 1]  # (B, H, q)
     a = torch.tensor(rw.factors(n_heads), dtype=p.dtype, device=p.device)[None, :, None]  # (1, H, 1)
-    m_s, m_t = _row_mass(p, src), _row_mass(p, tgt)  # (B, H, q)
     apply = m_t > 0
     if query_rows is not None:
         apply = apply & query_rows[:, None, :]
-    if rw.gate is not None:
-        within = _row_mass(p, key_sets[rw.gate.within].to(torch.bool))
-        ok = within >= rw.gate.min_mass
-        if rw.gate.part is not None:
-            part = _row_mass(p, key_sets[rw.gate.part].to(torch.bool))
-            ok = ok & (part >= rw.gate.min_share * within) & (within > 0)
+    if gate is not None:
+        within = masses[..., 2]
+        ok = within >= gate.min_mass
+        if gate.part is not None:
+            ok = ok & (masses[..., 3] >= gate.min_share * within) & (within > 0)
         apply = apply & ok
-    a_eff = torch.where(apply, a.expand_as(m_s), torch.ones_like(m_s))  # (B, H, q)
-    boost = 1 + (1 - a_eff) * m_s / m_t.clamp_min(torch.finfo(p.dtype).tiny)  # (B, H, q)
-    boost = torch.where(apply, boost, torch.ones_like(boost))
-    col_src, col_tgt = src[:, None, None, :], tgt[:, None, None, :]  # (B, 1, 1, K)
-    factor = torch.where(col_src, a_eff[..., None], torch.where(col_tgt, boost[..., None], torch.ones_like(p[..., :1])))
-    return p * factor
+    ones = torch.ones_like(m_s)
+    a_eff = torch.where(apply, a.expand_as(m_s), ones)  # (B, H, q)
+    boost = torch.where(apply, 1 + (1 - a_eff) * m_s / m_t.clamp_min(torch.finfo(p.dtype).tiny), ones)  # (B, H, q)
+    # each key's weight is one of (1, a, boost) by its partition: one gather instead of nested wheres
+    weights = torch.stack([ones, a_eff, boost], dim=-1)  # (B, H, q, 3)
+    part = (src.long() + 2 * tgt.long())[:, None, None, :].expand(p.shape)  # (B, H, q, K) view, 0 rest/1 S/2 T
+    return p * torch.gather(weights, -1, part)
+
+
+def _softmax_rows(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """In-place softmax of masked scores ``s`` ``[B, H, q, K]`` (``-inf`` = not allowed).
+
+    Returns ``(p, lse, p_max)``, the last two ``[B, H, q]``. A fully masked row gets ``p = 0``,
+    ``lse = -inf`` and ``p_max = 0`` (its max is replaced by 0, as in FlashAttention-2). The largest
+    weight is ``exp(top - top) / z = 1 / z``, so it costs no pass over the row.
+    """
+    top = s.amax(-1, keepdim=True)  # (B, H, q, 1)
+    top = top.masked_fill_(top == float("-inf"), 0.0)
+    p = s.sub_(top).exp_()  # (B, H, q, K), reuses the scores' memory
+    z = p.sum(-1, keepdim=True)  # (B, H, q, 1)
+    lse = (z.log() + top)[..., 0]  # log 0 = -inf for fully masked rows
+    p_max = torch.where(z > 0, 1.0 / z, 0.0)[..., 0]
+    return p.div_(z.clamp_min_(torch.finfo(p.dtype).tiny)), lse, p_max
 
 
 def attention_rows(
@@ -71,7 +94,7 @@ def attention_rows(
     """Attention for one block of query rows, in float32.
 
     Args:
-        q: ``[B, H, q, d]``; k, v: ``[B, H, K, d]`` (already expanded for GQA).
+        q: ``[B, H, q, d]``; k, v: ``[B, H, K, d]`` float32 (already expanded for GQA).
         allowed: ``[B, 1|H, q, K]`` bool.
         scale: score multiplier.
         layer_plan: intervention for this layer, or ``None``.
@@ -83,26 +106,26 @@ def attention_rows(
     Returns:
         ``(out [B, H, q, d], row_stats {name: [B, H, q] or received [B, H, K]}, pattern or None)``.
     """
-    s = (q.float() @ k.float().transpose(-1, -2)) * scale  # (B, H, q, K)
-    s = s.masked_fill(~allowed, float("-inf"))
-    lse = torch.logsumexp(s, dim=-1)  # (B, H, q)
-    live = torch.isfinite(lse)[..., None]  # (B, H, q, 1)
-    p = torch.where(live, torch.exp(s - torch.where(live, lse[..., None], 0.0)), 0.0)  # (B, H, q, K)
-    if layer_plan is not None and layer_plan.reweight is not None:
-        p = reweight_rows(p, layer_plan.reweight, key_sets, query_rows)
-    out = p @ v.float()  # (B, H, q, d)
+    s = (q.float() * scale) @ k.transpose(-1, -2)  # (B, H, q, K)
+    p, lse, p_max = _softmax_rows(s.masked_fill_(~allowed, float("-inf")))  # (B, H, q, K), (B, H, q) x 2
+    rw = layer_plan.reweight if layer_plan is not None else None
+    if rw is not None:
+        p = reweight_rows(p, rw, key_sets, query_rows)
+    out = p @ v  # (B, H, q, d)
     if layer_plan is not None and layer_plan.head_scale is not None:
         out = out * torch.tensor(layer_plan.head_scale, dtype=out.dtype, device=out.device)[None, :, None, None]
     row: dict[str, torch.Tensor] = {}
     if "lse" in stats:
         row["lse"] = lse
     if "entropy" in stats:
-        row["entropy"] = -(p * torch.where(p > 0, p.log(), 0.0)).sum(-1)
+        # a factor > 1 can push T's weights below 0; those entries add nothing (p log p only for p > 0)
+        pos = p.clamp_min(0.0) if rw is not None and max(rw.factors(p.shape[1])) > 1 else p
+        row["entropy"] = -torch.special.xlogy(pos, pos).sum(-1)
     if "max" in stats:
-        row["max"] = p.amax(-1)
-    if "mass" in stats:
-        for name, keys in key_sets.items():
-            row[f"mass.{name}"] = _row_mass(p, keys.to(torch.bool))
+        row["max"] = p.amax(-1) if rw is not None else p_max
+    if "mass" in stats and key_sets:
+        masses = _masses(p, list(key_sets.values()))  # (B, H, q, n_sets)
+        row.update({f"mass.{name}": masses[..., i] for i, name in enumerate(key_sets)})
     if "received" in stats:
         row["received"] = p.sum(-2)  # (B, H, K)
     return out, row, (p if want_pattern else None)
@@ -118,28 +141,30 @@ def reference_attention(
     bsz, n_heads, n_q, d = q.shape
     n_k = k.shape[2]
     scale = 1.0 / math.sqrt(d) if scale is None else scale
-    k, v = _expand_kv(k, n_heads), _expand_kv(v, n_heads)
+    k, v = _expand_kv(k.float(), n_heads), _expand_kv(v.float(), n_heads)  # converted once, not per block
     rw = layer_plan.reweight if layer_plan is not None else None
     q_set = query_sets[rw.queries] if rw is not None and rw.queries else None
     step = n_q if block_q is None else max(1, block_q)
     outs, rows, pats = [], [], []
-    received = None
+    received = torch.zeros(bsz, n_heads, n_k, device=q.device) if "received" in stats else None  # (B, H, K)
     for start in range(0, n_q, step):
         stop = min(n_q, start + step)
+        # causal: keys past the block's last row's horizon are masked for the whole block, so skip them
+        hi = min(n_k, max(1, stop + n_k - n_q)) if causal else n_k
         allowed = build_allowed(bsz, n_q, n_k, causal=causal, key_mask=key_mask, attn_mask=attn_mask,
-                                device=q.device, q_start=start, q_stop=stop)
+                                device=q.device, q_start=start, q_stop=stop)[..., :hi]
         out, row, pat = attention_rows(
-            q[:, :, start:stop], k, v, allowed=allowed, scale=scale, layer_plan=layer_plan, key_sets=key_sets,
+            q[:, :, start:stop], k[:, :, :hi], v[:, :, :hi], allowed=allowed, scale=scale, layer_plan=layer_plan,
+            key_sets={n: m[:, :hi] for n, m in key_sets.items()},
             query_rows=None if q_set is None else q_set[:, start:stop].to(torch.bool), stats=stats,
             want_pattern=return_pattern,
         )
-        if "received" in row:
-            part = row.pop("received")
-            received = part if received is None else received + part
+        if received is not None:
+            received[..., :hi] += row.pop("received")
         outs.append(out)
         rows.append(row)
         if pat is not None:
-            pats.append(pat)
+            pats.append(torch.nn.functional.pad(pat, (0, n_k - hi)))  # (B, H, q, K)
     cat = {name: torch.cat([r[name] for r in rows], dim=-1) for name in rows[0]} if rows else {}
     result = Stats(
         lse=cat.get("lse"), entropy=cat.get("entropy"), max=cat.get("max"),

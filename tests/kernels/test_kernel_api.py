@@ -1,0 +1,71 @@
+"""``attention()``'s input checks: bad input fails early with a message that names the cause and the fix."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attnlab.kernels import Gate, LayerPlan, Plan, Reweight, attention, resolve_impl
+
+
+def _qkv(b=1, h=2, n_q=5, n_k=6, d=4, hkv=None):
+    gen = torch.Generator().manual_seed(0)
+    return (torch.randn(b, h, n_q, d, generator=gen), torch.randn(b, hkv or h, n_k, d, generator=gen),
+            torch.randn(b, hkv or h, n_k, d, generator=gen))
+
+
+SINK = {"sink": torch.tensor([[True, False, False, False, False, False]])}
+
+BAD_CALLS = [
+    ("q 3-d", lambda q, k, v: attention(q[0], k, v), ValueError, r"must be \[B, H, N, d\]"),
+    ("k/v keys", lambda q, k, v: attention(q, k, v[:, :, :3]), ValueError, "k and v must share"),
+    ("head dim", lambda q, k, v: attention(q, k[..., :3], v), ValueError, "must share batch and head dim"),
+    ("gqa", lambda q, k, v: attention(q[:, :1].expand(1, 3, 5, 4), k, v), ValueError, "multiple of key/value heads"),
+    ("int q", lambda q, k, v: attention(q.long(), k, v), ValueError, "floating point"),
+    ("empty", lambda q, k, v: attention(q[:, :, :0], k, v), ValueError, "at least one query"),
+    ("key_mask shape", lambda q, k, v: attention(q, k, v, key_mask=torch.ones(1, 5, dtype=torch.bool)),
+     ValueError, r"key_mask must be \[1, 6\]"),
+    ("float attn_mask", lambda q, k, v: attention(q, k, v, attn_mask=torch.zeros(1, 1, 5, 6)),
+     ValueError, "pass `mask == 0`"),
+    ("attn_mask heads", lambda q, k, v: attention(q, k, v, attn_mask=torch.ones(1, 3, 5, 6, dtype=torch.bool)),
+     ValueError, r"attn_mask must be \[1\|1, 1\|2, 5, 6\]"),
+    ("key set shape", lambda q, k, v: attention(q, k, v, key_sets={"s": torch.ones(2, 6, dtype=torch.bool)}),
+     ValueError, "key set 's' must be"),
+    ("query set shape", lambda q, k, v: attention(q, k, v, query_sets={"r": torch.ones(1, 6, dtype=torch.bool)}),
+     ValueError, "query set 'r' must be"),
+    ("stat", lambda q, k, v: attention(q, k, v, stats=("entropy", "kurtosis")), ValueError, "Unknown attention stat"),
+    ("impl", lambda q, k, v: attention(q, k, v, impl="cuda"), ValueError, "Unknown attention impl"),
+    ("pattern", lambda q, k, v: attention(q, k, v, impl="torch", return_pattern=True), ValueError, "needs impl='eager'"),
+    ("block_q", lambda q, k, v: attention(q, k, v, block_q=0), ValueError, "block_q must be a positive int"),
+    ("model plan", lambda q, k, v: attention(q, k, v, plan=Plan({0: LayerPlan(head_scale=(0.0, 1.0))})),
+     TypeError, r"plan.for_layer\(layer_index\)"),
+    ("head_scale", lambda q, k, v: attention(q, k, v, plan=LayerPlan(head_scale=(1.0,))), ValueError,
+     "head_scale has 1 values for 2 query heads"),
+    ("factor length", lambda q, k, v: attention(q, k, v, plan=LayerPlan(reweight=Reweight("sink", (0.5,))),
+                                                key_sets=SINK), ValueError, "1 values for 2 heads"),
+    ("negative factor", lambda q, k, v: attention(q, k, v, plan=LayerPlan(reweight=Reweight("sink", -1.0)),
+                                                  key_sets=SINK), ValueError, "must be >= 0"),
+    ("missing set", lambda q, k, v: attention(q, k, v, plan=LayerPlan(reweight=Reweight("sink", 0.5, gate=Gate(
+        "image"))), key_sets=SINK), ValueError, r"key sets \['image'\] that were not passed"),
+    ("missing query set", lambda q, k, v: attention(q, k, v, plan=LayerPlan(reweight=Reweight(
+        "sink", 0.5, queries="late")), key_sets=SINK), ValueError, "query set 'late', not passed"),
+]
+
+
+@pytest.mark.parametrize("call, error, match", [c[1:] for c in BAD_CALLS], ids=[c[0] for c in BAD_CALLS])
+def test_bad_input_raises_with_a_helpful_message(call, error, match):
+    with pytest.raises(error, match=match):
+        call(*_qkv())
+
+
+def test_auto_picks_torch_on_cpu_and_triton_on_cuda():
+    assert resolve_impl("auto", torch.device("cpu")) == "torch"
+    assert resolve_impl("auto", torch.device("cuda")) == "triton"
+
+
+def test_broadcast_masks_and_integer_masks_are_accepted():
+    q, k, v = _qkv(b=2)
+    mask = torch.ones(1, 1, 5, 6, dtype=torch.long)  # integer 0/1, batch and heads broadcast
+    mask[..., 0] = 0
+    out, st = attention(q, k, v, attn_mask=mask, stats=("received",), impl="torch")
+    assert out.shape == (2, 2, 5, 4) and torch.equal(st.received[..., 0], torch.zeros(2, 2))

@@ -100,8 +100,13 @@ class Recorder:
         rec = self.stacks[stack].passes[-1].layers.setdefault(layer, LayerRecord())
         setattr(rec, name, self._store(value))
 
-    def _key_sets(self, stack: str, layer: int, n_keys: int, device: torch.device) -> dict[str, torch.Tensor]:
-        """Static key sets from the segments (padded with ``False`` for generated keys) plus dynamic ones."""
+    def _key_sets(self, stack: str, layer: int, n_keys: int, device: torch.device,
+                  preview: Callable[[], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Static key sets from the segments (padded with ``False`` for generated keys) plus dynamic ones.
+
+        ``preview()`` returns the attention each key receives ``[B, H, K]`` without the plan, for dynamic key
+        sets that depend on the layer's own attention (ACT's sinks).
+        """
         st = self.stacks[stack]
         first = st.passes[0]
         prompt = Trace(first.tokens, first.segments, {}, st.meta, first.token_mask)
@@ -113,7 +118,7 @@ class Recorder:
         for name, mask in self.extra_key_sets.items():
             sets[name] = mask.to(torch.bool)
         if self.key_set_fn is not None and stack == self.main:
-            sets.update(self.key_set_fn(layer, st.block_input.get(layer), sets))
+            sets.update(self.key_set_fn(layer, st.block_input.get(layer), sets, preview=preview))
         # Generated tokens are text and come after everything in the prompt.
         return {name: _fit_keys(mask, n_keys, fill=name == "text" or name.startswith("after_")).to(device)
                 for name, mask in sets.items()}
@@ -138,8 +143,14 @@ class Recorder:
         lplan = self.plan.for_layer(layer) if (self.plan is not None and stack == self.main) else None
         stats = cap.stat_names if record else ()
         stats = stats + ("mass",) if stats else stats
-        key_sets = self._key_sets(stack, layer, k.shape[2], k.device) if (stats or lplan is not None) else {}
-        query_sets = {name: m[:, -q.shape[2]:] for name, m in key_sets.items()} if lplan is not None else {}
+        def preview() -> torch.Tensor:
+            _, plain = attention(q, k, v, causal=causal, key_mask=key_mask, attn_mask=attn_mask, scale=scale,
+                                 stats=("received",), impl="torch" if self.impl == "eager" else self.impl)
+            return plain.received  # (B, H, K)
+
+        key_sets = self._key_sets(stack, layer, k.shape[2], k.device, preview) if (stats or lplan is not None) else {}
+        query_sets = ({name: m[:, -q.shape[2]:] for name, m in key_sets.items() if m.dim() == 2}
+                      if lplan is not None else {})
         want_pattern = record and cap.pattern
         impl = "eager" if (want_pattern or return_pattern) else self.impl
         out, stt = attention(q, k, v, causal=causal, key_mask=key_mask, attn_mask=attn_mask, scale=scale,
@@ -193,10 +204,10 @@ class Recorder:
 
 
 def _fit_keys(mask: torch.Tensor, n_keys: int, fill: bool = False) -> torch.Tensor:
-    """Pad (with ``fill``) or trim a ``[B, N]`` key mask to ``n_keys`` columns."""
-    n = mask.shape[1]
+    """Pad (with ``fill``) or trim a ``[B, N]`` or ``[B, H, N]`` key mask to ``n_keys`` keys."""
+    n = mask.shape[-1]
     if n == n_keys:
         return mask
     if n > n_keys:
-        return mask[:, :n_keys]
-    return torch.cat([mask, mask.new_full((mask.shape[0], n_keys - n), fill)], dim=1)
+        return mask[..., :n_keys]
+    return torch.cat([mask, mask.new_full((*mask.shape[:-1], n_keys - n), fill)], dim=-1)

@@ -63,7 +63,7 @@ class SinkSets:
     tau: float = 20.0
     cache: dict = field(default_factory=dict)
 
-    def __call__(self, layer: int, hidden: torch.Tensor | None, static: dict) -> dict:
+    def __call__(self, layer: int, hidden: torch.Tensor | None, static: dict, **_) -> dict:
         """``{var_sink, image_nonsink}`` ``[B, K]`` masks for ``layer``; hidden ``[B, N, d]``."""
         image = static.get("image")
         if image is None or not self.sink_dims:

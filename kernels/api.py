@@ -55,7 +55,8 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask, a
     if attn_mask is not None:
         _check_mask("attn_mask", attn_mask, (-bsz, -n_heads, n_q, n_k), q.device)
     for name, m in key_sets.items():
-        _check_mask(f"key set {name!r}", m, (bsz, n_k), q.device)
+        # a per-head key set [B, H, K] (e.g. ACT's sinks, detected head by head) is allowed too
+        _check_mask(f"key set {name!r}", m, (bsz, n_heads, n_k) if m.dim() == 3 else (bsz, n_k), q.device)
     for name, m in query_sets.items():
         _check_mask(f"query set {name!r}", m, (bsz, n_q), q.device)
 
@@ -110,7 +111,8 @@ def attention(
         scale: score scale; ``1/sqrt(d)`` by default.
         plan: the :class:`LayerPlan` of this layer, or ``None``.
         stats: names from ``lse``, ``entropy``, ``max``, ``mass`` (per key set), ``received``.
-        key_sets: ``{name: [B, K] bool}`` named key sets for ``mass`` and the plan.
+        key_sets: ``{name: [B, K] bool}`` named key sets for ``mass`` and the plan (``[B, Hq, K]`` per-head sets
+            on the torch and eager paths).
         query_sets: ``{name: [B, Q] bool}`` named query sets for the plan.
         impl: ``auto`` (Triton on CUDA, torch elsewhere), ``eager``, ``torch`` or ``triton``.
         return_pattern: also return the ``[B, Hq, Q, K]`` pattern (eager only, materialises it).
@@ -140,6 +142,8 @@ def attention(
     if chosen == "triton":
         from .triton_attention import triton_attention
 
+        if any(m.dim() == 3 for m in key_sets.values()):
+            raise ValueError("Per-head [B, H, K] key sets run on impl='torch' or 'eager'; the Triton kernel takes [B, K] sets")
         return triton_attention(q, k, v, causal=causal, key_mask=key_mask, attn_mask=attn_mask, scale=scale,
                                 layer_plan=plan, key_sets=key_sets, query_sets=query_sets, stats=stats)
     return reference_attention(

@@ -20,13 +20,18 @@ def _expand_kv(x: torch.Tensor, n_heads: int) -> torch.Tensor:
     return x if rep == 1 else x.repeat_interleave(rep, dim=1)
 
 
+def _per_head(mask: torch.Tensor) -> torch.Tensor:
+    """A ``[B, K]`` (shared by heads) or ``[B, H, K]`` (per head) key set as ``[B, 1|H, K]``."""
+    return mask[:, None] if mask.dim() == 2 else mask
+
+
 def _masses(p: torch.Tensor, columns: list[torch.Tensor]) -> torch.Tensor:
-    """Mass of rows ``p`` ``[B, H, q, K]`` on each key set in ``columns`` (``[B, K]`` each) -> ``[B, H, q, n]``.
+    """Mass of rows ``p`` ``[B, H, q, K]`` on each key set (``[B, K]`` or ``[B, H, K]``) -> ``[B, H, q, n]``.
 
     One matmul for every set instead of a masked sum each: the sets ride along as extra columns.
     """
-    members = torch.stack([c.to(p.dtype) for c in columns], dim=-1)  # (B, K, n)
-    return p @ members[:, None]  # (B, H, q, n)
+    cols = torch.broadcast_tensors(*[_per_head(c).to(p.dtype) for c in columns])  # each (B, 1|H, K)
+    return p @ torch.stack(cols, dim=-1)  # (B, H, q, n)
 
 
 def reweight_rows(
@@ -45,8 +50,8 @@ def reweight_rows(
         ``[B, H, q, K]`` reweighted rows.
     """
     n_heads = p.shape[1]
-    src = key_sets[rw.source].to(torch.bool)  # (B, K)
-    tgt = ~src if rw.target is None else key_sets[rw.target].to(torch.bool) & ~src  # (B, K)
+    src = _per_head(key_sets[rw.source].to(torch.bool))  # (B, 1|H, K)
+    tgt = ~src if rw.target is None else _per_head(key_sets[rw.target].to(torch.bool)) & ~src  # (B, 1|H, K)
     gate = rw.gate
     cols = [src, tgt] + ([] if gate is None else [key_sets[gate.within]] + ([key_sets[gate.part]] if gate.part else []))
     masses = _masses(p, cols)  # (B, H, q, 2..4)
@@ -66,7 +71,7 @@ def reweight_rows(
     boost = torch.where(apply, 1 + (1 - a_eff) * m_s / m_t.clamp_min(torch.finfo(p.dtype).tiny), ones)  # (B, H, q)
     # each key's weight is one of (1, a, boost) by its partition: one gather instead of nested wheres
     weights = torch.stack([ones, a_eff, boost], dim=-1)  # (B, H, q, 3)
-    part = (src.long() + 2 * tgt.long())[:, None, None, :].expand(p.shape)  # (B, H, q, K) view, 0 rest/1 S/2 T
+    part = (src.long() + 2 * tgt.long())[:, :, None, :].expand(p.shape)  # (B, H, q, K) view, 0 rest/1 S/2 T
     return p * torch.gather(weights, -1, part)
 
 

@@ -69,3 +69,25 @@ def test_broadcast_masks_and_integer_masks_are_accepted():
     mask[..., 0] = 0
     out, st = attention(q, k, v, attn_mask=mask, stats=("received",), impl="torch")
     assert out.shape == (2, 2, 5, 4) and torch.equal(st.received[..., 0], torch.zeros(2, 2))
+
+
+def test_per_head_key_sets_match_each_head_alone():
+    """A [B, H, K] source set reweights each head as a [B, K] set would for that head alone."""
+    from attnlab.kernels import LayerPlan, Reweight
+
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 3, 6, 8, generator=g) for _ in range(3))
+    per_head = torch.rand(2, 3, 6, generator=g) > 0.6
+    plan = LayerPlan(reweight=Reweight("s", 0.3))
+    for impl in ("eager", "torch"):
+        out, st = attention(q, k, v, causal=True, plan=plan, key_sets={"s": per_head}, stats=("entropy", "mass"),
+                            impl=impl)
+        for h in range(3):
+            ref, rst = attention(q[:, h:h + 1], k[:, h:h + 1], v[:, h:h + 1], causal=True,
+                                 plan=LayerPlan(reweight=Reweight("s", 0.3)), key_sets={"s": per_head[:, h]},
+                                 stats=("entropy", "mass"), impl="eager")
+            assert torch.allclose(out[:, h:h + 1], ref, atol=1e-6)
+            assert torch.allclose(st.entropy[:, h:h + 1], rst.entropy, atol=1e-6)
+            assert torch.allclose(st.mass["s"][:, h:h + 1], rst.mass["s"], atol=1e-6)
+    with pytest.raises(ValueError, match="Per-head"):
+        attention(q, k, v, plan=plan, key_sets={"s": per_head}, impl="triton")

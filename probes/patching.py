@@ -1,0 +1,566 @@
+"""Causal checks on attention heads: activation patching and path patching, scored by a logit difference.
+
+* **Activation patching** (Vig et al. 2020; Meng et al. 2022; Wang et al. 2022, "Interpretability in the
+  wild", arXiv 2211.00593): run a *base* input, replace one head's output ``z`` (before ``W_O``) by
+  its value on a *source* input, and read the logit difference ``logit(target) - logit(foil)`` at the
+  last real token. ``direction="denoise"`` patches clean into corrupted (base = corrupted);
+  ``"noise"`` patches corrupted into clean.
+* **Path patching** (Wang et al. 2022, §3.1; Goldowsky-Dill et al. 2023, arXiv 2304.05969): the
+  effect of a sender head only through chosen paths. Step 1: run the base input with the sender's ``z``
+  from the source and every other head frozen at its base value (MLPs recompute unless
+  ``freeze_mlps``). To the logits: read them. To receiver heads: record the q/k/v the receivers
+  computed in step 1, then run the base input again with only those receivers' q/k/v replaced.
+
+Effects are normalised as ``(patched - corrupted) / (clean - corrupted)`` of the mean logit
+difference, so 0 means "as corrupted" and 1 "as clean", whatever the direction.
+
+Hooks: a forward pre-hook on each layer's output projection (``c_proj``/``o_proj``) edits the head
+slices of its input, forward hooks edit q/k/v projections and MLP outputs; all live in context
+managers that remove them in ``finally``. Hugging Face GPT-2 and LLaMA-type models are supported (path
+patching to k/v receivers needs one key/value head per query head); a TransformerLens
+``TransformerBridge`` is supported for activation patching through ``hook_z``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from .results import ProbeResult
+
+DIRECTIONS = ("denoise", "noise")
+QKV = "qkv"
+
+
+@dataclass(frozen=True)
+class LayerSites:
+    """Where one layer's head outputs, queries/keys/values and MLP output can be read and replaced.
+
+    Attributes:
+        out_proj: module whose input is the merged per-head output ``[B, N, H * d_head]``.
+        qkv: ``{"q"|"k"|"v": (module, first column)}``; the head's slice starts there.
+        mlp: the MLP module (its output is added to the residual).
+        n_heads, n_kv_heads, d_head: shapes.
+    """
+
+    out_proj: nn.Module
+    qkv: dict
+    mlp: nn.Module
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+
+
+def layer_sites(model: nn.Module) -> list[LayerSites]:
+    """The patchable sites of a Hugging Face GPT-2 or LLaMA-type model; ValueError for other models."""
+    family = getattr(getattr(model, "config", None), "model_type", None)
+    if family == "gpt2":
+        out = []
+        for block in getattr(model, "transformer", model).h:
+            attn, d = block.attn, block.attn.embed_dim
+            qkv = {"q": (attn.c_attn, 0), "k": (attn.c_attn, d), "v": (attn.c_attn, 2 * d)}  # c_attn packs q, k, v
+            out.append(LayerSites(attn.c_proj, qkv, block.mlp, attn.num_heads, attn.num_heads, attn.head_dim))
+        return out
+    layers = getattr(getattr(model, "model", model), "layers", None)
+    if layers is not None and all(hasattr(lay, "self_attn") and hasattr(lay.self_attn, "o_proj") for lay in layers):
+        cfg = model.config
+        n_heads = cfg.num_attention_heads
+        n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
+        d_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+        return [LayerSites(lay.self_attn.o_proj, {n: (getattr(lay.self_attn, f"{n}_proj"), 0) for n in QKV},
+                           lay.mlp, n_heads, n_kv, d_head) for lay in layers]
+    raise ValueError(f"Head patching supports Hugging Face GPT-2 and LLaMA-type models (and TransformerLens bridges "
+                     f"for activation patching), not {family or type(model).__name__}")
+
+
+def _is_bridge(model: nn.Module) -> bool:
+    return type(model).__module__.startswith("transformer_lens")
+
+
+def forward_logits(model: nn.Module, inputs: dict) -> torch.Tensor:
+    """Logits ``[B, N, V]`` of a Hugging Face model or TransformerLens bridge on ``{input_ids, attention_mask}``."""
+    if _is_bridge(model):
+        return model(inputs["input_ids"], attention_mask=inputs.get("attention_mask"))
+    return model(**inputs).logits
+
+
+@dataclass
+class Edits:
+    """What one forward pass replaces and records (the argument of :func:`edited`).
+
+    Attributes:
+        z: ``{layer: (values [B, N, H, d_head], heads [H] bool)}`` head outputs to write.
+        qkv: ``{layer: {"q"|"k"|"v": (values [B, N, H, d_head], heads [H] bool)}}`` projections to write.
+        mlp: ``{layer: values [B, N, d_model]}`` MLP outputs to write.
+        positions: ``[B, N]`` bool where ``z`` and ``qkv`` edits apply; ``None`` for every position.
+        record_z: filled with ``{layer: z [B, N, H, d_head]}`` as the pass computes it (after edits).
+        record_qkv: filled with ``{layer: {"q"|"k"|"v": [B, N, H, d_head]}}``.
+        record_mlp: filled with ``{layer: [B, N, d_model]}``.
+    """
+
+    z: dict | None = None
+    qkv: dict | None = None
+    mlp: dict | None = None
+    positions: torch.Tensor | None = None
+    record_z: dict | None = None
+    record_qkv: dict | None = None
+    record_mlp: dict | None = None
+
+
+def _write(current: torch.Tensor, values: torch.Tensor, heads: torch.Tensor, positions) -> torch.Tensor:
+    """``current``/``values`` ``[B, N, H, d]``; heads ``[H]`` bool; positions ``[B, N]`` bool or None."""
+    where = heads.to(current.device)[None, None, :, None]
+    if positions is not None:
+        where = where & positions.to(current.device)[:, :, None, None]
+    return torch.where(where, values.to(current.dtype), current)
+
+
+def _hf_hooks(model: nn.Module, edits: Edits, handles: list) -> None:
+    for layer, site in enumerate(layer_sites(model)):
+        def pre(_m, args, layer=layer, site=site):
+            x = args[0]
+            z = x.view(*x.shape[:-1], site.n_heads, site.d_head)  # (B, N, H, dh)
+            if edits.z and layer in edits.z:
+                z = _write(z, *edits.z[layer], edits.positions)
+            if edits.record_z is not None:
+                edits.record_z[layer] = z.detach().clone()
+            return (z.reshape(x.shape),) + tuple(args[1:])
+
+        if edits.z and layer in edits.z or edits.record_z is not None:
+            handles.append(site.out_proj.register_forward_pre_hook(pre))
+        if edits.qkv and layer in edits.qkv or edits.record_qkv is not None:
+            handles += [module.register_forward_hook(lambda m, _a, out, layer=layer, site=site: _qkv_hook(
+                m, out, layer, site, edits)) for module in {id(m): m for m, _ in site.qkv.values()}.values()]
+        if edits.mlp and layer in edits.mlp or edits.record_mlp is not None:
+            handles.append(site.mlp.register_forward_hook(
+                lambda _m, _a, out, layer=layer: _mlp_hook(out, layer, edits)))
+
+
+def _qkv_hook(module, out: torch.Tensor, layer: int, site: LayerSites, edits: Edits) -> torch.Tensor:
+    out = out.clone()
+    for name, (mod, start) in site.qkv.items():
+        if mod is not module:
+            continue
+        n = site.n_heads if name == "q" else site.n_kv_heads
+        cols = slice(start, start + n * site.d_head)
+        part = out[..., cols].view(*out.shape[:-1], n, site.d_head)  # (B, N, H, dh)
+        if edits.qkv and name in edits.qkv.get(layer, {}):
+            part = _write(part, *edits.qkv[layer][name], edits.positions)
+            out[..., cols] = part.reshape(*out.shape[:-1], -1)
+        if edits.record_qkv is not None:
+            edits.record_qkv.setdefault(layer, {})[name] = part.detach().clone()
+    return out
+
+
+def _mlp_hook(out: torch.Tensor, layer: int, edits: Edits):
+    if edits.mlp and layer in edits.mlp:
+        out = edits.mlp[layer].to(out.dtype)
+    if edits.record_mlp is not None:
+        edits.record_mlp[layer] = out.detach().clone()
+    return out
+
+
+def _tl_hooks(model: nn.Module, edits: Edits) -> list:
+    if edits.qkv or edits.mlp or edits.record_qkv is not None or edits.record_mlp is not None:
+        raise ValueError("With a TransformerLens bridge only head outputs (hook_z) can be patched; use the Hugging "
+                         "Face model for path patching")
+    hooks = []
+    for layer in range(int(model.cfg.n_layers)):
+        def fn(z, hook, layer=layer):
+            if edits.z and layer in edits.z:
+                z = _write(z, *edits.z[layer], edits.positions)
+            if edits.record_z is not None:
+                edits.record_z[layer] = z.detach().clone()
+            return z
+
+        hooks.append((f"blocks.{layer}.attn.hook_z", fn))
+    return hooks
+
+
+@contextlib.contextmanager
+def edited(model: nn.Module, edits: Edits) -> Iterator[nn.Module]:
+    """Apply ``edits`` to every forward pass of ``model`` inside the block; hooks are removed on exit.
+
+    Example:
+        >>> rec = Edits(record_z={})  # doctest: +SKIP
+        >>> with edited(model, rec): model(**inputs)  # doctest: +SKIP
+        >>> rec.record_z[0].shape  # (B, N, H, d_head)  # doctest: +SKIP
+    """
+    if _is_bridge(model):
+        with model.hooks(fwd_hooks=_tl_hooks(model, edits)):
+            yield model
+        return
+    handles: list = []
+    try:
+        _hf_hooks(model, edits, handles)
+        yield model
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def run(model: nn.Module, inputs: dict, edits: Edits | None = None) -> torch.Tensor:
+    """Logits ``[B, N, V]`` of one forward pass under ``edits`` (no gradients)."""
+    with torch.no_grad(), edited(model, edits or Edits()):
+        return forward_logits(model, inputs)
+
+
+def last_positions(inputs: dict) -> torch.Tensor:
+    """``[B]`` index of the last real token of each row (right padding)."""
+    mask = inputs.get("attention_mask")
+    ids = inputs["input_ids"]
+    if mask is None:
+        return torch.full((ids.shape[0],), ids.shape[1] - 1)
+    return mask.long().sum(1) - 1
+
+
+def logit_diff(logits: torch.Tensor, inputs: dict, target: torch.Tensor, foil: torch.Tensor) -> torch.Tensor:
+    """``logit(target) - logit(foil)`` at each row's last real token, ``[B]``."""
+    rows = torch.arange(logits.shape[0])
+    final = logits[rows, last_positions(inputs).to(logits.device)]  # (B, V)
+    return (final[rows, target.to(final.device)] - final[rows, foil.to(final.device)]).float().cpu()
+
+
+def _ids(value, batch: int, what: str) -> torch.Tensor:
+    ids = torch.as_tensor(value, dtype=torch.long).reshape(-1)
+    if ids.numel() == 1:
+        ids = ids.expand(batch)
+    if ids.numel() != batch:
+        raise ValueError(f"{what} needs one token id per batch row ({batch}), got {ids.numel()}")
+    return ids
+
+
+def _check_pair(clean: dict, corrupt: dict) -> None:
+    a, b = clean["input_ids"], corrupt["input_ids"]
+    if a.shape != b.shape:
+        raise ValueError(f"Clean and corrupted inputs must have the same shape to patch position by position "
+                         f"(got {tuple(a.shape)} and {tuple(b.shape)}); use corruptions with the same token count")
+    ma, mb = clean.get("attention_mask"), corrupt.get("attention_mask")
+    if (ma is None) != (mb is None) or (ma is not None and not torch.equal(ma.bool(), mb.bool())):
+        raise ValueError("Clean and corrupted inputs must have the same attention_mask (same real lengths)")
+
+
+@dataclass(frozen=True, eq=False)
+class PatchingResult(ProbeResult):
+    """A layer x head table of patching effects.
+
+    Attributes:
+        effect: ``[L, H]`` normalised effect ``(patched - corrupted) / (clean - corrupted)`` (NaN: not patched).
+        metric: ``[L, H]`` mean logit difference of the patched runs.
+        clean, corrupted: mean logit difference of the clean and the corrupted run.
+        method: ``activation`` or ``path``.
+        direction: ``denoise`` (clean into corrupted) or ``noise`` (corrupted into clean).
+        receivers: path patching receivers ``(layer, head)`` (empty: to the logits / activation patching).
+        receiver_inputs: which of ``q``, ``k``, ``v`` of the receivers were patched.
+    """
+
+    effect: np.ndarray
+    metric: np.ndarray
+    clean: float
+    corrupted: float
+    method: str
+    direction: str
+    receivers: tuple[tuple[int, int], ...] = ()
+    receiver_inputs: str = ""
+    probe = "patching"
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per head: ``layer, head, effect, metric``."""
+        n_layers, n_heads = self.effect.shape
+        layer, head = np.divmod(np.arange(n_layers * n_heads), n_heads)
+        return pd.DataFrame({"layer": layer, "head": head, "effect": self.effect.reshape(-1),
+                             "metric": self.metric.reshape(-1)})
+
+    def top(self, k: int) -> list[tuple[int, int]]:
+        """The ``k`` heads with the largest ``|effect|``, as ``(layer, head)``."""
+        flat = np.nan_to_num(np.abs(self.effect), nan=-1.0).reshape(-1)
+        order = np.argsort(-flat, kind="stable")[:k]
+        return [tuple(int(x) for x in divmod(int(i), self.effect.shape[1])) for i in order]
+
+
+@dataclass
+class _Setup:
+    base: dict
+    source: dict
+    target: torch.Tensor
+    foil: torch.Tensor
+    clean: float
+    corrupted: float
+    base_z: dict
+    source_z: dict
+    base_mlp: dict
+
+    def normalise(self, metric: float) -> float:
+        return (metric - self.corrupted) / (self.clean - self.corrupted)
+
+    def metric(self, logits: torch.Tensor) -> float:
+        return float(logit_diff(logits, self.base, self.target, self.foil).mean())
+
+
+def _setup(model, clean, corrupt, target, foil, direction, with_mlp=False) -> _Setup:
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    _check_pair(clean, corrupt)
+    batch = clean["input_ids"].shape[0]
+    target, foil = _ids(target, batch, "target"), _ids(foil, batch, "foil")
+    runs = {}
+    for name, inputs in (("clean", clean), ("corrupt", corrupt)):
+        ed = Edits(record_z={}, record_mlp={} if with_mlp else None)
+        logits = run(model, inputs, ed)
+        runs[name] = (float(logit_diff(logits, inputs, target, foil).mean()), ed)
+    clean_m, corrupt_m = runs["clean"][0], runs["corrupt"][0]
+    if abs(clean_m - corrupt_m) < 1e-6:
+        raise ValueError(f"The clean and corrupted runs give the same logit difference ({clean_m:.4g}), so effects "
+                         "cannot be normalised; choose a corruption that changes the prediction, or another foil")
+    base, source = ("corrupt", "clean") if direction == "denoise" else ("clean", "corrupt")
+    inputs = {"clean": clean, "corrupt": corrupt}
+    return _Setup(inputs[base], inputs[source], target, foil, clean_m, corrupt_m, runs[base][1].record_z,
+                  runs[source][1].record_z, runs[base][1].record_mlp or {})
+
+
+def _one_head(n_heads: int, head: int) -> torch.Tensor:
+    return torch.arange(n_heads) == head
+
+
+def activation_patching(model: nn.Module, clean: dict, corrupt: dict, target, foil, *, direction: str = "denoise",
+                        positions: torch.Tensor | None = None) -> PatchingResult:
+    """Patch each head's output ``z`` from the source run into the base run, one head at a time.
+
+    Args:
+        model: Hugging Face GPT-2 / LLaMA-type model or TransformerLens bridge.
+        clean, corrupt: ``{"input_ids": [B, N], "attention_mask": [B, N]}`` of the same shape.
+        target, foil: token id(s), one or one per row; the metric is ``logit(target) - logit(foil)``.
+        direction: ``denoise`` (clean into corrupted) or ``noise``.
+        positions: ``[B, N]`` bool positions to patch; ``None`` for all.
+
+    Returns:
+        :class:`PatchingResult` with ``method="activation"``.
+
+    Example:
+        >>> res = activation_patching(model, tok(["When Mary and John ..., John gave it to"], return_tensors="pt"),
+        ...                           corrupt_inputs, target=mary_id, foil=john_id)  # doctest: +SKIP
+    """
+    s = _setup(model, clean, corrupt, target, foil, direction)
+    n_layers, n_heads = len(s.base_z), next(iter(s.base_z.values())).shape[2]
+    metric = np.full((n_layers, n_heads), np.nan)
+    for layer in range(n_layers):
+        for head in range(n_heads):
+            ed = Edits(z={layer: (s.source_z[layer], _one_head(n_heads, head))}, positions=positions)
+            metric[layer, head] = s.metric(run(model, s.base, ed))
+    return PatchingResult(effect=s.normalise(metric), metric=metric, clean=s.clean, corrupted=s.corrupted,
+                          method="activation", direction=direction)
+
+
+def _sender_edits(s: _Setup, sender: tuple[int, int], n_heads: int, freeze_mlps: bool, **record) -> Edits:
+    """Step 1 of path patching: sender from the source, every other head frozen at its base value."""
+    z = {}
+    for layer, base in s.base_z.items():
+        values = base.clone()
+        if layer == sender[0]:
+            values[:, :, sender[1]] = s.source_z[layer][:, :, sender[1]]
+        z[layer] = (values, torch.ones(n_heads, dtype=torch.bool))
+    return Edits(z=z, mlp=dict(s.base_mlp) if freeze_mlps else None, **record)
+
+
+def path_patching(model: nn.Module, clean: dict, corrupt: dict, target, foil, *,
+                  receivers: Sequence[tuple[int, int]] = (), receiver_inputs: str = QKV,
+                  senders: Sequence[tuple[int, int]] | None = None, direction: str = "denoise",
+                  positions: torch.Tensor | None = None, freeze_mlps: bool = False) -> PatchingResult:
+    """Path patching of every sender head (or ``senders``) to the logits or to receiver heads' inputs.
+
+    Args:
+        model: Hugging Face GPT-2 or LLaMA-type model.
+        clean, corrupt, target, foil, direction: as in :func:`activation_patching`.
+        receivers: ``(layer, head)`` receivers; empty for the path sender -> logits.
+        receiver_inputs: which receiver inputs carry the sender's effect, a subset of ``"qkv"``.
+        senders: heads to test; ``None`` for all. Senders with no receiver in a later layer get NaN.
+        positions: ``[B, N]`` bool positions where the receivers' inputs are patched; ``None`` for all.
+        freeze_mlps: also freeze MLP outputs at their base values in step 1 (default: they recompute).
+
+    Returns:
+        :class:`PatchingResult` with ``method="path"`` over the senders.
+    """
+    sites = layer_sites(model)
+    n_layers, n_heads = len(sites), sites[0].n_heads
+    which = tuple(dict.fromkeys(receiver_inputs))
+    if not which or set(which) - set(QKV):
+        raise ValueError(f"receiver_inputs must be letters from 'qkv', got {receiver_inputs!r}")
+    if receivers and set(which) & set("kv") and sites[0].n_kv_heads != n_heads:
+        raise ValueError("Path patching to receivers' k or v needs one key/value head per query head; this model "
+                         "groups them. Use receiver_inputs='q'")
+    for layer, head in receivers:
+        if not (0 <= layer < n_layers and 0 <= head < n_heads):
+            raise ValueError(f"Receiver {layer}.{head} is outside the model ({n_layers} layers x {n_heads} heads)")
+    s = _setup(model, clean, corrupt, target, foil, direction, with_mlp=freeze_mlps)
+    senders = [(l, h) for l in range(n_layers) for h in range(n_heads)] if senders is None else list(senders)
+    metric = np.full((n_layers, n_heads), np.nan)
+    for sender in senders:
+        if receivers and not any(r[0] > sender[0] for r in receivers):
+            continue
+        if not receivers:
+            metric[sender] = s.metric(run(model, s.base, _sender_edits(s, sender, n_heads, freeze_mlps)))
+            continue
+        step1 = _sender_edits(s, sender, n_heads, freeze_mlps, record_qkv={})
+        run(model, s.base, step1)
+        qkv: dict = {}
+        for layer, head in receivers:
+            if layer <= sender[0]:
+                continue
+            for name in which:
+                values = step1.record_qkv[layer][name]
+                prev = qkv.setdefault(layer, {}).get(name, (values, torch.zeros(n_heads, dtype=torch.bool)))
+                qkv[layer][name] = (values, prev[1] | _one_head(n_heads, head))
+        metric[sender] = s.metric(run(model, s.base, Edits(qkv=qkv, positions=positions)))
+    return PatchingResult(effect=s.normalise(metric), metric=metric, clean=s.clean, corrupted=s.corrupted,
+                          method="path", direction=direction, receivers=tuple(map(tuple, receivers)),
+                          receiver_inputs="".join(which) if receivers else "")
+
+
+# -- naming the heads of known circuits -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class CircuitReport(ProbeResult):
+    """The heads a model's known circuits use, with the evidence.
+
+    Attributes:
+        induction, previous_token: :class:`~attnlab.probes.circuits.HeadScores` on repeated random sequences.
+        ioi: activation patching of IOI prompts against their ABC corruption (``None`` when skipped).
+        induction_heads, previous_token_heads, ioi_heads: the named heads ``(layer, head)``, strongest first.
+        graph: the sparse-decomposition :class:`~attnlab.probes.circuits.CircuitGraph` of the IOI prompts
+            (GPT-2 only; ``None`` otherwise).
+    """
+
+    induction: object
+    previous_token: object
+    ioi: PatchingResult | None
+    induction_heads: tuple[tuple[int, int], ...]
+    previous_token_heads: tuple[tuple[int, int], ...]
+    ioi_heads: tuple[tuple[int, int], ...]
+    graph: object = None
+    probe = "circuits-report"
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per head: ``layer, head, induction, previous_token, ioi_effect, roles``."""
+        frame = self.induction.to_frame().rename(columns={"score": "induction"})
+        frame["previous_token"] = self.previous_token.scores.reshape(-1)
+        frame["ioi_effect"] = self.ioi.effect.reshape(-1) if self.ioi is not None else np.nan
+        roles = {"induction": self.induction_heads, "previous_token": self.previous_token_heads, "ioi": self.ioi_heads}
+        frame["roles"] = [",".join(r for r, heads in roles.items() if (l, h) in heads)
+                          for l, h in zip(frame["layer"], frame["head"])]
+        return frame
+
+
+def single_token_id(tokenizer, word: str) -> int:
+    """The id of ``word`` as one token (also tried with a leading space, as byte-BPE vocabularies need)."""
+    for text in (word, " " + word):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) == 1 and ids[0] != tokenizer.unk_token_id:
+            return int(ids[0])
+    raise ValueError(f"{word!r} is not a single token of this tokenizer; give a word it has as one token")
+
+
+def repeated_sequences(tokenizer, n: int = 32, length: int = 15, seed: int = 0) -> torch.Tensor:
+    """``<bos> x x`` with ``x`` random tokens, ``[n, 1 + 2 * length]``.
+
+    Tokens come from toy-gpt's induction words when the tokenizer has them all (what toy-gpt was
+    trained on), else from the whole vocabulary without special tokens.
+    """
+    from attnlab.zoo.train_gpt import INDUCTION_WORDS, induction_batch
+
+    gen = torch.Generator().manual_seed(seed)
+    vocab = tokenizer.get_vocab()
+    if all(w in vocab for w in INDUCTION_WORDS):
+        return induction_batch(tokenizer, gen, n, length)
+    pool = torch.tensor(sorted(set(vocab.values()) - set(tokenizer.all_special_ids)))
+    first = pool[torch.randint(len(pool), (n, length), generator=gen)]  # (n, L)
+    bos = [] if tokenizer.bos_token_id is None else [torch.full((n, 1), tokenizer.bos_token_id)]
+    return torch.cat(bos + [first, first], dim=1)
+
+
+def abc_corruption(prompts: Sequence, names: Sequence[str], seed: int = 0) -> list[str]:
+    """IOI prompts with their names replaced by three other names (Wang et al.'s ABC distribution).
+
+    The first indirect-object mention, the first and the second subject mention each get a distinct
+    name from ``names`` (neither the prompt's IO nor its S), so no name is repeated and IOI has no answer.
+
+    Args:
+        prompts: objects with ``text``, ``io`` and ``s`` (e.g. :class:`attnlab.zoo.train_gpt.IOIPrompt`).
+        names: the pool of replacement names.
+        seed: randomness of the draw.
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    for p in prompts:
+        pool = [n for n in names if n not in (p.io, p.s)]
+        c_io, c_s1, c_s2 = (pool[i] for i in rng.choice(len(pool), 3, replace=False))
+        words, seen_s = p.text.split(" "), 0
+        for k, w in enumerate(words):
+            if w == p.io:
+                words[k] = c_io
+            elif w == p.s:
+                words[k] = c_s1 if seen_s == 0 else c_s2
+                seen_s += 1
+        out.append(" ".join(words))
+    return out
+
+
+def ioi_patching(model, tokenizer, prompts: Sequence, names: Sequence[str], seed: int = 0) -> PatchingResult:
+    """Activation patching (denoising) of IOI prompts against their ABC corruption; metric ``logit(IO) - logit(S)``."""
+    clean = dict(tokenizer([p.text for p in prompts], return_tensors="pt", padding=True))
+    corrupt = dict(tokenizer(abc_corruption(prompts, names, seed), return_tensors="pt", padding=True))
+    target = [single_token_id(tokenizer, p.io) for p in prompts]
+    foil = [single_token_id(tokenizer, p.s) for p in prompts]
+    return activation_patching(model, clean, corrupt, target, foil)
+
+
+def trace_circuits(model, tokenizer, *, prompts: Sequence | None = None, names: Sequence[str] | None = None,
+                   n_prompts: int = 64, n_sequences: int = 32, length: int = 15, seed: int = 0,
+                   induction_min: float = 0.3, previous_min: float = 0.3, ioi_min_effect: float = 0.1,
+                   with_graph: bool = True) -> CircuitReport:
+    """Name a causal LM's induction heads, previous-token heads and the heads IOI needs.
+
+    Induction and previous-token heads: :func:`~attnlab.probes.circuits.induction_scores` and
+    :func:`~attnlab.probes.circuits.previous_token_scores` on ``n_sequences`` repeated random sequences,
+    thresholded at ``induction_min`` / ``previous_min``. IOI heads: activation patching of each head
+    from IOI prompts into their ABC corruption, normalised effect ``>= ioi_min_effect``.
+
+    Args:
+        model: a Hugging Face causal LM (GPT-2 for the circuit graph).
+        tokenizer: its tokenizer.
+        prompts: IOI prompts (``text``, ``io``, ``s``); ``None`` draws toy-gpt's held-out prompts.
+        names: replacement names for the corruption; ``None`` uses toy-gpt's names.
+        n_prompts, n_sequences, length, seed: sizes and randomness of the default data.
+        induction_min, previous_min, ioi_min_effect: thresholds for naming heads.
+        with_graph: also trace the sparse-decomposition graph of the IOI prompts (GPT-2 only).
+
+    Returns:
+        :class:`CircuitReport`.
+    """
+    from attnlab.core.capture import Capture
+    from attnlab.hooks import attach
+    from attnlab.zoo import train_gpt
+
+    from .circuits import circuit_graph, induction_scores, previous_token_scores
+
+    ids = repeated_sequences(tokenizer, n_sequences, length, seed)
+    with torch.no_grad(), attach(model, Capture(pattern=True), tokenizer=tokenizer) as rec:
+        model(input_ids=ids)
+    induction, previous = induction_scores(rec.trace(), period=length), previous_token_scores(rec.trace())
+    prompts = list(prompts) if prompts is not None else train_gpt.heldout_ioi_prompts(n_prompts, seed)
+    ioi = ioi_patching(model, tokenizer, prompts, names or train_gpt.NAMES, seed) if prompts else None
+    ioi_heads = () if ioi is None else tuple(h for h in ioi.top(ioi.effect.size) if ioi.effect[h] >= ioi_min_effect)
+    graph = None
+    if with_graph and prompts and getattr(model.config, "model_type", None) == "gpt2":
+        cap = Capture(pattern=True, qk=True, head_out=True, resid=True)
+        with torch.no_grad(), attach(model, cap, tokenizer=tokenizer) as rec:
+            model(**tokenizer([p.text for p in prompts], return_tensors="pt", padding=True))
+        graph = circuit_graph(rec.trace(), model)
+    return CircuitReport(induction, previous, ioi, tuple(induction.heads(induction_min)),
+                         tuple(previous.heads(previous_min)), ioi_heads, graph)

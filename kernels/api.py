@@ -140,10 +140,10 @@ def attention(
     if return_pattern and chosen != "eager":
         raise ValueError("return_pattern=True needs impl='eager' (the only path that materialises the pattern)")
     if chosen == "triton":
-        from .triton_attention import triton_attention
-
         if any(m.dim() == 3 for m in key_sets.values()):
             raise ValueError("Per-head [B, H, K] key sets run on impl='torch' or 'eager'; the Triton kernel takes [B, K] sets")
+        from .triton_attention import triton_attention
+
         return triton_attention(q, k, v, causal=causal, key_mask=key_mask, attn_mask=attn_mask, scale=scale,
                                 layer_plan=plan, key_sets=key_sets, query_sets=query_sets, stats=stats)
     return reference_attention(

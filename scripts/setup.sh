@@ -10,7 +10,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 if ! .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') else 1)" 2>/dev/null; then
-  .venv/bin/pip install -q "torch==2.13.0"
+  .venv/bin/pip install -q "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -c "import torch" 
 fi
 if ! .venv/bin/python -c "import attnlab.core, pytest, hypothesis, umap" 2>/dev/null || [ pyproject.toml -nt .venv/.attnlab-installed ]; then
   .venv/bin/pip install -q "torch==2.13.0" -e ".[test,fast]" 2>&1 | grep -v "^WARNING: Location" || true

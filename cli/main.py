@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import capture_cmd, circuits_cmd
+from . import capture_cmd, circuits_cmd, dashboard_cmd
 from .eval_cmd import eval_app
 from .probe_cmd import register_probes
 from .zoo_cmd import zoo_app
@@ -13,6 +13,7 @@ app = typer.Typer(help="attnlab: capture, probe and steer attention in transform
                   pretty_exceptions_enable=False, add_completion=False)
 capture_cmd.register(app)
 circuits_cmd.register(app)
+dashboard_cmd.register(app)
 app.add_typer(zoo_app, name="zoo")
 app.add_typer(eval_app, name="eval")
 app.add_typer(register_probes(), name="probe")

@@ -1,0 +1,185 @@
+"""Probe calls behind the Flow, Sinks, QK, Circuits and Interventions pages, cached per Run.
+
+Probes written by other modules are imported inside the functions, so a page whose probe is missing
+(or still being written) says "not available" instead of breaking the app.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pandas as pd
+
+from .data import DashboardData, meta_of, trace_header
+
+
+class NotAvailable(ValueError):
+    """A view this Run (or this installation) cannot show; the message says why and what would enable it."""
+
+
+def probe_module(name: str):
+    """``attnlab.probes.<name>``, or :class:`NotAvailable` when it cannot be imported."""
+    try:
+        return importlib.import_module(f"attnlab.probes.{name}")
+    except ImportError as err:
+        raise NotAvailable(f"The {name} probe is not available in this installation ({err})") from err
+
+
+def _layers_with(data: DashboardData, run, trace: str, field: str) -> list[int]:
+    header = trace_header(run, trace)
+    return [i for i in header["layers"] if data.has_field(run, trace, i, field)]
+
+
+def relevance(data: DashboardData, run, trace: str, item: int, method: str, fusion: str, discard: float,
+              receptive_field: bool, position: int | None):
+    """Rollout or flow relevance of one batch item (a ``TokenRelevance`` result whose batch holds that item).
+
+    ``position`` indexes the item's real tokens (negative from the end); ``None`` is the probe's default.
+    """
+    if method not in ("rollout", "flow"):
+        raise ValueError(f"Unknown relevance method {method!r}; choose rollout or flow")
+    layers = _layers_with(data, run, trace, "pattern")
+    meta = meta_of(trace_header(run, trace))
+    if len(layers) != meta.n_layers:
+        raise NotAvailable("Rollout and flow need the attention pattern of every layer; this trace has it for "
+                           f"layers {layers or 'none'}. Capture with Capture(pattern=True, layers=None).")
+    key = ("relevance", trace, int(item), method, fusion, float(discard), bool(receptive_field), position)
+    return data.cached(run, key, lambda: _relevance(data, run, trace, item, method, fusion, discard, receptive_field,
+                                                    position, layers))
+
+
+def _relevance(data, run, trace, item, method, fusion, discard, receptive_field, position, layers):
+    full = data.partial_trace(run, trace, layers, ("pattern",), item=int(item))
+    if method == "rollout":
+        return probe_module("rollout").attention_rollout(full, position=position, head_fusion=fusion,
+                                                         discard_ratio=discard, receptive_field=receptive_field)
+    return probe_module("flow").attention_flow(full, position=position, head_fusion=fusion)
+
+
+def sinks(data: DashboardData, run, trace: str, rule: str, item: int):
+    """Sink tokens of one item in every captured layer (patterns when stored, else the ``received`` statistic);
+    the result's batch holds that item."""
+    header = trace_header(run, trace)
+    fields = ("pattern",) if _layers_with(data, run, trace, "pattern") == header["layers"] else ("stats.received",)
+    if fields == ("stats.received",) and _layers_with(data, run, trace, "stats.received") != header["layers"]:
+        raise NotAvailable("Sink tokens need attention patterns or the 'received' statistic; capture with "
+                           "Capture(pattern=True) or Capture(stats=True)")
+    return data.cached(run, ("sinks", trace, rule, int(item)), lambda: probe_module("sinks").sink_tokens(
+        data.partial_trace(run, trace, None, fields, item=int(item)), rule=rule))
+
+
+def massive(data: DashboardData, run, trace: str, item: int):
+    """Massive activations in one item's stored layer outputs (relative test: small models rarely pass
+    the paper's |h| > 100); the result's batch holds that item."""
+    layers = _layers_with(data, run, trace, "resid")
+    if not layers:
+        raise NotAvailable("Massive activations need the layer outputs; capture with Capture(resid=True)")
+    return data.cached(run, ("massive", trace, int(item)), lambda: probe_module("massive").massive_activations(
+        data.partial_trace(run, trace, layers, ("resid",), item=int(item)), abs_floor=None, ratio=100.0))
+
+
+def registers(data: DashboardData, run, trace: str):
+    """High-norm patch tokens per layer (needs layer outputs and image segments)."""
+    if not _layers_with(data, run, trace, "resid"):
+        raise NotAvailable("High-norm tokens need the layer outputs; capture with Capture(resid=True)")
+    return data.cached(run, ("registers", trace), lambda: probe_module("registers").high_norm_tokens(
+        data.partial_trace(run, trace, _layers_with(data, run, trace, "resid"), ("resid",))))
+
+
+def qk_layers(data: DashboardData, run, trace: str) -> list[int]:
+    """Layers whose queries and keys were stored."""
+    return [i for i in _layers_with(data, run, trace, "q") if data.has_field(run, trace, i, "k")]
+
+
+def qk_heads(data: DashboardData, run, trace: str, layer: int):
+    """AttentionViz embeddings (PCA: fast and deterministic) of every head of one layer."""
+    if layer not in qk_layers(data, run, trace):
+        raise NotAvailable("The QK embedding needs queries and keys; capture with Capture(qk=True)")
+    module = probe_module("qk_embedding")
+
+    def compute():
+        trace_obj = data.partial_trace(run, trace, [layer], ("q", "k"))
+        return module.embed_all_heads(trace_obj, module.QKEmbedding(method="pca"), layers=[layer])
+
+    return data.cached(run, ("qk-heads", trace, int(layer)), compute)
+
+
+def qk_head(data: DashboardData, run, trace: str, layer: int, head: int, method: str) -> pd.DataFrame:
+    """One head's joint query-key embedding points (``kind``, token metadata, ``x``, ``y``)."""
+    if method == "pca":
+        return qk_heads(data, run, trace, layer).head_frame(layer, head)
+    if layer not in qk_layers(data, run, trace):
+        raise NotAvailable("The QK embedding needs queries and keys; capture with Capture(qk=True)")
+    module = probe_module("qk_embedding")
+
+    def compute():
+        trace_obj = data.partial_trace(run, trace, [layer], ("q", "k"))
+        return module.QKEmbedding(method=method, random_state=0, n_jobs=1).fit(trace_obj, layer=layer, head=head).points_
+
+    return data.cached(run, ("qk-head", trace, int(layer), int(head), method), compute)
+
+
+def result_table(run, name: str, what: str) -> pd.DataFrame:
+    """A stored result table, or :class:`NotAvailable` naming how to add it."""
+    if name not in run.manifest.get("results", []):
+        raise NotAvailable(f"{what} is not available in this Run (no '{name}' result table)")
+    return run.result(name)
+
+
+def circuit_edges(run) -> pd.DataFrame:
+    """The stored circuit edge table (``upstream, downstream, side, strength, ...``)."""
+    frame = result_table(run, "circuits", "The head communication graph")
+    missing = {"upstream", "downstream", "side", "strength"} - set(frame.columns)
+    if missing:
+        raise NotAvailable(f"The circuits table of this Run lacks columns {sorted(missing)}")
+    return frame
+
+
+def eval_summary(run) -> pd.DataFrame:
+    """The POPE/CHAIR summary table of an eval Run."""
+    return result_table(run, "summary", "An eval summary (POPE/CHAIR)")
+
+
+def eval_metrics(frame: pd.DataFrame) -> list[str]:
+    """Metric columns of a summary table present for at least one row."""
+    skip = {"task", "split", "method", "n", "seconds"}
+    return [c for c in frame.columns if c not in skip and pd.api.types.is_numeric_dtype(frame[c])
+            and frame[c].notna().any()]
+
+
+def intervention_pairs(data: DashboardData) -> list[tuple[str, str]]:
+    """``(baseline id, method id)`` pairs: Runs of one model on the same inputs, one without a Plan."""
+    plain, planned = {}, []
+    for ref in data.runs():
+        try:
+            run = data.run(ref.run_id)
+        except ValueError:
+            continue
+        if not run.manifest["traces"]:
+            continue
+        key = (str(run.info.model.get("name")), repr(run.info.inputs))
+        if run.info.plan:
+            planned.append((key, ref.run_id))
+        else:
+            plain.setdefault(key, ref.run_id)
+    return [(plain[key], run_id) for key, run_id in planned if key in plain]
+
+
+def answers(run) -> dict:
+    """Generated answers stored by the Run (``extra["answers"]``: ``{"item: prompt": answer}``), else ``{}``."""
+    found = run.info.extra.get("answers") or {}
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+
+def token_attention(data: DashboardData, run, trace: str, layer: int, head: int, item: int, position: int,
+                    kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """A token's attention: its row (``kind="query"``: what it attends to) or column (``"key"``: what
+    attends to it), over the item's real tokens; ``(weights, positions)``."""
+    from .summaries import attention_matrix
+
+    matrix, real, _ = attention_matrix(data, run, trace, layer, head, item)
+    where = np.flatnonzero(real == int(position))
+    if not where.size:
+        raise ValueError(f"Position {position} is not a real token of item {item}")
+    return (matrix[where[0]] if kind == "query" else matrix[:, where[0]]), real

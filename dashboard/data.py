@@ -1,0 +1,394 @@
+"""Where the dashboard's data comes from: Runs under the allowed roots, read lazily and cached per app.
+
+Security: a Run id is ``"<root index>:<relative path>"``. :meth:`RunCatalog.resolve` rejects absolute
+paths, ``..`` parts and anything that, once symlinks are resolved, lies outside its root; nothing is
+read from a path that did not pass it. Images named by a manifest are read only when they resolve
+inside one of the roots too.
+
+Laziness: discovery reads manifests only. Tensors are read one safetensors key at a time (a layer's
+``pattern``, ``stats.entropy``, ...) and kept in a byte-bounded LRU keyed by ``(file, mtime, key)``; the
+cache lives on the :class:`DashboardData` object that :func:`attnlab.dashboard.app.create_app` hangs on
+the Flask server, so there is no module-level mutable state.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterable
+
+import torch
+
+from attnlab.core.runs import Run, RunFormatError
+from attnlab.core.trace import LayerRecord, Segment, Trace, TraceMeta
+
+#: How deep under a root Runs are searched for (a root may itself be a Run).
+MAX_DEPTH = 3
+DEFAULT_TENSOR_BYTES = 512 * 2**20
+DEFAULT_RESULTS = 128
+EXTENSION_KEY = "attnlab"
+
+
+class RunAccessError(ValueError):
+    """A Run id that is malformed, outside the served directories or not a Run."""
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """One discovered Run.
+
+    Attributes:
+        run_id: ``"<root index>:<relative path>"`` (``"."`` for a root that is itself a Run).
+        path: the resolved Run directory.
+        label: what the Run selector shows.
+    """
+
+    run_id: str
+    path: Path
+    label: str
+
+
+class RunCatalog:
+    """The Runs under the directories given at start.
+
+    Args:
+        roots: directories (each a Run or a folder holding Runs); each must exist.
+
+    Raises:
+        ValueError: a root that does not exist or is not a directory.
+    """
+
+    def __init__(self, roots: Iterable[str | Path]) -> None:
+        resolved = []
+        for root in roots:
+            path = Path(root).expanduser().resolve()
+            if not path.is_dir():
+                raise ValueError(f"{root} is not a directory; give Run directories (or folders holding Runs)")
+            resolved.append(path)
+        if not resolved:
+            raise ValueError("Give at least one Run directory")
+        self.roots: tuple[Path, ...] = tuple(resolved)
+
+    def discover(self) -> list[RunRef]:
+        """Every Run (a directory with ``manifest.json``) under the roots, sorted by id; reads only manifests."""
+        found: list[RunRef] = []
+        for index, root in enumerate(self.roots):
+            for path in _walk_runs(root, MAX_DEPTH):
+                rel = path.relative_to(root).as_posix()
+                run_id = f"{index}:{rel}"
+                found.append(RunRef(run_id, path, _label(root, rel, path)))
+        return sorted(found, key=lambda r: r.run_id)
+
+    def resolve(self, run_id: object) -> Path:
+        """The Run directory of ``run_id``, after checking it stays inside its root.
+
+        Raises:
+            RunAccessError: malformed id, traversal outside the root, or no Run there.
+        """
+        if not isinstance(run_id, str) or ":" not in run_id or "\x00" in run_id or "\\" in run_id:
+            raise RunAccessError(f"{run_id!r} is not a Run id of this dashboard; pick a Run from the list")
+        head, rel = run_id.split(":", 1)
+        if not head.isdigit() or int(head) >= len(self.roots):
+            raise RunAccessError(f"{run_id!r} names no served directory; pick a Run from the list")
+        pure = PurePosixPath(rel)
+        if pure.is_absolute() or ".." in pure.parts:
+            raise RunAccessError(f"{run_id!r} points outside the served directories; pick a Run from the list")
+        root = self.roots[int(head)]
+        path = (root / pure).resolve()
+        if not path.is_relative_to(root):
+            raise RunAccessError(f"{run_id!r} resolves outside the served directories; pick a Run from the list")
+        if not (path / "manifest.json").is_file():
+            raise RunAccessError(f"{run_id!r} is not a Run (no manifest.json); pick a Run from the list")
+        return path
+
+    def contains(self, path: Path) -> bool:
+        """Whether a resolved path lies inside one of the roots."""
+        return any(path == root or path.is_relative_to(root) for root in self.roots)
+
+
+def _walk_runs(root: Path, depth: int) -> list[Path]:
+    if (root / "manifest.json").is_file():
+        return [root]
+    if depth == 0:
+        return []
+    out = []
+    try:
+        children = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    except OSError:
+        return []
+    for child in children:
+        if child.is_symlink():  # a link may lead outside the root; Runs are searched in real folders only
+            continue
+        out += _walk_runs(child, depth - 1)
+    return out
+
+
+def _label(root: Path, rel: str, path: Path) -> str:
+    try:
+        model = Run.open(path).manifest["model"].get("name", "?")
+    except (RunFormatError, OSError):
+        model = "unreadable"
+    name = root.name if rel == "." else rel
+    return f"{name} — {Path(str(model)).name}"
+
+
+class ByteLRU:
+    """A thread-safe least-recently-used cache bounded by total bytes (or by entries when sizes are 1)."""
+
+    def __init__(self, max_bytes: int, size_of: Callable[[object], int] = lambda v: 1) -> None:
+        self.max_bytes = max_bytes
+        self._size_of = size_of
+        self._items: OrderedDict = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get_or_compute(self, key, compute: Callable[[], object]):
+        """The cached value of ``key``, computing (outside the lock) and storing it when absent."""
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return self._items[key][0]
+            self.misses += 1
+        value = compute()
+        size = self._size_of(value)
+        with self._lock:
+            if key not in self._items:
+                self._items[key] = (value, size)
+                self._bytes += size
+            while self._bytes > self.max_bytes and len(self._items) > 1:
+                _, (_, old) = self._items.popitem(last=False)
+                self._bytes -= old
+        return value
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def _tensor_bytes(value) -> int:
+    return int(value.numel() * value.element_size()) if isinstance(value, torch.Tensor) else 1
+
+
+class DashboardData:
+    """The Runs an app serves, and the caches of what was read or computed from them.
+
+    Args:
+        roots: the directories given at start.
+        max_tensor_bytes: budget of the tensor LRU.
+        max_results: entries of the LRU of computed results (probe outputs, head statistics, figures' data).
+    """
+
+    def __init__(self, roots: Iterable[str | Path], max_tensor_bytes: int = DEFAULT_TENSOR_BYTES,
+                 max_results: int = DEFAULT_RESULTS) -> None:
+        self.catalog = RunCatalog(roots)
+        self.tensors = ByteLRU(max_tensor_bytes, _tensor_bytes)
+        self.results = ByteLRU(max_results)
+
+    # -- Runs -----------------------------------------------------------------------------------------
+    def runs(self) -> list[RunRef]:
+        """The served Runs."""
+        return self.catalog.discover()
+
+    def run(self, run_id: object) -> Run:
+        """Open a Run by id (manifest only), checked against the roots; cached by manifest mtime."""
+        path = self.catalog.resolve(run_id)
+        stamp = (path / "manifest.json").stat().st_mtime_ns
+        return self.results.get_or_compute(("run", str(path), stamp), lambda: Run.open(path))
+
+    def stamp(self, run: Run) -> int:
+        """The manifest's mtime: part of every cache key, so a rewritten Run is read again."""
+        return (run.path / "manifest.json").stat().st_mtime_ns
+
+    def cached(self, run: Run, key: tuple, compute: Callable[[], object]):
+        """A computed value cached by ``(run path, manifest mtime, *key)``."""
+        return self.results.get_or_compute((str(run.path), self.stamp(run), *key), compute)
+
+    # -- tensors --------------------------------------------------------------------------------------
+    def tensor_keys(self, run: Run, trace: str) -> tuple[str, ...]:
+        """The keys stored in a trace's safetensors file (header only)."""
+        file = _trace_file(run, trace)
+        return self.results.get_or_compute(("keys", str(file), file.stat().st_mtime_ns), lambda: _read_keys(file))
+
+    def tensor(self, run: Run, trace: str, key: str) -> torch.Tensor:
+        """One tensor (e.g. ``layer.3.pattern``) of a trace, read alone and cached."""
+        file = _trace_file(run, trace)
+        if key not in self.tensor_keys(run, trace):
+            raise ValueError(f"Trace {trace!r} of this Run has no {key!r}; capture it to see this view")
+        stamp = file.stat().st_mtime_ns
+        return self.tensors.get_or_compute((str(file), stamp, key), lambda: _read_tensor(file, key))
+
+    def tensor_part(self, run: Run, trace: str, key: str, item: int, head: int | None = None) -> torch.Tensor:
+        """``tensor[item]`` or ``tensor[item, head]`` read alone (safetensors slices read only those bytes), cached.
+
+        This is what keeps a large Run cheap: one head's map of one item is read, not the layer's ``[B, H, Q, K]``.
+        """
+        file = _trace_file(run, trace)
+        if key not in self.tensor_keys(run, trace):
+            raise ValueError(f"Trace {trace!r} of this Run has no {key!r}; capture it to see this view")
+        stamp = file.stat().st_mtime_ns
+        return self.tensors.get_or_compute((str(file), stamp, key, int(item), head),
+                                           lambda: _read_part(file, key, int(item), head))
+
+    def layer_part(self, run: Run, trace: str, layer: int, field: str, item: int, head: int | None = None):
+        """``layer.{layer}.{field}[item(, head)]``."""
+        return self.tensor_part(run, trace, f"layer.{int(layer)}.{field}", item, head)
+
+    def layer_field(self, run: Run, trace: str, layer: int, field: str) -> torch.Tensor:
+        """``layer.{layer}.{field}`` of a trace (``pattern``, ``q``, ``stats.entropy``, ...)."""
+        return self.tensor(run, trace, f"layer.{int(layer)}.{field}")
+
+    def has_field(self, run: Run, trace: str, layer: int, field: str) -> bool:
+        """Whether ``layer.{layer}.{field}`` was stored."""
+        return f"layer.{int(layer)}.{field}" in self.tensor_keys(run, trace)
+
+    def partial_trace(self, run: Run, trace: str, layers: Iterable[int] | None, fields: Iterable[str],
+                      item: int | None = None) -> Trace:
+        """A Trace holding only ``fields`` (``pattern``, ``q``, ``k``, ``head_out``, ``resid``, ``stats`` or
+        ``stats.<name>``) of ``layers`` (``None``: every captured layer); nothing else is read.
+
+        With ``item``, only that batch item is read and the Trace has batch size 1.
+        """
+        header = trace_header(run, trace)
+        keys = self.tensor_keys(run, trace)
+        chosen = header["layers"] if layers is None else [int(i) for i in layers]
+        wanted = tuple(fields)
+        if item is not None and not 0 <= item < len(header["tokens"]):
+            raise ValueError(f"Item {item} is not in this trace, which holds {len(header['tokens'])} item(s)")
+
+        def read(key):
+            return self.tensor(run, trace, key) if item is None else self.tensor_part(run, trace, key, item)[None]
+
+        records = {}
+        for i in chosen:
+            prefix = f"layer.{i}."
+            records[i] = LayerRecord.from_tensors({key[len(prefix):]: read(key) for key in keys
+                                                   if key.startswith(prefix) and _wanted(key[len(prefix):], wanted)})
+        embeddings = read("embeddings") if "resid" in wanted and "embeddings" in keys else None
+        tokens, segments = header["tokens"], segments_of(header)
+        if item is not None:
+            tokens, segments = tokens[item:item + 1], segments[item:item + 1]
+        return Trace(tokens, segments, records, meta_of(header), read("token_mask"), embeddings)
+
+    # -- images ---------------------------------------------------------------------------------------
+    def image_uri(self, run: Run, index: int) -> str | None:
+        """The ``index``-th input image of a Run as a PNG data URI, or ``None`` when it is not served
+        (missing, unreadable, or outside the served directories)."""
+        images = run.info.inputs.get("images") or []
+        if not 0 <= index < len(images):
+            return None
+        path = (run.path / str(images[index])).resolve()
+        if not self.catalog.contains(path) or not path.is_file():
+            return None
+        return self.results.get_or_compute(("image", str(path), path.stat().st_mtime_ns), lambda: _png_uri(path))
+
+
+def item_trace(trace: Trace, item: int) -> Trace:
+    """The Trace of one batch item (batch size 1), sharing the tensors' storage."""
+    if not 0 <= item < trace.batch_size:
+        raise ValueError(f"Item {item} is not in this trace, which holds {trace.batch_size} item(s)")
+    sl = slice(item, item + 1)
+    layers = {}
+    for i, rec in trace.layers.items():
+        layers[i] = LayerRecord.from_tensors({k: v[sl] for k, v in rec.tensors().items()})
+    embeddings = trace.embeddings[sl] if trace.embeddings is not None else None
+    return Trace(trace.tokens[sl], trace.segments[sl], layers, trace.meta, trace.token_mask[sl], embeddings)
+
+
+def _wanted(name: str, fields: tuple[str, ...]) -> bool:
+    return name in fields or ("stats" in fields and name.startswith("stats."))
+
+
+def _trace_file(run: Run, trace: str) -> Path:
+    if trace not in run.manifest["traces"]:
+        raise ValueError(f"This Run has no trace {trace!r}; it has {run.trace_names}")
+    file = run.path / "traces" / f"{trace}.safetensors"
+    if not file.is_file():
+        raise RunFormatError(f"{file.name} is missing from the Run; re-create the Run")
+    return file
+
+
+def _read_keys(file: Path) -> tuple[str, ...]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            return tuple(handle.keys())
+    except Exception as err:  # safetensors raises several types for damaged files
+        raise RunFormatError(f"{file.name} is corrupt or truncated ({err}); re-create the Run") from err
+
+
+def _read_tensor(file: Path, key: str) -> torch.Tensor:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            return handle.get_tensor(key)
+    except Exception as err:  # safetensors raises several types for damaged files
+        raise RunFormatError(f"{file.name} is corrupt or truncated ({err}); re-create the Run") from err
+
+
+def _read_part(file: Path, key: str, item: int, head: int | None) -> torch.Tensor:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            part = handle.get_slice(key)
+            if head is None:
+                return part[item:item + 1][0].clone()
+            return part[item:item + 1, head:head + 1][0, 0].clone()
+    except Exception as err:  # safetensors raises several types for damaged files
+        raise RunFormatError(f"{file.name} is corrupt or truncated ({err}); re-create the Run") from err
+
+
+def _png_uri(path: Path) -> str | None:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            buffer = io.BytesIO()
+            image.convert("RGB").save(buffer, format="PNG")
+    except (UnidentifiedImageError, OSError):
+        return None
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def trace_header(run: Run, trace: str) -> dict:
+    """The manifest entry of a trace (tokens, segments, meta, layers)."""
+    if not run.manifest["traces"]:
+        raise ValueError("This Run holds result tables only (no traces); pick a Run with traces for this view")
+    if trace not in run.manifest["traces"]:
+        raise ValueError(f"This Run has no trace {trace!r}; it has {run.trace_names}")
+    return run.manifest["traces"][trace]
+
+
+def segments_of(header: dict) -> list[list[Segment]]:
+    """Segments of every batch item from a trace header."""
+    return [[Segment(s["kind"], s["start"], s["end"], tuple(s["grid"]) if s.get("grid") else None, s.get("label", ""))
+             for s in segs] for segs in header["segments"]]
+
+
+def meta_of(header: dict) -> TraceMeta:
+    """The TraceMeta of a trace header."""
+    return TraceMeta(**{**header["meta"], "captured": tuple(header["meta"]["captured"])})
+
+
+def token_labels(header: dict, item: int) -> list[str]:
+    """``"position:token"`` labels of one batch item (unique, so plotly keeps every tick)."""
+    return [f"{n}:{tok}" for n, tok in enumerate(header["tokens"][item])]
+
+
+def real_length(header: dict, item: int) -> int:
+    """Tokens of an item that are not padding (pad segments are trailing or leading spans)."""
+    pads = sum(s["end"] - s["start"] for s in header["segments"][item] if s["kind"] == "pad")
+    return len(header["tokens"][item]) - pads
+
+
+def image_segments(header: dict, item: int) -> list[Segment]:
+    """Image spans with a patch grid of one batch item."""
+    return [s for s in segments_of(header)[item] if s.kind == "image" and s.grid]

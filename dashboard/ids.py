@@ -1,0 +1,89 @@
+"""Every component id of the dashboard, in one place (pages import these; no string ids elsewhere).
+
+Names are ``<PAGE>_<WHAT>``; the values are what the browser tests select on.
+"""
+
+# -- app shell (present on every page) ---------------------------------------------------------------
+NAV = "nav-location"  # dcc.Location used by callbacks to navigate (e.g. Heads -> Attention)
+RUN = "run-select"
+TRACE = "trace-select"
+ITEM = "item-select"
+RUN_HINT = "run-hint"
+PAGE_LINKS = "page-links"
+
+# -- Runs -----------------------------------------------------------------------------------------
+RUNS_TABLE = "runs-table"
+RUNS_DETAIL = "runs-detail"
+RUNS_TIMINGS = "runs-timings"
+RUNS_MESSAGE = "runs-message"
+
+# -- Heads ----------------------------------------------------------------------------------------
+HEADS_STAT = "heads-stat"
+HEADS_GRID = "heads-grid"
+HEADS_OPEN = "heads-open"
+HEADS_OPEN_BUTTON = "heads-open-button"
+HEADS_MESSAGE = "heads-message"
+
+# -- Attention ------------------------------------------------------------------------------------
+ATTN_LAYER = "attn-layer"
+ATTN_HEAD = "attn-head"
+ATTN_HEATMAP = "attn-heatmap"
+ATTN_TEXT = "attn-text"
+ATTN_FOCUS = "attn-focus"  # dcc.Store: the focused token position
+ATTN_QUERY = "attn-query"  # query token for the image overlay
+ATTN_IMAGE = "attn-image"
+ATTN_IMAGE_BOX = "attn-image-box"
+ATTN_MESSAGE = "attn-message"
+
+# -- Flow -----------------------------------------------------------------------------------------
+FLOW_METHOD = "flow-method"
+FLOW_FUSION = "flow-fusion"
+FLOW_DISCARD = "flow-discard"
+FLOW_OPTIONS = "flow-options"
+FLOW_POSITION = "flow-position"
+FLOW_BAR = "flow-bar"
+FLOW_GRID = "flow-grid"
+FLOW_GRID_BOX = "flow-grid-box"
+FLOW_MESSAGE = "flow-message"
+
+# -- Sinks & registers ----------------------------------------------------------------------------
+SINKS_RULE = "sinks-rule"
+SINKS_HEATMAP = "sinks-heatmap"
+SINKS_TABLE = "sinks-table"
+SINKS_MASSIVE = "sinks-massive"
+SINKS_LAYER = "sinks-layer"
+SINKS_COMPARE = "sinks-compare"
+SINKS_NORMS = "sinks-norms"
+SINKS_NORMS_OTHER = "sinks-norms-other"
+SINKS_SUMMARY = "sinks-summary"
+SINKS_NORMS_BOX = "sinks-norms-box"
+SINKS_MESSAGE = "sinks-message"
+
+# -- QK embedding ---------------------------------------------------------------------------------
+QK_LAYER = "qk-layer"
+QK_HEAD = "qk-head"
+QK_COLOUR = "qk-colour"
+QK_METHOD = "qk-method"
+QK_GRID = "qk-grid"
+QK_DETAIL = "qk-detail"
+QK_TOKEN = "qk-token"
+QK_MESSAGE = "qk-message"
+
+# -- Circuits -------------------------------------------------------------------------------------
+CIRCUITS_MIN = "circuits-min-strength"
+CIRCUITS_GRAPH = "circuits-graph"
+CIRCUITS_PATCHING = "circuits-patching"
+CIRCUITS_MESSAGE = "circuits-message"
+
+# -- Interventions & evals ------------------------------------------------------------------------
+IV_BASELINE = "iv-baseline"
+IV_METHOD = "iv-method"
+IV_LAYER = "iv-layer"
+IV_HEAD = "iv-head"
+IV_MAPS = "iv-maps"
+IV_ANSWERS = "iv-answers"
+IV_EVAL = "iv-eval"
+IV_METRIC = "iv-metric"
+IV_EVAL_CHART = "iv-eval-chart"
+IV_EVAL_TABLE = "iv-eval-table"
+IV_MESSAGE = "iv-message"

@@ -1,0 +1,144 @@
+"""Attention: one head's pattern with token labels, a hoverable text view, and image-patch overlays."""
+
+from __future__ import annotations
+
+import dash
+import numpy as np
+from dash import Input, Output, State, callback, ctx, dcc, html
+
+from attnlab.dashboard import ids
+from attnlab.dashboard.app import current_data
+from attnlab.dashboard.data import image_segments, meta_of, trace_header
+from attnlab.dashboard.errors import guarded, message
+from attnlab.dashboard.summaries import attention_matrix, grid_values, real_positions, text_cells
+from attnlab.dashboard.widgets import (as_int, control, graph, head_options, keep, layer_options, message_area,
+                                       page_header, radio, token_options)
+from attnlab.viz.dashboard_figures import attention_heatmap, message_figure, patch_overlay, token_text_view
+
+dash.register_page(__name__, path="/attention", name="Attention", title="attnlab · Attention", order=2)
+
+HIDDEN = {"display": "none"}
+
+
+def layout(layer=None, head=None, **_query) -> html.Div:
+    """Layer and head selectors (initial values from ``?layer=&head=``), the heatmap, text and image views."""
+    return html.Div([
+        page_header("Attention", "Pick a layer and a head. Hover a token in the text view to see what it attends "
+                                 "to and what attends to it; click a heatmap row to focus that query."),
+        html.Div([control("Layer", radio(ids.ATTN_LAYER, value=as_int(layer))),
+                  control("Head", radio(ids.ATTN_HEAD, value=as_int(head)))], className="controls"),
+        message_area(ids.ATTN_MESSAGE),
+        dcc.Store(id=ids.ATTN_FOCUS),
+        html.Div([graph(ids.ATTN_HEATMAP, "attention pattern heatmap"), graph(ids.ATTN_TEXT, "text view")],
+                 className="two-columns"),
+        html.Div([html.H2("Attention over the image"),
+                  control("Query token", dcc.Dropdown(id=ids.ATTN_QUERY, clearable=False)),
+                  graph(ids.ATTN_IMAGE, "attention painted over the image patches")],
+                 id=ids.ATTN_IMAGE_BOX, style=HIDDEN),
+    ])
+
+
+@callback(Output(ids.ATTN_LAYER, "options"), Output(ids.ATTN_LAYER, "value"), Output(ids.ATTN_HEAD, "options"),
+          Output(ids.ATTN_HEAD, "value"), Input(ids.RUN, "value"), Input(ids.TRACE, "value"),
+          State(ids.ATTN_LAYER, "value"), State(ids.ATTN_HEAD, "value"))
+@guarded([], None, [], None, report=False)
+def selectors(run_id, trace, layer, head):
+    header = trace_header(current_data().run(run_id), trace)
+    layers, heads = layer_options(header), head_options(header)
+    return layers, keep(layer, layers), heads, keep(head, heads)
+
+
+@callback(Output(ids.ATTN_HEATMAP, "figure"), Output(ids.ATTN_MESSAGE, "children"),
+          Input(ids.RUN, "value"), Input(ids.TRACE, "value"), Input(ids.ITEM, "value"),
+          Input(ids.ATTN_LAYER, "value"), Input(ids.ATTN_HEAD, "value"))
+@guarded(lambda: message_figure("no attention to show"))
+def heatmap(run_id, trace, item, layer, head):
+    data = current_data()
+    run = data.run(run_id)
+    trace_header(run, trace)  # a Run without this trace is explained in the message
+    if layer is None or head is None:
+        return message_figure("no layer chosen"), message("This trace captured no layers.", "note")
+    matrix, real, source = attention_matrix(data, run, trace, layer, head, item or 0)
+    tokens = trace_header(run, trace)["tokens"][item or 0]
+    labels = [f"{n}:{tokens[n]}" for n in real]
+    note = None if source == "pattern" else message(
+        "No pattern was stored; the map is recomputed as softmax(q·k/√d) from the stored queries and keys.", "note")
+    return attention_heatmap(matrix, labels, f"layer {layer}, head {head}"), note
+
+
+@callback(Output(ids.ATTN_FOCUS, "data"), Input(ids.ATTN_TEXT, "hoverData"), Input(ids.ATTN_HEATMAP, "clickData"),
+          State(ids.ATTN_FOCUS, "data"))
+def focus(hover, click, current):
+    # returns the current focus rather than PreventUpdate, which would block the text view's first draw
+    try:
+        if ctx.triggered_id == ids.ATTN_TEXT:
+            position = int(hover["points"][0]["customdata"])
+        elif ctx.triggered_id == ids.ATTN_HEATMAP:
+            position = int(str(click["points"][0]["y"]).split(":", 1)[0])
+        else:
+            return current
+    except (TypeError, KeyError, IndexError, ValueError):
+        return current
+    return position if position >= 0 else current
+
+
+@callback(Output(ids.ATTN_TEXT, "figure"), Input(ids.RUN, "value"), Input(ids.TRACE, "value"),
+          Input(ids.ITEM, "value"), Input(ids.ATTN_LAYER, "value"), Input(ids.ATTN_HEAD, "value"),
+          Input(ids.ATTN_FOCUS, "data"))
+@guarded(lambda: message_figure("no text view"), report=False)
+def text_view(run_id, trace, item, layer, head, position):
+    try:
+        data = current_data()
+        run = data.run(run_id)
+        matrix, real, _ = attention_matrix(data, run, trace, layer, head, item or 0)
+    except (ValueError, TypeError):  # the heatmap callback reports the cause
+        return message_figure("no text view")
+    header = trace_header(run, trace)
+    patches = {n for s in image_segments(header, item or 0) for n in range(s.start, s.end)}
+    text = [int(n) for n in real if int(n) not in patches]
+    if position not in text:
+        position = text[-1] if meta_of(header).causal else text[0]
+    cells = text_cells(header, item or 0, matrix, real, position)
+    return token_text_view(cells["tokens"], cells["positions"], np.asarray(cells["attends_to"]),
+                           np.asarray(cells["attended_by"]), cells["focus"])
+
+
+@callback(Output(ids.ATTN_QUERY, "options"), Output(ids.ATTN_QUERY, "value"), Output(ids.ATTN_IMAGE_BOX, "style"),
+          Input(ids.RUN, "value"), Input(ids.TRACE, "value"), Input(ids.ITEM, "value"), State(ids.ATTN_QUERY, "value"))
+@guarded([], None, HIDDEN, report=False)
+def query_options(run_id, trace, item, current):
+    try:
+        data = current_data()
+        run = data.run(run_id)
+        header = trace_header(run, trace)
+        images = {n for s in image_segments(header, item or 0) for n in range(s.start, s.end)}
+        real = real_positions(data, run, trace, item or 0)
+    except (ValueError, TypeError):  # the heatmap callback reports the cause
+        return [], None, HIDDEN
+    if not images:
+        return [], None, HIDDEN
+    options = token_options(header, item or 0, [n for n in real if n not in images])
+    default = options[-1]["value"] if meta_of(header).causal and options else (options[0]["value"] if options else None)
+    return options, keep(current, options, default), {}
+
+
+@callback(Output(ids.ATTN_IMAGE, "figure"), Input(ids.RUN, "value"), Input(ids.TRACE, "value"),
+          Input(ids.ITEM, "value"), Input(ids.ATTN_LAYER, "value"), Input(ids.ATTN_HEAD, "value"),
+          Input(ids.ATTN_QUERY, "value"))
+@guarded(lambda: message_figure("no attention to paint"), report=False)
+def image_view(run_id, trace, item, layer, head, query):
+    try:
+        data = current_data()
+        run = data.run(run_id)
+        header = trace_header(run, trace)
+        if query is None or not image_segments(header, item or 0):
+            return dash.no_update  # the box is hidden: redrawing it would only cost time
+        matrix, real, _ = attention_matrix(data, run, trace, layer, head, item or 0)
+    except (ValueError, TypeError):  # the heatmap callback reports the cause
+        return message_figure("no attention to paint")
+    row = np.flatnonzero(real == query)
+    if not row.size:
+        return message_figure("pick a query token")
+    grid, label = grid_values(header, item or 0, matrix[row[0]], real)
+    token = header["tokens"][item or 0][query]
+    return patch_overlay(data.image_uri(run, item or 0), grid, f"attention of {query}:{token} to {label} patches")

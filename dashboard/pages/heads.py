@@ -1,0 +1,81 @@
+"""Heads: every layer x head as one grid coloured by a chosen statistic; click a head to open it."""
+
+from __future__ import annotations
+
+import dash
+from dash import Input, Output, State, callback, ctx, dcc, html
+
+from attnlab.dashboard import ids
+from attnlab.dashboard.app import current_data
+from attnlab.dashboard.data import meta_of, trace_header
+from attnlab.dashboard.errors import guarded
+from attnlab.dashboard.summaries import STAT_LABELS, head_stat_options, head_statistic
+from attnlab.dashboard.widgets import control, graph, keep, message_area, page_header
+from attnlab.viz.dashboard_figures import head_grid, message_figure
+
+dash.register_page(__name__, path="/heads", name="Heads", title="attnlab · Heads", order=1)
+
+#: statistics on a fixed range, so grids of two Runs compare by colour.
+FIXED_RANGES = {"max": (0.0, 1.0), "first": (0.0, 1.0), "special": (0.0, 1.0), "image": (0.0, 1.0), "sinks": (0.0, 1.0)}
+
+
+def layout(**_query) -> html.Div:
+    """Statistic selector, the head grid, and a keyboard way to open a head."""
+    return html.Div([
+        page_header("Heads", "One cell per attention head. Choose what colours the grid; click a head (or pick it "
+                             "below and press Open) to see its attention."),
+        html.Div([control("Statistic", dcc.Dropdown(id=ids.HEADS_STAT, clearable=False)),
+                  control("Open head", dcc.Dropdown(id=ids.HEADS_OPEN, placeholder="layer.head")),
+                  html.Button("Open", id=ids.HEADS_OPEN_BUTTON, className="button", n_clicks=0)], className="controls"),
+        message_area(ids.HEADS_MESSAGE),
+        graph(ids.HEADS_GRID, "per-head statistic grid"),
+    ])
+
+
+@callback(Output(ids.HEADS_STAT, "options"), Output(ids.HEADS_STAT, "value"), Output(ids.HEADS_OPEN, "options"),
+          Input(ids.RUN, "value"), Input(ids.TRACE, "value"), State(ids.HEADS_STAT, "value"))
+@guarded([], None, [], report=False)
+def stat_options(run_id, trace, current):
+    data = current_data()
+    run = data.run(run_id)
+    header = trace_header(run, trace)
+    options = head_stat_options(data, run, trace)
+    heads = [{"label": f"{layer}.{h}", "value": f"{layer}.{h}"} for layer in header["layers"]
+             for h in range(meta_of(header).n_heads)]
+    return options, keep(current, options, "entropy"), heads
+
+
+@callback(Output(ids.HEADS_GRID, "figure"), Output(ids.HEADS_MESSAGE, "children"),
+          Input(ids.RUN, "value"), Input(ids.TRACE, "value"), Input(ids.ITEM, "value"), Input(ids.HEADS_STAT, "value"))
+@guarded(lambda: message_figure("no head statistics to show"))
+def show_grid(run_id, trace, item, stat):
+    if stat is None:
+        return message_figure("This trace has no per-head statistic to show (capture pattern or stats)"), None
+    data = current_data()
+    values, layers = head_statistic(data, data.run(run_id), trace, stat, item or 0)
+    return head_grid(values, layers, STAT_LABELS[stat], signed=stat == "patching", zrange=FIXED_RANGES.get(stat)), None
+
+
+@callback(Output(ids.NAV, "href", allow_duplicate=True), Input(ids.HEADS_GRID, "clickData"),
+          Input(ids.HEADS_OPEN_BUTTON, "n_clicks"), State(ids.HEADS_OPEN, "value"), prevent_initial_call=True)
+def open_head(click, _n, chosen):
+    target = _from_click(click) if ctx.triggered_id == ids.HEADS_GRID else _from_choice(chosen)
+    if target is None:
+        raise dash.exceptions.PreventUpdate
+    return f"/attention?layer={target[0]}&head={target[1]}"
+
+
+def _from_click(click) -> tuple[int, int] | None:
+    try:
+        point = click["points"][0]
+        return int(point["y"]), int(point["x"])
+    except (TypeError, KeyError, IndexError, ValueError):
+        return None
+
+
+def _from_choice(chosen) -> tuple[int, int] | None:
+    try:
+        layer, head = str(chosen).split(".")
+        return int(layer), int(head)
+    except ValueError:
+        return None

@@ -1,0 +1,96 @@
+"""QK embedding: AttentionViz views of queries and keys in one space, per head and for all heads of a layer."""
+
+from __future__ import annotations
+
+import dash
+from dash import Input, Output, State, callback, html
+
+from attnlab.dashboard import ids
+from attnlab.dashboard.analyses import qk_head, qk_heads, qk_layers, token_attention
+from attnlab.dashboard.app import current_data
+from attnlab.dashboard.data import meta_of, trace_header
+from attnlab.dashboard.errors import guarded
+from attnlab.dashboard.widgets import control, graph, keep, message_area, page_header, radio
+from attnlab.viz.dashboard_figures import message_figure, qk_scatter, qk_small_multiples, token_bar
+
+dash.register_page(__name__, path="/qk", name="QK embedding", title="attnlab · QK embedding", order=5)
+
+COLOURS = [{"label": "query / key", "value": "kind"}, {"label": "position", "value": "position"},
+           {"label": "token type", "value": "segment"}]
+METHODS = [{"label": "PCA", "value": "pca"}, {"label": "t-SNE", "value": "tsne"},
+           {"label": "UMAP (slow first time)", "value": "umap"}]
+
+
+def layout(**_query) -> html.Div:
+    """Layer, head, colouring and projection selectors; the small multiples, one head, and a token's attention."""
+    return html.Div([
+        page_header("QK embedding", "Queries (circles) and keys (diamonds) of a head in one space where near means a "
+                                    "large attention logit (AttentionViz, Yeh et al. 2023). Click a point to see that "
+                                    "token's attention."),
+        html.Div([control("Layer", radio(ids.QK_LAYER)), control("Head", radio(ids.QK_HEAD)),
+                  control("Colour by", radio(ids.QK_COLOUR, COLOURS, "kind")),
+                  control("Projection (one head)", radio(ids.QK_METHOD, METHODS, "pca"))], className="controls"),
+        message_area(ids.QK_MESSAGE),
+        html.Div([graph(ids.QK_DETAIL, "one head's joint query-key embedding"),
+                  graph(ids.QK_TOKEN, "attention of the clicked token")], className="two-columns"),
+        graph(ids.QK_GRID, "all heads of the layer as small multiples"),
+    ])
+
+
+@callback(Output(ids.QK_LAYER, "options"), Output(ids.QK_LAYER, "value"), Output(ids.QK_HEAD, "options"),
+          Output(ids.QK_HEAD, "value"), Input(ids.RUN, "value"), Input(ids.TRACE, "value"),
+          State(ids.QK_LAYER, "value"), State(ids.QK_HEAD, "value"))
+@guarded([], None, [], None, report=False)
+def selectors(run_id, trace, layer, head):
+    data = current_data()
+    run = data.run(run_id)
+    layers = [{"label": str(i), "value": i} for i in qk_layers(data, run, trace)]
+    heads = [{"label": str(h), "value": h} for h in range(meta_of(trace_header(run, trace)).n_heads)]
+    return layers, keep(layer, layers), heads, keep(head, heads)
+
+
+@callback(Output(ids.QK_GRID, "figure"), Output(ids.QK_MESSAGE, "children"), Input(ids.RUN, "value"),
+          Input(ids.TRACE, "value"), Input(ids.QK_LAYER, "value"), Input(ids.QK_COLOUR, "value"))
+@guarded(lambda: message_figure("QK embedding not available in this Run"))
+def small_multiples(run_id, trace, layer, colour):
+    if layer is None:
+        return message_figure("QK embedding not available in this Run"), _missing()
+    data = current_data()
+    result = qk_heads(data, data.run(run_id), trace, layer)
+    frames = [(f"head {h}", result.head_frame(layer, h)) for h in result.heads]
+    return qk_small_multiples(frames, colour or "kind", f"layer {layer}: every head (PCA)"), None
+
+
+def _missing():
+    from attnlab.dashboard.errors import message
+
+    return message("QK embedding is not available in this Run: capture with Capture(qk=True).", "note")
+
+
+@callback(Output(ids.QK_DETAIL, "figure"), Input(ids.RUN, "value"), Input(ids.TRACE, "value"),
+          Input(ids.QK_LAYER, "value"), Input(ids.QK_HEAD, "value"), Input(ids.QK_COLOUR, "value"),
+          Input(ids.QK_METHOD, "value"))
+@guarded(lambda: message_figure("QK embedding not available"), report=False)
+def detail(run_id, trace, layer, head, colour, method):
+    if layer is None or head is None:
+        return message_figure("QK embedding not available in this Run")
+    data = current_data()
+    points = qk_head(data, data.run(run_id), trace, layer, head, method or "pca")
+    return qk_scatter(points, colour or "kind", f"layer {layer}, head {head} ({method or 'pca'})")
+
+
+@callback(Output(ids.QK_TOKEN, "figure"), Input(ids.QK_DETAIL, "clickData"), Input(ids.RUN, "value"),
+          Input(ids.TRACE, "value"), Input(ids.QK_LAYER, "value"), Input(ids.QK_HEAD, "value"))
+@guarded(lambda: message_figure("click a point to see its attention"), report=False)
+def token_view(click, run_id, trace, layer, head):
+    if not click or layer is None or head is None:
+        return message_figure("click a point to see that token's attention")
+    kind, item, position, token = click["points"][0]["customdata"][:4]
+    data = current_data()
+    run = data.run(run_id)
+    weights, real = token_attention(data, run, trace, layer, head, int(item), int(position), str(kind))
+    tokens = trace_header(run, trace)["tokens"][int(item)]
+    labels = [f"{n}:{tokens[n]}" for n in real]
+    verb = "attends to" if kind == "query" else "is attended by"
+    highlight = int(list(real).index(int(position)))
+    return token_bar(labels, weights, f"{position}:{token} (item {item}) {verb}", highlight=highlight)

@@ -1,0 +1,137 @@
+"""Sinks & registers: sink tokens per head, massive activations, high-norm patch tokens with and without registers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dash
+import pandas as pd
+from dash import Input, Output, State, callback, dcc, html
+
+from attnlab.dashboard import ids
+from attnlab.dashboard.analyses import NotAvailable, massive, registers, sinks
+from attnlab.dashboard.app import current_data
+from attnlab.dashboard.data import segments_of
+from attnlab.dashboard.errors import explain, guarded
+from attnlab.dashboard.widgets import control, graph, keep, message_area, page_header, radio, table, table_data
+from attnlab.viz.dashboard_figures import message_figure, register_norm_map
+from attnlab.viz.massive import massive_activation_plot
+from attnlab.viz.sinks import sink_heatmap
+
+dash.register_page(__name__, path="/sinks", name="Sinks & registers", title="attnlab · Sinks & registers", order=4)
+
+RULES = [{"label": "ACT (score > 0.1)", "value": "act"}, {"label": "relative (score > 5/N)", "value": "relative"}]
+SUMMARY_COLUMNS = ["position", "token", "category", "n_heads", "n_layers", "mean_mass"]
+
+
+def layout(**_query) -> html.Div:
+    """Sink heatmap and table, massive activations, and the patch-grid norms of two Runs side by side."""
+    return html.Div([
+        page_header("Sinks & registers", "Tokens that absorb attention (sinks), the hidden dimensions with massive "
+                                         "activations, and high-norm patch tokens in vision transformers."),
+        html.Div([control("Sink rule", radio(ids.SINKS_RULE, RULES, "act"))], className="controls"),
+        message_area(ids.SINKS_MESSAGE),
+        html.Div([graph(ids.SINKS_HEATMAP, "sink mass per head"),
+                  html.Div([html.H2("Sink tokens"), table(ids.SINKS_TABLE, pd.DataFrame(columns=SUMMARY_COLUMNS))])],
+                 className="two-columns"),
+        html.Div([graph(ids.SINKS_MASSIVE, "largest activations per layer"), html.Div(id=ids.SINKS_SUMMARY)],
+                 className="two-columns"),
+        html.H2("High-norm tokens on the patch grid"),
+        html.Div([control("Layer", dcc.Slider(id=ids.SINKS_LAYER, min=0, max=1, step=1, value=1)),
+                  control("Compare with", dcc.Dropdown(id=ids.SINKS_COMPARE, placeholder="another vision Run"))],
+                 className="controls"),
+        html.Div([graph(ids.SINKS_NORMS, "token norms of this Run"),
+                  graph(ids.SINKS_NORMS_OTHER, "token norms of the other Run")], className="two-columns",
+                 id=ids.SINKS_NORMS_BOX),
+    ])
+
+
+@callback(Output(ids.SINKS_HEATMAP, "figure"), Output(ids.SINKS_TABLE, "data"), Output(ids.SINKS_TABLE, "columns"),
+          Output(ids.SINKS_MESSAGE, "children"), Input(ids.RUN, "value"), Input(ids.TRACE, "value"),
+          Input(ids.ITEM, "value"), Input(ids.SINKS_RULE, "value"))
+@guarded(lambda: message_figure("no sinks to show"), [], [])
+def show_sinks(run_id, trace, item, rule):
+    data = current_data()
+    result = sinks(data, data.run(run_id), trace, rule or "act", item or 0)
+    summary = result.token_summary()[SUMMARY_COLUMNS].sort_values("n_heads", ascending=False)
+    rows, columns = table_data(summary)
+    return sink_heatmap(result, batch=0), rows, columns, None
+
+
+@callback(Output(ids.SINKS_MASSIVE, "figure"), Output(ids.SINKS_SUMMARY, "children"),
+          Input(ids.RUN, "value"), Input(ids.TRACE, "value"), Input(ids.ITEM, "value"))
+@guarded(lambda: message_figure("no layer outputs captured"))
+def show_massive(run_id, trace, item):
+    data = current_data()
+    result = massive(data, data.run(run_id), trace, item or 0)
+    frame = result.to_frame()
+    lines = [html.H2("Massive activations"),
+             html.P(f"Relative test only: |h| ≥ {result.ratio:g} × the layer's median |h| (the paper's absolute "
+                    "floor of 100 is meant for 7B-scale models).")]
+    if frame.empty:
+        lines.append(html.P("None in this item."))
+    else:
+        dims = ", ".join(str(d) for d in sorted(frame["dim"].unique()))
+        tokens = ", ".join(sorted({f"{p}:{t}" for p, t in zip(frame["position"], frame["token"])}))
+        lines += [html.P(["Dimensions: ", html.Code(dims)]), html.P(["Tokens: ", html.Code(tokens)])]
+    return massive_activation_plot(result, batch=0), lines
+
+
+@callback(Output(ids.SINKS_COMPARE, "options"), Output(ids.SINKS_COMPARE, "value"), Output(ids.SINKS_LAYER, "max"),
+          Output(ids.SINKS_LAYER, "value"), Output(ids.SINKS_LAYER, "marks"),
+          Input(ids.RUN, "value"), Input(ids.TRACE, "value"), State(ids.SINKS_COMPARE, "value"))
+@guarded([], None, 1, 1, {}, report=False)
+def compare_options(run_id, trace, current):
+    data = current_data()
+    options = []
+    for ref in data.runs():
+        if ref.run_id != run_id and _vision_trace(data.run(ref.run_id)) is not None:
+            options.append({"label": ref.label, "value": ref.run_id})
+    run = data.run(run_id)
+    n = len(run.manifest["traces"][trace]["layers"]) if trace in run.manifest["traces"] else 1
+    marks = {i: str(layer) for i, layer in enumerate(run.manifest["traces"].get(trace, {}).get("layers", []))}
+    return options, keep(current, options, _counterpart(data, run, options)), max(n - 1, 0), max(n - 1, 0), marks
+
+
+def _vision_trace(run) -> str | None:
+    """The trace of a Run with image patches and layer outputs (``main`` or the LVLM's ``main.vision``)."""
+    for name in ("main", "main.vision"):
+        header = run.manifest["traces"].get(name)
+        if header and "resid" in header["meta"]["captured"] and any(
+                s.kind == "image" and s.grid for segs in segments_of(header) for s in segs):
+            return name
+    return None
+
+
+def _counterpart(data, run, options) -> str | None:
+    """The Run of the same model with (or without) registers, when there is one."""
+    name = Path(str(run.info.model.get("name", ""))).name
+    for option in options:
+        other = Path(str(data.run(option["value"]).info.model.get("name", ""))).name
+        if other and (other == f"{name}-reg" or name == f"{other}-reg"):
+            return option["value"]
+    return options[0]["value"] if options else None
+
+
+@callback(Output(ids.SINKS_NORMS, "figure"), Output(ids.SINKS_NORMS_OTHER, "figure"),
+          Input(ids.RUN, "value"), Input(ids.TRACE, "value"), Input(ids.ITEM, "value"), Input(ids.SINKS_LAYER, "value"),
+          Input(ids.SINKS_COMPARE, "value"))
+def show_norms(run_id, trace, item, layer, other_id):
+    data = current_data()
+    return _norm_map(data, run_id, trace, item, layer), _norm_map(data, other_id, None, item, layer)
+
+
+def _norm_map(data, run_id, trace, item, layer):
+    if run_id is None:
+        return message_figure("pick another vision Run to compare")
+    try:
+        run = data.run(run_id)
+        trace = trace if trace is not None and trace == _vision_trace(run) else _vision_trace(run)
+        if trace is None:
+            raise NotAvailable("no patch tokens with layer outputs in this Run")
+        result = registers(data, run, trace)
+        index = min(int(layer if layer is not None else -1), len(result.layers) - 1)
+        item = min(item or 0, result.norms.shape[1] - 1)
+        return register_norm_map(result, item, index, str(run.info.model.get("name", "?")).split("/")[-1])
+    except Exception as err:  # the view reports its own failure; the other one still shows
+        return message_figure(explain(err).children)

@@ -1,0 +1,257 @@
+"""What the Heads and Attention pages show, computed from the few tensors each view needs.
+
+Every function takes the app's :class:`~attnlab.dashboard.data.DashboardData`, an open Run, a trace
+name and a batch item; results are cached on the data object, keyed by the Run's manifest mtime.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .data import DashboardData, meta_of, segments_of, trace_header
+
+#: statistic -> label shown in the selector and on the colour bar.
+STAT_LABELS = {
+    "entropy": "entropy (nats)",
+    "max": "largest attention weight",
+    "first": "mass on the first token",
+    "special": "mass on special tokens",
+    "image": "image-attention share",
+    "sinks": "sink mass",
+    "vhd": "VHD",
+    "patching": "patching effect",
+    "induction": "induction score",
+    "previous_token": "previous-token score",
+}
+#: statistics read from a per-head result table: ``stat -> (table, value columns in order of preference)``.
+RESULT_STATS = {
+    "vhd": ("vhd", ("vhd",)),
+    "patching": ("patching", ("effect", "patching_effect", "logit_diff", "score")),
+    "induction": ("circuit_heads", ("induction",)),
+    "previous_token": ("circuit_heads", ("previous_token",)),
+}
+#: statistics read as a per-query mass of a key set.
+MASS_STATS = ("first", "special", "image")
+
+
+def real_positions(data: DashboardData, run, trace: str, item: int) -> np.ndarray:
+    """Positions of the real (non-padding) tokens of one batch item."""
+    mask = data.tensor(run, trace, "token_mask")  # (B, N)
+    check_item(trace_header(run, trace), item)
+    return np.flatnonzero(mask[item].numpy())
+
+
+def check_item(header: dict, item: int) -> None:
+    """ValueError unless ``item`` is a batch item of the trace."""
+    if not 0 <= int(item) < len(header["tokens"]):
+        raise ValueError(f"Item {item} is not in this trace, which holds {len(header['tokens'])} item(s)")
+
+
+def _captured(data: DashboardData, run, trace: str) -> set[str]:
+    """Field names stored for the first captured layer (``pattern``, ``q``, ``stats.entropy``, ...)."""
+    header = trace_header(run, trace)
+    if not header["layers"]:
+        return set()
+    prefix = f"layer.{header['layers'][0]}."
+    return {k[len(prefix):] for k in data.tensor_keys(run, trace) if k.startswith(prefix)}
+
+
+def head_stat_options(data: DashboardData, run, trace: str) -> list[dict]:
+    """The statistics this Run can colour the head grid by, as dropdown options."""
+    fields = _captured(data, run, trace)
+    has_pattern = "pattern" in fields
+    kinds = {s.kind for segs in segments_of(trace_header(run, trace)) for s in segs}
+    out = []
+    if has_pattern or "stats.entropy" in fields:
+        out.append("entropy")
+    if has_pattern or "stats.max" in fields:
+        out.append("max")
+    for name in MASS_STATS:
+        if name != "first" and name not in kinds:
+            continue
+        if has_pattern or f"stats.mass.{name}" in fields:
+            out.append(name)
+    if has_pattern or "stats.received" in fields:
+        out.append("sinks")
+    results = set(run.manifest.get("results", []))
+    if trace == "main":
+        out += [stat for stat, (table, _) in RESULT_STATS.items() if table in results]
+    return [{"label": STAT_LABELS[s], "value": s} for s in out]
+
+
+def head_statistic(data: DashboardData, run, trace: str, stat: str, item: int) -> tuple[np.ndarray, list[int]]:
+    """``([L, H] values, layers)`` of a per-head statistic for one batch item.
+
+    Row statistics (entropy, largest weight, key-set masses) are averaged over the item's real query
+    rows; the image share over its text queries when it has any (an LVLM's prompt), else over all rows.
+    """
+    if stat not in STAT_LABELS:
+        raise ValueError(f"Unknown statistic {stat!r}; choose from {sorted(STAT_LABELS)}")
+    return data.cached(run, ("head-stat", trace, stat, int(item)), lambda: _head_statistic(data, run, trace, stat, item))
+
+
+def _head_statistic(data, run, trace, stat, item):
+    header = trace_header(run, trace)
+    check_item(header, item)
+    layers = list(header["layers"])
+    if stat == "sinks":
+        from attnlab.probes.sinks import sink_tokens
+
+        fields = ("pattern",) if "pattern" in _captured(data, run, trace) else ("stats.received",)
+        result = sink_tokens(data.partial_trace(run, trace, layers, fields, item=item))
+        return result.sink_mass[:, 0], list(result.layers)  # (L, H)
+    if stat in RESULT_STATS:
+        return _result_grid(run, stat, item, meta_of(header).n_layers, meta_of(header).n_heads)
+    rows = _query_rows(data, run, trace, item, stat)
+    values = [_row_stat(data, run, trace, i, stat, item)[:, rows].mean(axis=-1) for i in layers]  # (H,) each
+    return np.stack(values), layers
+
+
+def _query_rows(data, run, trace, item, stat) -> np.ndarray:
+    real = real_positions(data, run, trace, item)
+    if stat != "image":
+        return real
+    segs = segments_of(trace_header(run, trace))[item]
+    last_image = max((s.end for s in segs if s.kind == "image"), default=0)
+    text = np.array([n for s in segs if s.kind == "text" and s.start >= last_image for n in range(s.start, s.end)], int)
+    return text if text.size else real
+
+
+def _row_stat(data, run, trace, layer, stat, item) -> np.ndarray:
+    """``[H, Q]`` per-query statistic of one layer and item, from the stats when stored, else the pattern."""
+    key = {"entropy": "stats.entropy", "max": "stats.max"}.get(stat, f"stats.mass.{stat}")
+    if data.has_field(run, trace, layer, key):
+        return data.layer_part(run, trace, layer, key, item).float().numpy()
+    pattern = data.layer_part(run, trace, layer, "pattern", item).float().numpy()  # (H, Q, K)
+    if stat == "entropy":
+        return -(pattern * np.log(np.where(pattern > 0, pattern, 1.0))).sum(-1)
+    if stat == "max":
+        return pattern.max(-1)
+    mask = _key_set(run, trace, item, stat, pattern.shape[-1])
+    return pattern[..., mask].sum(-1)
+
+
+def _key_set(run, trace, item, kind, n) -> np.ndarray:
+    mask = np.zeros(n, dtype=bool)
+    if kind == "first":
+        mask[0] = True
+        return mask
+    for seg in segments_of(trace_header(run, trace))[item]:
+        if seg.kind == kind:
+            mask[seg.start:seg.end] = True
+    return mask
+
+
+def _result_grid(run, stat, item, n_layers, n_heads) -> tuple[np.ndarray, list[int]]:
+    """A per-head result table (``layer``, ``head``, value[, ``batch``]) as a ``[L, H]`` grid."""
+    table, preferred = RESULT_STATS[stat]
+    frame = run.result(table)
+    column = _value_column(frame, table, preferred)
+    if "batch" in frame and (frame["batch"] == item).any():
+        frame = frame[frame["batch"] == item]
+    grid = np.full((n_layers, n_heads), np.nan)
+    means = frame.groupby(["layer", "head"])[column].mean()
+    for (layer, head), value in means.items():
+        if 0 <= int(layer) < n_layers and 0 <= int(head) < n_heads:
+            grid[int(layer), int(head)] = value
+    keep = [i for i in range(n_layers) if np.isfinite(grid[i]).any()]
+    return grid[keep], keep
+
+
+def _value_column(frame, name: str, preferred: tuple[str, ...]) -> str:
+    for column in preferred:
+        if column in frame:
+            return column
+    numeric = [c for c in frame.select_dtypes("number").columns if c not in ("layer", "head", "batch", "position")]
+    if not numeric or not {"layer", "head"} <= set(frame.columns):
+        raise ValueError(f"The {name!r} table of this Run has no layer/head/value columns to draw")
+    return numeric[0]
+
+
+def attention_matrix(data: DashboardData, run, trace: str, layer: int, head: int,
+                     item: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """One head's attention over an item's real tokens: ``([n, n] matrix, positions, source)``.
+
+    The stored pattern when captured; otherwise recomputed as ``softmax(q k^T / sqrt(d_head))`` from the
+    stored queries and keys (causal mask for decoders), which is what the model applied unless a Plan
+    changed the weights after the softmax.
+    """
+    return data.cached(run, ("attention", trace, int(layer), int(head), int(item)),
+                       lambda: _attention_matrix(data, run, trace, int(layer), int(head), int(item)))
+
+
+def _attention_matrix(data, run, trace, layer, head, item):
+    header = trace_header(run, trace)
+    meta = meta_of(header)
+    if layer not in header["layers"]:
+        raise ValueError(f"Layer {layer} was not captured in this trace; captured layers: {header['layers']}")
+    if not 0 <= head < meta.n_heads:
+        raise ValueError(f"Head {head} is outside the {meta.n_heads} heads of this model")
+    real = real_positions(data, run, trace, item)
+    if data.has_field(run, trace, layer, "pattern"):
+        pattern = data.layer_part(run, trace, layer, "pattern", item, head).float().numpy()  # (Q, K)
+        return pattern[np.ix_(real, real)], real, "pattern"
+    if data.has_field(run, trace, layer, "q") and data.has_field(run, trace, layer, "k"):
+        q = data.layer_part(run, trace, layer, "q", item, head).double().numpy()[real]  # (n, d)
+        k = data.layer_part(run, trace, layer, "k", item, head).double().numpy()[real]  # (n, d)
+        scores = q @ k.T / math.sqrt(q.shape[-1])  # (n, n)
+        if meta.causal:
+            scores = np.where(np.tril(np.ones_like(scores, dtype=bool)), scores, -np.inf)
+        scores -= scores.max(-1, keepdims=True)
+        weights = np.exp(scores)
+        return weights / weights.sum(-1, keepdims=True), real, "q·k"
+    raise ValueError("This trace stored neither attention patterns nor queries and keys; capture with "
+                     "Capture(pattern=True) or Capture(qk=True) to see attention maps")
+
+
+def grid_values(header: dict, item: int, values: np.ndarray, positions: np.ndarray,
+                segment: int = 0) -> tuple[np.ndarray, str] | None:
+    """Values over an item's real tokens laid on the patch grid of its ``segment``-th image span."""
+    images = [s for s in segments_of(header)[item] if s.kind == "image" and s.grid]
+    if not images:
+        return None
+    seg = images[min(segment, len(images) - 1)]
+    full = np.zeros(len(header["tokens"][item]))
+    full[positions] = values
+    return full[seg.start:seg.end].reshape(seg.grid), seg.label or "image"
+
+
+def text_cells(header: dict, item: int, matrix: np.ndarray, real: np.ndarray, focus: int) -> dict:
+    """What the text view draws for a focused token: one cell per text token, one per image span.
+
+    An image span becomes a single cell: its value is the attention the focus pays to all its patches
+    (summed) and the mean attention its patches pay to the focus; its position is ``-1`` (not focusable).
+
+    Args:
+        header: the trace header.
+        item: batch item.
+        matrix: ``[n, n]`` attention over the item's real tokens.
+        real: ``[n]`` their positions.
+        focus: the focused position (must not be an image patch).
+
+    Returns:
+        ``tokens``, ``positions``, ``attends_to``, ``attended_by`` and ``focus`` (index into the cells).
+    """
+    tokens = header["tokens"][item]
+    spans = {s.start: s for s in segments_of(header)[item] if s.kind == "image" and s.grid}
+    inside = {n for s in spans.values() for n in range(s.start, s.end)}
+    index = {int(n): i for i, n in enumerate(real)}
+    row, col = matrix[index[focus]], matrix[:, index[focus]]
+    cells = {"tokens": [], "positions": [], "attends_to": [], "attended_by": [], "focus": 0}
+    for n in real:
+        n = int(n)
+        if n in spans:
+            patches = [index[p] for p in range(spans[n].start, spans[n].end) if p in index]
+            rows, cols = spans[n].grid
+            values = (float(row[patches].sum()), float(col[patches].mean()), f"img {rows}×{cols}", -1)
+        elif n in inside:
+            continue
+        else:
+            values = (float(row[index[n]]), float(col[index[n]]), tokens[n], n)
+        if n == focus:
+            cells["focus"] = len(cells["tokens"])
+        for key, value in zip(("attends_to", "attended_by", "tokens", "positions"), values):
+            cells[key].append(value)
+    return cells

@@ -1,0 +1,79 @@
+"""Demo Runs for the dashboard tests: MiniLM plus tiny random stand-ins for the zoo's toy models.
+
+The tiny checkpoints have the toy models' architectures (DINOv2, DINOv2 with registers, LLaVA, GPT-2), so
+every page has data of every kind (text, image patches, registers, an LVLM's vision tower) whether or
+not the zoo's trained checkpoints exist on this machine. An eval Run with a hand-written summary table
+stands in for ``attnlab eval`` output.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from attnlab.core.runs import Run, RunInfo, write_results
+
+TINY = {"toy-vit": ("dinov2", "vision"), "toy-vit-reg": ("dinov2_with_registers", "vision"),
+        "toy-llava": ("llava", "lvlm"), "toy-gpt": ("gpt2", "gpt")}
+
+
+def eval_summary() -> pd.DataFrame:
+    """A small POPE/CHAIR summary in the layout ``attnlab eval compare`` writes."""
+    rows = []
+    for method, acc in (("baseline", 0.71), ("act", 0.74)):
+        for split in ("random", "adversarial"):
+            rows.append({"task": "pope", "split": split, "method": method, "accuracy": acc, "precision": acc + 0.02,
+                         "recall": acc - 0.05, "f1": acc - 0.01, "yes_ratio": 0.55, "n": 20, "seconds": 1.5,
+                         "time_vs_baseline": 1.0})
+        rows.append({"task": "chair", "split": "captions", "method": method, "chair_s": 0.3, "chair_i": 0.12,
+                     "recall": 0.6, "mean_length": 9.5, "n": 10, "seconds": 2.0, "time_vs_baseline": 1.1})
+    return pd.DataFrame(rows)
+
+
+def circuit_edges() -> pd.DataFrame:
+    """A hand-written edge table in the layout of ``CircuitGraph.to_frame()`` (2 layers x 4 heads)."""
+    return pd.DataFrame({"upstream": ["0.1", "embed", "0.2", "0.3"], "downstream": ["1.3", "1.0", "1.1", "1.2"],
+                         "side": ["src", "dest", "src", "dest"], "strength": [0.7, 0.4, 0.1, 0.25],
+                         "count": [3, 2, 1, 2], "firings": [4, 4, 4, 4], "components": [[0], [1], [2], [0, 1]],
+                         "kind": ["head", "embed", "head", "head"]})
+
+
+def patching_effects() -> pd.DataFrame:
+    """A hand-written table in the layout of ``PatchingResult.to_frame()``."""
+    return pd.DataFrame({"layer": [0, 0, 0, 0, 1, 1, 1, 1], "head": [0, 1, 2, 3, 0, 1, 2, 3],
+                         "effect": [0.5, -0.2, 0.0, 0.1, 0.1, 0.9, 0.05, -0.1], "metric": [0.0] * 8})
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory):
+    """A built demo folder (session-wide): MiniLM, tiny toy stand-ins, intervention Runs and an eval Run."""
+    from attnlab.dashboard.demo import DemoModel, build_demo_run
+    from attnlab.zoo.tiny import save_tiny
+
+    checkpoints = tmp_path_factory.mktemp("checkpoints")
+    models = [DemoModel("minilm", "minilm", "text-encoder")]
+    for name, (family, kind) in TINY.items():
+        models.append(DemoModel(name, str(save_tiny(family, checkpoints / name, image_size=32, patch=8)), kind))
+    root = build_demo_run(tmp_path_factory.mktemp("cache") / "demo", progress=False, models=models)
+    write_results(root / "eval-compare", RunInfo(model={"name": "toy-llava", "family": "llava"},
+                                                 extra={"task": "compare"}), {"summary": eval_summary()})
+    gpt = Run.open(root / "toy-gpt")
+    if "circuits" not in gpt.manifest.get("results", []):  # the tiny GPT-2 has no circuits to find
+        gpt.add_result("circuits", circuit_edges())
+        gpt.add_result("patching", patching_effects())
+    return root
+
+
+@pytest.fixture(scope="session")
+def app(demo_root):
+    """The dashboard over the demo folder."""
+    from attnlab.dashboard.app import create_app
+
+    return create_app([demo_root])
+
+
+@pytest.fixture
+def ctx(app):
+    """An app context, so callbacks find the app's data."""
+    with app.server.app_context():
+        yield app

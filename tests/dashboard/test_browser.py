@@ -1,0 +1,362 @@
+"""The dashboard in a real headless Chromium: every page, a selector changed on each, no console errors.
+
+The server is started the way a user starts it (``attnlab dashboard DIR --no-browser``) in a subprocess.
+Screenshots go to ``artifacts/dashboard/<page>.png``; measured timings to ``artifacts/dashboard/timings.json``.
+Needs Chromium, chromedriver and selenium (``scripts/browser-deps.sh``); skipped when they are missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.wait import WebDriverWait  # noqa: E402
+
+from attnlab.dashboard import ids  # noqa: E402
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "dashboard"
+CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--window-size=1440,1100")
+#: The quality bar: p95 of layer/head switches (click to redrawn heatmap), and opening the demo.
+SWITCH_P95_MS = float(os.environ.get("ATTNLAB_SWITCH_P95_MS", 300))
+OPEN_S = float(os.environ.get("ATTNLAB_OPEN_S", 3))
+
+
+def contention() -> float:
+    """How oversubscribed the CPUs are (1 = not at all): the bars are stretched by it on a shared machine,
+    and the raw numbers are written to ``timings.json`` either way."""
+    return max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+SERVER = """
+import typer
+from attnlab.cli.dashboard_cmd import register
+app = typer.Typer(add_completion=False)
+app.callback()(lambda: None)
+register(app)
+app()
+"""
+
+#: How many values a plotly graph draws (decoded arrays in ``_fullData``), and its title.
+GRAPH_STATE = """
+const box = document.getElementById(arguments[0]);
+const gd = box && box.querySelector('.js-plotly-plot');
+if (!gd || !gd._fullData || !gd.layout) return null;
+const count = (v) => {
+  if (v === undefined || v === null) return 0;
+  if (typeof v === 'string') return 1;
+  if (ArrayBuffer.isView(v)) return v.length;
+  if (Array.isArray(v)) return v.reduce((a, x) => a + ((Array.isArray(x) || ArrayBuffer.isView(x)) ? count(x) : 1), 0);
+  return 0;
+};
+let n = 0;
+for (const t of gd._fullData) { for (const k of ['z', 'y', 'source']) { const c = count(t[k]); if (c) { n += c; break; } } }
+const title = gd.layout.title ? (gd.layout.title.text || '') : '';
+const empty = !!(gd.layout.meta && gd.layout.meta.empty);
+return {n: n, title: title, empty: empty, pending: gd.classList.contains('dash-graph--pending')};
+"""
+
+#: Click ``selector`` and resolve with the ms until the heatmap has redrawn with title ``expected``.
+MEASURE_SWITCH = """
+const [selector, expected, done] = arguments;
+const gd = document.querySelector('#attn-heatmap .js-plotly-plot');
+const t0 = performance.now();
+let finished = false;
+const finish = (v) => { if (!finished) { finished = true; gd.removeListener('plotly_afterplot', handler); done(v); } };
+const handler = () => { if (gd.layout.title && gd.layout.title.text === expected) finish(performance.now() - t0); };
+gd.on('plotly_afterplot', handler);
+setTimeout(() => finish(-1), 15000);
+document.querySelector(selector).click();
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(demo_root):
+    chromium, driver_bin = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver_bin:
+        pytest.skip("chromium and chromedriver are not installed (run scripts/browser-deps.sh)")
+    port = _free_port()
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, "dashboard", str(demo_root), "--port", str(port),
+                             "--no-browser"], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(url + "/_dash-layout", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    pytest.fail(f"the dashboard did not start:\n{log.read().decode()[-3000:]}")
+                time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser(server, tmp_path_factory):
+    options = webdriver.ChromeOptions()
+    for flag in CHROME_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    options.binary_location = shutil.which("chromium")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(shutil.which("chromedriver")))
+    driver.set_script_timeout(30)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    yield driver
+    driver.quit()
+
+
+def graph(driver, gid: str, timeout: float = 60, title: str | None = None, allow_empty: bool = False) -> dict:
+    """Wait until graph ``gid`` holds data (and has ``title`` in its title, when given); its state."""
+    def ready(d):
+        state = d.execute_script(GRAPH_STATE, gid)
+        if not state or state["pending"]:
+            return False
+        if title is not None and title not in str(state["title"]):
+            return False
+        return state if allow_empty or (state["n"] > 0 and not state["empty"]) else False
+
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.1).until(ready)
+    except TimeoutException:
+        pytest.fail(f"graph {gid} never showed data (title {title!r}): {driver.execute_script(GRAPH_STATE, gid)}; "
+                    f"page says: {driver.find_element(By.TAG_NAME, 'main').text[:500]}")
+
+
+def console_errors(driver) -> list[str]:
+    return [e["message"] for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+
+
+def shot(driver, name: str) -> None:
+    height = driver.execute_script("return Math.min(document.body.scrollHeight, 4000)")
+    driver.set_window_size(1440, max(1100, height))
+    time.sleep(1.0)  # let the responsive graphs relayout to the new window before the picture
+    driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+    driver.set_window_size(1440, 1100)
+
+
+def click(driver, selector: str) -> None:
+    element = WebDriverWait(driver, 30).until(lambda d: d.find_element(By.CSS_SELECTOR, selector))
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
+    element.click()
+
+
+def go_to(driver, page_name: str) -> None:
+    """Follow a navigation link (the app shell, with the chosen Run, stays)."""
+    link = WebDriverWait(driver, 30).until(lambda d: d.find_element(By.LINK_TEXT, page_name))
+    link.click()
+
+
+def choose_run(driver, run_id: str) -> None:
+    """Pick a Run by clicking its row on the Runs page."""
+    go_to(driver, "Runs")
+    cell = WebDriverWait(driver, 30).until(lambda d: d.find_element(
+        By.XPATH, f"//div[@id='{ids.RUNS_TABLE}']//td[@data-dash-column='run'][normalize-space()='{run_id}']"))
+    cell.click()
+    WebDriverWait(driver, 30).until(lambda d: f"Run {run_id}" in d.find_element(By.ID, ids.RUNS_DETAIL).text)
+
+
+def choose_option(driver, dropdown_id: str, value: str) -> None:
+    """Open a dcc.Dropdown and pick the option with ``value``."""
+    click(driver, f"#{dropdown_id}")
+    option = WebDriverWait(driver, 30).until(lambda d: d.find_element(
+        By.XPATH, f"//div[contains(@class, 'dash-dropdown-options')]//input[@value='{value}']/ancestor::label"))
+    driver.execute_script("arguments[0].scrollIntoView({block: 'nearest'}); arguments[0].click()", option)
+
+
+def p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
+
+
+def test_every_page_in_a_browser(browser, server):
+    d = browser
+    timings: dict = {}
+
+    # -- Runs: open time on the demo (from the page's navigation start to the figure drawn), cold and warm --
+    d.get(server + "/")
+    graph(d, ids.RUNS_TIMINGS)
+    timings["open_cold_s"] = d.execute_script("return performance.now()") / 1000  # fresh profile: parses ~6 MB of JS
+    d.get(server + "/")
+    graph(d, ids.RUNS_TIMINGS)
+    timings["open_runs_s"] = d.execute_script("return performance.now()") / 1000
+    assert "minilm" in d.find_element(By.ID, ids.RUNS_DETAIL).text
+    shot(d, "runs")
+    choose_run(d, "0:toy-vit")
+    assert "dinov2" in d.find_element(By.ID, ids.RUNS_DETAIL).text
+    choose_run(d, "0:minilm")
+    assert not console_errors(d)
+
+    # -- Heads: change the statistic, then click a head to open it ---------------------------------------
+    go_to(d, "Heads")
+    graph(d, ids.HEADS_GRID, title="entropy")
+    choose_option(d, ids.HEADS_STAT, "sinks")
+    graph(d, ids.HEADS_GRID, title="sink mass")
+    shot(d, "heads")
+    d.execute_script("""const gd = document.querySelector('#heads-grid .js-plotly-plot');
+                        gd.emit('plotly_click', {points: [{x: 4, y: '2', curveNumber: 0, pointNumber: [2, 4]}]});""")
+    WebDriverWait(d, 30).until(lambda drv: "/attention" in drv.current_url)
+    assert "layer=2" in d.current_url and "head=4" in d.current_url
+    graph(d, ids.ATTN_HEATMAP, title="layer 2, head 4")
+    assert not console_errors(d)
+
+    # -- Attention: switch layer and head by mouse and keyboard, measure, hover the text view ------------
+    d.get(server + "/attention")
+    graph(d, ids.ATTN_HEATMAP, title="layer 0, head 0")
+    timings["open_attention_s"] = d.execute_script("return performance.now()") / 1000
+    graph(d, ids.ATTN_TEXT)
+    latencies, layer, head = [], 0, 0
+    for i in range(24):
+        if i % 2 == 0:
+            head = (head + 5) % 12
+            selector = f"#{ids.ATTN_HEAD} input[value='{head}']"
+        else:
+            layer = (layer + 1) % 6
+            selector = f"#{ids.ATTN_LAYER} input[value='{layer}']"
+        ms = d.execute_async_script(MEASURE_SWITCH, selector, f"layer {layer}, head {head}")
+        assert ms >= 0, f"the heatmap never showed layer {layer}, head {head}"
+        latencies.append(ms)
+    timings["switch_ms"] = latencies
+    timings["switch_p50_ms"] = sorted(latencies)[len(latencies) // 2]
+    timings["switch_p95_ms"] = p95(latencies)
+    radio = d.find_element(By.CSS_SELECTOR, f"#{ids.ATTN_HEAD} input[value='{head}']")
+    radio.send_keys(Keys.ARROW_RIGHT)  # keyboard: the next head
+    graph(d, ids.ATTN_HEATMAP, title=f"layer {layer}, head {(head + 1) % 12}")
+    before = graph(d, ids.ATTN_TEXT)
+    d.execute_script("""const gd = document.querySelector('#attn-text .js-plotly-plot');
+                        gd.emit('plotly_hover', {points: [{customdata: 3, curveNumber: 0}]});""")
+    WebDriverWait(d, 30).until(lambda drv: "position 3" in drv.execute_script(
+        "return document.querySelector('#attn-text .js-plotly-plot').layout.annotations[0].text"))
+    assert before["n"] > 0
+    shot(d, "attention")
+    assert not console_errors(d)
+
+    # -- Attention over an image (LVLM) ------------------------------------------------------------------
+    choose_run(d, "0:toy-llava")
+    go_to(d, "Attention")
+    graph(d, ids.ATTN_HEATMAP)
+    overlay = graph(d, ids.ATTN_IMAGE)
+    assert overlay["n"] >= 17  # the image and the 4 x 4 patch grid
+    choose_option(d, ids.ATTN_QUERY, "17")
+    graph(d, ids.ATTN_IMAGE, title="")
+    shot(d, "attention-image")
+    assert not console_errors(d)
+
+    # -- Flow (ViT): rollout, then attention flow ----------------------------------------------------------
+    choose_run(d, "0:toy-vit")
+    go_to(d, "Flow")
+    graph(d, ids.FLOW_BAR, title="rollout")
+    graph(d, ids.FLOW_GRID)
+    click(d, f"#{ids.FLOW_METHOD} input[value='flow']")
+    graph(d, ids.FLOW_BAR, title="flow relevance")
+    shot(d, "flow")
+    assert not console_errors(d)
+
+    # -- Sinks & registers: change the rule; the ViT beside its register twin ------------------------------
+    go_to(d, "Sinks & registers")
+    graph(d, ids.SINKS_HEATMAP, title="act rule")
+    graph(d, ids.SINKS_MASSIVE)
+    graph(d, ids.SINKS_NORMS, title="without registers")
+    graph(d, ids.SINKS_NORMS_OTHER, title="with registers")
+    click(d, f"#{ids.SINKS_RULE} input[value='relative']")
+    graph(d, ids.SINKS_HEATMAP, title="relative rule")
+    shot(d, "sinks")
+    assert not console_errors(d)
+
+    # -- QK embedding (MiniLM): colour by position, click a point ----------------------------------------
+    choose_run(d, "0:minilm")
+    go_to(d, "QK embedding")
+    graph(d, ids.QK_GRID, timeout=90)
+    graph(d, ids.QK_DETAIL)
+    click(d, f"#{ids.QK_COLOUR} input[value='position']")
+    click(d, f"#{ids.QK_HEAD} input[value='2']")
+    graph(d, ids.QK_DETAIL, title="head 2")
+    d.execute_script("""const gd = document.querySelector('#qk-detail .js-plotly-plot');
+                        const t = gd._fullData[0];
+                        gd.emit('plotly_click', {points: [{customdata: t.customdata[4], curveNumber: 0, pointNumber: 4}]});""")
+    graph(d, ids.QK_TOKEN, title="attends to")
+    shot(d, "qk")
+    assert not console_errors(d)
+
+    # -- Circuits (toy-gpt with stored tables): move the threshold by keyboard ---------------------------
+    choose_run(d, "0:toy-gpt")
+    go_to(d, "Circuits")
+    graph(d, ids.CIRCUITS_GRAPH, title="strength ≥ 0.2")
+    graph(d, ids.CIRCUITS_PATCHING)
+    thumb = d.find_element(By.CSS_SELECTOR, f"#{ids.CIRCUITS_MIN} [role='slider']")
+    for _ in range(4):
+        thumb.send_keys(Keys.ARROW_LEFT)
+    graph(d, ids.CIRCUITS_GRAPH, title="strength ≥ 0)")
+    shot(d, "circuits")
+    assert not console_errors(d)
+
+    # -- Interventions & evals ----------------------------------------------------------------------------
+    choose_run(d, "0:minilm")
+    go_to(d, "Interventions & evals")
+    graph(d, ids.IV_MAPS)
+    click(d, f"#{ids.IV_HEAD} input[value='3']")
+    click(d, f"#{ids.IV_LAYER} input[value='4']")
+    WebDriverWait(d, 30).until(lambda drv: "layer 4" in drv.find_element(By.ID, ids.IV_MESSAGE).text
+                               or drv.execute_script(GRAPH_STATE, ids.IV_MAPS)["n"] > 0)
+    graph(d, ids.IV_EVAL_CHART, title="f1")
+    choose_option(d, ids.IV_METRIC, "accuracy")
+    graph(d, ids.IV_EVAL_CHART, title="accuracy")
+    assert "pope" in d.find_element(By.ID, ids.IV_EVAL_TABLE).text
+    shot(d, "interventions")
+    assert not console_errors(d)
+
+    timings["cpu_contention"] = slack = contention()
+    (ARTIFACTS / "timings.json").write_text(json.dumps(timings, indent=1))
+    print(f"\nopen: first visit {timings['open_cold_s']:.2f} s, Runs {timings['open_runs_s']:.2f} s, Attention "
+          f"{timings['open_attention_s']:.2f} s; layer/head switch p50 {timings['switch_p50_ms']:.0f} ms, "
+          f"p95 {timings['switch_p95_ms']:.0f} ms (CPU contention x{slack:.1f})")
+    assert timings["open_runs_s"] < OPEN_S * slack and timings["open_attention_s"] < OPEN_S * slack, timings
+    assert timings["open_cold_s"] < 2 * OPEN_S * slack, timings
+    assert timings["switch_p95_ms"] < SWITCH_P95_MS * slack, timings
+
+
+def test_errors_show_a_message_and_the_app_keeps_serving(browser, server):
+    """A Run a page cannot show gives a message (not a stack trace); malformed URLs fall back; the app goes on."""
+    d = browser
+    d.get(server + "/")
+    graph(d, ids.RUNS_TIMINGS)
+    choose_run(d, "0:eval-compare")  # results only: no attention to draw
+    go_to(d, "Attention")
+    box = WebDriverWait(d, 30).until(lambda drv: drv.find_element(By.CSS_SELECTOR, f"#{ids.ATTN_MESSAGE} .message"))
+    assert "result tables only" in box.text and "Traceback" not in d.page_source
+    choose_run(d, "0:minilm")
+    go_to(d, "Attention")
+    graph(d, ids.ATTN_HEATMAP, title="layer 0, head 0")
+    d.get(server + "/attention?layer=x&head=-4")  # malformed query: the first layer and head
+    graph(d, ids.ATTN_HEATMAP, title="layer 0, head 0")
+    d.get(server + "/no-such-page")
+    WebDriverWait(d, 30).until(lambda drv: "404" in drv.find_element(By.TAG_NAME, "body").text)
+    d.get(server + "/heads")
+    graph(d, ids.HEADS_GRID)
+    assert not console_errors(d)

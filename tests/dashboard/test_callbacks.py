@@ -1,0 +1,257 @@
+"""Callbacks without a browser: each page's data path on the demo Runs, and errors turned into messages."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+
+from attnlab.core.runs import Run
+from attnlab.dashboard import ids
+
+
+def page(name: str):
+    """A page module as Dash loaded it (``create_app`` executes the pages folder)."""
+    return sys.modules[f"attnlab.dashboard.pages.{name}"]
+
+
+def points(figure: go.Figure) -> int:
+    """Values a figure draws (heatmap cells, bars, markers, image pixels)."""
+    total = 0
+    for trace in figure.data:
+        for attr in ("z", "y", "source"):
+            value = getattr(trace, attr, None)
+            if value is not None:
+                total += np.asarray(value, dtype=object).size
+                break
+    return total
+
+
+def is_message(component, kind: str | None = None) -> bool:
+    return component is not None and "message" in component.className and (kind is None or kind in component.className)
+
+
+def test_runs_page_shows_details_and_timings(ctx):
+    detail, figure, note = page("runs").show_run("0:minilm")
+    assert points(figure) >= 2 and note is None
+    text = json.dumps(detail, default=lambda c: c.to_plotly_json())
+    assert "bert" in text and "quick brown fox" in text and "pattern" in text
+
+
+def test_shell_lists_traces_and_items(ctx):
+    from attnlab.dashboard.app import choose_item, choose_trace
+
+    opts, value, hint = choose_trace("0:toy-llava", None)
+    assert value == "main" and {o["value"] for o in opts} == {"main", "main.vision", "text"}
+    assert "llava" in hint
+    assert choose_trace("0:toy-llava", "text")[1] == "text"
+    items, item = choose_item("0:minilm", "main", 7)
+    assert len(items) == 4 and item == 0 and "quick brown fox" in items[0]["label"]
+
+
+def test_heads_grid_for_every_statistic_the_run_offers(ctx):
+    heads = page("heads")
+    for run_id in ("0:minilm", "0:toy-llava", "0:toy-vit-reg"):
+        options, value, open_options = heads.stat_options(run_id, "main", None)
+        assert value == "entropy" and open_options
+        for option in options:
+            figure, note = heads.show_grid(run_id, "main", 0, option["value"])
+            assert note is None, (run_id, option, note)
+            assert points(figure) > 0
+    stats = {o["value"] for o in heads.stat_options("0:toy-llava", "main", None)[0]}
+    assert {"image", "vhd", "sinks"} <= stats
+
+
+def test_heads_click_opens_the_head(ctx):
+    from dash._callback_context import context_value
+    from dash._utils import AttributeDict
+
+    context_value.set(AttributeDict(triggered_inputs=[{"prop_id": f"{ids.HEADS_GRID}.clickData", "value": 1}]))
+    href = page("heads").open_head({"points": [{"x": 7, "y": "3"}]}, 0, None)
+    assert href == "/attention?layer=3&head=7"
+
+
+def test_attention_heatmap_is_the_stored_pattern(ctx, demo_root):
+    attention = page("attention")
+    figure, note = attention.heatmap("0:minilm", "main", 1, 4, 9)
+    trace = Run.open(demo_root / "minilm").trace("main", layers=[4])
+    real = trace.token_mask[1].numpy()
+    oracle = trace.layer(4).pattern[1, 9].numpy()[real][:, real]
+    np.testing.assert_allclose(np.asarray(figure.data[0].z), oracle, rtol=1e-6)
+    assert figure.data[0].zmin == 0 and figure.data[0].zmax == 1 and note is None
+    assert list(figure.data[0].x)[0] == "0:[CLS]"
+
+
+def test_attention_from_queries_and_keys_matches_the_pattern(ctx, demo_root, tmp_path):
+    """Without a stored pattern the map is recomputed from q and k; on BERT it must equal what the model applied."""
+    import shutil
+
+    from attnlab.core.runs import save_run
+    from attnlab.dashboard.data import DashboardData
+    from attnlab.dashboard.summaries import attention_matrix
+
+    full = Run.open(demo_root / "minilm")
+    trace = full.trace("main", layers=[3])
+    for rec in trace.layers.values():
+        rec.pattern = None
+    save_run(tmp_path / "qk-only", {"main": trace}, full.info)
+    data = DashboardData([tmp_path])
+    recomputed, real, source = attention_matrix(data, data.run("0:qk-only"), "main", 3, 5, 2)
+    oracle = full.trace("main", layers=[3]).layer(3).pattern[2, 5].double().numpy()[np.ix_(real, real)]
+    assert source == "q·k"
+    np.testing.assert_allclose(recomputed, oracle, atol=2e-5)
+    shutil.rmtree(tmp_path / "qk-only")
+
+
+def test_attention_text_view_and_image_overlay(ctx):
+    attention = page("attention")
+    text = attention.text_view("0:minilm", "main", 0, 2, 3, 4)
+    assert len(text.data) == 2 and points(text) > 0
+    assert "position 4" in text.layout.annotations[0].text
+    # an LVLM's image span is one cell holding the focus's whole attention to the patches: the row still sums to 1
+    text = attention.text_view("0:toy-llava", "main", 0, 1, 2, None)
+    row = np.asarray(text.data[0].z, dtype=float)
+    labels = [t for line in text.data[0].text for t in line]
+    assert row[np.isfinite(row)].sum() == pytest.approx(1.0, abs=1e-5)
+    assert labels.count("img 4×4") == 1 and "<image>" not in labels
+    options, query, style = attention.query_options("0:toy-llava", "main", 0, None)
+    assert style == {} and query == options[-1]["value"]  # causal: the last prompt token
+    overlay = attention.image_view("0:toy-llava", "main", 0, 1, 2, query)
+    assert any(isinstance(t, go.Image) for t in overlay.data)
+    assert np.asarray(overlay.data[-1].z).shape == (4, 4)
+    assert attention.query_options("0:minilm", "main", 0, None)[2] == {"display": "none"}
+
+
+def test_flow_rollout_and_flow(ctx):
+    flow = page("flow")
+    options, position = flow.positions("0:toy-vit", "main", 0, None)
+    assert position == 0
+    for method in ("rollout", "flow"):
+        bar, grid, style, note = flow.show("0:toy-vit", "main", 0, method, "mean", 0.0, [], position)
+        relevance = np.asarray(bar.data[0].y, dtype=float)
+        assert relevance.sum() == pytest.approx(1.0, abs=1e-6) and style == {}
+        assert np.asarray(grid.data[-1].z).shape == (4, 4)
+    bar, _, style, note = flow.show("0:minilm", "main", 0, "rollout", "max", 0.5, ["receptive-field"], 0)
+    assert style == {"display": "none"} and is_message(note, "note")
+
+
+def test_sinks_massive_and_registers(ctx):
+    sinks = page("sinks")
+    figure, rows, columns, note = sinks.show_sinks("0:minilm", "main", 0, "act")
+    assert points(figure) == 6 * 12 and note is None and rows
+    assert rows[0]["token"] == "[CLS]"
+    plot, summary = sinks.show_massive("0:minilm", "main", 0)
+    assert points(plot) > 0 and summary
+    options, other, top, value, marks = sinks.compare_options("0:toy-vit", "main", None)
+    assert other == "0:toy-vit-reg"  # the counterpart with registers
+    mine, theirs = sinks.show_norms("0:toy-vit", "main", 0, value, other)
+    assert "without registers" in mine.layout.title.text and "with registers" in theirs.layout.title.text
+    # an LVLM's patches live in its vision tower's trace
+    assert "registers" in sinks.show_norms("0:toy-llava", "main", 0, 1, None)[0].layout.title.text
+
+
+def test_qk_views(ctx):
+    qk = page("qk")
+    layers, layer, heads, head = qk.selectors("0:minilm", "main", None, None)
+    assert layer == 0 and len(heads) == 12
+    grid, note = qk.small_multiples("0:minilm", "main", 1, "segment")
+    assert note is None and len({t.xaxis for t in grid.data}) == 12
+    detail = qk.detail("0:minilm", "main", 1, 3, "position", "pca")
+    click = {"points": [{"customdata": detail.data[0].customdata[5]}]}
+    bar = qk.token_view(click, "0:minilm", "main", 1, 3)
+    weights = np.asarray(bar.data[0].y, dtype=float)
+    is_query = click["points"][0]["customdata"][0] == "query"
+    assert weights.min() >= 0 and (not is_query or weights.sum() == pytest.approx(1.0, abs=1e-4))
+    grid, note = qk.small_multiples("0:eval-compare", "main", None, "kind")
+    assert is_message(note)
+
+
+def test_circuits_not_available_without_tables(ctx):
+    circuits = page("circuits")
+    figure, note = circuits.show_graph("0:minilm", 0.2)
+    assert is_message(note, "note") and "not available in this Run" in note.children
+    assert circuits.show_patching("0:minilm", 0).layout.meta["empty"]
+
+
+def test_circuits_from_stored_tables(ctx):
+    """The demo's toy-gpt holds hand-written circuit and patching tables (see conftest)."""
+    figure, note = page("circuits").show_graph("0:toy-gpt", 0.2)
+    lines = [t for t in figure.data if t.mode == "lines"]
+    assert note is None and len(lines) == 3  # 0.1 -> 1.3 (strong), embed -> 1.0, 0.3 -> 1.2; 0.2 -> 1.1 is hidden
+    assert "3 edges" in figure.layout.title.text
+    patching = page("circuits").show_patching("0:toy-gpt", 0)
+    z = np.asarray(patching.data[0].z, dtype=float)
+    assert z[1, 1] == pytest.approx(0.9) and z[0, 1] == pytest.approx(-0.2)
+    assert patching.data[0].zmid == 0
+    assert "patching" in {o["value"] for o in page("heads").stat_options("0:toy-gpt", "main", None)[0]}
+
+
+def test_interventions_pair_maps_answers_and_evals(ctx):
+    iv = page("interventions")
+    base_opts, base, method_opts, method, eval_opts, evaluation = iv.run_options("0:minilm", None, None, None)
+    assert (base, method) == ("0:minilm", "0:minilm-sink-reweight") and evaluation == "0:eval-compare"
+    figure, answers, note = iv.compare(base, method, 0, 2, 0)
+    assert len(figure.data) == 3 and np.abs(np.asarray(figure.data[2].z, dtype=float)).max() > 0
+    _, _, _, _, _, _ = iv.run_options("0:toy-llava", None, None, None)
+    figure, answers, note = iv.compare("0:toy-llava", "0:toy-llava-first-to-image", 0, 1, 1)
+    assert answers is not None  # the demo stores greedy answers for the LVLM
+    metrics, metric, rows, columns = iv.eval_table("0:eval-compare", None)
+    assert metric == "f1" and len(rows) == 6
+    chart = iv.eval_chart("0:eval-compare", "accuracy")
+    assert {t.name for t in chart.data} == {"baseline", "act"}
+    figure, answers, note = iv.compare("0:minilm", "0:toy-gpt", 0, 0, 0)
+    assert is_message(note) and "different tokens" in note.children
+
+
+def test_errors_become_messages_not_traces(ctx):
+    figure, note = page("heads").show_grid("0:../..", "main", 0, "entropy")
+    assert is_message(note, "error") and "Traceback" not in note.children
+    figure, note = page("attention").heatmap("0:minilm", "main", 0, 99, 0)
+    assert is_message(note, "error") and "Layer 99" in note.children
+    figure, note = page("attention").heatmap("0:minilm", "nope", 0, 0, 0)
+    assert is_message(note) and "no trace" in note.children
+
+
+def test_unexpected_failures_give_a_generic_message(ctx, monkeypatch):
+    attention = page("attention")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("internal detail that must not reach the page")
+
+    monkeypatch.setattr(attention, "attention_matrix", broken)
+    figure, note = attention.heatmap("0:minilm", "main", 0, 0, 0)
+    assert is_message(note, "error") and "server log" in note.children and "internal detail" not in note.children
+    assert figure.layout.meta["empty"]
+    assert attention.text_view("0:minilm", "main", 0, 0, 0, None).layout.meta["empty"]
+
+
+def test_http_traversal_gets_a_message_and_the_app_keeps_serving(app):
+    """A crafted callback request naming a path outside the roots is answered with a message, not a 500."""
+    client = app.server.test_client()
+    assert client.get("/").status_code == 200
+    client.get("/_dash-layout")
+    body = {"output": f"..{ids.RUNS_DETAIL}.children...{ids.RUNS_TIMINGS}.figure...{ids.RUNS_MESSAGE}.children..",
+            "outputs": [{"id": ids.RUNS_DETAIL, "property": "children"}, {"id": ids.RUNS_TIMINGS, "property": "figure"},
+                        {"id": ids.RUNS_MESSAGE, "property": "children"}],
+            "inputs": [{"id": ids.RUN, "property": "value", "value": "0:../../../etc"}],
+            "changedPropIds": [f"{ids.RUN}.value"], "state": []}
+    response = client.post("/_dash-update-component", json=body)
+    assert response.status_code == 200
+    text = response.get_data(as_text=True)
+    assert "outside the served directories" in text and "Traceback" not in text
+    body["inputs"][0]["value"] = "0:minilm"
+    again = client.post("/_dash-update-component", json=body)
+    assert again.status_code == 200 and "bert" in again.get_data(as_text=True)
+
+
+def test_demo_is_cached(demo_root):
+    from attnlab.dashboard.demo import DemoModel, build_demo_run
+
+    before = (demo_root / "minilm" / "manifest.json").stat().st_mtime_ns
+    build_demo_run(demo_root, progress=False, models=[DemoModel("minilm", "minilm", "text-encoder")])
+    assert (demo_root / "minilm" / "manifest.json").stat().st_mtime_ns == before
+    manifest = Run.open(demo_root / "minilm").manifest
+    assert manifest["capture"]["qk"] and manifest["capture"]["resid"] and len(manifest["inputs"]["texts"]) == 4

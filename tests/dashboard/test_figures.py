@@ -1,0 +1,108 @@
+"""The dashboard's figures (``attnlab.viz.dashboard_figures``) on hand-made inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from attnlab.viz import dashboard_figures as figs
+
+
+def test_attention_heatmap_is_on_the_fixed_scale_with_queries_down():
+    pattern = np.array([[1.0, 0.0], [0.25, 0.75]])
+    fig = figs.attention_heatmap(pattern, ["0:a", "1:b"], "layer 0, head 1")
+    trace = fig.data[0]
+    np.testing.assert_array_equal(np.asarray(trace.z), pattern)
+    assert (trace.zmin, trace.zmax) == (0, 1) and fig.layout.yaxis.autorange == "reversed"
+    assert fig.layout.title.text == "layer 0, head 1"
+
+
+def test_text_view_wraps_tokens_and_marks_the_focus():
+    tokens = [f"t{i}" for i in range(14)]
+    row = np.linspace(0, 1, 14)
+    fig = figs.token_text_view(tokens, list(range(100, 114)), row, row[::-1], focus=13, per_row=6)
+    top, bottom = fig.data
+    z = np.asarray(top.z, dtype=float)
+    assert z.shape == (3, 6) and np.isnan(z[2, 2:]).all()
+    assert z[2, 1] == pytest.approx(1.0) and np.asarray(bottom.z, dtype=float)[0, 0] == pytest.approx(1.0)
+    assert top.customdata[2][1] == 113 and top.customdata[2][2] == -1  # padding cells are not focusable
+    focus = fig.layout.shapes[0]
+    assert (focus.x0, focus.y0) == (0.5, 1.5) and "t13" in fig.layout.annotations[0].text
+
+
+def test_patch_overlay_paints_the_grid_over_the_image():
+    grid = np.arange(6, dtype=float).reshape(2, 3) / 10
+    uri = "data:image/png;base64,iVBORw0KGgo="
+    fig = figs.patch_overlay(uri, grid, "attention of 5:x")
+    assert fig.data[0].type == "image" and fig.data[-1].type == "heatmap"
+    np.testing.assert_array_equal(np.asarray(fig.data[-1].z), grid)
+    image = fig.layout.images[0]
+    assert (image.sizex, image.sizey, image.x, image.y) == (3, 2, -0.5, -0.5)  # covers the grid cells exactly
+    assert list(fig.layout.yaxis2.range) == [1.5, -0.5]  # first patch row at the top, as in the image
+    alone = figs.patch_overlay(None, grid, "t")
+    assert [t.type for t in alone.data] == ["heatmap"] and "not available" in alone.layout.annotations[-1].text
+
+
+def test_head_grid_signed_scale_is_symmetric():
+    fig = figs.head_grid(np.array([[0.5, -2.0], [1.0, np.nan]]), [3, 4], "patching effect", signed=True,
+                         selected=(4, 1))
+    trace = fig.data[0]
+    assert (trace.zmin, trace.zmax, trace.zmid) == (-2.0, 2.0, 0.0) and list(trace.y) == ["3", "4"]
+    assert fig.layout.shapes[0].y0 == 0.5
+
+
+def test_circuit_figure_hides_weak_edges():
+    edges = pd.DataFrame({"upstream": ["0.0", "0.1", "embed"], "downstream": ["1.0", "1.1", "1.0"],
+                          "side": ["src", "dest", "src"], "strength": [0.9, 0.1, 0.5]})
+    fig = figs.circuit_figure(edges, 2, 2, min_strength=0.3)
+    lines = [t for t in fig.data if t.mode == "lines"]
+    assert sum(len(t.x) // 3 for t in lines) == 2 and "2 edges" in fig.layout.title.text
+    assert {t.line.color for t in lines} == {"#1f77b4"}  # only key-side reads pass the threshold
+
+
+def _points():
+    rng = np.random.default_rng(0)
+    rows = [("query" if i < 5 else "key", 0, i % 5, f"w{i % 5}", "text" if i % 5 else "special") for i in range(10)]
+    frame = pd.DataFrame(rows, columns=["kind", "batch", "position", "token", "segment"])
+    frame["x"], frame["y"] = rng.normal(size=10), rng.normal(size=10)
+    return frame
+
+
+def test_qk_scatter_colours_queries_and_keys():
+    fig = figs.qk_scatter(_points(), "kind", "layer 0, head 0")
+    by_name = {t.name: t for t in fig.data}
+    assert set(by_name) == {"query", "key"}
+    assert by_name["query"].marker.color == figs.QUERY_COLOUR and set(by_name["key"].marker.symbol) == {"diamond"}
+    assert list(by_name["key"].customdata[0]) == ["key", 0, 0, "w0"]
+    continuous = figs.qk_scatter(_points(), "position", "t")
+    assert len(continuous.data) == 1 and continuous.layout.coloraxis.colorbar.title.text == "position"
+
+
+def test_small_multiples_lay_panels_side_by_side():
+    frames = [(f"head {h}", _points()) for h in range(6)]
+    fig = figs.qk_small_multiples(frames, "segment", "layer 1", cols=4)
+    domains = sorted({tuple(fig.layout[f"xaxis{'' if i == 0 else i + 1}"].domain) for i in range(6)})
+    assert len(domains) == 4 and all(a[1] < b[0] for a, b in zip(domains, domains[1:]))
+    assert len(fig.layout.annotations) == 6 and fig.layout.height == 60 + 190 * 2
+
+
+def test_compare_attention_difference_panel():
+    a = np.eye(3)
+    b = np.full((3, 3), 1 / 3)
+    fig = figs.compare_attention(a, b, ["0:x", "1:y", "2:z"], ("base", "method"))
+    np.testing.assert_allclose(np.asarray(fig.data[2].z), b - a)
+    assert fig.data[2].zmid == 0 and fig.data[2].zmax == pytest.approx(2 / 3)
+
+
+def test_eval_bars_one_trace_per_method():
+    summary = pd.DataFrame({"task": ["pope"] * 4, "split": ["random", "random", "popular", "popular"],
+                            "method": ["baseline", "vhr"] * 2, "f1": [0.7, 0.75, 0.6, 0.65]})
+    fig = figs.eval_bars(summary, "f1")
+    assert [t.name for t in fig.data] == ["baseline", "vhr"] and list(fig.data[1].y) == [0.75, 0.65]
+    assert figs.eval_bars(summary, "chair_s").data == ()
+
+
+def test_message_figure_is_marked_empty():
+    fig = figs.message_figure("not available in this Run")
+    assert fig.layout.meta["empty"] and fig.data == ()

@@ -36,21 +36,23 @@ class Dataset:
 def toy_dataset(spec, folder: Path, split: str = "test") -> Dataset:
     """Write (once) the held-out toy-world scenes of a zoo LVLM's card and describe them as a Dataset.
 
-    The card's ``world`` entry gives the world seed and the index range of each split, so the scenes are
-    exactly the ones the model never saw in training.
+    The card's ``data`` entry gives the world seed, the co-occurrence pairs and the index range of each split
+    (``ranges``), so the scenes are exactly the ones the model never saw in training.
     """
-    from attnlab.zoo.world import write_world
+    from attnlab.zoo.world import WorldConfig, write_world
 
     card_file = Path(spec.path) / "card.json"
     if not card_file.exists():
         raise ValueError(f"{spec.name} has no card.json with toy-world splits; give --questions and --images")
-    world = json.loads(card_file.read_text()).get("world")
-    if not world or split not in world.get("splits", {}):
+    data = json.loads(card_file.read_text()).get("data", {})
+    ranges = data.get("ranges", {})
+    if split not in ranges or "world_seed" not in data:
         raise ValueError(f"{spec.name}'s card names no toy-world '{split}' split; give --questions and --images")
-    start, stop = world["splits"][split]
+    start, stop = ranges[split]
+    config = WorldConfig(pairs=tuple(tuple(p) for p in data["pairs"])) if "pairs" in data else None
     target = folder / f"toy-world-{split}"
     if not (target / "world.json").exists():
-        write_world(target, stop - start, world["seed"], start=start)
+        write_world(target, stop - start, data["world_seed"], config, start=start)
     pope = {s: str(target / f"pope_{s}.jsonl") for s in TOY_SPLITS}
     return Dataset(pope=pope, images=str(target / "images"), annotations=str(target / "instances.json"),
                    synonyms=str(target / "synonyms.txt"))

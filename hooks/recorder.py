@@ -7,7 +7,7 @@ Backends (Hugging Face, TransformerLens, plain torch) only translate their modul
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -78,7 +78,9 @@ class Recorder:
         if not st.passes:
             m = st.meta
             shape = ModelShape(m.n_layers, m.n_heads, m.d_head, m.d_model)
-            self.capture.check_budget(shape, batch=len(tokens), n_tokens=int(token_mask.shape[1]))
+            # Capture.layers index the main stack; other stacks (a vision tower) record every layer.
+            cap = self.capture if stack == self.main else replace(self.capture, layers=None)
+            cap.check_budget(shape, batch=len(tokens), n_tokens=int(token_mask.shape[1]))
         st.passes.append(Pass(tokens=tokens, segments=segments, token_mask=token_mask))
         st.block_input.clear()
 

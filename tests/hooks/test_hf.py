@@ -136,3 +136,4 @@ def test_over_budget_fails_before_forward(minilm):
     with pytest.raises(ValueError, match="over the budget"):
         with attach(model, Capture(pattern=True, budget_bytes=1024), tokenizer=tok):
             model(**prepare_inputs(tok, spec, ["A sentence long enough to exceed a tiny budget."]))
+

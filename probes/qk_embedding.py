@@ -1,0 +1,513 @@
+"""Joint query-key embeddings of attention heads.
+
+Paper: AttentionViz (Yeh, Chen, Wu, Chen, Viégas, Wattenberg, IEEE VIS / TVCG 2023, arXiv 2305.03210).
+The queries and keys of one head, over every real token of many inputs, are put in one space where a
+short query-key distance means a large attention logit, then projected TOGETHER to 2-D or 3-D with
+t-SNE, UMAP or PCA (queries green, keys pink in the paper's figures).
+
+What the paper says (its "vector normalization" step) and what this module does:
+
+1. Queries are pre-scaled by ``1/sqrt(d)`` so that ``q . k`` is the attention logit. Here the factor is
+   ``logit_scale`` (default ``1/sqrt(d_head)``, what every captured family uses).
+2. Key translation: ``softmax_j(q . (k_j + a)) = softmax_j(q . k_j)`` because ``q . a`` is the same for
+   every key of a row, so the keys are translated until their centroid is the query centroid.
+3. Scaling: ``q -> c q``, ``k -> k / c`` leaves every ``q . k`` unchanged; ``c`` makes queries and keys
+   comparable in size. The paper's wording is an equal average norm (distance to the origin); a
+   co-author's follow-up note (C. Chen, "Visualizing Attention") treats translation and ``c`` as free
+   parameters for making distance anti-correlate with the dot product.
+
+Departures: the paper applies the two steps one after the other, and scaling after translation moves
+the centroids apart again (to ``c mu_q`` and ``mu_q / c``). Here the keys are scaled first and then
+translated, ``k'' = k / c + (c mu_q - mu_k / c)``, and ``c`` is solved so that the mean norms are equal
+*after* the translation, so both properties hold at once (``scale="norm"``, the default). ``scale=
+"correlation"`` instead picks the ``c`` whose joint space gives the most negative Spearman correlation
+between query-key distance and logit over sampled same-input pairs (the paper's validation metric);
+a number sets ``c`` directly. The paper's released code does not contain this step (its data was
+precomputed), so nothing here follows released code.
+
+Methods: ``pca`` (own SVD with scikit-learn's ``svd_flip`` sign rule, deterministic), ``umap``
+(umap-learn; with a ``random_state`` it runs single-threaded, umap-learn's rule for reproducibility),
+``tsne`` (openTSNE's FFT-accelerated t-SNE when installed, ``pip install attnlab[fast]``, else
+scikit-learn's Barnes-Hut t-SNE; 3-D t-SNE always uses Barnes-Hut).
+
+Example (tiny model, runs in a few seconds)::
+
+    >>> from attnlab.zoo import load                                  # doctest: +SKIP
+    >>> from attnlab.hooks.inputs import capture_trace                # doctest: +SKIP
+    >>> model, tok, spec = load("minilm")                             # doctest: +SKIP
+    >>> trace = capture_trace(model, tok, spec, Capture(qk=True), ["The cat sat.", "A dog ran."])  # doctest: +SKIP
+    >>> emb = QKEmbedding(method="pca").fit(trace, layer=2, head=3)   # doctest: +SKIP
+    >>> emb.points_[["kind", "token", "x", "y"]].head()               # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, clone
+from sklearn.utils.validation import check_is_fitted
+
+from attnlab.core.runs import Run
+from attnlab.core.trace import Trace
+
+from .results import ProbeResult, jsonable
+from .tokens import segment_kinds, to_numpy, token_categories
+
+METHODS = ("tsne", "umap", "pca")
+SCALE_RULES = ("norm", "correlation")
+#: Same-input query-key pairs sampled for the distance/logit correlation.
+N_PAIRS = 20_000
+#: From this many points on, 2-D t-SNE uses openTSNE's FFT-accelerated gradient instead of Barnes-Hut.
+FFT_MIN_POINTS = 10_000
+META_COLUMNS = ("input", "trace", "batch", "position", "token", "segment", "category", "patch_row", "patch_col")
+
+
+@dataclass(frozen=True)
+class QKVectors:
+    """Queries and keys gathered over inputs, real tokens only, in (trace, batch, position) order.
+
+    Attributes:
+        queries: ``[M, d_head]`` or ``[M, H, d_head]`` queries as captured (before any scaling).
+        keys: keys of the same tokens, same shape.
+        tokens: ``M`` rows of token metadata (:data:`META_COLUMNS`).
+        rank: ``[M]`` index of each token among the real tokens of its input.
+        causal: whether a query sees only the keys at or before its own position.
+        d_head: head width.
+    """
+
+    queries: np.ndarray
+    keys: np.ndarray
+    tokens: pd.DataFrame
+    rank: np.ndarray
+    causal: bool
+    d_head: int
+
+    def head(self, head: int) -> "QKVectors":
+        """The vectors of one head from a per-layer gathering."""
+        return QKVectors(self.queries[:, head], self.keys[:, head], self.tokens, self.rank, self.causal, self.d_head)
+
+
+def _load(item, layers: list[int] | None) -> Trace:
+    if isinstance(item, Trace):
+        return item
+    if isinstance(item, Run):
+        n = int(item.manifest["traces"]["main"]["meta"]["n_layers"]) if "main" in item.manifest["traces"] else 0
+        wanted = None if layers is None or n == 0 else sorted({i % n for i in layers})
+        return item.trace("main", layers=wanted, with_vision=False)
+    raise TypeError(f"Expected a Trace, a Run or a list of them, got {type(item).__name__}")
+
+
+def as_traces(traces, layers: list[int] | None = None) -> list[Trace]:
+    """A Trace, a Run (its ``main`` Trace, only ``layers`` loaded) or a sequence of them -> list of Traces."""
+    items = [traces] if isinstance(traces, (Trace, Run)) else list(traces)
+    if not items:
+        raise ValueError("Give at least one Trace (or Run) to embed")
+    return [_load(t, layers) for t in items]
+
+
+def _token_rows(trace: Trace, t_index: int, first_input: int) -> list[tuple]:
+    mask = trace.token_mask.detach().cpu().numpy().astype(bool)
+    rows = []
+    for b in range(trace.batch_size):
+        kinds, cats = segment_kinds(trace, b), token_categories(trace, b)
+        grid_at = {n: (s, s.grid) for s in trace.segments[b] if s.kind == "image" and s.grid for n in range(s.start, s.end)}
+        for n in np.flatnonzero(mask[b]):
+            seg, grid = grid_at.get(n, (None, None))
+            row, col = divmod(n - seg.start, grid[1]) if grid else (-1, -1)
+            rows.append((first_input + b, t_index, b, int(n), trace.tokens[b][n], kinds[n], cats[n], row, col))
+    return rows
+
+
+def gather_layer(traces, layer: int) -> QKVectors:
+    """Every head's queries and keys of one layer over all inputs: ``[M, H, d_head]`` each.
+
+    Raises:
+        ValueError: a Trace without ``qk`` (naming ``Capture(qk=True)``), a missing layer, or Traces of
+            different head shapes.
+    """
+    traces = as_traces(traces, [layer])
+    first = traces[0].meta
+    qs, ks, rows, ranks = [], [], [], []
+    for t_index, trace in enumerate(traces):
+        trace.require("qk", "QKEmbedding")
+        rec = trace.layer(layer)
+        if rec.q is None or rec.k is None:
+            raise ValueError(f"Layer {layer} has no queries/keys; capture it with Capture(qk=True, layers=None)")
+        if (trace.meta.n_heads, trace.meta.d_head, trace.meta.causal) != (first.n_heads, first.d_head, first.causal):
+            raise ValueError(f"Trace {t_index} comes from a model of another shape ({trace.meta.model}); "
+                             f"embed Traces of one model (first: {first.model})")
+        mask = trace.token_mask.detach().cpu().numpy().astype(bool)  # (B, N)
+        qs.append(to_numpy(rec.q).transpose(0, 2, 1, 3)[mask].astype(np.float32))  # (M_t, H, d)
+        ks.append(to_numpy(rec.k).transpose(0, 2, 1, 3)[mask].astype(np.float32))  # (M_t, H, d)
+        rows += _token_rows(trace, t_index, int(sum(t.batch_size for t in traces[:t_index])))
+        ranks += [np.arange(c) for c in mask.sum(1)]
+    tokens = pd.DataFrame(rows, columns=list(META_COLUMNS))
+    if tokens.empty:
+        raise ValueError("The Traces hold no real tokens (token_mask is all False)")
+    return QKVectors(np.concatenate(qs), np.concatenate(ks), tokens, np.concatenate(ranks), first.causal, first.d_head)
+
+
+def resolve_head(n_heads: int, head: int) -> int:
+    """``head`` as an index in ``0..n_heads-1`` (negative counts from the end); ValueError outside."""
+    if not -n_heads <= int(head) < n_heads:
+        raise ValueError(f"head {head} is outside the layer's {n_heads} heads; pass 0..{n_heads - 1}")
+    return int(head) % n_heads
+
+
+def collect_qk(traces, layer: int, head: int) -> QKVectors:
+    """Queries and keys ``[M, d_head]`` of one head over all inputs (real tokens only)."""
+    vectors = gather_layer(traces, layer)
+    return vectors.head(resolve_head(vectors.queries.shape[1], head))
+
+
+def sample_pairs(vectors: QKVectors, n_pairs: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Random (query, key) index pairs inside one input, the key visible to the query (causal-aware)."""
+    rng = np.random.default_rng(seed)
+    groups = vectors.tokens["input"].to_numpy()
+    start = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+    count = np.diff(np.r_[start, len(groups)])
+    owner = np.repeat(np.arange(len(start)), count)  # (M,)
+    qi = rng.integers(0, len(groups), n_pairs)
+    visible = vectors.rank[qi] + 1 if vectors.causal else count[owner[qi]]
+    ki = start[owner[qi]] + np.floor(rng.random(n_pairs) * visible).astype(int)
+    return qi, ki
+
+
+def _norms(x: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.einsum("ij,ij->i", x, x))
+
+
+def _norm_balancing_scale(q: np.ndarray, k_centred: np.ndarray, mu_q: np.ndarray) -> float:
+    """``c`` with mean ``|c q|`` = mean ``|k_centred / c + c mu_q|``, i.e. ``s = c^2`` root of
+    ``s mean|q| - mean|k_centred + s mu_q|`` (concave in ``s``, negative at 0: one root)."""
+    from scipy.optimize import brentq
+
+    mean_q = _norms(q).mean()
+
+    def gap(s: float) -> float:
+        return s * mean_q - _norms(k_centred + s * mu_q).mean()
+
+    hi = 1.0
+    while gap(hi) <= 0 and hi < 1e12:
+        hi *= 4.0
+    if gap(0.0) >= 0 or gap(hi) <= 0:  # degenerate clouds (all keys equal, or all queries collinear)
+        return math.sqrt(_norms(k_centred).mean() / max(mean_q, 1e-30))
+    return math.sqrt(brentq(gap, 0.0, hi, xtol=1e-300, rtol=1e-13, maxiter=500))
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
+
+
+def _correlation_scale(qc: np.ndarray, kc: np.ndarray, pairs, logits: np.ndarray, c0: float) -> float:
+    """The ``c`` (on a log grid around ``c0``) whose distances anti-correlate most with the logits.
+
+    With centred queries ``qc`` and keys ``kc``, ``|c qc - kc / c|^2 = c^2 |qc|^2 + |kc|^2 / c^2 - 2 qc . kc``,
+    so every grid point costs one pass over the sampled pairs.
+    """
+    from scipy.stats import rankdata
+
+    qs, ks = qc[pairs[0]], kc[pairs[1]]  # (P, d)
+    qq, kk, qk = (np.einsum("ij,ij->i", x, y) for x, y in ((qs, qs), (ks, ks), (qs, ks)))  # (P,)
+    logit_rank = rankdata(logits)
+    grid = c0 * 2.0 ** np.linspace(-4, 4, 49)
+    scores = [np.corrcoef(rankdata(c * c * qq + kk / (c * c) - 2 * qk), logit_rank)[0, 1] for c in grid]
+    return float(grid[int(np.argmin(scores))])
+
+
+class QKEmbedding(BaseEstimator):
+    """AttentionViz joint query-key embedding of one attention head (see the module docstring).
+
+    Args:
+        method: ``tsne`` | ``umap`` | ``pca``.
+        n_components: 2 or 3.
+        random_state: seed for every random choice (t-SNE/UMAP initialisation, neighbour search, pair sampling).
+        scale: ``"norm"`` (equal mean query and key norms after translation, default), ``"correlation"``, or ``c``.
+        logit_scale: the softmax scale of the model; ``None`` = ``1/sqrt(d_head)``.
+        perplexity: t-SNE perplexity (capped at ``(n_points - 1) / 3`` for small inputs).
+        n_neighbors, min_dist: UMAP parameters.
+        n_jobs: threads for t-SNE, and for UMAP when ``random_state=None`` (umap-learn runs one thread when
+            seeded). The fast path for ~100k points is ``method="umap", random_state=None, n_jobs=2``.
+
+    Attributes (after ``fit``):
+        embedding_: ``[2M, n_components]`` coordinates, queries first then keys, in token order.
+        points_: one row per point: ``kind`` (query/key), :data:`META_COLUMNS`, ``norm`` (in the joint space),
+            ``x``, ``y`` (and ``z``). ``attrs`` hold ``method``, ``layer``, ``head``.
+        joint_: ``[2M, d_head]`` float64 vectors of the joint space (after scaling and translation).
+        scale_: ``c``; queries are multiplied by ``c * logit_scale_``, keys divided by ``c``.
+        shift_: ``[d_head]`` added to every key after the division.
+        logit_scale_: the pre-scaling of the queries.
+        correlation_: Spearman correlation of distance and logit over sampled same-input pairs in the joint space.
+        n_queries_: M. layer_, head_: what was fitted. backend_: the library and algorithm used.
+    """
+
+    def __init__(self, method: str = "tsne", n_components: int = 2, random_state: int | None = 0,
+                 scale: str | float = "norm", logit_scale: float | None = None, perplexity: float = 30.0,
+                 n_neighbors: int = 15, min_dist: float = 0.1, n_jobs: int = 1):
+        self.method = method
+        self.n_components = n_components
+        self.random_state = random_state
+        self.scale = scale
+        self.logit_scale = logit_scale
+        self.perplexity = perplexity
+        self.n_neighbors = n_neighbors
+        self.min_dist = min_dist
+        self.n_jobs = n_jobs
+
+    # -- fitting ------------------------------------------------------------------------------------
+    def fit(self, traces, layer: int = 0, head: int = 0) -> "QKEmbedding":
+        """Gather one head's queries and keys over ``traces``, normalise them and embed them together.
+
+        Args:
+            traces: a Trace captured with ``Capture(qk=True)``, a Run, or a list of them (one model).
+            layer: layer index (negative counts from the end).
+            head: head index.
+
+        Returns:
+            self.
+        """
+        self._check_params()
+        loaded = as_traces(traces, [layer])
+        layer = int(layer) % loaded[0].meta.n_layers if -loaded[0].meta.n_layers <= layer < 0 else int(layer)
+        head = resolve_head(loaded[0].meta.n_heads, head)
+        return self.fit_vectors(collect_qk(loaded, layer, head), layer=layer, head=head)
+
+    def fit_vectors(self, vectors: QKVectors, layer: int = 0, head: int = 0) -> "QKEmbedding":
+        """:meth:`fit` on already gathered vectors (``[M, d_head]``), e.g. from :func:`collect_qk`."""
+        self._check_params()
+        q, k = vectors.queries.astype(np.float64), vectors.keys.astype(np.float64)  # (M, d)
+        self.logit_scale_ = float(self.logit_scale or 1.0 / math.sqrt(vectors.d_head))
+        q = q * self.logit_scale_
+        mu_q, mu_k = q.mean(0), k.mean(0)  # (d,)
+        pairs = sample_pairs(vectors, N_PAIRS, seed=0 if self.random_state is None else self.random_state)
+        logits = np.einsum("ij,ij->i", q[pairs[0]], k[pairs[1]])  # (P,)
+        c = _norm_balancing_scale(q, k - mu_k, mu_q)
+        if self.scale == "correlation":
+            c = _correlation_scale(q - mu_q, k - mu_k, pairs, logits, c)
+        elif not isinstance(self.scale, str):
+            c = float(self.scale)
+        self.scale_, self.shift_ = c, c * mu_q - mu_k / c  # (d,)
+        self.joint_ = np.concatenate([c * q, k / c + self.shift_])  # (2M, d)
+        m = len(q)
+        self.n_queries_, self.layer_, self.head_, self.d_head_ = m, layer, head, vectors.d_head
+        self.correlation_ = _spearman(_norms(self.joint_[pairs[0]] - self.joint_[m + pairs[1]]), logits)
+        self.embedding_ = self._embed(self.joint_)
+        self.points_ = self._points(vectors.tokens, self.joint_, self.embedding_)
+        return self
+
+    def fit_transform(self, traces, layer: int = 0, head: int = 0) -> np.ndarray:
+        """:meth:`fit`, then the ``[2M, n_components]`` embedding."""
+        return self.fit(traces, layer=layer, head=head).embedding_
+
+    def joint_vectors(self, traces) -> np.ndarray:
+        """New Traces' queries and keys of the fitted head in the fitted joint space: ``[2M', d_head]``."""
+        check_is_fitted(self, "joint_")
+        vectors = collect_qk(traces, self.layer_, self.head_)
+        if vectors.d_head != self.d_head_:
+            raise ValueError(f"These Traces have d_head {vectors.d_head}; the embedding was fitted on {self.d_head_}")
+        q = vectors.queries.astype(np.float64) * (self.logit_scale_ * self.scale_)
+        return np.concatenate([q, vectors.keys.astype(np.float64) / self.scale_ + self.shift_])
+
+    def transform(self, traces) -> np.ndarray:
+        """Place new Traces' queries and keys (fitted layer and head) in the fitted embedding.
+
+        Returns:
+            ``[2M', n_components]``, queries first then keys, in token order.
+
+        Raises:
+            ValueError: for ``method="tsne"``, which has no out-of-sample mapping.
+        """
+        check_is_fitted(self, "embedding_")
+        if self.method == "tsne":
+            raise ValueError("t-SNE cannot place new points in a fitted embedding; fit on all the Traces together "
+                             "(fit_transform([...])) or use QKEmbedding(method='pca') or method='umap'")
+        x = self.joint_vectors(traces)
+        if self.method == "pca":
+            return (x - self.mean_) @ self.components_.T
+        return np.asarray(self.reducer_.transform(x.astype(np.float32)), dtype=np.float64)
+
+    # -- results ------------------------------------------------------------------------------------
+    def to_frame(self) -> pd.DataFrame:
+        """The points (metadata, norm, coordinates) as a table."""
+        check_is_fitted(self, "points_")
+        return self.points_.copy()
+
+    def to_dict(self, points: bool = True) -> dict:
+        """JSON-ready summary, with every point unless ``points=False``."""
+        check_is_fitted(self, "points_")
+        out = {"probe": "qk-embedding", "method": self.method, "backend": self.backend_, "layer": self.layer_,
+               "head": self.head_, "n_components": self.n_components, "n_points": len(self.points_),
+               "n_queries": self.n_queries_, "scale": self.scale_, "logit_scale": self.logit_scale_,
+               "correlation": self.correlation_}
+        if points:
+            out["points"] = frame_records(self.points_)
+        return jsonable(out)
+
+    # -- internals ----------------------------------------------------------------------------------
+    def _check_params(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"Unknown embedding method {self.method!r}; choose from {METHODS}")
+        if self.n_components not in (2, 3):
+            raise ValueError(f"n_components must be 2 or 3 (got {self.n_components!r})")
+        if isinstance(self.scale, str) and self.scale not in SCALE_RULES:
+            raise ValueError(f"Unknown scale rule {self.scale!r}; choose from {SCALE_RULES} or give a number c > 0")
+        if not isinstance(self.scale, str) and not float(self.scale) > 0:
+            raise ValueError(f"scale c must be positive (got {self.scale!r})")
+
+    def _embed(self, x: np.ndarray) -> np.ndarray:
+        if self.method == "pca":
+            self.mean_ = x.mean(0)
+            self.components_ = principal_axes(x - self.mean_, self.n_components)  # (C, d)
+            self.backend_ = "pca"
+            return (x - self.mean_) @ self.components_.T
+        x32 = x.astype(np.float32)
+        if self.method == "umap":
+            return self._umap(x32)
+        return self._tsne(x32)
+
+    def _umap(self, x: np.ndarray) -> np.ndarray:
+        import warnings
+
+        import umap
+
+        jobs = 1 if self.random_state is not None else self.n_jobs
+        self.reducer_ = umap.UMAP(n_components=self.n_components, n_neighbors=min(self.n_neighbors, len(x) - 1),
+                                  min_dist=self.min_dist, random_state=self.random_state, n_jobs=jobs)
+        self.backend_ = "umap-learn"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return np.asarray(self.reducer_.fit_transform(x), dtype=np.float64)
+
+    def _tsne(self, x: np.ndarray) -> np.ndarray:
+        perplexity = float(min(self.perplexity, max((len(x) - 1) / 3.0, 1.0)))
+        try:
+            import openTSNE
+        except ImportError:
+            openTSNE = None
+        if openTSNE is not None:
+            # FFT interpolation has a fixed cost per iteration that only pays off from ~10k points (openTSNE's
+            # own "auto" rule); it is also 1-D/2-D only.
+            gradient = "fft" if self.n_components <= 2 and len(x) >= FFT_MIN_POINTS else "bh"
+            self.backend_ = f"openTSNE ({gradient.upper()})"
+            tsne = openTSNE.TSNE(n_components=self.n_components, perplexity=perplexity, n_jobs=self.n_jobs,
+                                 negative_gradient_method=gradient, random_state=self.random_state)
+            return np.asarray(tsne.fit(x), dtype=np.float64)
+        from sklearn.manifold import TSNE
+
+        self.backend_ = "scikit-learn (Barnes-Hut)"
+        tsne = TSNE(n_components=self.n_components, perplexity=min(perplexity, len(x) - 1.0), init="pca",
+                    random_state=self.random_state)
+        return tsne.fit_transform(x).astype(np.float64)
+
+    def _points(self, tokens: pd.DataFrame, joint: np.ndarray, coords: np.ndarray) -> pd.DataFrame:
+        m = len(tokens)
+        frame = pd.concat([tokens, tokens], ignore_index=True)
+        frame.insert(0, "kind", ["query"] * m + ["key"] * m)
+        frame["norm"] = _norms(joint)
+        for axis, name in zip(range(coords.shape[1]), "xyz"):
+            frame[name] = coords[:, axis]
+        frame.attrs.update(method=self.method, layer=self.layer_, head=self.head_, backend=self.backend_)
+        return frame
+
+
+def principal_axes(x_centred: np.ndarray, n_components: int) -> np.ndarray:
+    """Top principal directions ``[C, d]`` of centred rows, each signed so its largest-|value| entry is
+    positive (scikit-learn's ``svd_flip`` rule), so the result does not depend on the solver's signs."""
+    eigvals, eigvecs = np.linalg.eigh(x_centred.T @ x_centred)  # (d,), (d, d) ascending
+    axes = eigvecs[:, np.argsort(eigvals)[::-1][:n_components]].T  # (C, d)
+    signs = np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(1)])
+    return axes * signs[:, None]
+
+
+def frame_records(frame: pd.DataFrame) -> list[dict]:
+    """Rows of a points table as JSON-ready dicts (NaN -> None)."""
+    return jsonable(frame.astype(object).where(frame.notna(), None).to_dict("records"))
+
+
+@dataclass(frozen=True, eq=False)
+class QKHeadsEmbedding(ProbeResult):
+    """Joint query-key embeddings of many heads on the same points (AttentionViz's matrix view).
+
+    Attributes:
+        layers: layer of each entry of the first axis; heads: head of each entry of the second.
+        coords: ``[L, H, 2M, n_components]``.
+        norms: ``[L, H, 2M]`` norms in each head's joint space.
+        scales: ``[L, H]`` the ``c`` of each head; correlations: ``[L, H]`` distance/logit Spearman.
+        points: ``2M`` rows of metadata shared by every head (``kind`` and :data:`META_COLUMNS`).
+        method, backend: the projection used.
+    """
+
+    layers: tuple[int, ...]
+    heads: tuple[int, ...]
+    coords: np.ndarray
+    norms: np.ndarray
+    scales: np.ndarray
+    correlations: np.ndarray
+    points: pd.DataFrame
+    method: str
+    backend: str
+    probe = "qk-embedding-heads"
+
+    def head_frame(self, layer: int, head: int) -> pd.DataFrame:
+        """One head's points with ``norm`` and coordinates (the layout of :attr:`QKEmbedding.points_`)."""
+        li, hi = self.layers.index(layer), self.heads.index(head)
+        frame = self.points.copy()
+        frame["norm"] = self.norms[li, hi]
+        for axis, name in zip(range(self.coords.shape[-1]), "xyz"):
+            frame[name] = self.coords[li, hi, :, axis]
+        frame.attrs.update(method=self.method, layer=layer, head=head, backend=self.backend)
+        return frame
+
+    def to_frame(self) -> pd.DataFrame:
+        """Long form: one row per (layer, head, point)."""
+        frames = [self.head_frame(l, h).assign(layer=l, head=h) for l in self.layers for h in self.heads]
+        return pd.concat(frames, ignore_index=True)
+
+    def to_dict(self) -> dict:
+        """JSON-ready: per head ``c`` and correlation, the shared points and every head's coordinates."""
+        return jsonable({"probe": self.probe, "method": self.method, "backend": self.backend, "layers": self.layers,
+                         "heads": self.heads, "scales": self.scales, "correlations": self.correlations,
+                         "points": frame_records(self.points), "coords": self.coords})
+
+
+def embed_all_heads(traces, estimator: QKEmbedding | None = None, layers: Iterable[int] | None = None,
+                    heads: Iterable[int] | None = None) -> QKHeadsEmbedding:
+    """Fit a copy of ``estimator`` (default ``QKEmbedding()``) on every chosen (layer, head).
+
+    Args:
+        traces: Traces (or Runs) captured with ``Capture(qk=True)``.
+        estimator: the settings to use; cloned per head (scikit-learn ``clone``), never fitted itself.
+        layers: layer indices; ``None`` = every layer captured with queries and keys in the first Trace.
+        heads: head indices; ``None`` = every head.
+
+    Returns:
+        :class:`QKHeadsEmbedding`.
+    """
+    estimator = QKEmbedding() if estimator is None else estimator
+    estimator._check_params()
+    loaded = as_traces(traces, None if layers is None else list(layers))
+    n_layers = loaded[0].meta.n_layers
+    chosen = sorted(i for i, r in loaded[0].layers.items() if r.q is not None) if layers is None else \
+        [int(i) % n_layers for i in layers]
+    if not chosen:
+        loaded[0].require("qk", "embed_all_heads")
+        raise ValueError("No layer of the Trace holds queries and keys; capture with Capture(qk=True)")
+    n_heads = loaded[0].meta.n_heads
+    head_ids = list(range(n_heads)) if heads is None else [resolve_head(n_heads, h) for h in heads]
+    coords, norms, scales, corrs, backend, points = [], [], [], [], "", None
+    for layer in chosen:
+        gathered = gather_layer(loaded, layer)
+        row = [clone(estimator).fit_vectors(gathered.head(h), layer=layer, head=h) for h in head_ids]
+        coords.append([e.embedding_ for e in row])
+        norms.append([e.points_["norm"].to_numpy() for e in row])
+        scales.append([e.scale_ for e in row])
+        corrs.append([e.correlation_ for e in row])
+        backend, points = row[0].backend_, row[0].points_[["kind", *META_COLUMNS]]
+    return QKHeadsEmbedding(tuple(chosen), tuple(head_ids), np.asarray(coords), np.asarray(norms),
+                            np.asarray(scales), np.asarray(corrs), points, estimator.method, backend)

@@ -1,0 +1,166 @@
+"""Figures of joint query-key embeddings (AttentionViz's single-head and matrix views).
+
+Every function takes a fitted :class:`~attnlab.probes.qk_embedding.QKEmbedding`, its ``points_`` table, or a
+:class:`~attnlab.probes.qk_embedding.QKHeadsEmbedding`, and returns a ``go.Figure``; nothing is shown or saved.
+
+Colour encodings (``color=``): ``kind`` (queries green, keys pink, as in the paper), a categorical column
+(``segment``, ``category`` = token type) with one trace per value, or a numeric column (``position``, ``norm``,
+``input``, ``patch_row``, ``patch_col``) on a shared colour scale with one trace per kind. Outside ``kind``,
+queries are circles and keys diamonds. Hovering a point shows its token, kind, position and input.
+
+Example:
+    >>> emb = QKEmbedding(method="pca").fit(trace, layer=0, head=0)  # doctest: +SKIP
+    >>> qk_scatter(emb, color="position")                            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+KIND_COLORS = {"query": "#3aa655", "key": "#e05fa8"}
+KIND_SYMBOLS = {"query": "circle", "key": "diamond"}
+CATEGORICAL = ("kind", "segment", "category")
+NUMERIC = ("position", "norm", "input", "patch_row", "patch_col")
+AXIS_NAMES = {"pca": "PC", "tsne": "t-SNE ", "umap": "UMAP "}
+_HOVER = "%{customdata[0]}<br>%{customdata[1]} at position %{customdata[2]}, input %{customdata[3]}<extra></extra>"
+
+
+def _points(source) -> pd.DataFrame:
+    frame = getattr(source, "points_", source)
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"Expected a fitted QKEmbedding or its points_ table, got {type(source).__name__}")
+    missing = {"kind", "token", "position", "input", "x", "y"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"The points table lacks columns {sorted(missing)}; pass QKEmbedding(...).fit(...).points_")
+    return frame
+
+
+def axis_titles(method: str | None, n: int) -> list[str]:
+    """``["t-SNE 1", "t-SNE 2", ...]`` for a projection method (``"dim 1"`` when unknown)."""
+    prefix = AXIS_NAMES.get(method or "", "dim ")
+    return [f"{prefix}{i + 1}" for i in range(n)]
+
+
+def _check_color(frame: pd.DataFrame, color: str) -> None:
+    if color not in CATEGORICAL + NUMERIC:
+        raise ValueError(f"Unknown colour encoding {color!r}; choose from {CATEGORICAL + NUMERIC}")
+    if color not in frame.columns:
+        raise ValueError(f"The points table has no {color!r} column")
+
+
+def _trace(part: pd.DataFrame, dims: tuple[str, ...], name: str, marker: dict, **kw):
+    custom = np.stack([part["token"].astype(str), part["kind"], part["position"], part["input"]], axis=1)
+    coords = {axis: part[axis].to_numpy() for axis in dims}
+    cls = go.Scatter3d if len(dims) == 3 else go.Scattergl
+    return cls(**coords, mode="markers", name=name, marker=marker, customdata=custom, hovertemplate=_HOVER, **kw)
+
+
+def point_traces(frame: pd.DataFrame, color: str = "kind", dims: tuple[str, ...] = ("x", "y"), size: float = 4,
+                 showlegend: bool = True) -> list:
+    """The marker traces of one head's points for a colour encoding (see the module docstring)."""
+    _check_color(frame, color)
+    traces = []
+    if color == "kind":
+        for kind in ("query", "key"):
+            part = frame[frame["kind"] == kind]
+            traces.append(_trace(part, dims, kind, dict(color=KIND_COLORS[kind], size=size), legendgroup=kind,
+                                 showlegend=showlegend))
+    elif color in CATEGORICAL:
+        for value in sorted(frame[color].astype(str).unique()):
+            part = frame[frame[color].astype(str) == value]
+            symbols = part["kind"].map(KIND_SYMBOLS).to_numpy()
+            traces.append(_trace(part, dims, value or "(none)", dict(size=size, symbol=symbols), legendgroup=value,
+                                 showlegend=showlegend))
+    else:
+        for kind in ("query", "key"):
+            part = frame[frame["kind"] == kind]
+            marker = dict(size=size, symbol=KIND_SYMBOLS[kind], color=part[color].to_numpy(dtype=float),
+                          coloraxis="coloraxis")
+            traces.append(_trace(part, dims, kind, marker, legendgroup=kind, showlegend=showlegend))
+    return traces
+
+
+def _title(frame: pd.DataFrame, title: str | None) -> str:
+    if title is not None:
+        return title
+    attrs = frame.attrs
+    where = f"layer {attrs['layer']}, head {attrs['head']}" if "layer" in attrs else "one head"
+    return f"Queries and keys, {where} ({attrs.get('method', 'embedding')})"
+
+
+def qk_scatter(source, color: str = "kind", title: str | None = None, size: float = 4) -> go.Figure:
+    """2-D scatter of one head's joint query-key embedding.
+
+    Args:
+        source: a fitted ``QKEmbedding`` or its ``points_`` (columns ``kind, token, position, input, x, y``).
+        color: ``kind`` | ``segment`` | ``category`` | ``position`` | ``norm`` | ``input`` | ``patch_row`` | ``patch_col``.
+        title: figure title; default names the layer, head and method.
+        size: marker size in pixels.
+
+    Returns:
+        The figure: one trace per kind or category, equal axis scales.
+    """
+    frame = _points(source)
+    fig = go.Figure(point_traces(frame, color, ("x", "y"), size))
+    xt, yt = axis_titles(frame.attrs.get("method"), 2)
+    fig.update_layout(title=_title(frame, title), xaxis_title=xt, yaxis_title=yt, template="plotly_white",
+                      legend_title_text=color)
+    fig.update_yaxes(scaleanchor="x", scaleratio=1)
+    if color in NUMERIC:
+        fig.update_layout(coloraxis=dict(colorscale="Viridis", colorbar_title=color))
+    return fig
+
+
+def qk_scatter_3d(source, color: str = "kind", title: str | None = None, size: float = 3) -> go.Figure:
+    """3-D scatter of a head embedded with ``n_components=3`` (same encodings as :func:`qk_scatter`)."""
+    frame = _points(source)
+    if "z" not in frame.columns:
+        raise ValueError("This embedding is 2-D; fit QKEmbedding(n_components=3) for a 3-D figure")
+    fig = go.Figure(point_traces(frame, color, ("x", "y", "z"), size))
+    xt, yt, zt = axis_titles(frame.attrs.get("method"), 3)
+    fig.update_layout(title=_title(frame, title), scene=dict(xaxis_title=xt, yaxis_title=yt, zaxis_title=zt,
+                                                             aspectmode="data"),
+                      template="plotly_white", legend_title_text=color)
+    if color in NUMERIC:
+        fig.update_layout(coloraxis=dict(colorscale="Viridis", colorbar_title=color))
+    return fig
+
+
+def qk_heads_matrix(result, color: str = "kind", size: float = 2, max_points: int | None = None,
+                    seed: int = 0) -> go.Figure:
+    """AttentionViz's matrix view: one small 2-D joint embedding per head, rows = layers, columns = heads.
+
+    Args:
+        result: a :class:`~attnlab.probes.qk_embedding.QKHeadsEmbedding` (from ``embed_all_heads``).
+        color: colour encoding, as in :func:`qk_scatter`.
+        size: marker size.
+        max_points: draw at most this many points per head (the same random subset in every cell; ``None`` = all).
+        seed: seed of that subset.
+
+    Returns:
+        The figure with ``len(layers) * len(heads)`` subplots titled ``L{layer} H{head}``.
+    """
+    layers, heads = list(result.layers), list(result.heads)
+    n_points = len(result.points)
+    keep = np.arange(n_points)
+    if max_points is not None and max_points < n_points:
+        keep = np.sort(np.random.default_rng(seed).choice(n_points, max_points, replace=False))
+    fig = make_subplots(rows=len(layers), cols=len(heads), subplot_titles=[f"L{l} H{h}" for l in layers for h in heads],
+                        horizontal_spacing=0.01 if len(heads) > 6 else 0.04,
+                        vertical_spacing=0.03 if len(layers) > 6 else 0.08)
+    for r, layer in enumerate(layers, start=1):
+        for c, head in enumerate(heads, start=1):
+            frame = result.head_frame(layer, head).iloc[keep]
+            for trace in point_traces(frame, color, ("x", "y"), size, showlegend=(r, c) == (1, 1)):
+                fig.add_trace(trace, row=r, col=c)
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_layout(title=f"Joint query-key embeddings of {len(layers) * len(heads)} heads ({result.method})",
+                      template="plotly_white", height=max(300, 170 * len(layers)), width=max(400, 170 * len(heads)),
+                      legend_title_text=color)
+    if color in NUMERIC:
+        fig.update_layout(coloraxis=dict(colorscale="Viridis", colorbar_title=color))
+    return fig

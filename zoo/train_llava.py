@@ -300,7 +300,7 @@ def _card(config: ToyLlavaConfig, model, seed: int, metrics: dict, losses: list[
                            "config, start=start) rebuilds a range with its POPE questions",
             "task_mix": asdict(config.mix), "metrics_on": "test"}
     prompts = {"format": "<bos> <image>*64 {prompt} {answer} <eos>; pass the prompt text, <image> is prepended",
-               "caption": CAPTION_PROMPT, "question": POPE_TEMPLATE, "answers": [YES, NO],
+               "caption": CAPTION_PROMPT, "pope": "{question}", "question": POPE_TEMPLATE, "answers": [YES, NO],
                "caption_max_new_tokens": config.caption_tokens, "question_max_new_tokens": 3, "decoding": "greedy"}
     return {"name": "toy-llava", "metrics": metrics, "architecture": arch, "data": data, "prompts": prompts,
             "steps": config.steps, "batch_size": config.batch_size, "lr": config.lr, "seed": seed,

@@ -105,7 +105,7 @@ def test_partner_false_yes_separates_absent_mates(test_world):
 
 def test_packed_training_rows_equal_single_turn_examples(toy_llava, test_world):
     model, proc, _ = toy_llava
-    scenes = test_world.scenes[:2]
+    scenes = test_world.scenes[:1]
     rng = np.random.default_rng(0)
     rows = [sample_row(s, test_world.config, ToyLlavaConfig().mix, rng) for s in scenes]
     cache = PromptCache(proc)
@@ -143,7 +143,9 @@ def test_short_retraining_is_reproducible(tmp_path):
     cards = [train_toy_llava(tmp_path / name, config, seed=3, progress=False) for name in ("a", "b")]
     for name in ("a", "b"):
         assert {"card.json", "README.md", "config.json", "model.safetensors"} <= {p.name for p in (tmp_path / name).iterdir()}
-    assert cards[0]["metrics"] == cards[1]["metrics"] and cards[0]["final_loss"] == cards[1]["final_loss"]
+    # json text compares NaN (no partner question among 4 test scenes) equal to itself
+    assert json.dumps(cards[0]["metrics"]) == json.dumps(cards[1]["metrics"])
+    assert cards[0]["final_loss"] == cards[1]["final_loss"]
     weights = [load(str(tmp_path / name))[0].state_dict() for name in ("a", "b")]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert json.loads((tmp_path / "a" / "card.json").read_text())["data"]["ranges"] == {

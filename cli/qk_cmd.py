@@ -57,8 +57,9 @@ def qk_embed_command(run: Path, layer: str, head: str, method: str, as_json: boo
         if n_components != 2:
             raise ValueError("The all-heads matrix is 2-D; drop --components or choose one --head")
         result = embed_all_heads(opened, estimator, layers=layers, heads=heads)
-        data = {"probe": result.probe, "method": result.method, "backend": result.backend, "layers": list(result.layers),
-                "heads": list(result.heads), "scales": result.scales.tolist(), "correlations": result.correlations.tolist()}
+        data = {"probe": result.probe, "method": result.method, "backend": result.backend,
+                "layers": list(result.layers), "heads": list(result.heads), "scales": result.scales.tolist(),
+                "correlations": result.correlations.tolist()}
         points = result.to_frame()
     data["seconds"] = round(time.perf_counter() - started, 3)
     if out is not None:
@@ -111,7 +112,7 @@ def register(probe_app: typer.Typer) -> None:
         layer: str = typer.Option(..., "--layer", help="layer index, a list such as '0,2', or 'all'"),
         head: str = typer.Option(..., "--head", help="head index, a list such as '0,3', or 'all'"),
         method: str = typer.Option("umap", "--method", help="tsne | umap | pca"),
-        as_json: bool = typer.Option(False, "--json", help="print JSON (points with coordinates, or a summary when huge)"),
+        as_json: bool = typer.Option(False, "--json", help="print JSON: points with coordinates (a summary when huge)"),
         out: Path = typer.Option(None, "--out", help="write the figure to this .html file"),
         components: int = typer.Option(2, "--components", help="2 or 3 (one head only)"),
         seed: int = typer.Option(0, "--seed", help="random_state of the embedding"),

@@ -5,39 +5,41 @@ The queries and keys of one head, over every real token of many inputs, are put 
 short query-key distance means a large attention logit, then projected TOGETHER to 2-D or 3-D with
 t-SNE, UMAP or PCA (queries green, keys pink in the paper's figures).
 
-What the paper says (its "vector normalization" step) and what this module does:
+The paper's normalisation and what this module does:
 
 1. Queries are pre-scaled by ``1/sqrt(d)`` so that ``q . k`` is the attention logit. Here the factor is
-   ``logit_scale`` (default ``1/sqrt(d_head)``, what every captured family uses).
+   ``logit_scale`` (default ``1/sqrt(d_head)``, the softmax scale of every family attnlab captures).
 2. Key translation: ``softmax_j(q . (k_j + a)) = softmax_j(q . k_j)`` because ``q . a`` is the same for
    every key of a row, so the keys are translated until their centroid is the query centroid.
-3. Scaling: ``q -> c q``, ``k -> k / c`` leaves every ``q . k`` unchanged; ``c`` makes queries and keys
-   comparable in size. The paper's wording is an equal average norm (distance to the origin); a
-   co-author's follow-up note (C. Chen, "Visualizing Attention") treats translation and ``c`` as free
-   parameters for making distance anti-correlate with the dot product.
+3. Scaling: ``q -> c q``, ``k -> k / c`` leaves every ``q . k`` unchanged, and ``c`` puts queries and keys
+   on a comparable scale. The exact rule for ``c`` could not be checked against the paper's text; the
+   project's notes (PAPERS.md section 7) give two readings: equal mean norms [unverified], and ``c``
+   maximising the (weighted) correlation between distance and dot product [second-hand digest; it is
+   how co-author C. Chen's project page "Visualizing Attention" frames the two free parameters].
 
-Departures: the paper applies the two steps one after the other, and scaling after translation moves
-the centroids apart again (to ``c mu_q`` and ``mu_q / c``). Here the keys are scaled first and then
-translated, ``k'' = k / c + (c mu_q - mu_k / c)``, and ``c`` is solved so that the mean norms are equal
-*after* the translation, so both properties hold at once (``scale="norm"``, the default). ``scale=
-"correlation"`` instead picks the ``c`` whose joint space gives the most negative Spearman correlation
-between query-key distance and logit over sampled same-input pairs (the paper's validation metric);
-a number sets ``c`` directly. The paper's released code does not contain this step (its data was
-precomputed), so nothing here follows released code.
+Choices here: ``scale="norm"`` (default) makes the mean query norm equal the mean key norm. Applied
+one after the other, translation then scaling would move the centroids apart again (to ``c mu_q`` and
+``mu_q / c``), so the keys are scaled first and then translated, ``k'' = k / c + (c mu_q - mu_k / c)``,
+and ``c`` is solved so that the norms are equal *after* the translation: both properties hold at once.
+``scale="correlation"`` picks, on a log grid around that ``c``, the one with the most negative
+(unweighted) Spearman correlation between query-key distance and logit over sampled same-input pairs;
+a number sets ``c`` directly. ``correlation_`` reports that Spearman correlation, the paper's validation
+metric (its released code ships precomputed data only, so nothing here follows released code).
 
-Methods: ``pca`` (own SVD with scikit-learn's ``svd_flip`` sign rule, deterministic), ``umap``
-(umap-learn; with a ``random_state`` it runs single-threaded, umap-learn's rule for reproducibility),
-``tsne`` (openTSNE's FFT-accelerated t-SNE when installed, ``pip install attnlab[fast]``, else
-scikit-learn's Barnes-Hut t-SNE; 3-D t-SNE always uses Barnes-Hut).
+Methods: ``pca`` (eigendecomposition, signs fixed with scikit-learn's ``svd_flip`` rule: deterministic),
+``umap`` (umap-learn; seeded runs are single-threaded, umap-learn's rule for reproducibility), ``tsne``
+(openTSNE when installed, ``pip install attnlab[fast]``: Barnes-Hut below 10k points, FFT-accelerated
+above; else scikit-learn's Barnes-Hut t-SNE).
 
-Example (tiny model, runs in a few seconds)::
+Example (the embedded MiniLM, a few seconds)::
 
-    >>> from attnlab.zoo import load                                  # doctest: +SKIP
-    >>> from attnlab.hooks.inputs import capture_trace                # doctest: +SKIP
-    >>> model, tok, spec = load("minilm")                             # doctest: +SKIP
+    >>> from attnlab.core.capture import Capture
+    >>> from attnlab.hooks.inputs import capture_trace
+    >>> from attnlab.zoo import load
+    >>> model, tok, spec = load("minilm")                                                   # doctest: +SKIP
     >>> trace = capture_trace(model, tok, spec, Capture(qk=True), ["The cat sat.", "A dog ran."])  # doctest: +SKIP
-    >>> emb = QKEmbedding(method="pca").fit(trace, layer=2, head=3)   # doctest: +SKIP
-    >>> emb.points_[["kind", "token", "x", "y"]].head()               # doctest: +SKIP
+    >>> emb = QKEmbedding(method="pca").fit(trace, layer=2, head=3)                         # doctest: +SKIP
+    >>> emb.points_[["kind", "token", "x", "y"]].head()                                     # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -114,10 +116,11 @@ def _token_rows(trace: Trace, t_index: int, first_input: int) -> list[tuple]:
     rows = []
     for b in range(trace.batch_size):
         kinds, cats = segment_kinds(trace, b), token_categories(trace, b)
-        grid_at = {n: (s, s.grid) for s in trace.segments[b] if s.kind == "image" and s.grid for n in range(s.start, s.end)}
+        patches = [s for s in trace.segments[b] if s.kind == "image" and s.grid]
+        start_cols = {n: (s.start, s.grid[1]) for s in patches for n in range(s.start, s.end)}
         for n in np.flatnonzero(mask[b]):
-            seg, grid = grid_at.get(n, (None, None))
-            row, col = divmod(n - seg.start, grid[1]) if grid else (-1, -1)
+            start, cols = start_cols.get(n, (None, None))
+            row, col = divmod(int(n) - start, cols) if cols else (-1, -1)
             rows.append((first_input + b, t_index, b, int(n), trace.tokens[b][n], kinds[n], cats[n], row, col))
     return rows
 
@@ -131,7 +134,7 @@ def gather_layer(traces, layer: int) -> QKVectors:
     """
     traces = as_traces(traces, [layer])
     first = traces[0].meta
-    qs, ks, rows, ranks = [], [], [], []
+    qs, ks, rows, ranks, first_input = [], [], [], [], 0
     for t_index, trace in enumerate(traces):
         trace.require("qk", "QKEmbedding")
         rec = trace.layer(layer)
@@ -143,8 +146,9 @@ def gather_layer(traces, layer: int) -> QKVectors:
         mask = trace.token_mask.detach().cpu().numpy().astype(bool)  # (B, N)
         qs.append(to_numpy(rec.q).transpose(0, 2, 1, 3)[mask].astype(np.float32))  # (M_t, H, d)
         ks.append(to_numpy(rec.k).transpose(0, 2, 1, 3)[mask].astype(np.float32))  # (M_t, H, d)
-        rows += _token_rows(trace, t_index, int(sum(t.batch_size for t in traces[:t_index])))
+        rows += _token_rows(trace, t_index, first_input)
         ranks += [np.arange(c) for c in mask.sum(1)]
+        first_input += trace.batch_size
     tokens = pd.DataFrame(rows, columns=list(META_COLUMNS))
     if tokens.empty:
         raise ValueError("The Traces hold no real tokens (token_mask is all False)")
@@ -261,7 +265,7 @@ class QKEmbedding(BaseEstimator):
         self.n_jobs = n_jobs
 
     # -- fitting ------------------------------------------------------------------------------------
-    def fit(self, traces, layer: int = 0, head: int = 0) -> "QKEmbedding":
+    def fit(self, traces, layer: int, head: int) -> "QKEmbedding":
         """Gather one head's queries and keys over ``traces``, normalise them and embed them together.
 
         Args:
@@ -278,8 +282,9 @@ class QKEmbedding(BaseEstimator):
         head = resolve_head(loaded[0].meta.n_heads, head)
         return self.fit_vectors(collect_qk(loaded, layer, head), layer=layer, head=head)
 
-    def fit_vectors(self, vectors: QKVectors, layer: int = 0, head: int = 0) -> "QKEmbedding":
-        """:meth:`fit` on already gathered vectors (``[M, d_head]``), e.g. from :func:`collect_qk`."""
+    def fit_vectors(self, vectors: QKVectors, layer: int | None = None, head: int | None = None) -> "QKEmbedding":
+        """:meth:`fit` on already gathered vectors (``[M, d_head]``, e.g. from :func:`collect_qk`); ``layer`` and
+        ``head`` only label the result (and are where :meth:`transform` reads new Traces)."""
         self._check_params()
         q, k = vectors.queries.astype(np.float64), vectors.keys.astype(np.float64)  # (M, d)
         self.logit_scale_ = float(self.logit_scale or 1.0 / math.sqrt(vectors.d_head))
@@ -301,13 +306,16 @@ class QKEmbedding(BaseEstimator):
         self.points_ = self._points(vectors.tokens, self.joint_, self.embedding_)
         return self
 
-    def fit_transform(self, traces, layer: int = 0, head: int = 0) -> np.ndarray:
+    def fit_transform(self, traces, layer: int, head: int) -> np.ndarray:
         """:meth:`fit`, then the ``[2M, n_components]`` embedding."""
         return self.fit(traces, layer=layer, head=head).embedding_
 
     def joint_vectors(self, traces) -> np.ndarray:
         """New Traces' queries and keys of the fitted head in the fitted joint space: ``[2M', d_head]``."""
         check_is_fitted(self, "joint_")
+        if self.layer_ is None or self.head_ is None:
+            raise ValueError("This embedding was fitted on vectors without a layer and head; pass layer= and head= "
+                             "to fit_vectors (or use fit) to transform Traces")
         vectors = collect_qk(traces, self.layer_, self.head_)
         if vectors.d_head != self.d_head_:
             raise ValueError(f"These Traces have d_head {vectors.d_head}; the embedding was fitted on {self.d_head_}")
@@ -402,7 +410,7 @@ class QKEmbedding(BaseEstimator):
 
         self.backend_ = "scikit-learn (Barnes-Hut)"
         tsne = TSNE(n_components=self.n_components, perplexity=min(perplexity, len(x) - 1.0), init="pca",
-                    random_state=self.random_state)
+                    random_state=self.random_state, n_jobs=self.n_jobs)
         return tsne.fit_transform(x).astype(np.float64)
 
     def _points(self, tokens: pd.DataFrame, joint: np.ndarray, coords: np.ndarray) -> pd.DataFrame:

@@ -87,7 +87,7 @@ def _title(frame: pd.DataFrame, title: str | None) -> str:
     if title is not None:
         return title
     attrs = frame.attrs
-    where = f"layer {attrs['layer']}, head {attrs['head']}" if "layer" in attrs else "one head"
+    where = f"layer {attrs['layer']}, head {attrs['head']}" if attrs.get("layer") is not None else "one head"
     return f"Queries and keys, {where} ({attrs.get('method', 'embedding')})"
 
 
@@ -96,7 +96,8 @@ def qk_scatter(source, color: str = "kind", title: str | None = None, size: floa
 
     Args:
         source: a fitted ``QKEmbedding`` or its ``points_`` (columns ``kind, token, position, input, x, y``).
-        color: ``kind`` | ``segment`` | ``category`` | ``position`` | ``norm`` | ``input`` | ``patch_row`` | ``patch_col``.
+        color: ``kind`` | ``segment`` | ``category`` | ``position`` | ``norm`` | ``input`` | ``patch_row`` |
+            ``patch_col``.
         title: figure title; default names the layer, head and method.
         size: marker size in pixels.
 

@@ -157,7 +157,8 @@ def test_estimator_api_follows_scikit_learn(minilm_trace):
     assert emb.embedding_.shape == (2 * n_real, 3) and emb.n_queries_ == n_real
     points = emb.points_
     assert points["kind"].tolist() == ["query"] * n_real + ["key"] * n_real
-    assert {"input", "token", "position", "segment", "category", "patch_row", "patch_col", "norm", "x", "y", "z"} <= set(points)
+    expected = {"input", "token", "position", "segment", "category", "patch_row", "patch_col", "norm", "x", "y", "z"}
+    assert expected <= set(points)
     first = points.iloc[0]
     assert (first["token"], first["position"], first["segment"]) == ("[CLS]", 0, "special")
     assert "[PAD]" not in set(points["token"])  # padding never becomes a point

@@ -69,9 +69,10 @@ def _load_lvlm(model: str):
 
 
 def _run(task: str, model: str, method: str, questions, images, split, annotations, limit, max_new_tokens, out,
-         as_json: bool, caption_tokens: int = 32) -> None:
+         as_json: bool, caption_tokens: int = 32, calibration: Path | None = None,
+         calibration_images: Path | None = None) -> None:
     from attnlab.core.runs import RunInfo, write_results
-    from attnlab.evals.suite import chair_table, pope_table, prepare_chair
+    from attnlab.evals.suite import calibration_dataset, chair_table, pope_table, prepare_chair
     from attnlab.interventions.methods import build_method
 
     names = _methods(method)
@@ -79,8 +80,10 @@ def _run(task: str, model: str, method: str, questions, images, split, annotatio
     loaded = _load_lvlm(model)
     data = _dataset(loaded[2], questions, images, split, annotations, out, need_chair=task in ("chair", "compare"))
     chair = prepare_chair(data, limit) if task in ("chair", "compare") else None
+    calibrated = any(name in ("act", "var") for name in names)
+    calib = calibration_dataset(loaded[2], out, calibration, calibration_images, data) if calibrated else None
     t0 = time.perf_counter()
-    states = {name: build_method(name, loaded, calibration=data) for name in names}
+    states = {name: build_method(name, loaded, calibration=calib) for name in names}
     setup = time.perf_counter() - t0
     tables, extra = [], {}
     if task in ("pope", "compare") and data.pope:
@@ -92,7 +95,8 @@ def _run(task: str, model: str, method: str, questions, images, split, annotatio
         tables.append(table)
         extra.update(caps)
     summary = pd.concat(tables, ignore_index=True)
-    info = RunInfo(model=asdict(loaded[2]), inputs={"dataset": asdict(data)},
+    info = RunInfo(model=asdict(loaded[2]), inputs={"dataset": asdict(data),
+                                                    "calibration": asdict(calib) if calib else None},
                    timings={"method_setup": setup},
                    extra={"task": task, "methods": names, "limit": limit, "max_new_tokens": max_new_tokens,
                           "caption_tokens": caption_tokens,
@@ -108,6 +112,9 @@ def _run(task: str, model: str, method: str, questions, images, split, annotatio
 
 
 OUT_HELP = "eval Run directory (resumes an interrupted eval with the same settings; never overwrites results)"
+CALIB_HELP = ("POPE-format JSONL that ACT searches its heads on and VAR detects sink dimensions from; must not share "
+              "questions with the test set (default: the zoo card's calibration split)")
+CALIB_IMAGES_HELP = "image folder of the --calibration questions (default: --images)"
 
 
 @eval_app.command("pope")
@@ -117,9 +124,12 @@ def pope(model: str = typer.Option(..., "--model"), questions: Path = typer.Opti
          split: str = typer.Option(None, "--split"), limit: int = typer.Option(None, "--limit"),
          max_new_tokens: int = typer.Option(8, "--max-new-tokens"),
          out: Path = typer.Option(Path("runs/eval-pope"), "--out", help=OUT_HELP),
+         calibration: Path = typer.Option(None, "--calibration", help=CALIB_HELP),
+         calibration_images: Path = typer.Option(None, "--calibration-images", help=CALIB_IMAGES_HELP),
          as_json: bool = typer.Option(False, "--json")):
     """POPE accuracy/precision/recall/F1/yes-ratio; without --questions, all three toy-world splits."""
-    _run("pope", model, method, questions, images, split, None, limit, max_new_tokens, out, as_json)
+    _run("pope", model, method, questions, images, split, None, limit, max_new_tokens, out, as_json,
+         calibration=calibration, calibration_images=calibration_images)
 
 
 @eval_app.command("chair")
@@ -128,10 +138,12 @@ def chair(model: str = typer.Option(..., "--model"), annotations: Path = typer.O
           images: Path = typer.Option(None, "--images"), method: str = typer.Option("baseline", "--method"),
           limit: int = typer.Option(None, "--limit"), max_new_tokens: int = typer.Option(32, "--max-new-tokens"),
           out: Path = typer.Option(Path("runs/eval-chair"), "--out", help=OUT_HELP),
+          calibration: Path = typer.Option(None, "--calibration", help=CALIB_HELP),
+          calibration_images: Path = typer.Option(None, "--calibration-images", help=CALIB_IMAGES_HELP),
           as_json: bool = typer.Option(False, "--json")):
     """Captions scored with CHAIR_s, CHAIR_i, recall and length; without --annotations, the toy world."""
     _run("chair", model, method, None, images, None, annotations, limit, max_new_tokens, out, as_json,
-         caption_tokens=max_new_tokens)
+         caption_tokens=max_new_tokens, calibration=calibration, calibration_images=calibration_images)
 
 
 @eval_app.command("compare")
@@ -143,7 +155,9 @@ def compare(model: str = typer.Option(..., "--model"),
             max_new_tokens: int = typer.Option(8, "--max-new-tokens", help="POPE answer length cap"),
             caption_tokens: int = typer.Option(32, "--caption-tokens", help="CHAIR caption length cap"),
             out: Path = typer.Option(Path("runs/eval-compare"), "--out", help=OUT_HELP),
+            calibration: Path = typer.Option(None, "--calibration", help=CALIB_HELP),
+            calibration_images: Path = typer.Option(None, "--calibration-images", help=CALIB_IMAGES_HELP),
             as_json: bool = typer.Option(False, "--json")):
     """Baseline vs every method on the same POPE questions and CHAIR images, with wall-time ratios."""
     _run("compare", model, method, questions, images, None, annotations, limit, max_new_tokens, out, as_json,
-         caption_tokens=caption_tokens)
+         caption_tokens=caption_tokens, calibration=calibration, calibration_images=calibration_images)

@@ -58,6 +58,46 @@ def toy_dataset(spec, folder: Path, split: str = "test") -> Dataset:
                    synonyms=str(target / "synonyms.txt"))
 
 
+def calibration_dataset(spec, folder: Path, questions: Path | None, images: Path | None,
+                        test: Dataset) -> Dataset | None:
+    """The questions methods calibrate on (ACT's head search, VAR's sink dimensions), disjoint from ``test``.
+
+    Args:
+        spec: the model's ModelSpec.
+        folder: the eval Run directory (a zoo card's calibration scenes are written below it).
+        questions: a POPE-format JSONL of calibration questions (``--calibration``); ``None`` = the model card's
+            toy-world ``calibration`` split when it has one.
+        images: the calibration questions' image folder (``None`` = the test images folder).
+        test: the evaluation Dataset, checked for shared questions.
+
+    Returns:
+        A Dataset whose ``pope`` holds the calibration file(s), or ``None`` when there is none.
+
+    Raises:
+        ValueError: a missing file, or calibration questions that also appear in the test set.
+    """
+    if questions is None:
+        try:
+            return toy_dataset(spec, folder, split="calibration")
+        except ValueError:
+            return None
+    if not Path(questions).is_file():
+        raise ValueError(f"--calibration {questions} does not exist; give a POPE-format JSONL of calibration questions")
+    image_dir = Path(images or test.images)
+    if not image_dir.is_dir():
+        raise ValueError(f"--calibration-images {image_dir} is not a directory")
+    calib = load_pope_questions(questions)
+    check_images(calib, image_dir)
+    seen = {((image_dir / q.image).resolve(), q.text.strip().lower()) for q in calib}
+    for split, file in test.pope.items():
+        shared = [q for q in load_pope_questions(file)
+                  if ((Path(test.images) / q.image).resolve(), q.text.strip().lower()) in seen]
+        if shared:
+            raise ValueError(f"--calibration {questions} shares {len(shared)} question(s) with the test split {split} "
+                             f"(e.g. {shared[0].image}: {shared[0].text!r}); calibrate on questions the eval never asks")
+    return Dataset(pope={"calibration": str(questions)}, images=str(image_dir))
+
+
 def pope_table(loaded, methods: dict, data: Dataset, out: Path, model_name: str, limit: int | None,
                max_new_tokens: int, progress: bool = True) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """Every method on every split; returns the metrics table and the per-unit predictions."""

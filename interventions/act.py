@@ -127,7 +127,8 @@ def act_method(model, processor, spec, calibration=None, *, beta: float = 0.4, l
 
     Args:
         model, processor, spec: a vision-language model from :func:`attnlab.zoo.load`.
-        calibration: the eval Dataset; its model card's ``calibration`` split is used (never the test questions).
+        calibration: the calibration Dataset (:func:`attnlab.evals.suite.calibration_dataset`): a zoo card's
+            ``calibration`` split or the user's ``--calibration`` file, never the test questions.
         beta: sink attention kept.
         limit: calibration questions per head trial.
     """
@@ -137,15 +138,14 @@ def act_method(model, processor, spec, calibration=None, *, beta: float = 0.4, l
 
     from attnlab.evals.answer import format_prompt, generate_answer, prompt_templates
     from attnlab.evals.pope import load_pope_questions, parse_pope_answer
-    from attnlab.evals.suite import toy_dataset
 
-    if calibration is None:
-        raise ValueError("ACT needs a calibration split to search its heads")
-    folder = Path(calibration.images).parent.parent
-    calib = toy_dataset(spec, folder, split="calibration")
-    questions = [q for split in calib.pope.values() for q in load_pope_questions(split)[: limit // 3]]
+    if calibration is None or not calibration.pope:
+        raise ValueError("ACT searches its heads on calibration questions: give --calibration FILE.jsonl (POPE format, "
+                         "disjoint from the test questions) and, if its images live elsewhere, --calibration-images DIR")
+    per_file = max(1, limit // len(calibration.pope))
+    questions = [q for file in calibration.pope.values() for q in load_pope_questions(file)[:per_file]]
     template = prompt_templates(spec)["pope"]
-    images = {q.image: Image.open(Path(calib.images) / q.image).convert("RGB") for q in questions}
+    images = {q.image: Image.open(Path(calibration.images) / q.image).convert("RGB") for q in questions}
 
     def score(plan, key_set_fn):
         right = 0

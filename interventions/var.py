@@ -122,8 +122,8 @@ def var_method(model, processor, spec, calibration=None, *, sink_dims: tuple[int
 
     Args:
         model, processor, spec: from :func:`attnlab.zoo.load`.
-        calibration: a Dataset-like object with ``images`` and ``pope`` (the calibration split); used only to
-            detect sink dimensions when ``sink_dims`` is not given.
+        calibration: the calibration Dataset (:func:`attnlab.evals.suite.calibration_dataset`); only the images
+            its questions name are read, to detect sink dimensions when ``sink_dims`` is not given.
         sink_dims: the model's sink dimensions (see ``attnlab.probes.visual_sinks.KNOWN_SINK_DIMS``).
         tau: sink threshold; ``None`` = 20 rescaled to the model's width (:func:`scaled_tau`).
         keep_fraction, rho: VAR's parameters (0.6 kept, 0.5).
@@ -136,7 +136,7 @@ def var_method(model, processor, spec, calibration=None, *, sink_dims: tuple[int
 
 
 def detect_sink_dims(model, processor, spec, calibration, n_inputs: int = 4) -> tuple[int, ...]:
-    """Sink dimensions from massive activations (relative criterion) of a few calibration inputs."""
+    """Sink dimensions from massive activations (relative criterion) on the first calibration questions' images."""
     from PIL import Image
 
     from attnlab.core.capture import Capture
@@ -145,10 +145,14 @@ def detect_sink_dims(model, processor, spec, calibration, n_inputs: int = 4) -> 
     from attnlab.probes.massive import massive_activations
 
     if calibration is None:
-        raise ValueError("VAR needs sink_dims or calibration inputs to detect them from massive activations")
+        raise ValueError("VAR detects sink dimensions from massive activations on calibration images: give "
+                         "--calibration FILE.jsonl [--calibration-images DIR]")
     from pathlib import Path
 
-    files = sorted(Path(calibration.images).glob("*"))[:n_inputs]
+    from attnlab.evals.pope import load_pope_questions
+
+    names = dict.fromkeys(q.image for file in calibration.pope.values() for q in load_pope_questions(file))
+    files = [Path(calibration.images) / name for name in list(names)[:n_inputs]]
     prompt = format_prompt(processor, prompt_templates(spec)["caption"])
     dims: set[int] = set()
     for file in files:

@@ -102,3 +102,36 @@ def test_bad_inputs(world, tiny_dir, tmp_path):
     assert "not a vision-language model" in err(["eval", "pope", "--model", str(tiny_dir("gpt2")),
                                                  "--questions", str(world / "pope_random.jsonl"), *common])
     assert not (tmp_path / "o" / "manifest.json").exists()
+
+
+def test_calibration_file_for_a_user_checkpoint(world, tiny_dir, tmp_path, monkeypatch):
+    """ACT on a checkpoint without a card needs --calibration; it searches on those questions, never the test's."""
+    import attnlab.evals.answer as answer
+    from attnlab.core.runs import Run
+    from attnlab.zoo import load
+
+    llava = str(tiny_dir("llava"))
+    test = ["--questions", str(world / "pope_random.jsonl"), "--images", str(world / "images"), "--limit", "2",
+            "--max-new-tokens", "1", "--method", "act"]
+    res = invoke(["eval", "pope", "--model", llava, *test, "--out", str(tmp_path / "a")])
+    assert res.exit_code == 2 and "give --calibration FILE.jsonl" in res.stderr
+    # The popular split asks the same questions about present objects as the random split: refused.
+    res = invoke(["eval", "pope", "--model", llava, *test, "--calibration", str(world / "pope_popular.jsonl"),
+                  "--out", str(tmp_path / "b")])
+    assert res.exit_code == 2 and "shares" in res.stderr and "test split" in res.stderr
+    other = write_world(tmp_path / "calib", 2, seed=11)
+    asked = []  # prompts of ACT's head search (the test questions go through pope_eval's own import)
+    real = answer.generate_answer
+    monkeypatch.setattr(answer, "generate_answer",
+                        lambda m, p, s, image, prompt, **k: asked.append(prompt) or real(m, p, s, image, prompt, **k))
+    res = invoke(["eval", "pope", "--model", llava, *test, "--calibration", str(other / "pope_random.jsonl"),
+                  "--calibration-images", str(other / "images"), "--out", str(tmp_path / "c"), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    calib_texts = [json.loads(line)["text"] for line in (other / "pope_random.jsonl").read_text().splitlines()]
+    # The plain model and every head trial answered each calibration question, and nothing else.
+    spec = load(llava)[2]
+    n_trials = 1 + spec.n_heads * len(range(min(2, spec.n_layers - 1), spec.n_layers))
+    assert len(asked) == n_trials * len(calib_texts) and all(any(t in p for t in calib_texts) for p in asked)
+    assert len(out["plans"]["act"]["head_scores"]) == n_trials - 1 and out["table"][0]["n"] == 2
+    assert Run.open(tmp_path / "c").info.inputs["calibration"]["pope"] == {"calibration": str(other / "pope_random.jsonl")}

@@ -6,7 +6,8 @@
 * ``minilm-sink-reweight``: the same MiniLM inputs under a Plan that scales attention to special tokens
   by 0.4 and gives the freed mass to text tokens (for the Interventions page);
 * for an LVLM: a text-only trace beside the image pass, the VHD table, greedy answers, and the same
-  inputs under a Plan moving attention from the first token to the image;
+  inputs under a Plan moving attention from the first token to the image; and an eval Run comparing
+  baseline, VHR, VAR and ACT with POPE and CHAIR on a few fresh scenes (``dashboard.demo_eval``);
 * for a GPT-2: the head communication graph and IOI activation patching (``circuits``, ``patching``).
 
 A Run is rebuilt when it is missing or was made by another version of this recipe; the others are kept.
@@ -24,7 +25,7 @@ from pathlib import Path
 from attnlab.core.capture import Capture
 from attnlab.core.runs import Run, RunFormatError, RunInfo, save_run
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 LOG = logging.getLogger("attnlab.dashboard.demo")
 MINILM_TEXTS = (
     "The quick brown fox jumps over the lazy dog, and the dog sleeps.",
@@ -35,7 +36,7 @@ MINILM_TEXTS = (
 FULL_CAPTURE = Capture(pattern=True, stats=True, qk=True, resid=True)
 SINK_PLAN_NAME = "special→text x0.4"
 #: Runs a builder writes beside ``<name>`` (suffixes).
-COMPANIONS = {"text-encoder": ("-sink-reweight",), "lvlm": ("-first-to-image",)}
+COMPANIONS = {"text-encoder": ("-sink-reweight",), "lvlm": ("-first-to-image", "-eval")}
 LVLM_PLAN_NAME = "first→image x0.4"
 
 
@@ -47,11 +48,14 @@ class DemoModel:
         name: Run folder name.
         model: zoo name or checkpoint directory.
         kind: ``text-encoder``, ``vision``, ``lvlm`` or ``gpt``.
+        eval_questions: for an LVLM, POPE questions per split in its eval Run (scenes and calibration scenes
+            scale with it; see :func:`attnlab.dashboard.demo_eval.build_lvlm_eval`).
     """
 
     name: str
     model: str
     kind: str
+    eval_questions: int = 8
 
 
 def default_cache_dir() -> Path:
@@ -222,6 +226,9 @@ def build_lvlm(spec: DemoModel, root: Path, images) -> None:
              _info(mspec, capture, prompts, paths, {"forward": fwd}, root / f"{spec.name}-first-to-image", plan=plan,
                    extra={"answers": planned}),
              overwrite=True)
+    from .demo_eval import build_lvlm_eval
+
+    build_lvlm_eval(spec.name, (model, proc, mspec), root, DEMO_VERSION, limit=spec.eval_questions)
 
 
 def _text_only_trace(model, proc, mspec, prompts):

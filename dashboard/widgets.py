@@ -92,3 +92,20 @@ def token_options(header: dict, item: int, positions) -> list[dict]:
     """Dropdown options for the real tokens of an item (``value`` = position)."""
     tokens = header["tokens"][item]
     return [{"label": f"{int(n)}: {tokens[int(n)]}", "value": int(n)} for n in positions]
+
+
+def timing_bars(timings: dict[str, float]) -> html.Div:
+    """Seconds per phase of a Run as a table of HTML bars (no plotly: the landing page renders before
+    plotly.js, ~5 MB, has been loaded and parsed on a first visit).
+
+    Args:
+        timings: ``{phase: seconds}``; empty: a note instead of bars.
+    """
+    if not timings:
+        return html.P("This Run recorded no timings.", className="note")
+    longest = max(max(float(s) for s in timings.values()), 1e-9)
+    rows = [html.Tr([html.Th(name), html.Td(html.Div(className="timing-bar", title=f"{float(s):.3f} s",
+                                                     style={"width": f"{100 * float(s) / longest:.1f}%"})),
+                     html.Td(f"{float(s):.3f} s", className="timing-value")]) for name, s in timings.items()]
+    return html.Div([html.H3("Timings"), html.Table(html.Tbody(rows), className="plain timings",
+                                                    **{"aria-label": "seconds per phase"})])

@@ -144,6 +144,9 @@ def act_method(model, processor, spec, calibration=None, *, beta: float = 0.4, l
                          "disjoint from the test questions) and, if its images live elsewhere, --calibration-images DIR")
     per_file = max(1, limit // len(calibration.pope))
     questions = [q for file in calibration.pope.values() for q in load_pope_questions(file)[:per_file]]
+    if not questions:
+        raise ValueError(f"ACT's calibration files {sorted(calibration.pope.values())} hold no questions; "
+                         "give --calibration a POPE-format JSONL with at least one question")
     template = prompt_templates(spec)["pope"]
     images = {q.image: Image.open(Path(calibration.images) / q.image).convert("RGB") for q in questions}
 

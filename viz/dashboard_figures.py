@@ -405,16 +405,6 @@ def eval_bars(summary: pd.DataFrame, metric: str) -> go.Figure:
         "yaxis": {"title": {"text": metric}}}})
 
 
-def timings_bar(timings: dict[str, float]) -> go.Figure:
-    """Seconds per phase of a Run (load, forward, write, ...)."""
-    names = list(timings)
-    return go.Figure({"data": [{"type": "bar", "x": [float(timings[k]) for k in names], "y": names,
-                                "orientation": "h", "marker": {"color": "#1f77b4"},
-                                "hovertemplate": "%{y}: %{x:.3f} s<extra></extra>"}], "layout": {
-        "title": _title("timings"), "margin": MARGIN, "height": 140 + 30 * len(names),
-        "xaxis": {"title": {"text": "seconds"}}, "yaxis": {"autorange": "reversed"}}})
-
-
 def register_norm_map(result, batch: int, layer: int, model: str) -> go.Figure:
     """:func:`attnlab.viz.registers.artifact_map` titled with the model and whether it has register tokens."""
     from attnlab.viz.registers import artifact_map

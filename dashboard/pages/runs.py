@@ -11,8 +11,7 @@ from dash import Input, Output, State, callback, html
 from attnlab.dashboard import ids
 from attnlab.dashboard.app import current_data
 from attnlab.dashboard.errors import guarded, message
-from attnlab.dashboard.widgets import graph, message_area, page_header, table
-from attnlab.viz.dashboard_figures import message_figure, timings_bar
+from attnlab.dashboard.widgets import message_area, page_header, table, timing_bars
 
 dash.register_page(__name__, path="/", name="Runs", title="attnlab · Runs", order=0)
 
@@ -44,7 +43,7 @@ def layout(**_query) -> html.Div:
                             "to open it; the other pages show the selected Run."),
         table(ids.RUNS_TABLE, _runs_frame(), page_size=15, row_selectable=False, cell_selectable=True),
         message_area(ids.RUNS_MESSAGE),
-        html.Div([html.Div(id=ids.RUNS_DETAIL, className="detail"), graph(ids.RUNS_TIMINGS, "timings of the Run")],
+        html.Div([html.Div(id=ids.RUNS_DETAIL, className="detail"), html.Div(id=ids.RUNS_TIMINGS, className="detail")],
                  className="two-columns"),
     ])
 
@@ -58,12 +57,12 @@ def pick_run(cell, rows, current):
     return rows[cell["row"]]["run"]
 
 
-@callback(Output(ids.RUNS_DETAIL, "children"), Output(ids.RUNS_TIMINGS, "figure"), Output(ids.RUNS_MESSAGE, "children"),
-          Input(ids.RUN, "value"))
-@guarded(None, lambda: message_figure("no timings"))
+@callback(Output(ids.RUNS_DETAIL, "children"), Output(ids.RUNS_TIMINGS, "children"),
+          Output(ids.RUNS_MESSAGE, "children"), Input(ids.RUN, "value"))
+@guarded(None, None)
 def show_run(run_id):
     if run_id is None:
-        return None, message_figure("no Run selected"), message("No Runs were found under the served directories.", "note")
+        return None, None, message("No Runs were found under the served directories.", "note")
     run = current_data().run(run_id)
     info = run.info
     detail = [html.H2(f"Run {run_id}"), _facts("Model", info.model), _inputs(info.inputs), _facts("Capture", info.capture)]
@@ -72,8 +71,7 @@ def show_run(run_id):
     detail.append(_traces(run))
     if run.manifest.get("results"):
         detail.append(html.P(["Results: ", html.Code(", ".join(run.manifest["results"]))]))
-    figure = timings_bar(info.timings) if info.timings else message_figure("this Run recorded no timings")
-    return detail, figure, None
+    return detail, timing_bars(info.timings), None
 
 
 def _facts(title: str, values: dict) -> html.Div:

@@ -53,7 +53,8 @@ def demo_root(tmp_path_factory):
     checkpoints = tmp_path_factory.mktemp("checkpoints")
     models = [DemoModel("minilm", "minilm", "text-encoder")]
     for name, (family, kind) in TINY.items():
-        models.append(DemoModel(name, str(save_tiny(family, checkpoints / name, image_size=32, patch=8)), kind))
+        models.append(DemoModel(name, str(save_tiny(family, checkpoints / name, image_size=32, patch=8)), kind,
+                                eval_questions=2))
     root = build_demo_run(tmp_path_factory.mktemp("cache") / "demo", progress=False, models=models)
     write_results(root / "eval-compare", RunInfo(model={"name": "toy-llava", "family": "llava"},
                                                  extra={"task": "compare"}), {"summary": eval_summary()})

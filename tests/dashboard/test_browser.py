@@ -190,6 +190,14 @@ def choose_option(driver, dropdown_id: str, value: str) -> None:
     driver.execute_script("arguments[0].scrollIntoView({block: 'nearest'}); arguments[0].click()", option)
 
 
+def runs_page_ready(driver) -> None:
+    """Wait for the Runs page's table, the selected Run's details and its timing bars."""
+    WebDriverWait(driver, 60, poll_frequency=0.05).until(
+        lambda d: "Run 0:" in d.find_element(By.ID, ids.RUNS_DETAIL).text
+        and d.find_elements(By.CSS_SELECTOR, f"#{ids.RUNS_TABLE} td")
+        and d.find_elements(By.CSS_SELECTOR, f"#{ids.RUNS_TIMINGS} .timing-bar"))
+
+
 def p95(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
@@ -200,11 +208,13 @@ def test_every_page_in_a_browser(browser, server):
     timings: dict = {}
 
     # -- Runs: open time on the demo (from the page's navigation start to the figure drawn), cold and warm --
+    # A fresh profile: nothing cached. The Runs page draws no plotly figure, so it is readable before
+    # plotly.js (~5 MB) is fetched and parsed; that cost is paid on the first page with a figure.
     d.get(server + "/")
-    graph(d, ids.RUNS_TIMINGS)
-    timings["open_cold_s"] = d.execute_script("return performance.now()") / 1000  # fresh profile: parses ~6 MB of JS
+    runs_page_ready(d)
+    timings["open_cold_s"] = d.execute_script("return performance.now()") / 1000
     d.get(server + "/")
-    graph(d, ids.RUNS_TIMINGS)
+    runs_page_ready(d)
     timings["open_runs_s"] = d.execute_script("return performance.now()") / 1000
     assert "minilm" in d.find_element(By.ID, ids.RUNS_DETAIL).text
     shot(d, "runs")
@@ -214,8 +224,10 @@ def test_every_page_in_a_browser(browser, server):
     assert not console_errors(d)
 
     # -- Heads: change the statistic, then click a head to open it ---------------------------------------
+    started = time.perf_counter()
     go_to(d, "Heads")
     graph(d, ids.HEADS_GRID, title="entropy")
+    timings["first_figure_cold_s"] = time.perf_counter() - started  # includes fetching and parsing plotly.js
     choose_option(d, ids.HEADS_STAT, "sinks")
     graph(d, ids.HEADS_GRID, title="sink mass")
     shot(d, "heads")
@@ -328,16 +340,22 @@ def test_every_page_in_a_browser(browser, server):
     choose_option(d, ids.IV_METRIC, "accuracy")
     graph(d, ids.IV_EVAL_CHART, title="accuracy")
     assert "pope" in d.find_element(By.ID, ids.IV_EVAL_TABLE).text
+    choose_option(d, ids.IV_EVAL, "0:toy-llava-eval")  # the demo's own eval: four methods, POPE and CHAIR
+    WebDriverWait(d, 30).until(lambda drv: "chair" in drv.find_element(By.ID, ids.IV_EVAL_TABLE).text
+                               and "vhr" in drv.find_element(By.ID, ids.IV_EVAL_TABLE).text)
+    assert len(graph(d, ids.IV_EVAL_CHART, title="accuracy")) and not console_errors(d)
     shot(d, "interventions")
     assert not console_errors(d)
 
     timings["cpu_contention"] = slack = contention()
     (ARTIFACTS / "timings.json").write_text(json.dumps(timings, indent=1))
-    print(f"\nopen: first visit {timings['open_cold_s']:.2f} s, Runs {timings['open_runs_s']:.2f} s, Attention "
+    print(f"\nopen: first visit {timings['open_cold_s']:.2f} s, first figure {timings['first_figure_cold_s']:.2f} s "
+          f"after navigating to Heads; Runs {timings['open_runs_s']:.2f} s, Attention "
           f"{timings['open_attention_s']:.2f} s; layer/head switch p50 {timings['switch_p50_ms']:.0f} ms, "
           f"p95 {timings['switch_p95_ms']:.0f} ms (CPU contention x{slack:.1f})")
     assert timings["open_runs_s"] < OPEN_S * slack and timings["open_attention_s"] < OPEN_S * slack, timings
-    assert timings["open_cold_s"] < 2 * OPEN_S * slack, timings
+    assert timings["open_cold_s"] < OPEN_S * slack, timings
+    assert timings["first_figure_cold_s"] < 2 * OPEN_S * slack, timings
     assert timings["switch_p95_ms"] < SWITCH_P95_MS * slack, timings
 
 
@@ -345,7 +363,7 @@ def test_errors_show_a_message_and_the_app_keeps_serving(browser, server):
     """A Run a page cannot show gives a message (not a stack trace); malformed URLs fall back; the app goes on."""
     d = browser
     d.get(server + "/")
-    graph(d, ids.RUNS_TIMINGS)
+    runs_page_ready(d)
     choose_run(d, "0:eval-compare")  # results only: no attention to draw
     go_to(d, "Attention")
     box = WebDriverWait(d, 30).until(lambda drv: drv.find_element(By.CSS_SELECTOR, f"#{ids.ATTN_MESSAGE} .message"))

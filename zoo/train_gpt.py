@@ -34,8 +34,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from attnlab.core.atomic import fresh_directory
+
 from .tokenizers import word_tokenizer
-from .training import Schedule, Stopwatch, fit, fresh_directory, torch_threads, write_card
+from .training import Schedule, Stopwatch, fit, torch_threads, write_card
 
 NAMES = ("Mary", "John", "Alice", "Bob", "Sarah", "Tom", "Anna", "James", "Emma", "David", "Lucy", "Mark",
          "Kate", "Paul", "Jane", "Peter", "Rose", "Sam", "Laura", "Mike")

@@ -18,11 +18,9 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from attnlab.core.atomic import fresh_directory
 from attnlab.evals.chair import Synonyms, chair_metrics
 from attnlab.evals.pope import PopeMetrics, parse_pope_answer, pope_metrics
 from attnlab.evals.pope_build import POPE_SPLITS, POPE_TEMPLATE, pope_question_text
@@ -38,6 +37,8 @@ from attnlab.zoo.world import DEFAULT_PAIRS, World, WorldConfig, generate_world,
 from .llava_data import (CAPTION_PROMPT, NO, YES, PromptCache, TaskMix, build_processor, encode_rows,
                          generate_answers, pixel_values, sample_row)
 from .registry import CHECKPOINTS
+from .training import Schedule, torch_threads
+from .training import fit as train_loop
 
 
 @dataclass(frozen=True)
@@ -154,24 +155,6 @@ def build_model(config: ToyLlavaConfig, tokenizer, image_size: int = 64, patch_s
     return model
 
 
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` torch CPU threads, restoring the previous count afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _lr_at(step: int, config: ToyLlavaConfig) -> float:
-    if step < config.warmup:
-        return config.lr * (step + 1) / config.warmup
-    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
-    return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 def answer_loss(model, batch: dict[str, torch.Tensor], pixels: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over answer tokens (labels other than -100) of packed rows.
 
@@ -185,36 +168,24 @@ def answer_loss(model, batch: dict[str, torch.Tensor], pixels: torch.Tensor) -> 
     return F.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten())
 
 
-def fit(model, processor, world: World, config: ToyLlavaConfig, seed: int, progress: bool) -> list[float]:
-    """Train ``model`` in place on ``world``'s scenes; returns the loss of every step."""
-    from tqdm.auto import tqdm
+def schedule_of(config: ToyLlavaConfig) -> Schedule:
+    """The optimiser schedule of a run (AdamW, warm-up then cosine to 10 % of the peak)."""
+    return Schedule(steps=config.steps, lr=config.lr, warmup=config.warmup, final_lr_frac=0.1,
+                    weight_decay=config.weight_decay, grad_clip=config.grad_clip)
 
+
+def fit(model, processor, world: World, config: ToyLlavaConfig, seed: int, progress: bool) -> list[float]:
+    """Train ``model`` in place on ``world``'s scenes with the zoo's shared loop; the loss of every step."""
     pixels = pixel_values(processor, world.scenes)  # (S, 3, 64, 64)
     cache = PromptCache(processor)
-    wcfg = world.config
     rng = np.random.default_rng([seed, 1])
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                             {"params": rest, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.98))
-    model.train()
-    losses = []
-    bar = tqdm(range(config.steps), desc="toy-llava", disable=not progress)
-    for step in bar:
-        idx = rng.integers(len(world.scenes), size=config.batch_size)
-        batch = encode_rows([sample_row(world.scenes[i], wcfg, config.mix, rng) for i in idx], cache)
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(step, config)
-        loss = answer_loss(model, batch, pixels[torch.as_tensor(idx)])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        opt.step()
-        losses.append(loss.item())
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-    model.eval()
-    return losses
+
+    def batch_loss(step: int) -> torch.Tensor:
+        idx = rng.integers(len(world.scenes), size=config.batch_size)  # (B,) scenes of this step
+        batch = encode_rows([sample_row(world.scenes[i], world.config, config.mix, rng) for i in idx], cache)
+        return answer_loss(model, batch, pixels[torch.as_tensor(idx)])
+
+    return train_loop(model, batch_loss, schedule_of(config), desc="toy-llava", progress=progress)
 
 
 def pope_answers(model, processor, world: World, split: str, per_split: int | None = None,
@@ -378,7 +349,6 @@ def train_toy_llava(out_dir: str | Path, config: ToyLlavaConfig, seed: int = 0, 
         The card (also written as ``card.json``).
     """
     start, cpu_start = time.perf_counter(), time.process_time()
-    out = Path(out_dir)
     with torch_threads(config.threads):
         processor = build_processor(config.world_config(), patch_size=8)
         torch.manual_seed(seed)
@@ -388,14 +358,14 @@ def train_toy_llava(out_dir: str | Path, config: ToyLlavaConfig, seed: int = 0, 
         losses = fit(model, processor, train_world, config, seed, progress)
         train_time = time.perf_counter() - t0
         metrics = evaluate(model, processor, held_out_world(config, "test"), config)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
     times = {"train_time_s": train_time, "wall_time_s": time.perf_counter() - start,
              "cpu_time_s": time.process_time() - cpu_start}
     card = _card(config, model, seed, metrics, losses, times)
-    (out / "card.json").write_text(json.dumps(card, indent=1) + "\n", encoding="utf-8")
-    write_readme(out, card)
+    with fresh_directory(out_dir) as out:  # the old checkpoint stays until the new one is complete
+        model.save_pretrained(out)
+        processor.save_pretrained(out)
+        (out / "card.json").write_text(json.dumps(card, indent=1) + "\n", encoding="utf-8")
+        write_readme(out, card)
     return card
 
 

@@ -26,7 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .training import Schedule, Stopwatch, fit, fresh_directory, torch_threads, write_card
+from attnlab.core.atomic import fresh_directory
+
+from .training import Schedule, Stopwatch, fit, torch_threads, write_card
 from .world import TOY_CLASS_NAMES, WorldConfig, render_scene, split_ranges
 
 

@@ -177,31 +177,3 @@ def write_card(out_dir: str | Path, name: str, card: dict) -> dict:
     (out / "card.json").write_text(json.dumps(card, indent=1) + "\n", encoding="utf-8")
     (out / "README.md").write_text(render_readme(name, card), encoding="utf-8")
     return card
-
-
-@contextlib.contextmanager
-def fresh_directory(out_dir: str | Path) -> Iterator[Path]:
-    """Yield an empty temporary sibling of ``out_dir`` that replaces ``out_dir`` when the block succeeds.
-
-    A crash leaves the old checkpoint (or nothing) in place, never a half-written one.
-    """
-    import shutil
-    import tempfile
-
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out} is a file; give a directory for the checkpoint")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        yield tmp
-        tmp.chmod(0o755)
-        if out.exists():
-            old = tmp.with_name(tmp.name + ".old")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

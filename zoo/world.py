@@ -18,9 +18,6 @@ Example:
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from attnlab.core.atomic import fresh_directory
 from attnlab.evals.pope_build import POPE_SPLITS, PopeImage, build_pope_questions
 
 
@@ -473,20 +471,8 @@ def write_world(
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise _fail("out_dir", f"{out} is not empty", "choose an empty directory or pass overwrite=True")
     world = generate_world(n_images, seed, config, start=start)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        os.chmod(tmp, 0o755)
+    with fresh_directory(out) as tmp:
         _write_files(world, tmp)
-        if out.exists():
-            old = tmp.with_name(tmp.name + ".old")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -1,0 +1,42 @@
+"""fresh_directory: the target appears whole or keeps its old contents."""
+
+import pytest
+
+from attnlab.core.atomic import fresh_directory
+
+
+def test_replaces_the_old_directory_on_success(tmp_path):
+    out = tmp_path / "ckpt"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with fresh_directory(out) as tmp:
+        assert tmp.parent == out.parent and not any(tmp.iterdir())
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary left behind
+
+
+def test_a_failure_keeps_the_old_contents_and_cleans_up(tmp_path):
+    out = tmp_path / "ckpt"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with fresh_directory(out) as tmp:
+            (tmp / "half.txt").write_text("half")
+            raise RuntimeError("crash mid-write")
+    assert sorted(p.name for p in out.iterdir()) == ["old.txt"] and (out / "old.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_a_failure_on_a_new_target_leaves_nothing(tmp_path):
+    with pytest.raises(RuntimeError):
+        with fresh_directory(tmp_path / "a" / "b"):
+            raise RuntimeError("boom")
+    assert not (tmp_path / "a" / "b").exists()
+
+
+def test_a_file_in_the_way_is_refused(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        with fresh_directory(tmp_path / "f"):
+            pass

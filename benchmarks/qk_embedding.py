@@ -4,17 +4,22 @@ Vectors (``--source``): ``minilm`` (default) captures the embedded MiniLM's quer
 (``--layer``/``--head``) on random word sequences of its own vocabulary until ``--n-vectors`` query+key
 vectors (d_head 32) are collected; ``synthetic`` draws them from a 32-D Gaussian mixture instead (no model).
 
+Variants (``--methods``), each ``QKEmbedding(...).fit_vectors`` with ``n_jobs=--n-jobs``:
+``umap`` (``random_state=0``: reproducible, so umap-learn runs it on one thread), ``umap-fast``
+(``random_state=None, n_epochs=100``: umap-learn's parallel path, half its default epochs), ``tsne``
+(openTSNE, FFT-accelerated above 10k points, when installed) and ``pca``.
+
 Measured in one run, on vectors gathered once (gathering excluded and reported apart):
 
-1. ``full``: ``QKEmbedding(method=...).fit_vectors`` on all ``--n-vectors`` points, per method: ``umap``
-   (``random_state=0``: deterministic, which umap-learn runs on one thread), ``umap-parallel``
-   (``random_state=None``: umap-learn's parallel, non-reproducible path on ``--n-jobs`` threads), ``tsne``
-   (openTSNE's FFT t-SNE when installed, ``--n-jobs`` threads) and ``pca``. umap-learn compiles its numba
-   kernels once per process (separately for inputs below and above 4096 points); that warm-up is timed apart.
-2. ``subset``: the first ``--subset`` points (whole inputs), scikit-learn's Barnes-Hut ``TSNE`` on the same
-   joint vectors, and every method again; ``x_sklearn`` = scikit-learn's time / the method's time.
+1. ``full``: every variant on all ``--n-vectors`` points. umap-learn compiles its numba kernels once per
+   process; that warm-up (serial and parallel kernels) is timed apart.
+2. ``subset``: the first ``--subset`` points (whole inputs): scikit-learn's Barnes-Hut ``TSNE`` on the same
+   joint vectors, then every variant; ``x_sklearn`` = scikit-learn's time / the variant's time.
 
-Wall and CPU seconds are both reported, with the load average, because the cores may be shared.
+Each fit also reports ``nearest_key_percentile``: for 2000 sampled queries, the attention rank (1 = most
+attended, 0 = least; chance 0.5) of the query's nearest key of the same input in the 2-D embedding, with
+attention recomputed from the captured queries and keys. Wall and CPU seconds are both reported, with the
+load average, because the cores may be shared with other work.
 
 Usage: ``python benchmarks/qk_embedding.py [--source minilm|synthetic] [--n-vectors 100000] [--subset 4000]``.
 The last printed line is one JSON object with every measurement.
@@ -79,19 +84,46 @@ def _timed(fn) -> tuple[object, dict]:
     return out, {"wall_s": round(time.perf_counter() - wall, 2), "cpu_s": round(time.process_time() - cpu, 2)}
 
 
-def _fit(method: str, vectors: QKVectors, n_jobs: int) -> dict:
-    parallel = method == "umap-parallel"
-    est = QKEmbedding(method="umap" if parallel else method, random_state=None if parallel else 0, n_jobs=n_jobs)
+VARIANTS = {
+    "umap": dict(method="umap", random_state=0),
+    "umap-fast": dict(method="umap", random_state=None, n_epochs=100),
+    "tsne": dict(method="tsne", random_state=0),
+    "pca": dict(method="pca"),
+}
+
+
+def nearest_key_percentile(coords: np.ndarray, vectors: QKVectors, n_queries: int = 2000, seed: int = 0) -> float:
+    """Mean attention percentile of each sampled query's nearest same-input key in ``coords`` ([q; k] rows)."""
+    m = len(vectors.queries)
+    groups = vectors.tokens["input"].to_numpy()
+    start = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+    end = np.r_[start[1:], m]
+    owner = np.repeat(np.arange(len(start)), end - start)
+    scale = 1.0 / np.sqrt(vectors.d_head)
+    out = []
+    for i in np.random.default_rng(seed).choice(m, min(n_queries, m), replace=False):
+        lo = start[owner[i]]
+        hi = lo + vectors.rank[i] + 1 if vectors.causal else end[owner[i]]
+        if hi - lo < 2:
+            continue
+        logits = vectors.keys[lo:hi] @ vectors.queries[i] * scale  # (n,)
+        near = int(np.argmin(((coords[m + lo : m + hi] - coords[i]) ** 2).sum(1)))
+        out.append(1.0 - np.argsort(np.argsort(-logits))[near] / (hi - lo - 1))
+    return round(float(np.mean(out)), 3)
+
+
+def _fit(variant: str, vectors: QKVectors, n_jobs: int) -> dict:
+    est = QKEmbedding(**VARIANTS[variant], n_jobs=n_jobs)
     _, t = _timed(lambda: est.fit_vectors(vectors))
-    return {"method": method, "backend": est.backend_, "points": 2 * len(vectors.queries), **t}
+    return {"method": variant, "backend": est.backend_, "points": 2 * len(vectors.queries), **t,
+            "nearest_key_percentile": nearest_key_percentile(est.embedding_, vectors)}
 
 
 def _umap_warmup(vectors: QKVectors, n_jobs: int) -> dict:
-    """Compile umap-learn's kernels for both of its neighbour-search paths, serial and parallel."""
+    """Compile umap-learn's numba kernels, serial and parallel."""
     def run():
-        for n_tokens in (1000, 2100):
-            for method in ("umap", "umap-parallel"):
-                _fit(method, _take(vectors, n_tokens), n_jobs)
+        for variant in ("umap", "umap-fast"):
+            _fit(variant, _take(vectors, 1000), n_jobs)
 
     return _timed(run)[1]
 
@@ -104,9 +136,11 @@ def main() -> None:
     parser.add_argument("--layer", type=int, default=2)
     parser.add_argument("--head", type=int, default=9)
     parser.add_argument("--n-jobs", type=int, default=2, help="threads for openTSNE, parallel UMAP and scikit-learn")
-    parser.add_argument("--methods", default="umap,umap-parallel,tsne,pca")
+    parser.add_argument("--methods", default=",".join(VARIANTS), help="comma list of " + ", ".join(VARIANTS))
     args = parser.parse_args()
     methods = args.methods.split(",")
+    if set(methods) - set(VARIANTS):
+        parser.error(f"unknown --methods {sorted(set(methods) - set(VARIANTS))}; choose from {', '.join(VARIANTS)}")
     report: dict = {"source": args.source, "cores": os.cpu_count(), "load_avg_start": os.getloadavg()[0]}
     n_tokens = args.n_vectors // 2
     vectors, t = _timed(lambda: _minilm_vectors(n_tokens, args.layer, args.head, 0) if args.source == "minilm"
@@ -130,8 +164,9 @@ def _subset(vectors: QKVectors, n_tokens: int, methods: list[str], n_jobs: int) 
 
     small = _take(vectors, n_tokens)
     joint = QKEmbedding(method="pca").fit_vectors(small).joint_.astype(np.float32)
-    _, sk = _timed(lambda: TSNE(init="pca", random_state=0, n_jobs=n_jobs).fit_transform(joint))
+    sk_coords, sk = _timed(lambda: TSNE(init="pca", random_state=0, n_jobs=n_jobs).fit_transform(joint))
     out = {"points": 2 * n_tokens, "sklearn_barnes_hut": sk, "methods": []}
+    sk["nearest_key_percentile"] = nearest_key_percentile(sk_coords, small)
     print(json.dumps({"subset_sklearn": sk}), flush=True)
     for method in methods:
         row = _fit(method, small, n_jobs)

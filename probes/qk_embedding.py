@@ -65,6 +65,11 @@ SCALE_RULES = ("norm", "correlation")
 N_PAIRS = 20_000
 #: From this many points on, 2-D t-SNE uses openTSNE's FFT-accelerated gradient instead of Barnes-Hut.
 FFT_MIN_POINTS = 10_000
+#: From this many points UMAP starts from a PCA layout instead of the graph's spectral layout: the eigen-solve on
+#: a 100k-point graph costs ~15 s of a ~50 s fit (measured in ``benchmarks/qk_embedding.py``), PCA ~0.2 s.
+UMAP_PCA_INIT_POINTS = 10_000
+#: Below this many points UMAP computes exact neighbours (cheap there); above, nearest-neighbour descent.
+UMAP_EXACT_MAX_POINTS = 1_000
 META_COLUMNS = ("input", "trace", "batch", "position", "token", "segment", "category", "patch_row", "patch_col")
 
 
@@ -236,8 +241,12 @@ class QKEmbedding(BaseEstimator):
         logit_scale: the softmax scale of the model; ``None`` = ``1/sqrt(d_head)``.
         perplexity: t-SNE perplexity (capped at ``(n_points - 1) / 3`` for small inputs).
         n_neighbors, min_dist: UMAP parameters.
+        n_epochs: UMAP optimisation epochs; ``None`` = umap-learn's default (200 from 10k points, else 500).
+        init: UMAP's initial layout: ``"spectral"``, ``"pca"``, ``"random"``, or ``"auto"`` (spectral below
+            :data:`UMAP_PCA_INIT_POINTS` points, PCA from there).
         n_jobs: threads for t-SNE, and for UMAP when ``random_state=None`` (umap-learn runs one thread when
-            seeded). The fast path for ~100k points is ``method="umap", random_state=None, n_jobs=2``.
+            seeded). For ~100k points, ``method="umap", random_state=None, n_jobs=2, n_epochs=100`` is the fast
+            path (see ``benchmarks/qk_embedding.py``).
 
     Attributes (after ``fit``):
         embedding_: ``[2M, n_components]`` coordinates, queries first then keys, in token order.
@@ -253,7 +262,8 @@ class QKEmbedding(BaseEstimator):
 
     def __init__(self, method: str = "tsne", n_components: int = 2, random_state: int | None = 0,
                  scale: str | float = "norm", logit_scale: float | None = None, perplexity: float = 30.0,
-                 n_neighbors: int = 15, min_dist: float = 0.1, n_jobs: int = 1):
+                 n_neighbors: int = 15, min_dist: float = 0.1, n_epochs: int | None = None, init: str = "auto",
+                 n_jobs: int = 1):
         self.method = method
         self.n_components = n_components
         self.random_state = random_state
@@ -262,6 +272,8 @@ class QKEmbedding(BaseEstimator):
         self.perplexity = perplexity
         self.n_neighbors = n_neighbors
         self.min_dist = min_dist
+        self.n_epochs = n_epochs
+        self.init = init
         self.n_jobs = n_jobs
 
     # -- fitting ------------------------------------------------------------------------------------
@@ -385,8 +397,15 @@ class QKEmbedding(BaseEstimator):
         import umap
 
         jobs = 1 if self.random_state is not None else self.n_jobs
+        if self.init not in ("auto", "spectral", "pca", "random"):
+            raise ValueError(f"init must be 'auto', 'spectral', 'pca' or 'random', got {self.init!r}")
+        init = self.init if self.init != "auto" else ("pca" if len(x) >= UMAP_PCA_INIT_POINTS else "spectral")
+        # Between ~1k and 4096 points umap-learn would compute all pairwise distances through a per-pair callable
+        # (~20 s for 4000 points) where nearest-neighbour descent takes ~1 s; below ~1k the exact path is cheap.
         self.reducer_ = umap.UMAP(n_components=self.n_components, n_neighbors=min(self.n_neighbors, len(x) - 1),
-                                  min_dist=self.min_dist, random_state=self.random_state, n_jobs=jobs)
+                                  min_dist=self.min_dist, n_epochs=self.n_epochs, random_state=self.random_state,
+                                  n_jobs=jobs, init=init,
+                                  force_approximation_algorithm=len(x) > UMAP_EXACT_MAX_POINTS)
         self.backend_ = "umap-learn"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

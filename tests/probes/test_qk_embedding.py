@@ -1,7 +1,9 @@
 """Joint query-key embeddings: attention is unchanged by the normalisation, the geometry the paper asks for
 holds, scikit-learn behaviour, and real heads whose nearest keys are the keys they attend to."""
 
+import importlib.util
 import json
+
 
 import numpy as np
 import pytest
@@ -214,6 +216,9 @@ def test_errors_name_the_fix(minilm_trace):
         QKEmbedding(method="pca").fit([minilm_trace, qk_trace()], layer=0, head=0)
     with pytest.raises(TypeError, match="Trace, a Run"):
         QKEmbedding(method="pca").fit(["not a trace"], layer=0, head=0)
+    if importlib.util.find_spec("umap") is not None:
+        with pytest.raises(ValueError, match="init must be 'auto', 'spectral', 'pca' or 'random'"):
+            QKEmbedding(method="umap", init="bogus").fit(minilm_trace, layer=0, head=0)
 
 
 def test_image_patches_carry_their_grid_position():

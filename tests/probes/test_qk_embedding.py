@@ -4,7 +4,6 @@ holds, scikit-learn behaviour, and real heads whose nearest keys are the keys th
 import importlib.util
 import json
 
-
 import numpy as np
 import pytest
 import torch

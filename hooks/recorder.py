@@ -145,9 +145,12 @@ class Recorder:
         lplan = self.plan.for_layer(layer) if (self.plan is not None and stack == self.main) else None
         stats = cap.stat_names if record else ()
         stats = stats + ("mass",) if stats else stats
+        real_queries = self._real_queries(st, q.shape[2], key_mask, q.device)  # (B, Q) or None
+
         def preview() -> torch.Tensor:
             _, plain = attention(q, k, v, causal=causal, key_mask=key_mask, attn_mask=attn_mask, scale=scale,
-                                 stats=("received",), impl="torch" if self.impl == "eager" else self.impl)
+                                 stats=("received",), impl="torch" if self.impl == "eager" else self.impl,
+                                 received_queries=real_queries)
             return plain.received  # (B, H, K)
 
         key_sets = self._key_sets(stack, layer, k.shape[2], k.device, preview) if (stats or lplan is not None) else {}
@@ -157,7 +160,8 @@ class Recorder:
         impl = "eager" if (want_pattern or return_pattern) else self.impl
         out, stt = attention(q, k, v, causal=causal, key_mask=key_mask, attn_mask=attn_mask, scale=scale,
                              plan=lplan, stats=stats, key_sets=key_sets, query_sets=query_sets, impl=impl,
-                             return_pattern=want_pattern or return_pattern)
+                             return_pattern=want_pattern or return_pattern,
+                             received_queries=real_queries if "received" in stats else None)
         if record:
             rec = st.passes[-1].layers.setdefault(layer, LayerRecord())
             if want_pattern:
@@ -169,6 +173,20 @@ class Recorder:
             if cap.head_out:
                 rec.head_out = self._store(out)
         return out, stt.pattern
+
+    @staticmethod
+    def _real_queries(st, n_q: int, key_mask: torch.Tensor | None, device) -> torch.Tensor | None:
+        """``[B, Q]`` True for the query rows of real tokens, so padding rows add nothing to ``received``.
+
+        The rows are the pass's tokens at prefill (``token_mask``), or the last ``Q`` keys of a key mask; while
+        decoding (``Q`` new tokens, all real) nothing is masked.
+        """
+        token_mask = st.passes[-1].token_mask if st.passes else None
+        if token_mask is not None and token_mask.shape[1] == n_q:
+            return None if bool(token_mask.all()) else token_mask.to(device=device, dtype=torch.bool)
+        if key_mask is not None:
+            return key_mask[:, -n_q:]
+        return None
 
     def block_input(self, stack: str, layer: int, hidden: torch.Tensor) -> None:
         """Called with the hidden state ``[B, N, d]`` entering a block."""

@@ -98,6 +98,7 @@ def attention(
     plan: LayerPlan | None = None, stats: tuple[str, ...] | None = None,
     key_sets: dict[str, torch.Tensor] | None = None, query_sets: dict[str, torch.Tensor] | None = None,
     impl: str = "auto", return_pattern: bool = False, block_q: int | None = None,
+    received_queries: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Stats]:
     """Softmax attention that applies a layer plan and emits statistics in the same pass.
 
@@ -117,6 +118,9 @@ def attention(
         impl: ``auto`` (Triton on CUDA, torch elsewhere), ``eager``, ``torch`` or ``triton``.
         return_pattern: also return the ``[B, Hq, Q, K]`` pattern (eager only, materialises it).
         block_q: query rows per block on the torch path; None sizes blocks by :data:`BLOCK_ELEMENTS`.
+        received_queries: ``[B, Q]`` bool, the query rows ``received`` sums over (``None``: all). Padding rows
+            of a padded batch still attend to the real keys; leaving them out keeps ``received`` a property of
+            the real tokens alone.
 
     Returns:
         ``(out [B, Hq, Q, dv] in q's dtype, Stats)``.
@@ -131,6 +135,8 @@ def attention(
     key_sets = dict(key_sets or {})
     query_sets = dict(query_sets or {})
     _check_inputs(q, k, v, key_mask, attn_mask, key_sets, query_sets)
+    if received_queries is not None:
+        _check_mask("received_queries", received_queries, (q.shape[0], q.shape[2]), q.device)
     _check_plan(plan, q.shape[1], key_sets, query_sets)
     if block_q is None:
         block_q = default_block_q(q.shape[0], q.shape[1], k.shape[2])
@@ -145,9 +151,11 @@ def attention(
         from .triton_attention import triton_attention
 
         return triton_attention(q, k, v, causal=causal, key_mask=key_mask, attn_mask=attn_mask, scale=scale,
-                                layer_plan=plan, key_sets=key_sets, query_sets=query_sets, stats=stats)
+                                layer_plan=plan, key_sets=key_sets, query_sets=query_sets, stats=stats,
+                                received_queries=received_queries)
     return reference_attention(
         q, k, v, causal=causal, key_mask=key_mask, attn_mask=attn_mask, scale=scale, layer_plan=plan,
         key_sets=key_sets, query_sets=query_sets, stats=stats,
         block_q=None if chosen == "eager" else block_q, return_pattern=return_pattern,
+        received_queries=received_queries,
     )

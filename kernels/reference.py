@@ -94,7 +94,7 @@ def _softmax_rows(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 def attention_rows(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, allowed: torch.Tensor, scale: float,
     layer_plan: LayerPlan | None, key_sets: dict[str, torch.Tensor], query_rows: torch.Tensor | None,
-    stats: tuple[str, ...], want_pattern: bool,
+    stats: tuple[str, ...], want_pattern: bool, received_rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
     """Attention for one block of query rows, in float32.
 
@@ -107,6 +107,7 @@ def attention_rows(
         query_rows: ``[B, q]`` bool for the plan's query set, or ``None``.
         stats: statistic names to compute.
         want_pattern: also return the applied pattern.
+        received_rows: ``[B, q]`` bool, the rows ``received`` sums over (``None``: all).
 
     Returns:
         ``(out [B, H, q, d], row_stats {name: [B, H, q] or received [B, H, K]}, pattern or None)``.
@@ -132,7 +133,8 @@ def attention_rows(
         masses = _masses(p, list(key_sets.values()))  # (B, H, q, n_sets)
         row.update({f"mass.{name}": masses[..., i] for i, name in enumerate(key_sets)})
     if "received" in stats:
-        row["received"] = p.sum(-2)  # (B, H, K)
+        kept = p if received_rows is None else p * received_rows[:, None, :, None].to(p.dtype)
+        row["received"] = kept.sum(-2)  # (B, H, K)
     return out, row, (p if want_pattern else None)
 
 
@@ -140,7 +142,7 @@ def reference_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, key_mask: torch.Tensor | None,
     attn_mask: torch.Tensor | None, scale: float | None, layer_plan: LayerPlan | None,
     key_sets: dict[str, torch.Tensor], query_sets: dict[str, torch.Tensor], stats: tuple[str, ...],
-    block_q: int | None, return_pattern: bool = False,
+    block_q: int | None, return_pattern: bool = False, received_queries: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Stats]:
     """Blockwise (``block_q`` rows at a time) or eager (``block_q=None``) attention; see ``kernels.attention``."""
     bsz, n_heads, n_q, d = q.shape
@@ -163,6 +165,7 @@ def reference_attention(
             key_sets={n: m[:, :hi] for n, m in key_sets.items()},
             query_rows=None if q_set is None else q_set[:, start:stop].to(torch.bool), stats=stats,
             want_pattern=return_pattern,
+            received_rows=None if received_queries is None else received_queries[:, start:stop].to(torch.bool),
         )
         if received is not None:
             received[..., :hi] += row.pop("received")

@@ -132,7 +132,7 @@ def triton_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, key_mask: torch.Tensor | None,
     attn_mask: torch.Tensor | None, scale: float | None, layer_plan: LayerPlan | None,
     key_sets: dict[str, torch.Tensor], query_sets: dict[str, torch.Tensor], stats: tuple[str, ...],
-    block_m: int | None = None, block_n: int | None = None,
+    block_m: int | None = None, block_n: int | None = None, received_queries: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Stats]:
     """Fused attention with a layer plan and one-pass statistics; semantics of ``reference_attention``.
 
@@ -146,6 +146,7 @@ def triton_attention(
         key_sets: ``{name: [B, K] bool}``; query_sets: ``{name: [B, Q] bool}``.
         stats: names from ``lse, entropy, max, mass, received``.
         block_m, block_n: tile sizes (powers of two >= 16); defaults suit the device.
+        received_queries: ``[B, Q]`` bool, the query rows ``received`` sums over, or None (all).
 
     Returns:
         ``(out [B, H, Q, dv] in q's dtype, Stats)`` with float32 statistics.
@@ -180,8 +181,10 @@ def triton_attention(
     )
     if "received" in stats:
         result.received = torch.empty(bsz, n_heads, n_k, device=q.device, dtype=torch.float32)  # (B, H, K)
+        rq = _u8(received_queries).contiguous() if received_queries is not None else pa.part
         attention_received_kernel[(-(-n_k // bn), bsz * n_heads)](
-            q, k, km, pa.part, am, rows, result.received, *q.stride(), *k.stride(), *am_strides,
-            n_heads, n_heads // n_kv, n_q, n_k, d_k, scale * LOG2E, **flags,
+            q, k, km, pa.part, am, rows, rq, result.received, *q.stride(), *k.stride(), *am_strides,
+            n_heads, n_heads // n_kv, n_q, n_k, d_k, scale * LOG2E, HAS_ROWMASK=received_queries is not None,
+            **flags,
         )
     return out.to(q.dtype), result

@@ -222,15 +222,17 @@ def attention_fwd_kernel(
 
 @triton.jit
 def attention_received_kernel(
-    Q, K, KEYMASK, PART, ATTN, ROWS, RECV,
+    Q, K, KEYMASK, PART, ATTN, ROWS, ROWMASK, RECV,
     sqb, sqh, sqm, sqd, skb, skh, skn, skd, sab, sah, saq, sak,
     H, GROUP, NQ, NK, DK, qk_scale,
     CAUSAL: tl.constexpr, HAS_KEYMASK: tl.constexpr, HAS_ATTN: tl.constexpr, HAS_RW: tl.constexpr,
+    HAS_ROWMASK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """One (key block, batch*head) program: column sums of the applied attention, recomputing p from lse2.
 
     RECV is (B, H, K). Deterministic (no atomics); the structure of FA2's dK/dV pass (KERNELS.md 2.4).
+    ROWMASK (B, Q) uint8, when HAS_ROWMASK: only rows marked 1 are summed (padding rows are left out).
     """
     start_n = tl.program_id(0) * BLOCK_N
     b = tl.program_id(1) // H
@@ -263,6 +265,9 @@ def attention_received_kernel(
         live = lse2 > float("-inf")
         p = tl.exp2(s2 - tl.where(live, lse2, 0.0)[:, None])  # (BM, BN)
         p = tl.where(valid & live[:, None], p, 0.0)
+        if HAS_ROWMASK:
+            counted = tl.load(ROWMASK + b64 * NQ + offs_m, mask=in_m, other=0)
+            p = tl.where((counted != 0)[:, None], p, 0.0)
         if HAS_RW:
             w_s = tl.load(row_base + 4 * plane + offs_m, mask=in_m, other=1.0)
             w_t = tl.load(row_base + 5 * plane + offs_m, mask=in_m, other=1.0)

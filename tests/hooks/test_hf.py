@@ -137,3 +137,22 @@ def test_over_budget_fails_before_forward(minilm):
         with attach(model, Capture(pattern=True, budget_bytes=1024), tokenizer=tok):
             model(**prepare_inputs(tok, spec, ["A sentence long enough to exceed a tiny budget."]))
 
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_received_counts_real_queries_only_in_a_padded_batch(family, tiny_dir, minilm):
+    """A short item padded in a batch receives exactly what it receives alone: padding rows add nothing."""
+    from attnlab.hooks.inputs import capture_trace
+
+    model, proc, spec = minilm if family == "bert" else load(str(tiny_dir("gpt2")))
+    texts = ["a cat sat on the mat while the dog slept by the door", "a cat"]
+    batch = capture_trace(model, proc, spec, Capture(stats=True), texts)
+    alone = capture_trace(model, proc, spec, Capture(stats=True), texts[1:])
+    real = batch.token_mask[1]  # (N,) the short item's real tokens in the padded batch
+    assert not real.all()  # the short item really is padded
+    for layer, rec in alone.layers.items():
+        got = batch.layers[layer].stats["received"][1][:, real]  # (H, n_real)
+        torch.testing.assert_close(got, rec.stats["received"][0], atol=2e-5, rtol=1e-4)
+        # every real query row sums to one, so the total is the number of real tokens
+        torch.testing.assert_close(batch.layers[layer].stats["received"][1].sum(-1),
+                                   torch.full((got.shape[0],), float(real.sum())), atol=1e-4, rtol=0)

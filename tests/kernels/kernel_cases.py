@@ -41,6 +41,7 @@ class Case:
     scale: float | None = None
     seed: int = 0
     block: int | None = None  # Triton tile size for both dims; None = the device default
+    received_queries: bool = False  # sum ``received`` over a random subset of query rows (padding left out)
 
 
 def _factors(h: int) -> tuple[float, ...]:
@@ -116,6 +117,10 @@ def make_inputs(case: Case) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, d
     kwargs = dict(causal=case.causal, key_mask=key_mask, attn_mask=attn_mask, scale=case.scale,
                   plan=make_plan(case.plan, h), stats=ALL_STATS,
                   key_sets={"sink": sink, "image": image, "image_core": core}, query_sets={"late": late})
+    if case.received_queries:  # drawn last, so the other cases' inputs do not change
+        rows = torch.rand(b, n_q, generator=gen) < 0.6  # (B, Q)
+        rows[0, 0], rows[0, -1] = True, False
+        kwargs["received_queries"] = rows
     return q, k, v, kwargs
 
 
@@ -148,7 +153,7 @@ def _textbook_reweight(p: torch.Tensor, rw: Reweight, key_sets: dict, query_sets
 
 
 def textbook_attention(q, k, v, *, causal, key_mask, attn_mask, scale, plan, key_sets, query_sets,
-                       stats=ALL_STATS) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                       stats=ALL_STATS, received_queries=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Softmax attention as in the textbook, in float64, with every statistic; independent of attnlab code.
 
     Returns:
@@ -181,7 +186,8 @@ def textbook_attention(q, k, v, *, causal, key_mask, attn_mask, scale, plan, key
         out = out * torch.tensor(plan.head_scale, dtype=torch.float64)[None, :, None, None]
     safe = torch.where(p > 0, p, 1.0)
     result = {"lse": lse, "entropy": -(torch.where(p > 0, p * torch.log(safe), 0.0)).sum(-1),
-              "max": p.amax(-1), "received": p.sum(-2)}
+              "max": p.amax(-1),
+              "received": (p if received_queries is None else p * received_queries[:, None, :, None]).sum(-2)}
     result.update({f"mass.{n}": _row_mass(p, m.double()) for n, m in key_sets.items()})
     keep = set(stats) - {"mass"}
     return out, {n: t for n, t in result.items() if n in keep or (n.startswith("mass.") and "mass" in stats)}
@@ -259,5 +265,8 @@ CASES = [
     Case("multi_tile_gate", plan="reweight_gate", attn_mask="random", b=1, hkv=1, q=33, k=50, block=16,
          causal=True, seed=17),
     Case("multi_tile_q_gt_k", plan="reweight", causal=True, b=1, q=50, k=20, block=16, seed=18),
+    Case("received_rows", plan="reweight_target", received_queries=True, seed=20),
+    Case("received_rows_multi_tile", plan="combo", causal=True, q=40, k=40, block=16, received_queries=True,
+         seed=21),
 ]
 CASES_BY_NAME = {c.name: c for c in CASES}

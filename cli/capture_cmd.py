@@ -13,7 +13,9 @@ from attnlab.core.runs import Run, RunInfo, save_run
 from attnlab.core.trace import Trace
 
 from .common import emit_json, friendly, parse_layers
+from .dataset_cmd import DATASET_HELP, dataset_budget, run_dataset_capture
 from .summary import print_summary, run_summary
+from .workers import WORKERS_HELP
 
 DEMO_TEXT = "The quick brown fox jumps over the lazy dog, and the dog sleeps."
 
@@ -63,14 +65,31 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Option(..., "--model", help="zoo name (minilm, toy-gpt, ...) or a local HF checkpoint directory"),
         text: list[str] = typer.Option([], "--text", help="prompt; repeat for a batch"),
         image: list[str] = typer.Option([], "--image", help="image file; repeat for a batch"),
-        what: str = typer.Option("pattern,stats", "--capture", help="comma list of pattern,stats,qk,head_out,resid"),
+        what: str = typer.Option(None, "--capture", help="comma list of pattern,stats,qk,head_out,resid "
+                                 "(default pattern,stats; stats with --dataset)"),
         layers: str = typer.Option(None, "--layers", help="e.g. '0,2,-1', '0-3' or 'all'"),
         budget_gb: float = typer.Option(4.0, "--budget-gb", help="refuse captures estimated above this size"),
         out: Path = typer.Option(..., "--out", help="Run directory to create"),
         overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing Run"),
+        dataset: Path = typer.Option(None, "--dataset", help=DATASET_HELP),
+        image_dir: Path = typer.Option(None, "--image-dir", help="folder relative image paths in --dataset refer to"),
+        batch_size: int = typer.Option(8, "--batch-size", help="inputs per forward pass with --dataset"),
+        sample: int = typer.Option(2048, "--sample", help="tokens in the query/key sample (--capture stats,qk)"),
+        seed: int = typer.Option(0, "--seed", help="seed of the query/key sample"),
+        bins: int = typer.Option(48, "--bins", help="log-spaced bins of the received-attention histograms"),
+        workers: int = typer.Option(1, "--workers", help=WORKERS_HELP),
     ):
-        """Capture attention from a model into a Run directory."""
-        cap = Capture.parse(what, layers=parse_layers(layers), budget_bytes=int(budget_gb * 2**30))
+        """Capture attention from a model into a Run directory (one batch, or statistics over a --dataset)."""
+        if dataset is not None:
+            if image:
+                raise ValueError("With --dataset the images come from the dataset; use --image-dir for relative paths")
+            run_dataset_capture(model, dataset, image_dir, text[0] if text else None, what or "stats",
+                                parse_layers(layers), budget_gb, batch_size, sample, seed, bins, out, overwrite,
+                                workers=workers)
+            return
+        if workers != 1:
+            raise ValueError("--workers needs --dataset (a single batch runs in one process)")
+        cap = Capture.parse(what or "pattern,stats", layers=parse_layers(layers), budget_bytes=int(budget_gb * 2**30))
         path = run_capture(model, text, image, cap, out, overwrite)
         typer.echo(f"wrote {path}")
 
@@ -84,6 +103,9 @@ def register(app: typer.Typer) -> None:
         if as_json:
             emit_json(summary)
         else:
+            if "main" not in opened.trace_names:  # a dataset capture: tables, no Trace
+                print_summary(summary, dataset_budget(opened))
+                return
             trace = opened.trace("main")
             print_summary(summary, attention_budget(trace) if any(r.stats for r in trace.layers.values()) else None)
 

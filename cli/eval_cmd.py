@@ -10,6 +10,7 @@ import pandas as pd
 import typer
 
 from .common import emit_json, friendly
+from .workers import WORKERS_HELP, with_workers
 
 eval_app = typer.Typer(help="Hallucination evaluations (POPE, CHAIR) of methods that steer attention.",
                        no_args_is_help=True)
@@ -57,6 +58,7 @@ def _dataset(spec, questions: Path | None, images: Path | None, split: str | Non
 
 
 def _load_lvlm(model: str):
+    from attnlab.hooks.inputs import default_device
     from attnlab.zoo import load, peek
 
     name, _, family, modality = peek(model)
@@ -65,12 +67,14 @@ def _load_lvlm(model: str):
     loaded = load(model)
     if getattr(loaded[1], "image_processor", None) is None:
         raise ValueError(f"{name} has no image processor; save a LlavaProcessor with the checkpoint")
+    loaded[0].to(default_device())  # this rank's GPU under torchrun on a CUDA machine; the CPU otherwise
     return loaded
 
 
+@with_workers
 def _run(task: str, model: str, method: str, questions, images, split, annotations, limit, max_new_tokens, out,
          as_json: bool, caption_tokens: int = 32, calibration: Path | None = None,
-         calibration_images: Path | None = None) -> None:
+         calibration_images: Path | None = None, shard=None) -> None:
     from attnlab.core.runs import RunInfo, write_results
     from attnlab.evals.suite import calibration_dataset, chair_table, pope_table, prepare_chair
     from attnlab.interventions.methods import build_method
@@ -78,22 +82,29 @@ def _run(task: str, model: str, method: str, questions, images, split, annotatio
     names = _methods(method)
     out.mkdir(parents=True, exist_ok=True)
     loaded = _load_lvlm(model)
+    if shard is not None:
+        shard.wait_for_leader()  # followers read the toy worlds rank 0 writes next
     data = _dataset(loaded[2], questions, images, split, annotations, out, need_chair=task in ("chair", "compare"))
     chair = prepare_chair(data, limit) if task in ("chair", "compare") else None
     calibrated = any(name in ("act", "var") for name in names)
     calib = calibration_dataset(loaded[2], out, calibration, calibration_images, data) if calibrated else None
+    if shard is not None:
+        shard.release_followers()  # rank 0 has written the shared toy worlds; every rank builds its methods now
     t0 = time.perf_counter()
     states = {name: build_method(name, loaded, calibration=calib) for name in names}
     setup = time.perf_counter() - t0
     tables, extra = [], {}
     if task in ("pope", "compare") and data.pope:
-        table, preds = pope_table(loaded, states, data, out, loaded[2].name, limit, max_new_tokens)
+        table, preds = pope_table(loaded, states, data, out, loaded[2].name, limit, max_new_tokens, shard=shard)
         tables.append(table)
         extra.update(preds)
     if task in ("chair", "compare"):
-        table, caps = chair_table(loaded, states, data, chair, out, loaded[2].name, limit, caption_tokens)
+        table, caps = chair_table(loaded, states, data, chair, out, loaded[2].name, limit, caption_tokens,
+                                 shard=shard)
         tables.append(table)
         extra.update(caps)
+    if shard is not None and not shard.is_main:
+        return  # every rank holds the merged tables; rank 0 writes the Run
     summary = pd.concat(tables, ignore_index=True)
     info = RunInfo(model=asdict(loaded[2]), inputs={"dataset": asdict(data),
                                                     "calibration": asdict(calib) if calib else None},
@@ -126,10 +137,11 @@ def pope(model: str = typer.Option(..., "--model"), questions: Path = typer.Opti
          out: Path = typer.Option(Path("runs/eval-pope"), "--out", help=OUT_HELP),
          calibration: Path = typer.Option(None, "--calibration", help=CALIB_HELP),
          calibration_images: Path = typer.Option(None, "--calibration-images", help=CALIB_IMAGES_HELP),
+         workers: int = typer.Option(1, "--workers", help=WORKERS_HELP),
          as_json: bool = typer.Option(False, "--json")):
     """POPE accuracy/precision/recall/F1/yes-ratio; without --questions, all three toy-world splits."""
     _run("pope", model, method, questions, images, split, None, limit, max_new_tokens, out, as_json,
-         calibration=calibration, calibration_images=calibration_images)
+         calibration=calibration, calibration_images=calibration_images, workers=workers)
 
 
 @eval_app.command("chair")
@@ -140,10 +152,11 @@ def chair(model: str = typer.Option(..., "--model"), annotations: Path = typer.O
           out: Path = typer.Option(Path("runs/eval-chair"), "--out", help=OUT_HELP),
           calibration: Path = typer.Option(None, "--calibration", help=CALIB_HELP),
           calibration_images: Path = typer.Option(None, "--calibration-images", help=CALIB_IMAGES_HELP),
+          workers: int = typer.Option(1, "--workers", help=WORKERS_HELP),
           as_json: bool = typer.Option(False, "--json")):
     """Captions scored with CHAIR_s, CHAIR_i, recall and length; without --annotations, the toy world."""
     _run("chair", model, method, None, images, None, annotations, limit, max_new_tokens, out, as_json,
-         caption_tokens=max_new_tokens, calibration=calibration, calibration_images=calibration_images)
+         caption_tokens=max_new_tokens, calibration=calibration, calibration_images=calibration_images, workers=workers)
 
 
 @eval_app.command("compare")
@@ -157,7 +170,8 @@ def compare(model: str = typer.Option(..., "--model"),
             out: Path = typer.Option(Path("runs/eval-compare"), "--out", help=OUT_HELP),
             calibration: Path = typer.Option(None, "--calibration", help=CALIB_HELP),
             calibration_images: Path = typer.Option(None, "--calibration-images", help=CALIB_IMAGES_HELP),
+            workers: int = typer.Option(1, "--workers", help=WORKERS_HELP),
             as_json: bool = typer.Option(False, "--json")):
     """Baseline vs every method on the same POPE questions and CHAIR images, with wall-time ratios."""
     _run("compare", model, method, questions, images, None, annotations, limit, max_new_tokens, out, as_json,
-         caption_tokens=caption_tokens, calibration=calibration, calibration_images=calibration_images)
+         caption_tokens=caption_tokens, calibration=calibration, calibration_images=calibration_images, workers=workers)

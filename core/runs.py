@@ -234,11 +234,19 @@ def _write_json_atomic(file: Path, data: dict) -> None:
     os.replace(tmp, file)
 
 
-def write_results(path: str | Path, info: RunInfo, results: dict[str, pd.DataFrame]) -> Run:
+def write_results(path: str | Path, info: RunInfo, results: dict[str, pd.DataFrame], *,
+                  streamed: tuple[str, ...] = (), fields: dict | None = None) -> Run:
     """Make ``path`` (an existing directory, e.g. an eval's working folder) a Run holding result tables only.
 
     Each table is written to a temporary file and renamed; the manifest is written last, so a folder whose
     manifest exists is complete.
+
+    Args:
+        path: the Run directory.
+        info: manifest fields.
+        results: ``{name: DataFrame}`` tables to write.
+        streamed: names of tables the caller already wrote to ``results/<name>.parquet`` (too large to hold).
+        fields: further manifest entries (e.g. ``reductions``, ``shards``).
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -249,6 +257,6 @@ def write_results(path: str | Path, info: RunInfo, results: dict[str, pd.DataFra
         os.replace(tmp, path / "results" / f"{name}.parquet")
     old = json.loads((path / "manifest.json").read_text()).get("results", []) if (path / "manifest.json").exists() else []
     manifest = {"schema": SCHEMA, "version": SCHEMA_VERSION, "created": time.time(), **asdict(info), "traces": {},
-                "results": sorted(set(old) | set(results))}
+                "results": sorted(set(old) | set(results) | set(streamed)), **(fields or {})}
     _write_json_atomic(path / "manifest.json", manifest)
     return Run(path, manifest)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from attnlab.hooks import attach
-from attnlab.hooks.inputs import IMAGE_PLACEHOLDER, prepare_inputs, tokenizer_of
+from attnlab.hooks.inputs import IMAGE_PLACEHOLDER, on_model_device, prepare_inputs, tokenizer_of
 from attnlab.kernels import Plan
 
 DEFAULT_PROMPTS = {"pope": "{question}", "caption": "Please describe this image in detail."}
@@ -50,14 +50,14 @@ def generate_answer(model, processor, spec, image, prompt: str, *, max_new_token
     Returns:
         The decoded continuation without special tokens.
     """
-    inputs = prepare_inputs(processor, spec, [prompt], [image])
+    inputs = on_model_device(prepare_inputs(processor, spec, [prompt], [image]), model)
     tok = tokenizer_of(processor)
     extra = {}
     if plan is not None and query_after_image and spec.image_token_id is not None:
         ids = inputs["input_ids"]  # (1, N)
         is_image = ids == spec.image_token_id
         last = int(is_image[0].nonzero().max()) if is_image.any() else -1
-        extra["after_image"] = torch.arange(ids.shape[1])[None, :] > last
+        extra["after_image"] = torch.arange(ids.shape[1], device=ids.device)[None, :] > last
     ctx = attach(model, plan=plan, tokenizer=tok, key_sets=extra, key_set_fn=key_set_fn) if plan is not None \
         else contextlib.nullcontext()
     with torch.no_grad(), ctx:

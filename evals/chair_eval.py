@@ -10,7 +10,7 @@ import pandas as pd
 
 from .answer import format_prompt, generate_answer, prompt_templates
 from .chair import ChairMetrics, Synonyms, chair_metrics
-from .progress import Progress
+from .sharded import run_items
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,22 @@ class ChairOutcome:
     seconds: float
 
 
+def caption_image(image_id: int, file_name: str, unit: ChairUnit, loaded, method_state, prompt: str) -> dict:
+    """Caption one image under the method; returns its progress row."""
+    from PIL import Image
+
+    model, processor, spec = loaded
+    image = Image.open(Path(unit.images) / file_name).convert("RGB")
+    t0 = time.perf_counter()
+    plan, key_set_fn = method_state.plan_for(image, prompt)
+    caption = generate_answer(model, processor, spec, image, prompt, max_new_tokens=unit.max_new_tokens,
+                              plan=plan, key_set_fn=key_set_fn)
+    return {"image_id": image_id, "image": file_name, "caption": caption, "seconds": time.perf_counter() - t0}
+
+
 def run_chair_unit(unit: ChairUnit, images: list[tuple[int, str]], ground_truth: dict[int, set[str]],
-                   synonyms: Synonyms, loaded, method_state, out: Path, progress_bar: bool = True) -> ChairOutcome:
+                   synonyms: Synonyms, loaded, method_state, out: Path, progress_bar: bool = True,
+                   shard=None) -> ChairOutcome:
     """Caption every image not yet done (durably), then score all captions.
 
     Args:
@@ -62,24 +76,13 @@ def run_chair_unit(unit: ChairUnit, images: list[tuple[int, str]], ground_truth:
         method_state: object with ``plan_for(image, prompt)``.
         out: eval Run directory.
         progress_bar: show a tqdm bar.
+        shard: this rank's place in a job of several workers (see :func:`attnlab.evals.sharded.run_items`),
+            or ``None``.
     """
-    from PIL import Image
-    from tqdm.auto import tqdm
-
-    model, processor, spec = loaded
-    prog = Progress(out, unit.name, asdict(unit), key="image_id")
-    done = prog.done
-    prompt = format_prompt(processor, prompt_templates(spec)["caption"])
-    todo = [(i, f) for i, f in images if i not in done]
-    for image_id, file_name in tqdm(todo, desc=unit.name, disable=not progress_bar, initial=len(images) - len(todo),
-                                    total=len(images)):
-        image = Image.open(Path(unit.images) / file_name).convert("RGB")
-        t0 = time.perf_counter()
-        plan, key_set_fn = method_state.plan_for(image, prompt)
-        caption = generate_answer(model, processor, spec, image, prompt, max_new_tokens=unit.max_new_tokens,
-                                  plan=plan, key_set_fn=key_set_fn)
-        prog.add({"image_id": image_id, "image": file_name, "caption": caption, "seconds": time.perf_counter() - t0})
-    by_id = {row["image_id"]: row for row in prog.rows}
-    frame = pd.DataFrame([by_id[i] for i, _ in images])
+    prompt = format_prompt(loaded[1], prompt_templates(loaded[2])["caption"])
+    rows = run_items(out, unit.name, asdict(unit), "image_id", [i for i, _ in images],
+                     lambda k: caption_image(*images[k], unit, loaded, method_state, prompt),
+                     shard=shard, progress_bar=progress_bar)
+    frame = pd.DataFrame(rows)
     metrics = chair_metrics(dict(zip(frame["image_id"], frame["caption"])), ground_truth, synonyms)
     return ChairOutcome(unit, metrics, frame, float(frame["seconds"].sum()))

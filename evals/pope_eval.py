@@ -10,7 +10,7 @@ import pandas as pd
 
 from .answer import format_prompt, generate_answer, prompt_templates
 from .pope import PopeMetrics, PopeQuestion, parse_pope_answer, pope_metrics
-from .progress import Progress
+from .sharded import run_items
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,30 @@ def check_images(questions: list[PopeQuestion], images: Path) -> None:
         raise ValueError(f"{len(missing)} image(s) named in the questions are missing from {images}, e.g. {missing[0]}")
 
 
+def answer_question(q: PopeQuestion, unit: PopeUnit, loaded, method_state, template: str) -> dict:
+    """Answer one question under the method; returns its progress row (answer, parsed prediction, seconds)."""
+    from PIL import Image
+
+    model, processor, spec = loaded
+    image = Image.open(Path(unit.images) / q.image).convert("RGB")
+    prompt = format_prompt(processor, template, q.text)
+    t0 = time.perf_counter()
+    plan, key_set_fn = method_state.plan_for(image, prompt)
+    answer = generate_answer(model, processor, spec, image, prompt, max_new_tokens=unit.max_new_tokens,
+                             plan=plan, key_set_fn=key_set_fn)
+    return {"question_id": q.question_id, "image": q.image, "text": q.text, "label": q.label, "answer": answer,
+            "prediction": parse_pope_answer(answer), "seconds": time.perf_counter() - t0}
+
+
+def pope_outcome(unit: PopeUnit, rows: list[dict]) -> PopeOutcome:
+    """Metrics over the rows of every question (in question order)."""
+    frame = pd.DataFrame(rows)
+    metrics = pope_metrics(frame["label"].tolist(), frame["prediction"].tolist())
+    return PopeOutcome(unit, metrics, frame, float(frame["seconds"].sum()))
+
+
 def run_pope_unit(unit: PopeUnit, questions: list[PopeQuestion], loaded, method_state, out: Path,
-                  progress_bar: bool = True) -> PopeOutcome:
+                  progress_bar: bool = True, shard=None) -> PopeOutcome:
     """Answer every question not yet done, append each answer durably, and return metrics over all.
 
     Args:
@@ -69,26 +91,11 @@ def run_pope_unit(unit: PopeUnit, questions: list[PopeQuestion], loaded, method_
         method_state: object with ``plan_for(inputs_image, prompt) -> (plan, key_set_fn)`` (see ``interventions.methods``).
         out: the eval Run directory.
         progress_bar: show a tqdm bar.
+        shard: this rank's :class:`~attnlab.core.distributed.Shard` in a job of several workers (it answers
+            its share of the questions, see :func:`attnlab.evals.sharded.run_items`), or ``None``.
     """
-    from PIL import Image
-    from tqdm.auto import tqdm
-
-    model, processor, spec = loaded
-    prog = Progress(out, unit.name, asdict(unit), key="question_id")
-    done = prog.done
-    template = prompt_templates(spec)["pope"]
-    todo = [q for q in questions if q.question_id not in done]
-    for q in tqdm(todo, desc=unit.name, disable=not progress_bar, initial=len(questions) - len(todo), total=len(questions)):
-        image = Image.open(Path(unit.images) / q.image).convert("RGB")
-        prompt = format_prompt(processor, template, q.text)
-        t0 = time.perf_counter()
-        plan, key_set_fn = method_state.plan_for(image, prompt)
-        answer = generate_answer(model, processor, spec, image, prompt, max_new_tokens=unit.max_new_tokens,
-                                 plan=plan, key_set_fn=key_set_fn)
-        prog.add({"question_id": q.question_id, "image": q.image, "text": q.text, "label": q.label, "answer": answer,
-                  "prediction": parse_pope_answer(answer), "seconds": time.perf_counter() - t0})
-    by_id = {row["question_id"]: row for row in prog.rows}
-    rows = [by_id[q.question_id] for q in questions]
-    frame = pd.DataFrame(rows)
-    metrics = pope_metrics(frame["label"].tolist(), frame["prediction"].tolist())
-    return PopeOutcome(unit, metrics, frame, float(frame["seconds"].sum()))
+    template = prompt_templates(loaded[2])["pope"]
+    rows = run_items(out, unit.name, asdict(unit), "question_id", [q.question_id for q in questions],
+                     lambda i: answer_question(questions[i], unit, loaded, method_state, template),
+                     shard=shard, progress_bar=progress_bar)
+    return pope_outcome(unit, rows)

@@ -99,15 +99,19 @@ def calibration_dataset(spec, folder: Path, questions: Path | None, images: Path
 
 
 def pope_table(loaded, methods: dict, data: Dataset, out: Path, model_name: str, limit: int | None,
-               max_new_tokens: int, progress: bool = True) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """Every method on every split; returns the metrics table and the per-unit predictions."""
+               max_new_tokens: int, progress: bool = True, shard=None) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """Every method on every split; returns the metrics table and the per-unit predictions.
+
+    With ``shard`` (a :class:`~attnlab.core.distributed.Shard`), this rank answers its share of every unit and
+    every rank returns the merged tables.
+    """
     rows, predictions = [], {}
     for split, file in data.pope.items():
         questions = load_pope_questions(file)[: limit or None]
         check_images(questions, Path(data.images))
         for name, state in methods.items():
             unit = PopeUnit(model_name, name, split, str(file), data.images, limit, max_new_tokens)
-            outcome = run_pope_unit(unit, questions, loaded, state, out, progress)
+            outcome = run_pope_unit(unit, questions, loaded, state, out, progress, shard=shard)
             rows.append({"task": "pope", "split": split, "method": name, **_pope_fields(outcome.metrics),
                          "seconds": outcome.seconds})
             predictions[f"predictions-{unit.name}"] = outcome.predictions
@@ -144,13 +148,14 @@ def prepare_chair(data: Dataset, limit: int | None) -> ChairData:
 
 
 def chair_table(loaded, methods: dict, data: Dataset, chair: ChairData, out: Path, model_name: str,
-                limit: int | None, max_new_tokens: int, progress: bool = True) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """Every method's captions scored with CHAIR on the annotated images."""
+                limit: int | None, max_new_tokens: int, progress: bool = True,
+                shard=None) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """Every method's captions scored with CHAIR on the annotated images (``shard``: as in :func:`pope_table`)."""
     synonyms, images = chair.synonyms, chair.images
     rows, captions = [], {}
     for name, state in methods.items():
         unit = ChairUnit(model_name, name, data.annotations, data.images, limit, max_new_tokens)
-        outcome = run_chair_unit(unit, images, chair.truth, synonyms, loaded, state, out, progress)
+        outcome = run_chair_unit(unit, images, chair.truth, synonyms, loaded, state, out, progress, shard=shard)
         m = outcome.metrics
         rows.append({"task": "chair", "split": "captions", "method": name, "chair_s": m.chair_s, "chair_i": m.chair_i,
                      "recall": m.recall, "mean_length": m.mean_length, "n": m.n_captions, "seconds": outcome.seconds})

@@ -55,6 +55,21 @@ def prepare_inputs(processor, spec, texts: list[str], images: list | None = None
     return dict(processor(images=images, text=prompts, return_tensors="pt", padding=True))
 
 
+def on_model_device(inputs: dict, model: torch.nn.Module) -> dict:
+    """``inputs`` with every tensor moved to the device of ``model``'s parameters (a no-op on CPU models)."""
+    device = next(model.parameters()).device
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
+
+def default_device() -> torch.device:
+    """``cuda:LOCAL_RANK`` when CUDA is available (one GPU per launched rank), else the CPU."""
+    import os
+
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
 def check_request(name: str, modality: str, texts: list[str], images: list) -> None:
     """Validate texts/images against a model's modality before anything is loaded or run."""
     if modality in ("text", "vision-language") and (not texts or any(not t.strip() for t in texts)):
@@ -81,7 +96,7 @@ def tokenizer_of(processor):
 def capture_trace(model, processor, spec, capture: Capture, texts: list[str], images: list | None = None,
                   plan: Plan | None = None, impl: str = "auto") -> Trace:
     """One forward pass under :func:`attach`; returns the Trace (with the vision tower's for LVLMs)."""
-    inputs = prepare_inputs(processor, spec, texts, images)
+    inputs = on_model_device(prepare_inputs(processor, spec, texts, images), model)
     with torch.no_grad(), attach(model, capture, plan, tokenizer=tokenizer_of(processor), impl=impl,
                                  model_id=spec.name) as rec:
         model(**inputs)

@@ -21,7 +21,7 @@ import torch
 
 from attnlab.core.capture import Capture
 from attnlab.hooks import attach
-from attnlab.hooks.inputs import IMAGE_PLACEHOLDER, prepare_inputs, tokenizer_of
+from attnlab.hooks.inputs import IMAGE_PLACEHOLDER, on_model_device, prepare_inputs, tokenizer_of
 from attnlab.kernels import Plan
 from attnlab.probes.vhd import head_divergence, vhr_heads, vhr_layers
 
@@ -30,7 +30,7 @@ from .heads import scale_heads_plan
 
 def _prefill_trace(model, tok, inputs: dict, layers: tuple[int, ...]):
     with torch.no_grad(), attach(model, Capture(head_out=True, layers=layers), tokenizer=tok) as rec:
-        model(**inputs)
+        model(**on_model_device(inputs, model))
     return rec.trace()
 
 

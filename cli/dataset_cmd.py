@@ -1,0 +1,97 @@
+"""``attnlab capture --dataset``: statistics over a whole dataset, sharded over workers, resumable."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import typer
+
+from attnlab.core.capture import Capture
+
+from .workers import with_workers
+
+DATASET_HELP = ("text file (one prompt a line), JSONL of {\"text\", \"image\"}, POPE question file, or image folder; "
+                "captures statistics (default --capture stats) over every input into --out, resumably")
+#: Capture options a dataset capture can keep: per-item statistics and a sample of queries/keys.
+DATASET_OPTIONS = ("stats", "qk")
+
+
+def dataset_capture_options(what: str, layers, budget_gb: float) -> Capture:
+    """The Capture for a dataset: ``stats`` (required) and optionally ``qk``; full maps are refused."""
+    cap = Capture.parse(what, layers=layers, budget_bytes=int(budget_gb * 2**30))
+    heavy = [n for n in cap.captured if n not in DATASET_OPTIONS]
+    if heavy or "stats" not in cap.captured:
+        raise ValueError(f"Over a dataset attnlab keeps statistics and a query/key sample (--capture stats or "
+                         f"stats,qk), not {', '.join(heavy) or what}; capture full maps of a few inputs with "
+                         "--text/--image")
+    return cap
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    """Create the Run folder; refuse a folder that holds something other than a dataset capture."""
+    if out.exists() and overwrite:
+        shutil.rmtree(out)
+    if (out / "manifest.json").exists() and not (out / "shards").is_dir():
+        raise ValueError(f"{out} holds a Run that is not a dataset capture; choose another --out or pass --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+@with_workers
+def run_dataset_capture(model: str, dataset: Path, image_dir: Path | None, prompt: str | None, what: str, layers,
+                        budget_gb: float, batch_size: int, sample_size: int, seed: int, bins: int, out: Path,
+                        overwrite: bool, shard=None) -> None:
+    """Capture every input of ``dataset`` (this rank's share under a launcher) and merge on rank 0."""
+    from attnlab.core.capture_merge import merge_capture
+    from attnlab.core.datasets import load_dataset
+    from attnlab.core.runs import RunInfo
+    from attnlab.hooks.dataset_capture import DatasetCaptureSettings, capture_shard, check_dataset
+    from attnlab.zoo import load, peek
+
+    if batch_size < 1 or sample_size < 1:
+        raise ValueError("--batch-size and --sample must be at least 1")
+    cap = dataset_capture_options(what, layers, budget_gb)
+    data = load_dataset(dataset, image_dir, prompt)
+    name = peek(model)[0]
+    if shard is None or shard.is_main:
+        _prepare_out(out, overwrite)
+    if shard is not None:
+        shard.barrier()  # rank 0 has made the folder; every rank loads its model now
+    t0 = time.perf_counter()
+    loaded = load(model)
+    check_dataset(loaded[2], data)
+    if shard is not None and shard.device != "cpu":
+        loaded[0].to(shard.device)
+    t1 = time.perf_counter()
+    settings = DatasetCaptureSettings(name, str(dataset), data.kind, len(data.items),
+                                      str(image_dir) if image_dir else None, prompt,
+                                      {k: v for k, v in asdict(cap).items() if k != "budget_bytes"}, batch_size,
+                                      sample_size, seed, bins)
+    report = capture_shard(loaded, data, cap, settings, out, shard)
+    reports = shard.gather_json(report) if shard is not None else [report]
+    if shard is not None and not shard.is_main:
+        return
+    t2 = time.perf_counter()
+    inputs = {"dataset": str(dataset), "kind": data.kind, "n_items": len(data.items), "images": settings.images,
+              "prompt": prompt}
+    info = RunInfo(model=asdict(loaded[2]), inputs=inputs,
+                   capture=asdict(cap), timings={"load": t1 - t0, "capture": t2 - t1},
+                   extra={**asdict(settings), "assignment": "batch j -> rank j % world_size"})
+    merge_capture(out, data, info, settings.n_batches, bins, sample_size, seed,
+                  fields={"shards": {"world_size": len(reports), "this_run": reports}})
+    done_now = sum(r["items_done_now"] for r in reports)
+    typer.echo(f"wrote {out} ({len(data.items)} inputs; {done_now} captured now, {len(data.items) - done_now} resumed)")
+
+
+def dataset_budget(run) -> list[dict] | None:
+    """Per layer of the main tower: mean over heads and inputs of each statistic (for ``attnlab info``)."""
+    if "layer_stats" not in run.manifest.get("results", []):
+        return None
+    table = run.result("layer_stats")
+    main = table[table["tower"] == "main"].drop(columns=["tower", "head", "n_items"])
+    cols = [c for c in main.columns if c.startswith("mass.") or c == "entropy"]
+    grouped = main.groupby("layer")[cols].mean().reset_index()
+    return [{"layer": int(r["layer"]), **{c.replace("mass.", "mass on "): float(r[c]) for c in cols}}
+            for _, r in grouped.iterrows()]

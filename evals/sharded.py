@@ -1,0 +1,76 @@
+"""One evaluation unit's items, spread over the ranks of a job, resumable item by item.
+
+:func:`run_items` is the loop behind :func:`attnlab.evals.pope_eval.run_pope_unit` and
+:func:`attnlab.evals.chair_eval.run_chair_unit`. In one process it keeps ``RUN/progress/<unit>.jsonl`` exactly
+as before; in a job of ``W`` ranks, rank ``r`` answers the items ``i`` with ``i % W == r`` and appends them to
+``RUN/shards/rank-r-of-W/progress/<unit>.jsonl`` (see :mod:`attnlab.core.shards`). Items finished by any
+earlier run (any number of workers) are skipped. After a barrier every rank reads all shards and returns the
+rows in item order, so metrics are computed from exactly the rows a one-process run would have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from attnlab.core.distributed import Shard, assign
+from attnlab.core.shards import (OverallBar, ShardFailure, check_settings, clear_failure, done_keys, fault_point,
+                                 merged_rows, shard_dir, write_failure)
+
+from .progress import Progress
+
+
+def run_items(out: Path, unit: str, settings: dict, key: str, keys: list, work: Callable[[int], dict], *,
+              shard: Shard | None = None, progress_bar: bool = True) -> list[dict]:
+    """Do the items of ``unit`` this process owns and has not done yet; return every item's row in order.
+
+    Args:
+        out: the eval Run directory.
+        unit: unit name (``pope-random-vhr``); names the progress files.
+        settings: everything that fixes the items' results; a resume with other settings is refused.
+        key: the row field that identifies an item (``question_id``).
+        keys: the items' keys, in item order (item ``i`` has key ``keys[i]``).
+        work: ``work(i) -> row`` for item index ``i``; the row must carry ``key``.
+        shard: this rank's place in a job, or ``None`` for one process.
+        progress_bar: show tqdm bars (one per rank; rank 0 also shows all ranks together).
+
+    Returns:
+        ``[row of keys[0], row of keys[1], ...]``.
+
+    Raises:
+        ShardFailure: in a job, when ``work`` fails; names the rank and the item (and is recorded in the
+            shard's ``failure.json``). In one process the original error propagates.
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    check_settings(out, unit, settings)
+    rank, world = (shard.rank, shard.world_size) if shard else (0, 1)
+    folder = out if shard is None else shard_dir(out, rank, world)
+    prog = Progress(folder, unit, settings, key=key)
+    done = done_keys(out, unit, key) | prog.done
+    owned = assign(len(keys), rank, world)
+    todo = [i for i in owned if keys[i] not in done]
+    if shard is not None:
+        clear_failure(folder)
+    desc = unit if world == 1 else f"{unit} rank {rank}/{world}"
+    overall = OverallBar(out, unit, len(keys), progress_bar and world > 1 and rank == 0, position=world)
+    bar = tqdm(todo, desc=desc, initial=len(owned) - len(todo), total=len(owned), position=rank,
+               disable=not progress_bar)
+    for n, i in enumerate(bar, start=1):
+        try:
+            row = work(i)
+        except Exception as err:
+            if shard is None:
+                raise
+            failure = ShardFailure(rank, world, unit, f"{key}={keys[i]}", err)
+            write_failure(folder, failure)
+            raise failure from err
+        prog.add(row)
+        overall.poll()
+        fault_point(rank, n)
+    bar.close()
+    if shard is not None:
+        shard.barrier()
+    overall.close()
+    return merged_rows(out, unit, key, keys)

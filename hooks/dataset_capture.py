@@ -1,0 +1,200 @@
+"""Capture statistics over a whole dataset in batches: sharded over ranks, resumable batch by batch.
+
+The dataset is cut into batches of ``batch_size`` consecutive items (batch ``j`` holds items
+``j*B .. j*B + B - 1``) and batch ``j`` belongs to rank ``j % world_size``. Because the batches do not depend on
+the number of ranks, every item is computed in the same batch (same padding) by 1 or N workers.
+
+Per batch, a rank writes ``shards/rank-r-of-W/batches/batch-JJJJJJ.safetensors`` (atomically) holding the items'
+per-layer, per-head statistics (:func:`attnlab.core.item_stats.item_statistics`), the batch's histogram counts of
+received-attention shares and, with ``qk``, the batch's entrants into the rank's running sample of query/key
+vectors; then it appends one fsynced progress row for the batch. A batch is done when its row exists; a rerun
+skips done batches of every shard and recomputes only the rest. :mod:`attnlab.core.capture_merge` turns the
+batch files into the Run's tables.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from attnlab.core.capture import Capture
+from attnlab.core.capture_merge import UNIT, batch_file, share_edges
+from attnlab.core.datasets import Dataset
+from attnlab.core.distributed import Shard, assign
+from attnlab.core.item_stats import item_statistics, layer_received_shares, qk_tokens
+from attnlab.core.reduce import Histogram, Reservoir
+from attnlab.core.shards import (OverallBar, ShardFailure, check_settings, clear_failure, done_keys, fault_point,
+                                 shard_dir, write_failure)
+from attnlab.evals.progress import Progress
+
+from .attach import attach
+from .inputs import load_images, on_model_device, prepare_inputs, tokenizer_of
+
+
+
+@dataclass(frozen=True)
+class DatasetCaptureSettings:
+    """Everything that fixes a dataset capture's results; a resume with other settings is refused.
+
+    Attributes:
+        model: model name or path.
+        dataset: the dataset path; kind: its form (``text``, ``jsonl``, ``pope``, ``images``).
+        n_items: number of inputs.
+        images: folder relative image paths were resolved against (``None``: the dataset's folder).
+        prompt: the prompt paired with every image of an image folder.
+        capture: the Capture options (``stats`` and optionally ``qk``).
+        batch_size: inputs per forward pass (also the unit of durable progress).
+        sample_size: tokens kept in the query/key sample per tower.
+        seed: the sample's hash seed.
+        bins: histogram bins of received-attention shares (log-spaced, see :func:`share_edges`).
+    """
+
+    model: str
+    dataset: str
+    kind: str
+    n_items: int
+    images: str | None
+    prompt: str | None
+    capture: dict
+    batch_size: int
+    sample_size: int
+    seed: int
+    bins: int
+
+    @property
+    def n_batches(self) -> int:
+        """Number of batches."""
+        return math.ceil(self.n_items / self.batch_size)
+
+
+def check_dataset(spec, data: Dataset) -> None:
+    """Fail before any work when the dataset does not fit the model's modality."""
+    has_text, has_images = data.modalities()
+    if spec.modality == "text" and has_images:
+        raise ValueError(f"{spec.name} is a text-only model but {data.path} has images; "
+                         "choose a vision(-language) model")
+    if spec.modality == "vision" and has_text:
+        raise ValueError(f"{spec.name} is a vision model; drop the prompts (or --text) from the dataset")
+    if spec.modality == "vision-language":
+        lacking = [it for it in data.items if not (it.text and it.image)]
+        if lacking:
+            raise ValueError(f"{spec.name} needs a prompt and an image per input; item {lacking[0].index} of "
+                             f"{data.path} lacks one (for an image folder give --text PROMPT)")
+    elif spec.modality == "text" and not all(it.text for it in data.items):
+        raise ValueError(f"{spec.name} needs a prompt per input; {data.path} has an input without text")
+
+
+def capture_shard(loaded, data: Dataset, capture: Capture, settings: DatasetCaptureSettings, out: Path,
+                  shard: Shard | None = None, progress_bar: bool = True) -> dict:
+    """Capture this rank's batches that no shard has finished; returns ``{rank, batches_done_now, items_done_now}``.
+
+    Args:
+        loaded: ``(model, processor, spec)``.
+        data: the dataset.
+        capture: ``stats`` (required) and optionally ``qk``.
+        settings: the settings record (checked against every earlier shard).
+        out: the Run directory being built.
+        shard: this rank, or ``None`` for one process (it is rank 0 of 1).
+        progress_bar: per-rank tqdm bars, and the overall one on rank 0.
+
+    Raises:
+        ShardFailure: naming the rank, the batch and its items, when a batch fails (finished batches stay).
+    """
+    from tqdm.auto import tqdm
+
+    rank, world = (shard.rank, shard.world_size) if shard else (0, 1)
+    folder = shard_dir(out, rank, world)
+    check_settings(out, UNIT, asdict(settings))
+    prog = Progress(folder, UNIT, asdict(settings), key="batch")
+    done = done_keys(out, UNIT, "batch") | prog.done
+    owned = assign(settings.n_batches, rank, world)
+    todo = [j for j in owned if j not in done]
+    samples = _resume_samples(folder, sorted(prog.done), settings)
+    clear_failure(folder)
+    overall = OverallBar(out, UNIT, settings.n_items, progress_bar and world > 1 and rank == 0, position=world,
+                         weight=lambda row: len(row["items"]))
+    bar = tqdm(todo, desc=f"capture rank {rank}/{world}" if world > 1 else "capture", unit="batch",
+               initial=len(owned) - len(todo), total=len(owned), position=rank, disable=not progress_bar)
+    edges = share_edges(settings.bins)
+    for n, j in enumerate(bar, start=1):
+        items = data.items[j * settings.batch_size:(j + 1) * settings.batch_size]
+        t0 = time.perf_counter()
+        try:
+            arrays, n_tokens = capture_batch(loaded, items, capture, edges, samples, settings)
+        except Exception as err:
+            failure = ShardFailure(rank, world, UNIT, f"batch={j} (items {items[0].index}-{items[-1].index}, "
+                                   f"first id {items[0].id})", err)
+            write_failure(folder, failure)
+            raise failure from err
+        _save_atomic(batch_file(folder, j), arrays)
+        prog.add({"batch": j, "items": [it.index for it in items], "ids": [it.id for it in items],
+                  "n_tokens": n_tokens, "seconds": time.perf_counter() - t0})
+        overall.poll()
+        fault_point(rank, n)
+    bar.close()
+    if shard is not None:
+        shard.barrier()
+    overall.close()
+    return {"rank": rank, "batches_done_now": len(todo),
+            "items_done_now": sum(min(settings.batch_size, settings.n_items - j * settings.batch_size) for j in todo)}
+
+
+def capture_batch(loaded, items, capture: Capture, edges: np.ndarray, samples: dict[str, Reservoir],
+                  settings: DatasetCaptureSettings) -> tuple[dict[str, np.ndarray], list[int]]:
+    """One forward pass over a batch; returns the batch file's arrays and each item's real token count."""
+    model, processor, spec = loaded
+    texts = [it.text for it in items if it.text]
+    images = load_images([it.image for it in items if it.image]) if any(it.image for it in items) else []
+    inputs = on_model_device(prepare_inputs(processor, spec, texts, images), model)
+    with torch.no_grad(), attach(model, capture, tokenizer=tokenizer_of(processor), model_id=spec.name) as rec:
+        model(**inputs)
+    trace = rec.trace()
+    towers = {"main": trace, **({"vision": trace.vision} if trace.vision is not None else {})}
+    arrays: dict[str, np.ndarray] = {"items": np.array([it.index for it in items], dtype=np.int64)}
+    for tower, tr in towers.items():
+        for name, value in item_statistics(tr, capture.key_sets).items():
+            arrays[f"{tower}.{name}"] = value  # (B, L, H)
+        arrays[f"{tower}.layers"] = np.array(sorted(tr.layers), dtype=np.int64)
+        shares, valid = layer_received_shares(tr)  # (L, H, B, K), (L, 1, B, K)
+        hist = Histogram(edges, shares.shape[:2])
+        hist.update(shares, valid)
+        arrays.update({f"{tower}.hist.{k}": v for k, v in hist.state().items() if k != "edges"})
+        if capture.qk:
+            ids, payload = qk_tokens(tr, [it.index for it in items])  # (T,), (T, L, 2, H, d)
+            sample = samples.setdefault(tower, Reservoir(settings.sample_size, settings.seed, payload.shape[1:]))
+            kept = sample.update(ids, payload)
+            arrays[f"{tower}.qk.ids"], arrays[f"{tower}.qk.payload"] = ids[kept], payload[kept]
+    return arrays, trace.token_mask.sum(-1).tolist()
+
+
+def _resume_samples(folder: Path, done: list[int], settings: DatasetCaptureSettings) -> dict[str, Reservoir]:
+    """This rank's running query/key samples, rebuilt from the entrants stored in its finished batches."""
+    from safetensors.numpy import load_file
+
+    if not settings.capture.get("qk"):
+        return {}
+    samples: dict[str, Reservoir] = {}
+    for j in done:
+        arrays = load_file(str(batch_file(folder, j)))
+        for key in arrays:
+            if key.endswith(".qk.ids"):
+                tower = key[: -len(".qk.ids")]
+                payload = arrays[f"{tower}.qk.payload"]
+                sample = samples.setdefault(tower, Reservoir(settings.sample_size, settings.seed, payload.shape[1:]))
+                sample.update(arrays[key], payload)
+    return samples
+
+
+def _save_atomic(file: Path, arrays: dict[str, np.ndarray]) -> None:
+    from safetensors.numpy import save_file
+
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_name(f".{file.name}.tmp")
+    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
+    os.replace(tmp, file)

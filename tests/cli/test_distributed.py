@@ -1,0 +1,76 @@
+"""Real multi-process jobs (torchrun, gloo, 2 ranks on CPU): same results as one process, and resume after a kill.
+
+Each ``--workers 2`` command starts ``python -m torch.distributed.run`` with two fresh Python processes, so these
+tests cost a few seconds of start-up each; they use the trained toy-llava on a 3-scene toy world.
+"""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from attnlab.cli.main import app
+from attnlab.core.runs import Run
+from attnlab.core.shards import FAULT_ENV, read_rows, shard_dirs
+from attnlab.zoo.world import write_world
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return write_world(tmp_path_factory.mktemp("w") / "world", 3, seed=5)
+
+
+def progress_rows(run, unit):
+    return [row for d in shard_dirs(run) for row in read_rows(d / "progress" / f"{unit}.jsonl")]
+
+
+def test_pope_killed_rank_resumes_to_the_one_process_result(world, tmp_path, monkeypatch):
+    args = ["eval", "pope", "--model", "toy-llava", "--questions", str(world / "pope_random.jsonl"),
+            "--images", str(world / "images"), "--limit", "8", "--max-new-tokens", "3"]
+    unit = "pope-pope_random-baseline"
+    assert runner.invoke(app, [*args, "--out", str(tmp_path / "one")]).exit_code == 0
+    # Rank 1 SIGKILLs itself after its 2nd answer; torchrun stops rank 0; the job fails.
+    monkeypatch.setenv(FAULT_ENV, "1:2")
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "two"), "--workers", "2"])
+    assert res.exit_code == 1 and "rerun the same command to resume" in res.stderr, res.output
+    first = progress_rows(tmp_path / "two", unit)
+    assert sum(r["question_id"] % 2 for r in first) == 2 * 1 + 0 and len(first) < 8  # rank 1 kept its 2 answers
+    assert not (tmp_path / "two" / "manifest.json").exists()
+    monkeypatch.delenv(FAULT_ENV)
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "two"), "--workers", "2"])
+    assert res.exit_code == 0, res.output
+    every = progress_rows(tmp_path / "two", unit)
+    assert sorted(r["question_id"] for r in every) == list(range(8))  # nothing lost, nothing answered twice
+    assert len(every) - len(first) == 8 - len(first) > 0
+    one, two = Run.open(tmp_path / "one"), Run.open(tmp_path / "two")
+    pd.testing.assert_frame_equal(one.result(f"predictions-{unit}").drop(columns="seconds"),
+                                  two.result(f"predictions-{unit}").drop(columns="seconds"))
+    metrics = ["accuracy", "precision", "recall", "f1", "yes_ratio", "n"]
+    pd.testing.assert_frame_equal(one.result("summary")[metrics], two.result("summary")[metrics])
+
+
+def test_capture_two_workers_equal_one_process(world, tmp_path):
+    questions = [json.loads(line) for line in (world / "pope_adversarial.jsonl").read_text().splitlines()][:7]
+    dataset = tmp_path / "prompts.jsonl"
+    dataset.write_text("".join(json.dumps({"text": q["text"], "image": q["image"]}) + "\n" for q in questions))
+    args = ["capture", "--model", "toy-llava", "--dataset", str(dataset), "--image-dir", str(world / "images"),
+            "--capture", "stats,qk", "--batch-size", "2", "--sample", "64"]
+    assert runner.invoke(app, [*args, "--out", str(tmp_path / "one")]).exit_code == 0
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "two"), "--workers", "2"])
+    assert res.exit_code == 0, res.output
+    one, two = Run.open(tmp_path / "one"), Run.open(tmp_path / "two")
+    assert two.manifest["shards"]["world_size"] == 2
+    assert [r["batches_done_now"] for r in two.manifest["shards"]["this_run"]] == [2, 2]
+    for table in ("items", "item_stats", "layer_stats", "received_histogram"):
+        pd.testing.assert_frame_equal(one.result(table), two.result(table), check_exact=False, rtol=1e-6, atol=1e-7)
+    from safetensors.numpy import load_file
+
+    a = load_file(str(tmp_path / "one" / "reductions" / "qk_sample.safetensors"))
+    b = load_file(str(tmp_path / "two" / "reductions" / "qk_sample.safetensors"))
+    assert a.keys() == b.keys() and len(a["main.ids"]) == 64
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-7, err_msg=key)

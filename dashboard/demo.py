@@ -277,7 +277,7 @@ def build_gpt(spec: DemoModel, root: Path, images) -> None:
 
 def _circuit_tables(model, tok) -> dict:
     try:
-        from attnlab.probes.patching import trace_circuits
+        from attnlab.probes.known_circuits import trace_circuits
 
         report = trace_circuits(model, tok, n_prompts=16, n_sequences=8)
     except (ImportError, ValueError, AttributeError, TypeError) as err:

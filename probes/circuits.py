@@ -1,4 +1,4 @@
-"""Circuit tracing by sparse attention decomposition, and the known circuits of toy-gpt.
+"""Circuit tracing by sparse attention decomposition (induction and previous-token scores: ``head_scores``).
 
 Method (Franco & Crovella, "Sparse Attention Decomposition Applied to Circuit Tracing", 2024,
 arXiv 2410.00340, and their released code): per head, the augmented QK matrix with biases
@@ -39,7 +39,6 @@ QK matrix depends on the positions and has no single SVD.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,161 +47,10 @@ import torch
 
 from attnlab.core.trace import Trace
 
+from .attention_svd import GPT2Weights, gpt2_weights, normalise, qk_svd, select_components
 from .results import ProbeResult
 
 WEIGHTINGS = ("paper", "exact")
-
-
-@dataclass(frozen=True)
-class GPT2Weights:
-    """Attention weights of a GPT-2 with ``ln_1`` folded into the reading weights (float64).
-
-    Attributes:
-        w_q, w_k, w_v: ``[L, H, d_model, d_head]`` gain folded in, centred over ``d_model``.
-        b_q, b_k, b_v: ``[L, H, d_head]`` with ``ln_1``'s bias folded in.
-        w_o: ``[L, H, d_head, d_model]`` rows of ``c_proj`` for each head.
-        scale: ``[L]`` factor applied to ``q·k`` before the softmax.
-        eps: ``[L]`` ``ln_1`` epsilon.
-    """
-
-    w_q: torch.Tensor
-    w_k: torch.Tensor
-    w_v: torch.Tensor
-    b_q: torch.Tensor
-    b_k: torch.Tensor
-    b_v: torch.Tensor
-    w_o: torch.Tensor
-    scale: tuple[float, ...]
-    eps: tuple[float, ...]
-
-    @property
-    def n_layers(self) -> int:
-        return int(self.w_q.shape[0])
-
-    @property
-    def n_heads(self) -> int:
-        return int(self.w_q.shape[1])
-
-
-@dataclass(frozen=True)
-class SVDFactors:
-    """``M = u diag(s) vᵀ`` of rank ``r``: ``u`` ``[rows, r]``, ``s`` ``[r]`` descending, ``v`` ``[cols, r]``."""
-
-    u: torch.Tensor
-    s: torch.Tensor
-    v: torch.Tensor
-
-    def matrix(self) -> torch.Tensor:
-        """The full matrix (for checks)."""
-        return self.u @ torch.diag(self.s) @ self.v.T
-
-
-def gpt2_blocks(model) -> list:
-    """The ``GPT2Block`` list of a Hugging Face GPT-2; ValueError naming what is supported otherwise."""
-    family = getattr(getattr(model, "config", None), "model_type", None)
-    if family != "gpt2":
-        raise ValueError(
-            f"Sparse attention decomposition supports Hugging Face GPT-2 models, not {family or type(model).__name__}: "
-            "rotary (LLaMA-type) models have position-dependent QK matrices. Pass a GPT2LMHeadModel or GPT2Model.")
-    return list(getattr(model, "transformer", model).h)
-
-
-def _fold(w: torch.Tensor, b: torch.Tensor, gain: torch.Tensor, bias: torch.Tensor, n_heads: int):
-    """``ln_1`` folded into one projection: ``w`` ``[d, H*dh]`` -> ``([H, d, dh], [H, dh])``."""
-    d = w.shape[0]
-    w_h = w.reshape(d, n_heads, -1).permute(1, 0, 2)  # (H, d, dh)
-    b_h = b.reshape(n_heads, -1) + torch.einsum("d,hde->he", bias, w_h)  # (H, dh)
-    w_h = gain[None, :, None] * w_h
-    return w_h - w_h.mean(dim=1, keepdim=True), b_h
-
-
-def gpt2_weights(model) -> GPT2Weights:
-    """Read a Hugging Face GPT-2's attention weights with ``ln_1`` folded in (see the module docstring)."""
-    per = {k: [] for k in ("w_q", "w_k", "w_v", "b_q", "b_k", "b_v", "w_o")}
-    scale, eps = [], []
-    for block in gpt2_blocks(model):
-        attn, n_heads = block.attn, block.attn.num_heads
-        w = attn.c_attn.weight.detach().double()  # (d, 3d)
-        b = attn.c_attn.bias.detach().double()  # (3d,)
-        gain, bias = block.ln_1.weight.detach().double(), block.ln_1.bias.detach().double()
-        d = w.shape[0]
-        for i, name in enumerate("qkv"):
-            w_h, b_h = _fold(w[:, i * d:(i + 1) * d], b[i * d:(i + 1) * d], gain, bias, n_heads)
-            per[f"w_{name}"].append(w_h)
-            per[f"b_{name}"].append(b_h)
-        per["w_o"].append(attn.c_proj.weight.detach().double().reshape(n_heads, -1, d))  # (H, dh, d)
-        scale.append(float(attn.scaling))
-        eps.append(float(block.ln_1.eps))
-    return GPT2Weights(**{k: torch.stack(v) for k, v in per.items()}, scale=tuple(scale), eps=tuple(eps))
-
-
-def low_rank_svd(a: torch.Tensor, b: torch.Tensor) -> SVDFactors:
-    """Exact SVD of ``a bᵀ`` (``a`` ``[m, r]``, ``b`` ``[n, r]``) through QR; signs fixed as ``svd_flip``."""
-    qa, ra = torch.linalg.qr(a)
-    qb, rb = torch.linalg.qr(b)
-    um, s, vmt = torch.linalg.svd(ra @ rb.T)
-    u, v = qa @ um, qb @ vmt.T
-    signs = torch.sign(u.gather(0, u.abs().argmax(0, keepdim=True)))[0]  # (r,)
-    signs[signs == 0] = 1.0
-    return SVDFactors(u * signs, s, v * signs)
-
-
-def qk_svd(weights: GPT2Weights, layer: int, head: int) -> SVDFactors:
-    """SVD of the augmented, scaled QK matrix ``Ω̃`` of one head; ``u``, ``v`` are ``[d_model + 1, d_head]``."""
-    a = torch.cat([weights.w_q[layer, head], weights.b_q[layer, head][None]]) * weights.scale[layer]  # (d+1, dh)
-    b = torch.cat([weights.w_k[layer, head], weights.b_k[layer, head][None]])  # (d+1, dh)
-    return low_rank_svd(a, b)
-
-
-def ov_svd(weights: GPT2Weights, layer: int, head: int) -> SVDFactors:
-    """SVD of one head's ``W_V W_O`` (``[d_model, d_model]``, rank ``d_head``; ``ln_1`` folded into ``W_V``).
-
-    The value bias is left out: attention rows sum to one, so ``b_V W_O`` is a constant the head adds.
-    """
-    return low_rank_svd(weights.w_v[layer, head], weights.w_o[layer, head].T)
-
-
-def normalise(resid: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x̃ [..., d+1], ln scale [...])``: LayerNorm without gain and bias, with a constant 1 appended."""
-    centred = resid - resid.mean(-1, keepdim=True)
-    scale = torch.sqrt(centred.pow(2).mean(-1) + eps)
-    x = centred / scale[..., None]
-    return torch.cat([x, torch.ones_like(x[..., :1])], dim=-1), scale
-
-
-def score_terms(factors: SVDFactors, x_dest: torch.Tensor, x_src: torch.Tensor) -> torch.Tensor:
-    """Per-singular-vector terms ``σ_k (x̃_i·u_k)(v_k·x̃_j)`` ``[..., r]``; they sum to the score."""
-    return (x_dest @ factors.u) * factors.s * (x_src @ factors.v)
-
-
-def select_components(terms: torch.Tensor, threshold: float = 0.7) -> torch.Tensor:
-    """The smallest set of terms carrying ``>= threshold`` of their sum (the paper's sparsity rule).
-
-    Terms are sorted descending when the sum is positive (ascending otherwise); the shortest prefix
-    whose cumulative fraction of the sum reaches ``threshold`` is kept. A zero sum keeps every term.
-
-    Args:
-        terms: ``[..., r]``.
-        threshold: fraction in ``(0, 1]``.
-
-    Returns:
-        ``[..., r]`` bool mask of the kept terms.
-
-    Example:
-        >>> select_components(torch.tensor([0.1, 3.0, -0.5, 2.0]), 0.7).tolist()
-        [False, True, False, True]
-    """
-    if not 0 < threshold <= 1:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-    total = terms.sum(-1, keepdim=True)
-    sign = torch.where(total < 0, -1.0, 1.0).to(terms.dtype)
-    ordered, order = torch.sort(terms * sign, dim=-1, descending=True)
-    fraction = ordered.cumsum(-1) / (total * sign).clamp_min(torch.finfo(terms.dtype).tiny)
-    reached = fraction >= threshold * (1 - 1e-9)
-    count = torch.where(reached.any(-1), reached.to(torch.int8).argmax(-1), terms.shape[-1] - 1) + 1  # (...)
-    keep_sorted = torch.arange(terms.shape[-1], device=terms.device) < count[..., None]
-    keep_sorted |= (total == 0)
-    return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
 
 
 @dataclass(frozen=True)
@@ -504,87 +352,3 @@ def _assemble(rows, edges, names, weights, threshold, attn_threshold, min_share,
         score_error=max(errors) if len(errors) > 1 else float("nan"), n_layers=weights.n_layers,
         n_heads=weights.n_heads, threshold=threshold, attn_threshold=attn_threshold, min_share=min_share,
         weighting=weighting)
-
-
-# -- known circuits: induction and previous-token heads, and the heads IOI needs ------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class HeadScores(ProbeResult):
-    """One score per head.
-
-    Attributes:
-        scores: ``[L, H]`` mean attention along the pattern's stripe (see ``kind``).
-        kind: ``induction`` or ``previous_token``.
-        n_positions: query positions averaged per head (over the batch).
-    """
-
-    scores: np.ndarray
-    kind: str
-    n_positions: int
-    probe = "head-scores"
-
-    def to_frame(self) -> pd.DataFrame:
-        """One row per head: ``layer, head, score``."""
-        n_layers, n_heads = self.scores.shape
-        layer, head = np.divmod(np.arange(n_layers * n_heads), n_heads)
-        return pd.DataFrame({"layer": layer, "head": head, "score": self.scores.reshape(-1)})
-
-    def heads(self, min_score: float) -> list[tuple[int, int]]:
-        """Heads scoring at least ``min_score``, highest first."""
-        order = np.argsort(-self.scores.reshape(-1), kind="stable")
-        n_heads = self.scores.shape[1]
-        return [divmod(int(i), n_heads) for i in order if self.scores.reshape(-1)[i] >= min_score]
-
-
-def repeat_period(tokens: list[str]) -> int:
-    """The longest ``L`` such that ``tokens`` ends with two copies of the same ``L`` tokens (0 if none)."""
-    n = len(tokens)
-    for period in range(n // 2, 0, -1):
-        if tokens[n - 2 * period:n - period] == tokens[n - period:]:
-            return period
-    return 0
-
-
-def _patterns(trace: Trace, probe: str) -> list[torch.Tensor]:
-    trace.require("pattern", probe)
-    return [trace.layer(i).pattern.double() for i in range(trace.meta.n_layers)]  # each (B, H, Q, K)
-
-
-def _stripe_scores(trace: Trace, probe: str, pairs: list[tuple[int, int, int]], kind: str) -> HeadScores:
-    """Mean of ``pattern[b, :, i, j]`` over ``(b, i, j)`` in ``pairs``, per layer and head."""
-    if not pairs:
-        raise ValueError(f"{probe}: the Trace has no query positions to score")
-    b, i, j = (torch.tensor(x) for x in zip(*pairs))
-    scores = np.stack([p[b, :, i, j].mean(0).numpy() for p in _patterns(trace, probe)])  # (L, H)
-    return HeadScores(scores=scores, kind=kind, n_positions=len(pairs))
-
-
-def induction_scores(trace: Trace, period: int | None = None) -> HeadScores:
-    """Induction score per head (Olsson et al. 2022, "In-context learning and induction heads").
-
-    On a sequence ending in a repeated random block of ``L`` tokens (``<bos> x x``), the mean attention
-    from each token of the second copy to the token after its earlier occurrence (``i -> i - L + 1``).
-
-    Args:
-        trace: a Trace with ``Capture(pattern=True)`` on every layer.
-        period: ``L``; ``None`` finds the longest repeat at the end of each item's real tokens.
-
-    Returns:
-        :class:`HeadScores` (``kind="induction"``).
-    """
-    pairs = []
-    for b, toks in enumerate(trace.tokens):
-        n = int(trace.token_mask[b].sum())
-        length = period or repeat_period(toks[:n])
-        if length < 1 or 2 * length > n:
-            raise ValueError(f"induction_scores: batch item {b} does not end with a repeated block; feed a repeated "
-                             "random sequence (e.g. '<bos> x x') or pass period=")
-        pairs += [(b, i, i - length + 1) for i in range(n - length, n)]
-    return _stripe_scores(trace, "induction_scores", pairs, "induction")
-
-
-def previous_token_scores(trace: Trace) -> HeadScores:
-    """Previous-token score per head: mean attention from each real token (but the first) to the one before it."""
-    pairs = [(b, i, i - 1) for b in range(trace.batch_size) for i in range(1, int(trace.token_mask[b].sum()))]
-    return _stripe_scores(trace, "previous_token_scores", pairs, "previous_token")

@@ -57,7 +57,7 @@ def save_tiny(family: str, path: str | Path, seed: int = 0, image_size: int = 32
         The directory.
     """
     from transformers import (AutoModel, BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, LlamaConfig,
-                              LlamaForCausalLM, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor)
+                              LlamaForCausalLM)
 
     path = Path(path)
     torch.manual_seed(seed)

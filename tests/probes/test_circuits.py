@@ -14,8 +14,9 @@ from typer.testing import CliRunner
 
 from attnlab.core.capture import Capture
 from attnlab.hooks import attach
-from attnlab.probes.circuits import (circuit_graph, gpt2_weights, induction_scores, normalise, ov_svd,
-                                     previous_token_scores, qk_svd, repeat_period, score_terms, select_components)
+from attnlab.probes.attention_svd import gpt2_weights, normalise, ov_svd, qk_svd, score_terms, select_components
+from attnlab.probes.circuits import circuit_graph
+from attnlab.probes.head_scores import induction_scores, previous_token_scores, repeat_period
 
 IDS = torch.tensor([[1, 5, 6, 7, 8, 9, 5, 6, 7, 8, 9], [1, 9, 8, 7, 6, 5, 4, 9, 8, 7, 6]])
 FULL = Capture(pattern=True, qk=True, head_out=True, resid=True)
@@ -275,7 +276,7 @@ def require_learnt(task: str) -> None:
 
 @pytest.fixture(scope="module")
 def toy_report(toy_gpt):
-    from attnlab.probes.patching import trace_circuits
+    from attnlab.probes.known_circuits import trace_circuits
 
     model, tok, _ = toy_gpt
     return trace_circuits(model, tok, n_prompts=32, n_sequences=16)
@@ -331,7 +332,7 @@ def test_toy_gpt_induction_heads_read_previous_token_heads_on_the_key_side(toy_g
     """K-composition (Olsson et al.): an induction head's key side is written by a previous-token head."""
     require_learnt("induction")
     model, tok, _ = toy_gpt
-    from attnlab.probes.patching import repeated_sequences
+    from attnlab.probes.known_circuits import repeated_sequences
 
     with torch.no_grad(), attach(model, FULL, tokenizer=tok) as rec:
         model(input_ids=repeated_sequences(tok, 8, 15, seed=2))

@@ -14,8 +14,9 @@ from typer.testing import CliRunner
 
 from attnlab.core.capture import Capture
 from attnlab.hooks import attach
-from attnlab.probes.patching import (Edits, abc_corruption, activation_patching, edited, last_positions, logit_diff,
-                                     path_patching, run, single_token_id)
+from attnlab.probes.known_circuits import abc_corruption
+from attnlab.probes.patching import (Edits, activation_patching, edited, last_positions, logit_diff, path_patching, run,
+                                     single_token_id)
 
 CLEAN = {"input_ids": torch.tensor([[1, 4, 6, 8, 9, 4, 10, 5], [1, 5, 7, 15, 11, 9, 5, 0]]),
          "attention_mask": torch.tensor([[1] * 8, [1] * 7 + [0]])}

@@ -35,7 +35,8 @@ import time
 import numpy as np
 import pandas as pd
 
-from attnlab.probes.qk_embedding import QKEmbedding, QKVectors, gather_layer
+from attnlab.probes.qk_embedding import QKEmbedding
+from attnlab.probes.qk_vectors import QKVectors, gather_layer
 
 
 def _minilm_vectors(n_tokens: int, layer: int, head: int, seed: int) -> QKVectors:

@@ -48,6 +48,7 @@ def run_dataset_capture(model: str, dataset: Path, image_dir: Path | None, promp
     from attnlab.core.datasets import load_dataset
     from attnlab.core.runs import RunInfo
     from attnlab.hooks.dataset_capture import DatasetCaptureSettings, capture_shard, check_dataset
+    from attnlab.hooks.inputs import default_device
     from attnlab.zoo import load, peek
 
     if batch_size < 1 or sample_size < 1:
@@ -62,8 +63,7 @@ def run_dataset_capture(model: str, dataset: Path, image_dir: Path | None, promp
     t0 = time.perf_counter()
     loaded = load(model)
     check_dataset(loaded[2], data)
-    if shard is not None and shard.device != "cpu":
-        loaded[0].to(shard.device)
+    loaded[0].to(default_device())  # this rank's GPU on a CUDA machine (one per LOCAL_RANK); the CPU otherwise
     t1 = time.perf_counter()
     settings = DatasetCaptureSettings(name, str(dataset), data.kind, len(data.items),
                                       str(image_dir) if image_dir else None, prompt,

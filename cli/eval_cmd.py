@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from pathlib import Path
 
-import pandas as pd
 import typer
 
 from .common import emit_json, friendly
@@ -75,8 +73,8 @@ def _load_lvlm(model: str):
 def _run(task: str, model: str, method: str, questions, images, split, annotations, limit, max_new_tokens, out,
          as_json: bool, caption_tokens: int = 32, calibration: Path | None = None,
          calibration_images: Path | None = None, shard=None) -> None:
-    from attnlab.core.runs import RunInfo, write_results
-    from attnlab.evals.suite import calibration_dataset, chair_table, pope_table, prepare_chair
+    from attnlab.core.runs import write_results
+    from attnlab.evals.suite import calibration_dataset, compare_methods, comparison_info, prepare_chair
     from attnlab.interventions.methods import build_method
 
     names = _methods(method)
@@ -93,26 +91,14 @@ def _run(task: str, model: str, method: str, questions, images, split, annotatio
     t0 = time.perf_counter()
     states = {name: build_method(name, loaded, calibration=calib) for name in names}
     setup = time.perf_counter() - t0
-    tables, extra = [], {}
-    if task in ("pope", "compare") and data.pope:
-        table, preds = pope_table(loaded, states, data, out, loaded[2].name, limit, max_new_tokens, shard=shard)
-        tables.append(table)
-        extra.update(preds)
-    if task in ("chair", "compare"):
-        table, caps = chair_table(loaded, states, data, chair, out, loaded[2].name, limit, caption_tokens,
-                                 shard=shard)
-        tables.append(table)
-        extra.update(caps)
+    summary, tables = compare_methods(loaded, states, data, out, pope=task != "chair", chair=chair, pope_limit=limit,
+                                      chair_limit=limit, max_new_tokens=max_new_tokens, caption_tokens=caption_tokens,
+                                      shard=shard)
     if shard is not None and not shard.is_main:
         return  # every rank holds the merged tables; rank 0 writes the Run
-    summary = pd.concat(tables, ignore_index=True)
-    info = RunInfo(model=asdict(loaded[2]), inputs={"dataset": asdict(data),
-                                                    "calibration": asdict(calib) if calib else None},
-                   timings={"method_setup": setup},
-                   extra={"task": task, "methods": names, "limit": limit, "max_new_tokens": max_new_tokens,
-                          "caption_tokens": caption_tokens,
-                          "plans": {n: getattr(s, "describe", lambda: None)() for n, s in states.items()}})
-    write_results(out, info, {"summary": summary, **extra})
+    info = comparison_info(loaded, states, data, calib, setup, task=task, limit=limit, max_new_tokens=max_new_tokens,
+                           caption_tokens=caption_tokens)
+    write_results(out, info, {"summary": summary, **tables})
     if as_json:
         emit_json({"run": str(out), "table": summary.to_dict(orient="records"), "plans": info.extra["plans"]})
     else:

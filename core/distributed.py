@@ -84,7 +84,7 @@ class Shard:
         world_size: number of processes in the job.
         local_rank: rank on this machine (selects the GPU under ``nccl``).
         backend: ``gloo`` or ``nccl``.
-        device: where collectives' tensors (and, for captures, the model) live.
+        device: where collectives' tensors live (the model's device is :func:`attnlab.hooks.inputs.default_device`).
     """
 
     rank: int

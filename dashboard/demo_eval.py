@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict
 from pathlib import Path
 
-import pandas as pd
 
-from attnlab.core.runs import RunInfo, write_results
+from attnlab.core.runs import write_results
 
 LOG = logging.getLogger("attnlab.dashboard.demo")
 EVAL_SEED = 24680
@@ -61,7 +59,7 @@ def build_lvlm_eval(name: str, loaded, root: Path, version: int, *, limit: int =
     Returns:
         The Run directory.
     """
-    from attnlab.evals.suite import chair_table, pope_table, prepare_chair
+    from attnlab.evals.suite import compare_methods, comparison_info, prepare_chair
     from attnlab.interventions.methods import build_method
 
     n_images = max(2, limit // 2)
@@ -75,14 +73,10 @@ def build_lvlm_eval(name: str, loaded, root: Path, version: int, *, limit: int =
         except ValueError as err:  # e.g. a model without the parts a method needs
             LOG.warning("%s left out of the demo eval: %s", method, err)
     setup = time.perf_counter() - t0
-    model_name = loaded[2].name
-    pope, predictions = pope_table(loaded, states, data, out, model_name, limit, max_new_tokens, progress=False)
-    chair, captions = chair_table(loaded, states, data, prepare_chair(data, n_images), out, model_name, n_images,
-                                  caption_tokens, progress=False)
-    plans = {n: getattr(s, "describe", lambda: None)() for n, s in states.items()}
-    info = RunInfo(model=asdict(loaded[2]), inputs={"dataset": asdict(data), "calibration": asdict(calibration)},
-                   timings={"method_setup": setup},
-                   extra={"demo_version": version, "task": "compare", "methods": list(states), "limit": limit,
-                          "max_new_tokens": max_new_tokens, "caption_tokens": caption_tokens, "plans": plans})
-    write_results(out, info, {"summary": pd.concat([pope, chair], ignore_index=True), **predictions, **captions})
+    summary, tables = compare_methods(loaded, states, data, out, chair=prepare_chair(data, n_images), pope_limit=limit,
+                                      chair_limit=n_images, max_new_tokens=max_new_tokens,
+                                      caption_tokens=caption_tokens, progress=False)
+    info = comparison_info(loaded, states, data, calibration, setup, demo_version=version, task="compare",
+                           limit=limit, max_new_tokens=max_new_tokens, caption_tokens=caption_tokens)
+    write_results(out, info, {"summary": summary, **tables})
     return out

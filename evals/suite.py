@@ -163,6 +163,41 @@ def chair_table(loaded, methods: dict, data: Dataset, chair: ChairData, out: Pat
     return _with_time_ratio(pd.DataFrame(rows), ["task", "split"]), captions
 
 
+def compare_methods(loaded, methods: dict, data: Dataset, out: Path, *, pope: bool = True, chair: ChairData | None,
+                    pope_limit: int | None, chair_limit: int | None, max_new_tokens: int, caption_tokens: int,
+                    progress: bool = True, shard=None) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """Every method on the POPE splits of ``data`` (unless ``pope=False``) and, when ``chair`` is given, on its
+    CHAIR images.
+
+    Returns:
+        ``(summary, tables)``: one row per (task, split, method) with metrics, seconds and the time ratio to the
+        baseline, and the per-unit predictions and captions, named as the eval Run stores them.
+    """
+    frames, tables = [], {}
+    if pope and data.pope:
+        frame, predictions = pope_table(loaded, methods, data, out, loaded[2].name, pope_limit, max_new_tokens,
+                                        progress=progress, shard=shard)
+        frames.append(frame)
+        tables.update(predictions)
+    if chair is not None:
+        frame, captions = chair_table(loaded, methods, data, chair, out, loaded[2].name, chair_limit, caption_tokens,
+                                      progress=progress, shard=shard)
+        frames.append(frame)
+        tables.update(captions)
+    return pd.concat(frames, ignore_index=True), tables
+
+
+def comparison_info(loaded, methods: dict, data: Dataset, calibration: Dataset | None, setup_seconds: float,
+                    **extra):
+    """The eval Run's manifest fields: model, data, calibration data, set-up time and each method's Plan."""
+    from attnlab.core.runs import RunInfo
+
+    plans = {name: getattr(state, "describe", lambda: None)() for name, state in methods.items()}
+    return RunInfo(model=asdict(loaded[2]),
+                   inputs={"dataset": asdict(data), "calibration": asdict(calibration) if calibration else None},
+                   timings={"method_setup": setup_seconds}, extra={"methods": list(methods), **extra, "plans": plans})
+
+
 def _pope_fields(m) -> dict:
     d = asdict(m)
     return {k: d[k] for k in ("accuracy", "precision", "recall", "f1", "yes_ratio", "n")}

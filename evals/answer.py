@@ -10,7 +10,7 @@ import torch
 
 from attnlab.hooks import attach
 from attnlab.hooks.inputs import IMAGE_PLACEHOLDER, on_model_device, prepare_inputs, tokenizer_of
-from attnlab.kernels import Plan
+from attnlab.kernels.plan import Plan
 
 DEFAULT_PROMPTS = {"pope": "{question}", "caption": "Please describe this image in detail."}
 

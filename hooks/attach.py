@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from attnlab.core.capture import Capture
-from attnlab.kernels import Plan
+from attnlab.kernels.plan import Plan
 
 from .recorder import KeySetFn, Recorder
 

@@ -8,7 +8,7 @@ import torch
 
 from attnlab.core.capture import Capture
 from attnlab.core.trace import Trace
-from attnlab.kernels import Plan
+from attnlab.kernels.plan import Plan
 
 from .attach import attach
 

@@ -14,7 +14,8 @@ import torch
 
 from attnlab.core.capture import Capture, ModelShape
 from attnlab.core.trace import LayerRecord, Segment, Trace, TraceMeta
-from attnlab.kernels import Plan, attention
+from attnlab.kernels.api import attention
+from attnlab.kernels.plan import Plan
 
 #: ``fn(layer, hidden_in [B, N, d] or None, static_sets {name: [B, K]}) -> {name: [B, K] bool}``.
 KeySetFn = Callable[[int, "torch.Tensor | None", dict], dict]

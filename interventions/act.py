@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from attnlab.kernels import LayerPlan, Plan, Reweight
+from attnlab.kernels.plan import LayerPlan, Plan, Reweight
 
 SINK_SET = "act_sink"
 

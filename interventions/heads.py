@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from attnlab.kernels import LayerPlan, Plan
+from attnlab.kernels.plan import LayerPlan, Plan
 
 _PART = re.compile(r"^(?P<layers>\d+(?:-\d+)?|\*)(?:\.(?P<heads>\d+(?:-\d+)?|\*))?$")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from attnlab.kernels import Plan
+from attnlab.kernels.plan import Plan
 
 from .heads import mask_plan
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from attnlab.kernels import Gate, LayerPlan, Plan, Reweight
+from attnlab.kernels.plan import Gate, LayerPlan, Plan, Reweight
 
 SINK_SET = "var_sink"
 TARGET_SET = "image_nonsink"

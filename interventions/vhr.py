@@ -22,7 +22,7 @@ import torch
 from attnlab.core.capture import Capture
 from attnlab.hooks import attach
 from attnlab.hooks.inputs import IMAGE_PLACEHOLDER, on_model_device, prepare_inputs, tokenizer_of
-from attnlab.kernels import Plan
+from attnlab.kernels.plan import Plan
 from attnlab.probes.vhd import head_divergence, vhr_heads, vhr_layers
 
 from .heads import scale_heads_plan

@@ -1,4 +1,11 @@
-"""``attention()``: the one entry point over the eager, blockwise-torch and Triton implementations."""
+"""``attention()``: the one entry point over the eager, blockwise-torch and Triton implementations.
+
+``attention(q, k, v, ..., plan=..., stats=..., impl="auto")`` is the entry point; ``Plan``, ``LayerPlan``,
+``Reweight`` and ``Gate`` (from :mod:`attnlab.kernels.plan`) describe interventions; ``Stats`` (from
+:mod:`attnlab.kernels.stats`) holds what a call emits. ``attnlab.kernels`` itself is a namespace package with
+no ``__init__.py``, so the repository's ``kernels/`` folder never shadows Hugging Face's ``kernels``
+distribution when the repository root is on ``sys.path`` (see docs/architecture.md).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,7 @@ from .stats import Stats, check_stat_names
 
 IMPLS = ("auto", "eager", "torch", "triton")
 #: Score elements per row block on the torch path when ``block_q`` is None: 2**22 float32 = 16 MiB, so a
-#: block's few [B, H, block, K] temporaries stay near cache size. Measured on CPU (benchmarks/kernels.py):
+#: block's few [B, H, block, K] temporaries stay near cache size. Measured on CPU (benchmarks/attention_kernels.py):
 #: at N=8k this is 128 rows and beats eager on time; at N <= 1k the whole input is one block.
 BLOCK_ELEMENTS = 1 << 22
 

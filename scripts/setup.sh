@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
-# Create .venv and install attnlab with its test extras. Idempotent; offline apart from the package registries.
-# torch is pinned to the CPU build 2.13.0 first: an unpinned torch would pull a multi-GB CUDA build.
+# Create .venv with the exact versions in requirements.lock, then install attnlab itself (editable) on top.
+# Idempotent and quiet; offline apart from the package registries. Refresh the lock with scripts/lock.sh.
+# The lock pins torch==2.13.0+cpu, the CPU build: where the registry serves only CUDA builds of torch, that pin
+# does not resolve; add PyTorch's CPU wheel index as an extra index (pip --extra-index-url) or install your
+# own torch first and use `pip install -e .` with pyproject's ranges instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
-fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
-if ! .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') else 1)" 2>/dev/null; then
-  .venv/bin/pip install -q "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c "import torch" 
+quiet() { "$@" 2>&1 | { grep -v -e "^WARNING: Location" -e "^$" || true; }; return "${PIPESTATUS[0]}"; }
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+want=$(sha256sum requirements.lock | cut -d' ' -f1)
+if [ "$(cat .venv/.lock-sha256 2>/dev/null)" != "$want" ]; then
+  quiet .venv/bin/pip install -q -r requirements.lock
+  echo "$want" > .venv/.lock-sha256
 fi
-if ! .venv/bin/python -c "import attnlab.core, pytest, hypothesis, umap" 2>/dev/null || [ pyproject.toml -nt .venv/.attnlab-installed ]; then
-  .venv/bin/pip install -q "torch==2.13.0" -e ".[test,fast]" 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c "import attnlab.core, attnlab.kernels, attnlab.hooks" 
-  touch .venv/.attnlab-installed
-fi
+# strict editable mode: a tree of links that static tools (mypy, pyright, IDEs) follow; re-run each time so
+# that modules added since the last set-up are linked too (about 5 s)
+quiet .venv/bin/pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=strict
+.venv/bin/python -c "import attnlab.core.trace, attnlab.kernels.api, attnlab.hooks"

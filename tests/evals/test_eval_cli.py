@@ -50,7 +50,7 @@ def test_identity_plan_gives_baseline_answers(world, tiny_dir):
     from PIL import Image
 
     from attnlab.evals.answer import generate_answer
-    from attnlab.kernels import LayerPlan, Plan
+    from attnlab.kernels.plan import LayerPlan, Plan
     from attnlab.zoo import load
 
     model, proc, spec = load(str(tiny_dir("llava")))

@@ -8,7 +8,7 @@ from PIL import Image
 from attnlab.core.capture import Capture
 from attnlab.hooks import attach
 from attnlab.hooks.inputs import prepare_inputs, tokenizer_of
-from attnlab.kernels import LayerPlan, Plan
+from attnlab.kernels.plan import LayerPlan, Plan
 from attnlab.zoo import load
 
 FAMILIES = ["gpt2", "llama", "bert", "vit", "dinov2", "dinov2_with_registers", "clip_vision_model", "llava"]

@@ -12,7 +12,7 @@ from attnlab.core.capture import Capture
 from attnlab.hooks import attach, backend_of
 from attnlab.hooks.recorder import Recorder
 from attnlab.hooks.tl import attach_tl
-from attnlab.kernels import LayerPlan, Plan
+from attnlab.kernels.plan import LayerPlan, Plan
 from attnlab.zoo.tiny import save_tiny
 
 bridge_mod = pytest.importorskip("transformer_lens.model_bridge")

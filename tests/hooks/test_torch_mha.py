@@ -12,7 +12,7 @@ from torch import nn
 
 from attnlab.core.capture import Capture
 from attnlab.hooks import attach, backend_of
-from attnlab.kernels import LayerPlan, Plan
+from attnlab.kernels.plan import LayerPlan, Plan
 
 E, H, B, N = 16, 2, 3, 6
 

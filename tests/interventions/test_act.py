@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from attnlab.interventions.act import SINK_SET, ACTSinks, act_plan, act_search, hidden_sinks
-from attnlab.kernels import attention
+from attnlab.kernels.api import attention
 
 
 def test_hidden_sinks_by_hand():

@@ -5,7 +5,7 @@ import torch
 
 from attnlab.core.trace import LayerRecord, Segment, Trace, TraceMeta
 from attnlab.interventions.var import SINK_SET, TARGET_SET, SinkSets, scaled_tau, var_plan
-from attnlab.kernels import attention
+from attnlab.kernels.api import attention
 from attnlab.probes.vhd import head_divergence, vhr_heads
 
 

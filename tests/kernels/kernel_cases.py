@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from attnlab.kernels import Gate, LayerPlan, Reweight, attention
+from attnlab.kernels.api import attention
+
+from attnlab.kernels.plan import Gate, LayerPlan, Reweight
 
 ALL_STATS = ("lse", "entropy", "max", "mass", "received")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnlab.kernels import Gate, LayerPlan, Plan, Reweight, attention, resolve_impl
+from attnlab.kernels.api import attention, resolve_impl
+
+from attnlab.kernels.plan import Gate, LayerPlan, Plan, Reweight
 
 
 def _qkv(b=1, h=2, n_q=5, n_k=6, d=4, hkv=None):
@@ -73,7 +75,7 @@ def test_broadcast_masks_and_integer_masks_are_accepted():
 
 def test_per_head_key_sets_match_each_head_alone():
     """A [B, H, K] source set reweights each head as a [B, K] set would for that head alone."""
-    from attnlab.kernels import LayerPlan, Reweight
+    from attnlab.kernels.plan import LayerPlan, Reweight
 
     g = torch.Generator().manual_seed(3)
     q, k, v = (torch.randn(2, 3, 6, 8, generator=g) for _ in range(3))

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from kernel_cases import (CASES, PLAN_KINDS, Case, assert_matches, check_hand_example, hand_example, make_inputs,
                           textbook_attention)
 
-from attnlab.kernels import attention
+from attnlab.kernels.api import attention
 
 
 @pytest.mark.parametrize("impl", ["eager", "torch"])

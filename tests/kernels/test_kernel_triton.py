@@ -19,7 +19,7 @@ import pytest
 import torch
 from kernel_cases import CASES, Case, assert_matches, check_hand_example, make_inputs, textbook_attention
 
-from attnlab.kernels import attention
+from attnlab.kernels.api import attention
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.triton

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from kernel_cases import CASES_BY_NAME, hand_example, make_inputs
 
-from attnlab.kernels import attention
+from attnlab.kernels.api import attention
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

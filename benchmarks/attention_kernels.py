@@ -20,7 +20,7 @@ How it is measured:
   timings mostly measure how long OpenMP waits for a descheduled thread, once per op; the blockwise
   path runs ~17 ops per block, so it pays that once per block. Pass ``--threads 2`` on a quiet machine.
 
-Usage: ``python benchmarks/kernels.py [--device cpu|cuda] [--sizes 1024 2048 4096 8192] [--threads 1]``.
+Usage: ``python benchmarks/attention_kernels.py [--device cpu|cuda] [--sizes 1024 2048 4096 8192] [--threads 1]``.
 The last line is one JSON object with, at each N, the ratios of time and memory between methods.
 """
 
@@ -52,7 +52,7 @@ def _inputs(n: int, heads: int, dim: int, device: str):
 def _call(method: str, inputs, block_q: int | None):
     import torch
 
-    from attnlab.kernels import attention
+    from attnlab.kernels.api import attention
 
     q, k, v, sets = inputs
     if method == "sdpa":

@@ -21,7 +21,9 @@ from . import ids
 from .data import EXTENSION_KEY, DashboardData, trace_header
 from .errors import guarded
 
-HERE = Path(__file__).resolve().parent
+# not resolve(): under the strict editable install __file__ sits in a link tree, and Dash derives page module
+# names from the pages folder relative to the package root it finds there
+HERE = Path(__file__).absolute().parent
 
 
 def current_data() -> DashboardData:

@@ -153,8 +153,30 @@ def _special_ids(bridge: nn.Module, tokenizer) -> set[int]:
     return {v for v in (getattr(cfg, n, None) for n in names) if isinstance(v, int)}
 
 
+#: keyword names a KV cache reaches the HF model under: transformers 5.25 renamed ``past_key_values`` to ``cache``
+#: (the old name is still accepted with a deprecation warning), and ``generate`` passes whichever its version uses
+KV_CACHE_KWARGS = ("cache", "past_key_values")
+
+
+def _kv_cache_kwarg(kwargs: dict) -> str | None:
+    """The name under which a non-empty KV cache was passed, or None for a full-sequence pass."""
+    for name in KV_CACHE_KWARGS:
+        cache = kwargs.get(name)
+        if cache is None:
+            continue
+        length = cache.get_seq_length() if hasattr(cache, "get_seq_length") else 1
+        if length:
+            return name
+    return None
+
+
 def _begin_pass(rec: Recorder, bridge: nn.Module, tokenizer, args: tuple, kwargs: dict) -> None:
     """Start a recorder pass from the ids (``[B, N]``) and 2-D mask the bridge hands the HF model."""
+    cached = _kv_cache_kwarg(kwargs)
+    if cached is not None and _routes_attention(rec):
+        raise ValueError(f"attnlab's TransformerLens capture got a KV cache (`{cached}=`): hook_k/hook_v then see "
+                         "only the new tokens. Run the bridge on the full sequence without a KV cache, or attach() "
+                         "to the Hugging Face model to capture generation")
     input_ids = kwargs.get("input_ids", args[0] if args else None)
     if input_ids is None or input_ids.is_floating_point():
         raise ValueError("attnlab capture needs token ids; call the bridge with a string or an id tensor, "

@@ -1,11 +1,36 @@
 """Shared pytest set-up: the ``slow`` marker is skipped unless ``--runslow`` is given."""
 
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_sessionstart(session):
+    """Fail fast when the installed attnlab is not this checkout, or its link tree lacks a module added since."""
+    spec = importlib.util.find_spec("attnlab")
+    if spec is None or not spec.submodule_search_locations:
+        raise pytest.UsageError("attnlab is not installed in this environment: run `bash scripts/setup.sh`")
+    installed = Path(next(iter(spec.submodule_search_locations)))
+    if installed.resolve() == ROOT:
+        return
+    init = installed / "__init__.py"
+    if not init.is_symlink() or init.resolve() != ROOT / "__init__.py":
+        raise pytest.UsageError(f"the attnlab installed at {installed} is not this checkout ({ROOT}): "
+                                "run `bash scripts/setup.sh` here")
+    packaged = {p.relative_to(ROOT) for p in ROOT.glob("*/**/*.py")
+                if (installed / p.relative_to(ROOT).parent).is_dir()}
+    missing = sorted(str(p) for p in packaged if not (installed / p).exists())
+    if missing:
+        raise pytest.UsageError(f"modules added since the last set-up are not installed yet ({', '.join(missing[:5])}): "
+                                "run `bash scripts/setup.sh`, which refreshes the editable install's link tree")
 
 
 def pytest_addoption(parser):

@@ -7,11 +7,12 @@ and attnlab's own HF backend for plans.
 import pytest
 import torch
 from torch import nn
+from transformers import DynamicCache
 
 from attnlab.core.capture import Capture
 from attnlab.hooks import attach, backend_of
 from attnlab.hooks.recorder import Recorder
-from attnlab.hooks.tl import attach_tl
+from attnlab.hooks.tl import KV_CACHE_KWARGS, attach_tl
 from attnlab.kernels.plan import LayerPlan, Plan
 from attnlab.zoo.tiny import save_tiny
 
@@ -133,13 +134,16 @@ def test_hooks_removed_after_block_and_after_errors(gpt2):
         torch.testing.assert_close(bridge(IDS), gpt2[0](IDS).logits, atol=1e-5, rtol=0)
 
 
-def test_kv_cached_pass_fails_loudly_and_cleans_up(gpt2):
-    _, bridge = gpt2
+@pytest.mark.parametrize("cache_kwarg", KV_CACHE_KWARGS)
+def test_kv_cached_pass_fails_loudly_and_cleans_up(gpt2, cache_kwarg):
+    hf, bridge = gpt2
     with torch.no_grad():
-        _, cache = bridge(IDS[:, :4], return_type="logits_and_cache")
-        with pytest.raises(ValueError, match="KV cache"):
+        kv = DynamicCache(config=hf.config)
+        hf(IDS[:, :4], use_cache=True, **{cache_kwarg: kv})
+        assert kv.get_seq_length() == 4  # the HF model filled the cache under this keyword
+        with pytest.raises(ValueError, match=f"KV cache .`{cache_kwarg}=`"):
             with attach(bridge, Capture(stats=True)):
-                bridge(IDS[:, 4:5], past_key_values=cache)
+                bridge(IDS[:, 4:5], **{cache_kwarg: kv})
     assert _n_hooks(bridge) == 0
 
 

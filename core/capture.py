@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .trace import STAT_NAMES
+
 DEFAULT_BUDGET_BYTES = 4 * 2**30
-#: Statistics recorded when ``Capture(stats=True)``.
-DEFAULT_STATS = ("lse", "entropy", "max", "received")
+#: Statistics recorded when ``Capture(stats=True)``: all of them.
+DEFAULT_STATS = STAT_NAMES
 #: Key sets whose attention mass is recorded with the statistics (``mass.<set>``), when present in the input.
 DEFAULT_KEY_SETS = ("first", "special", "image", "text")
 CAPTURE_OPTIONS = ("pattern", "stats", "qk", "head_out", "resid")

@@ -20,18 +20,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .trace import Trace
+from .trace import ROW_STATS, Trace
 
-#: Row statistics averaged over real queries, in column order (``mass.<set>`` follow them).
-ROW_MEANS = ("entropy", "max", "lse")
 #: Token ids in a sample are ``item_index * TOKEN_ID_STRIDE + position``.
 TOKEN_ID_STRIDE = 2**20
 
 
 def stat_names(trace: Trace, key_sets: tuple[str, ...]) -> list[str]:
-    """The per-item statistics :func:`item_statistics` returns for this capture (fixed order)."""
+    """The per-item statistics :func:`item_statistics` returns: the captured row statistics averaged over real
+    queries (:data:`~attnlab.core.trace.ROW_STATS` order), ``mass.<set>`` and ``received_peak``."""
     first = next(iter(trace.layers.values()))
-    names = [n for n in ROW_MEANS if n in first.stats] + [f"mass.{s}" for s in key_sets]
+    names = [n for n in ROW_STATS if n in first.stats] + [f"mass.{s}" for s in key_sets]
     return names + (["received_peak"] if "received" in first.stats else [])
 
 

@@ -18,6 +18,10 @@ SEGMENT_KINDS = ("text", "image", "special", "system", "register", "pad")
 ROW_STATS = ("lse", "entropy", "max")
 #: Per-key statistics, each ``[B, H, K]``.
 KEY_STATS = ("received",)
+#: Every statistic a capture can record (``mass.<set>`` come with any of them).
+STAT_NAMES = ROW_STATS + KEY_STATS
+#: ``LayerRecord`` tensor fields besides ``stats``, with the axes that run over tokens (N).
+LAYER_FIELDS = {"pattern": (2, 3), "q": (2,), "k": (2,), "head_out": (2,), "resid": (1,)}
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,7 @@ class LayerRecord:
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Flat ``{name: tensor}`` view using the Run-format names (``pattern``, ``stats.lse``, ...)."""
-        out = {name: getattr(self, name) for name in ("pattern", "q", "k", "head_out", "resid")}
+        out = {name: getattr(self, name) for name in LAYER_FIELDS}
         out = {k: v for k, v in out.items() if v is not None}
         out.update({f"stats.{k}": v for k, v in self.stats.items()})
         return out
@@ -90,7 +94,7 @@ class LayerRecord:
         for name, value in tensors.items():
             if name.startswith("stats."):
                 rec.stats[name[len("stats.") :]] = value
-            elif name in ("pattern", "q", "k", "head_out", "resid"):
+            elif name in LAYER_FIELDS:
                 setattr(rec, name, value)
             else:
                 raise ValueError(f"Unknown layer tensor name {name!r}")
@@ -189,17 +193,93 @@ class Trace:
             raise ValueError(f"resid of layer {index - 1} was not captured; capture all layers up to {index}")
         return prev
 
+    def _check_item(self, batch: int) -> int:
+        if not -self.batch_size <= batch < self.batch_size:
+            raise ValueError(f"Batch item {batch} is not in this Trace, which holds {self.batch_size} item(s); "
+                             f"pass an index in [0, {self.batch_size})")
+        return batch % self.batch_size
+
+    def real_positions(self, batch: int) -> torch.Tensor:
+        """Positions of one item's real (non-padding) tokens, ascending ``[n]`` int64 on the CPU.
+
+        Right padding (BERT, GPT-2) puts them first, left padding (LLaMA/LLaVA processors) last.
+        """
+        return torch.nonzero(self.token_mask[self._check_item(batch)].cpu(), as_tuple=False).flatten()
+
+    def first_positions(self) -> torch.Tensor:
+        """``[B]`` int64 position of each item's first real token (after any left padding; -1 for none)."""
+        mask = self.token_mask.bool().cpu()  # (B, N)
+        return torch.where(mask.any(-1), mask.int().argmax(-1), torch.full((mask.shape[0],), -1))
+
     def key_set(self, kind: str) -> torch.Tensor:
-        """``[B, N]`` bool mask of the positions inside segments of ``kind`` (``"first"``: position 0)."""
-        mask = torch.zeros_like(self.token_mask)
+        """``[B, N]`` bool mask of the positions inside segments of ``kind``.
+
+        ``"first"`` is each item's first real token (position 0 without left padding).
+        """
+        mask = torch.zeros_like(self.token_mask, dtype=torch.bool)
         if kind == "first":
-            mask[:, 0] = True
-            return mask & self.token_mask
+            first = self.first_positions().to(mask.device)  # (B,)
+            rows = torch.nonzero(first >= 0, as_tuple=False).flatten()
+            mask[rows, first[rows]] = True
+            return mask
         for b, segs in enumerate(self.segments):
             for seg in segs:
                 if seg.kind == kind:
                     mask[b, seg.start : seg.end] = True
         return mask
+
+    def item(self, index: int, *, keep_padding: bool = False) -> "Trace":
+        """Batch item ``index`` as a Trace of batch size 1.
+
+        Args:
+            index: the batch item (negative counts from the end).
+            keep_padding: keep the padded length and positions (a view sharing storage). By default every
+                token axis (``N``, ``Q``, ``K``) keeps the item's real tokens only, positions shift by the
+                padding before them, and ``pad`` segments are dropped: for a padded batch this is what
+                capturing the input alone records (within float tolerance).
+
+        Returns:
+            A :class:`Trace`; its ``vision`` Trace is the same item of the vision tower when that holds one
+            image per batch item.
+
+        Raises:
+            ValueError: an index outside the batch; real tokens that are not one contiguous span; a vision
+                tower whose batch differs from this Trace's.
+        """
+        b = self._check_item(index)
+        real = self.real_positions(b)  # (n,)
+        start, stop = (int(real[0]), int(real[-1]) + 1) if real.numel() else (0, 0)
+        if keep_padding:
+            start, stop = 0, self.n_tokens
+        elif stop - start != real.numel():
+            raise ValueError(f"Batch item {b}'s real tokens are not one contiguous span; use keep_padding=True")
+        vision = None
+        if self.vision is not None:
+            if self.vision.batch_size != self.batch_size:
+                raise ValueError(f"The vision tower holds {self.vision.batch_size} images for {self.batch_size} "
+                                 "items, so its item cannot be matched; read trace.vision directly")
+            vision = self.vision.item(b, keep_padding=keep_padding)
+        n = self.n_tokens
+
+        def take(t: torch.Tensor | None, axes) -> torch.Tensor | None:
+            if t is None:
+                return None
+            t = t[b : b + 1]
+            for ax in axes:
+                if t.shape[ax] == n:
+                    t = t.narrow(ax, start, stop - start)
+            return t
+
+        layers = {}
+        for i, rec in self.layers.items():
+            new = LayerRecord(**{name: take(getattr(rec, name), axes) for name, axes in LAYER_FIELDS.items()})
+            new.stats = {name: take(value, (-1,)) for name, value in rec.stats.items()}
+            layers[i] = new
+        segments = [replace(s, start=s.start - start, end=s.end - start) for s in self.segments[b]
+                    if keep_padding or (s.kind != "pad" and s.start >= start and s.end <= stop)]
+        return Trace(tokens=[list(self.tokens[b][start:stop])], segments=[segments], layers=layers, meta=self.meta,
+                     token_mask=self.token_mask[b : b + 1, start:stop], embeddings=take(self.embeddings, (1,)),
+                     vision=vision)
 
     def with_layers(self, layers: dict[int, LayerRecord]) -> "Trace":
         """A copy of this Trace holding other layer records."""

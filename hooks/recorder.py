@@ -17,7 +17,8 @@ from attnlab.core.trace import LayerRecord, Segment, Trace, TraceMeta
 from attnlab.kernels.api import attention
 from attnlab.kernels.plan import Plan
 
-#: ``fn(layer, hidden_in [B, N, d] or None, static_sets {name: [B, K]}) -> {name: [B, K] bool}``.
+#: ``fn(layer, hidden_in [B, N, d] or None, static_sets {name: [B, K]}, preview=..., token_mask=[B, N])
+#: -> {name: [B, K] bool}``.
 KeySetFn = Callable[[int, "torch.Tensor | None", dict], dict]
 
 
@@ -121,7 +122,8 @@ class Recorder:
         for name, mask in self.extra_key_sets.items():
             sets[name] = mask.to(torch.bool)
         if self.key_set_fn is not None and stack == self.main:
-            sets.update(self.key_set_fn(layer, st.block_input.get(layer), sets, preview=preview))
+            sets.update(self.key_set_fn(layer, st.block_input.get(layer), sets, preview=preview,
+                                        token_mask=first.token_mask))
         # Generated tokens are text and come after everything in the prompt.
         return {name: _fit_keys(mask, n_keys, fill=name == "text" or name.startswith("after_")).to(device)
                 for name, mask in sets.items()}

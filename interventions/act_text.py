@@ -2,8 +2,7 @@
 
 The head search scores the mean IOI logit difference (indirect object minus subject) on calibration
 prompts; the chosen Plan is then measured on separate held-out prompts (other seed, held-out name pairs,
-half of them in templates never trained on). Prompts run one at a time so no padding enters the sink
-detection (ACT's column means assume an unpadded causal map).
+half of them in templates never trained on). Prompts run one at a time, as in ACT's evaluation.
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ def act_on_ioi(model, tok, *, n_calibration: int = 48, n_test: int = 96, beta: f
     cfg = model.config
 
     def score(plan, key_set_fn):
-        factory = (lambda: type(key_set_fn)(key_set_fn.threshold)) if key_set_fn is not None else None
+        factory = key_set_fn.fresh if key_set_fn is not None else None
         return ioi_logit_diffs_with(model, tok, calib, plan, factory).mean().item()
 
     method: ACTMethod = act_search(score, cfg.n_layer, cfg.n_head, beta=beta)

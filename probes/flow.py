@@ -33,7 +33,7 @@ from attnlab.core.trace import Segment, Trace
 from .max_flow import max_flows_from
 from .residual_attention import augmented_attention
 from .results import TokenRelevance
-from .tokens import output_position, real_positions, select_layers, token_mask
+from .tokens import output_position, select_layers, token_mask
 
 
 @dataclass(frozen=True, eq=False)
@@ -134,7 +134,7 @@ def attention_flow(
     rel, raw, err = np.zeros((bsz, n_tok)), np.zeros((bsz, n_tok)), np.zeros((bsz, n_tok))  # (B, N)
     positions = []
     for b in range(bsz):
-        real = real_positions(trace, b)
+        real = trace.real_positions(b).numpy()
         pos = output_position(trace, b, position)
         mats = augmented_attention(trace, b, layers, head_fusion=head_fusion)  # (L, n, n)
         flows, bounds = flows_to_inputs(mats, int(np.searchsorted(real, pos)))

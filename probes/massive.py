@@ -123,7 +123,7 @@ def massive_activations(
             if abs_floor is not None:
                 hit &= mag > abs_floor
             rows, dims = np.nonzero(hit)
-            pos = np.flatnonzero(mask[b])[rows]
+            pos = trace.real_positions(b).numpy()[rows]
             entries.append(np.stack([np.full(pos.size, layer), np.full(pos.size, b), pos, dims], axis=1))
             values.append(hidden[b][pos, dims])
     return MassiveResult(

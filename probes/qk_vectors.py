@@ -62,13 +62,12 @@ def as_traces(traces, layers: list[int] | None = None) -> list[Trace]:
 
 
 def _token_rows(trace: Trace, t_index: int, first_input: int) -> list[tuple]:
-    mask = trace.token_mask.detach().cpu().numpy().astype(bool)
     rows = []
     for b in range(trace.batch_size):
         kinds, cats = segment_kinds(trace, b), token_categories(trace, b)
         patches = [s for s in trace.segments[b] if s.kind == "image" and s.grid]
         start_cols = {n: (s.start, s.grid[1]) for s in patches for n in range(s.start, s.end)}
-        for n in np.flatnonzero(mask[b]):
+        for n in trace.real_positions(b).tolist():
             start, cols = start_cols.get(n, (None, None))
             row, col = divmod(int(n) - start, cols) if cols else (-1, -1)
             rows.append((first_input + b, t_index, b, int(n), trace.tokens[b][n], kinds[n], cats[n], row, col))

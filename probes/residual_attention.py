@@ -12,7 +12,7 @@ import numpy as np
 
 from attnlab.core.trace import Trace
 
-from .tokens import real_positions, to_numpy
+from .tokens import to_numpy
 
 HEAD_FUSIONS = ("mean", "max", "min")
 NORMALIZATIONS = ("row", "vit-explain")
@@ -97,7 +97,7 @@ def augmented_attention(
     Returns:
         ``[L, n, n]`` with ``n`` the item's real tokens.
     """
-    real = real_positions(trace, batch)
+    real = trace.real_positions(batch).numpy()
     out = []
     for i in layers:
         pattern = to_numpy(trace.layers[i].pattern[batch])[:, real][:, :, real]  # (H, n, n)

@@ -36,7 +36,7 @@ from attnlab.core.trace import Segment, Trace
 
 from .residual_attention import augmented_attention, residual_augment, uniform_attention
 from .results import TokenRelevance
-from .tokens import output_position, real_positions, select_layers, token_mask
+from .tokens import output_position, select_layers, token_mask
 
 
 @dataclass(frozen=True, eq=False)
@@ -131,7 +131,7 @@ def attention_rollout(
     layer_rel = np.zeros((len(layers), bsz, n_tok))  # (L, B, N)
     positions = []
     for b in range(bsz):
-        real = real_positions(trace, b)
+        real = trace.real_positions(b).numpy()
         pos = output_position(trace, b, position)
         local = int(np.searchsorted(real, pos))
         mats = augmented_attention(trace, b, layers, head_fusion=head_fusion, discard_ratio=discard_ratio,

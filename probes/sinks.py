@@ -5,24 +5,29 @@ column mean as Gu et al., ICLR 2025): per layer and head, the attention key ``j`
 over the queries that can see it, ``c_j = sum_i A[i, j] / (N - j)`` for causal models (ACT's
 ``sum(dim=0) / arange(N, 0, -1)``) and ``/ N`` for bidirectional ones.
 
-Rules:
+Rules (``N`` = the item's real tokens):
 
-* ``rule="act"`` (default): ``c_j > 0.1``, ACT's released threshold (``THRES``). With
-  ``hidden=True`` the first detected sink of each head is dropped, as ACT's ``indices[1:]`` does to
-  leave the initial sink alone and keep the "hidden" ones.
+* ``rule="act_relative"`` (default): ``c_j > max(threshold, alpha / N)``. ACT's released absolute
+  threshold alone means nothing on short inputs: with 9 tokens uniform attention scores 1/9 > 0.1, so
+  every token of every head passes. Also requiring ``alpha`` times the uniform share (the paper's
+  wording) keeps the released rule on long inputs (``N > alpha / threshold``, 50 tokens at the
+  defaults) and asks for a real excess over uniform on short ones.
+* ``rule="act"``: ``c_j > threshold`` (0.1), ACT's released code (``THRES``), at every length.
 * ``rule="relative"``: ``c_j > alpha / N``, the paper's wording (relative to uniform attention
   ``1/N``). The paper's alpha was not verified; ``alpha=5`` is this module's default.
+
+With ``hidden=True`` the first detected sink of each head is dropped, as ACT's ``indices[1:]`` does
+to leave the initial sink alone and keep the "hidden" ones.
 
 Conventions: ACT applies its threshold to every position; the last positions are seen by few
 queries (the last only by itself), so their mean is noisy and the last token's self-attention alone
 can pass 0.1. ``min_queries`` (default 1, ACT's behaviour) ignores keys seen by fewer queries.
 ``mass`` is the share of the head's total attention the token absorbs (column sum / number of
-query rows).
+real query rows).
 
-Inputs: the full ``pattern`` when captured (averaging over real queries only); otherwise the
-``stats["received"]`` column sums, divided by the number of query rows the kernel let attend to the
-key. The kernel does not mask query rows, so with right padding the pad rows are part of both the
-sum and the count; prefer patterns or unpadded batches there.
+Inputs: the full ``pattern`` when captured, or the ``stats["received"]`` column sums. Both are read
+over real query rows only (the kernels leave padding rows out of ``received``), so a padded item
+scores exactly what it scores captured alone, with left or right padding.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from attnlab.core.trace import Trace
 from .results import ProbeResult
 from .tokens import to_numpy, token_categories, token_mask
 
-RULES = ("act", "relative")
+RULES = ("act_relative", "act", "relative")
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,8 +56,9 @@ class SinkResult(ProbeResult):
         layers: layer index of each entry of the first axis.
         tokens: ``tokens[b][n]``.
         categories: ``categories[b][n]`` one of ``initial, image, special, punctuation, other`` ("" on padding).
-        rule: ``act`` | ``relative``.
-        threshold: the absolute threshold (``act``) or alpha (``relative``).
+        rule: ``act_relative`` | ``act`` | ``relative``.
+        threshold: ACT's absolute threshold (used by ``act`` and ``act_relative``).
+        alpha: the multiple of uniform attention (used by ``relative`` and ``act_relative``).
         hidden: whether each head's first detected sink was dropped.
         source: ``pattern`` | ``received``.
     """
@@ -65,6 +71,7 @@ class SinkResult(ProbeResult):
     categories: list[list[str]]
     rule: str
     threshold: float
+    alpha: float
     hidden: bool
     source: str
     probe = "sinks"
@@ -106,13 +113,11 @@ def _column_stats(trace: Trace, layer: int, mask: np.ndarray, source: str):
     """``(column sums [B, H, K], visible-query counts [B, 1, K], attending rows [B, 1, 1])`` for one layer."""
     rec = trace.layers[layer]
     if source == "pattern":
-        rows = mask
         pattern = to_numpy(rec.pattern)  # (B, H, Q, K)
-        colsum = (pattern * rows[:, None, :, None]).sum(axis=2)  # (B, H, K)
+        colsum = (pattern * mask[:, None, :, None]).sum(axis=2)  # (B, H, K)
     else:
-        rows = np.ones_like(mask)  # the kernel sums every query row
-        colsum = to_numpy(rec.stats["received"])  # (B, H, K)
-    vis = _visibility(mask, rows, trace.meta.causal)  # (B, Q, K)
+        colsum = to_numpy(rec.stats["received"])  # (B, H, K) already summed over real query rows only
+    vis = _visibility(mask, mask, trace.meta.causal)  # (B, Q, K)
     count = vis.sum(axis=1)[:, None, :]  # (B, 1, K)
     live = vis.any(axis=2).sum(axis=1)[:, None, None]  # (B, 1, 1)
     return colsum * mask[:, None, :], count, live
@@ -137,6 +142,31 @@ def _pick_source(trace: Trace, layers) -> tuple[str, tuple[int, ...]]:
     )
 
 
+def check_rule(rule: str) -> None:
+    """Raise a ValueError naming the rules when ``rule`` is not one of :data:`RULES`."""
+    if rule not in RULES:
+        raise ValueError(f"Unknown sink rule {rule!r}; choose from {RULES}")
+
+
+def sink_cutoff(rule: str, threshold: float, alpha: float, n_real):
+    """The score a key must exceed to be a sink, for items of ``n_real`` real tokens.
+
+    Args:
+        rule: one of :data:`RULES` (see the module docstring).
+        threshold: ACT's absolute threshold (0.1).
+        alpha: the multiple of uniform attention ``1 / n_real`` (5).
+        n_real: real tokens per item, a numpy array or torch tensor (>= 1) broadcastable to the scores.
+
+    Returns:
+        ``threshold`` (``act``), ``alpha / n_real`` (``relative``) or their maximum (``act_relative``).
+    """
+    check_rule(rule)
+    if rule == "act":
+        return threshold
+    relative = alpha / n_real
+    return relative if rule == "relative" else relative.clip(min=threshold)
+
+
 def _drop_first(is_sink: np.ndarray) -> np.ndarray:
     """Clear the lowest-position sink of every head (ACT's ``indices[1:]``)."""
     out = is_sink.copy()
@@ -148,16 +178,17 @@ def _drop_first(is_sink: np.ndarray) -> np.ndarray:
 
 
 def sink_tokens(
-    trace: Trace, *, rule: str = "act", threshold: float = 0.1, alpha: float = 5.0, hidden: bool = False,
+    trace: Trace, *, rule: str = "act_relative", threshold: float = 0.1, alpha: float = 5.0, hidden: bool = False,
     min_queries: int = 1, layers=None,
 ) -> SinkResult:
     """Find attention-sink tokens per layer and head.
 
     Args:
         trace: a Trace with ``pattern`` (preferred) or ``stats`` including ``received``.
-        rule: ``act`` (``score > threshold``) | ``relative`` (``score > alpha / N``, N = real tokens).
+        rule: ``act_relative`` (``score > max(threshold, alpha / N)``, N = the item's real tokens; default) |
+            ``act`` (``score > threshold``, ACT's released code) | ``relative`` (``score > alpha / N``).
         threshold: ACT's absolute threshold (0.1).
-        alpha: the relative rule's multiple of uniform attention (not verified in the paper; 5 here).
+        alpha: multiple of uniform attention (not verified in the paper; 5 here).
         hidden: drop each head's first detected sink (ACT's hidden sinks).
         min_queries: keys seen by fewer queries are never sinks (1 = ACT).
         layers: layers to scan; ``None`` = every captured layer.
@@ -169,8 +200,7 @@ def sink_tokens(
         >>> sinks = sink_tokens(trace)             # doctest: +SKIP
         >>> sinks.token_summary()                  # doctest: +SKIP
     """
-    if rule not in RULES:
-        raise ValueError(f"Unknown sink rule {rule!r}; choose from {RULES}")
+    check_rule(rule)
     source, chosen = _pick_source(trace, layers)
     mask = token_mask(trace)
     n_real = mask.sum(axis=1)[:, None, None]  # (B, 1, 1)
@@ -181,12 +211,12 @@ def sink_tokens(
         masses.append(colsum / np.maximum(live, 1))  # (B, H, K)
         eligible.append((count >= max(min_queries, 1)) & mask[:, None, :])  # (B, 1, K)
     score = np.stack(scores)  # (L, B, H, N)
-    cutoff = threshold if rule == "act" else alpha / np.maximum(n_real, 1)
+    cutoff = sink_cutoff(rule, threshold, alpha, np.maximum(n_real, 1))  # scalar or (B, 1, 1)
     is_sink = (score > cutoff) & np.stack(eligible)  # (L, B, H, N)
     if hidden:
         is_sink = _drop_first(is_sink)
     return SinkResult(
         scores=score, mass=np.stack(masses) * mask[None, :, None, :], is_sink=is_sink, layers=chosen,
         tokens=[list(t) for t in trace.tokens], categories=[token_categories(trace, b) for b in range(len(mask))],
-        rule=rule, threshold=float(threshold if rule == "act" else alpha), hidden=hidden, source=source,
+        rule=rule, threshold=float(threshold), alpha=float(alpha), hidden=hidden, source=source,
     )

@@ -1,4 +1,8 @@
-"""Reading a Trace the way probes need it: real positions, output positions, layers, token categories."""
+"""Reading a Trace the way probes need it: output positions, layers, token categories.
+
+Real positions, key sets and items are the Trace's own (:meth:`Trace.real_positions`, :meth:`Trace.key_set`,
+:meth:`Trace.item`).
+"""
 
 from __future__ import annotations
 
@@ -28,11 +32,6 @@ def token_mask(trace: Trace) -> np.ndarray:
     return trace.token_mask.detach().cpu().numpy().astype(bool)
 
 
-def real_positions(trace: Trace, batch: int) -> np.ndarray:
-    """Absolute positions of the real tokens of one batch item, ascending ``[n]``."""
-    return np.flatnonzero(token_mask(trace)[batch])
-
-
 def output_position(trace: Trace, batch: int, position: int | None) -> int:
     """The absolute position whose inputs a relevance probe explains.
 
@@ -45,7 +44,7 @@ def output_position(trace: Trace, batch: int, position: int | None) -> int:
     Returns:
         The absolute position.
     """
-    real = real_positions(trace, batch)
+    real = trace.real_positions(batch).numpy()
     if real.size == 0:
         raise ValueError(f"Batch item {batch} has no real tokens (token_mask is all False)")
     if position is None:
@@ -125,8 +124,7 @@ def token_categories(trace: Trace, batch: int) -> list[str]:
     """
     mask = token_mask(trace)[batch]
     kinds = segment_kinds(trace, batch)
-    real = np.flatnonzero(mask)
-    first = int(real[0]) if real.size else -1
+    first = int(trace.first_positions()[batch])
     toks = trace.tokens[batch]
     out = []
     for n in range(trace.n_tokens):

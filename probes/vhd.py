@@ -31,7 +31,7 @@ import pandas as pd
 from attnlab.core.trace import Trace
 
 from .results import ProbeResult
-from .tokens import real_positions, select_layers, to_numpy
+from .tokens import select_layers, to_numpy
 
 
 @dataclass(frozen=True, eq=False)
@@ -130,7 +130,7 @@ def head_divergence(
     select_layers(other, chosen, "head_out", "head_divergence (other)")
     pos, pos_txt, toks = [], [], []
     for b in range(trace.batch_size):
-        p, q = real_positions(trace, b)[position], real_positions(other, b)[position]
+        p, q = trace.real_positions(b).numpy()[position], other.real_positions(b).numpy()[position]
         if trace.tokens[b][p] != other.tokens[b][q]:
             raise ValueError(
                 f"head_divergence: batch item {b} has token {trace.tokens[b][p]!r} at the aligned position with the "
@@ -150,13 +150,52 @@ def head_divergence(
     )
 
 
+#: Decoder depth of the models VHR's layer sets were chosen for (LLaVA-1.5-7B, LLaVA-NeXT-7B, InstructBLIP-7B).
+VHR_PAPER_DEPTH = 32
+#: Last layers reinforced at the paper's depth (He et al. 2025, implementation details): 14 for LLaVA, 18 for
+#: InstructBLIP.
+VHR_PAPER_LAST = {"llava": 14, "instructblip": 18}
+
+
+def round_half_up(x: float) -> int:
+    """Nearest integer, halves rounded up (Python's ``round`` rounds halves to even)."""
+    return int(np.floor(x + 0.5))
+
+
 def vhr_layers(n_layers: int, model: str = "llava") -> tuple[int, ...]:
-    """VHR's reinforced layers ``L_r``: ``llava`` (1.5 / NeXT): layer 1 + the last 14; ``instructblip``: the last 18."""
+    """VHR's reinforced layers ``L_r``, scaled with depth; the paper's sets at 32 layers.
+
+    The paper (He et al. 2025, implementation details; Table 5 ablates the two parts) reinforces, in 32-layer models, the second layer (index 1)
+    plus the last 14 layers (``llava``: LLaVA-1.5 / NeXT), or the last 18 (``instructblip``). Taken literally on
+    a shallower model, "the last 14" is every layer and VHR reinforces the whole network; attnlab keeps the
+    paper's *fractions* of depth instead:
+
+    - last ``max(1, round(14/32 * L))`` layers (``18/32`` for ``instructblip``);
+    - ``llava`` also layer ``round(L/32)``, at least 1 (the second layer, never the embedding-adjacent first).
+
+    Rounding is half up. The mapping::
+
+        L = 32 (paper):  llava {1, 18..31}     instructblip {14..31}
+        L = 40:          llava {1, 22..39}     instructblip {17..39}
+        L = 8:           llava {1, 4..7}       instructblip {3..7}
+        L = 3:           llava {1, 2}          instructblip {1, 2}
+
+    Args:
+        n_layers: decoder layers ``L``.
+        model: ``"llava"`` or ``"instructblip"``.
+
+    Returns:
+        Sorted layer indices.
+    """
+    if model not in VHR_PAPER_LAST:
+        raise ValueError(f"Unknown VHR model {model!r}; choose 'llava' or 'instructblip', or pass layers yourself")
+    if n_layers < 1:
+        raise ValueError(f"n_layers must be >= 1; got {n_layers}")
+    n_last = max(1, round_half_up(VHR_PAPER_LAST[model] * n_layers / VHR_PAPER_DEPTH))
+    layers = set(range(max(0, n_layers - n_last), n_layers))
     if model == "llava":
-        return tuple(sorted({1, *range(max(0, n_layers - 14), n_layers)}))
-    if model == "instructblip":
-        return tuple(range(max(0, n_layers - 18), n_layers))
-    raise ValueError(f"Unknown VHR model {model!r}; choose 'llava' or 'instructblip', or pass layers yourself")
+        layers.add(min(max(1, round_half_up(n_layers / VHR_PAPER_DEPTH)), n_layers - 1))
+    return tuple(sorted(layers))
 
 
 @dataclass(frozen=True, eq=False)

@@ -23,7 +23,7 @@ def test_item_means_match_the_patterns(padded_trace):
     got = item_statistics(trace, cap.key_sets)
     live = trace.token_mask.float()  # (B, N)
     n_real = live.sum(-1)  # (B,)
-    assert stat_names(trace, cap.key_sets) == ["entropy", "max", "lse", "mass.first", "mass.special", "mass.image",
+    assert stat_names(trace, cap.key_sets) == ["lse", "entropy", "max", "mass.first", "mass.special", "mass.image",
                                                "mass.text", "received_peak"]
     for li, (_, rec) in enumerate(sorted(trace.layers.items())):
         p = rec.pattern.double()  # (B, H, Q, K)

@@ -46,7 +46,7 @@ def test_scores_follow_acts_column_mean(sink_trace):
 
 
 def test_injected_sink_is_found_with_acts_threshold(sink_trace):
-    result = sink_tokens(sink_trace)
+    result = sink_tokens(sink_trace, rule="act")
     # head 0: only token 0 (score (1 + 0.6 * 19) / 20 = 0.62)
     assert np.flatnonzero(result.is_sink[0, 0, 0]).tolist() == [0]
     # head 1 (uniform): causal masking alone lifts the early columns, (H_20 - H_j) / (20 - j) > 0.1 for j < 4
@@ -58,13 +58,31 @@ def test_injected_sink_is_found_with_acts_threshold(sink_trace):
     assert result.mass[0, 0, 0, 0] == pytest.approx((1 + 0.6 * 19) / 20, abs=1e-6)
 
 
+def test_default_rule_asks_for_five_times_uniform_on_short_inputs(sink_trace):
+    result = sink_tokens(sink_trace)  # N = 20 real tokens: cutoff max(0.1, 5 / 20) = 0.25
+    assert result.rule == "act_relative" and result.threshold == 0.1 and result.alpha == 5.0
+    assert np.flatnonzero(result.is_sink[0, 0, 0]).tolist() == [0]  # 0.62
+    assert not result.is_sink[0, 0, 1].any()  # uniform: the largest score is H_20 / 20 = 0.18
+    assert np.flatnonzero(result.is_sink[0, 0, 2]).tolist() == [17, 18, 19]  # self-attention 1 / (20 - j) > 0.25
+    with pytest.raises(ValueError, match="act_relative"):
+        sink_tokens(sink_trace, rule="ACT")
+
+
+def test_default_rule_is_acts_rule_on_long_inputs(build_trace):
+    n = 64  # 5 / 64 < 0.1: the released threshold decides
+    pattern = np.stack([sink_head(n, 0.3), uniform_causal(n)])[None]  # (1, 2, n, n)
+    trace = build_trace(patterns=[pattern], causal=True)
+    np.testing.assert_array_equal(sink_tokens(trace).is_sink, sink_tokens(trace, rule="act").is_sink)
+    assert sink_tokens(trace).is_sink[0, 0, 0, 0]
+
+
 def test_min_queries_ignores_keys_seen_by_few_queries(sink_trace):
     result = sink_tokens(sink_trace, min_queries=11)
     assert not result.is_sink[0, 0, 2].any()
 
 
 def test_hidden_drops_the_first_detected_sink_per_head(sink_trace):
-    result = sink_tokens(sink_trace, hidden=True)
+    result = sink_tokens(sink_trace, hidden=True, rule="act")
     assert not result.is_sink[0, 0, 0].any()
     assert np.flatnonzero(result.is_sink[0, 0, 2]).tolist() == list(range(N - 8, N))
 
@@ -87,7 +105,7 @@ def test_received_statistic_gives_the_same_scores(build_trace, sink_trace):
 def test_bidirectional_divides_by_all_queries(build_trace):
     a = np.full((4, 4), 0.05)
     a[:, 2] = 0.85
-    result = sink_tokens(build_trace(patterns=[a[None, None]]))
+    result = sink_tokens(build_trace(patterns=[a[None, None]]), rule="act")
     np.testing.assert_allclose(result.scores[0, 0, 0], [0.05, 0.05, 0.85, 0.05], atol=1e-6)
     assert np.flatnonzero(result.is_sink[0, 0, 0]).tolist() == [2]
 
@@ -116,7 +134,8 @@ def test_tables_and_json(sink_trace):
     assert len(frame) == int(result.is_sink.sum())
     summary = result.token_summary()
     first = summary[summary.position == 0].iloc[0]
-    assert first.category == "initial" and first.n_heads == 4 and first.n_layers == 2
+    # default rule at 20 tokens (cutoff 5/20): token 0 is a sink of the sink head only, in both layers
+    assert first.category == "initial" and first.n_heads == 2 and first.n_layers == 2
     assert result.sink_mass.shape == (2, 1, 3)
     json.dumps(result.to_dict())
 

@@ -72,3 +72,15 @@ def test_model_loading_works_with_the_repository_root_as_working_directory():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "attnlab.kernels.api"
+
+
+def test_a_jupyter_kernel_started_at_the_root_loads_models():
+    nbformat = __import__("nbformat")
+    from nbclient import NotebookClient
+
+    cell = ("from attnlab.hooks import attach\nfrom attnlab.zoo import load\n"
+            "model, tok, spec = load('minilm')\nprint(spec.n_layers, spec.n_heads)")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)])
+    NotebookClient(nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    outputs = nb.cells[0].outputs
+    assert [o.get("text", "").strip() for o in outputs if o.get("name") == "stdout"] == ["6 12"], outputs

@@ -28,8 +28,10 @@ def ioi_logit_diffs_with(model, tok, prompts, plan=None, key_set_fn_factory=None
 
 
 def act_on_ioi(model, tok, *, n_calibration: int = 48, n_test: int = 96, beta: float = 0.4,
-               calibration_seed: int = 101, test_seed: int = 202) -> dict:
+               calibration_seed: int = 101, test_seed: int = 202, rule: str = "act_relative") -> dict:
     """Search ACT heads on calibration IOI prompts and report baseline vs ACT on held-out prompts.
+
+    ``rule`` is the sink cutoff (:func:`attnlab.interventions.act.hidden_sinks`; ``"act"``: the released code's).
 
     Returns:
         ``{"heads", "search", "baseline": {...}, "act": {...}}`` with accuracy (logit diff > 0) and mean logit diff.
@@ -44,7 +46,7 @@ def act_on_ioi(model, tok, *, n_calibration: int = 48, n_test: int = 96, beta: f
         factory = key_set_fn.fresh if key_set_fn is not None else None
         return ioi_logit_diffs_with(model, tok, calib, plan, factory).mean().item()
 
-    method: ACTMethod = act_search(score, cfg.n_layer, cfg.n_head, beta=beta)
+    method: ACTMethod = act_search(score, cfg.n_layer, cfg.n_head, beta=beta, rule=rule)
 
     def summary(plan):
         factory = (lambda: method.plan_for()[1]) if plan is not None else None

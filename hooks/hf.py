@@ -9,21 +9,21 @@ layers that need nothing, fall through to SDPA so the outputs stay those of the 
 from __future__ import annotations
 
 import contextlib
-import re
 from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 from torch import nn
 
-from attnlab.core.trace import TraceMeta
-
+from .hf_stacks import Stack, find_stacks, main_stack, stack_meta
 from .recorder import Recorder
 from .segments import text_segments, text_tokens, vision_layout
 
 IMPL_NAME = "attnlab"
 SITE_ATTR = "_attnlab_site"
-VISION_TYPES = ("vit", "dinov2", "dinov2_with_registers", "clip_vision_model", "siglip_vision_model", "clip")
+
+__all__ = ["attach_hf", "attnlab_attention_forward", "ensure_registered", "find_stacks", "main_stack",
+           "stack_meta", "Stack"]
 
 
 @dataclass(frozen=True)
@@ -33,17 +33,6 @@ class Site:
     recorder: Recorder
     stack: str
     layer: int
-
-
-@dataclass
-class Stack:
-    """An attention stack found in a model: ``prefix.{i}`` are its blocks."""
-
-    name: str
-    prefix: str
-    attn_names: dict[int, str]
-    config: object
-    owner: str
 
 
 def attnlab_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -91,66 +80,6 @@ def ensure_registered() -> None:
     AttentionMaskInterface.register(IMPL_NAME, sdpa_mask)
 
 
-_LAYER_RE = re.compile(r"^(.*)\.(\d+)\.(.+)$")
-
-
-def _is_attention_core(module: nn.Module) -> bool:
-    cls = type(module)
-    return (cls.__module__.startswith("transformers.models") and cls.__name__.endswith("Attention")
-            and hasattr(module, "config"))
-
-
-def find_stacks(model: nn.Module) -> list[Stack]:
-    """Attention stacks of a HF model: innermost ``*Attention`` modules grouped by their block-list prefix."""
-    cores = {name: m for name, m in model.named_modules() if _is_attention_core(m) and "cross" not in name.lower()}
-    inner = {n: m for n, m in cores.items() if not any(o != n and o.startswith(n + ".") for o in cores)}
-    grouped: dict[str, dict[int, str]] = {}
-    configs: dict[str, object] = {}
-    for name, module in inner.items():
-        match = _LAYER_RE.match(name)
-        if not match:
-            continue
-        prefix, idx = match.group(1), int(match.group(2))
-        grouped.setdefault(prefix, {})[idx] = name
-        configs[prefix] = module.config
-    stacks = []
-    for prefix, names in grouped.items():
-        owner = _owner_of(model, prefix)
-        kind = "vision" if "vision" in prefix.lower() else "main"
-        stacks.append(Stack(kind, prefix, names, configs[prefix], owner))
-    if len(stacks) == 1:
-        stacks[0].name = "main"
-    if sum(s.name == "main" for s in stacks) != 1:
-        raise ValueError(f"Could not tell the main attention stack among {[s.prefix for s in stacks]}")
-    return stacks
-
-
-def _owner_of(model: nn.Module, prefix: str) -> str:
-    """Name of the deepest PreTrainedModel containing ``prefix`` (``""`` for the model itself)."""
-    from transformers import PreTrainedModel
-
-    parts = prefix.split(".")
-    for cut in range(len(parts) - 1, 0, -1):
-        name = ".".join(parts[:cut])
-        if isinstance(model.get_submodule(name), PreTrainedModel):
-            return name
-    return ""
-
-
-def stack_meta(model: nn.Module, stack: Stack, model_id: str) -> TraceMeta:
-    """TraceMeta of a stack from its attention config."""
-    cfg = stack.config
-    n_heads = cfg.num_attention_heads
-    d_model = cfg.hidden_size
-    d_head = getattr(cfg, "head_dim", None) or d_model // n_heads
-    first = model.get_submodule(stack.attn_names[min(stack.attn_names)])
-    causal = bool(getattr(first, "is_causal", False))
-    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
-    family = model.config.model_type if stack.name == "main" else cfg.model_type
-    return TraceMeta(model=model_id, family=family, n_layers=len(stack.attn_names), n_heads=n_heads,
-                     d_head=d_head, d_model=d_model, causal=causal, dtype=dtype, backend="hf")
-
-
 def _special_ids(model: nn.Module, tokenizer) -> set[int]:
     if tokenizer is not None:
         return set(tokenizer.all_special_ids)
@@ -163,14 +92,58 @@ def _input(args: tuple, kwargs: dict, name: str, position: int = 0):
     return kwargs[name] if kwargs.get(name) is not None else (args[position] if len(args) > position else None)
 
 
-def _vision_pass(rec: Recorder, stack: Stack, pixel_values: torch.Tensor) -> None:
-    cfg = stack.config
-    patch = cfg.patch_size
-    grid = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
-    n_reg = int(getattr(cfg, "num_register_tokens", 0) or 0)
-    n_tokens = 1 + n_reg + grid[0] * grid[1]
-    tokens, segments = vision_layout(pixel_values.shape[0], n_tokens, grid, n_registers=n_reg)
-    rec.begin_pass(stack.name, tokens, segments, torch.ones(pixel_values.shape[0], n_tokens, dtype=torch.bool))
+@dataclass
+class VisionPasses:
+    """Starts the Trace passes of ViT-style stacks.
+
+    The grid comes from ``pixel_values`` when the stack's owner is called; the pass starts at the first
+    block, whose input length ``N`` tells how many leading tokens ([CLS], DeiT's distillation token,
+    registers; none for SigLIP) precede the ``rows * cols`` patches.
+    """
+
+    rec: Recorder
+    pending: dict
+
+    def start(self, stack: Stack, pixel_values: torch.Tensor | None) -> None:
+        if pixel_values is None or pixel_values.dim() != 4:
+            shape = None if pixel_values is None else tuple(pixel_values.shape)
+            raise ValueError(f"attnlab capture of the {stack.name!r} stack ({stack.prefix}) needs pixel_values "
+                             f"[B, C, H, W]; got {shape}")
+        patch = stack.config.patch_size
+        patch = patch[0] if isinstance(patch, (tuple, list)) else patch
+        self.pending[stack.name] = (pixel_values.shape[0], (pixel_values.shape[-2] // patch,
+                                                            pixel_values.shape[-1] // patch))
+
+    def first_block(self, stack: Stack, n_distill: int, hidden: torch.Tensor) -> None:
+        if stack.name not in self.pending:
+            return
+        batch, grid = self.pending.pop(stack.name)
+        n_tokens = hidden.shape[1]
+        n_reg = int(getattr(stack.config, "num_register_tokens", 0) or 0)
+        n_cls = n_tokens - grid[0] * grid[1] - n_reg - n_distill
+        if n_cls not in (0, 1):
+            raise ValueError(f"The {stack.name!r} stack's {n_tokens} tokens are not [CLS]? + {n_distill} distillation "
+                             f"+ {n_reg} register tokens + a {grid[0]}x{grid[1]} patch grid")
+        tokens, segments = vision_layout(batch, n_tokens, grid, n_registers=n_reg, has_cls=bool(n_cls),
+                                         n_distill=n_distill)
+        self.rec.begin_pass(stack.name, tokens, segments, torch.ones(batch, n_tokens, dtype=torch.bool))
+
+
+def _n_distill(model: nn.Module, stack: Stack) -> int:
+    """Distillation tokens (DeiT, Touvron et al., 2021) in the embeddings of a vision stack's owner."""
+    owner = model.get_submodule(stack.owner) if stack.owner else model
+    return sum(name.endswith("distillation_token") for name, _ in owner.named_parameters())
+
+
+def _check_recorded(rec: Recorder, before: dict[str, int]) -> None:
+    """After a forward call: a stack that began a pass but recorded no layer means attention bypassed attnlab."""
+    if not rec.capture.captured:
+        return
+    for name, st in rec.stacks.items():
+        if len(st.passes) > before.get(name, 0) and st.layers and not st.passes[-1].layers:
+            raise RuntimeError(f"No attention layer of the {name!r} stack reached attnlab's attention function, so "
+                               "the Trace would be empty; this model computes attention outside transformers' "
+                               "AttentionInterface (see docs/models.md)")
 
 
 def _text_pass(rec: Recorder, model: nn.Module, tokenizer, args: tuple, kwargs: dict) -> None:
@@ -189,44 +162,36 @@ def _text_pass(rec: Recorder, model: nn.Module, tokenizer, args: tuple, kwargs: 
 def attach_hf(model: nn.Module, rec: Recorder, tokenizer=None, model_id: str | None = None) -> Iterator[Recorder]:
     """Install attnlab's attention on a HF model for the duration of the block."""
     ensure_registered()
-    stacks = find_stacks(model)
-    if not stacks:
-        raise ValueError(f"No attention layers found in {type(model).__name__}; attnlab supports HF models whose "
-                         "attention uses AttentionInterface (GPT-2, LLaMA-type, BERT, ViT, DINOv2, CLIP, LLaVA)")
+    stacks = find_stacks(model)  # refuses what cannot be captured, naming the module and why
     model_id = model_id or getattr(model.config, "_name_or_path", "") or type(model).__name__
     for stack in stacks:
         rec.add_stack(stack.name, stack_meta(model, stack, model_id), main=stack.name == "main")
-    configs = {id(m.config): m.config for m in model.modules() if hasattr(m, "config") and hasattr(m.config, "_attn_implementation_internal")}
+    configs = {id(m.config): m.config for m in model.modules()
+               if hasattr(m, "config") and hasattr(m.config, "_attn_implementation_internal")}
     saved = {key: cfg._attn_implementation_internal for key, cfg in configs.items()}
     handles, sited = [], []
+    vision = VisionPasses(rec, {})
     try:
         for cfg in configs.values():
             cfg._attn_implementation_internal = IMPL_NAME
         main = next(s for s in stacks if s.name == "main")
-        main_is_vision = main.config.model_type in VISION_TYPES
+        before: dict[str, int] = {}
 
         def top_hook(_mod, args, kwargs):
-            if main_is_vision:
-                _vision_pass(rec, main, _input(args, kwargs, "pixel_values"))
+            before.update({name: len(st.passes) for name, st in rec.stacks.items()})
+            if main.vision:
+                vision.start(main, _input(args, kwargs, "pixel_values"))
             else:
                 _text_pass(rec, model, tokenizer, args, kwargs)
 
         handles.append(model.register_forward_pre_hook(top_hook, with_kwargs=True))
+        handles.append(model.register_forward_hook(lambda *_: _check_recorded(rec, before)))
         for stack in stacks:
             if stack.name != "main":
                 owner = model.get_submodule(stack.owner) if stack.owner else model
                 handles.append(owner.register_forward_pre_hook(
-                    lambda _m, a, kw, s=stack: _vision_pass(rec, s, _input(a, kw, "pixel_values")), with_kwargs=True))
-            for layer, attn_name in stack.attn_names.items():
-                module = model.get_submodule(attn_name)
-                setattr(module, SITE_ATTR, Site(rec, stack.name, layer))
-                sited.append(module)
-                block = model.get_submodule(f"{stack.prefix}.{layer}")
-                handles.append(block.register_forward_pre_hook(
-                    lambda _m, a, kw, s=stack.name, i=layer: rec.block_input(s, i, _input(a, kw, "hidden_states")),
-                    with_kwargs=True))
-                handles.append(block.register_forward_hook(
-                    lambda _m, _a, out, s=stack.name, i=layer: rec.block_output(s, i, out[0] if isinstance(out, tuple) else out)))
+                    lambda _m, a, kw, s=stack: vision.start(s, _input(a, kw, "pixel_values")), with_kwargs=True))
+            handles += _site_stack(model, rec, stack, vision, sited)
         yield rec
     finally:
         for h in handles:
@@ -237,3 +202,25 @@ def attach_hf(model: nn.Module, rec: Recorder, tokenizer=None, model_id: str | N
         for key, cfg in configs.items():
             cfg._attn_implementation_internal = saved[key]
 
+
+def _site_stack(model: nn.Module, rec: Recorder, stack: Stack, vision: VisionPasses, sited: list) -> list:
+    """Tell each attention module of ``stack`` its site and hook its blocks; returns the hook handles."""
+    handles = []
+    n_distill = _n_distill(model, stack) if stack.vision else 0
+
+    def block_in(_m, args, kwargs, layer):
+        hidden = _input(args, kwargs, "hidden_states")
+        if layer == min(stack.attn_names) and stack.vision:
+            vision.first_block(stack, n_distill, hidden)
+        rec.block_input(stack.name, layer, hidden)
+
+    for layer, attn_name in stack.attn_names.items():
+        module = model.get_submodule(attn_name)
+        setattr(module, SITE_ATTR, Site(rec, stack.name, layer))
+        sited.append(module)
+        block = model.get_submodule(f"{stack.prefix}.{layer}")
+        handles.append(block.register_forward_pre_hook(
+            lambda _m, a, kw, i=layer: block_in(_m, a, kw, i), with_kwargs=True))
+        handles.append(block.register_forward_hook(
+            lambda _m, _a, out, i=layer: rec.block_output(stack.name, i, out[0] if isinstance(out, tuple) else out)))
+    return handles

@@ -37,8 +37,9 @@ def prepare_inputs(processor, spec, texts: list[str], images: list | None = None
     Args:
         processor: tokenizer, image processor or LLaVA processor from :func:`attnlab.zoo.load`.
         spec: the :class:`~attnlab.zoo.load.ModelSpec`.
-        texts: prompts (text and vision-language models); each non-empty.
-        images: PIL images (vision and vision-language models); one per text for LVLMs.
+        texts: prompts (text, vision-language and text-image models); each non-empty.
+        images: PIL images (vision, vision-language and text-image models); one per text for LVLMs, any
+            number for a dual encoder such as CLIP (which embeds texts and images separately).
 
     Returns:
         Keyword arguments for ``model(**inputs)``.
@@ -49,8 +50,11 @@ def prepare_inputs(processor, spec, texts: list[str], images: list | None = None
         return dict(processor(texts, return_tensors="pt", padding=True))
     if spec.modality == "vision":
         if processor is None:
-            raise ValueError(f"{spec.path} has no preprocessor_config.json; save an image processor with the model")
+            raise ValueError(f"{spec.path} has no processor_config.json or preprocessor_config.json; save an image "
+                             "processor with the model (processor.save_pretrained(path))")
         return dict(processor(images=images, return_tensors="pt"))
+    if spec.modality == "text-image":
+        return dict(processor(text=texts, images=images, return_tensors="pt", padding=True))
     prompts = [t if IMAGE_PLACEHOLDER in t else f"{IMAGE_PLACEHOLDER} {t}" for t in texts]
     return dict(processor(images=images, text=prompts, return_tensors="pt", padding=True))
 
@@ -72,7 +76,7 @@ def default_device() -> torch.device:
 
 def check_request(name: str, modality: str, texts: list[str], images: list) -> None:
     """Validate texts/images against a model's modality before anything is loaded or run."""
-    if modality in ("text", "vision-language") and (not texts or any(not t.strip() for t in texts)):
+    if modality in ("text", "vision-language", "text-image") and (not texts or any(not t.strip() for t in texts)):
         raise ValueError("Give a non-empty --text (empty prompts cannot be captured)")
     if modality == "text" and images:
         raise ValueError(f"{name} is a text-only model; drop --image or choose a vision(-language) model")

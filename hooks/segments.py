@@ -11,11 +11,31 @@ from attnlab.core.trace import Segment
 
 
 def text_tokens(input_ids: torch.Tensor, tokenizer) -> list[list[str]]:
-    """Token strings ``[B][N]``; ``#<id>`` when no tokenizer is known."""
+    """Readable token strings ``[B][N]``; ``#<id>`` when no tokenizer is known.
+
+    Sub-word markers become what they stand for: byte-level BPE's ``Ġ`` and SentencePiece's ``▁`` a leading
+    space, ``Ċ`` a newline, mangled bytes their UTF-8 text. A byte that is only part of a character keeps
+    its raw form. Special tokens (``<s>``, ``[CLS]``) stay as they are.
+    """
     ids = input_ids.tolist()
     if tokenizer is None:
         return [[f"#{i}" for i in row] for row in ids]
-    return [tokenizer.convert_ids_to_tokens(row) for row in ids]
+    special = set(getattr(tokenizer, "all_special_tokens", ()))
+    cache: dict[str, str] = {}
+    rows = [tokenizer.convert_ids_to_tokens(row) for row in ids]
+    return [[tok if tok in special else cache.setdefault(tok, readable_token(tok, tokenizer)) for tok in row]
+            for row in rows]
+
+
+def readable_token(token: str, tokenizer) -> str:
+    """One sub-word token as text (see :func:`text_tokens`)."""
+    if "▁" in token:  # SentencePiece: decoding one piece would drop the space the marker stands for
+        return token.replace("▁", " ")
+    try:
+        text = tokenizer.convert_tokens_to_string([token])
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return token
+    return token if not text or "\ufffd" in text else text
 
 
 def _runs(flags: list[bool]) -> list[tuple[int, int]]:
@@ -72,27 +92,31 @@ def text_segments(input_ids: torch.Tensor, token_mask: torch.Tensor, special_ids
 
 
 def vision_layout(batch: int, n_tokens: int, grid: tuple[int, int], n_registers: int = 0,
-                  has_cls: bool = True) -> tuple[list[list[str]], list[list[Segment]]]:
-    """Tokens and segments of a ViT-style sequence ``[CLS] [REG]*r patches``.
+                  has_cls: bool = True, n_distill: int = 0) -> tuple[list[list[str]], list[list[Segment]]]:
+    """Tokens and segments of a ViT-style sequence ``[CLS] [DIST]*d [REG]*r patches``.
 
     Args:
         batch: B.
         n_tokens: N; must equal ``has_cls + n_registers + rows * cols``.
         grid: patch grid ``(rows, cols)``.
         n_registers: register tokens after [CLS] (DINOv2 with registers).
-        has_cls: whether a [CLS] token leads.
+        has_cls: whether a [CLS] token leads (SigLIP has none).
+        n_distill: distillation tokens after [CLS] (DeiT, Touvron et al., 2021).
     """
     rows, cols = grid
-    lead = int(has_cls) + n_registers
+    head = int(has_cls) + n_distill
+    lead = head + n_registers
     if lead + rows * cols != n_tokens:
         raise ValueError(f"Vision sequence of {n_tokens} tokens does not match {lead} leading tokens + {rows}x{cols} patches")
-    tokens = (["[CLS]"] if has_cls else []) + [f"[REG{i}]" for i in range(n_registers)]
+    tokens = (["[CLS]"] if has_cls else []) + ["[DIST]"] * n_distill + [f"[REG{i}]" for i in range(n_registers)]
     tokens += [f"patch({r},{c})" for r in range(rows) for c in range(cols)]
     segs = []
     if has_cls:
         segs.append(Segment("special", 0, 1, label="[CLS]"))
+    if n_distill:
+        segs.append(Segment("special", int(has_cls), head, label="[DIST]"))
     if n_registers:
-        segs.append(Segment("register", int(has_cls), lead, label="registers"))
+        segs.append(Segment("register", head, lead, label="registers"))
     segs.append(Segment("image", lead, n_tokens, grid=grid, label="image 0"))
     return [list(tokens) for _ in range(batch)], [list(segs) for _ in range(batch)]
 

@@ -7,21 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .minilm import minilm_dir
+from .pretrained import load_pretrained
 
-#: model_type -> (loader kind, modality)
-SUPPORTED = {
-    "gpt2": ("causal-lm", "text"),
-    "llama": ("causal-lm", "text"),
-    "mistral": ("causal-lm", "text"),
-    "qwen2": ("causal-lm", "text"),
-    "bert": ("encoder", "text"),
-    "vit": ("vision", "vision"),
-    "dinov2": ("vision", "vision"),
-    "dinov2_with_registers": ("vision", "vision"),
-    "clip_vision_model": ("clip-vision", "vision"),
-    "clip": ("clip-vision", "vision"),
-    "llava": ("llava", "vision-language"),
-}
+#: modalities :func:`peek` tells apart from a checkpoint's config (``text-image``: a dual encoder such as CLIP)
+MODALITIES = ("text", "vision", "vision-language", "text-image")
+MODELS_DOC = "docs/models.md"
 
 
 @dataclass(frozen=True)
@@ -31,7 +21,8 @@ class ModelSpec:
     Attributes:
         name: zoo name or the directory it came from.
         family: HF ``model_type`` (``gpt2``, ``llama``, ``bert``, ``vit``, ``dinov2``, ``llava``, ...).
-        modality: ``text``, ``vision`` or ``vision-language``.
+        modality: ``text``, ``vision``, ``vision-language`` (an LVLM: image tokens inside the text) or
+            ``text-image`` (a dual encoder such as CLIP: a text stack and an image stack).
         n_layers: attention layers of the main stack.
         n_heads: query heads per layer.
         causal: whether the main stack is causal.
@@ -75,66 +66,92 @@ def resolve(name_or_path: str) -> tuple[str, Path]:
     looks_like_path = "/" in name_or_path or name_or_path.startswith(".")
     what = f"No directory {path}" if looks_like_path else f"Unknown model {name_or_path!r}"
     raise ValueError(f"{what}. Use a zoo model ({', '.join(zoo)}) or a local Hugging Face checkpoint directory "
-                     f"(nothing is downloaded). Supported architectures: {', '.join(sorted(SUPPORTED))}")
+                     f"(nothing is downloaded); {MODELS_DOC} lists the architectures attnlab captures")
 
 
-def _model_type(path: Path) -> str:
-    cfg = json.loads((path / "config.json").read_text())
-    mtype = cfg.get("model_type")
-    if mtype not in SUPPORTED:
-        raise ValueError(f"Architecture {mtype!r} in {path} is not supported; supported: {', '.join(sorted(SUPPORTED))}")
-    return mtype
+def _config(path: Path) -> dict:
+    return json.loads((path / "config.json").read_text())
 
 
-def _load_model(kind: str, path: Path):
+def modality_of(cfg: dict) -> str:
+    """The modality of a checkpoint from its ``config.json`` (one of :data:`MODALITIES`)."""
+    if cfg.get("image_token_id") is not None or cfg.get("image_token_index") is not None:
+        return "vision-language"
+    if "vision_config" in cfg and "text_config" in cfg:
+        return "text-image"
+    if cfg.get("patch_size") is not None and "vocab_size" not in cfg:
+        return "vision"
+    return "text"
+
+
+def _model_class(cfg: dict, path: Path):
+    """The transformers class the checkpoint was saved from (``config.architectures``), else ``AutoModel``."""
     import transformers as tf
 
-    cls = {"causal-lm": tf.AutoModelForCausalLM, "encoder": tf.AutoModel, "vision": tf.AutoModel,
-           "clip-vision": tf.CLIPVisionModel, "llava": tf.LlavaForConditionalGeneration}[kind]
-    return cls.from_pretrained(path, local_files_only=True).eval()
+    names = cfg.get("architectures") or []
+    if not names:
+        return tf.AutoModel
+    cls = getattr(tf, names[0], None)
+    if cls is None:
+        raise ValueError(f"{path} was saved from {names[0]!r}, which is not a transformers class (custom code); "
+                         "attnlab does not run trust_remote_code checkpoints")
+    return cls
 
 
-def _load_processor(kind: str, path: Path):
+def _load_processor(modality: str, path: Path):
     import transformers as tf
 
-    if kind in ("causal-lm", "encoder"):
+    if modality == "text":
         return tf.AutoTokenizer.from_pretrained(path, local_files_only=True)
-    if kind == "llava":
-        return tf.AutoProcessor.from_pretrained(path, local_files_only=True)
-    if not (path / "preprocessor_config.json").exists():
+    if modality != "vision":
+        return tf.AutoProcessor.from_pretrained(path, local_files_only=True, backend="pil")
+    # transformers 5 saves processor_config.json; older checkpoints carry preprocessor_config.json.
+    if not any((path / f).exists() for f in ("processor_config.json", "preprocessor_config.json")):
         return None
     return tf.AutoImageProcessor.from_pretrained(path, local_files_only=True, backend="pil")
 
 
 def peek(name_or_path: str) -> tuple[str, Path, str, str]:
-    """``(name, directory, family, modality)`` without loading weights; same errors as :func:`load`."""
+    """``(name, directory, family, modality)`` from ``config.json`` alone, without loading weights."""
     name, path = resolve(name_or_path)
-    mtype = _model_type(path)
-    return name, path, mtype, SUPPORTED[mtype][1]
+    cfg = _config(path)
+    if not cfg.get("model_type"):
+        raise ValueError(f"{path}/config.json names no model_type; point --model at a Hugging Face checkpoint")
+    return name, path, cfg["model_type"], modality_of(cfg)
 
 
 def load(name_or_path: str):
     """Load a model for analysis, offline.
+
+    Any checkpoint whose attention attnlab can capture loads; there is no list of architectures. The model
+    class is the one named in ``config.json`` (``architectures``), the processor comes from the checkpoint.
 
     Args:
         name_or_path: a zoo name (``minilm``, ``toy-gpt``, ...) or a local Hugging Face directory.
 
     Returns:
         ``(model, processor, spec)``: the model in eval mode, its tokenizer (text models), image
-        processor (vision models) or ``LlavaProcessor`` (LVLMs), and a :class:`ModelSpec`.
+        processor (vision models, ``None`` when none was saved) or processor (LVLMs, CLIP), and a
+        :class:`ModelSpec`.
 
     Raises:
-        ValueError: unknown name, missing directory or unsupported architecture, naming what is supported.
+        ValueError: unknown name, missing directory, custom-code checkpoint, or a model whose attention
+            attnlab cannot capture (naming the module and the reason; see docs/models.md).
     """
     name, path, mtype, modality = peek(name_or_path)
-    kind = SUPPORTED[mtype][0]
-    model = _load_model(kind, path)
-    processor = _load_processor(kind, path)
-    from attnlab.hooks.hf import find_stacks, stack_meta
+    cfg = _config(path)
+    try:
+        model = load_pretrained(_model_class(cfg, path), path)
+    except OSError as err:  # no weights, or a file transformers cannot read
+        raise ValueError(f"Could not load the weights in {path}: {str(err).splitlines()[0]}") from err
+    from attnlab.hooks.hf import main_stack, stack_meta
 
-    main = next(s for s in find_stacks(model) if s.name == "main")
-    meta = stack_meta(model, main, name)
-    image_id = getattr(model.config, "image_token_id", None) if kind == "llava" else None
+    meta = stack_meta(model, main_stack(model), name)  # refuses what attach() would refuse
+    processor = _load_processor(modality, path)
+    image_id = None
+    if modality == "vision-language":
+        image_id = getattr(model.config, "image_token_id", None)
+        image_id = image_id if image_id is not None else getattr(model.config, "image_token_index", None)
     spec = ModelSpec(name=name, family=mtype, modality=modality, n_layers=meta.n_layers, n_heads=meta.n_heads,
                      causal=meta.causal, image_token_id=image_id, path=str(path))
     return model, processor, spec

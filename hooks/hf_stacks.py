@@ -1,0 +1,175 @@
+"""Which attention stacks of a Hugging Face model attnlab can capture, and why it refuses the others.
+
+There is no list of supported architectures: a model is captured when each of its attention modules hands
+its scores to transformers' ``AttentionInterface`` (where attnlab registers its function) and needs no
+score term attnlab's kernels lack. Anything else is refused when ``attach`` starts, naming the module and
+the reason, instead of producing a Trace with missing or wrong layers.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import re
+from dataclasses import dataclass
+
+from torch import nn
+
+from attnlab.core.trace import TraceMeta
+
+_LAYER_RE = re.compile(r"^(.*)\.(\d+)\.(.+)$")
+
+
+@dataclass
+class Stack:
+    """An attention stack found in a model: ``prefix.{i}`` are its blocks.
+
+    Attributes:
+        name: ``main`` (the stack plans and ``Capture.layers`` refer to) or ``vision`` (an LVLM's or
+            CLIP's image tower).
+        prefix: dotted name of the block list (``model.layers``, ``vision_model.encoder.layers``).
+        attn_names: layer index -> dotted name of the attention module.
+        config: the attention modules' config.
+        owner: dotted name of the deepest ``PreTrainedModel`` holding the stack (``""``: the model).
+        vision: whether the stack reads ``pixel_values`` (patch tokens) rather than ``input_ids``.
+    """
+
+    name: str
+    prefix: str
+    attn_names: dict[int, str]
+    config: object
+    owner: str
+    vision: bool = False
+
+
+def refuse(module: str, cls: str, reason: str) -> ValueError:
+    """The one refusal message: which module, of which class, cannot be captured and why."""
+    return ValueError(f"attnlab cannot capture attention module {module!r} ({cls}): {reason}. "
+                      "See docs/models.md for the architectures attnlab captures and what it refuses.")
+
+
+@functools.lru_cache(maxsize=None)
+def routes_through_interface(cls: type) -> bool:
+    """Whether ``cls.forward`` dispatches to transformers' ``AttentionInterface`` (where attnlab hooks in)."""
+    try:
+        source = inspect.getsource(inspect.unwrap(cls.forward))
+    except (OSError, TypeError):
+        return False
+    return "ALL_ATTENTION_FUNCTIONS" in source
+
+
+def _is_attention_module(module: nn.Module) -> bool:
+    cls = type(module)
+    return cls.__module__.startswith("transformers.models") and cls.__name__.endswith("Attention")
+
+
+def is_vision_config(cfg) -> bool:
+    """A patch-embedding (ViT-style) tower: its config names a patch size and no vocabulary."""
+    return getattr(cfg, "patch_size", None) is not None and getattr(cfg, "vocab_size", None) is None
+
+
+def _why_not_interface(model: nn.Module, cls: type) -> str:
+    cfg = model.config
+    if getattr(cfg, "alibi", False) or cfg.model_type == "bloom":
+        return ("it adds ALiBi position biases (Press et al., 2022) to the scores inside the module, not through "
+                "transformers' AttentionInterface")
+    if "position_bias" in inspect.signature(cls.forward).parameters or "relative_attention" in repr(cfg.to_dict()):
+        return ("it computes relative-position attention inside the module, not through transformers' "
+                "AttentionInterface")
+    return "it computes attention itself instead of calling transformers' AttentionInterface, so attnlab never sees it"
+
+
+def _check_capturable(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Raise the refusal for one attention module that attnlab's attention function cannot stand in for."""
+    cls = type(module)
+    if not routes_through_interface(cls):
+        raise refuse(name, cls.__name__, _why_not_interface(model, cls))
+    cfg = getattr(module, "config", None)
+    if getattr(cfg, "attn_logit_softcapping", None) is not None:
+        raise refuse(name, cls.__name__, f"attention logit soft-capping (attn_logit_softcapping="
+                     f"{cfg.attn_logit_softcapping}) is not in attnlab's kernels yet; load the checkpoint with "
+                     "attn_logit_softcapping=None only if you accept different outputs")
+    if getattr(cfg, "alibi", False):
+        raise refuse(name, cls.__name__, "ALiBi position biases (alibi=True) reach the attention function as an "
+                     "additive mask, which attnlab's kernels do not take yet")
+    if getattr(cfg, "temporal_patch_size", None) is not None:
+        raise refuse(name, cls.__name__, "video-style patch embedding with a variable number of image tokens and "
+                     "multimodal RoPE positions (Qwen2-VL type) is not mapped to Trace segments yet")
+
+
+def _refuse_encoder_decoder(model: nn.Module) -> None:
+    cfg = model.config
+    if not getattr(cfg, "is_encoder_decoder", False):
+        return
+    modules = [(n, m) for n, m in model.named_modules() if _is_attention_module(m)] or [("", model)]
+    name, module = next(((n, m) for n, m in modules
+                         if "cross" in (n + type(m).__name__).lower() or "encoder_attn" in n), modules[0])
+    raise refuse(name, type(module).__name__, f"{cfg.model_type} is an encoder-decoder model; its encoder, decoder "
+                 "and cross-attention stacks are not captured as separate Traces yet")
+
+
+def find_stacks(model: nn.Module) -> list[Stack]:
+    """Attention stacks of a HF model: innermost ``*Attention`` modules grouped by their block-list prefix.
+
+    Raises:
+        ValueError: an attention module attnlab cannot capture (naming it and why), an encoder-decoder
+            model, or no attention stack at all.
+    """
+    _refuse_encoder_decoder(model)
+    found = {name: m for name, m in model.named_modules() if _is_attention_module(m)}
+    inner = {n: m for n, m in found.items() if not any(o != n and o.startswith(n + ".") for o in found)}
+    grouped: dict[str, dict[int, str]] = {}
+    configs: dict[str, object] = {}
+    for name, module in inner.items():
+        match = _LAYER_RE.match(name)
+        if not match:
+            continue
+        _check_capturable(model, name, module)
+        prefix, idx = match.group(1), int(match.group(2))
+        grouped.setdefault(prefix, {})[idx] = name
+        configs[prefix] = module.config
+    stacks = []
+    for prefix, names in grouped.items():
+        vision = is_vision_config(configs[prefix]) or "vision" in prefix.lower() or "visual" in prefix.lower()
+        stacks.append(Stack("vision" if vision else "main", prefix, names, configs[prefix],
+                            _owner_of(model, prefix), vision))
+    if len(stacks) == 1:
+        stacks[0].name = "main"
+    if not stacks:
+        raise ValueError(f"No attention layers found in {type(model).__name__}; attnlab captures Hugging Face models "
+                         "whose attention modules call transformers' AttentionInterface (see docs/models.md)")
+    if sum(s.name == "main" for s in stacks) != 1:
+        raise ValueError(f"Could not tell the main attention stack of {type(model).__name__} among "
+                         f"{[s.prefix for s in stacks]}; attnlab captures one text stack plus image towers")
+    return stacks
+
+
+def _owner_of(model: nn.Module, prefix: str) -> str:
+    """Name of the deepest PreTrainedModel containing ``prefix`` (``""`` for the model itself)."""
+    from transformers import PreTrainedModel
+
+    parts = prefix.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        name = ".".join(parts[:cut])
+        if isinstance(model.get_submodule(name), PreTrainedModel):
+            return name
+    return ""
+
+
+def main_stack(model: nn.Module) -> Stack:
+    """The stack plans and ``Capture.layers`` refer to (refusing what cannot be captured, like ``attach``)."""
+    return next(s for s in find_stacks(model) if s.name == "main")
+
+
+def stack_meta(model: nn.Module, stack: Stack, model_id: str) -> TraceMeta:
+    """TraceMeta of a stack from its attention config."""
+    cfg = stack.config
+    n_heads = cfg.num_attention_heads
+    d_model = cfg.hidden_size
+    d_head = getattr(cfg, "head_dim", None) or d_model // n_heads
+    first = model.get_submodule(stack.attn_names[min(stack.attn_names)])
+    causal = bool(getattr(first, "is_causal", False))
+    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    family = model.config.model_type if stack.name == "main" else cfg.model_type
+    return TraceMeta(model=model_id, family=family, n_layers=len(stack.attn_names), n_heads=n_heads,
+                     d_head=d_head, d_model=d_model, causal=causal, dtype=dtype, backend="hf")

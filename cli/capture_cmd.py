@@ -9,10 +9,11 @@ from pathlib import Path
 import typer
 
 from attnlab.core.capture import Capture
-from attnlab.core.runs import Run, RunInfo, save_run
+from attnlab.core.atomic import check_replaceable
+from attnlab.core.runs import Run, RunInfo, run_kind, save_run
 from attnlab.core.trace import Trace
 
-from .common import emit_json, friendly, parse_layers
+from .common import check_writable, emit_json, friendly, parse_layers
 from .dataset_cmd import DATASET_HELP, dataset_budget, run_dataset_capture
 from .summary import print_summary, run_summary
 from .workers import WORKERS_HELP
@@ -40,7 +41,10 @@ def run_capture(model_name: str, texts: list[str], images: list[str], capture: C
     from attnlab.zoo import load, peek
 
     if out.exists() and not overwrite:
-        raise ValueError(f"{out} already exists; choose another --out or pass --overwrite")
+        raise ValueError(f"--out {out} already exists; choose another --out or pass --overwrite")
+    check_writable(out)
+    if overwrite:
+        check_replaceable(out, "capture", run_kind)  # before the model is loaded; save_run checks again
     name, _, _, modality = peek(model_name)
     check_request(name, modality, texts, images)
     t0 = time.perf_counter()
@@ -112,7 +116,9 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @friendly
     def demo(text: str = typer.Option(DEMO_TEXT, "--text", help="sentence to analyse"),
-             out: Path = typer.Option(Path("runs/demo"), "--out", help="Run directory (replaced)")):
+             out: Path = typer.Option(Path("runs/demo"), "--out",
+                                      help="Run directory (an earlier demo or capture Run there is replaced; "
+                                           "anything else is refused)")):
         """The main job: capture the embedded MiniLM on a sentence and summarise where attention goes."""
         path = run_capture("minilm", [text], [], Capture(pattern=True, stats=True, resid=True), out, overwrite=True)
         opened = Run.open(path)

@@ -98,6 +98,7 @@ def register(app: typer.Typer) -> None:
               direction: str = typer.Option("denoise", "--direction", help="denoise (clean into corrupted) or noise"),
               as_json: bool = typer.Option(False, "--json", help="print JSON")):
         """Activation patching of every head's output: a layer x head table of normalised effects (0 corrupted, 1 clean)."""
+        from attnlab.hooks.inputs import check_positions
         from attnlab.probes.patching import activation_patching, single_token_id
         from attnlab.zoo import load, peek
 
@@ -106,6 +107,8 @@ def register(app: typer.Typer) -> None:
             raise ValueError(f"patch needs a causal language model; {model} is a {family} ({modality}) model")
         loaded, tok, _ = load(model)
         clean_in, corrupt_in = dict(tok([clean], return_tensors="pt")), dict(tok([corrupt], return_tensors="pt"))
+        for prompt in (clean_in, corrupt_in):
+            check_positions(prompt, loaded)  # before any forward pass
         target_id = single_token_id(tok, target)
         foil_id = single_token_id(tok, foil) if foil else default_foil(loaded, clean_in, corrupt_in, target_id)
         result = activation_patching(loaded, clean_in, corrupt_in, target_id, foil_id, direction=direction)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Callable
 
 import typer
@@ -19,16 +21,57 @@ def fail(message: str) -> None:
 
 
 def friendly(fn: Callable) -> Callable:
-    """Turn ValueError/TypeError/FileNotFoundError from the library into one-line errors (exit 2)."""
+    """Turn bad input from the library into one-line errors (exit 2), never a traceback.
+
+    Caught: ValueError/TypeError (bad arguments, :class:`~attnlab.core.manifest.RunFormatError`), OSError (an
+    unreadable, missing or read-only path) and safetensors' ``SafetensorError`` (truncated weights).
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ValueError, TypeError, FileNotFoundError) as err:
-            fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
+        except (ValueError, TypeError) as err:
+            fail(_first_line(err))
+        except OSError as err:
+            where = f": {err.filename}" if getattr(err, "filename", None) else ""
+            fail(f"{err.strerror or _first_line(err)}{where}")
+        except Exception as err:
+            if type(err).__name__ != "SafetensorError":
+                raise
+            fail(f"a weights file is damaged or truncated ({_first_line(err)}); re-download or re-save the model")
 
     return wrapper
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def check_writable(out: Path, flag: str = "--out") -> None:
+    """Refuse, before any model is loaded, an output path that cannot be created or written.
+
+    Raises:
+        ValueError: ``out`` is a file, or the folder (or its nearest existing parent) is not writable.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{flag} {out} is a file; give a directory path")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"{flag} {out}: {probe} is a file, so the folder cannot be created")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {out} is not writable ({probe} is read-only for this user); choose another {flag}")
+
+
+def holds_only(folder: Path, names: tuple[str, ...], prefixes: tuple[str, ...] = ()) -> bool:
+    """Whether every entry of ``folder`` is one of ``names``, starts with one of ``prefixes``, or is a lock file."""
+    from attnlab.core.locks import HOLDER_NAME, LOCK_NAME
+
+    allowed = (*names, LOCK_NAME, HOLDER_NAME)
+    return all(p.name in allowed or p.name.startswith(prefixes or ("\0",)) for p in folder.iterdir())
 
 
 def parse_layers(spec: str | None) -> tuple[int, ...] | None:

@@ -24,6 +24,20 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_port(host: str, port: int) -> None:
+    """Refuse a port another program already listens on, before anything is printed or built."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise ValueError(f"--port {port} on {host} is in use by another program ({err.strerror}); "
+                             "stop it or pick another --port") from None
+
+
 def serve(run_dirs: list[Path], host: str = "127.0.0.1", port: int = 8050, open_browser: bool = True,
           progress: bool = True) -> None:
     """Build the app over ``run_dirs`` (the demo when empty) and serve it until interrupted."""
@@ -34,11 +48,12 @@ def serve(run_dirs: list[Path], host: str = "127.0.0.1", port: int = 8050, open_
     missing = [str(d) for d in run_dirs if not Path(d).is_dir()]
     if missing:
         raise ValueError(f"{', '.join(missing)}: not a directory; give Run directories or folders holding Runs")
+    check_port(host, port)
     if not run_dirs:
         from attnlab.dashboard.demo import build_demo_run
 
         run_dirs = [build_demo_run(progress=progress)]
-    app = create_app(run_dirs)
+    app = create_app(run_dirs, host=host)
     threading.Thread(target=warm_up, name="attnlab-warm-up", daemon=True).start()
     if not is_loopback(host):
         typer.echo(f"warning: serving on {host}: anyone who can reach this address can read the served Runs", err=True)

@@ -11,6 +11,7 @@ import typer
 
 from attnlab.core.capture import Capture
 
+from .common import check_writable, holds_only
 from .workers import with_workers
 
 DATASET_HELP = ("text file (one prompt a line), JSONL of {\"text\", \"image\"}, POPE question file, or image folder; "
@@ -30,16 +31,52 @@ def dataset_capture_options(what: str, layers, budget_gb: float) -> Capture:
     return cap
 
 
+#: What a dataset capture writes in its folder before the manifest exists (an unfinished, resumable capture).
+JOB_ENTRIES = ("shards", "results", "reductions", "progress")
+
+
+def dataset_kind(path: Path) -> str | None:
+    """The Run kind at ``path``, counting an unfinished dataset capture (no manifest yet) as ``dataset``."""
+    from attnlab.core.runs import run_kind
+
+    if not (path / "manifest.json").exists() and path.is_dir() and holds_only(path, JOB_ENTRIES):
+        return "dataset"
+    return run_kind(path)
+
+
+def check_dataset_out(model, dataset, image_dir, prompt, what, layers, budget_gb, batch_size, sample_size, seed,
+                      bins, out: Path, overwrite: bool) -> None:
+    """Before any model is loaded: ``--out`` is writable, and is new, a dataset capture to resume, or (with
+    ``--overwrite``) a dataset capture that may be replaced; never a user's folder or another kind of Run."""
+    from attnlab.core.atomic import check_replaceable
+
+    check_writable(out)
+    if overwrite:
+        check_replaceable(out, "dataset", dataset_kind)
+    elif out.is_dir() and any(out.iterdir()) and dataset_kind(out) != "dataset":
+        found = dataset_kind(out)
+        what_is = f"holds an attnlab {found} Run" if found else "is not an attnlab dataset capture"
+        raise ValueError(f"--out {out} {what_is}; choose another --out (nothing was written)")
+
+
 def _prepare_out(out: Path, overwrite: bool) -> None:
-    """Create the Run folder; refuse a folder that holds something other than a dataset capture."""
-    if out.exists() and overwrite:
-        shutil.rmtree(out)
-    if (out / "manifest.json").exists() and not (out / "shards").is_dir():
-        raise ValueError(f"{out} holds a Run that is not a dataset capture; choose another --out or pass --overwrite")
+    """Create the Run folder; with ``overwrite``, empty the dataset capture there (checked by :func:`check_dataset_out`).
+
+    A dataset capture is built in place so that it can resume; replacing it therefore removes the old capture's
+    files (not the folder, whose lock this job holds) before the new one starts.
+    """
+    from attnlab.core.atomic import check_replaceable
+    from attnlab.core.locks import HOLDER_NAME, LOCK_NAME
+
+    if overwrite and out.is_dir():
+        check_replaceable(out, "dataset", dataset_kind)
+        for entry in out.iterdir():
+            if entry.name not in (LOCK_NAME, HOLDER_NAME):
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     out.mkdir(parents=True, exist_ok=True)
 
 
-@with_workers
+@with_workers(check=check_dataset_out)
 def run_dataset_capture(model: str, dataset: Path, image_dir: Path | None, prompt: str | None, what: str, layers,
                         budget_gb: float, batch_size: int, sample_size: int, seed: int, bins: int, out: Path,
                         overwrite: bool, shard=None) -> None:

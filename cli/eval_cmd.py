@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from .common import emit_json, friendly
+from .common import check_writable, emit_json, friendly, holds_only
 from .workers import WORKERS_HELP, with_workers
 
 eval_app = typer.Typer(help="Hallucination evaluations (POPE, CHAIR) of methods that steer attention.",
@@ -69,7 +69,53 @@ def _load_lvlm(model: str):
     return loaded
 
 
-@with_workers
+def _binding(task, model, method, questions, images, split, annotations, limit, max_new_tokens, caption_tokens,
+             calibration, calibration_images) -> dict:
+    """The settings that fix every row of an eval Run's tables; a finished Run accepts only the same again."""
+    def where(p):
+        return str(Path(p).resolve()) if p is not None else None
+
+    return {"task": task, "model": model, "methods": _methods(method), "questions": where(questions),
+            "images": where(images), "split": split, "annotations": where(annotations), "limit": limit,
+            "max_new_tokens": max_new_tokens if task != "chair" else None, "caption_tokens": caption_tokens,
+            "calibration": where(calibration), "calibration_images": where(calibration_images)}
+
+
+def _check_request(task, model, method, questions, images, split, annotations, limit, max_new_tokens, out,
+                   as_json, caption_tokens=32, calibration=None, calibration_images=None) -> None:
+    """Refuse bad numbers and an unusable ``--out`` before any model is loaded (one line each).
+
+    ``--out`` must be new, an unfinished eval (only its progress, shards and toy worlds), or a finished eval Run
+    made with exactly these settings (rerunning it rebuilds the same tables). Another eval there (other methods,
+    task, limit, ...) is refused naming what differs: one Run holds one comparison, never a mix of two.
+    """
+    from attnlab.core.runs import Run, run_kind
+
+    for flag, value in (("--limit", limit), ("--max-new-tokens", max_new_tokens), ("--caption-tokens", caption_tokens)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be a positive integer, got {value}")
+    bound = _binding(task, model, method, questions, images, split, annotations, limit, max_new_tokens,
+                     caption_tokens, calibration, calibration_images)
+    check_writable(out)
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not (out / "manifest.json").exists():
+        if not holds_only(out, ("progress", "shards", "results"), ("toy-world-",)):
+            raise ValueError(f"--out {out} is not an attnlab eval Run; choose another --out (nothing was written)")
+        return
+    kind = run_kind(out)
+    if kind != "eval":
+        what = f"holds an attnlab {kind} Run" if kind else "holds a manifest.json that is not a valid attnlab Run"
+        raise ValueError(f"--out {out} {what}; an eval never writes into it: choose another --out")
+    stored = Run.open(out).info.extra.get("command", {})
+    changed = [k for k in bound if k in stored and stored[k] != bound[k]]
+    if changed or not stored:
+        raise ValueError(f"--out {out} holds a finished eval ({stored.get('task', '?')}: "
+                         f"{', '.join(stored.get('methods', [])) or '?'}) made with other settings "
+                         f"({', '.join(changed) or 'unknown'}); an eval Run is never overwritten or mixed: use another --out")
+
+
+@with_workers(check=_check_request)
 def _run(task: str, model: str, method: str, questions, images, split, annotations, limit, max_new_tokens, out,
          as_json: bool, caption_tokens: int = 32, calibration: Path | None = None,
          calibration_images: Path | None = None, shard=None) -> None:
@@ -97,8 +143,10 @@ def _run(task: str, model: str, method: str, questions, images, split, annotatio
     if shard is not None and not shard.is_main:
         return  # every rank holds the merged tables; rank 0 writes the Run
     info = comparison_info(loaded, states, data, calib, setup, task=task, limit=limit, max_new_tokens=max_new_tokens,
-                           caption_tokens=caption_tokens)
-    write_results(out, info, {"summary": summary, **tables})
+                           caption_tokens=caption_tokens,
+                           command=_binding(task, model, method, questions, images, split, annotations, limit,
+                                            max_new_tokens, caption_tokens, calibration, calibration_images))
+    write_results(out, info, {"summary": summary, **tables}, kind="eval")
     if as_json:
         emit_json({"run": str(out), "table": summary.to_dict(orient="records"), "plans": info.extra["plans"]})
     else:

@@ -12,10 +12,23 @@ probe_app = typer.Typer(help="Run an analysis on a Run (see `attnlab probe --hel
                         no_args_is_help=True)
 
 
+def _save_name(save: Path | None) -> str | None:
+    """The result-table name ``--save`` asks for (``x.parquet`` -> ``x``), checked before any work."""
+    from attnlab.core.manifest import check_name
+
+    if save is None:
+        return None
+    try:
+        return check_name(save.stem if save.suffix else str(save), "--save")
+    except ValueError:
+        raise ValueError(f"--save {save}: give a plain table name (e.g. --save rollout); it is stored inside the "
+                         "Run as results/<name>.parquet") from None
+
+
 def _show(result, as_json: bool, save: Path | None, run) -> None:
     frame = result.to_frame()
     if save is not None:
-        run.add_result(save.stem if save.suffix else str(save), frame)
+        run.add_result(_save_name(save), frame)
     if as_json:
         emit_json(result.to_dict())
         return
@@ -35,6 +48,7 @@ def _make_single(name: str):
         from attnlab.core.runs import Run
         from attnlab.probes.registry import run_probe
 
+        _save_name(save)
         opened = Run.open(run)
         _show(run_probe(name, opened.trace(trace)), as_json, save, opened)
 

@@ -14,8 +14,13 @@ A command body decorated with :func:`with_workers` gains a ``workers=`` keyword 
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import inspect
+import os
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -23,6 +28,7 @@ from typing import Callable
 import typer
 
 from attnlab.core.distributed import PeerFailure, launched, process_group, torchrun_command
+from attnlab.core.locks import run_lock
 from attnlab.core.shards import SHARDS, ShardFailure, read_failures
 
 EXIT_FAILED = 1
@@ -67,7 +73,25 @@ def spawn_workers(n_workers: int) -> None:
     ctx = current_context()
     out = ctx.params.get("out")
     started = time.time()
-    code = subprocess.call(torchrun_command(n_workers, "attnlab.cli.main", command_args(ctx)))
+    launcher = subprocess.Popen(torchrun_command(n_workers, "attnlab.cli.main", command_args(ctx)),
+                                preexec_fn=die_with_parent)
+    stopped: list[int] = []
+
+    def forward(signum, _frame):  # torchrun passes it on to the workers; what they finished stays on disk
+        stopped.append(signum)
+        launcher.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = launcher.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if stopped:
+        where = f" in {Path(out) / SHARDS}" if out else ""
+        typer.echo(f"error: stopped by {signal.Signals(stopped[0]).name}; finished items are kept{where}: rerun the "
+                   "same command to resume", err=True)
+        raise typer.Exit(EXIT_FAILED)
     if code == 0:
         return
     failures = read_failures(out, since=started) if out else []
@@ -78,21 +102,50 @@ def spawn_workers(n_workers: int) -> None:
     raise typer.Exit(EXIT_FAILED)
 
 
-def with_workers(body: Callable) -> Callable:
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Have Linux send ``sig`` to this process when its parent dies (``prctl(PR_SET_PDEATHSIG)``).
+
+    Set in the torchrun launcher (as it starts) and in every launched worker, so ``kill -9`` of ``attnlab`` or of
+    its launcher stops the whole job instead of leaving orphans running to completion. SIGTERM, not SIGKILL: a
+    worker stops between durable item records, so the job stays resumable. Elsewhere than Linux it does nothing.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(sig), 0, 0, 0)
+    if os.getppid() == 1:  # the parent died before the request took effect
+        os.kill(os.getpid(), sig)
+
+
+def with_workers(body: Callable | None = None, *, check: Callable | None = None) -> Callable:
     """Give ``body(*args, shard=..., **kwargs)`` a ``workers=`` keyword (see the module docstring).
+
+    Before any work, ``check(*args, **kwargs)`` (if given) validates the request, and a body with an ``out``
+    parameter takes that folder's lock (:func:`attnlab.core.locks.run_lock`) for the whole job, so a second job
+    into the same ``--out`` stops at once naming the first. Launched workers die with their launcher
+    (:func:`die_with_parent`).
 
     A :class:`~attnlab.core.shards.ShardFailure` (this rank failed on an item) or a
     :class:`~attnlab.core.distributed.PeerFailure` (another rank died) becomes one ``error:`` line and exit code 1.
     """
+    if body is None:
+        return functools.partial(with_workers, check=check)
 
     @functools.wraps(body)
     def wrapper(*args, workers: int = 1, **kwargs):
         if workers < 1:
             raise ValueError(f"--workers must be at least 1, got {workers}")
+        if check is not None:
+            check(*args, **kwargs)
         if not launched():
-            if workers > 1:
-                return spawn_workers(workers)
-            return _reporting(lambda: body(*args, shard=None, **kwargs))
+            out = inspect.signature(body).bind_partial(*args, **kwargs).arguments.get("out")
+            with run_lock(out) if out is not None else contextlib.nullcontext():
+                if workers > 1:
+                    return spawn_workers(workers)
+                return _reporting(lambda: body(*args, shard=None, **kwargs))
+        die_with_parent()
         with process_group() as shard:
             if workers not in (1, shard.world_size):
                 raise ValueError(f"--workers {workers} under a launcher that started {shard.world_size} processes; "

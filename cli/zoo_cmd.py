@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .common import emit_json, friendly
+from .common import check_writable, emit_json, friendly
 
 zoo_app = typer.Typer(help="The embedded models and the toy world.", no_args_is_help=True)
 
@@ -39,10 +39,15 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="print JSON")
 def world(out: Path = typer.Option(..., "--out", help="directory to create"),
           n_images: int = typer.Option(200, "--n-images", help="number of scenes"),
           seed: int = typer.Option(0, "--seed", help="random seed"),
-          overwrite: bool = typer.Option(False, "--overwrite", help="replace a non-empty directory")):
+          overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing toy world (never another folder)")):
     """Write a toy-world dataset: images, COCO instances, captions, POPE splits, CHAIR synonyms."""
-    from attnlab.zoo.world import write_world
+    from attnlab.core.atomic import check_replaceable
+    from attnlab.zoo.world import world_kind, write_world
 
+    check_writable(out)
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"--out {out} is not empty; choose an empty directory, or pass --overwrite to replace a toy world")
+    check_replaceable(out, "world", world_kind)
     path = write_world(out, n_images, seed, overwrite=overwrite)
     typer.echo(f"wrote {n_images} scenes to {path}")
 

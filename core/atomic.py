@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -20,7 +20,7 @@ def fresh_directory(out_dir: str | Path) -> Iterator[Path]:
         out_dir: the directory to create or replace.
 
     Raises:
-        ValueError: ``out_dir`` is an existing file.
+        ValueError: ``out_dir`` is an existing file, the current directory or a parent of it.
 
     Example:
         >>> with fresh_directory("ckpt") as tmp:      # doctest: +SKIP
@@ -29,6 +29,9 @@ def fresh_directory(out_dir: str | Path) -> Iterator[Path]:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} is a file; give a directory path")
+    here = Path.cwd().resolve()
+    if here == out.resolve() or here.is_relative_to(out.resolve()):
+        raise ValueError(f"{out} is the current directory or a parent of it; it is never replaced")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
@@ -43,3 +46,60 @@ def fresh_directory(out_dir: str | Path) -> Iterator[Path]:
             tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+class ReplaceRefused(ValueError):
+    """attnlab will not replace this directory (not its own output of the same kind, or the working directory)."""
+
+
+def check_replaceable(out: str | Path, kind: str, kind_of: Callable[[Path], str | None], flag: str = "--out") -> None:
+    """Refuse unless ``out`` is absent, empty, or an attnlab directory of ``kind`` that is safe to replace.
+
+    Never replaced: the current directory or any parent of it, a symlink, a file, a non-empty directory whose
+    kind ``kind_of`` cannot recognise (a user's folder), or an attnlab directory of another kind.
+
+    Args:
+        out: the directory a command would replace.
+        kind: what the command writes (``capture``, ``dataset``, ``world``, ...).
+        kind_of: ``kind_of(path) -> kind or None``, reading the directory's manifest.
+        flag: the CLI flag that named ``out``, for the message.
+
+    Raises:
+        ReplaceRefused: one line naming ``out`` and why.
+    """
+    out = Path(out)
+    here = Path.cwd().resolve()
+    target = out.resolve()
+    if here == target or here.is_relative_to(target):
+        raise ReplaceRefused(f"{flag} {out} is the current directory or a parent of it; attnlab never replaces it")
+    if out.is_symlink():
+        raise ReplaceRefused(f"{flag} {out} is a symbolic link; give the directory itself (nothing was replaced)")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ReplaceRefused(f"{flag} {out} is a file; attnlab only replaces its own {kind} directories")
+    if not any(out.iterdir()):
+        return
+    found = kind_of(out)
+    if found is None:
+        raise ReplaceRefused(f"{flag} {out} is not an attnlab {kind} (no valid manifest); attnlab only replaces its "
+                             "own output: choose another path (nothing was replaced)")
+    if found != kind:
+        raise ReplaceRefused(f"{flag} {out} holds an attnlab {found}, not a {kind}; choose another path "
+                             "(nothing was replaced)")
+
+
+@contextlib.contextmanager
+def replace_directory(out: str | Path, kind: str, kind_of: Callable[[Path], str | None],
+                      flag: str = "--out") -> Iterator[Path]:
+    """:func:`fresh_directory` that first checks ``out`` may be replaced (see :func:`check_replaceable`).
+
+    The new directory is written beside ``out``, swapped in with a rename, and the old one is removed last.
+
+    Example:
+        >>> with replace_directory("runs/a", "capture", run_kind) as tmp:   # doctest: +SKIP
+        ...     (tmp / "manifest.json").write_text("{}")
+    """
+    check_replaceable(out, kind, kind_of, flag)
+    with fresh_directory(out) as tmp:
+        yield tmp

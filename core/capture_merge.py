@@ -55,6 +55,8 @@ def finished_batches(out: Path, n_batches: int) -> dict[int, tuple[Path, dict]]:
     found: dict[int, tuple[Path, dict]] = {}
     for file in progress_files(out, UNIT):
         for row in read_rows(file):
+            if "batch" not in row:
+                continue
             found.setdefault(row["batch"], (file.parent.parent, row))
     missing = [j for j in range(n_batches) if j not in found]
     if missing:
@@ -150,7 +152,7 @@ def merge_capture(out: Path, data: Dataset, info: RunInfo, n_batches: int, bins:
     tables = {"items": _items_table(data, merged.items), "layer_stats": _layer_table(merged.sums, merged.layers),
               "received_histogram": _histogram_table(merged.hists, merged.layers)}
     reductions = _write_sample(out, merged.samples, merged.layers) if merged.samples else []
-    return write_results(out, info, tables, streamed=("item_stats",),
+    return write_results(out, info, tables, kind="dataset", streamed=("item_stats",),
                          fields={"reductions": reductions, **(fields or {})})
 
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,14 +18,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from .atomic import replace_directory
+from .manifest import SCHEMA, SCHEMA_VERSION, Manifest, RunFormatError, check_name, check_shapes, inside, read_manifest, run_kind
 from .trace import LayerRecord, Segment, Trace, TraceMeta
 
-SCHEMA = "attnlab.run"
-SCHEMA_VERSION = 1
-
-
-class RunFormatError(ValueError):
-    """A directory that is not a valid attnlab Run (corrupt, truncated or foreign)."""
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "Run", "RunFormatError", "RunInfo", "run_kind", "save_run", "write_results"]
 
 
 @dataclass
@@ -79,14 +74,15 @@ def _trace_tensors(trace: Trace) -> dict[str, torch.Tensor]:
 
 def save_run(path: str | Path, traces: dict[str, Trace], info: RunInfo, results: dict[str, pd.DataFrame] | None = None,
              overwrite: bool = False) -> Path:
-    """Write a Run atomically: everything goes to a temporary sibling directory, renamed at the end.
+    """Write a capture Run atomically: everything goes to a temporary sibling directory, renamed at the end.
 
     Args:
         path: the Run directory to create.
         traces: ``{name: Trace}``; a Trace's vision tower is stored as ``<name>.vision``.
         info: manifest fields.
         results: ``{name: DataFrame}`` result tables.
-        overwrite: replace an existing Run (otherwise an existing path is an error).
+        overwrite: replace an existing capture Run (see :func:`attnlab.core.atomic.check_replaceable`: never a
+            user's folder, another kind of Run or the current directory; the old Run is removed last).
 
     Returns:
         The Run directory.
@@ -95,10 +91,10 @@ def save_run(path: str | Path, traces: dict[str, Trace], info: RunInfo, results:
 
     path = Path(path)
     if path.exists() and not overwrite:
-        raise ValueError(f"{path} already exists; choose another --out or remove it (nothing was overwritten)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+        raise ValueError(f"{path} already exists; choose another --out or pass --overwrite (nothing was overwritten)")
+    for name in [*traces, *(results or {})]:
+        check_name(name, "trace or result")
+    with replace_directory(path, "capture", run_kind) as tmp:
         (tmp / "traces").mkdir()
         headers = {}
         for name, trace in traces.items():
@@ -108,36 +104,10 @@ def save_run(path: str | Path, traces: dict[str, Trace], info: RunInfo, results:
         for name, frame in (results or {}).items():
             (tmp / "results").mkdir(exist_ok=True)
             frame.to_parquet(tmp / "results" / f"{name}.parquet")
-        manifest = {"schema": SCHEMA, "version": SCHEMA_VERSION, "created": time.time(), **asdict(info),
-                    "traces": headers, "results": sorted(results or {})}
+        manifest = {"schema": SCHEMA, "version": SCHEMA_VERSION, "kind": "capture", "created": time.time(),
+                    **asdict(info), "traces": headers, "results": sorted(results or {})}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
-
-
-def _read_manifest(path: Path) -> dict:
-    file = path / "manifest.json"
-    if not path.is_dir():
-        raise RunFormatError(f"{path} is not a Run directory (it does not exist or is a file)")
-    if not file.exists():
-        raise RunFormatError(f"{path} has no manifest.json; it is not an attnlab Run")
-    try:
-        manifest = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RunFormatError(f"{file} is corrupt (not valid JSON: {err}); re-create the Run") from err
-    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
-        raise RunFormatError(f"{file} is not an attnlab Run manifest (schema {manifest.get('schema') if isinstance(manifest, dict) else None!r})")
-    if manifest.get("version") != SCHEMA_VERSION:
-        raise RunFormatError(f"{file} has schema version {manifest.get('version')}; this attnlab reads version {SCHEMA_VERSION}")
-    for key in ("model", "traces"):
-        if key not in manifest:
-            raise RunFormatError(f"{file} lacks the required field {key!r}; the Run is incomplete")
-    return manifest
 
 
 class Run:
@@ -154,9 +124,14 @@ class Run:
 
     @classmethod
     def open(cls, path: str | Path) -> "Run":
-        """Read and validate the manifest; raises :class:`RunFormatError` with the cause."""
+        """Read and validate the manifest (see :mod:`attnlab.core.manifest`); raises :class:`RunFormatError`."""
         path = Path(path)
-        return cls(path, _read_manifest(path))
+        return cls(path, read_manifest(path)[0])
+
+    @property
+    def kind(self) -> str:
+        """``capture``, ``dataset`` or ``eval`` (see :data:`attnlab.core.manifest.RUN_KINDS`)."""
+        return Manifest.model_validate(self.manifest).run_kind
 
     @property
     def trace_names(self) -> list[str]:
@@ -176,13 +151,14 @@ class Run:
         if name not in self.manifest["traces"]:
             raise ValueError(f"Run {self.path} has no trace {name!r}; it has {self.trace_names}")
         header = self.manifest["traces"][name]
-        file = self.path / "traces" / f"{name}.safetensors"
+        file = inside(self.path, "traces", f"{check_name(name, 'trace')}.safetensors")
         if not file.exists():
             raise RunFormatError(f"{file} is missing; the Run is incomplete")
         wanted = None if layers is None else set(layers)
         per_layer: dict[int, dict[str, torch.Tensor]] = {}
         try:
             with safe_open(str(file), framework="pt") as handle:
+                check_shapes(name, header, {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()})
                 token_mask = handle.get_tensor("token_mask")
                 embeddings = handle.get_tensor("embeddings") if "embeddings" in handle.keys() else None
                 for key in handle.keys():
@@ -190,6 +166,8 @@ class Run:
                         _, idx, rest = key.split(".", 2)
                         if wanted is None or int(idx) in wanted:
                             per_layer.setdefault(int(idx), {})[rest] = handle.get_tensor(key)
+        except RunFormatError:
+            raise
         except (SafetensorError, OSError, ValueError, RuntimeError) as err:
             raise RunFormatError(f"{file} is corrupt or truncated ({err}); re-create the Run") from err
         missing = set(header["layers"]) - set(per_layer) if wanted is None else wanted & set(header["layers"]) - set(per_layer)
@@ -207,7 +185,7 @@ class Run:
 
     def result(self, name: str) -> pd.DataFrame:
         """A stored result table."""
-        file = self.path / "results" / f"{name}.parquet"
+        file = inside(self.path, "results", f"{check_name(name, 'result')}.parquet")
         if not file.exists():
             raise ValueError(f"Run {self.path} has no result {name!r}; it has {self.manifest.get('results', [])}")
         try:
@@ -217,6 +195,7 @@ class Run:
 
     def add_result(self, name: str, frame: pd.DataFrame) -> Path:
         """Store a result table atomically (temporary file, then rename) and list it in the manifest."""
+        check_name(name, "result")
         folder = self.path / "results"
         folder.mkdir(exist_ok=True)
         target = folder / f"{name}.parquet"
@@ -234,7 +213,7 @@ def _write_json_atomic(file: Path, data: dict) -> None:
     os.replace(tmp, file)
 
 
-def write_results(path: str | Path, info: RunInfo, results: dict[str, pd.DataFrame], *,
+def write_results(path: str | Path, info: RunInfo, results: dict[str, pd.DataFrame], *, kind: str,
                   streamed: tuple[str, ...] = (), fields: dict | None = None) -> Run:
     """Make ``path`` (an existing directory, e.g. an eval's working folder) a Run holding result tables only.
 
@@ -245,18 +224,28 @@ def write_results(path: str | Path, info: RunInfo, results: dict[str, pd.DataFra
         path: the Run directory.
         info: manifest fields.
         results: ``{name: DataFrame}`` tables to write.
+        kind: ``dataset`` or ``eval``; a folder already holding another kind of Run is refused.
         streamed: names of tables the caller already wrote to ``results/<name>.parquet`` (too large to hold).
         fields: further manifest entries (e.g. ``reductions``, ``shards``).
     """
     path = Path(path)
+    old = []
+    if (path / "manifest.json").exists():
+        raw, found = read_manifest(path)
+        if found.run_kind != kind:
+            raise ValueError(f"{path} holds an attnlab {found.run_kind} Run, not a {kind} Run; choose another --out "
+                             "(nothing was written)")
+        old = raw.get("results", [])
+    for name in [*results, *streamed]:
+        check_name(name, "result")
     path.mkdir(parents=True, exist_ok=True)
     (path / "results").mkdir(exist_ok=True)
     for name, frame in results.items():
         tmp = path / "results" / f".{name}.parquet.tmp"
         frame.to_parquet(tmp)
         os.replace(tmp, path / "results" / f"{name}.parquet")
-    old = json.loads((path / "manifest.json").read_text()).get("results", []) if (path / "manifest.json").exists() else []
-    manifest = {"schema": SCHEMA, "version": SCHEMA_VERSION, "created": time.time(), **asdict(info), "traces": {},
+    manifest = {"schema": SCHEMA, "version": SCHEMA_VERSION, "kind": kind, "created": time.time(), **asdict(info),
+                "traces": {},
                 "results": sorted(set(old) | set(results) | set(streamed)), **(fields or {})}
     _write_json_atomic(path / "manifest.json", manifest)
     return Run(path, manifest)

@@ -69,17 +69,23 @@ def progress_files(run: str | Path, unit: str) -> list[Path]:
 
 
 def read_rows(file: str | Path) -> list[dict]:
-    """The complete JSON lines of a progress file, read-only (a torn or undecodable tail is skipped)."""
+    """The complete JSON object lines of a progress file, read-only.
+
+    The part after the last newline is unfinished (a writer is on it, or died mid-line) and is skipped; so is any
+    damaged line (not a JSON object): its item counts as not done, and the file's owner drops it when it resumes.
+    """
     rows = []
     try:
-        text = Path(file).read_text()
+        text = Path(file).read_text(errors="replace")
     except FileNotFoundError:
         return rows
-    for line in text.split("\n")[:-1]:  # the part after the last newline is unfinished
+    for line in text.split("\n")[:-1]:
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
-            break
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
     return rows
 
 
@@ -87,15 +93,16 @@ def check_settings(run: str | Path, unit: str, settings: dict) -> None:
     """Refuse when any earlier shard (or one-process run) made ``unit`` with other settings.
 
     Raises:
-        ValueError: naming the changed settings and the fix (another ``--out``).
+        ValueError: naming the changed settings and the fix (another ``--out``). A settings file whose unit has
+            no finished item yet binds nothing.
     """
     run = Path(run)
     wanted = json.loads(json.dumps(settings, default=str))
     name = f"{unit}.settings.json"
     files = [run / "progress" / name] + [d / "progress" / name for d in shard_dirs(run)]
     for file in files:
-        if not file.exists():
-            continue
+        if not file.exists() or not read_rows(file.with_name(f"{unit}.jsonl")):
+            continue  # settings bind only once a result exists
         stored = json.loads(file.read_text())
         if stored != wanted:
             changed = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
@@ -105,7 +112,7 @@ def check_settings(run: str | Path, unit: str, settings: dict) -> None:
 
 def done_keys(run: str | Path, unit: str, key: str) -> set:
     """Keys of the items of ``unit`` finished by any shard."""
-    return {row[key] for file in progress_files(run, unit) for row in read_rows(file)}
+    return {row[key] for file in progress_files(run, unit) for row in read_rows(file) if key in row}
 
 
 def merged_rows(run: str | Path, unit: str, key: str, keys: list) -> list[dict]:
@@ -120,7 +127,8 @@ def merged_rows(run: str | Path, unit: str, key: str, keys: list) -> list[dict]:
     by_key: dict = {}
     for file in progress_files(run, unit):
         for row in read_rows(file):
-            by_key.setdefault(row[key], row)
+            if key in row:
+                by_key.setdefault(row[key], row)
     missing = [k for k in keys if k not in by_key]
     if missing:
         raise RuntimeError(f"{len(missing)} item(s) of {unit} have no result in {Path(run) / SHARDS}, "

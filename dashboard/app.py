@@ -33,14 +33,21 @@ def current_data() -> DashboardData:
     return current_app.extensions[EXTENSION_KEY]
 
 
+#: Host names the dashboard always answers to (a request naming another host is refused: DNS rebinding guard).
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
 def create_app(run_dirs: Iterable[str | Path], *, title: str = "attnlab dashboard",
-               data: DashboardData | None = None) -> dash.Dash:
+               data: DashboardData | None = None, host: str | None = None) -> dash.Dash:
     """Build the dashboard over the Runs under ``run_dirs`` (only those are ever served).
 
     Args:
         run_dirs: Run directories or folders holding Runs.
         title: browser tab title.
         data: a prepared :class:`DashboardData` (tests); built from ``run_dirs`` otherwise.
+        host: the address given to ``--host``; requests must name it, ``127.0.0.1``, ``localhost`` or ``::1`` in
+            their ``Host`` header, so a web page from elsewhere cannot reach the Runs by re-pointing its own domain
+            name at this machine (DNS rebinding).
 
     Returns:
         The Dash app; ``app.run(host=..., port=...)`` serves it.
@@ -57,9 +64,37 @@ def create_app(run_dirs: Iterable[str | Path], *, title: str = "attnlab dashboar
                     assets_folder=str(HERE / "assets"), title=title, update_title=None,
                     suppress_callback_exceptions=True)
     app.server.extensions[EXTENSION_KEY] = data
+    _guard_host(server, allowed_hosts(host))
     app.layout = lambda: shell(data)
     _register_shell_callbacks(app)
     return app
+
+
+def allowed_hosts(host: str | None) -> set[str]:
+    """Loopback names, ``host``, and for a wildcard ``host`` (``0.0.0.0``, ``::``) this machine's own names and
+    addresses (the only names a client elsewhere can reach it by without a rebinding domain)."""
+    import socket
+
+    names = {*LOCAL_HOSTS, *([host.lower()] if host else [])}
+    if host in ("0.0.0.0", "::"):
+        for name in {socket.gethostname(), socket.getfqdn()}:
+            names.add(name.lower())
+            try:
+                names.update(info[4][0] for info in socket.getaddrinfo(name, None))
+            except OSError:
+                pass
+    return names
+
+
+def _guard_host(server, allowed: set[str]) -> None:
+    from flask import abort, request
+
+    def check_host():
+        name = request.host.rsplit(":", 1)[0] if not request.host.endswith("]") else request.host
+        if name.strip("[]").lower() not in allowed:
+            abort(403, description="This dashboard answers only to the host names it was started for.")
+
+    server.before_request(check_host)
 
 
 def warm_up() -> None:

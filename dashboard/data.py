@@ -23,6 +23,7 @@ from typing import Callable, Iterable
 
 import torch
 
+from attnlab.core.manifest import check_name, check_shapes, inside
 from attnlab.core.runs import Run, RunFormatError
 from attnlab.core.trace import LayerRecord, Segment, Trace, TraceMeta
 
@@ -45,11 +46,13 @@ class RunRef:
         run_id: ``"<root index>:<relative path>"`` (``"."`` for a root that is itself a Run).
         path: the resolved Run directory.
         label: what the Run selector shows.
+        error: why the Run failed validation (one line), or ``None`` for a valid Run.
     """
 
     run_id: str
     path: Path
     label: str
+    error: str | None = None
 
 
 class RunCatalog:
@@ -80,7 +83,7 @@ class RunCatalog:
             for path in _walk_runs(root, MAX_DEPTH):
                 rel = path.relative_to(root).as_posix()
                 run_id = f"{index}:{rel}"
-                found.append(RunRef(run_id, path, _label(root, rel, path)))
+                found.append(_ref(root, rel, path, run_id))
         return sorted(found, key=lambda r: r.run_id)
 
     def resolve(self, run_id: object) -> Path:
@@ -127,13 +130,15 @@ def _walk_runs(root: Path, depth: int) -> list[Path]:
     return out
 
 
-def _label(root: Path, rel: str, path: Path) -> str:
-    try:
-        model = Run.open(path).manifest["model"].get("name", "?")
-    except (RunFormatError, OSError):
-        model = "unreadable"
+def _ref(root: Path, rel: str, path: Path, run_id: str) -> RunRef:
+    """The Run's entry, validated once here (:mod:`attnlab.core.manifest`): an invalid one keeps its reason."""
     name = root.name if rel == "." else rel
-    return f"{name} — {Path(str(model)).name}"
+    try:
+        model = Run.open(path).manifest["model"].get("name") or "?"
+    except (RunFormatError, OSError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        return RunRef(run_id, path, f"{name} — invalid: {reason}", error=reason)
+    return RunRef(run_id, path, f"{name} — {Path(str(model)).name}")
 
 
 class ByteLRU:
@@ -192,7 +197,11 @@ class DashboardData:
 
     # -- Runs -----------------------------------------------------------------------------------------
     def runs(self) -> list[RunRef]:
-        """The served Runs."""
+        """The served Runs that pass validation (the ones every page offers)."""
+        return [ref for ref in self.catalog.discover() if ref.error is None]
+
+    def all_runs(self) -> list[RunRef]:
+        """Every Run found, the invalid ones with their reason (:attr:`RunRef.error`), for the Runs listing."""
         return self.catalog.discover()
 
     def run(self, run_id: object) -> Run:
@@ -211,9 +220,16 @@ class DashboardData:
 
     # -- tensors --------------------------------------------------------------------------------------
     def tensor_keys(self, run: Run, trace: str) -> tuple[str, ...]:
-        """The keys stored in a trace's safetensors file (header only)."""
+        """The keys stored in a trace's safetensors file (header only), after checking their shapes against the
+        manifest (a wrong head count or fewer tokens than the tensors is a :class:`RunFormatError`)."""
         file = _trace_file(run, trace)
-        return self.results.get_or_compute(("keys", str(file), file.stat().st_mtime_ns), lambda: _read_keys(file))
+
+        def read() -> tuple[str, ...]:
+            shapes = _read_shapes(file)
+            check_shapes(trace, run.manifest["traces"][trace], shapes)
+            return tuple(shapes)
+
+        return self.results.get_or_compute(("keys", str(file), file.stat().st_mtime_ns), read)
 
     def tensor(self, run: Run, trace: str, key: str) -> torch.Tensor:
         """One tensor (e.g. ``layer.3.pattern``) of a trace, read alone and cached."""
@@ -307,18 +323,18 @@ def _wanted(name: str, fields: tuple[str, ...]) -> bool:
 def _trace_file(run: Run, trace: str) -> Path:
     if trace not in run.manifest["traces"]:
         raise ValueError(f"This Run has no trace {trace!r}; it has {run.trace_names}")
-    file = run.path / "traces" / f"{trace}.safetensors"
+    file = inside(run.path, "traces", f"{check_name(trace, 'trace')}.safetensors")
     if not file.is_file():
         raise RunFormatError(f"{file.name} is missing from the Run; re-create the Run")
     return file
 
 
-def _read_keys(file: Path) -> tuple[str, ...]:
+def _read_shapes(file: Path) -> dict[str, tuple[int, ...]]:
     from safetensors import safe_open
 
     try:
         with safe_open(str(file), framework="pt") as handle:
-            return tuple(handle.keys())
+            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
     except Exception as err:  # safetensors raises several types for damaged files
         raise RunFormatError(f"{file.name} is corrupt or truncated ({err}); re-create the Run") from err
 

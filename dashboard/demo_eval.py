@@ -78,5 +78,5 @@ def build_lvlm_eval(name: str, loaded, root: Path, version: int, *, limit: int =
                                       caption_tokens=caption_tokens, progress=False)
     info = comparison_info(loaded, states, data, calibration, setup, demo_version=version, task="compare",
                            limit=limit, max_new_tokens=max_new_tokens, caption_tokens=caption_tokens)
-    write_results(out, info, {"summary": summary, **tables})
+    write_results(out, info, {"summary": summary, **tables}, kind="eval")
     return out

@@ -3,14 +3,22 @@
 An evaluation unit (one method on one split) keeps ``progress/<unit>.jsonl`` with one JSON line per finished
 item, flushed and fsynced as it is written, next to ``progress/<unit>.settings.json``. Restarting with the same
 settings skips the items already there; restarting with different settings is refused, so earlier results are
-never silently mixed with new ones. A torn last line (the process died mid-write) is dropped on read.
+never silently mixed with new ones. Settings are bound when the first item is recorded: a run that failed before
+finishing any item (bad settings) does not block a rerun with others.
+
+A torn last line (the process died mid-write) is dropped on read. A damaged line elsewhere (not JSON, or not an
+item record) is skipped with one warning naming the file and line; its item is redone, and the file is compacted
+to its readable rows so it does not grow on every rerun.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
+
+LOG = logging.getLogger("attnlab")
 
 
 class Progress:
@@ -28,31 +36,35 @@ class Progress:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.file = self.dir / f"{unit}.jsonl"
         self.key = key
-        settings_file = self.dir / f"{unit}.settings.json"
-        wanted = json.loads(json.dumps(settings, default=str))
-        if settings_file.exists():
-            stored = json.loads(settings_file.read_text())
-            if stored != wanted:
-                changed = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+        self.settings_file = self.dir / f"{unit}.settings.json"
+        self.settings = json.loads(json.dumps(settings, default=str))
+        self.rows = self._read()
+        if self.rows and self.settings_file.exists():
+            stored = json.loads(self.settings_file.read_text())
+            if stored != self.settings:
+                changed = sorted(k for k in set(stored) | set(self.settings) if stored.get(k) != self.settings.get(k))
                 raise ValueError(f"{folder} holds an earlier evaluation of {unit} with other settings ({', '.join(changed)}); "
                                  "use another --out (earlier results are never overwritten)")
-        else:
-            tmp = settings_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(wanted, indent=1))
-            os.replace(tmp, settings_file)
-        self.rows = self._read()
 
     def _read(self) -> list[dict]:
         if not self.file.exists():
             return []
-        rows, text = [], self.file.read_text()
-        for line in text.splitlines():
+        rows, text = [], self.file.read_text(errors="replace")
+        lines = text.split("\n")
+        complete, tail = lines[:-1], lines[-1]
+        damaged = 0
+        for number, line in enumerate(complete, start=1):
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
-                break  # a torn final line from an interrupted write
-        if not text.endswith("\n") and text:
-            # Drop the torn tail so the next append starts on a fresh line.
+                row = None
+            if not isinstance(row, dict) or self.key not in row:
+                damaged += 1
+                LOG.warning("warning: %s line %d is damaged and was skipped; its item will be redone", self.file, number)
+                continue
+            rows.append(row)
+        if damaged or tail:
+            # Keep only readable rows, so the next append starts on a fresh line and the file does not grow.
             tmp = self.file.with_suffix(".tmp")
             tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
             os.replace(tmp, self.file)
@@ -64,7 +76,11 @@ class Progress:
         return {row[self.key] for row in self.rows}
 
     def add(self, row: dict) -> None:
-        """Record one finished item durably."""
+        """Record one finished item durably (binding the settings with the first one)."""
+        if not self.rows:
+            tmp = self.settings_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.settings, indent=1))
+            os.replace(tmp, self.settings_file)
         with open(self.file, "a") as fh:
             fh.write(json.dumps(row, default=str) + "\n")
             fh.flush()

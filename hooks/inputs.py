@@ -59,8 +59,38 @@ def prepare_inputs(processor, spec, texts: list[str], images: list | None = None
     return dict(processor(images=images, text=prompts, return_tensors="pt", padding=True))
 
 
+def max_positions(model: torch.nn.Module) -> int | None:
+    """The longest token sequence ``model`` has position embeddings for (``None`` when it has no fixed limit)."""
+    config = getattr(model, "config", None)
+    config = getattr(config, "text_config", None) or config  # a LLaVA's language model
+    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_positions(inputs: dict, model: torch.nn.Module) -> None:
+    """Refuse, before the forward pass, token sequences longer than the model's position limit.
+
+    Raises:
+        ValueError: naming the length and the limit (a longer input would fail inside the model, or silently run
+            past the positions it was trained on).
+    """
+    ids = inputs.get("input_ids")
+    limit = max_positions(model)
+    if isinstance(ids, torch.Tensor) and ids.dim() == 2 and limit is not None and ids.shape[1] > limit:
+        raise ValueError(f"The input is {ids.shape[1]} tokens long but the model takes at most {limit} positions; "
+                         "shorten the --text (or split it)")
+
+
 def on_model_device(inputs: dict, model: torch.nn.Module) -> dict:
-    """``inputs`` with every tensor moved to the device of ``model``'s parameters (a no-op on CPU models)."""
+    """``inputs`` with every tensor moved to the device of ``model``'s parameters (a no-op on CPU models).
+
+    Every path to a forward pass goes through here, so it also refuses inputs longer than the model's positions
+    (:func:`check_positions`).
+    """
+    check_positions(inputs, model)
     device = next(model.parameters()).device
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from attnlab.core.atomic import fresh_directory
+from attnlab.core.atomic import check_replaceable, replace_directory
 from attnlab.evals.pope_build import POPE_SPLITS, PopeImage, build_pope_questions
 
 
@@ -457,7 +457,8 @@ def write_world(
         seed: world seed.
         config: world parameters (defaults if ``None``).
         start: index of the first image (for index-range splits, see :func:`split_ranges`).
-        overwrite: replace a non-empty ``out_dir``.
+        overwrite: replace an existing toy world at ``out_dir`` (never a folder that is not one, nor the
+            current directory or a parent of it).
 
     Returns:
         ``out_dir`` as a Path.
@@ -470,10 +471,20 @@ def write_world(
         raise _fail("out_dir", f"{out} is a file", "choose a directory path")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise _fail("out_dir", f"{out} is not empty", "choose an empty directory or pass overwrite=True")
+    check_replaceable(out, "world", world_kind, flag="out_dir")
     world = generate_world(n_images, seed, config, start=start)
-    with fresh_directory(out) as tmp:
+    with replace_directory(out, "world", world_kind, flag="out_dir") as tmp:
         _write_files(world, tmp)
     return out
+
+
+def world_kind(path: str | Path) -> str | None:
+    """``"world"`` when ``path`` holds a toy world (its ``world.json`` says so), else ``None``."""
+    try:
+        meta = json.loads((Path(path) / "world.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return "world" if isinstance(meta, dict) and meta.get("format") == "attnlab-toy-world" else None
 
 
 def split_ranges(n_images: int, fractions: Sequence[float] = (0.8, 0.1, 0.1)) -> dict[str, range]:

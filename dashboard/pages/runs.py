@@ -19,12 +19,15 @@ dash.register_page(__name__, path="/", name="Runs", title="attnlab · Runs", ord
 def _runs_frame() -> pd.DataFrame:
     data = current_data()
     rows = []
-    for ref in data.runs():
+    for ref in data.all_runs():
         try:
+            if ref.error is not None:
+                raise ValueError(ref.error)
             run = data.run(ref.run_id)
-        except ValueError as err:
-            rows.append({"run": ref.run_id, "model": "unreadable", "family": "", "traces": "", "captured": str(err)[:60],
-                         "results": "", "plan": "", "created": ""})
+        except ValueError as err:  # listed with its reason; every other page skips it
+            rows.append({"run": ref.run_id, "model": "invalid (skipped)", "family": "", "traces": "",
+                         "captured": str(err).splitlines()[0] if str(err) else "", "results": "", "plan": "",
+                         "created": ""})
             continue
         m = run.manifest
         captured = sorted({c for t in m["traces"].values() for c in t["meta"]["captured"]})

@@ -13,13 +13,16 @@ runner = CliRunner()
 def test_spawn_reinvokes_the_command_and_names_the_failed_rank(tmp_path, monkeypatch):
     seen = []
 
-    def fake_call(cmd):
-        seen.append(cmd)
-        write_failure(shard_dir(tmp_path / "e", 1, 3),
-                      ShardFailure(1, 3, "pope-random-vhr", "question_id=17", OSError("truncated image")))
-        return 1
+    class FakeLauncher:
+        def __init__(self, cmd, preexec_fn=None):
+            seen.append(cmd)
+            write_failure(shard_dir(tmp_path / "e", 1, 3),
+                          ShardFailure(1, 3, "pope-random-vhr", "question_id=17", OSError("truncated image")))
 
-    monkeypatch.setattr(subprocess, "call", fake_call)
+        def wait(self):
+            return 1
+
+    monkeypatch.setattr(subprocess, "Popen", FakeLauncher)
     res = runner.invoke(app, ["eval", "pope", "--model", "toy-llava", "--method", "baseline,mask:1.0,2", "--limit", "6",
                               "--out", str(tmp_path / "e"), "--workers", "3", "--json"])
     assert res.exit_code == 1

@@ -58,7 +58,9 @@ def test_reader_skips_a_torn_line_without_rewriting(tmp_path):
 
 
 def test_settings_guard_spans_every_shard(tmp_path):
-    Progress(shard_dir(tmp_path, 1, 2), "pope-x", {"limit": 8, "method": "vhr"}, key="question_id")
+    prog = Progress(shard_dir(tmp_path, 1, 2), "pope-x", {"limit": 8, "method": "vhr"}, key="question_id")
+    check_settings(tmp_path, "pope-x", {"limit": 9, "method": "vhr"})  # nothing finished yet: nothing is bound
+    prog.add({"question_id": 1})
     check_settings(tmp_path, "pope-x", {"limit": 8, "method": "vhr"})
     with pytest.raises(ValueError, match=r"other settings \(limit\); use another --out"):
         check_settings(tmp_path, "pope-x", {"limit": 9, "method": "vhr"})

@@ -57,7 +57,7 @@ def demo_root(tmp_path_factory):
                                 eval_questions=2))
     root = build_demo_run(tmp_path_factory.mktemp("cache") / "demo", progress=False, models=models)
     write_results(root / "eval-compare", RunInfo(model={"name": "toy-llava", "family": "llava"},
-                                                 extra={"task": "compare"}), {"summary": eval_summary()})
+                                                 extra={"task": "compare"}), {"summary": eval_summary()}, kind="eval")
     gpt = Run.open(root / "toy-gpt")
     if "circuits" not in gpt.manifest.get("results", []):  # the tiny GPT-2 has no circuits to find
         gpt.add_result("circuits", circuit_edges())

@@ -61,6 +61,54 @@ def scale_heads_plan(heads: list[tuple[int, int]], n_heads: int, factor: float =
     return Plan({layer: LayerPlan(head_scale=tuple(scales)) for layer, scales in sorted(per_layer.items())}, name=name)
 
 
-def mask_plan(spec: str, n_layers: int, n_heads: int, factor: float = 0.0) -> Plan:
-    """Parse a head spec and build the masking (or scaling) Plan; see :func:`parse_heads`."""
+def model_shape(target) -> tuple[int, int]:
+    """``(n_layers, n_heads)`` of the main attention stack of a model, a Trace or a ModelSpec.
+
+    Args:
+        target: a Hugging Face model, a TransformerLens model or bridge (``cfg.n_layers``), a
+            :class:`~attnlab.core.trace.Trace` (its ``meta``) or anything with ``n_layers`` and ``n_heads``
+            (a :class:`~attnlab.zoo.load.ModelSpec`, a ``TraceMeta``).
+
+    Raises:
+        TypeError: for anything else, naming what is accepted.
+    """
+    meta = getattr(target, "meta", None)
+    for source in (target, meta, getattr(target, "cfg", None)):
+        if isinstance(getattr(source, "n_layers", None), int) and isinstance(getattr(source, "n_heads", None), int):
+            return source.n_layers, source.n_heads
+    from transformers import PreTrainedModel
+
+    if isinstance(target, PreTrainedModel):
+        from attnlab.hooks.hf import main_stack, stack_meta
+
+        found = stack_meta(target, main_stack(target), "")
+        return found.n_layers, found.n_heads
+    raise TypeError(f"Cannot tell layers and heads of a {type(target).__name__}; pass a Hugging Face or "
+                    "TransformerLens model, a Trace, a ModelSpec, or n_layers and n_heads as two integers")
+
+
+def mask_plan(spec: str, model, n_heads: int | None = None, factor: float = 0.0) -> Plan:
+    """Parse a head spec and build the masking (or scaling) Plan; see :func:`parse_heads`.
+
+    Args:
+        spec: heads, e.g. ``"3.5"`` (layer 3 head 5) or ``"0-1.*"``.
+        model: the model, its Trace or ModelSpec, whose layer and head counts bound the spec; or
+            ``n_layers`` as an integer followed by ``n_heads`` (the older form).
+        n_heads: heads per layer, only with an integer ``model``.
+        factor: output multiplier of the listed heads; 0 masks them.
+
+    Example:
+        >>> mask_plan("1.0", 2, 4).layers[1].head_scale
+        (0.0, 1.0, 1.0, 1.0)
+    """
+    if isinstance(model, int) and not isinstance(model, bool):
+        if not isinstance(n_heads, int):
+            raise TypeError("mask_plan(spec, n_layers, n_heads): give n_heads as an integer, or pass the model "
+                            "(or its Trace) instead of n_layers")
+        n_layers = model
+    else:
+        if n_heads is not None:
+            raise TypeError("mask_plan(spec, model) takes the head count from the model; drop n_heads "
+                            "(pass factor=... by name)")
+        n_layers, n_heads = model_shape(model)
     return scale_heads_plan(parse_heads(spec, n_layers, n_heads), n_heads, factor, name=f"mask:{spec}")

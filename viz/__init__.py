@@ -1,1 +1,60 @@
-"""attnlab.viz."""
+"""attnlab.viz: plotly figures of Traces and probe results; every function returns a ``go.Figure``.
+
+The figures most users need are importable by name, each on first use (PEP 562)::
+
+    from attnlab.viz import head_pattern
+    head_pattern(trace, layer=3, head=5)      # one head's attention, tokens on both axes
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+#: public name -> module (under attnlab.viz) that owns it
+_OWNERS = {
+    "head_pattern": "patterns",
+    "attention_heatmap": "dashboard_figures",
+    "compare_attention": "dashboard_figures",
+    "head_grid": "dashboard_figures",
+    "patch_overlay": "dashboard_figures",
+    "token_text_view": "dashboard_figures",
+    "sink_heatmap": "sinks",
+    "relevance_bar": "relevance",
+    "relevance_grid": "relevance",
+    "massive_activation_plot": "massive",
+    "norm_histogram": "registers",
+    "artifact_map": "registers",
+    "vhd_heatmap": "vhd",
+    "qk_scatter": "qk",
+    "qk_scatter_3d": "qk",
+    "qk_heads_matrix": "qk",
+    "circuit_graph_figure": "circuits",
+    "patching_heatmap": "circuits",
+}
+
+__all__ = sorted(_OWNERS)
+
+if TYPE_CHECKING:  # static tools and IDEs see the real objects
+    from .circuits import circuit_graph_figure, patching_heatmap
+    from .dashboard_figures import attention_heatmap, compare_attention, head_grid, patch_overlay, token_text_view
+    from .massive import massive_activation_plot
+    from .patterns import head_pattern
+    from .qk import qk_heads_matrix, qk_scatter, qk_scatter_3d
+    from .registers import artifact_map, norm_histogram
+    from .relevance import relevance_bar, relevance_grid
+    from .sinks import sink_heatmap
+    from .vhd import vhd_heatmap
+
+
+def __getattr__(name: str):
+    owner = _OWNERS.get(name)
+    if owner is None:
+        raise AttributeError(f"module 'attnlab.viz' has no attribute {name!r}; public names: {', '.join(__all__)}")
+    value = getattr(importlib.import_module(f"{__name__}.{owner}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

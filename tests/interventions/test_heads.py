@@ -39,3 +39,24 @@ def test_mask_plan_zeroes_head_output(tiny_dir):
     z = seen["z"].view(1, -1, spec.n_heads, 32 // spec.n_heads)  # (B, N, H, d_head)
     assert z[:, :, 2].abs().max() == 0
     assert (z[:, :, [0, 1, 3]].abs().amax(dim=(0, 1, 3)) > 0).all()
+
+
+def test_mask_plan_takes_the_model_a_trace_or_the_counts(tiny_dir):
+    """``mask_plan("1.2", model)`` bounds the spec by the model's own layers and heads (2 layers, 4 heads)."""
+    from attnlab.core.capture import Capture
+    from attnlab.zoo import load
+
+    model, tok, spec = load(str(tiny_dir("llama")))
+    with torch.no_grad(), attach(model, Capture(stats=True), tokenizer=tok) as rec:
+        model(**tok(["the cat"], return_tensors="pt"))
+    expected = {1: (1.0, 1.0, 0.0, 1.0)}
+    for target in (model, rec.trace(), spec):
+        plan = mask_plan("1.2", target)
+        assert {i: lp.head_scale for i, lp in plan.layers.items()} == expected
+    assert mask_plan("1.2", 2, 4).layers[1].head_scale == expected[1]
+    with pytest.raises(ValueError, match="head 4, outside the model's heads 0..3"):
+        mask_plan("0.4", model)
+    with pytest.raises(TypeError, match="drop n_heads"):
+        mask_plan("0.1", model, 4)
+    with pytest.raises(TypeError, match="Cannot tell layers and heads of a str"):
+        mask_plan("0.1", "llama")

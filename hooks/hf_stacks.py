@@ -87,8 +87,7 @@ def _check_capturable(model: nn.Module, name: str, module: nn.Module) -> None:
     cfg = getattr(module, "config", None)
     if getattr(cfg, "attn_logit_softcapping", None) is not None:
         raise refuse(name, cls.__name__, f"attention logit soft-capping (attn_logit_softcapping="
-                     f"{cfg.attn_logit_softcapping}) is not in attnlab's kernels yet; load the checkpoint with "
-                     "attn_logit_softcapping=None only if you accept different outputs")
+                     f"{cfg.attn_logit_softcapping}) is not in attnlab's kernels yet")
     if getattr(cfg, "alibi", False):
         raise refuse(name, cls.__name__, "ALiBi position biases (alibi=True) reach the attention function as an "
                      "additive mask, which attnlab's kernels do not take yet")

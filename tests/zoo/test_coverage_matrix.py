@@ -266,3 +266,14 @@ def test_processor_config_json_is_read(ckpt):
     assert (path / "processor_config.json").exists() and not (path / "preprocessor_config.json").exists()
     _, proc, spec = load(str(path))
     assert spec.modality == "text-image" and type(proc.image_processor).__name__.endswith("Pil")
+
+
+def test_docs_models_lists_every_architecture_of_the_matrix():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "models.md").read_text()
+    captured, refused = text.split("### Refused")
+    for arch in CAPTURED:
+        assert f"\n| {arch} |" in captured, arch
+    for arch in REFUSED:
+        assert f"\n| {arch.split('-')[0] if arch != 'deberta-v2' else arch}" in refused, arch

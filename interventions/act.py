@@ -12,8 +12,11 @@ Cutoff: the released code uses ``c_j > 0.1`` (``THRES``) at every length, which 
 inputs (with 9 tokens, uniform attention gives 1/9 > 0.1 to every key). attnlab's default,
 ``rule="act_relative"``, also requires the paper's relative condition ``c_j > alpha / N`` (``alpha = 5``,
 N real tokens): identical to the released rule above ``N = 50`` tokens, meaningful below.
-``rule="act"`` reproduces the released code (see :func:`attnlab.probes.sinks.sink_cutoff`). The head set is found offline: calibrate one head at a time
-on a calibration split and keep the heads whose calibration improves the task score over the plain model.
+``rule="act"`` reproduces the released code (see :func:`attnlab.probes.sinks.sink_cutoff`). Padded batches
+pass the real-token mask, so N and the query counts are the item's own.
+
+The head set is found offline: calibrate one head at a time on a calibration split and keep the heads whose
+calibration improves the task score over the plain model.
 
 Conventions: the code scans layers ``2 .. L-2`` (2..30 of 32); attnlab scans ``2 .. L-1`` by default
 (configurable). Sinks found at prefill are reused while decoding (the code evaluates a single prefill). The

@@ -85,16 +85,20 @@ def induction_scores(trace: Trace, period: int | None = None) -> HeadScores:
     """
     pairs = []
     for b, toks in enumerate(trace.tokens):
-        n = int(trace.token_mask[b].sum())
-        length = period or repeat_period(toks[:n])
+        real = trace.real_positions(b).tolist()  # left or right padding
+        n = len(real)
+        length = period or repeat_period([toks[p] for p in real])
         if length < 1 or 2 * length > n:
             raise ValueError(f"induction_scores: batch item {b} does not end with a repeated block; feed a repeated "
                              "random sequence (e.g. '<bos> x x') or pass period=")
-        pairs += [(b, i, i - length + 1) for i in range(n - length, n)]
+        pairs += [(b, real[i], real[i - length + 1]) for i in range(n - length, n)]
     return _stripe_scores(trace, "induction_scores", pairs, "induction")
 
 
 def previous_token_scores(trace: Trace) -> HeadScores:
     """Previous-token score per head: mean attention from each real token (but the first) to the one before it."""
-    pairs = [(b, i, i - 1) for b in range(trace.batch_size) for i in range(1, int(trace.token_mask[b].sum()))]
+    pairs = []
+    for b in range(trace.batch_size):
+        real = trace.real_positions(b).tolist()
+        pairs += list(zip([b] * len(real), real[1:], real[:-1]))
     return _stripe_scores(trace, "previous_token_scores", pairs, "previous_token")

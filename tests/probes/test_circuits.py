@@ -210,6 +210,14 @@ def test_induction_and_previous_token_scores_on_planted_heads(build_trace):
     assert ind.heads(0.5) == [(0, 1)] and prev.heads(0.5) == [(0, 0)]
     with pytest.raises(ValueError, match="does not end with a repeated block"):
         induction_scores(build_trace(patterns=[pattern], tokens=[list("abcdefghi")], causal=True))
+    # The same item left-padded by two positions (LLaMA-style), next to the unpadded one: the same scores.
+    padded = np.zeros((2, 3, n + 2, n + 2))
+    padded[0, :, 2:, 2:], padded[1, :, :n, :n] = pattern[0], pattern[0]
+    tr = build_trace(patterns=[padded], tokens=[["<pad>"] * 2 + toks, toks + ["<pad>"] * 2], causal=True,
+                     token_mask=[[False] * 2 + [True] * n, [True] * n + [False] * 2])
+    ind, prev = induction_scores(tr), previous_token_scores(tr)
+    assert ind.n_positions == 2 * period and prev.n_positions == 2 * (n - 1)
+    assert np.allclose(ind.scores, [[0.0, 1.0, 0.0]]) and np.allclose(prev.scores, [[1.0, 0.0, 0.0]])
 
 
 # -- the CLI ----------------------------------------------------------------------------------------------

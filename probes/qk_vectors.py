@@ -12,7 +12,7 @@ import pandas as pd
 from attnlab.core.runs import Run
 from attnlab.core.trace import Trace
 
-from .tokens import segment_kinds, to_numpy, token_categories
+from .tokens import segment_kinds, to_numpy, token_categories, token_mask
 
 
 META_COLUMNS = ("input", "trace", "batch", "position", "token", "segment", "category", "patch_row", "patch_col")
@@ -92,7 +92,7 @@ def gather_layer(traces, layer: int) -> QKVectors:
         if (trace.meta.n_heads, trace.meta.d_head, trace.meta.causal) != (first.n_heads, first.d_head, first.causal):
             raise ValueError(f"Trace {t_index} comes from a model of another shape ({trace.meta.model}); "
                              f"embed Traces of one model (first: {first.model})")
-        mask = trace.token_mask.detach().cpu().numpy().astype(bool)  # (B, N)
+        mask = token_mask(trace)  # (B, N)
         qs.append(to_numpy(rec.q).transpose(0, 2, 1, 3)[mask].astype(np.float32))  # (M_t, H, d)
         ks.append(to_numpy(rec.k).transpose(0, 2, 1, 3)[mask].astype(np.float32))  # (M_t, H, d)
         rows += _token_rows(trace, t_index, first_input)

@@ -119,15 +119,20 @@ def shell(data: DashboardData) -> html.Div:
     """The frame around every page (built per page load, so new Runs appear on reload).
 
     The selectors get their values here, not from callbacks: a page's callbacks fire when the page is
-    inserted, and must then see the Run, trace and item already chosen.
+    inserted, and must then see the Run, trace and item already chosen (those of the page's URL, when it
+    names them: :func:`~attnlab.dashboard.viewstate.url_state`).
     """
+    from .viewstate import url_state
+    from .widgets import as_int
+
     refs = data.runs()
-    run_id = _default_run(refs)
+    wanted = url_state()
+    run_id = wanted["run"] if wanted.get("run") in {r.run_id for r in refs} else _default_run(refs)
     traces, trace, items, item = [], None, [], None
     if run_id is not None:
         try:
-            traces, trace, _ = choose_trace(run_id, None, data)
-            items, item = choose_item(run_id, trace, None, data)
+            traces, trace, _ = choose_trace(run_id, wanted.get("trace"), data)
+            items, item = choose_item(run_id, trace, as_int(wanted.get("item")), data)
         except ValueError:
             pass
     links = [dcc.Link(page["name"], href=page["relative_path"], className="nav-link")

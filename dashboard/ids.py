@@ -23,6 +23,7 @@ HEADS_GRID = "heads-grid"
 HEADS_OPEN = "heads-open"
 HEADS_OPEN_BUTTON = "heads-open-button"
 HEADS_MESSAGE = "heads-message"
+HEADS_URL = "heads-url"
 
 # -- Attention ------------------------------------------------------------------------------------
 ATTN_LAYER = "attn-layer"
@@ -34,6 +35,10 @@ ATTN_QUERY = "attn-query"  # query token for the image overlay
 ATTN_IMAGE = "attn-image"
 ATTN_IMAGE_BOX = "attn-image-box"
 ATTN_MESSAGE = "attn-message"
+ATTN_SCALE = "attn-scale"  # colour scale of the heatmap
+ATTN_SINK = "attn-sink"  # checklist: hide the first token's column
+ATTN_BODY = "attn-body"  # the views, hidden when the Run cannot fill them
+ATTN_URL = "attn-url"  # dcc.Store written by the URL sync
 
 # -- Flow -----------------------------------------------------------------------------------------
 FLOW_METHOD = "flow-method"
@@ -45,6 +50,8 @@ FLOW_BAR = "flow-bar"
 FLOW_GRID = "flow-grid"
 FLOW_GRID_BOX = "flow-grid-box"
 FLOW_MESSAGE = "flow-message"
+FLOW_BODY = "flow-body"
+FLOW_URL = "flow-url"
 
 # -- Sinks & registers ----------------------------------------------------------------------------
 SINKS_RULE = "sinks-rule"
@@ -58,6 +65,10 @@ SINKS_NORMS_OTHER = "sinks-norms-other"
 SINKS_SUMMARY = "sinks-summary"
 SINKS_NORMS_BOX = "sinks-norms-box"
 SINKS_MESSAGE = "sinks-message"
+SINKS_BODY = "sinks-body"
+SINKS_NORMS_SECTION = "sinks-norms-section"
+SINKS_NORMS_NOTE = "sinks-norms-note"
+SINKS_URL = "sinks-url"
 
 # -- QK embedding ---------------------------------------------------------------------------------
 QK_LAYER = "qk-layer"
@@ -68,12 +79,16 @@ QK_GRID = "qk-grid"
 QK_DETAIL = "qk-detail"
 QK_TOKEN = "qk-token"
 QK_MESSAGE = "qk-message"
+QK_URL = "qk-url"
 
 # -- Circuits -------------------------------------------------------------------------------------
 CIRCUITS_MIN = "circuits-min-strength"
 CIRCUITS_GRAPH = "circuits-graph"
 CIRCUITS_PATCHING = "circuits-patching"
 CIRCUITS_MESSAGE = "circuits-message"
+CIRCUITS_READOUT = "circuits-readout"
+CIRCUITS_PATCHING_BOX = "circuits-patching-box"
+CIRCUITS_URL = "circuits-url"
 
 # -- Interventions & evals ------------------------------------------------------------------------
 IV_BASELINE = "iv-baseline"
@@ -87,3 +102,4 @@ IV_METRIC = "iv-metric"
 IV_EVAL_CHART = "iv-eval-chart"
 IV_EVAL_TABLE = "iv-eval-table"
 IV_MESSAGE = "iv-message"
+IV_URL = "iv-url"

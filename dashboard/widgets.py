@@ -5,10 +5,16 @@ from __future__ import annotations
 import pandas as pd
 from dash import dash_table, dcc, html
 
+from .analyses import NotAvailable
 from .data import meta_of
 
-GRAPH_CONFIG = {"displaylogo": False,
-                "toImageButtonOptions": {"format": "png", "scale": 2}}
+HIDDEN = {"display": "none"}
+
+#: No cloud upload ("Share chart"/sendDataToCloud, "Edit in Chart Studio"): figures of private Runs stay on this
+#: machine. The download name is set per figure from ``layout.meta.export`` (assets/viewstate.js).
+GRAPH_CONFIG = {"displaylogo": False, "showSendToCloud": False, "showEditInChartStudio": False,
+                "modeBarButtonsToRemove": ["sendDataToCloud", "editInChartStudio"],
+                "toImageButtonOptions": {"format": "png", "scale": 2, "filename": "attnlab"}}
 
 
 def page_header(title: str, description: str) -> html.Div:
@@ -23,10 +29,34 @@ def graph(component_id: str, label: str, **style) -> html.Div:
                                 delay_show=300, type="dot"), role="figure", **{"aria-label": label})
 
 
-def control(label: str, component) -> html.Div:
-    """A labelled control."""
-    return html.Div([html.Label(label, htmlFor=getattr(component, "id", None), className="control-label"), component],
+def control(label: str, component, help: str | None = None) -> html.Div:
+    """A labelled control, with a help popover when ``help`` is given."""
+    title = [label, help_tip(help)] if help else label
+    return html.Div([html.Label(title, htmlFor=getattr(component, "id", None), className="control-label"), component],
                     className="control")
+
+
+def help_tip(text: str) -> html.Span:
+    """A "?" that shows ``text`` while hovered or focused (keyboard: Tab to it); screen readers read it too."""
+    return html.Span("?", className="help", tabIndex=0, role="note", title=text,
+                     **{"data-help": text, "aria-label": text})
+
+
+def provenance(run_id, run, trace: str | None, item=None, **extra) -> tuple[str, str]:
+    """``(subtitle, filename)`` naming a figure's Run, model, trace, item and ``extra`` (``layer=2, head=3``).
+
+    Example:
+        >>> provenance("0:minilm", run, "main", 0, layer=2, head=3)     # doctest: +SKIP
+        ('Run 0:minilm · all-MiniLM-L6-v2 · trace main · item 0 · layer 2 · head 3',
+         'attnlab_0-minilm_all-MiniLM-L6-v2_main_item0_layer2_head3')
+    """
+    model = str((run.info.model or {}).get("name", "?")).rstrip("/").split("/")[-1] if run is not None else "?"
+    parts = [f"Run {run_id}", model] + ([f"trace {trace}"] if trace else []) + \
+        ([f"item {item}"] if item is not None else []) + [f"{k} {v}" for k, v in extra.items() if v is not None]
+    names = [str(run_id), model] + ([str(trace)] if trace else []) + ([f"item{item}"] if item is not None else []) + \
+        [f"{k}{v}" for k, v in extra.items() if v is not None]
+    filename = "_".join(["attnlab", *("".join(c if c.isalnum() or c in ".-" else "-" for c in n) for n in names)])
+    return " · ".join(parts), filename
 
 
 def radio(component_id: str, options=None, value=None) -> dcc.RadioItems:
@@ -72,7 +102,8 @@ def table(component_id: str, frame: pd.DataFrame, page_size: int = 12, **kwargs)
     data, columns = table_data(frame)
     return dash_table.DataTable(
         id=component_id, data=data, columns=columns,
-        page_size=page_size, sort_action="native", style_table={"overflowX": "auto"},
+        page_size=page_size, sort_action="native", style_table={"overflowX": "auto"}, export_format="csv",
+        export_headers="display",
         style_cell={"fontFamily": "inherit", "fontSize": 13, "padding": "4px 8px", "textAlign": "left"},
         style_header={"fontWeight": "bold"}, **kwargs)
 
@@ -86,6 +117,16 @@ def table_data(frame: pd.DataFrame) -> tuple[list[dict], list[dict]]:
         if shown[col].dtype == object:
             shown[col] = shown[col].map(lambda v: v if isinstance(v, (str, int, float, type(None))) else str(v))
     return shown.to_dict("records"), [{"name": str(c), "id": str(c)} for c in shown.columns]
+
+
+def token_axis_labels(tokens: list[str], positions) -> list[str]:
+    """``"position:token"`` labels; a WordPiece piece of a split word also names its word
+    (``"6:##ing (playing)"``), so the raw piece and the word both show on the axis and on hover."""
+    from attnlab.hooks.segments import word_of_pieces
+
+    words = word_of_pieces(list(tokens))
+    return [f"{int(n)}:{tokens[int(n)]}" + (f" ({words[int(n)]})" if words[int(n)] != tokens[int(n)] else "")
+            for n in positions]
 
 
 def token_options(header: dict, item: int, positions) -> list[dict]:
@@ -109,3 +150,15 @@ def timing_bars(timings: dict[str, float]) -> html.Div:
                      html.Td(f"{float(s):.3f} s", className="timing-value")]) for name, s in timings.items()]
     return html.Div([html.H3("Timings"), html.Table(html.Tbody(rows), className="plain timings",
                                                     **{"aria-label": "seconds per phase"})])
+
+
+def require_traces(run, what: str) -> None:
+    """:class:`NotAvailable` (shown as a note, not an error) when ``run`` holds result tables only."""
+    if not run.manifest["traces"]:
+        raise NotAvailable(f"This Run holds result tables only (no traces); {what} needs a captured trace: "
+                           "make one with `attnlab capture`.")
+
+
+def shown_if(available: bool) -> dict:
+    """A container's style: shown, or hidden when the Run cannot fill it."""
+    return {} if available else HIDDEN

@@ -125,3 +125,32 @@ def is_punctuation(token: str) -> bool:
     """True for tokens made only of punctuation (after stripping sub-word markers)."""
     core = token.replace("Ġ", "").replace("▁", "").replace("##", "").strip()
     return bool(core) and all(ch in string.punctuation for ch in core)
+
+
+def word_of_pieces(tokens: list[str]) -> list[str]:
+    """The whole word each WordPiece token belongs to (``["play", "##ing"] -> ["playing", "playing"]``).
+
+    WordPiece (BERT, MiniLM) marks a piece that continues the previous one with a leading ``##``
+    (Wu et al. 2016, §4.1); byte-level BPE and SentencePiece already read as text after
+    :func:`text_tokens` and are returned unchanged, as are special tokens (``[CLS]``).
+
+    Args:
+        tokens: ``[N]`` token strings of one item.
+
+    Returns:
+        ``[N]`` the word of each token (the token itself when it is not part of a split word).
+
+    Example:
+        >>> word_of_pieces(["[CLS]", "play", "##ing", "now"])
+        ['[CLS]', 'playing', 'playing', 'now']
+    """
+    words = list(tokens)
+    start = 0
+    for n, token in enumerate(tokens + [""]):
+        if n < len(tokens) and token.startswith("##") and len(token) > 2 and n > 0:
+            continue
+        if n - start > 1:
+            word = tokens[start] + "".join(t[2:] for t in tokens[start + 1:n])
+            words[start:n] = [word] * (n - start)
+        start = n
+    return words

@@ -49,6 +49,24 @@ def _panel_title(text: str, x: float, y: float) -> dict:
             "xanchor": "center", "yanchor": "bottom", "font": {"size": 13}}
 
 
+def stamp(fig: go.Figure, provenance: str, filename: str) -> go.Figure:
+    """Mark a figure with where it came from: ``provenance`` as its subtitle, ``filename`` (no extension) as the
+    name its PNG download gets (``layout.meta.export``; the dashboard applies it to the download button).
+
+    Returns:
+        The same figure.
+    """
+    fig.layout.meta = {**(fig.layout.meta or {}), "export": filename}
+    if fig.layout.title.text:
+        fig.layout.title.subtitle.text = provenance
+        fig.layout.title.subtitle.font.size = 11
+        fig.layout.margin.t = max(fig.layout.margin.t or 0, 80)
+    else:
+        fig.layout.title.text = provenance
+        fig.layout.title.font.size = 11
+    return fig
+
+
 def message_figure(text: str) -> go.Figure:
     """An empty figure carrying a centred note (for views a Run cannot fill); ``layout.meta.empty`` is true."""
     return go.Figure({"data": [], "layout": {
@@ -96,24 +114,87 @@ def head_grid(values: np.ndarray, layers, label: str, *, signed: bool = False, z
         "yaxis": {"title": {"text": "layer"}, "type": "category"}}})
 
 
-def attention_heatmap(pattern: np.ndarray, labels: list[str], title: str) -> go.Figure:
-    """One head's attention pattern with token labels on both axes.
+#: Colour scales of the attention heatmap: the fixed ``[0, 1]`` range compares heads by eye; the others
+#: spread one head's weights over the whole colour bar, which long inputs need (mean weight ``1/N``).
+COLOUR_SCALES = {"fixed": "fixed 0-1", "max": "per-head max", "p99": "99th percentile", "log": "log"}
+#: Above this many tokens the ``auto`` scale is the per-head max (a fixed scale leaves the map uniformly dark).
+LONG_INPUT = 100
+LOG_FLOOR = 1e-4
+
+
+def resolve_scale(scale: str | None, n_tokens: int) -> str:
+    """``scale`` itself, or for ``auto``/``None`` the per-head max above :data:`LONG_INPUT` tokens, else fixed."""
+    if scale in (None, "auto"):
+        return "max" if n_tokens > LONG_INPUT else "fixed"
+    if scale not in COLOUR_SCALES:
+        raise ValueError(f"Unknown colour scale {scale!r}; choose auto or one of {sorted(COLOUR_SCALES)}")
+    return scale
+
+
+def colour_range(values: np.ndarray, scale: str) -> tuple[np.ndarray, dict]:
+    """The values to draw and the heatmap's colour settings for one of :data:`COLOUR_SCALES`.
+
+    Args:
+        values: attention weights (any shape), in ``[0, 1]``.
+        scale: ``fixed``, ``max`` (0 to the largest value), ``p99`` (0 to the 99th percentile; the top 1%
+            saturate) or ``log`` (log10 of the weights from :data:`LOG_FLOOR` to the largest, ticks in weights).
+
+    Returns:
+        ``(z, settings)``: ``z`` to draw (``log10`` of the weights for ``log``) and ``colorscale``, ``zmin``,
+        ``zmax``, ``colorbar`` for the trace.
+    """
+    values = np.asarray(values, dtype=float)
+    finite = values[np.isfinite(values)]
+    top = float(finite.max()) if finite.size else 1.0
+    if scale == "fixed":
+        return values, {"colorscale": ATTENTION_SCALE, "zmin": 0.0, "zmax": 1.0,
+                        "colorbar": _attention_colorbar("attention")}
+    if scale == "log":
+        floor = LOG_FLOOR if top > LOG_FLOOR else top / 10
+        z = np.log10(np.clip(values, floor, None))
+        exps = list(range(int(math.floor(math.log10(floor))), int(math.ceil(math.log10(max(top, floor)))) + 1))
+        return z, {"colorscale": "Viridis", "zmin": math.log10(floor), "zmax": math.log10(max(top, floor * 1.0001)),
+                   "colorbar": {"title": {"text": "attention (log)"}, "tickvals": exps,
+                                "ticktext": [f"{10.0 ** e:g}" for e in exps]}}
+    high = top if scale == "max" else float(np.percentile(finite, 99)) if finite.size else 1.0
+    high = max(high, 1e-9)
+    name = "per-head max" if scale == "max" else "99th percentile"
+    return values, {"colorscale": "Viridis", "zmin": 0.0, "zmax": high,
+                    "colorbar": {"title": {"text": f"attention ({name} {high:.3g})"}}}
+
+
+def attention_heatmap(pattern: np.ndarray, labels: list[str], title: str, *, scale: str | None = "fixed",
+                      exclude_first: bool = False) -> go.Figure:
+    """One head's attention pattern with token labels on both axes, in square cells.
+
+    Every token keeps its label: the axes thin their ticks to what fits and show more as one zooms in, and
+    hovering a cell names its query and key.
 
     Args:
         pattern: ``[Q, K]`` post-softmax attention of the real tokens.
-        labels: ``"position:token"`` of those tokens.
+        labels: ``"position:token"`` of those tokens (unique).
         title: figure title.
+        scale: one of :data:`COLOUR_SCALES`, or ``auto``/``None`` (:func:`resolve_scale`).
+        exclude_first: drop the first token's key column, whose sink weight (Xiao et al. 2024, §3) would
+            otherwise set the colour range for all the rest.
 
     Returns:
-        A heatmap (queries as rows, first at the top) on the fixed ``[0, 1]`` attention scale.
+        A heatmap (queries as rows, first at the top).
     """
-    size = min(900, max(420, 14 * len(labels) + 160))
-    return go.Figure({"data": [_attention_heatmap_trace(
-        pattern, x=labels, y=labels, colorbar=_attention_colorbar(),
-        hovertemplate="query %{y}<br>key %{x}<br>attention %{z:.3f}<extra></extra>")], "layout": {
-        "title": _title(title), "margin": {**MARGIN, "l": 110, "b": 110}, "height": size,
-        "xaxis": {"title": {"text": "key"}, "tickangle": -60, "type": "category", "tickfont": {"size": 10}},
-        "yaxis": {"title": {"text": "query"}, "autorange": "reversed", "type": "category", "tickfont": {"size": 10}}}})
+    keys = labels
+    if exclude_first and pattern.shape[-1] > 1:
+        pattern, keys = pattern[:, 1:], labels[1:]
+    scale = resolve_scale(scale, len(labels))
+    z, colours = colour_range(pattern, scale)
+    value = "log10 attention" if scale == "log" else "attention"
+    axis = {"type": "category", "tickfont": {"size": 10}, "constrain": "domain"}
+    return go.Figure({"data": [{"type": "heatmap", "z": z, "x": keys, "y": labels, **colours,
+                                "hovertemplate": "query %{y}<br>key %{x}<br>" + value + " %{z:.4f}<extra></extra>"}],
+                      "layout": {"title": _title(title), "margin": {**MARGIN, "l": 120, "b": 120, "t": 70},
+                                 "height": 760 if len(labels) > 40 else max(420, 14 * len(labels) + 200),
+                                 "xaxis": {**axis, "title": {"text": "key"}, "tickangle": -60},
+                                 "yaxis": {**axis, "title": {"text": "query"}, "autorange": "reversed",
+                                           "scaleanchor": "x", "scaleratio": 1}}})
 
 
 def _short(token: str, width: int = 12) -> str:
@@ -314,11 +395,11 @@ def circuit_figure(edges: pd.DataFrame, n_layers: int, n_heads: int, min_strengt
         min_strength: edges below this strength are hidden.
 
     Returns:
-        Lines per side (key-side reads blue, query-side reads orange), wider for stronger edges, and head nodes
-        sized by their number of edges.
+        Lines per side (key-side reads blue, query-side reads orange), wider for stronger edges, with an arrow
+        from writer to reader, and head nodes sized by their number of edges.
     """
     shown = edges[edges["strength"] >= min_strength]
-    data, degree = [], {}
+    data, degree, arrows = [], {}, []
     for side, colour in (("src", "#1f77b4"), ("dest", "#ff7f0e")):
         part = shown[shown["side"] == side]
         for lo, hi, width in ((0.0, 0.35, 1.5), (0.35, 0.6, 3.5), (0.6, math.inf, 6.0)):
@@ -329,6 +410,9 @@ def circuit_figure(edges: pd.DataFrame, n_layers: int, n_heads: int, min_strengt
                     continue
                 xs += [a[0], b[0], None]
                 ys += [a[1], b[1], None]
+                arrows.append({"x": b[0], "y": b[1], "ax": a[0], "ay": a[1], "xref": "x", "yref": "y", "axref": "x",
+                               "ayref": "y", "text": "", "showarrow": True, "arrowhead": 2, "arrowsize": 1.2,
+                               "arrowwidth": min(width, 3.0), "arrowcolor": colour, "standoff": 7, "opacity": 0.8})
             if xs:
                 data.append({"type": "scatter", "x": xs, "y": ys, "mode": "lines", "opacity": 0.7,
                              "line": {"color": colour, "width": width}, "hoverinfo": "skip",
@@ -349,7 +433,8 @@ def circuit_figure(edges: pd.DataFrame, n_layers: int, n_heads: int, min_strengt
                      "name": "embeddings", "textposition": "middle left", "marker": {"size": 12, "color": "#2ca02c"}})
     return go.Figure({"data": data, "layout": {
         "title": _title(f"Head communication graph ({len(shown)} edges with strength ≥ {min_strength:g})"),
-        "margin": MARGIN, "height": 460,
+        "margin": {**MARGIN, "t": 90}, "height": 480, "annotations": arrows,
+        "legend": {"orientation": "h", "y": -0.18},
         "xaxis": {"title": {"text": "layer"}, "dtick": 1, "range": [-1.8 if "embed" in degree else -0.5, n_layers - 0.5]},
         "yaxis": {"title": {"text": "head"}, "dtick": 1, "autorange": "reversed"}}})
 
@@ -363,12 +448,12 @@ def compare_attention(base: np.ndarray, method: np.ndarray, labels: list[str], t
         titles: the two panels' titles.
 
     Returns:
-        Three heatmaps: baseline, method (fixed attention scale) and the difference (``RdBu`` around 0).
+        Three heatmaps: baseline, method (fixed attention scale) and the difference (``RdBu`` around 0); every
+        token keeps its label at any length (ticks thin to what fits, zoom shows more, hover names each cell).
     """
     diff = method - base
     bound = max(float(np.abs(diff).max()), 1e-6)
     hover = "query %{y}<br>key %{x}<br>%{z:.3f}<extra></extra>"
-    ticks = len(labels) <= 40
     data, layout = [], {}
     domains = ([0, 0.27], [0.35, 0.62], [0.72, 0.96])
     for i, z in enumerate((base, method)):
@@ -381,9 +466,9 @@ def compare_attention(base: np.ndarray, method: np.ndarray, labels: list[str], t
     for i, domain in enumerate(domains):
         n = "" if i == 0 else str(i + 1)
         layout[f"xaxis{n}"] = {"domain": domain, "anchor": f"y{n}", "type": "category", "tickangle": -60,
-                               "showticklabels": ticks, "tickfont": {"size": 9}}
+                               "tickfont": {"size": 9}}
         layout[f"yaxis{n}"] = {"domain": [0, 0.92], "anchor": f"x{n}", "type": "category", "autorange": "reversed",
-                               "showticklabels": ticks and i == 0, "tickfont": {"size": 9}}
+                               "showticklabels": i == 0, "tickfont": {"size": 9}}
     names = (*titles, "difference (method - baseline)")
     layout.update({"margin": {**MARGIN, "l": 100, "b": 100}, "height": 460,
                    "annotations": [_panel_title(t, sum(d) / 2, 0.93) for t, d in zip(names, domains)]})

@@ -7,63 +7,97 @@ import numpy as np
 from dash import Input, Output, State, callback, ctx, dcc, html
 
 from attnlab.dashboard import ids
+from attnlab.dashboard.analyses import NotAvailable
 from attnlab.dashboard.app import current_data
 from attnlab.dashboard.data import image_segments, meta_of, trace_header
 from attnlab.dashboard.errors import guarded, message
 from attnlab.dashboard.summaries import attention_matrix, grid_values, real_positions, text_cells
-from attnlab.dashboard.widgets import (as_int, control, graph, head_options, keep, layer_options, message_area,
-                                       page_header, radio, token_options)
-from attnlab.viz.dashboard_figures import attention_heatmap, message_figure, patch_overlay, token_text_view
+from attnlab.dashboard.viewstate import as_list, sync_url
+from attnlab.dashboard.widgets import (HIDDEN, as_int, control, graph, head_options, keep, layer_options, message_area,
+                                       page_header, provenance, radio, require_traces, shown_if, token_axis_labels,
+                                       token_options)
+from attnlab.viz.dashboard_figures import (COLOUR_SCALES, LONG_INPUT, attention_heatmap, message_figure, patch_overlay,
+                                           resolve_scale, stamp, token_text_view)
 
 dash.register_page(__name__, path="/attention", name="Attention", title="attnlab · Attention", order=2)
 
-HIDDEN = {"display": "none"}
+SCALES = [{"label": "auto", "value": "auto"}] + [{"label": v, "value": k} for k, v in COLOUR_SCALES.items()]
+SINK = "hide-first"
+SCALE_HELP = (f"auto: fixed 0-1 up to {LONG_INPUT} tokens, per-head max above (a long input's mean weight is 1/N, "
+              "so a fixed scale is uniformly dark). Per-head max and the 99th percentile stretch one head's weights "
+              "over the colour bar; log shows weights from 1e-4 up.")
+SINK_HELP = ("Hide the first real token's column: attention sinks (Xiao et al. 2024, §3) put most of the weight there, "
+             "and that one column sets the colour range for all the rest.")
+sync_url(ids.ATTN_URL, {"layer": ids.ATTN_LAYER, "head": ids.ATTN_HEAD, "scale": ids.ATTN_SCALE, "sink": ids.ATTN_SINK})
 
 
-def layout(layer=None, head=None, **_query) -> html.Div:
-    """Layer and head selectors (initial values from ``?layer=&head=``), the heatmap, text and image views."""
+def layout(layer=None, head=None, scale=None, sink=None, **_query) -> html.Div:
+    """Layer, head and colour-scale selectors (initial values from the query), the heatmap, text and image views."""
     return html.Div([
         page_header("Attention", "Pick a layer and a head. Hover a token in the text view to see what it attends "
-                                 "to and what attends to it; click a heatmap row to focus that query."),
+                                 "to and what attends to it; click a heatmap row to focus that query. Zoom the "
+                                 "heatmap (drag a box) to read every token label."),
+        dcc.Store(id=ids.ATTN_URL),
         html.Div([control("Layer", radio(ids.ATTN_LAYER, value=as_int(layer))),
-                  control("Head", radio(ids.ATTN_HEAD, value=as_int(head)))], className="controls"),
+                  control("Head", radio(ids.ATTN_HEAD, value=as_int(head))),
+                  control("Colour scale", radio(ids.ATTN_SCALE, SCALES, scale if scale in COLOUR_SCALES else "auto"),
+                          help=SCALE_HELP),
+                  control("Sink column", dcc.Checklist(id=ids.ATTN_SINK, inline=True, value=as_list(sink), options=[
+                      {"label": "hide the first token's column", "value": SINK}]), help=SINK_HELP)],
+                 className="controls"),
         message_area(ids.ATTN_MESSAGE),
         dcc.Store(id=ids.ATTN_FOCUS),
-        html.Div([graph(ids.ATTN_HEATMAP, "attention pattern heatmap"), graph(ids.ATTN_TEXT, "text view")],
-                 className="two-columns"),
-        html.Div([html.H2("Attention over the image"),
-                  control("Query token", dcc.Dropdown(id=ids.ATTN_QUERY, clearable=False)),
-                  graph(ids.ATTN_IMAGE, "attention painted over the image patches")],
-                 id=ids.ATTN_IMAGE_BOX, style=HIDDEN),
+        html.Div([html.Div([graph(ids.ATTN_HEATMAP, "attention pattern heatmap"), graph(ids.ATTN_TEXT, "text view")],
+                           className="two-columns"),
+                  html.Div([html.H2("Attention over the image"),
+                            control("Query token", dcc.Dropdown(id=ids.ATTN_QUERY, clearable=False)),
+                            graph(ids.ATTN_IMAGE, "attention painted over the image patches")],
+                           id=ids.ATTN_IMAGE_BOX, style=HIDDEN)], id=ids.ATTN_BODY),
     ])
 
 
 @callback(Output(ids.ATTN_LAYER, "options"), Output(ids.ATTN_LAYER, "value"), Output(ids.ATTN_HEAD, "options"),
-          Output(ids.ATTN_HEAD, "value"), Input(ids.RUN, "value"), Input(ids.TRACE, "value"),
-          State(ids.ATTN_LAYER, "value"), State(ids.ATTN_HEAD, "value"))
-@guarded([], None, [], None, report=False)
+          Output(ids.ATTN_HEAD, "value"), Output(ids.ATTN_BODY, "style"), Input(ids.RUN, "value"),
+          Input(ids.TRACE, "value"), State(ids.ATTN_LAYER, "value"), State(ids.ATTN_HEAD, "value"))
+@guarded([], None, [], None, HIDDEN, report=False)
 def selectors(run_id, trace, layer, head):
-    header = trace_header(current_data().run(run_id), trace)
+    run = current_data().run(run_id)
+    if not run.manifest["traces"]:
+        return [], None, [], None, HIDDEN
+    header = trace_header(run, trace)
     layers, heads = layer_options(header), head_options(header)
-    return layers, keep(layer, layers), heads, keep(head, heads)
+    return layers, keep(layer, layers), heads, keep(head, heads), shown_if(bool(layers))
+
+
+def _matrix(data, run, trace, layer, head, item):
+    """``attention_matrix`` with a note (not an error) when the trace has neither patterns nor q and k."""
+    if layer in trace_header(run, trace)["layers"] and not (data.has_field(run, trace, layer, "pattern")
+            or (data.has_field(run, trace, layer, "q") and data.has_field(run, trace, layer, "k"))):
+        raise NotAvailable("This trace stored neither attention patterns nor queries and keys: capture with "
+                           "Capture(pattern=True) or Capture(qk=True) to see attention maps.")
+    return attention_matrix(data, run, trace, layer, head, item)
 
 
 @callback(Output(ids.ATTN_HEATMAP, "figure"), Output(ids.ATTN_MESSAGE, "children"),
           Input(ids.RUN, "value"), Input(ids.TRACE, "value"), Input(ids.ITEM, "value"),
-          Input(ids.ATTN_LAYER, "value"), Input(ids.ATTN_HEAD, "value"))
+          Input(ids.ATTN_LAYER, "value"), Input(ids.ATTN_HEAD, "value"), Input(ids.ATTN_SCALE, "value"),
+          Input(ids.ATTN_SINK, "value"))
 @guarded(lambda: message_figure("no attention to show"))
-def heatmap(run_id, trace, item, layer, head):
+def heatmap(run_id, trace, item, layer, head, scale="auto", sink=()):
     data = current_data()
     run = data.run(run_id)
-    trace_header(run, trace)  # a Run without this trace is explained in the message
+    require_traces(run, "the attention view")
+    header = trace_header(run, trace)  # a Run without this trace is explained in the message
     if layer is None or head is None:
         return message_figure("no layer chosen"), message("This trace captured no layers.", "note")
-    matrix, real, source = attention_matrix(data, run, trace, layer, head, item or 0)
-    tokens = trace_header(run, trace)["tokens"][item or 0]
-    labels = [f"{n}:{tokens[n]}" for n in real]
+    matrix, real, source = _matrix(data, run, trace, layer, head, item or 0)
+    labels = token_axis_labels(header["tokens"][item or 0], real)
     note = None if source == "pattern" else message(
         "No pattern was stored; the map is recomputed as softmax(q·k/√d) from the stored queries and keys.", "note")
-    return attention_heatmap(matrix, labels, f"layer {layer}, head {head}"), note
+    scale = resolve_scale(scale, len(labels))
+    figure = attention_heatmap(matrix, labels, f"layer {layer}, head {head}", scale=scale,
+                               exclude_first=SINK in (sink or []))
+    return stamp(figure, *provenance(run_id, run, trace, item or 0, layer=layer, head=head, scale=scale)), note
 
 
 @callback(Output(ids.ATTN_FOCUS, "data"), Input(ids.ATTN_TEXT, "hoverData"), Input(ids.ATTN_HEATMAP, "clickData"),
@@ -90,7 +124,7 @@ def text_view(run_id, trace, item, layer, head, position):
     try:
         data = current_data()
         run = data.run(run_id)
-        matrix, real, _ = attention_matrix(data, run, trace, layer, head, item or 0)
+        matrix, real, _ = _matrix(data, run, trace, layer, head, item or 0)
     except (ValueError, TypeError):  # the heatmap callback reports the cause
         return message_figure("no text view")
     header = trace_header(run, trace)
@@ -99,8 +133,9 @@ def text_view(run_id, trace, item, layer, head, position):
     if position not in text:
         position = text[-1] if meta_of(header).causal else text[0]
     cells = text_cells(header, item or 0, matrix, real, position)
-    return token_text_view(cells["tokens"], cells["positions"], np.asarray(cells["attends_to"]),
-                           np.asarray(cells["attended_by"]), cells["focus"])
+    figure = token_text_view(cells["tokens"], cells["positions"], np.asarray(cells["attends_to"]),
+                             np.asarray(cells["attended_by"]), cells["focus"], per_row=12 if len(text) <= 96 else 20)
+    return stamp(figure, *provenance(run_id, run, trace, item or 0, layer=layer, head=head, view="text"))
 
 
 @callback(Output(ids.ATTN_QUERY, "options"), Output(ids.ATTN_QUERY, "value"), Output(ids.ATTN_IMAGE_BOX, "style"),
@@ -141,4 +176,5 @@ def image_view(run_id, trace, item, layer, head, query):
         return message_figure("pick a query token")
     grid, label = grid_values(header, item or 0, matrix[row[0]], real)
     token = header["tokens"][item or 0][query]
-    return patch_overlay(data.image_uri(run, item or 0), grid, f"attention of {query}:{token} to {label} patches")
+    figure = patch_overlay(data.image_uri(run, item or 0), grid, f"attention of {query}:{token} to {label} patches")
+    return stamp(figure, *provenance(run_id, run, trace, item or 0, layer=layer, head=head, query=query))

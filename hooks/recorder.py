@@ -31,6 +31,8 @@ class Pass:
     token_mask: torch.Tensor  # (B, N)
     layers: dict[int, LayerRecord] = field(default_factory=dict)
     embeddings: torch.Tensor | None = None
+    #: ``{(n_queries, device): [B, Q] bool or None}``: the real query rows, computed once per pass, not per layer.
+    real_rows: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -41,6 +43,10 @@ class StackState:
     layers: tuple[int, ...]
     passes: list[Pass] = field(default_factory=list)
     block_input: dict[int, torch.Tensor] = field(default_factory=dict)
+    #: the static key sets ``{name: [B, N_prompt] bool}`` of the first pass, and their fitted copies
+    #: ``{(n_keys, device): {name: [B, K]}}``: they depend on the prompt alone, so every layer reuses them.
+    static_sets: dict[str, torch.Tensor] | None = None
+    fitted_sets: dict = field(default_factory=dict)
 
 
 class Recorder:
@@ -113,20 +119,30 @@ class Recorder:
         """
         st = self.stacks[stack]
         first = st.passes[0]
-        prompt = Trace(first.tokens, first.segments, {}, st.meta, first.token_mask)
-        sets = {}
-        for kind in self.capture.key_sets:
-            mask = prompt.key_set(kind)  # (B, N_prompt)
-            if kind == "text" or mask.any():
-                sets[kind] = mask
-        for name, mask in self.extra_key_sets.items():
-            sets[name] = mask.to(torch.bool)
-        if self.key_set_fn is not None and stack == self.main:
-            sets.update(self.key_set_fn(layer, st.block_input.get(layer), sets, preview=preview,
-                                        token_mask=first.token_mask))
-        # Generated tokens are text and come after everything in the prompt.
-        return {name: _fit_keys(mask, n_keys, fill=name == "text" or name.startswith("after_")).to(device)
-                for name, mask in sets.items()}
+        sets = self._static_sets(st)
+        fitted = st.fitted_sets.get((n_keys, device))
+        if fitted is None:
+            fitted = st.fitted_sets[(n_keys, device)] = _fit_sets(sets, n_keys, device)
+        if self.key_set_fn is None or stack != self.main:
+            return dict(fitted)
+        dynamic = self.key_set_fn(layer, st.block_input.get(layer), dict(sets), preview=preview,
+                                  token_mask=first.token_mask)
+        return {**fitted, **_fit_sets(dynamic, n_keys, device)}
+
+    def _static_sets(self, st: StackState) -> dict[str, torch.Tensor]:
+        """The segment key sets of the stack's first pass plus the user's, ``{name: [B, N_prompt] bool}``."""
+        if st.static_sets is None:
+            first = st.passes[0]
+            prompt = Trace(first.tokens, first.segments, {}, st.meta, first.token_mask)
+            sets = {}
+            for kind in self.capture.key_sets:
+                mask = prompt.key_set(kind)  # (B, N_prompt)
+                if kind == "text" or mask.any():
+                    sets[kind] = mask
+            for name, mask in self.extra_key_sets.items():
+                sets[name] = mask.to(torch.bool)
+            st.static_sets = sets
+        return st.static_sets
 
     def attend(self, stack: str, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                causal: bool, key_mask: torch.Tensor | None, attn_mask: torch.Tensor | None,
@@ -181,12 +197,16 @@ class Recorder:
     def _real_queries(st, n_q: int, key_mask: torch.Tensor | None, device) -> torch.Tensor | None:
         """``[B, Q]`` True for the query rows of real tokens, so padding rows add nothing to ``received``.
 
-        The rows are the pass's tokens at prefill (``token_mask``), or the last ``Q`` keys of a key mask; while
-        decoding (``Q`` new tokens, all real) nothing is masked.
+        The rows are the pass's tokens at prefill (``token_mask``, checked once per pass rather than per layer),
+        or the last ``Q`` keys of a key mask; while decoding (``Q`` new tokens, all real) nothing is masked.
         """
-        token_mask = st.passes[-1].token_mask if st.passes else None
-        if token_mask is not None and token_mask.shape[1] == n_q:
-            return None if bool(token_mask.all()) else token_mask.to(device=device, dtype=torch.bool)
+        current = st.passes[-1] if st.passes else None
+        if current is not None and current.token_mask.shape[1] == n_q:
+            key = (n_q, device)
+            if key not in current.real_rows:
+                mask = current.token_mask
+                current.real_rows[key] = None if bool(mask.all()) else mask.to(device=device, dtype=torch.bool)
+            return current.real_rows[key]
         if key_mask is not None:
             return key_mask[:, -n_q:]
         return None
@@ -224,6 +244,12 @@ class Recorder:
             if name != self.main and self.stacks[name].passes:
                 out.vision = self.traces(name)[0]
         return out
+
+
+def _fit_sets(sets: dict[str, torch.Tensor], n_keys: int, device) -> dict[str, torch.Tensor]:
+    """Key sets fitted to ``n_keys`` keys on ``device``; generated tokens are text and follow the prompt."""
+    return {name: _fit_keys(mask, n_keys, fill=name == "text" or name.startswith("after_")).to(device)
+            for name, mask in sets.items()}
 
 
 def _fit_keys(mask: torch.Tensor, n_keys: int, fill: bool = False) -> torch.Tensor:

@@ -1,0 +1,62 @@
+"""Recorder work that depends on the pass alone (key sets, real query rows) is done once per pass, not per layer.
+
+Oracles: the eager pattern captured beside the statistics (itself checked against HF eager in test_hf.py),
+summed over key sets built here from the token mask; and the row-sum identity of softmax.
+"""
+
+import torch
+
+from attnlab.core.capture import Capture
+from attnlab.core.trace import Trace
+from attnlab.hooks import attach
+from attnlab.hooks.inputs import prepare_inputs
+from attnlab.zoo import load
+
+TEXTS = ["the cat sat on the mat while the dog slept .", "the dog"]
+
+
+def test_key_sets_are_built_once_per_pass_and_match_the_pattern(tiny_dir, monkeypatch):
+    model, tok, spec = load(str(tiny_dir("gpt2")))
+    assert spec.n_layers >= 2  # otherwise once per pass and once per layer cannot be told apart
+    inputs = prepare_inputs(tok, spec, TEXTS)
+    calls = []
+    original = Trace.key_set
+    monkeypatch.setattr(Trace, "key_set", lambda self, kind: calls.append(kind) or original(self, kind))
+    capture = Capture(stats=True, pattern=True)
+    with torch.no_grad(), attach(model, capture, tokenizer=tok) as rec:
+        model(**inputs)
+    assert sorted(calls) == sorted(capture.key_sets)  # one call per kind, whatever the depth
+    monkeypatch.setattr(Trace, "key_set", original)
+    trace = rec.trace()
+    mask = trace.token_mask  # (B, N)
+    first = torch.zeros_like(mask)
+    first[torch.arange(mask.shape[0]), mask.int().argmax(-1)] = True  # first real token of each item
+    rows = mask[:, None, :]  # (B, 1, Q) real query rows
+    for layer in range(spec.n_layers):
+        pattern, stats = trace.layer(layer).pattern, trace.layer(layer).stats  # (B, H, Q, K)
+        want_first = (pattern * first[:, None, None, :]).sum(-1)  # (B, H, Q)
+        torch.testing.assert_close(stats["mass.first"], want_first, atol=1e-5, rtol=1e-5)
+        want_received = (pattern * rows[..., None]).sum(-2)  # (B, H, K) over real queries only
+        torch.testing.assert_close(stats["received"], want_received, atol=1e-5, rtol=1e-5)
+
+
+def test_decoding_passes_fit_the_cached_sets_to_the_growing_keys(tiny_dir):
+    """Each decoding pass has one more key: the cached prompt sets are refitted (generated tokens are text)."""
+    model, tok, spec = load(str(tiny_dir("llama")))
+    inputs = prepare_inputs(tok, spec, TEXTS[:1])
+    prompt = inputs["input_ids"][0]  # (N_prompt,)
+    with torch.no_grad(), attach(model, Capture(stats=True, pattern=True), tokenizer=tok) as rec:
+        model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    traces = rec.traces()
+    assert len(traces) == 3
+    special = torch.tensor([int(t) in set(tok.all_special_ids) for t in prompt])  # (N_prompt,)
+    assert special.any() and not special.all()  # BOS: text and special sets differ
+    for step, trace in enumerate(traces[1:], start=1):
+        text = torch.cat([~special, torch.ones(step, dtype=torch.bool)])  # generated keys are text
+        for layer in range(spec.n_layers):
+            pattern, stats = trace.layer(layer).pattern, trace.layer(layer).stats  # (1, H, 1, K)
+            assert pattern.shape[-1] == len(prompt) + step  # keys grew by one per step
+            torch.testing.assert_close(stats["mass.text"], (pattern * text).sum(-1), atol=1e-5, rtol=1e-5)
+            # a decoding row is one real query whose weights sum to one
+            torch.testing.assert_close(stats["received"].sum(-1), torch.ones(stats["received"].shape[:2]),
+                                       atol=1e-5, rtol=0)

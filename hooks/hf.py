@@ -48,26 +48,29 @@ def attnlab_attention_forward(module: nn.Module, query: torch.Tensor, key: torch
     if site is None or not site.recorder.wants(site.stack, site.layer):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)
-    if kwargs.get("softcap") is not None or kwargs.get("position_bias") is not None:
-        raise ValueError("attnlab capture does not support attention soft-capping or position biases yet")
+    if kwargs.get("position_bias") is not None:
+        raise ValueError("attnlab capture does not take T5-style position_bias arguments yet")
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     causal = bool(query.shape[2] > 1 and attention_mask is None and causal)
-    attn_mask = None
-    if attention_mask is not None:
-        attn_mask = _bool_mask(attention_mask)
+    attn_mask, bias = (None, None) if attention_mask is None else mask_and_bias(attention_mask)
     out, pattern = site.recorder.attend(site.stack, site.layer, query, key, value, causal=causal,
-                                        key_mask=None, attn_mask=attn_mask, scale=scaling)
+                                        key_mask=None, attn_mask=attn_mask, scale=scaling,
+                                        softcap=kwargs.get("softcap"), bias=bias)
     return out.transpose(1, 2).contiguous(), pattern
 
 
-def _bool_mask(mask: torch.Tensor) -> torch.Tensor:
-    """HF masks (bool, or additive float with 0 / large negative) -> bool ``[B, 1|H, Q, K]``."""
+def mask_and_bias(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """HF masks -> ``(allowed [B, 1|H, Q, K] bool, bias or None)``.
+
+    A float mask holds 0 (or an additive bias such as Falcon's ALiBi) where attending is allowed and a large
+    negative number elsewhere; the bias part, zero at masked pairs, goes to the kernels' ``bias`` term.
+    """
     if mask.dtype == torch.bool:
-        return mask
+        return mask, None
     allowed = mask > torch.finfo(mask.dtype).min / 2
-    if (mask[allowed] != 0).any():
-        raise ValueError("attnlab capture does not support additive attention biases in the mask")
-    return allowed
+    if not (mask[allowed] != 0).any():
+        return allowed, None
+    return allowed, torch.where(allowed, mask, torch.zeros((), dtype=mask.dtype, device=mask.device))
 
 
 def ensure_registered() -> None:

@@ -58,6 +58,13 @@ def routes_through_interface(cls: type) -> bool:
     return "ALL_ATTENTION_FUNCTIONS" in source
 
 
+def kernel_score_terms() -> frozenset[str]:
+    """Score terms beyond ``q k^T`` that :func:`attnlab.kernels.api.attention` takes (``softcap``, ``bias``)."""
+    from attnlab.kernels.api import attention
+
+    return frozenset(inspect.signature(attention).parameters) & {"softcap", "bias"}
+
+
 def _is_attention_module(module: nn.Module) -> bool:
     cls = type(module)
     return cls.__module__.startswith("transformers.models") and cls.__name__.endswith("Attention")
@@ -85,10 +92,11 @@ def _check_capturable(model: nn.Module, name: str, module: nn.Module) -> None:
     if not routes_through_interface(cls):
         raise refuse(name, cls.__name__, _why_not_interface(model, cls))
     cfg = getattr(module, "config", None)
-    if getattr(cfg, "attn_logit_softcapping", None) is not None:
+    terms = kernel_score_terms()
+    if getattr(cfg, "attn_logit_softcapping", None) is not None and "softcap" not in terms:
         raise refuse(name, cls.__name__, f"attention logit soft-capping (attn_logit_softcapping="
                      f"{cfg.attn_logit_softcapping}) is not in attnlab's kernels yet")
-    if getattr(cfg, "alibi", False):
+    if getattr(cfg, "alibi", False) and "bias" not in terms:
         raise refuse(name, cls.__name__, "ALiBi position biases (alibi=True) reach the attention function as an "
                      "additive mask, which attnlab's kernels do not take yet")
     if getattr(cfg, "temporal_patch_size", None) is not None:
@@ -126,7 +134,7 @@ def find_stacks(model: nn.Module) -> list[Stack]:
         _check_capturable(model, name, module)
         prefix, idx = match.group(1), int(match.group(2))
         grouped.setdefault(prefix, {})[idx] = name
-        configs[prefix] = module.config
+        configs[prefix] = getattr(module, "config", None) or model.config
     stacks = []
     for prefix, names in grouped.items():
         vision = is_vision_config(configs[prefix]) or "vision" in prefix.lower() or "visual" in prefix.lower()

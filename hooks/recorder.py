@@ -146,12 +146,15 @@ class Recorder:
 
     def attend(self, stack: str, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                causal: bool, key_mask: torch.Tensor | None, attn_mask: torch.Tensor | None,
-               scale: float | None, return_pattern: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+               scale: float | None, return_pattern: bool = False, softcap: float | None = None,
+               bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Run attention for a layer, recording what the capture asks.
 
         Args:
             q: ``[B, H, Q, d]``; k, v: ``[B, Hkv, K, d]``.
             causal, key_mask, attn_mask, scale: as in :func:`attnlab.kernels.attention`.
+            softcap: logit soft-capping (Gemma 2); bias: ``[1|B, 1|H, Q, K]`` additive scores (ALiBi). Both as
+                in :func:`attnlab.kernels.attention`, passed only when set.
             return_pattern: return the applied pattern even when the capture does not record it
                 (for modules whose caller asked for attention weights).
 
@@ -165,10 +168,11 @@ class Recorder:
         stats = cap.stat_names if record else ()
         stats = stats + ("mass",) if stats else stats
         real_queries = self._real_queries(st, q.shape[2], key_mask, q.device)  # (B, Q) or None
+        terms = {name: t for name, t in (("softcap", softcap), ("bias", bias)) if t is not None}
 
         def preview() -> torch.Tensor:
             _, plain = attention(q, k, v, causal=causal, key_mask=key_mask, attn_mask=attn_mask, scale=scale,
-                                 stats=("received",), impl="torch" if self.impl == "eager" else self.impl,
+                                 stats=("received",), **terms, impl="torch" if self.impl == "eager" else self.impl,
                                  received_queries=real_queries)
             return plain.received  # (B, H, K)
 
@@ -180,7 +184,7 @@ class Recorder:
         out, stt = attention(q, k, v, causal=causal, key_mask=key_mask, attn_mask=attn_mask, scale=scale,
                              plan=lplan, stats=stats, key_sets=key_sets, query_sets=query_sets, impl=impl,
                              return_pattern=want_pattern or return_pattern,
-                             received_queries=real_queries if "received" in stats else None)
+                             received_queries=real_queries if "received" in stats else None, **terms)
         if record:
             rec = st.passes[-1].layers.setdefault(layer, LayerRecord())
             if want_pattern:

@@ -156,3 +156,21 @@ def test_received_counts_real_queries_only_in_a_padded_batch(family, tiny_dir, m
         # every real query row sums to one, so the total is the number of real tokens
         torch.testing.assert_close(batch.layers[layer].stats["received"][1].sum(-1),
                                    torch.full((got.shape[0],), float(real.sum())), atol=1e-4, rtol=0)
+
+
+def test_attention_that_bypasses_attnlab_raises_instead_of_an_empty_trace(monkeypatch):
+    """With the attach-time check fooled, DeBERTa's own attention records nothing: the forward call must fail."""
+    import transformers as tf
+
+    from attnlab.hooks import hf_stacks
+
+    torch.manual_seed(0)
+    model = tf.DebertaV2Model(tf.DebertaV2Config(vocab_size=100, hidden_size=32, num_hidden_layers=2,
+                                                 num_attention_heads=4, intermediate_size=64)).eval()
+    with pytest.raises(ValueError, match=r"'encoder\.layer\.0\.attention\.self' \(DisentangledSelfAttention\)"):
+        with attach(model, Capture(pattern=True)):
+            pass
+    monkeypatch.setattr(hf_stacks, "routes_through_interface", lambda cls: True)
+    with pytest.raises(RuntimeError, match="No attention layer of the 'main' stack reached attnlab's attention"):
+        with torch.no_grad(), attach(model, Capture(pattern=True, stats=True)):
+            model(input_ids=torch.tensor([[5, 6, 7]]))

@@ -19,6 +19,7 @@ from attnlab.cli.main import app
 from attnlab.core.capture import Capture
 from attnlab.core.runs import Run
 from attnlab.hooks import attach
+from attnlab.hooks.hf_stacks import kernel_score_terms
 from attnlab.hooks.inputs import prepare_inputs, tokenizer_of
 from attnlab.zoo import load, peek
 from attnlab.zoo.tiny import TINY_WORDS, _image_processor, save_tiny
@@ -93,6 +94,10 @@ REFUSED = {  # architecture -> (model class, config factory, what the refusal mu
         vision_config=dict(depth=2, embed_dim=32, num_heads=4, hidden_size=32, mlp_ratio=2, patch_size=8)),
         r"video-style patch embedding"),
 }
+# Soft-capping (Gemma 2) and additive biases (Falcon's ALiBi) are captured once the kernels take them, refused before.
+for _arch, _term in (("gemma2-softcap", "softcap"), ("falcon-alibi", "bias")):
+    if _term in kernel_score_terms():
+        TEXT[_arch] = REFUSED.pop(_arch)[:2]
 MULTI = ("clip", "llava", "paligemma")
 CAPTURED = [*TEXT, *VISION, *MULTI]
 

@@ -1,0 +1,50 @@
+"""Token labels are readable: sub-word markers become the spaces and bytes they stand for."""
+
+import torch
+
+from attnlab.hooks.segments import text_tokens
+
+
+def _byte_level_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    core.train_from_iterator(["the cat sat.\nhéllo wörld"] * 10, trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=["<|endoftext|>"]))
+    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>")
+
+
+def _metaspace_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE(unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Metaspace()
+    core.decoder = decoders.Metaspace()
+    core.train_from_iterator(["the cat sat on the mat"] * 10, trainers.BpeTrainer(vocab_size=60,
+                                                                                special_tokens=["<unk>", "<s>"]))
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<s>")
+
+
+def test_byte_level_markers_become_spaces_newlines_and_utf8():
+    tok = _byte_level_tokenizer()
+    ids = tok("the cat\nhéllo wörld<|endoftext|>", return_tensors="pt")["input_ids"]
+    raw = tok.convert_ids_to_tokens(ids[0].tolist())
+    assert "Ġcat" in raw and "Ċ" in raw  # the raw form this replaces
+    assert text_tokens(ids, tok) == [["the", " cat", "\n", "héllo", " wörld", "<|endoftext|>"]]
+
+
+def test_sentencepiece_marker_becomes_a_leading_space():
+    tok = _metaspace_tokenizer()
+    ids = torch.tensor([tok.convert_tokens_to_ids(["<s>", "▁the", "▁cat"])])
+    assert text_tokens(ids, tok) == [["<s>", " the", " cat"]]
+
+
+def test_wordpiece_and_special_tokens_stay(minilm):
+    _, tok, _ = minilm
+    ids = tok("the unbelievable cat", return_tensors="pt")["input_ids"]
+    assert text_tokens(ids, tok) == [tok.convert_ids_to_tokens(ids[0].tolist())]
+    assert text_tokens(ids, None)[0][0] == f"#{int(ids[0, 0])}"

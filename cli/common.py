@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Callable
@@ -45,7 +46,26 @@ def friendly(fn: Callable) -> Callable:
 
 
 def _first_line(err: BaseException) -> str:
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
+    return cli_terms(str(err).splitlines()[0]) if str(err) else type(err).__name__
+
+
+def _capture_flags(match: re.Match) -> str:
+    args = [a.strip() for a in match.group(1).split(",") if "=" in a]
+    on = [a.split("=", 1)[0] for a in args if a.split("=", 1)[1].strip() == "True"]
+    parts = ([f"--capture {','.join(on)}"] if on else []) + (["--layers"] if any(a.startswith("layers=") for a in args) else [])
+    return " with ".join(parts) or "--capture"
+
+
+def cli_terms(message: str) -> str:
+    """A library message in the words of the command line: ``Capture(resid=True)`` -> ``--capture resid``,
+    ``layers=...`` -> ``--layers``, ``budget_bytes`` -> ``--budget-gb``.
+
+    Example:
+        >>> cli_terms("capture again with Capture(pattern=False, stats=True) or raise budget_bytes")
+        'capture again with --capture stats or raise --budget-gb'
+    """
+    message = re.sub(r"Capture\(([^)]*)\)", _capture_flags, message)
+    return message.replace("layers=...", "--layers").replace("budget_bytes", "--budget-gb")
 
 
 def check_writable(out: Path, flag: str = "--out") -> None:

@@ -120,6 +120,17 @@ def _file_in_the_way(root: Path) -> list[str]:
     return ["capture", "--model", "minilm", "--text", "hi", "--out", "notes/run"]
 
 
+def _truncated_weights(root: Path) -> list[str]:
+    import shutil
+
+    from attnlab.zoo.registry import CHECKPOINTS
+
+    shutil.copytree(CHECKPOINTS / "toy-gpt", root / "gpt")
+    weights = root / "gpt" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return ["capture", "--model", "gpt", "--text", "hi", "--out", "x"]
+
+
 def _locked(root: Path) -> list[str]:
     from filelock import FileLock
 
@@ -209,6 +220,16 @@ CASES = [
     Case("--max-new-tokens 0", lambda r: [*EVAL, "--max-new-tokens", "0", "--out", "e"], 2,
          r"error: --max-new-tokens must be a positive integer, got 0"),
     Case("--out below a file", _file_in_the_way, 2, r"error: --out notes/run: notes is a file, so the folder cannot be created"),
+    Case("truncated model weights", lambda r: _truncated_weights(r), 2,
+         r"error: a weights file is damaged or truncated \(.*\); re-download or re-save the model"),
+    Case("text longer than the model's positions",
+         lambda r: ["capture", "--model", "minilm", "--text", "word " * 700, "--out", "long"], 2,
+         r"error: The input is 702 tokens long but the model takes at most 512 positions; shorten the --text \(or "
+         r"split it\)"),
+    Case("a capture over its budget is explained in CLI flags",
+         lambda r: ["capture", "--model", "minilm", "--text", "hi", "--budget-gb", "1e-9", "--out", "b"], 2,
+         r"error: This capture needs about .*\(--capture stats\) needs .*\. Or capture fewer layers \(--layers\), "
+         r"a smaller batch, or raise --budget-gb\."),
     Case("probe --save into a folder", lambda r: (capture_run(r), ["probe", "rollout", "cap", "--save", "a/b"])[1], 2,
          r"error: --save a/b: give a plain table name \(e\.g\. --save rollout\); it is stored inside the Run as "
          r"results/<name>\.parquet"),

@@ -235,8 +235,14 @@ def test_write_world_refuses_non_empty_dir_and_overwrites_when_told(tmp_path):
     (out / "stale.txt").write_text("x")
     with pytest.raises(ValueError, match="out_dir: .* is not empty; .*overwrite=True"):
         W.write_world(out, 3, seed=0)
-    W.write_world(out, 3, seed=0, overwrite=True)
-    assert not (out / "stale.txt").exists() and (out / "world.json").exists()
+    with pytest.raises(ValueError, match="out_dir .* is not an attnlab world"):  # a user's folder is never replaced
+        W.write_world(out, 3, seed=0, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["stale.txt"]
+    (out / "stale.txt").unlink()
+    W.write_world(out, 3, seed=0)
+    (out / "stale.txt").write_text("x")  # now inside a toy world: replaced with it
+    W.write_world(out, 3, seed=1, overwrite=True)
+    assert not (out / "stale.txt").exists() and json.loads((out / "world.json").read_text())["seed"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w"]  # no temporary directories left
 
 

@@ -24,8 +24,10 @@ def main() -> None:
     """attnlab: capture, probe and steer attention in transformers."""
     from transformers.utils import logging as hf_logging
 
-    # The CLI owns its terminal: keep the loaders' per-file progress bars out of its output.
+    # The CLI owns its terminal: keep the loaders' per-file progress bars out of its output, and their advice
+    # (e.g. "sequence length is longer than the specified maximum"), which attnlab checks itself in one line.
     hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -81,7 +81,7 @@ def check_dataset(spec, data: Dataset) -> None:
                          "choose a vision(-language) model")
     if spec.modality == "vision" and has_text:
         raise ValueError(f"{spec.name} is a vision model; drop the prompts (or --text) from the dataset")
-    if spec.modality == "vision-language":
+    if spec.modality in ("vision-language", "text-image"):  # an LVLM, or a dual encoder such as CLIP
         lacking = [it for it in data.items if not (it.text and it.image)]
         if lacking:
             raise ValueError(f"{spec.name} needs a prompt and an image per input; item {lacking[0].index} of "

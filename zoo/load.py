@@ -85,17 +85,19 @@ def modality_of(cfg: dict) -> str:
 
 
 def _model_class(cfg: dict, path: Path):
-    """The transformers class the checkpoint was saved from (``config.architectures``), else ``AutoModel``."""
+    """The class to load: the saved generative class (causal LM, LVLM), else the base model (``AutoModel``).
+
+    Encoders and vision towers load without their task head (a classifier's logits are not what attention
+    analysis looks at), as ``AutoModel`` gives; decoders and LVLMs keep their LM head.
+    """
     import transformers as tf
 
     names = cfg.get("architectures") or []
-    if not names:
-        return tf.AutoModel
-    cls = getattr(tf, names[0], None)
-    if cls is None:
+    if names and getattr(tf, names[0], None) is None:
         raise ValueError(f"{path} was saved from {names[0]!r}, which is not a transformers class (custom code); "
                          "attnlab does not run trust_remote_code checkpoints")
-    return cls
+    generative = names and names[0].endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration"))
+    return getattr(tf, names[0]) if generative else tf.AutoModel
 
 
 def _load_processor(modality: str, path: Path):
@@ -123,8 +125,9 @@ def peek(name_or_path: str) -> tuple[str, Path, str, str]:
 def load(name_or_path: str):
     """Load a model for analysis, offline.
 
-    Any checkpoint whose attention attnlab can capture loads; there is no list of architectures. The model
-    class is the one named in ``config.json`` (``architectures``), the processor comes from the checkpoint.
+    Any checkpoint whose attention attnlab can capture loads; there is no list of architectures. Decoders and
+    LVLMs load as the class named in ``config.json`` (``architectures``), encoders and vision models as their
+    base model (``AutoModel``); the processor comes from the checkpoint.
 
     Args:
         name_or_path: a zoo name (``minilm``, ``toy-gpt``, ...) or a local Hugging Face directory.

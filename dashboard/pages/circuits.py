@@ -2,45 +2,84 @@
 
 from __future__ import annotations
 
+import math
+
 import dash
-from dash import Input, Output, callback, dcc, html
+from dash import Input, Output, State, callback, dcc, html
 
 from attnlab.dashboard import ids
-from attnlab.dashboard.analyses import NotAvailable, circuit_edges
+from attnlab.dashboard.analyses import circuit_edges
 from attnlab.dashboard.app import current_data
-from attnlab.dashboard.errors import explain, guarded
+from attnlab.dashboard.errors import guarded, message
 from attnlab.dashboard.summaries import head_statistic
-from attnlab.dashboard.widgets import control, graph, message_area, page_header
-from attnlab.viz.dashboard_figures import circuit_figure, head_grid, message_figure
+from attnlab.dashboard.viewstate import sync_url
+from attnlab.dashboard.widgets import HIDDEN, control, graph, help_tip, message_area, page_header, provenance
+from attnlab.viz.dashboard_figures import circuit_figure, head_grid, message_figure, stamp
 
 dash.register_page(__name__, path="/circuits", name="Circuits", title="attnlab · Circuits", order=6)
 
 
-def layout(**_query) -> html.Div:
+STRENGTH_HELP = ("Edge strength: the upstream head's mean share of all upstream heads' absolute contributions to the "
+                 "signal the downstream head reads, over its firings (Franco & Crovella 2024, sparse attention "
+                 "decomposition). Blue: written at the key token; orange: at the query token.")
+PATCHING_HELP = ("Patching effect: (patched − corrupted) / (clean − corrupted) of the logit difference when one "
+                 "head's output is patched between the clean and corrupted prompts (Wang et al. 2022, §3): 0 is as "
+                 "corrupted, 1 as clean; click a head to open it.")
+sync_url(ids.CIRCUITS_URL, {"min_strength": ids.CIRCUITS_MIN})
+
+
+def layout(min_strength=None, **_query) -> html.Div:
     """Edge-strength threshold; the head communication graph and the patching heatmap."""
+    try:
+        value = float(min_strength)
+    except (TypeError, ValueError):
+        value = None
     return html.Div([
         page_header("Circuits", "Head communication from the sparse attention decomposition (Franco & Crovella 2024): "
                                 "an edge says a head's attention read a signal an upstream head wrote. Both views "
                                 "show result tables stored in the Run."),
-        html.Div([control("Minimum edge strength", dcc.Slider(id=ids.CIRCUITS_MIN, min=0, max=1, step=0.05, value=0.2,
-                                                             marks={0: "0", 0.5: "0.5", 1: "1"}))],
+        dcc.Store(id=ids.CIRCUITS_URL),
+        html.Div([control("Minimum edge strength", dcc.Slider(id=ids.CIRCUITS_MIN, min=0, max=1, step=0.01,
+                                                             value=value, tooltip={"always_visible": True,
+                                                                                   "placement": "bottom"}),
+                          help=STRENGTH_HELP),
+                  html.Div(id=ids.CIRCUITS_READOUT, className="readout", **{"aria-live": "polite"})],
                  className="controls"),
         message_area(ids.CIRCUITS_MESSAGE),
         html.Div([graph(ids.CIRCUITS_GRAPH, "head communication graph"),
-                  graph(ids.CIRCUITS_PATCHING, "activation patching effect per head")], className="two-columns"),
+                  html.Div([html.P(["Patching effect per head ", help_tip(PATCHING_HELP)], className="note"),
+                            graph(ids.CIRCUITS_PATCHING, "activation patching effect per head")],
+                           id=ids.CIRCUITS_PATCHING_BOX)], className="two-columns"),
     ])
 
 
-@callback(Output(ids.CIRCUITS_GRAPH, "figure"), Output(ids.CIRCUITS_MESSAGE, "children"),
-          Input(ids.RUN, "value"), Input(ids.CIRCUITS_MIN, "value"))
-@guarded(lambda: message_figure("not available in this Run"))
+@callback(Output(ids.CIRCUITS_MIN, "min"), Output(ids.CIRCUITS_MIN, "max"), Output(ids.CIRCUITS_MIN, "marks"),
+          Output(ids.CIRCUITS_MIN, "value"), Input(ids.RUN, "value"), State(ids.CIRCUITS_MIN, "value"))
+@guarded(0, 1, None, 0.2, report=False)
+def strength_range(run_id, current):
+    """The slider spans the stored edges' strengths (rounded out to 0.01); the value stays when inside."""
+    edges = circuit_edges(current_data().run(run_id))
+    low = math.floor(float(edges["strength"].min()) * 100) / 100
+    high = math.ceil(float(edges["strength"].max()) * 100) / 100
+    high = max(high, low + 0.01)
+    value = current if current is not None and low <= float(current) <= high else round((low + high) / 2, 2)
+    return low, high, {low: f"{low:g}", high: f"{high:g}"}, value
+
+
+@callback(Output(ids.CIRCUITS_GRAPH, "figure"), Output(ids.CIRCUITS_READOUT, "children"),
+          Output(ids.CIRCUITS_MESSAGE, "children"), Input(ids.RUN, "value"), Input(ids.CIRCUITS_MIN, "value"))
+@guarded(lambda: message_figure("not available in this Run"), "")
 def show_graph(run_id, min_strength):
     run = current_data().run(run_id)
     edges = circuit_edges(run)
     model = run.info.model
     n_layers = int(model.get("n_layers") or edges["downstream"].str.split(".").str[0].astype(int).max() + 1)
     n_heads = int(model.get("n_heads") or edges["downstream"].str.split(".").str[1].astype(int).max() + 1)
-    return circuit_figure(edges, n_layers, n_heads, float(min_strength or 0)), None
+    threshold = float(min_strength or 0)
+    shown = int((edges["strength"] >= threshold).sum())
+    figure = circuit_figure(edges, n_layers, n_heads, threshold)
+    readout = f"strength ≥ {threshold:.2f}: {shown} of {len(edges)} edges"
+    return stamp(figure, *provenance(run_id, run, "main", None, min_strength=f"{threshold:.2f}")), readout, None
 
 
 @callback(Output(ids.NAV, "href", allow_duplicate=True), Input(ids.CIRCUITS_PATCHING, "clickData"),
@@ -53,14 +92,15 @@ def open_head(click):
         raise dash.exceptions.PreventUpdate from None
 
 
-@callback(Output(ids.CIRCUITS_PATCHING, "figure"), Input(ids.RUN, "value"), Input(ids.ITEM, "value"))
+@callback(Output(ids.CIRCUITS_PATCHING, "figure"), Output(ids.CIRCUITS_PATCHING_BOX, "style"),
+          Input(ids.RUN, "value"), Input(ids.ITEM, "value"))
+@guarded(lambda: message_figure(""), HIDDEN, report=False)
 def show_patching(run_id, item):
-    try:
-        data = current_data()
-        run = data.run(run_id)
-        if "patching" not in run.manifest.get("results", []) or "main" not in run.manifest["traces"]:
-            raise NotAvailable("Activation patching is not available in this Run (no 'patching' result table)")
-        values, layers = head_statistic(data, run, "main", "patching", item or 0)
-        return head_grid(values, layers, "patching effect", signed=True)
-    except Exception as err:  # reported in the figure; the graph view keeps its own message
-        return message_figure(explain(err).children)
+    """The patching grid, hidden (the graph's message says what is missing) when the Run has no patching table."""
+    data = current_data()
+    run = data.run(run_id)
+    if "patching" not in run.manifest.get("results", []) or "main" not in run.manifest["traces"]:
+        return message_figure(""), HIDDEN
+    values, layers = head_statistic(data, run, "main", "patching", item or 0)
+    figure = head_grid(values, layers, "patching effect", signed=True)
+    return stamp(figure, *provenance(run_id, run, "main", item or 0)), {}

@@ -11,8 +11,10 @@ from attnlab.dashboard.app import current_data
 from attnlab.dashboard.data import image_segments, meta_of, trace_header
 from attnlab.dashboard.errors import guarded, message
 from attnlab.dashboard.summaries import grid_values, real_positions
-from attnlab.dashboard.widgets import control, graph, keep, message_area, page_header, radio
-from attnlab.viz.dashboard_figures import message_figure, patch_overlay
+from attnlab.dashboard.viewstate import as_list, run_switched, sync_url
+from attnlab.dashboard.widgets import (HIDDEN, as_int, control, graph, keep, message_area, page_header, provenance,
+                                       radio, require_traces)
+from attnlab.viz.dashboard_figures import message_figure, patch_overlay, stamp
 from attnlab.viz.relevance import relevance_bar
 
 dash.register_page(__name__, path="/flow", name="Flow", title="attnlab · Flow", order=3)
@@ -20,40 +22,62 @@ dash.register_page(__name__, path="/flow", name="Flow", title="attnlab · Flow",
 METHODS = [{"label": "rollout", "value": "rollout"}, {"label": "flow (max-flow)", "value": "flow"}]
 FUSIONS = [{"label": f, "value": f} for f in ("mean", "max", "min")]
 RECEPTIVE = "receptive-field"
+METHOD_HELP = ("Rollout multiplies the layers' attention (with the residual) down the stack; flow takes the maximum "
+               "flow through the attention graph (Abnar & Zuidema 2020, §3).")
+RECEPTIVE_HELP = ("On a causal model early tokens are seen by every later row, so rollout and flow favour them; "
+                  "Abnar & Zuidema (2020, conclusion) suggest normalising by the receptive field. Here relevance "
+                  "is divided by what uniform attention over each query's visible keys gives, then renormalised.")
+sync_url(ids.FLOW_URL, {"method": ids.FLOW_METHOD, "fusion": ids.FLOW_FUSION, "discard": ids.FLOW_DISCARD,
+                        "options": ids.FLOW_OPTIONS, "position": ids.FLOW_POSITION})
 
 
-def layout(**_query) -> html.Div:
-    """Method, head fusion, residual options, output token; relevance bars and the patch-grid view."""
+def layout(method=None, fusion=None, discard=None, options=None, position=None, **_query) -> html.Div:
+    """Method, head fusion, residual options, output token (initial values from the query); relevance bars and
+    the patch-grid view."""
+    try:
+        discard = min(max(float(discard), 0.0), 0.9)
+    except (TypeError, ValueError):
+        discard = 0.0
     return html.Div([
         page_header("Flow", "How much each input token reaches an output token through the whole stack "
                             "(Abnar & Zuidema 2020). Both add the residual as 0.5·A + 0.5·I per layer."),
+        dcc.Store(id=ids.FLOW_URL),
         html.Div([
-            control("Method", radio(ids.FLOW_METHOD, METHODS, "rollout")),
-            control("Head fusion", radio(ids.FLOW_FUSION, FUSIONS, "mean")),
-            control("Discard weakest (rollout)", dcc.Slider(id=ids.FLOW_DISCARD, min=0, max=0.9, step=0.1, value=0,
-                                                           marks={0: "0", 0.5: "0.5", 0.9: "0.9"})),
-            control("Residual options", dcc.Checklist(id=ids.FLOW_OPTIONS, inline=True, value=[], options=[
-                {"label": "receptive-field normalisation (causal models, rollout)", "value": RECEPTIVE}])),
-            control("Output token", dcc.Dropdown(id=ids.FLOW_POSITION, clearable=False)),
+            control("Method", radio(ids.FLOW_METHOD, METHODS, method if method in ("rollout", "flow") else "rollout"),
+                    help=METHOD_HELP),
+            control("Head fusion", radio(ids.FLOW_FUSION, FUSIONS, fusion if fusion in ("mean", "max", "min")
+                                         else "mean")),
+            control("Discard weakest (rollout)", dcc.Slider(id=ids.FLOW_DISCARD, min=0, max=0.9, step=0.1,
+                                                           value=discard, marks={0: "0", 0.5: "0.5", 0.9: "0.9"})),
+            control("Residual options", dcc.Checklist(id=ids.FLOW_OPTIONS, inline=True, value=as_list(options),
+                                                      options=[{"label": "receptive-field normalisation (causal "
+                                                                         "models, rollout)", "value": RECEPTIVE}]),
+                    help=RECEPTIVE_HELP),
+            control("Output token", dcc.Dropdown(id=ids.FLOW_POSITION, clearable=False, value=as_int(position))),
         ], className="controls"),
         message_area(ids.FLOW_MESSAGE),
-        graph(ids.FLOW_BAR, "relevance of each input token"),
-        html.Div(graph(ids.FLOW_GRID, "relevance on the image patch grid"), id=ids.FLOW_GRID_BOX),
+        html.Div([graph(ids.FLOW_BAR, "relevance of each input token"),
+                  html.Div(graph(ids.FLOW_GRID, "relevance on the image patch grid"), id=ids.FLOW_GRID_BOX)],
+                 id=ids.FLOW_BODY),
     ])
 
 
-@callback(Output(ids.FLOW_POSITION, "options"), Output(ids.FLOW_POSITION, "value"),
+@callback(Output(ids.FLOW_POSITION, "options"), Output(ids.FLOW_POSITION, "value"), Output(ids.FLOW_BODY, "style"),
           Input(ids.RUN, "value"), Input(ids.TRACE, "value"), Input(ids.ITEM, "value"), State(ids.FLOW_POSITION, "value"))
-@guarded([], None, report=False)
+@guarded([], None, HIDDEN, report=False)
 def positions(run_id, trace, item, current):
+    """Output-token options; a Run switch resets the choice to the model's output token (the last real token
+    of a causal model, the first of an encoder), since an index into one Run's tokens means nothing in another."""
     data = current_data()
     run = data.run(run_id)
+    if not run.manifest["traces"]:
+        return [], None, HIDDEN
     header = trace_header(run, trace)
     real = real_positions(data, run, trace, item or 0)
     # values index the item's real tokens, which is what the probes take
     options = [{"label": f"{int(n)}: {header['tokens'][item or 0][int(n)]}", "value": i} for i, n in enumerate(real)]
     default = len(options) - 1 if meta_of(header).causal else 0
-    return options, keep(current, options, default)
+    return options, default if run_switched() else keep(current, options, default), {}
 
 
 @callback(Output(ids.FLOW_BAR, "figure"), Output(ids.FLOW_GRID, "figure"), Output(ids.FLOW_GRID_BOX, "style"),
@@ -61,24 +85,26 @@ def positions(run_id, trace, item, current):
           Input(ids.RUN, "value"), Input(ids.TRACE, "value"), Input(ids.ITEM, "value"), Input(ids.FLOW_METHOD, "value"),
           Input(ids.FLOW_FUSION, "value"), Input(ids.FLOW_DISCARD, "value"), Input(ids.FLOW_OPTIONS, "value"),
           Input(ids.FLOW_POSITION, "value"))
-@guarded(lambda: message_figure("no relevance to show"), lambda: message_figure(""), {"display": "none"})
+@guarded(lambda: message_figure("no relevance to show"), lambda: message_figure(""), HIDDEN)
 def show(run_id, trace, item, method, fusion, discard, options, position):
     data = current_data()
     run = data.run(run_id)
+    require_traces(run, "attention rollout and flow")
     header = trace_header(run, trace)
     item = item or 0
     causal = meta_of(header).causal
     receptive = RECEPTIVE in (options or []) and method == "rollout"
     result = relevance(data, run, trace, item, method, fusion or "mean",
                        float(discard or 0) if method == "rollout" else 0.0, receptive, position)
-    bar = relevance_bar(result, batch=0)
+    where = provenance(run_id, run, trace, item, method=method, fusion=fusion, position=position)
+    bar = stamp(relevance_bar(result, batch=0), *where)
     note = None
     if RECEPTIVE in (options or []) and (method != "rollout" or not causal):
         note = message("Receptive-field normalisation applies to rollout on causal models only; it is off here.", "note")
     if not image_segments(header, item):
-        return bar, message_figure(""), {"display": "none"}, note
+        return bar, message_figure(""), HIDDEN, note
     real = real_positions(data, run, trace, item)
     grid, label = grid_values(header, item, result.relevance[0][real], real)
     figure = patch_overlay(data.image_uri(run, item), grid, f"{method} relevance on the {label} patches",
                            value_label="relevance", attention_scale=False)
-    return bar, figure, {}, note
+    return bar, stamp(figure, *where), {}, note

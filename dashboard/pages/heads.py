@@ -10,8 +10,9 @@ from attnlab.dashboard.app import current_data
 from attnlab.dashboard.data import meta_of, trace_header
 from attnlab.dashboard.errors import guarded
 from attnlab.dashboard.summaries import STAT_LABELS, head_stat_options, head_statistic
-from attnlab.dashboard.widgets import control, graph, keep, message_area, page_header
-from attnlab.viz.dashboard_figures import head_grid, message_figure
+from attnlab.dashboard.viewstate import sync_url
+from attnlab.dashboard.widgets import control, graph, keep, message_area, page_header, provenance, require_traces
+from attnlab.viz.dashboard_figures import head_grid, message_figure, stamp
 
 dash.register_page(__name__, path="/heads", name="Heads", title="attnlab · Heads", order=1)
 
@@ -19,12 +20,18 @@ dash.register_page(__name__, path="/heads", name="Heads", title="attnlab · Head
 FIXED_RANGES = {"max": (0.0, 1.0), "first": (0.0, 1.0), "special": (0.0, 1.0), "image": (0.0, 1.0), "sinks": (0.0, 1.0)}
 
 
-def layout(**_query) -> html.Div:
-    """Statistic selector, the head grid, and a keyboard way to open a head."""
+STAT_HELP = ("VHD (He et al. 2025, Eq. 4): how far a head's output moves when the image is removed, i.e. how much "
+             "the head relies on vision. Sink mass: attention to sink tokens (Xiao et al. 2024). Patching effect: "
+             "0 as corrupted, 1 as clean (Wang et al. 2022). Entropy in nats: log N is uniform attention.")
+sync_url(ids.HEADS_URL, {"stat": ids.HEADS_STAT})
+
+
+def layout(stat=None, **_query) -> html.Div:
+    """Statistic selector (initial value from the query), the head grid, and a keyboard way to open a head."""
     return html.Div([
         page_header("Heads", "One cell per attention head. Choose what colours the grid; click a head (or pick it "
                              "below and press Open) to see its attention."),
-        html.Div([control("Statistic", dcc.Dropdown(id=ids.HEADS_STAT, clearable=False)),
+        html.Div([control("Statistic", dcc.Dropdown(id=ids.HEADS_STAT, clearable=False, value=stat), help=STAT_HELP),
                   control("Open head", dcc.Dropdown(id=ids.HEADS_OPEN, placeholder="layer.head")),
                   html.Button("Open", id=ids.HEADS_OPEN_BUTTON, className="button", n_clicks=0)], className="controls"),
         message_area(ids.HEADS_MESSAGE),
@@ -49,11 +56,14 @@ def stat_options(run_id, trace, current):
           Input(ids.RUN, "value"), Input(ids.TRACE, "value"), Input(ids.ITEM, "value"), Input(ids.HEADS_STAT, "value"))
 @guarded(lambda: message_figure("no head statistics to show"))
 def show_grid(run_id, trace, item, stat):
+    data = current_data()
+    run = data.run(run_id)
+    require_traces(run, "the head grid")
     if stat is None:
         return message_figure("This trace has no per-head statistic to show (capture pattern or stats)"), None
-    data = current_data()
-    values, layers = head_statistic(data, data.run(run_id), trace, stat, item or 0)
-    return head_grid(values, layers, STAT_LABELS[stat], signed=stat == "patching", zrange=FIXED_RANGES.get(stat)), None
+    values, layers = head_statistic(data, run, trace, stat, item or 0)
+    figure = head_grid(values, layers, STAT_LABELS[stat], signed=stat == "patching", zrange=FIXED_RANGES.get(stat))
+    return stamp(figure, *provenance(run_id, run, trace, item or 0, stat=stat)), None
 
 
 @callback(Output(ids.NAV, "href", allow_duplicate=True), Input(ids.HEADS_GRID, "clickData"),

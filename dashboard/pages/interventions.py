@@ -7,59 +7,115 @@ import numpy as np
 from dash import Input, Output, State, callback, dcc, html
 
 from attnlab.dashboard import ids
-from attnlab.dashboard.analyses import answers, eval_metrics, eval_summary, intervention_pairs
+from attnlab.dashboard.analyses import answers, eval_metrics, eval_summary
 from attnlab.dashboard.app import current_data
 from attnlab.dashboard.data import trace_header
 from attnlab.dashboard.errors import explain, guarded, message
 from attnlab.dashboard.summaries import attention_matrix
-from attnlab.dashboard.widgets import (control, graph, head_options, keep, layer_options, message_area, page_header,
-                                       radio, table, table_data)
-from attnlab.viz.dashboard_figures import compare_attention, eval_bars, message_figure
+from attnlab.dashboard.viewstate import run_switched, sync_url
+from attnlab.dashboard.widgets import (as_int, control, graph, head_options, keep, layer_options, message_area,
+                                       page_header, provenance, radio, table, table_data, token_axis_labels)
+from attnlab.viz.dashboard_figures import compare_attention, eval_bars, message_figure, stamp
 
 dash.register_page(__name__, path="/interventions", name="Interventions & evals",
                    title="attnlab · Interventions & evals", order=7)
 
 
-def layout(**_query) -> html.Div:
-    """Run pickers, layer/head selectors, the side-by-side maps and answers, and the eval tables."""
+sync_url(ids.IV_URL, {"baseline": ids.IV_BASELINE, "method": ids.IV_METHOD, "layer": ids.IV_LAYER,
+                      "head": ids.IV_HEAD, "eval": ids.IV_EVAL, "metric": ids.IV_METRIC})
+
+
+def layout(baseline=None, method=None, layer=None, head=None, eval=None, metric=None, **_query) -> html.Div:
+    """Run pickers, layer/head selectors, the side-by-side maps and answers, and the eval tables (initial values
+    from the query)."""
     import pandas as pd
 
     return html.Div([
         page_header("Interventions & evals", "A baseline Run and the same inputs under an intervention Plan, side by "
                                              "side; below, POPE and CHAIR results of eval Runs."),
-        html.Div([control("Baseline Run", dcc.Dropdown(id=ids.IV_BASELINE)),
-                  control("Method Run", dcc.Dropdown(id=ids.IV_METHOD))], className="controls"),
-        html.Div([control("Layer", radio(ids.IV_LAYER)), control("Head", radio(ids.IV_HEAD))], className="controls"),
+        dcc.Store(id=ids.IV_URL),
+        html.Div([control("Baseline Run", dcc.Dropdown(id=ids.IV_BASELINE, value=baseline)),
+                  control("Method Run (same model and tokens)", dcc.Dropdown(id=ids.IV_METHOD, value=method))],
+                 className="controls"),
+        html.Div([control("Layer", radio(ids.IV_LAYER, value=as_int(layer))),
+                  control("Head", radio(ids.IV_HEAD, value=as_int(head)))], className="controls"),
         message_area(ids.IV_MESSAGE),
         graph(ids.IV_MAPS, "baseline and method attention side by side"),
         html.Div(id=ids.IV_ANSWERS),
         html.H2("Evaluations"),
-        html.Div([control("Eval Run", dcc.Dropdown(id=ids.IV_EVAL)),
-                  control("Metric", dcc.Dropdown(id=ids.IV_METRIC, clearable=False))], className="controls"),
+        html.Div([control("Eval Run", dcc.Dropdown(id=ids.IV_EVAL, value=eval)),
+                  control("Metric", dcc.Dropdown(id=ids.IV_METRIC, clearable=False, value=metric))],
+                 className="controls"),
         html.Div([graph(ids.IV_EVAL_CHART, "eval metric by method"),
                   table(ids.IV_EVAL_TABLE, pd.DataFrame())], className="two-columns"),
     ])
 
 
-@callback(Output(ids.IV_BASELINE, "options"), Output(ids.IV_BASELINE, "value"), Output(ids.IV_METHOD, "options"),
-          Output(ids.IV_METHOD, "value"), Output(ids.IV_EVAL, "options"), Output(ids.IV_EVAL, "value"),
-          Input(ids.RUN, "value"), State(ids.IV_BASELINE, "value"), State(ids.IV_METHOD, "value"),
+def _label(ref, run) -> str:
+    return ref.label + (f" · plan {run.info.plan.get('name')}" if run.info.plan else "")
+
+
+def compatible_runs(data, base_id) -> list[dict]:
+    """Options for the method Run: other Runs of the baseline's model on the same tokens (never the baseline),
+    Runs under a Plan first."""
+    base = data.run(base_id)
+    if "main" not in base.manifest["traces"]:
+        return []
+    model, tokens = str(base.info.model.get("name")), trace_header(base, "main")["tokens"]
+    found = []
+    for ref in data.runs():
+        if ref.run_id == base_id:
+            continue
+        run = data.run(ref.run_id)
+        if ("main" in run.manifest["traces"] and str(run.info.model.get("name")) == model
+                and trace_header(run, "main")["tokens"] == tokens):
+            found.append((not run.info.plan, {"label": _label(ref, run), "value": ref.run_id}))
+    return [option for _, option in sorted(found, key=lambda f: f[0])]
+
+
+@callback(Output(ids.IV_BASELINE, "options"), Output(ids.IV_BASELINE, "value"), Output(ids.IV_EVAL, "options"),
+          Output(ids.IV_EVAL, "value"), Input(ids.RUN, "value"), State(ids.IV_BASELINE, "value"),
           State(ids.IV_EVAL, "value"))
-@guarded([], None, [], None, [], None, report=False)
-def run_options(selected, base, method, current_eval):
+@guarded([], None, [], None, report=False)
+def run_options(selected, base, current_eval):
+    """Baseline and eval Runs. A Run switch makes the selected Run the baseline (or, for a Run under a Plan, its
+    plain counterpart) and the selected eval Run the eval shown."""
     data = current_data()
     traced, evals = [], []
     for ref in data.runs():
         run = data.run(ref.run_id)
         if run.manifest["traces"]:
-            traced.append({"label": ref.label + (f" · plan {run.info.plan.get('name')}" if run.info.plan else ""),
-                           "value": ref.run_id})
+            traced.append({"label": _label(ref, run), "value": ref.run_id})
         if "summary" in run.manifest.get("results", []):
             evals.append({"label": ref.label, "value": ref.run_id})
-    pairs = intervention_pairs(data)
-    pair = next((p for p in pairs if selected in p), pairs[0] if pairs else (None, None))
-    return (traced, keep(base, traced, pair[0]), traced, keep(method, traced, pair[1]), evals,
-            keep(current_eval, evals, selected))
+    default = _baseline_for(data, selected, traced)
+    base = default if run_switched() or base is None else keep(base, traced, default)
+    chosen = selected if run_switched() and selected in [e["value"] for e in evals] else current_eval
+    return traced, base, evals, keep(chosen, evals, selected)
+
+
+def _baseline_for(data, selected, traced) -> str | None:
+    values = [t["value"] for t in traced]
+    if selected not in values:
+        return values[0] if values else None
+    if data.run(selected).info.plan:  # a Run under a Plan: compare it with its plain counterpart
+        plain = [o["value"] for o in compatible_runs(data, selected) if not data.run(o["value"]).info.plan]
+        return plain[0] if plain else selected
+    return selected
+
+
+@callback(Output(ids.IV_METHOD, "options"), Output(ids.IV_METHOD, "value"), Input(ids.IV_BASELINE, "value"),
+          State(ids.RUN, "value"), State(ids.IV_METHOD, "value"))
+@guarded([], None, report=False)
+def method_options(base_id, selected, current):
+    """Runs comparable with the baseline; the selected Run when it is one, else the first Run under a Plan."""
+    if base_id is None:
+        return [], None
+    options = compatible_runs(current_data(), base_id)
+    values = [o["value"] for o in options]
+    if selected in values:
+        return options, selected
+    return options, current if current in values else (values[0] if values else None)
 
 
 @callback(Output(ids.IV_LAYER, "options"), Output(ids.IV_LAYER, "value"), Output(ids.IV_HEAD, "options"),
@@ -77,9 +133,10 @@ def selectors(base_id, layer, head):
           Input(ids.IV_LAYER, "value"), Input(ids.IV_HEAD, "value"))
 @guarded(lambda: message_figure("pick a baseline and a method Run of the same model and inputs"), None)
 def compare(base_id, method_id, item, layer, head):
-    if base_id is None or method_id is None or layer is None or head is None:
+    if base_id is None or method_id is None or layer is None or head is None or base_id == method_id:
         return message_figure("pick a baseline and a method Run of the same model and inputs"), None, message(
-            "No pair of Runs with and without a Plan was found; pick two Runs of the same model and inputs.", "note")
+            f"No other Run of the same model on the same tokens as {base_id} is served: a Run captured under a Plan "
+            "(attach(model, capture, plan=...)) on the same inputs would appear here.", "note")
     data = current_data()
     base, method = data.run(base_id), data.run(method_id)
     if trace_header(base, "main")["tokens"] != trace_header(method, "main")["tokens"]:
@@ -89,8 +146,8 @@ def compare(base_id, method_id, item, layer, head):
     b, _, _ = attention_matrix(data, method, "main", layer, head, item)
     tokens = trace_header(base, "main")["tokens"][item]
     plan = (method.info.plan or {}).get("name", "no plan")
-    figure = compare_attention(a, b, [f"{n}:{tokens[n]}" for n in real],
-                               (f"baseline ({base_id})", f"method: {plan}"))
+    figure = compare_attention(a, b, token_axis_labels(tokens, real), (f"baseline ({base_id})", f"method: {plan}"))
+    stamp(figure, *provenance(f"{base_id} vs {method_id}", base, "main", item, layer=layer, head=head))
     note = None
     change = float(np.abs(b - a).sum(-1).mean() / 2)
     if change < 1e-6:
@@ -125,6 +182,7 @@ def eval_chart(eval_id, metric):
     if eval_id is None:
         return message_figure("No eval Runs (with a POPE/CHAIR summary table) are served")
     try:
-        return eval_bars(eval_summary(current_data().run(eval_id)), metric or "")
+        run = current_data().run(eval_id)
+        return stamp(eval_bars(eval_summary(run), metric or ""), *provenance(eval_id, run, None, metric=metric))
     except Exception as err:  # reported in the figure
         return message_figure(explain(err).children)

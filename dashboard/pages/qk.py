@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import dash
-from dash import Input, Output, State, callback, html
+from dash import Input, Output, State, callback, dcc, html
 
 from attnlab.dashboard import ids
 from attnlab.dashboard.analyses import qk_head, qk_heads, qk_layers, token_attention
 from attnlab.dashboard.app import current_data
 from attnlab.dashboard.data import meta_of, trace_header
 from attnlab.dashboard.errors import guarded
-from attnlab.dashboard.widgets import control, graph, keep, message_area, page_header, radio
-from attnlab.viz.dashboard_figures import message_figure, qk_scatter, qk_small_multiples, token_bar
+from attnlab.dashboard.viewstate import sync_url
+from attnlab.dashboard.widgets import (as_int, control, graph, keep, message_area, page_header, provenance, radio,
+                                       require_traces, token_axis_labels)
+from attnlab.viz.dashboard_figures import message_figure, qk_scatter, qk_small_multiples, stamp, token_bar
 
 dash.register_page(__name__, path="/qk", name="QK embedding", title="attnlab · QK embedding", order=5)
 
@@ -21,15 +23,27 @@ METHODS = [{"label": "PCA", "value": "pca"}, {"label": "t-SNE", "value": "tsne"}
            {"label": "UMAP (slow first time)", "value": "umap"}]
 
 
-def layout(**_query) -> html.Div:
-    """Layer, head, colouring and projection selectors; the small multiples, one head, and a token's attention."""
+LAYOUT_HELP = ("How faithful the picture is: queries and keys share one space where distance tracks the attention "
+               "logit q·k (Yeh et al. 2023: keys are translated and scaled, which leaves every softmax unchanged), "
+               "then are projected to 2-D, which keeps only part of that geometry. PCA is linear and stable; t-SNE "
+               "and UMAP keep neighbourhoods, not distances. Click a point: the bar chart shows the true weights.")
+sync_url(ids.QK_URL, {"layer": ids.QK_LAYER, "head": ids.QK_HEAD, "colour": ids.QK_COLOUR,
+                      "projection": ids.QK_METHOD})
+
+
+def layout(layer=None, head=None, colour=None, projection=None, **_query) -> html.Div:
+    """Layer, head, colouring and projection selectors (initial values from the query); the small multiples, one
+    head, and a token's attention."""
     return html.Div([
         page_header("QK embedding", "Queries (circles) and keys (diamonds) of a head in one space where near means a "
                                     "large attention logit (AttentionViz, Yeh et al. 2023). Click a point to see that "
                                     "token's attention."),
-        html.Div([control("Layer", radio(ids.QK_LAYER)), control("Head", radio(ids.QK_HEAD)),
-                  control("Colour by", radio(ids.QK_COLOUR, COLOURS, "kind")),
-                  control("Projection (one head)", radio(ids.QK_METHOD, METHODS, "pca"))], className="controls"),
+        dcc.Store(id=ids.QK_URL),
+        html.Div([control("Layer", radio(ids.QK_LAYER, value=as_int(layer))),
+                  control("Head", radio(ids.QK_HEAD, value=as_int(head))),
+                  control("Colour by", radio(ids.QK_COLOUR, COLOURS, keep(colour, COLOURS, "kind"))),
+                  control("Projection (one head)", radio(ids.QK_METHOD, METHODS, keep(projection, METHODS, "pca")),
+                          help=LAYOUT_HELP)], className="controls"),
         message_area(ids.QK_MESSAGE),
         html.Div([graph(ids.QK_DETAIL, "one head's joint query-key embedding"),
                   graph(ids.QK_TOKEN, "attention of the clicked token")], className="two-columns"),
@@ -53,12 +67,15 @@ def selectors(run_id, trace, layer, head):
           Input(ids.TRACE, "value"), Input(ids.QK_LAYER, "value"), Input(ids.QK_COLOUR, "value"))
 @guarded(lambda: message_figure("QK embedding not available in this Run"))
 def small_multiples(run_id, trace, layer, colour):
+    data = current_data()
+    run = data.run(run_id)
+    require_traces(run, "the QK embedding")
     if layer is None:
         return message_figure("QK embedding not available in this Run"), _missing()
-    data = current_data()
-    result = qk_heads(data, data.run(run_id), trace, layer)
+    result = qk_heads(data, run, trace, layer)
     frames = [(f"head {h}", result.head_frame(layer, h)) for h in result.heads]
-    return qk_small_multiples(frames, colour or "kind", f"layer {layer}: every head (PCA)"), None
+    figure = qk_small_multiples(frames, colour or "kind", f"layer {layer}: every head (PCA)")
+    return stamp(figure, *provenance(run_id, run, trace, None, layer=layer)), None
 
 
 def _missing():
@@ -75,8 +92,10 @@ def detail(run_id, trace, layer, head, colour, method):
     if layer is None or head is None:
         return message_figure("QK embedding not available in this Run")
     data = current_data()
-    points = qk_head(data, data.run(run_id), trace, layer, head, method or "pca")
-    return qk_scatter(points, colour or "kind", f"layer {layer}, head {head} ({method or 'pca'})")
+    run = data.run(run_id)
+    points = qk_head(data, run, trace, layer, head, method or "pca")
+    figure = qk_scatter(points, colour or "kind", f"layer {layer}, head {head} ({method or 'pca'})")
+    return stamp(figure, *provenance(run_id, run, trace, None, layer=layer, head=head, projection=method or "pca"))
 
 
 @callback(Output(ids.QK_TOKEN, "figure"), Input(ids.QK_DETAIL, "clickData"), Input(ids.RUN, "value"),
@@ -90,7 +109,8 @@ def token_view(click, run_id, trace, layer, head):
     run = data.run(run_id)
     weights, real = token_attention(data, run, trace, layer, head, int(item), int(position), str(kind))
     tokens = trace_header(run, trace)["tokens"][int(item)]
-    labels = [f"{n}:{tokens[n]}" for n in real]
+    labels = token_axis_labels(tokens, real)
     verb = "attends to" if kind == "query" else "is attended by"
     highlight = int(list(real).index(int(position)))
-    return token_bar(labels, weights, f"{position}:{token} (item {item}) {verb}", highlight=highlight)
+    figure = token_bar(labels, weights, f"{position}:{token} (item {item}) {verb}", highlight=highlight)
+    return stamp(figure, *provenance(run_id, run, trace, int(item), layer=layer, head=head, token=position))

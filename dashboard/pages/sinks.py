@@ -12,9 +12,11 @@ from attnlab.dashboard import ids
 from attnlab.dashboard.analyses import NotAvailable, massive, registers, sinks
 from attnlab.dashboard.app import current_data
 from attnlab.dashboard.data import segments_of
-from attnlab.dashboard.errors import explain, guarded
-from attnlab.dashboard.widgets import control, graph, keep, message_area, page_header, radio, table, table_data
-from attnlab.viz.dashboard_figures import message_figure, register_norm_map
+from attnlab.dashboard.errors import explain, guarded, message
+from attnlab.dashboard.viewstate import run_switched, sync_url
+from attnlab.dashboard.widgets import (HIDDEN, as_int, control, graph, keep, message_area, page_header, provenance,
+                                       radio, require_traces, table, table_data)
+from attnlab.viz.dashboard_figures import message_figure, register_norm_map, stamp
 from attnlab.viz.massive import massive_activation_plot
 from attnlab.viz.sinks import sink_heatmap
 
@@ -24,25 +26,38 @@ RULES = [{"label": "ACT (score > 0.1)", "value": "act"}, {"label": "relative (sc
 SUMMARY_COLUMNS = ["position", "token", "category", "n_heads", "n_layers", "mean_mass"]
 
 
-def layout(**_query) -> html.Div:
+RULE_HELP = ("ACT (Yu et al. 2024, §3): a key is a sink when its column mean over the rows that can see it exceeds "
+             "0.1, the released code's absolute cut-off. Relative: above 5/N, i.e. five times the uniform weight "
+             "1/N, the paper's α/N wording, which stays meaningful as N grows.")
+sync_url(ids.SINKS_URL, {"rule": ids.SINKS_RULE, "norm_layer": ids.SINKS_LAYER, "compare": ids.SINKS_COMPARE})
+
+
+def layout(rule=None, norm_layer=None, compare=None, **_query) -> html.Div:
     """Sink heatmap and table, massive activations, and the patch-grid norms of two Runs side by side."""
     return html.Div([
         page_header("Sinks & registers", "Tokens that absorb attention (sinks), the hidden dimensions with massive "
                                          "activations, and high-norm patch tokens in vision transformers."),
-        html.Div([control("Sink rule", radio(ids.SINKS_RULE, RULES, "act"))], className="controls"),
+        dcc.Store(id=ids.SINKS_URL),
+        html.Div([control("Sink rule", radio(ids.SINKS_RULE, RULES, rule if rule in ("act", "relative") else "act"),
+                          help=RULE_HELP)], className="controls"),
         message_area(ids.SINKS_MESSAGE),
-        html.Div([graph(ids.SINKS_HEATMAP, "sink mass per head"),
-                  html.Div([html.H2("Sink tokens"), table(ids.SINKS_TABLE, pd.DataFrame(columns=SUMMARY_COLUMNS))])],
-                 className="two-columns"),
-        html.Div([graph(ids.SINKS_MASSIVE, "largest activations per layer"), html.Div(id=ids.SINKS_SUMMARY)],
-                 className="two-columns"),
+        html.Div([
+            html.Div([graph(ids.SINKS_HEATMAP, "sink mass per head"),
+                      html.Div([html.H2("Sink tokens"), table(ids.SINKS_TABLE, pd.DataFrame(columns=SUMMARY_COLUMNS))])],
+                     className="two-columns"),
+            html.Div([graph(ids.SINKS_MASSIVE, "largest activations per layer"), html.Div(id=ids.SINKS_SUMMARY)],
+                     className="two-columns")], id=ids.SINKS_BODY),
         html.H2("High-norm tokens on the patch grid"),
-        html.Div([control("Layer", dcc.Slider(id=ids.SINKS_LAYER, min=0, max=1, step=1, value=1)),
-                  control("Compare with", dcc.Dropdown(id=ids.SINKS_COMPARE, placeholder="another vision Run"))],
-                 className="controls"),
-        html.Div([graph(ids.SINKS_NORMS, "token norms of this Run"),
-                  graph(ids.SINKS_NORMS_OTHER, "token norms of the other Run")], className="two-columns",
-                 id=ids.SINKS_NORMS_BOX),
+        html.P(id=ids.SINKS_NORMS_NOTE, className="note"),
+        html.Div([
+            html.Div([control("Layer", dcc.Slider(id=ids.SINKS_LAYER, min=0, max=1, step=1,
+                                                  value=as_int(norm_layer, 1))),
+                      control("Compare with", dcc.Dropdown(id=ids.SINKS_COMPARE, placeholder="another vision Run",
+                                                           value=compare))],
+                     className="controls"),
+            html.Div([graph(ids.SINKS_NORMS, "token norms of this Run"),
+                      graph(ids.SINKS_NORMS_OTHER, "token norms of the other Run")], className="two-columns",
+                     id=ids.SINKS_NORMS_BOX)], id=ids.SINKS_NORMS_SECTION),
     ])
 
 
@@ -52,10 +67,13 @@ def layout(**_query) -> html.Div:
 @guarded(lambda: message_figure("no sinks to show"), [], [])
 def show_sinks(run_id, trace, item, rule):
     data = current_data()
-    result = sinks(data, data.run(run_id), trace, rule or "act", item or 0)
+    run = data.run(run_id)
+    require_traces(run, "the sink view")
+    result = sinks(data, run, trace, rule or "act", item or 0)
     summary = result.token_summary()[SUMMARY_COLUMNS].sort_values("n_heads", ascending=False)
     rows, columns = table_data(summary)
-    return sink_heatmap(result, batch=0), rows, columns, None
+    figure = stamp(sink_heatmap(result, batch=0), *provenance(run_id, run, trace, item or 0, rule=rule))
+    return figure, rows, columns, None
 
 
 @callback(Output(ids.SINKS_MASSIVE, "figure"), Output(ids.SINKS_SUMMARY, "children"),
@@ -63,7 +81,12 @@ def show_sinks(run_id, trace, item, rule):
 @guarded(lambda: message_figure("no layer outputs captured"))
 def show_massive(run_id, trace, item):
     data = current_data()
-    result = massive(data, data.run(run_id), trace, item or 0)
+    run = data.run(run_id)
+    try:
+        require_traces(run, "the massive-activation view")
+        result = massive(data, run, trace, item or 0)
+    except NotAvailable as err:  # one line instead of an empty figure
+        return message_figure(""), message(str(err), "note")
     frame = result.to_frame()
     lines = [html.H2("Massive activations"),
              html.P(f"Relative test only: |h| ≥ {result.ratio:g} × the layer's median |h| (the paper's absolute "
@@ -74,23 +97,36 @@ def show_massive(run_id, trace, item):
         dims = ", ".join(str(d) for d in sorted(frame["dim"].unique()))
         tokens = ", ".join(sorted({f"{p}:{t}" for p, t in zip(frame["position"], frame["token"])}))
         lines += [html.P(["Dimensions: ", html.Code(dims)]), html.P(["Tokens: ", html.Code(tokens)])]
-    return massive_activation_plot(result, batch=0), lines
+    figure = massive_activation_plot(result, batch=0)
+    return stamp(figure, *provenance(run_id, run, trace, item or 0)), lines
 
 
 @callback(Output(ids.SINKS_COMPARE, "options"), Output(ids.SINKS_COMPARE, "value"), Output(ids.SINKS_LAYER, "max"),
-          Output(ids.SINKS_LAYER, "value"), Output(ids.SINKS_LAYER, "marks"),
-          Input(ids.RUN, "value"), Input(ids.TRACE, "value"), State(ids.SINKS_COMPARE, "value"))
-@guarded([], None, 1, 1, {}, report=False)
-def compare_options(run_id, trace, current):
+          Output(ids.SINKS_LAYER, "value"), Output(ids.SINKS_LAYER, "marks"), Output(ids.SINKS_NORMS_SECTION, "style"),
+          Output(ids.SINKS_NORMS_NOTE, "children"), Output(ids.SINKS_BODY, "style"),
+          Input(ids.RUN, "value"), Input(ids.TRACE, "value"), State(ids.SINKS_COMPARE, "value"),
+          State(ids.SINKS_LAYER, "value"))
+@guarded([], None, 1, 1, {}, HIDDEN, "", {}, report=False)
+def compare_options(run_id, trace, current, layer=None):
+    """The Runs to compare patch norms with, and the layer slider. A Run switch picks the new Run's register
+    counterpart (or none); a Run without patch tokens and layer outputs hides the section with one line."""
     data = current_data()
-    options = []
-    for ref in data.runs():
-        if ref.run_id != run_id and _vision_trace(data.run(ref.run_id)) is not None:
-            options.append({"label": ref.label, "value": ref.run_id})
     run = data.run(run_id)
-    n = len(run.manifest["traces"][trace]["layers"]) if trace in run.manifest["traces"] else 1
-    marks = {i: str(layer) for i, layer in enumerate(run.manifest["traces"].get(trace, {}).get("layers", []))}
-    return options, keep(current, options, _counterpart(data, run, options)), max(n - 1, 0), max(n - 1, 0), marks
+    body = {} if run.manifest["traces"] else HIDDEN
+    if _vision_trace(run) is None:
+        return [], None, 1, 1, {}, HIDDEN, NORMS_NEED, body
+    options = [{"label": ref.label, "value": ref.run_id} for ref in data.runs()
+               if ref.run_id != run_id and _vision_trace(data.run(ref.run_id)) is not None]
+    layers = run.manifest["traces"].get(trace, {}).get("layers", [])
+    n = len(layers) if layers else 1
+    marks = {i: str(layer) for i, layer in enumerate(layers)}
+    value = _counterpart(data, run, options) if run_switched() else keep(current, options, _counterpart(data, run, options))
+    index = max(n - 1, 0) if run_switched() or layer is None or not 0 <= int(layer) < n else int(layer)
+    return options, value, max(n - 1, 0), index, marks, {}, None, body
+
+
+NORMS_NEED = ("Patch-grid norms need image patches and layer outputs: they appear for a vision Run captured with "
+              "Capture(resid=True).")
 
 
 def _vision_trace(run) -> str | None:
@@ -118,6 +154,11 @@ def _counterpart(data, run, options) -> str | None:
           Input(ids.SINKS_COMPARE, "value"))
 def show_norms(run_id, trace, item, layer, other_id):
     data = current_data()
+    try:
+        if _vision_trace(data.run(run_id)) is None:
+            return dash.no_update, dash.no_update  # the section is hidden
+    except ValueError:
+        return dash.no_update, dash.no_update
     return _norm_map(data, run_id, trace, item, layer), _norm_map(data, other_id, None, item, layer)
 
 
@@ -132,6 +173,7 @@ def _norm_map(data, run_id, trace, item, layer):
         result = registers(data, run, trace)
         index = min(int(layer if layer is not None else -1), len(result.layers) - 1)
         item = min(item or 0, result.norms.shape[1] - 1)
-        return register_norm_map(result, item, index, str(run.info.model.get("name", "?")).split("/")[-1])
+        figure = register_norm_map(result, item, index, str(run.info.model.get("name", "?")).split("/")[-1])
+        return stamp(figure, *provenance(run_id, run, trace, item, layer=result.layers[index]))
     except Exception as err:  # the view reports its own failure; the other one still shows
         return message_figure(explain(err).children)

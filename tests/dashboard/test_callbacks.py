@@ -135,8 +135,8 @@ def test_attention_text_view_and_image_overlay(ctx):
 
 def test_flow_rollout_and_flow(ctx):
     flow = page("flow")
-    options, position = flow.positions("0:toy-vit", "main", 0, None)
-    assert position == 0
+    options, position, body = flow.positions("0:toy-vit", "main", 0, None)
+    assert position == 0 and body == {}
     for method in ("rollout", "flow"):
         bar, grid, style, note = flow.show("0:toy-vit", "main", 0, method, "mean", 0.0, [], position)
         relevance = np.asarray(bar.data[0].y, dtype=float)
@@ -153,8 +153,8 @@ def test_sinks_massive_and_registers(ctx):
     assert rows[0]["token"] == "[CLS]"
     plot, summary = sinks.show_massive("0:minilm", "main", 0)
     assert points(plot) > 0 and summary
-    options, other, top, value, marks = sinks.compare_options("0:toy-vit", "main", None)
-    assert other == "0:toy-vit-reg"  # the counterpart with registers
+    options, other, top, value, marks, section, note, body = sinks.compare_options("0:toy-vit", "main", None)
+    assert other == "0:toy-vit-reg" and section == {} and note is None  # the counterpart with registers
     mine, theirs = sinks.show_norms("0:toy-vit", "main", 0, value, other)
     assert "without registers" in mine.layout.title.text and "with registers" in theirs.layout.title.text
     # an LVLM's patches live in its vision tower's trace
@@ -179,18 +179,20 @@ def test_qk_views(ctx):
 
 def test_circuits_not_available_without_tables(ctx):
     circuits = page("circuits")
-    figure, note = circuits.show_graph("0:minilm", 0.2)
+    figure, readout, note = circuits.show_graph("0:minilm", 0.2)
     assert is_message(note, "note") and "not available in this Run" in note.children
-    assert circuits.show_patching("0:minilm", 0).layout.meta["empty"]
+    figure, style = circuits.show_patching("0:minilm", 0)
+    assert style == {"display": "none"}
 
 
 def test_circuits_from_stored_tables(ctx):
     """The demo's toy-gpt holds hand-written circuit and patching tables (see conftest)."""
-    figure, note = page("circuits").show_graph("0:toy-gpt", 0.2)
+    figure, readout, note = page("circuits").show_graph("0:toy-gpt", 0.2)
     lines = [t for t in figure.data if t.mode == "lines"]
     assert note is None and len(lines) == 3  # 0.1 -> 1.3 (strong), embed -> 1.0, 0.3 -> 1.2; 0.2 -> 1.1 is hidden
     assert "3 edges" in figure.layout.title.text
-    patching = page("circuits").show_patching("0:toy-gpt", 0)
+    patching, style = page("circuits").show_patching("0:toy-gpt", 0)
+    assert style == {} and readout == "strength ≥ 0.20: 3 of 4 edges"
     z = np.asarray(patching.data[0].z, dtype=float)
     assert z[1, 1] == pytest.approx(0.9) and z[0, 1] == pytest.approx(-0.2)
     assert patching.data[0].zmid == 0
@@ -199,11 +201,11 @@ def test_circuits_from_stored_tables(ctx):
 
 def test_interventions_pair_maps_answers_and_evals(ctx):
     iv = page("interventions")
-    base_opts, base, method_opts, method, eval_opts, evaluation = iv.run_options("0:minilm", None, None, None)
+    base_opts, base, eval_opts, evaluation = iv.run_options("0:minilm", None, None)
+    method_opts, method = iv.method_options(base, "0:minilm", None)
     assert (base, method) == ("0:minilm", "0:minilm-sink-reweight") and evaluation == "0:eval-compare"
     figure, answers, note = iv.compare(base, method, 0, 2, 0)
     assert len(figure.data) == 3 and np.abs(np.asarray(figure.data[2].z, dtype=float)).max() > 0
-    _, _, _, _, _, _ = iv.run_options("0:toy-llava", None, None, None)
     figure, answers, note = iv.compare("0:toy-llava", "0:toy-llava-first-to-image", 0, 1, 1)
     assert answers is not None  # the demo stores greedy answers for the LVLM
     metrics, metric, rows, columns = iv.eval_table("0:eval-compare", None)

@@ -10,8 +10,18 @@ import typer
 from .common import check_writable, emit_json, friendly, holds_only
 from .workers import WORKERS_HELP, with_workers
 
-eval_app = typer.Typer(help="Hallucination evaluations (POPE, CHAIR) of methods that steer attention.",
-                       no_args_is_help=True)
+#: The methods' layer rules as ``attnlab eval --help`` states them; tests check them against vhr_layers/var_layers.
+LAYER_RULES_HELP = "\n\n".join((
+    "Layer rules scale with decoder depth L (rounding halves up); the papers' sets, chosen for 32-layer "
+    "LLaVA-1.5, are the L=32 case. Each eval Run records the layers and heads every method chose (manifest 'plans').",
+    "VHR (He et al. 2025): layer max(1, round(L/32)) + the last max(1, round(14L/32)) layers: "
+    "L=32 {1, 18..31}; L=8 {1, 4..7}; L=3 {1, 2}.",
+    "VAR (Kang et al. 2025): skip the first max(1, round(2L/32)) and the last max(1, round(L/32)) layers: "
+    "L=32 2..30; L=8 1..6; L=3 {1}.",
+))
+
+eval_app = typer.Typer(help="Hallucination evaluations (POPE, CHAIR) of methods that steer attention.\n\n"
+                       + LAYER_RULES_HELP, no_args_is_help=True)
 
 
 def _methods(spec: str) -> list[str]:
@@ -147,12 +157,24 @@ def _run(task: str, model: str, method: str, questions, images, split, annotatio
                            command=_binding(task, model, method, questions, images, split, annotations, limit,
                                             max_new_tokens, caption_tokens, calibration, calibration_images))
     write_results(out, info, {"summary": summary, **tables}, kind="eval")
+    differences = tables.get("significance")
     if as_json:
-        emit_json({"run": str(out), "table": summary.to_dict(orient="records"), "plans": info.extra["plans"]})
+        from attnlab.evals.significance import difference_records
+
+        emit_json({"run": str(out), "table": summary.to_dict(orient="records"), "plans": info.extra["plans"],
+                   "differences": difference_records(differences)})
     else:
         from rich.console import Console
 
-        Console().print(summary.drop(columns=[c for c in ("n",) if c in summary]).round(3).to_string(index=False))
+        from attnlab.evals.significance import format_differences
+
+        console = Console()
+        console.print(summary.drop(columns=[c for c in ("n",) if c in summary]).round(3).to_string(index=False))
+        if differences is not None:
+            level = f"{differences['confidence'].iloc[0]:.0%}"
+            console.print(f"\nmethod - baseline on the same items ({level} paired bootstrap CI; McNemar's exact "
+                          "test on accuracy):")
+            console.print(format_differences(differences).to_string(index=False))
         typer.echo(f"wrote {out}")
 
 
@@ -206,6 +228,7 @@ def compare(model: str = typer.Option(..., "--model"),
             calibration_images: Path = typer.Option(None, "--calibration-images", help=CALIB_IMAGES_HELP),
             workers: int = typer.Option(1, "--workers", help=WORKERS_HELP),
             as_json: bool = typer.Option(False, "--json")):
-    """Baseline vs every method on the same POPE questions and CHAIR images, with wall-time ratios."""
+    """Baseline vs every method on the same POPE questions and CHAIR images: paired bootstrap CIs, McNemar's
+    test, and median per-item time ratios (after a warm-up item)."""
     _run("compare", model, method, questions, images, None, annotations, limit, max_new_tokens, out, as_json,
          caption_tokens=caption_tokens, calibration=calibration, calibration_images=calibration_images, workers=workers)

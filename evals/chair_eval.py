@@ -47,6 +47,7 @@ class ChairOutcome:
     metrics: ChairMetrics
     captions: pd.DataFrame
     seconds: float
+    median_seconds: float
 
 
 def caption_image(image_id: int, file_name: str, unit: ChairUnit, loaded, method_state, prompt: str) -> dict:
@@ -78,11 +79,18 @@ def run_chair_unit(unit: ChairUnit, images: list[tuple[int, str]], ground_truth:
         progress_bar: show a tqdm bar.
         shard: this rank's place in a job of several workers (see :func:`attnlab.evals.sharded.run_items`),
             or ``None``.
+
+    Returns:
+        The outcome; its ``captions`` table carries each caption's ``mentions`` and ``hallucinated`` counts
+        (duplicates counted), from which CHAIR and its paired bootstrap recompute. The first image is captioned
+        once untimed before timing starts (warm-up), as in :func:`attnlab.evals.pope_eval.run_pope_unit`.
     """
     prompt = format_prompt(loaded[1], prompt_templates(loaded[2])["caption"])
     rows = run_items(out, unit.name, asdict(unit), "image_id", [i for i, _ in images],
                      lambda k: caption_image(*images[k], unit, loaded, method_state, prompt),
-                     shard=shard, progress_bar=progress_bar)
+                     shard=shard, progress_bar=progress_bar, warm_up=True)
     frame = pd.DataFrame(rows)
     metrics = chair_metrics(dict(zip(frame["image_id"], frame["caption"])), ground_truth, synonyms)
-    return ChairOutcome(unit, metrics, frame, float(frame["seconds"].sum()))
+    frame["mentions"] = [len(d.mentioned) for d in metrics.details]  # details follow the captions' order
+    frame["hallucinated"] = [len(d.hallucinated) for d in metrics.details]
+    return ChairOutcome(unit, metrics, frame, float(frame["seconds"].sum()), float(frame["seconds"].median()))

@@ -49,6 +49,7 @@ class PopeOutcome:
     metrics: PopeMetrics
     predictions: pd.DataFrame
     seconds: float
+    median_seconds: float
 
 
 def check_images(questions: list[PopeQuestion], images: Path) -> None:
@@ -74,10 +75,10 @@ def answer_question(q: PopeQuestion, unit: PopeUnit, loaded, method_state, templ
 
 
 def pope_outcome(unit: PopeUnit, rows: list[dict]) -> PopeOutcome:
-    """Metrics over the rows of every question (in question order)."""
+    """Metrics over the rows of every question (in question order); total and median seconds per question."""
     frame = pd.DataFrame(rows)
     metrics = pope_metrics(frame["label"].tolist(), frame["prediction"].tolist())
-    return PopeOutcome(unit, metrics, frame, float(frame["seconds"].sum()))
+    return PopeOutcome(unit, metrics, frame, float(frame["seconds"].sum()), float(frame["seconds"].median()))
 
 
 def run_pope_unit(unit: PopeUnit, questions: list[PopeQuestion], loaded, method_state, out: Path,
@@ -93,9 +94,12 @@ def run_pope_unit(unit: PopeUnit, questions: list[PopeQuestion], loaded, method_
         progress_bar: show a tqdm bar.
         shard: this rank's :class:`~attnlab.core.distributed.Shard` in a job of several workers (it answers
             its share of the questions, see :func:`attnlab.evals.sharded.run_items`), or ``None``.
+
+    The first question this process answers is answered once more, untimed, before timing starts (warm-up:
+    kernel compilation, allocator and cache growth), so per-question seconds measure the steady state.
     """
     template = prompt_templates(loaded[2])["pope"]
     rows = run_items(out, unit.name, asdict(unit), "question_id", [q.question_id for q in questions],
                      lambda i: answer_question(questions[i], unit, loaded, method_state, template),
-                     shard=shard, progress_bar=progress_bar)
+                     shard=shard, progress_bar=progress_bar, warm_up=True)
     return pope_outcome(unit, rows)

@@ -21,7 +21,7 @@ from .progress import Progress
 
 
 def run_items(out: Path, unit: str, settings: dict, key: str, keys: list, work: Callable[[int], dict], *,
-              shard: Shard | None = None, progress_bar: bool = True) -> list[dict]:
+              shard: Shard | None = None, progress_bar: bool = True, warm_up: bool = False) -> list[dict]:
     """Do the items of ``unit`` this process owns and has not done yet; return every item's row in order.
 
     Args:
@@ -33,6 +33,8 @@ def run_items(out: Path, unit: str, settings: dict, key: str, keys: list, work: 
         work: ``work(i) -> row`` for item index ``i``; the row must carry ``key``.
         shard: this rank's place in a job, or ``None`` for one process.
         progress_bar: show tqdm bars (one per rank; rank 0 also shows all ranks together).
+        warm_up: before the loop, do this process's first item once and discard the row, so that the rows'
+            timings exclude one-off costs (kernel compilation, allocator growth). Nothing to do: no warm-up.
 
     Returns:
         ``[row of keys[0], row of keys[1], ...]``.
@@ -57,15 +59,20 @@ def run_items(out: Path, unit: str, settings: dict, key: str, keys: list, work: 
     overall = OverallBar(out, unit, len(keys), progress_bar and world > 1 and rank == 0, position=world)
     bar = tqdm(todo, desc=desc, initial=len(owned) - len(todo), total=len(owned), position=rank,
                disable=not progress_bar)
-    for n, i in enumerate(bar, start=1):
+    def attempt(i: int) -> dict:
         try:
-            row = work(i)
+            return work(i)
         except Exception as err:
             if shard is None:
                 raise
             failure = ShardFailure(rank, world, unit, f"{key}={keys[i]}", err)
             write_failure(folder, failure)
             raise failure from err
+
+    if warm_up and todo:
+        attempt(todo[0])  # discarded: only the timed rows below are kept
+    for n, i in enumerate(bar, start=1):
+        row = attempt(i)
         prog.add(row)
         overall.poll()
         fault_point(rank, n)

@@ -12,6 +12,7 @@ from .chair import Synonyms, ground_truth_from_coco
 from .chair_eval import ChairUnit, run_chair_unit
 from .pope import load_pope_questions
 from .pope_eval import PopeUnit, check_images, run_pope_unit
+from .significance import Bootstrap, significance_table
 
 TOY_SPLITS = ("random", "popular", "adversarial")
 
@@ -99,13 +100,19 @@ def calibration_dataset(spec, folder: Path, questions: Path | None, images: Path
 
 
 def pope_table(loaded, methods: dict, data: Dataset, out: Path, model_name: str, limit: int | None,
-               max_new_tokens: int, progress: bool = True, shard=None) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """Every method on every split; returns the metrics table and the per-unit predictions.
+               max_new_tokens: int, progress: bool = True,
+               shard=None) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[tuple[str, str], pd.DataFrame]]:
+    """Every method on every split.
 
     With ``shard`` (a :class:`~attnlab.core.distributed.Shard`), this rank answers its share of every unit and
     every rank returns the merged tables.
+
+    Returns:
+        ``(metrics, predictions, by_unit)``: one metrics row per (split, method) with total ``seconds``, the
+        median seconds per question ``item_s_median`` and its ratio to the baseline's; the per-unit predictions
+        named as the eval Run stores them; the same predictions keyed by ``(split, method)``.
     """
-    rows, predictions = [], {}
+    rows, predictions, by_unit = [], {}, {}
     for split, file in data.pope.items():
         questions = load_pope_questions(file)[: limit or None]
         check_images(questions, Path(data.images))
@@ -113,9 +120,9 @@ def pope_table(loaded, methods: dict, data: Dataset, out: Path, model_name: str,
             unit = PopeUnit(model_name, name, split, str(file), data.images, limit, max_new_tokens)
             outcome = run_pope_unit(unit, questions, loaded, state, out, progress, shard=shard)
             rows.append({"task": "pope", "split": split, "method": name, **_pope_fields(outcome.metrics),
-                         "seconds": outcome.seconds})
-            predictions[f"predictions-{unit.name}"] = outcome.predictions
-    return _with_time_ratio(pd.DataFrame(rows), ["task", "split"]), predictions
+                         "seconds": outcome.seconds, "item_s_median": outcome.median_seconds})
+            predictions[f"predictions-{unit.name}"] = by_unit[(split, name)] = outcome.predictions
+    return _with_time_ratio(pd.DataFrame(rows), ["task", "split"]), predictions, by_unit
 
 
 @dataclass
@@ -149,41 +156,54 @@ def prepare_chair(data: Dataset, limit: int | None) -> ChairData:
 
 def chair_table(loaded, methods: dict, data: Dataset, chair: ChairData, out: Path, model_name: str,
                 limit: int | None, max_new_tokens: int, progress: bool = True,
-                shard=None) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """Every method's captions scored with CHAIR on the annotated images (``shard``: as in :func:`pope_table`)."""
+                shard=None) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
+    """Every method's captions scored with CHAIR on the annotated images (``shard``: as in :func:`pope_table`).
+
+    Returns:
+        ``(metrics, captions, by_method)``: one metrics row per method (times as in :func:`pope_table`), the
+        caption tables named as the eval Run stores them, and the same tables keyed by method.
+    """
     synonyms, images = chair.synonyms, chair.images
-    rows, captions = [], {}
+    rows, captions, by_method = [], {}, {}
     for name, state in methods.items():
         unit = ChairUnit(model_name, name, data.annotations, data.images, limit, max_new_tokens)
         outcome = run_chair_unit(unit, images, chair.truth, synonyms, loaded, state, out, progress, shard=shard)
         m = outcome.metrics
         rows.append({"task": "chair", "split": "captions", "method": name, "chair_s": m.chair_s, "chair_i": m.chair_i,
-                     "recall": m.recall, "mean_length": m.mean_length, "n": m.n_captions, "seconds": outcome.seconds})
-        captions[f"captions-{unit.name}"] = outcome.captions
-    return _with_time_ratio(pd.DataFrame(rows), ["task", "split"]), captions
+                     "recall": m.recall, "mean_length": m.mean_length, "n": m.n_captions, "seconds": outcome.seconds,
+                     "item_s_median": outcome.median_seconds})
+        captions[f"captions-{unit.name}"] = by_method[name] = outcome.captions
+    return _with_time_ratio(pd.DataFrame(rows), ["task", "split"]), captions, by_method
 
 
 def compare_methods(loaded, methods: dict, data: Dataset, out: Path, *, pope: bool = True, chair: ChairData | None,
                     pope_limit: int | None, chair_limit: int | None, max_new_tokens: int, caption_tokens: int,
-                    progress: bool = True, shard=None) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+                    progress: bool = True, shard=None,
+                    bootstrap: Bootstrap = Bootstrap()) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """Every method on the POPE splits of ``data`` (unless ``pope=False``) and, when ``chair`` is given, on its
-    CHAIR images.
+    CHAIR images, and each method's paired difference from ``baseline``.
 
     Returns:
-        ``(summary, tables)``: one row per (task, split, method) with metrics, seconds and the time ratio to the
-        baseline, and the per-unit predictions and captions, named as the eval Run stores them.
+        ``(summary, tables)``: one row per (task, split, method) with metrics, total seconds, the median
+        seconds per item (after a warm-up item) and its ratio to the baseline's; and the per-unit predictions
+        and captions, named as the eval Run stores them, plus (when a baseline ran beside other methods)
+        ``significance``: each method's difference from the baseline with paired bootstrap intervals and
+        McNemar's p-value (:func:`attnlab.evals.significance.significance_table`, settings ``bootstrap``).
     """
-    frames, tables = [], {}
+    frames, tables, pope_units, chair_units = [], {}, {}, {}
     if pope and data.pope:
-        frame, predictions = pope_table(loaded, methods, data, out, loaded[2].name, pope_limit, max_new_tokens,
-                                        progress=progress, shard=shard)
+        frame, predictions, pope_units = pope_table(loaded, methods, data, out, loaded[2].name, pope_limit,
+                                                    max_new_tokens, progress=progress, shard=shard)
         frames.append(frame)
         tables.update(predictions)
     if chair is not None:
-        frame, captions = chair_table(loaded, methods, data, chair, out, loaded[2].name, chair_limit, caption_tokens,
-                                      progress=progress, shard=shard)
+        frame, captions, chair_units = chair_table(loaded, methods, data, chair, out, loaded[2].name, chair_limit,
+                                                   caption_tokens, progress=progress, shard=shard)
         frames.append(frame)
         tables.update(captions)
+    significance = significance_table(pope_units, chair_units, settings=bootstrap)
+    if not significance.empty:
+        tables["significance"] = significance
     return pd.concat(frames, ignore_index=True), tables
 
 
@@ -204,11 +224,12 @@ def _pope_fields(m) -> dict:
 
 
 def _with_time_ratio(frame: pd.DataFrame, group: list[str]) -> pd.DataFrame:
-    """Add each row's wall time as a ratio to the baseline's on the same task and split (NaN without one)."""
+    """Add each row's median per-item time as a ratio to the baseline's on the same task and split (NaN without
+    one). Medians after a warm-up item, not totals: one slow first item (compilation) must not set the ratio."""
     if frame.empty:
         return frame
-    base = frame[frame["method"] == "baseline"].set_index(group)["seconds"]
+    base = frame[frame["method"] == "baseline"].set_index(group)["item_s_median"]
     keys = list(zip(*(frame[g] for g in group)))
     frame["time_vs_baseline"] = [row_s / base[k] if k in base.index else float("nan")
-                                 for k, row_s in zip(keys, frame["seconds"])]
+                                 for k, row_s in zip(keys, frame["item_s_median"])]
     return frame

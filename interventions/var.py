@@ -1,6 +1,6 @@
 """VAR: Visual Attention Redistribution (Kang, Kim, Kim & Hwang, "See What You Are Told", ICLR 2025).
 
-In image-centric heads of layers ``2 .. L-2``, attention on sink tokens is cut to ``keep_fraction`` of
+In image-centric heads of the layers :func:`var_layers` picks (``2 .. L-2`` at the paper's 32 layers), attention on sink tokens is cut to ``keep_fraction`` of
 itself and the freed budget goes to non-sink image tokens in proportion to their attention. Sinks at
 layer ``l`` are tokens whose hidden state entering the layer has ``phi(x) >= tau`` in the model's sink
 dimensions (``attnlab.probes.visual_sinks.sink_score``); the budget comes from visual *and* text sinks.
@@ -16,6 +16,8 @@ Conventions, stated because paper and code disagree:
       the released ``rho = 0.5``).
     * Only query rows after the image are changed in prefill (the code's behaviour); every decoding row is.
     * Sinks are found at prefill and reused while decoding, as the code caches them per layer.
+    * Layers scale with depth (:func:`var_layers`): the released code's ``2 .. L-2`` for 32-layer LLaVA-1.5
+      becomes "skip the first 1/16 and the last 1/32 of the layers, at least one at each end".
 """
 
 from __future__ import annotations
@@ -25,28 +27,62 @@ from dataclasses import dataclass, field
 import torch
 
 from attnlab.kernels.plan import Gate, LayerPlan, Plan, Reweight
+from attnlab.probes.vhd import round_half_up
 
 SINK_SET = "var_sink"
 TARGET_SET = "image_nonsink"
 
 
+#: Decoder depth of the model VAR's layer range was released for (LLaVA-1.5-7B).
+VAR_PAPER_DEPTH = 32
+#: How the eval Run records VAR's layer choice.
+VAR_LAYER_RULE = "skip first max(1, round(2L/32)) and last max(1, round(L/32)) layers (2..30 at L=32)"
+
+
+def var_layers(n_layers: int, skip_layers: int | None = None, except_last_layer: int | None = None) -> tuple[int, ...]:
+    """VAR's layers ``skip_layers .. n_layers - 1 - except_last_layer``, by default scaled with depth.
+
+    The released code (Kang et al. 2025; ``range(L)[2:]`` with ``except_last_layer: 1``) acts on layers
+    ``2 .. L-2`` of 32-layer LLaVA-1.5: it skips the first ``2/32`` and the last ``1/32`` of the layers. Taken
+    literally on a 3-layer model that range is empty. attnlab keeps the fractions, rounded half up, with at
+    least one layer skipped at each end (the first layers carry no sinks yet; the last layer is left alone)::
+
+        skip_layers       = max(1, round(2/32 * L))
+        except_last_layer = max(1, round(1/32 * L))
+
+        L = 32 (paper): 2..30    L = 40: 3..38    L = 8: 1..6    L = 3: {1}
+
+    Args:
+        n_layers: decoder layers ``L``.
+        skip_layers, except_last_layer: override either end (``None`` = the depth rule above).
+
+    Returns:
+        Sorted layer indices (empty when ``L < 3``).
+    """
+    if skip_layers is None:
+        skip_layers = max(1, round_half_up(2 * n_layers / VAR_PAPER_DEPTH))
+    if except_last_layer is None:
+        except_last_layer = max(1, round_half_up(n_layers / VAR_PAPER_DEPTH))
+    return tuple(range(skip_layers, n_layers - except_last_layer))
+
+
 def var_plan(n_layers: int, *, keep_fraction: float = 0.6, rho: float = 0.5, min_image_mass: float = 0.2,
-             skip_layers: int = 2, except_last_layer: int = 1) -> Plan:
-    """The VAR Plan: one gated reweighting per layer in ``skip_layers .. n_layers - 1 - except_last_layer``.
+             skip_layers: int | None = None, except_last_layer: int | None = None) -> Plan:
+    """The VAR Plan: one gated reweighting per layer of :func:`var_layers`.
 
     Args:
         n_layers: decoder layers.
         keep_fraction: share of sink attention kept (the code's ``p = 0.6``; the paper's ``p`` is ``1 - this``).
         rho: minimum visual non-sink share of an image-centric row (0.5).
         min_image_mass: minimum image mass of an image-centric row (0.2).
-        skip_layers: first layers left alone (2).
-        except_last_layer: final layers left alone (1).
+        skip_layers: first layers left alone (``None``: 2 of 32, scaled with depth, see :func:`var_layers`).
+        except_last_layer: final layers left alone (``None``: 1 of 32, scaled with depth).
     """
     if not 0.0 <= keep_fraction <= 1.0:
         raise ValueError(f"keep_fraction must be in [0, 1] (the share of sink attention kept); got {keep_fraction}")
     gate = Gate(within="image", min_mass=min_image_mass, part=TARGET_SET, min_share=rho)
     reweight = Reweight(SINK_SET, keep_fraction, target=TARGET_SET, queries="after_image", gate=gate)
-    layers = range(skip_layers, n_layers - except_last_layer)
+    layers = var_layers(n_layers, skip_layers, except_last_layer)
     return Plan({i: LayerPlan(reweight=reweight) for i in layers}, name="var")
 
 
@@ -64,23 +100,31 @@ class SinkSets:
     cache: dict = field(default_factory=dict)
 
     def __call__(self, layer: int, hidden: torch.Tensor | None, static: dict, **_) -> dict:
-        """``{var_sink, image_nonsink}`` ``[B, K]`` masks for ``layer``; hidden ``[B, N, d]``."""
-        image = static.get("image")
-        if image is None or not self.sink_dims:
-            return {}
+        """``{var_sink, image_nonsink}`` ``[B, K]`` masks for ``layer``; hidden ``[B, N, d]``.
+
+        Without sink dimensions, or in an input without image tokens, both sets are empty (and an empty
+        ``image`` set is supplied for the gate), so the Plan runs and changes nothing.
+        """
         if layer not in self.cache or (hidden is not None and hidden.shape[1] > 1):
             if hidden is None:
                 return {}
-            x = hidden.float()  # (B, N, d)
-            rms = (x.pow(2).mean(-1) + 1e-6).sqrt()  # (B, N)
-            phi = x[..., list(self.sink_dims)].abs().amax(-1) / rms  # (B, N)
-            sinks = phi >= self.tau  # (B, N)
-            visual = sinks & image[:, : sinks.shape[1]].to(sinks.device)
-            # Layers without a visual sink get no heads: an empty source set changes nothing.
-            sinks = sinks & visual.any(dim=1, keepdim=True)
-            self.cache[layer] = (sinks.cpu(), (image[:, : sinks.shape[1]].cpu() & ~sinks.cpu()))
+            self.cache[layer] = self._sets(hidden, static.get("image"))
         sinks, nonsink = self.cache[layer]
-        return {SINK_SET: sinks, TARGET_SET: nonsink}
+        sets = {SINK_SET: sinks, TARGET_SET: nonsink}
+        return sets if "image" in static else {**sets, "image": torch.zeros_like(sinks)}
+
+    def _sets(self, hidden: torch.Tensor, image: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(sinks, image non-sinks)``, each ``[B, N]`` bool on the CPU."""
+        x = hidden.float()  # (B, N, d)
+        image = torch.zeros(x.shape[:2], dtype=torch.bool) if image is None else image[:, : x.shape[1]].cpu()
+        if not self.sink_dims:
+            return torch.zeros(x.shape[:2], dtype=torch.bool), image.clone()
+        rms = (x.pow(2).mean(-1) + 1e-6).sqrt()  # (B, N)
+        phi = x[..., list(self.sink_dims)].abs().amax(-1) / rms  # (B, N)
+        sinks = (phi >= self.tau).cpu()  # (B, N)
+        # Layers without a visual sink get no heads: an empty source set changes nothing.
+        sinks = sinks & (sinks & image).any(dim=1, keepdim=True)
+        return sinks, image & ~sinks
 
 
 @dataclass
@@ -97,7 +141,7 @@ class VARMethod:
 
     def describe(self) -> dict:
         """What the method chose (for the eval Run)."""
-        return {"layers": sorted(self.plan.layers), "sink_dims": list(self.sink_dims), "tau": self.tau,
+        return {"layers": sorted(self.plan.layers), "layer_rule": VAR_LAYER_RULE, "sink_dims": list(self.sink_dims), "tau": self.tau,
                 "keep_fraction": next(iter(self.plan.layers.values())).reweight.factor if self.plan.layers else None}
 
 

@@ -10,11 +10,17 @@ consistency).
 Departure from the paper, stated: Algorithm 1 selects layer by layer inside one forward pass so that
 reinforcing earlier layers changes later VHDs; attnlab computes every layer's VHD from one pass with and one
 pass without the image, then reinforces. The cost is two extra prefill passes per input either way.
-Layers: the paper's choice for LLaVA-1.5 (layer 1 plus the last 14, ``vhr_layers``), configurable.
+Layers: the paper's choice for 32-layer LLaVA-1.5 (layer 1 plus the last 14), scaled with depth by
+:func:`attnlab.probes.vhd.vhr_layers` (the last ``round(14/32 * L)`` layers plus layer ``max(1, round(L/32))``):
+
+    L = 32 (paper): {1, 18..31}    L = 8: {1, 4..7}    L = 3: {1, 2}
+
+configurable with ``layers``.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -49,7 +55,8 @@ def vhr_plan(model, processor, spec, image, prompt: str, *, alpha: float = 2.0,
         model, processor, spec: a vision-language model from :func:`attnlab.zoo.load`.
         image: PIL image; prompt: the prompt (with or without ``<image>``).
         alpha: reinforcement factor (2 in the paper).
-        layers: reinforced layers ``L_r``; ``None`` = layer 1 plus the last 14 (LLaVA-1.5's choice).
+        layers: reinforced layers ``L_r``; ``None`` = :func:`~attnlab.probes.vhd.vhr_layers` (layer 1 plus the
+            last 14 at 32 layers, LLaVA-1.5's choice, scaled with depth).
 
     Returns:
         ``(plan, {"heads": {layer: heads}, "outliers": {...}})``.
@@ -64,9 +71,12 @@ def vhr_plan(model, processor, spec, image, prompt: str, *, alpha: float = 2.0,
     return plan, {"heads": selection.heads[0], "outliers": selection.outliers[0]}
 
 
+VHR_LAYER_RULE = "layer max(1, round(L/32)) + last max(1, round(14L/32)) layers ({1, 18..31} at L=32)"
+
+
 @dataclass
 class VHRMethod:
-    """VHR for the eval CLI: a fresh head set per input, remembered for the run's report."""
+    """VHR for the eval CLI: a fresh head set per input, remembered (once per distinct input) for the report."""
 
     model: object
     processor: object
@@ -75,21 +85,26 @@ class VHRMethod:
     layers: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        self.counts: dict[tuple[int, int], int] = {}
-        self.n_inputs = 0
+        self.chosen: dict[str, dict[int, tuple[int, ...]]] = {}  # input digest -> {layer: heads}
 
     def plan_for(self, image, prompt):
         """``(plan, None)`` for one input."""
         plan, chosen = vhr_plan(self.model, self.processor, self.spec, image, prompt, alpha=self.alpha,
                                 layers=self.layers)
-        self.n_inputs += 1
-        for layer, heads in chosen["heads"].items():
-            for h in heads:
-                self.counts[(layer, h)] = self.counts.get((layer, h), 0) + 1
+        # Keyed by the input, so a repeated input (the eval's untimed warm-up item) is counted once.
+        digest = hashlib.sha1(image.tobytes() + prompt.encode()).hexdigest()
+        self.chosen[digest] = chosen["heads"]
         return plan, None
 
     def describe(self) -> dict:
-        """How often each head was reinforced over the inputs seen."""
-        top = sorted(self.counts.items(), key=lambda kv: -kv[1])
+        """The layers, and how often each head was reinforced over the distinct inputs seen."""
+        counts: dict[str, int] = {}
+        for heads in self.chosen.values():
+            for layer, hs in heads.items():
+                for h in hs:
+                    counts[f"{layer}.{h}"] = counts.get(f"{layer}.{h}", 0) + 1
+        n = max(len(self.chosen), 1)
         return {"alpha": self.alpha, "layers": list(self.layers or vhr_layers(self.spec.n_layers)),
-                "inputs": self.n_inputs, "head_frequency": {f"{l}.{h}": c / max(self.n_inputs, 1) for (l, h), c in top}}
+                "layer_rule": "given" if self.layers else VHR_LAYER_RULE, "n_layers": self.spec.n_layers,
+                "inputs": len(self.chosen),
+                "head_frequency": {k: c / n for k, c in sorted(counts.items(), key=lambda kv: -kv[1])}}

@@ -35,7 +35,7 @@ def test_var_plan_matches_formula():
     sinks = torch.zeros(1, n, dtype=torch.bool)
     sinks[0, [0, 3]] = True  # a text sink (BOS) and a visual sink
     q, k, v = (torch.randn(1, 3, n, d, generator=g) * 2 for _ in range(3))
-    plan = var_plan(6, keep_fraction=0.6, rho=0.5, min_image_mass=0.2)
+    plan = var_plan(6, keep_fraction=0.6, rho=0.5, min_image_mass=0.2, skip_layers=2, except_last_layer=1)
     lp = plan.for_layer(2)
     assert sorted(plan.layers) == [2, 3, 4] and plan.for_layer(1) is None and plan.for_layer(5) is None
     sets = {"image": image, SINK_SET: sinks, TARGET_SET: image & ~sinks}

@@ -299,3 +299,127 @@ def _walk(component):
     for child in children if isinstance(children, (list, tuple)) else [children]:
         if hasattr(child, "to_plotly_json"):
             yield from _walk(child)
+
+
+def _errors(value) -> list[str]:
+    """Texts of red error boxes anywhere in a callback's return value."""
+    if isinstance(value, (list, tuple)):
+        return [e for v in value for e in _errors(v)]
+    if hasattr(value, "className") and "message-error" in str(getattr(value, "className", "") or ""):
+        return [str(value.children)]
+    children = getattr(value, "children", None)
+    return _errors(children) if isinstance(children, (list, tuple)) or hasattr(children, "className") else []
+
+
+def _page_outputs(run_id: str) -> dict:
+    """What every page's callbacks return for a Run at its defaults, as a user opening each page would get."""
+    from attnlab.dashboard.app import choose_trace
+
+    _, trace, _ = choose_trace(run_id, None)
+    out = {"runs": page("runs").show_run(run_id)}
+    heads = page("heads")
+    options, stat, _ = heads.stat_options(run_id, trace, None)
+    out["heads"] = heads.show_grid(run_id, trace, 0, stat)
+    attention = page("attention")
+    _, layer, _, head, _ = attention.selectors(run_id, trace, None, None)
+    out["attention"] = [attention.heatmap(run_id, trace, 0, layer, head, "auto", []),
+                        attention.text_view(run_id, trace, 0, layer, head, None),
+                        attention.query_options(run_id, trace, 0, None)]
+    flow = page("flow")
+    _, position, _ = flow.positions(run_id, trace, 0, None)
+    out["flow"] = flow.show(run_id, trace, 0, "rollout", "mean", 0.0, [], position)
+    sinks = page("sinks")
+    compare = sinks.compare_options(run_id, trace, None)
+    out["sinks"] = [sinks.show_sinks(run_id, trace, 0, "act"), sinks.show_massive(run_id, trace, 0), compare]
+    qk = page("qk")
+    _, qk_layer, _, qk_head = qk.selectors(run_id, trace, None, None)
+    out["qk"] = [qk.small_multiples(run_id, trace, qk_layer, "kind"),
+                 qk.detail(run_id, trace, qk_layer, qk_head, "kind", "pca")]
+    circuits = page("circuits")
+    *_, strength = circuits.strength_range(run_id, None)
+    out["circuits"] = [circuits.show_graph(run_id, strength), circuits.show_patching(run_id, 0)]
+    iv = page("interventions")
+    _, base, _, evaluation = iv.run_options(run_id, None, None)
+    _, method = iv.method_options(base, run_id, None)
+    _, iv_layer, _, iv_head = iv.selectors(base, None, None)
+    out["interventions"] = [iv.compare(base, method, 0, iv_layer, iv_head), iv.eval_table(evaluation, None)]
+    return out
+
+
+def test_no_page_shows_an_error_box_for_any_demo_run(ctx):
+    """Views a Run cannot fill say what capture would enable them (a note), never a red error."""
+    from attnlab.dashboard.app import current_data
+
+    runs = [ref.run_id for ref in current_data().runs()]
+    assert {"0:minilm", "0:toy-vit", "0:toy-llava", "0:toy-gpt", "0:eval-compare"} <= set(runs)
+    found = {(run_id, name): _errors(value) for run_id in runs for name, value in _page_outputs(run_id).items()}
+    assert not {k: v for k, v in found.items() if v}
+    heatmap, note = page("attention").heatmap("0:eval-compare", None, 0, None, None, "auto", [])
+    assert is_message(note, "note") and "attnlab capture" in note.children
+
+
+def test_a_run_switch_resets_run_specific_controls(ctx, monkeypatch):
+    flow, sinks, iv = page("flow"), page("sinks"), page("interventions")
+    options, kept, _ = flow.positions("0:toy-gpt", "main", 0, 0)
+    assert kept == 0  # a page load keeps what the URL says
+    for module in (flow, sinks, iv):
+        monkeypatch.setattr(module, "run_switched", lambda: True)
+    options, position, _ = flow.positions("0:toy-gpt", "main", 0, 0)
+    assert position == len(options) - 1  # a causal model's output token is its last real token, not <bos>
+    options, position, _ = flow.positions("0:minilm", "main", 0, 5)
+    assert position == 0  # an encoder's: [CLS]
+    _, other, *_ = sinks.compare_options("0:toy-vit-reg", "main", "0:toy-llava")
+    assert other == "0:toy-vit"  # the register twin, not the comparison chosen for the previous Run
+    _, base, _, evaluation = iv.run_options("0:toy-llava-first-to-image", "0:minilm", "0:eval-compare")
+    assert base == "0:toy-llava"  # a Run under a Plan is compared with its plain counterpart
+    method_opts, method = iv.method_options(base, "0:toy-llava-first-to-image", "0:minilm-sink-reweight")
+    assert method == "0:toy-llava-first-to-image"
+    _, _, _, evaluation = iv.run_options("0:toy-llava-eval", None, "0:eval-compare")
+    assert evaluation == "0:toy-llava-eval"
+
+
+def test_interventions_offers_only_comparable_runs(ctx):
+    from attnlab.dashboard.app import current_data
+
+    data = current_data()
+    for ref in data.runs():
+        if not data.run(ref.run_id).manifest["traces"]:
+            continue
+        options, method = page("interventions").method_options(ref.run_id, ref.run_id, ref.run_id)
+        assert ref.run_id not in [o["value"] for o in options] and method != ref.run_id
+        base = data.run(ref.run_id)
+        for option in options:
+            other = data.run(option["value"])
+            assert other.info.model["name"] == base.info.model["name"]
+            assert other.manifest["traces"]["main"]["tokens"] == base.manifest["traces"]["main"]["tokens"]
+    figure, answers, note = page("interventions").compare("0:minilm", "0:minilm", 0, 0, 0)
+    assert is_message(note, "note") and "unchanged" not in note.children
+
+
+def test_figures_carry_provenance(ctx):
+    figure, _ = page("attention").heatmap("0:toy-gpt", "main", 1, 1, 2, "auto", [])
+    name, subtitle = figure.layout.meta["export"], figure.layout.title.subtitle.text
+    for part in ("0-toy-gpt", "toy-gpt", "main", "item1", "layer1", "head2"):
+        assert part in name
+    assert subtitle.startswith("Run 0:toy-gpt · toy-gpt · trace main · item 1 · layer 1 · head 2")
+
+
+def test_the_shell_opens_the_view_the_url_names(app):
+    from attnlab.dashboard.app import shell
+
+    with app.server.test_request_context("/_dash-layout", headers={
+            "Referer": "http://localhost/attention?run=0:toy-gpt&trace=main&item=2&layer=1"}):
+        layout = shell(app.server.extensions["attnlab"])
+    values = {c.id: c.value for c in _walk(layout) if getattr(c, "id", None) in (ids.RUN, ids.TRACE, ids.ITEM)}
+    assert values == {ids.RUN: "0:toy-gpt", ids.TRACE: "main", ids.ITEM: 2}
+    with app.server.test_request_context("/_dash-layout", headers={"Referer": "http://elsewhere/?run=0:toy-gpt"}):
+        layout = shell(app.server.extensions["attnlab"])
+    assert next(c.value for c in _walk(layout) if getattr(c, "id", None) == ids.RUN) == "0:minilm"
+
+
+def _walk(component):
+    yield component
+    children = getattr(component, "children", None)
+    for child in children if isinstance(children, (list, tuple)) else [children] if children is not None else []:
+        if hasattr(child, "to_plotly_json"):
+            yield from _walk(child)

@@ -106,3 +106,68 @@ def test_eval_bars_one_trace_per_method():
 def test_message_figure_is_marked_empty():
     fig = figs.message_figure("not available in this Run")
     assert fig.layout.meta["empty"] and fig.data == ()
+
+
+def _long_pattern(n: int = 400) -> np.ndarray:
+    """A causal map whose rows put 0.6 on the first token and spread the rest uniformly (a sink head)."""
+    pattern = np.zeros((n, n))
+    pattern[0, 0] = 1.0
+    for i in range(1, n):
+        pattern[i, 0] = 0.6
+        pattern[i, 1:i + 1] = 0.4 / i
+    return pattern
+
+
+def test_long_inputs_default_to_the_per_head_max_and_can_hide_the_sink():
+    n = 400
+    labels = [f"{i}:t{i}" for i in range(n)]
+    fig = figs.attention_heatmap(_long_pattern(n), labels, "t", scale="auto")
+    trace = fig.data[0]
+    assert (trace.zmin, trace.zmax) == (0, 1.0)  # per-head max: here the first row's weight 1 on itself
+    hidden = figs.attention_heatmap(_long_pattern(n), labels, "t", scale="auto", exclude_first=True).data[0]
+    assert list(hidden.x) == labels[1:] and np.asarray(hidden.z).shape == (n, n - 1)
+    assert hidden.zmax == pytest.approx(0.4)  # row 1 gives 0.4 to token 1: the largest weight off the sink column
+    assert figs.resolve_scale("auto", 100) == "fixed" and figs.resolve_scale(None, 101) == "max"
+    with pytest.raises(ValueError, match="colour scale"):
+        figs.resolve_scale("rainbow", 10)
+
+
+def test_colour_scales_by_hand():
+    values = np.arange(100, dtype=float) / 100  # 0.00 ... 0.99
+    _, p99 = figs.colour_range(values, "p99")
+    assert p99["zmax"] == pytest.approx(0.98 + 0.01 * (0.99 - 0.98))  # rank 0.99 * 99 = 98.01: 1% past 0.98
+    z, log = figs.colour_range(np.array([1e-6, 1e-3, 0.3]), "log")
+    np.testing.assert_allclose(z, [-4.0, -3.0, np.log10(0.3)])  # below the floor 1e-4: clipped to it
+    assert log["zmin"] == -4 and log["zmax"] == pytest.approx(np.log10(0.3))
+    assert log["colorbar"]["ticktext"] == ["0.0001", "0.001", "0.01", "0.1", "1"]  # weights, not exponents
+    _, fixed = figs.colour_range(values, "fixed")
+    assert (fixed["zmin"], fixed["zmax"]) == (0.0, 1.0)
+
+
+def test_heatmap_cells_are_square_and_keep_every_label():
+    labels = [f"{i}:w{i}" for i in range(300)]
+    fig = figs.attention_heatmap(np.full((300, 300), 1 / 300), labels, "t", scale="max")
+    assert fig.layout.yaxis.scaleanchor == "x" and fig.layout.yaxis.scaleratio == 1
+    assert list(fig.data[0].x) == labels and list(fig.data[0].y) == labels
+    assert fig.layout.xaxis.tickmode is None  # plotly's auto ticks: thinned to fit, refined on zoom
+
+
+def test_comparison_keeps_labels_past_forty_tokens():
+    labels = [f"{i}:w{i}" for i in range(60)]
+    fig = figs.compare_attention(np.eye(60), np.eye(60), labels, ("a", "b"))
+    assert all(fig.layout[f"xaxis{n}"].showticklabels is not False for n in ("", "2", "3"))
+    assert fig.layout.yaxis.showticklabels is not False and list(fig.data[0].y) == labels
+
+
+def test_stamp_names_the_download_and_the_subtitle():
+    fig = figs.stamp(figs.attention_heatmap(np.eye(2), ["0:a", "1:b"], "layer 1, head 2"), "Run 0:x · m", "attnlab_x")
+    assert fig.layout.meta["export"] == "attnlab_x" and fig.layout.title.subtitle.text == "Run 0:x · m"
+    assert fig.layout.title.text == "layer 1, head 2"  # the title itself is unchanged
+
+
+def test_circuit_edges_have_arrows_from_writer_to_reader():
+    edges = pd.DataFrame({"upstream": ["0.0", "0.1"], "downstream": ["1.1", "1.0"], "side": ["src", "dest"],
+                          "strength": [0.9, 0.5]})
+    fig = figs.circuit_figure(edges, 2, 2, min_strength=0.3)
+    arrows = [(a.ax, a.ay, a.x, a.y) for a in fig.layout.annotations if a.showarrow]
+    assert sorted(arrows) == [(0, 0, 1, 1), (0, 1, 1, 0)]  # tail at the writer (layer 0), head at the reader

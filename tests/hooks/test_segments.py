@@ -48,3 +48,24 @@ def test_wordpiece_and_special_tokens_stay(minilm):
     ids = tok("the unbelievable cat", return_tensors="pt")["input_ids"]
     assert text_tokens(ids, tok) == [tok.convert_ids_to_tokens(ids[0].tolist())]
     assert text_tokens(ids, None)[0][0] == f"#{int(ids[0, 0])}"
+
+
+def test_word_pieces_join_into_the_words_the_tokenizer_decodes(minilm):
+    from attnlab.hooks.segments import word_of_pieces
+
+    _, tok, _ = minilm
+    text = "the unbelievably tokenized cat"
+    ids = tok(text, return_tensors="pt")["input_ids"]
+    pieces = text_tokens(ids, tok)[0]
+    assert any(p.startswith("##") for p in pieces)  # MiniLM's WordPiece splits these words
+    words = word_of_pieces(pieces)
+    assert len(words) == len(pieces) and words[0] == "[CLS]" and words[-1] == "[SEP]"
+    # the distinct words, in order, are what the tokenizer decodes the ids to
+    distinct = [w for i, w in enumerate(words) if i == 0 or not pieces[i].startswith("##")]
+    assert " ".join(distinct[1:-1]) == tok.decode(ids[0], skip_special_tokens=True)
+    assert word_of_pieces(["##ing", "a"]) == ["##ing", "a"]  # a leading continuation has nothing to join
+
+
+def test_an_id_outside_the_tokenizer_keeps_its_number(minilm):
+    _, tok, _ = minilm
+    assert text_tokens(torch.tensor([[101, len(tok) + 7]]), tok) == [["[CLS]", f"#{len(tok) + 7}"]]

@@ -16,15 +16,23 @@ from .reference import reference_attention
 from .stats import Stats, check_stat_names
 
 IMPLS = ("auto", "eager", "torch", "triton")
-#: Score elements per row block on the torch path when ``block_q`` is None: 2**22 float32 = 16 MiB, so a
-#: block's few [B, H, block, K] temporaries stay near cache size. Measured on CPU (benchmarks/attention_kernels.py):
-#: at N=8k this is 128 rows and beats eager on time; at N <= 1k the whole input is one block.
+#: Most score elements per row block on the torch path when ``block_q`` is None: 2**22 float32 = 16 MiB.
 BLOCK_ELEMENTS = 1 << 22
+#: The torch path keeps two score-block buffers alive; each holds at most this fraction of the output's
+#: elements, so the call's extra memory stays near 2x the output (SDPA's extra memory is about the output).
+BLOCK_OUTPUT_FRACTION = 0.4
 
 
-def default_block_q(batch: int, heads: int, n_keys: int) -> int:
-    """Query rows per block so one ``[B, H, rows, K]`` score block holds about ``BLOCK_ELEMENTS`` values."""
-    return max(16, BLOCK_ELEMENTS // max(1, batch * heads * n_keys))
+def default_block_q(batch: int, heads: int, n_q: int, n_keys: int, d_v: int) -> int:
+    """Query rows per block on the torch path: a ``[B, H, rows, K]`` block of at most ``BLOCK_ELEMENTS``
+    values and ``BLOCK_OUTPUT_FRACTION`` of the ``[B, H, Q, dv]`` output, and at least 16 rows.
+
+    Measured on CPU (benchmarks/long_context.py, 12 heads, d_head 64): more rows per block run the two
+    matmuls faster (at 8k, 128 rows took 0.77x the time of 32), so the output-size bound trades some time
+    for memory that stays linear in N.
+    """
+    per_row = max(1, batch * heads * n_keys)
+    return max(16, min(BLOCK_ELEMENTS // per_row, int(BLOCK_OUTPUT_FRACTION * n_q * d_v / max(1, n_keys))))
 
 
 def _check_mask(name: str, mask: torch.Tensor, shape: tuple[int, ...], device: torch.device) -> None:
@@ -68,6 +76,36 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask, a
         _check_mask(f"query set {name!r}", m, (bsz, n_q), q.device)
 
 
+def _check_score_terms(q: torch.Tensor, k: torch.Tensor, causal: bool, window, softcap, bias) -> None:
+    """``window`` (look-back length), ``softcap`` (tanh cap) and ``bias`` (additive float scores)."""
+    if window is not None:
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"window must be a positive int (keys each query sees, itself included) or None; "
+                             f"got {window!r}")
+        if not causal:
+            raise ValueError("window needs causal=True: a sliding window looks back from each query. For another "
+                             "band of keys pass it as attn_mask")
+    if softcap is not None:
+        if isinstance(softcap, bool) or not isinstance(softcap, (int, float)):
+            raise TypeError(f"softcap must be a float (Gemma 2's attn_logit_softcapping, e.g. 50.0) or None; "
+                            f"got {type(softcap).__name__}")
+        if not (0 < softcap < float("inf")):
+            raise ValueError(f"softcap must be positive and finite; got {softcap}")
+    if bias is None:
+        return
+    if not isinstance(bias, torch.Tensor):
+        raise TypeError(f"bias must be a float tensor [1|B, 1|H, Q, K]; got {type(bias).__name__}")
+    if not bias.is_floating_point():
+        raise ValueError(f"bias must be floating point (added to the scores, e.g. ALiBi or T5's relative bias); got "
+                         f"{bias.dtype}. For a boolean mask of allowed pairs pass attn_mask")
+    want = (-q.shape[0], -q.shape[1], q.shape[2], k.shape[2])
+    if bias.dim() != 4 or any(n != s and not (s < 0 and n in (1, -s)) for n, s in zip(bias.shape, want)):
+        raise ValueError(f"bias must be [1|{q.shape[0]}, 1|{q.shape[1]}, {q.shape[2]}, {k.shape[2]}]; got "
+                         f"{tuple(bias.shape)}. Expand a per-head [H, Q, K] bias with bias[None]")
+    if bias.device != q.device:
+        raise ValueError(f"bias is on {bias.device} but q is on {q.device}; move it with .to(q.device)")
+
+
 def _check_plan(plan, n_heads: int, key_sets: dict, query_sets: dict) -> None:
     if plan is None:
         return
@@ -105,7 +143,8 @@ def attention(
     plan: LayerPlan | None = None, stats: tuple[str, ...] | None = None,
     key_sets: dict[str, torch.Tensor] | None = None, query_sets: dict[str, torch.Tensor] | None = None,
     impl: str = "auto", return_pattern: bool = False, block_q: int | None = None,
-    received_queries: torch.Tensor | None = None,
+    received_queries: torch.Tensor | None = None, window: int | None = None, softcap: float | None = None,
+    bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Stats]:
     """Softmax attention that applies a layer plan and emits statistics in the same pass.
 
@@ -119,8 +158,8 @@ def attention(
         scale: score scale; ``1/sqrt(d)`` by default.
         plan: the :class:`LayerPlan` of this layer, or ``None``.
         stats: names from ``lse``, ``entropy``, ``max``, ``mass`` (per key set), ``received``.
-        key_sets: ``{name: [B, K] bool}`` named key sets for ``mass`` and the plan (``[B, Hq, K]`` per-head sets
-            on the torch and eager paths).
+        key_sets: ``{name: [B, K] bool}`` named key sets for ``mass`` and the plan, or ``[B, Hq, K]`` per-head
+            sets (e.g. ACT's sinks, found head by head).
         query_sets: ``{name: [B, Q] bool}`` named query sets for the plan.
         impl: ``auto`` (Triton on CUDA, torch elsewhere), ``eager``, ``torch`` or ``triton``.
         return_pattern: also return the ``[B, Hq, Q, K]`` pattern (eager only, materialises it).
@@ -128,6 +167,14 @@ def attention(
         received_queries: ``[B, Q]`` bool, the query rows ``received`` sums over (``None``: all). Padding rows
             of a padded batch still attend to the real keys; leaving them out keeps ``received`` a property of
             the real tokens alone.
+        window: sliding window (Mistral, Gemma 2 local layers): with ``causal=True`` query ``i`` sees only the
+            ``window`` keys ending at its position. Key blocks outside every row's window are never computed.
+        softcap: logit soft-capping (Gemma 2): scores become ``softcap * tanh(scores / softcap)``, before
+            ``bias`` and the masks.
+        bias: ``[1|B, 1|Hq, Q, K]`` float added to the (soft-capped) scores: ALiBi (Press et al., 2022) or
+            T5's relative position bias (Raffel et al., 2020, section 2.1). ``-inf`` entries mask their pair.
+
+    Statistics are those of the applied attention, so ``lse`` includes the bias and the cap.
 
     Returns:
         ``(out [B, Hq, Q, dv] in q's dtype, Stats)``.
@@ -145,24 +192,24 @@ def attention(
     if received_queries is not None:
         _check_mask("received_queries", received_queries, (q.shape[0], q.shape[2]), q.device)
     _check_plan(plan, q.shape[1], key_sets, query_sets)
+    _check_score_terms(q, k, causal, window, softcap, bias)
     if block_q is None:
-        block_q = default_block_q(q.shape[0], q.shape[1], k.shape[2])
+        block_q = default_block_q(q.shape[0], q.shape[1], q.shape[2], k.shape[2], v.shape[3])
     elif isinstance(block_q, bool) or not isinstance(block_q, int) or block_q < 1:
         raise ValueError(f"block_q must be a positive int or None; got {block_q!r}")
     chosen = resolve_impl(impl, q.device)
     if return_pattern and chosen != "eager":
         raise ValueError("return_pattern=True needs impl='eager' (the only path that materialises the pattern)")
+    terms = dict(window=window, softcap=None if softcap is None else float(softcap), bias=bias)
     if chosen == "triton":
-        if any(m.dim() == 3 for m in key_sets.values()):
-            raise ValueError("Per-head [B, H, K] key sets run on impl='torch' or 'eager'; the Triton kernel takes [B, K] sets")
         from .triton_attention import triton_attention
 
         return triton_attention(q, k, v, causal=causal, key_mask=key_mask, attn_mask=attn_mask, scale=scale,
                                 layer_plan=plan, key_sets=key_sets, query_sets=query_sets, stats=stats,
-                                received_queries=received_queries)
+                                received_queries=received_queries, **terms)
     return reference_attention(
         q, k, v, causal=causal, key_mask=key_mask, attn_mask=attn_mask, scale=scale, layer_plan=plan,
         key_sets=key_sets, query_sets=query_sets, stats=stats,
         block_q=None if chosen == "eager" else block_q, return_pattern=return_pattern,
-        received_queries=received_queries,
+        received_queries=received_queries, **terms,
     )

@@ -1,7 +1,10 @@
 """Plain-torch attention with plans and statistics: the eager oracle and the blockwise CPU path.
 
 Both run the same row-block function; ``eager`` uses one block holding every query (and can return
-the pattern), ``torch`` walks query blocks so only ``[B, H, block, K]`` is alive at once.
+the pattern), ``torch`` walks query blocks so only ``[B, H, block, w]`` is alive at once, where ``w`` is
+the span of keys some row of the block can see: key columns that causality, a sliding window or padding
+hide from every row of a block are never computed. Without a reweighting plan every statistic comes
+from the unnormalised block in one sweep (normaliser ``z`` applied to row and column sums afterwards).
 """
 
 from __future__ import annotations
@@ -11,7 +14,11 @@ import math
 import torch
 
 from .plan import LayerPlan, Reweight
-from .stats import Stats, build_allowed
+from .stats import Stats
+
+#: Score of a masked pair. Finite, so ``p * (s - max)`` is ``0 * finite = 0`` rather than NaN, and far below
+#: any real score; a row whose max stays at this level has nothing to attend to (treated as fully masked).
+MASKED = -1.0e30
 
 
 def _expand_kv(x: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -43,7 +50,7 @@ def reweight_rows(
     Args:
         p: ``[B, H, q, K]`` attention rows (each sums to 1, or 0 when fully masked).
         rw: the reweighting (factors per head).
-        key_sets: ``{name: [B, K] bool}``.
+        key_sets: ``{name: [B, K] or [B, H, K] bool}``.
         query_rows: ``[B, q]`` bool rows where the reweighting may apply, or ``None`` for all.
 
     Returns:
@@ -75,67 +82,177 @@ def reweight_rows(
     return p * torch.gather(weights, -1, part)
 
 
-def _softmax_rows(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """In-place softmax of masked scores ``s`` ``[B, H, q, K]`` (``-inf`` = not allowed).
+def visible_keys(r0: int, r1: int, n_q: int, n_k: int, causal: bool, window: int | None) -> tuple[int, int]:
+    """Keys ``[lo, hi)`` that some query row in ``r0:r1`` may see by position (``hi <= lo``: none).
 
-    Returns ``(p, lse, p_max)``, the last two ``[B, H, q]``. A fully masked row gets ``p = 0``,
-    ``lse = -inf`` and ``p_max = 0`` (its max is replaced by 0, as in FlashAttention-2). The largest
-    weight is ``exp(top - top) / z = 1 / z``, so it costs no pass over the row.
+    Query ``i`` sits at position ``i + K - Q``; causal rows see keys up to it, a window of ``W`` keeps the
+    last ``W`` of those (the query's own key included).
+    """
+    off = n_k - n_q
+    hi = min(n_k, r1 + off) if causal else n_k
+    lo = max(0, r0 + off - window + 1) if window is not None else 0
+    return lo, hi
+
+
+def positional_mask(r0: int, r1: int, c0: int, c1: int, n_q: int, n_k: int, causal: bool, window: int | None,
+                    device: torch.device) -> torch.Tensor:
+    """``[q, c]`` bool: may query row ``i`` in ``r0:r1`` see key ``j`` in ``c0:c1`` by causality and window."""
+    pos = torch.arange(r0, r1, device=device)[:, None] + (n_k - n_q)  # (q, 1)
+    keys = torch.arange(c0, c1, device=device)[None, :]  # (1, c)
+    ok = keys <= pos if causal else torch.ones(r1 - r0, c1 - c0, dtype=torch.bool, device=device)
+    return ok & (keys > pos - window) if window is not None else ok
+
+
+class _Call:
+    """One attention call's fixed inputs, float32 and expanded for GQA once rather than per block."""
+
+    def __init__(self, q, k, v, *, causal, window, key_mask, attn_mask, scale, softcap, bias, layer_plan,
+                 key_sets, query_sets, stats, received_queries, want_pattern):
+        self.q, self.n_q, self.n_k = q, q.shape[2], k.shape[2]
+        self.k, self.v = _expand_kv(k.float(), q.shape[1]), _expand_kv(v.float(), q.shape[1])  # (B, H, K, d)
+        self.scale = 1.0 / math.sqrt(q.shape[3]) if scale is None else scale
+        self.causal, self.window, self.softcap, self.bias = causal, window, softcap, bias
+        self.key_mask = None if key_mask is None else key_mask.to(torch.bool)  # (B, K)
+        self.attn_mask = None if attn_mask is None else attn_mask.to(torch.bool)  # (B|1, 1|H, Q, K)
+        rw = layer_plan.reweight if layer_plan is not None else None
+        # factors of 1 change nothing: such a plan takes the plain path and reproduces the baseline bit for bit
+        self.rw = None if rw is None or all(f == 1.0 for f in rw.factors(q.shape[1])) else rw
+        self.head_scale = None if layer_plan is None or layer_plan.head_scale is None else torch.tensor(
+            layer_plan.head_scale, dtype=torch.float32, device=q.device)[None, :, None, None]  # (1, H, 1, 1)
+        self.key_sets, self.stats, self.want_pattern = key_sets, stats, want_pattern
+        self.q_set = query_sets[self.rw.queries].to(torch.bool) if self.rw is not None and self.rw.queries else None
+        self.received_rows = None if received_queries is None else received_queries.to(torch.bool)  # (B, Q)
+        self.key_span = (0, self.n_k)
+        self._buffers: dict[int, torch.Tensor] = {}
+        if self.key_mask is not None:  # padding no batch row can see is never computed
+            real = self.key_mask.any(0).nonzero()
+            self.key_span = (int(real[0]), int(real[-1]) + 1) if len(real) else (0, 0)
+
+    def workspace(self, index: int, shape: tuple[int, ...]) -> torch.Tensor:
+        """Block buffer ``index`` viewed as ``shape``: reused across blocks, so no block pays fresh pages."""
+        size = math.prod(shape)
+        buf = self._buffers.get(index)
+        if buf is None or buf.numel() < size:  # the first block asks for the widest span or close to it
+            width = self.keys(0, self.n_q)[1] - self.keys(0, self.n_q)[0]
+            buf = self._buffers[index] = torch.empty(max(size, math.prod(shape[:3]) * width), device=self.v.device)
+        return buf[:size].view(shape)
+
+    def keys(self, r0: int, r1: int) -> tuple[int, int]:
+        """Key columns ``[lo, hi)`` computed for rows ``r0:r1``."""
+        lo, hi = visible_keys(r0, r1, self.n_q, self.n_k, self.causal, self.window)
+        return max(lo, self.key_span[0]), min(hi, self.key_span[1])
+
+
+def block_scores(c: _Call, r0: int, r1: int, lo: int, hi: int) -> torch.Tensor:
+    """Scores ``[B, H, q, hi - lo]`` of rows ``r0:r1`` on keys ``lo:hi``: scaled, soft-capped, biased, masked.
+
+    Only the columns near the diagonal and the window's edge get the positional mask: the columns
+    between them are visible to every row of the block.
+    """
+    qb, kb = c.q[:, :, r0:r1].float() * c.scale, c.k[:, :, lo:hi]
+    s = torch.matmul(qb, kb.transpose(-1, -2), out=c.workspace(0, qb.shape[:3] + (hi - lo,)))  # (B, H, q, w)
+    if c.softcap is not None:  # Gemma 2: cap * tanh(s / cap), before any bias or mask
+        s.div_(c.softcap).tanh_().mul_(c.softcap)
+    if c.bias is not None:
+        s += c.bias[:, :, r0:r1, lo:hi]
+        s.clamp_min_(MASKED)  # a -inf bias entry masks its pair
+    off = c.n_k - c.n_q
+    edges = []
+    if c.causal:
+        edges.append((max(lo, r0 + off + 1), hi))  # keys after the block's first query
+    if c.window is not None:
+        edges.append((lo, min(hi, r1 + off - c.window)))  # keys before the last query's window
+    for c0, c1 in edges:
+        if c1 > c0:
+            ok = positional_mask(r0, r1, c0, c1, c.n_q, c.n_k, c.causal, c.window, s.device)  # (q, c)
+            s[..., c0 - lo:c1 - lo].masked_fill_(~ok, MASKED)
+    if c.key_mask is not None:
+        km = c.key_mask[:, lo:hi]  # (B, w)
+        if not bool(km.all()):
+            s.masked_fill_(~km[:, None, None, :], MASKED)
+    if c.attn_mask is not None:
+        s.masked_fill_(~c.attn_mask[:, :, r0:r1, lo:hi], MASKED)
+    return s
+
+
+def _exp_rows(s: torch.Tensor, keep_d: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor,
+                                                                    torch.Tensor]:
+    """Unnormalised softmax of masked scores ``s`` ``[B, H, q, w]``: ``(e, d, top, z)``.
+
+    ``d = s - top`` (``<= 0``, kept when ``keep_d`` is a buffer for ``e``; otherwise ``e`` reuses its memory),
+    ``e = exp(d)``,
+    ``top`` and ``z = sum e`` are ``[B, H, q, 1]``. A row with nothing to attend to has ``top == MASKED``.
     """
     top = s.amax(-1, keepdim=True)  # (B, H, q, 1)
-    top = top.masked_fill_(top == float("-inf"), 0.0)
-    p = s.sub_(top).exp_()  # (B, H, q, K), reuses the scores' memory
-    z = p.sum(-1, keepdim=True)  # (B, H, q, 1)
-    lse = (z.log() + top)[..., 0]  # log 0 = -inf for fully masked rows
-    p_max = torch.where(z > 0, 1.0 / z, 0.0)[..., 0]
-    return p.div_(z.clamp_min_(torch.finfo(p.dtype).tiny)), lse, p_max
+    d = s.sub_(top)
+    e = torch.exp(d, out=keep_d) if keep_d is not None else d.exp_()  # (B, H, q, w)
+    return e, (d if keep_d is not None else None), top, e.sum(-1, keepdim=True)
 
 
-def attention_rows(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, allowed: torch.Tensor, scale: float,
-    layer_plan: LayerPlan | None, key_sets: dict[str, torch.Tensor], query_rows: torch.Tensor | None,
-    stats: tuple[str, ...], want_pattern: bool, received_rows: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
-    """Attention for one block of query rows, in float32.
+def _normalised_stats(c: _Call, p: torch.Tensor, lo: int, hi: int, r0: int, r1: int, row: dict) -> torch.Tensor:
+    """Statistics of applied rows ``p`` ``[B, H, q, w]`` that were normalised (and maybe reweighted)."""
+    if "entropy" in c.stats:
+        # a factor > 1 can push T's weights below 0; those entries add nothing (p log p only for p > 0)
+        pos = p.clamp_min(0.0) if c.rw is not None and max(c.rw.factors(p.shape[1])) > 1 else p
+        row["entropy"] = -torch.special.xlogy(pos, pos).sum(-1)
+    if "max" in c.stats:
+        row["max"] = p.amax(-1)
+    if "mass" in c.stats and c.key_sets:
+        row["mass"] = _masses(p, [m[..., lo:hi] for m in c.key_sets.values()])  # (B, H, q, n)
+    if "received" in c.stats:
+        kept = p if c.received_rows is None else p * c.received_rows[:, None, r0:r1, None].to(p.dtype)
+        row["received"] = kept.sum(-2)  # (B, H, w)
+    return p @ c.v[:, :, lo:hi]  # (B, H, q, dv)
 
-    Args:
-        q: ``[B, H, q, d]``; k, v: ``[B, H, K, d]`` float32 (already expanded for GQA).
-        allowed: ``[B, 1|H, q, K]`` bool.
-        scale: score multiplier.
-        layer_plan: intervention for this layer, or ``None``.
-        key_sets: ``{name: [B, K] bool}``.
-        query_rows: ``[B, q]`` bool for the plan's query set, or ``None``.
-        stats: statistic names to compute.
-        want_pattern: also return the applied pattern.
-        received_rows: ``[B, q]`` bool, the rows ``received`` sums over (``None``: all).
+
+def attention_rows(c: _Call, r0: int, r1: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
+    """Attention of query rows ``r0:r1`` in float32, every statistic from one sweep over the score block.
 
     Returns:
-        ``(out [B, H, q, d], row_stats {name: [B, H, q] or received [B, H, K]}, pattern or None)``.
+        ``(out [B, H, q, dv], row, pattern [B, H, q, K] or None)``; ``row`` holds ``lse``, ``entropy``,
+        ``max`` ``[B, H, q]``, ``mass`` ``[B, H, q, n_sets]``, and ``received`` ``[B, H, hi - lo]`` (this
+        block's column sums over the keys ``lo:hi`` it computed) with ``keys``, the tensor ``[lo, hi]``.
     """
-    s = (q.float() * scale) @ k.transpose(-1, -2)  # (B, H, q, K)
-    p, lse, p_max = _softmax_rows(s.masked_fill_(~allowed, float("-inf")))  # (B, H, q, K), (B, H, q) x 2
-    rw = layer_plan.reweight if layer_plan is not None else None
-    if rw is not None:
-        p = reweight_rows(p, rw, key_sets, query_rows)
-    out = p @ v  # (B, H, q, d)
-    if layer_plan is not None and layer_plan.head_scale is not None:
-        out = out * torch.tensor(layer_plan.head_scale, dtype=out.dtype, device=out.device)[None, :, None, None]
-    row: dict[str, torch.Tensor] = {}
-    if "lse" in stats:
-        row["lse"] = lse
-    if "entropy" in stats:
-        # a factor > 1 can push T's weights below 0; those entries add nothing (p log p only for p > 0)
-        pos = p.clamp_min(0.0) if rw is not None and max(rw.factors(p.shape[1])) > 1 else p
-        row["entropy"] = -torch.special.xlogy(pos, pos).sum(-1)
-    if "max" in stats:
-        row["max"] = p.amax(-1) if rw is not None else p_max
-    if "mass" in stats and key_sets:
-        masses = _masses(p, list(key_sets.values()))  # (B, H, q, n_sets)
-        row.update({f"mass.{name}": masses[..., i] for i, name in enumerate(key_sets)})
-    if "received" in stats:
-        kept = p if received_rows is None else p * received_rows[:, None, :, None].to(p.dtype)
-        row["received"] = kept.sum(-2)  # (B, H, K)
-    return out, row, (p if want_pattern else None)
+    lo, hi = c.keys(r0, r1)
+    bsz, n_heads = c.q.shape[:2]
+    if hi <= lo:  # no row of the block may see any key
+        pattern = c.v.new_zeros(bsz, n_heads, r1 - r0, c.n_k) if c.want_pattern else None
+        return c.v.new_zeros(bsz, n_heads, r1 - r0, c.v.shape[3]), _empty_rows(c, r1 - r0), pattern
+    s = block_scores(c, r0, r1, lo, hi)  # (B, H, q, w)
+    fast = c.rw is None and not c.want_pattern
+    e, d, top, z = _exp_rows(s, c.workspace(1, s.shape) if fast and "entropy" in c.stats else None)
+    dead = top <= MASKED / 2  # (B, H, q, 1) rows with nothing to attend to
+    inv_z = torch.where(dead, 0.0, 1.0 / z)  # (B, H, q, 1)
+    row: dict[str, torch.Tensor] = {"lse": torch.where(dead, float("-inf"), top + z.log())[..., 0]}
+    if fast:  # statistics of the unnormalised rows, scaled by 1/z afterwards
+        if "entropy" in c.stats:  # H = log z - sum(e * d) / z
+            row["entropy"] = torch.where(dead, 0.0, z.log() - d.mul_(e).sum(-1, keepdim=True) * inv_z)[..., 0]
+        row["max"] = inv_z[..., 0]  # the largest weight is exp(0) / z
+        if "mass" in c.stats and c.key_sets:
+            row["mass"] = _masses(e, [m[..., lo:hi] for m in c.key_sets.values()]) * inv_z
+        if "received" in c.stats:
+            w = inv_z if c.received_rows is None else inv_z * c.received_rows[:, None, r0:r1, None]
+            row["received"] = (w.transpose(-1, -2) @ e)[..., 0, :]  # (B, H, w): one gemv, no pass of its own
+        out = (e @ c.v[:, :, lo:hi]) * inv_z  # (B, H, q, dv)
+    else:
+        p = e.mul_(inv_z)  # (B, H, q, w) normalised; fully masked rows are 0
+        if c.rw is not None:
+            q_rows = None if c.q_set is None else c.q_set[:, r0:r1]
+            p = reweight_rows(p, c.rw, {n: m[..., lo:hi] for n, m in c.key_sets.items()}, q_rows)
+        out = _normalised_stats(c, p, lo, hi, r0, r1, row)
+    if c.head_scale is not None:
+        out = out * c.head_scale
+    row["keys"] = torch.tensor([lo, hi])
+    pattern = torch.nn.functional.pad(p, (lo, c.n_k - hi)) if c.want_pattern else None
+    return out, row, pattern
+
+
+def _empty_rows(c: _Call, n: int) -> dict[str, torch.Tensor]:
+    """Statistics of ``n`` rows that see no key: lse -inf, entropy, max and mass 0, no received mass."""
+    shape = (c.q.shape[0], c.q.shape[1], n)
+    row = {"lse": c.v.new_full(shape, float("-inf")), "entropy": c.v.new_zeros(shape), "max": c.v.new_zeros(shape),
+           "mass": c.v.new_zeros(*shape, len(c.key_sets))}
+    return row
 
 
 def reference_attention(
@@ -143,40 +260,30 @@ def reference_attention(
     attn_mask: torch.Tensor | None, scale: float | None, layer_plan: LayerPlan | None,
     key_sets: dict[str, torch.Tensor], query_sets: dict[str, torch.Tensor], stats: tuple[str, ...],
     block_q: int | None, return_pattern: bool = False, received_queries: torch.Tensor | None = None,
+    window: int | None = None, softcap: float | None = None, bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Stats]:
     """Blockwise (``block_q`` rows at a time) or eager (``block_q=None``) attention; see ``kernels.attention``."""
-    bsz, n_heads, n_q, d = q.shape
-    n_k = k.shape[2]
-    scale = 1.0 / math.sqrt(d) if scale is None else scale
-    k, v = _expand_kv(k.float(), n_heads), _expand_kv(v.float(), n_heads)  # converted once, not per block
-    rw = layer_plan.reweight if layer_plan is not None else None
-    q_set = query_sets[rw.queries] if rw is not None and rw.queries else None
+    c = _Call(q, k, v, causal=causal, window=window, key_mask=key_mask, attn_mask=attn_mask, scale=scale,
+              softcap=softcap, bias=bias, layer_plan=layer_plan, key_sets=key_sets, query_sets=query_sets,
+              stats=stats, received_queries=received_queries, want_pattern=return_pattern)
+    bsz, n_heads, n_q = q.shape[:3]
+    out = torch.empty(bsz, n_heads, n_q, v.shape[3], device=q.device)  # (B, H, Q, dv), filled block by block
+    rows = {n: torch.empty(bsz, n_heads, n_q, device=q.device) for n in ("lse", "entropy", "max") if n in stats}
+    mass = torch.empty(bsz, n_heads, n_q, len(key_sets), device=q.device) if "mass" in stats else None
+    received = torch.zeros(bsz, n_heads, c.n_k, device=q.device) if "received" in stats else None  # (B, H, K)
     step = n_q if block_q is None else max(1, block_q)
-    outs, rows, pats = [], [], []
-    received = torch.zeros(bsz, n_heads, n_k, device=q.device) if "received" in stats else None  # (B, H, K)
-    for start in range(0, n_q, step):
-        stop = min(n_q, start + step)
-        # causal: keys past the block's last row's horizon are masked for the whole block, so skip them
-        hi = min(n_k, max(1, stop + n_k - n_q)) if causal else n_k
-        allowed = build_allowed(bsz, n_q, n_k, causal=causal, key_mask=key_mask, attn_mask=attn_mask,
-                                device=q.device, q_start=start, q_stop=stop)[..., :hi]
-        out, row, pat = attention_rows(
-            q[:, :, start:stop], k[:, :, :hi], v[:, :, :hi], allowed=allowed, scale=scale, layer_plan=layer_plan,
-            key_sets={n: m[:, :hi] for n, m in key_sets.items()},
-            query_rows=None if q_set is None else q_set[:, start:stop].to(torch.bool), stats=stats,
-            want_pattern=return_pattern,
-            received_rows=None if received_queries is None else received_queries[:, start:stop].to(torch.bool),
-        )
-        if received is not None:
-            received[..., :hi] += row.pop("received")
-        outs.append(out)
-        rows.append(row)
-        if pat is not None:
-            pats.append(torch.nn.functional.pad(pat, (0, n_k - hi)))  # (B, H, q, K)
-    cat = {name: torch.cat([r[name] for r in rows], dim=-1) for name in rows[0]} if rows else {}
-    result = Stats(
-        lse=cat.get("lse"), entropy=cat.get("entropy"), max=cat.get("max"),
-        mass={n[len("mass."):]: t for n, t in cat.items() if n.startswith("mass.")},
-        received=received, pattern=torch.cat(pats, dim=2) if pats else None,
-    )
-    return torch.cat(outs, dim=2).to(q.dtype), result
+    pattern = None
+    for r0 in range(0, n_q, step):
+        r1 = min(n_q, r0 + step)
+        out[:, :, r0:r1], row, pattern = attention_rows(c, r0, r1)
+        for name, t in rows.items():
+            t[:, :, r0:r1] = row[name]
+        if mass is not None and key_sets:
+            mass[:, :, r0:r1] = row["mass"]
+        if received is not None and "received" in row:
+            lo, hi = row["keys"].tolist()
+            received[..., lo:hi] += row["received"]
+    result = Stats(lse=rows.get("lse"), entropy=rows.get("entropy"), max=rows.get("max"),
+                   mass={n: mass[..., i].contiguous() for i, n in enumerate(key_sets)} if mass is not None else {},
+                   received=received, pattern=pattern)
+    return out.to(q.dtype), result

@@ -26,8 +26,8 @@ _REST, _SOURCE, _TARGET = 0, 1, 2  # key partition codes the kernels read from P
 class _PlanArgs:
     """A layer plan and the key/query sets packed as kernel arguments (unused pointers are placeholders)."""
 
-    part: torch.Tensor  # (B, K) uint8 partition code of each key
-    sets: torch.Tensor  # (B, K, NSP) float32 0/1 membership of each named key set
+    part: torch.Tensor  # (B, 1|H, K) uint8 partition code of each key (per head for per-head key sets)
+    sets: torch.Tensor  # (B, 1|H, K, NSP) float32 0/1 membership of each named key set
     qrow: torch.Tensor  # (B, Q) uint8 rows the reweighting may touch
     factor: torch.Tensor  # (H,) float32 per-head factor a
     head_scale: torch.Tensor  # (H,) float32 per-head output multiplier
@@ -40,10 +40,22 @@ class _PlanArgs:
     gate_min_mass: float = 0.0
     gate_min_share: float = 0.0
 
+    @property
+    def strides(self) -> tuple[int, int, int, int]:
+        """Batch and head strides of PART and SETS (head stride 0 when shared by the heads)."""
+        return (self.part.stride(0), self.part.stride(1) if self.part.shape[1] > 1 else 0,
+                self.sets.stride(0), self.sets.stride(1) if self.sets.shape[1] > 1 else 0)
+
 
 def _next_pow2(n: int) -> int:
     """The smallest power of two >= max(n, 16) (tl.arange needs powers of two, tl.dot dims >= 16)."""
     return max(16, 1 << max(n - 1, 0).bit_length())
+
+
+def _heads(mask: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A ``[B, K]`` (shared) or ``[B, H, K]`` (per-head) key set as bool ``[B, 1|H, K]``."""
+    mask = mask.to(device, torch.bool)
+    return mask[:, None] if mask.dim() == 2 else mask
 
 
 def _u8(mask: torch.Tensor) -> torch.Tensor:
@@ -67,11 +79,11 @@ def _pack_plan(layer_plan: LayerPlan | None, key_sets: dict[str, torch.Tensor], 
     names = list(key_sets) if (want_mass or (rw is not None and rw.gate is not None)) else []
     nsp = _next_pow2(len(names))
     kw: dict = {}
-    part = torch.zeros(bsz, n_k, dtype=torch.uint8, device=device)  # (B, K)
-    qrow = part[:, :1]
+    part = torch.zeros(bsz, 1, n_k, dtype=torch.uint8, device=device)  # (B, 1, K)
+    qrow = part[:, 0, :1]
     if rw is not None:
-        src = key_sets[rw.source].to(device, torch.bool)  # (B, K)
-        tgt = ~src if rw.target is None else key_sets[rw.target].to(device, torch.bool) & ~src  # (B, K)
+        src = _heads(key_sets[rw.source], device)  # (B, 1|H, K)
+        tgt = ~src if rw.target is None else _heads(key_sets[rw.target], device) & ~src  # (B, 1|H, K)
         part = torch.where(src, _SOURCE, torch.where(tgt, _TARGET, _REST)).to(torch.uint8)
         if rw.queries:
             qrow = _u8(query_sets[rw.queries].to(device)).contiguous()  # (B, Q)
@@ -79,9 +91,11 @@ def _pack_plan(layer_plan: LayerPlan | None, key_sets: dict[str, torch.Tensor], 
             g = rw.gate
             kw = dict(gate_w=names.index(g.within), gate_min_mass=float(g.min_mass),
                       gate_p=-1 if g.part is None else names.index(g.part), gate_min_share=float(g.min_share))
-    sets = torch.zeros(bsz, n_k, nsp if names else 1, dtype=torch.float32, device=device)  # (B, K, NSP)
+    per_head = any(key_sets[n].dim() == 3 for n in names)
+    sets = torch.zeros(bsz, n_heads if per_head else 1, n_k, nsp if names else 1, dtype=torch.float32,
+                       device=device)  # (B, 1|H, K, NSP)
     for i, name in enumerate(names):
-        sets[:, :, i] = key_sets[name].to(device, torch.float32)
+        sets[..., i] = _heads(key_sets[name], device).to(torch.float32)
     scale = layer_plan.head_scale if layer_plan is not None and layer_plan.head_scale is not None else (1.0,) * n_heads
     return _PlanArgs(
         part=part.contiguous(), sets=sets, qrow=qrow,
@@ -91,11 +105,12 @@ def _pack_plan(layer_plan: LayerPlan | None, key_sets: dict[str, torch.Tensor], 
     )
 
 
-def _attn_mask_args(attn_mask: torch.Tensor | None, placeholder: torch.Tensor) -> tuple[torch.Tensor, tuple]:
-    """The general mask as uint8 with broadcast batch/head strides set to 0 (no copy of bool masks)."""
+def _attn_mask_args(attn_mask: torch.Tensor | None, placeholder: torch.Tensor, bias: bool = False
+                    ) -> tuple[torch.Tensor, tuple]:
+    """The general mask as uint8 (or the float ``bias``) with broadcast batch/head strides set to 0 (no copy)."""
     if attn_mask is None:
         return placeholder, (0, 0, 0, 0)
-    m = _u8(attn_mask)  # (B|1, 1|H, Q, K)
+    m = (attn_mask if attn_mask.dtype in SUPPORTED_DTYPES else attn_mask.float()) if bias else _u8(attn_mask)
     sb, sh, sq, sk = m.stride()
     return m, (0 if m.shape[0] == 1 else sb, 0 if m.shape[1] == 1 else sh, sq, sk)
 
@@ -119,6 +134,18 @@ def _block_sizes(d_max: int, itemsize: int, has_rw: bool, block_m: int | None,
             block_n or (64 if row_bytes <= 128 else 32))
 
 
+def _key_span(key_mask: torch.Tensor | None, placeholder: torch.Tensor) -> torch.Tensor:
+    """``(B, 2)`` int32 ``[first real key, last real key + 1)`` of each batch row (``[K, 0)`` when none)."""
+    if key_mask is None:
+        return placeholder
+    real = key_mask.to(torch.bool)  # (B, K)
+    n_k = real.shape[1]
+    idx = torch.arange(n_k, device=real.device)
+    first = torch.where(real, idx, n_k).amin(1)
+    last = torch.where(real, idx + 1, 0).amax(1)
+    return torch.stack([first, last], 1).to(torch.int32).contiguous()
+
+
 def _check_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     if q.dtype not in SUPPORTED_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(f"impl='triton' needs q, k, v of one dtype among {SUPPORTED_DTYPES}; got "
@@ -133,6 +160,7 @@ def triton_attention(
     attn_mask: torch.Tensor | None, scale: float | None, layer_plan: LayerPlan | None,
     key_sets: dict[str, torch.Tensor], query_sets: dict[str, torch.Tensor], stats: tuple[str, ...],
     block_m: int | None = None, block_n: int | None = None, received_queries: torch.Tensor | None = None,
+    window: int | None = None, softcap: float | None = None, bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Stats]:
     """Fused attention with a layer plan and one-pass statistics; semantics of ``reference_attention``.
 
@@ -143,10 +171,12 @@ def triton_attention(
         attn_mask: ``[B|1, 1|H, Q, K]`` True where attending is allowed, or None (read tile by tile).
         scale: score scale, ``1/sqrt(d)`` when None.
         layer_plan: head scaling and reweighting of this layer, or None.
-        key_sets: ``{name: [B, K] bool}``; query_sets: ``{name: [B, Q] bool}``.
+        key_sets: ``{name: [B, K] or per-head [B, H, K] bool}``; query_sets: ``{name: [B, Q] bool}``.
         stats: names from ``lse, entropy, max, mass, received``.
         block_m, block_n: tile sizes (powers of two >= 16); defaults suit the device.
         received_queries: ``[B, Q]`` bool, the query rows ``received`` sums over, or None (all).
+        window: with ``causal``, each query sees only its last ``window`` keys; softcap: ``cap * tanh(s / cap)``;
+        bias: ``[B|1, H|1, Q, K]`` float added to the scores (see ``kernels.attention``).
 
     Returns:
         ``(out [B, H, Q, dv] in q's dtype, Stats)`` with float32 statistics.
@@ -160,16 +190,20 @@ def triton_attention(
     bdk, bdv = _next_pow2(d_k), _next_pow2(d_v)
     km = _u8(key_mask).contiguous() if key_mask is not None else pa.part
     am, am_strides = _attn_mask_args(attn_mask, pa.part)
+    bias_t, bias_strides = _attn_mask_args(bias, pa.sets, bias=True)
+    span = _key_span(key_mask, pa.factor)
     # the interpreter rounds fp32 -> bf16 stores toward zero, so it writes fp32 and torch rounds
     out = torch.empty(bsz, n_heads, n_q, d_v, device=q.device, dtype=torch.float32 if INTERPRET else q.dtype)
     rows = torch.empty(6, bsz, n_heads, n_q, device=q.device, dtype=torch.float32)  # lse, H, max, lse2, w_S, w_T
     mass = torch.empty(bsz, n_heads, n_q, pa.nsp, device=q.device, dtype=torch.float32) if pa.n_sets else rows
     flags = dict(CAUSAL=causal, HAS_KEYMASK=key_mask is not None, HAS_ATTN=attn_mask is not None,
+                 SOFTCAP=softcap is not None, HAS_BIAS=bias is not None, HAS_WINDOW=window is not None,
                  HAS_RW=pa.has_rw, UPCAST=INTERPRET, BLOCK_M=bm, BLOCK_N=bn, BLOCK_DK=bdk)
+    terms = (scale * LOG2E, (softcap or 1.0) * LOG2E, window or 0)
     attention_fwd_kernel[(-(-n_q // bm), bsz * n_heads)](
-        q, k, v, out, km, pa.part, pa.sets, am, pa.qrow, pa.factor, pa.head_scale, rows, mass,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *am_strides,
-        n_heads, n_heads // n_kv, n_q, n_k, d_k, d_v, pa.n_sets, scale * LOG2E, pa.gate_min_mass, pa.gate_min_share,
+        q, k, v, out, km, span, pa.part, pa.sets, am, bias_t, pa.qrow, pa.factor, pa.head_scale, rows, mass,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *am_strides, *bias_strides, *pa.strides,
+        n_heads, n_heads // n_kv, n_q, n_k, d_k, d_v, pa.n_sets, *terms, pa.gate_min_mass, pa.gate_min_share,
         HAS_QROW=pa.has_qrow, HAS_SETS=pa.n_sets > 0, GATE_W=pa.gate_w, GATE_P=pa.gate_p, NSP=pa.nsp,
         BLOCK_DV=bdv, **flags,
     )
@@ -181,10 +215,11 @@ def triton_attention(
     )
     if "received" in stats:
         result.received = torch.empty(bsz, n_heads, n_k, device=q.device, dtype=torch.float32)  # (B, H, K)
-        rq = _u8(received_queries).contiguous() if received_queries is not None else pa.part
+        rq = _u8(received_queries).contiguous() if received_queries is not None else pa.qrow
         attention_received_kernel[(-(-n_k // bn), bsz * n_heads)](
-            q, k, km, pa.part, am, rows, rq, result.received, *q.stride(), *k.stride(), *am_strides,
-            n_heads, n_heads // n_kv, n_q, n_k, d_k, scale * LOG2E, HAS_ROWMASK=received_queries is not None,
+            q, k, km, span, pa.part, am, bias_t, rows, rq, result.received, *q.stride(), *k.stride(), *am_strides,
+            *bias_strides, *pa.strides[:2], n_heads, n_heads // n_kv, n_q, n_k, d_k, *terms,
+            HAS_ROWMASK=received_queries is not None,
             **flags,
         )
     return out.to(q.dtype), result

@@ -48,17 +48,30 @@ if _NEED_INTERPRETER and type(tl.standard.sum).__name__ != "InterpretedFunction"
 INTERPRET = bool(triton.knobs.runtime.interpret)
 LOG2E = 1.4426950408889634  # host side: logits are scaled by scale * log2(e) to use exp2
 LN2 = tl.constexpr(0.6931471805599453)  # compiled kernels only read constexpr globals; keep it right of a tensor
+LOG2E_C = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
-def _scores(q, kt, offs_m, offs_n, b, attn_off, KEYMASK, ATTN, saq, sak, NQ, NK, qk_scale,
-            CAUSAL: tl.constexpr, HAS_KEYMASK: tl.constexpr, HAS_ATTN: tl.constexpr):
-    """Base-2 logits of one tile, ``-inf`` where not allowed: (s2, valid), both (BLOCK_M, BLOCK_N)."""
+def _scores(q, kt, offs_m, offs_n, b, attn_off, bias_off, KEYMASK, ATTN, BIAS, saq, sak, sbq, sbk, NQ, NK, qk_scale,
+            cap2, WINDOW, CAUSAL: tl.constexpr, HAS_KEYMASK: tl.constexpr, HAS_ATTN: tl.constexpr,
+            SOFTCAP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    """Base-2 logits of one tile, ``-inf`` where not allowed: (s2, valid), both (BLOCK_M, BLOCK_N).
+
+    Soft-capping (``cap2`` is the cap in base-2 units) comes first, then the additive bias, then the masks.
+    """
     s2 = tl.dot(q, kt, input_precision="ieee") * qk_scale  # (BM, BN)
+    if SOFTCAP:  # cap * tanh(s / cap), tanh(x) = 1 - 2 / (e^(2x) + 1): saturates to +-1 without inf / inf
+        s2 = cap2 * (1.0 - 2.0 / (tl.exp2(s2 * (2.0 * LOG2E_C / cap2)) + 1.0))
     in_k = offs_n < NK
     valid = in_k[None, :] & (offs_m < NQ)[:, None]  # (BM, BN)
+    if HAS_BIAS:
+        bias = tl.load(BIAS + bias_off + offs_m[:, None] * sbq + offs_n[None, :] * sbk, mask=valid, other=0.0)
+        s2 = s2 + bias.to(tl.float32) * LOG2E_C
+        valid = valid & (s2 > float("-inf"))  # a -inf bias masks its pair
     if CAUSAL:
         valid = valid & (offs_n[None, :] <= offs_m[:, None] + (NK - NQ))
+    if HAS_WINDOW:
+        valid = valid & (offs_n[None, :] > offs_m[:, None] + (NK - NQ) - WINDOW)
     if HAS_KEYMASK:
         km = tl.load(KEYMASK + b * NK + offs_n, mask=in_k, other=0)  # (BN,)
         valid = valid & (km != 0)[None, :]
@@ -66,6 +79,38 @@ def _scores(q, kt, offs_m, offs_n, b, attn_off, KEYMASK, ATTN, saq, sak, NQ, NK,
         am = tl.load(ATTN + attn_off + offs_m[:, None] * saq + offs_n[None, :] * sak, mask=valid, other=0)
         valid = valid & (am != 0)
     return tl.where(valid, s2, float("-inf")), valid
+
+
+@triton.jit
+def _key_tiles(start_m, b, KSPAN, NQ, NK, WINDOW, CAUSAL: tl.constexpr, HAS_KEYMASK: tl.constexpr,
+               HAS_WINDOW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Key range ``[lo, hi)`` (lo a tile start) that some row of the query tile at ``start_m`` may see."""
+    lo = start_m * 0  # a tensor, so both bounds keep one type through the branches
+    hi = lo + NK
+    if CAUSAL:
+        hi = tl.minimum(hi, tl.maximum(start_m + BLOCK_M + NK - NQ, 0))
+    if HAS_WINDOW:
+        lo = tl.maximum(lo, start_m + NK - NQ - WINDOW + 1)
+    if HAS_KEYMASK:  # the batch row's padding before its first and after its last real key
+        lo = tl.maximum(lo, tl.load(KSPAN + 2 * b))
+        hi = tl.minimum(hi, tl.load(KSPAN + 2 * b + 1))
+    return lo // BLOCK_N * BLOCK_N, hi
+
+
+@triton.jit
+def _query_tiles(start_n, b, KSPAN, NQ, NK, WINDOW, CAUSAL: tl.constexpr, HAS_KEYMASK: tl.constexpr,
+                 HAS_WINDOW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Query range ``[lo, hi)`` (lo a tile start) whose rows may see some key of the key tile at ``start_n``."""
+    lo = start_n * 0
+    hi = lo + NQ
+    if CAUSAL:  # row i sees keys <= i + NK - NQ
+        lo = tl.maximum(lo, start_n - (NK - NQ))
+    if HAS_WINDOW:  # row i sees keys > i + NK - NQ - WINDOW
+        hi = tl.minimum(hi, start_n + BLOCK_N - 1 + WINDOW - (NK - NQ))
+    if HAS_KEYMASK:
+        real = (start_n < tl.load(KSPAN + 2 * b + 1)) & (start_n + BLOCK_N > tl.load(KSPAN + 2 * b))
+        hi = tl.where(real, hi, lo)
+    return lo // BLOCK_M * BLOCK_M, hi
 
 
 @triton.jit
@@ -112,15 +157,21 @@ def _row_weights(l_s, l_t, c, cols, l_safe, a, qrow, gate_min_mass, gate_min_sha
 
 @triton.jit
 def attention_fwd_kernel(
-    Q, K, V, OUT, KEYMASK, PART, SETS, ATTN, QROW, FACTOR, HSCALE, ROWS, MASS,
+    Q, K, V, OUT, KEYMASK, KSPAN, PART, SETS, ATTN, BIAS, QROW, FACTOR, HSCALE, ROWS, MASS,
     sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod, sab, sah, saq, sak,
-    H, GROUP, NQ, NK, DK, DV, NSETS, qk_scale, gate_min_mass, gate_min_share,
-    CAUSAL: tl.constexpr, HAS_KEYMASK: tl.constexpr, HAS_ATTN: tl.constexpr, HAS_RW: tl.constexpr,
+    sbb, sbh, sbq, sbk, spb, sph, ssb, ssh,
+    H, GROUP, NQ, NK, DK, DV, NSETS, qk_scale, cap2, WINDOW, gate_min_mass, gate_min_share,
+    CAUSAL: tl.constexpr, HAS_KEYMASK: tl.constexpr, HAS_ATTN: tl.constexpr, SOFTCAP: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_RW: tl.constexpr,
     HAS_QROW: tl.constexpr, HAS_SETS: tl.constexpr, GATE_W: tl.constexpr, GATE_P: tl.constexpr,
     NSP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr,
     BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    """One (query block, batch*head) program. ROWS is (6, B, H, Q): lse, entropy, max, lse2, w_S, w_T."""
+    """One (query block, batch*head) program. ROWS is (6, B, H, Q): lse, entropy, max, lse2, w_S, w_T.
+
+    Key tiles no row of the block may see (causal, window, or outside the batch row's real keys KSPAN
+    ``(B, 2)`` int32 ``[first, last + 1)``) are never loaded. PART and SETS are per head when ``sph``/``ssh`` != 0.
+    """
     start_m = tl.program_id(0) * BLOCK_M
     b = tl.program_id(1) // H
     h = tl.program_id(1) % H
@@ -137,6 +188,9 @@ def attention_fwd_kernel(
     k_base = K + b64 * skb + (h // GROUP) * skh
     v_base = V + b64 * svb + (h // GROUP) * svh
     attn_off = b64 * sab + h * sah
+    bias_off = b64 * sbb + h * sbh
+    part_base = PART + b64 * spb + h * sph
+    sets_base = SETS + b64 * ssb + h * ssh
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_s = tl.zeros([BLOCK_M], tl.float32)
@@ -147,10 +201,8 @@ def attention_fwd_kernel(
     c_t, c_r = c_s, c_s
     members = tl.zeros([BLOCK_N, NSP], tl.float32)  # loaded per tile when HAS_SETS; a typed placeholder otherwise
 
-    hi = NK
-    if CAUSAL:
-        hi = tl.minimum(NK, tl.maximum(start_m + BLOCK_M + NK - NQ, 0))
-    for start_n in range(0, hi, BLOCK_N):
+    lo, hi = _key_tiles(start_m, b64, KSPAN, NQ, NK, WINDOW, CAUSAL, HAS_KEYMASK, HAS_WINDOW, BLOCK_M, BLOCK_N)
+    for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         in_k = offs_n < NK
         kt = tl.load(k_base + offs_n[None, :] * skn + offs_dk[:, None] * skd,
@@ -160,8 +212,9 @@ def attention_fwd_kernel(
         if UPCAST:
             kt = kt.to(tl.float32)
             v = v.to(tl.float32)
-        s2, valid = _scores(q, kt, offs_m, offs_n, b64, attn_off, KEYMASK, ATTN, saq, sak, NQ, NK, qk_scale,
-                            CAUSAL, HAS_KEYMASK, HAS_ATTN)
+        s2, valid = _scores(q, kt, offs_m, offs_n, b64, attn_off, bias_off, KEYMASK, ATTN, BIAS, saq, sak, sbq, sbk,
+                            NQ, NK, qk_scale, cap2, WINDOW, CAUSAL, HAS_KEYMASK, HAS_ATTN, SOFTCAP, HAS_BIAS,
+                            HAS_WINDOW)
         m_new = tl.maximum(m_i, tl.max(s2, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # FA2: a row masked so far uses max 0
         alpha = tl.exp2(m_i - m_safe)
@@ -169,10 +222,10 @@ def attention_fwd_kernel(
         p = tl.exp2(s2 - m_safe[:, None])  # (BM, BN), 0 where not allowed
         pd = p * tl.where(valid, s2 - m_safe[:, None], 0.0)  # avoids 0 * (-inf)
         if HAS_SETS:
-            members = tl.load(SETS + (b64 * NK + offs_n[:, None]) * NSP + cols[None, :],
-                              mask=in_k[:, None], other=0.0)  # (BN, NSP)
+            members = tl.load(sets_base + offs_n[:, None] * NSP + cols[None, :], mask=in_k[:, None],
+                              other=0.0)  # (BN, NSP)
         if HAS_RW:
-            part = tl.load(PART + b64 * NK + offs_n, mask=in_k, other=0)
+            part = tl.load(part_base + offs_n, mask=in_k, other=0)
             in_s = (part == 1)[None, :]
             in_t = (part == 2)[None, :]
             l_s, t_s, x_s, acc_s, c_s = _accumulate(l_s, t_s, x_s, acc_s, c_s, tl.where(in_s, p, 0.0),
@@ -222,11 +275,11 @@ def attention_fwd_kernel(
 
 @triton.jit
 def attention_received_kernel(
-    Q, K, KEYMASK, PART, ATTN, ROWS, ROWMASK, RECV,
-    sqb, sqh, sqm, sqd, skb, skh, skn, skd, sab, sah, saq, sak,
-    H, GROUP, NQ, NK, DK, qk_scale,
-    CAUSAL: tl.constexpr, HAS_KEYMASK: tl.constexpr, HAS_ATTN: tl.constexpr, HAS_RW: tl.constexpr,
-    HAS_ROWMASK: tl.constexpr,
+    Q, K, KEYMASK, KSPAN, PART, ATTN, BIAS, ROWS, ROWMASK, RECV,
+    sqb, sqh, sqm, sqd, skb, skh, skn, skd, sab, sah, saq, sak, sbb, sbh, sbq, sbk, spb, sph,
+    H, GROUP, NQ, NK, DK, qk_scale, cap2, WINDOW,
+    CAUSAL: tl.constexpr, HAS_KEYMASK: tl.constexpr, HAS_ATTN: tl.constexpr, SOFTCAP: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_RW: tl.constexpr, HAS_ROWMASK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """One (key block, batch*head) program: column sums of the applied attention, recomputing p from lse2.
@@ -245,22 +298,21 @@ def attention_received_kernel(
                  mask=in_k[None, :] & (offs_dk < DK)[:, None], other=0.0)  # (BDK, BN)
     if UPCAST:
         kt = kt.to(tl.float32)
-    part = tl.load(PART + b64 * NK + offs_n, mask=in_k, other=0)
+    part = tl.load(PART + b64 * spb + h * sph + offs_n, mask=in_k, other=0)
     row_base = ROWS + (b64 * H + h) * NQ
     plane = tl.num_programs(1).to(tl.int64) * NQ
     col = tl.zeros([BLOCK_N], tl.float32)
-    lo = 0
-    if CAUSAL:
-        lo = tl.maximum(start_n - (NK - NQ), 0) // BLOCK_M * BLOCK_M  # earlier rows see none of these keys
-    for start_m in range(lo, NQ, BLOCK_M):
+    lo, hi = _query_tiles(start_n, b64, KSPAN, NQ, NK, WINDOW, CAUSAL, HAS_KEYMASK, HAS_WINDOW, BLOCK_M, BLOCK_N)
+    for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         in_m = offs_m < NQ
         q = tl.load(Q + b64 * sqb + h * sqh + offs_m[:, None] * sqm + offs_dk[None, :] * sqd,
                     mask=in_m[:, None] & (offs_dk < DK)[None, :], other=0.0)  # (BM, BDK)
         if UPCAST:
             q = q.to(tl.float32)
-        s2, valid = _scores(q, kt, offs_m, offs_n, b64, b64 * sab + h * sah, KEYMASK, ATTN, saq, sak, NQ, NK,
-                            qk_scale, CAUSAL, HAS_KEYMASK, HAS_ATTN)
+        s2, valid = _scores(q, kt, offs_m, offs_n, b64, b64 * sab + h * sah, b64 * sbb + h * sbh, KEYMASK, ATTN,
+                            BIAS, saq, sak, sbq, sbk, NQ, NK, qk_scale, cap2, WINDOW, CAUSAL, HAS_KEYMASK, HAS_ATTN,
+                            SOFTCAP, HAS_BIAS, HAS_WINDOW)
         lse2 = tl.load(row_base + 3 * plane + offs_m, mask=in_m, other=float("-inf"))
         live = lse2 > float("-inf")
         p = tl.exp2(s2 - tl.where(live, lse2, 0.0)[:, None])  # (BM, BN)

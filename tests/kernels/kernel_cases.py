@@ -35,15 +35,18 @@ class Case:
     dv: int | None = None
     dtype: str = "float32"
     causal: bool = False
-    key_mask: str | None = "random"  # None | random | empty_batch (batch 1 has no keys)
+    key_mask: str | None = "random"  # None | random | empty_batch (batch 1 has no keys) | left_pad (20, 37 keys)
     attn_mask: str | None = None  # None | random ([B,1,Q,K]) | rows ([1,H,Q,K], some rows fully masked)
     plan: str | None = None
     inputs: str = "random"  # random | large | offset | uniform | strided
-    sets: str = "random"  # random | empty_target (the target set is empty in batch 0)
+    sets: str = "random"  # random | empty_target (the target set is empty in batch 0) | per_head ([B, H, K])
     scale: float | None = None
     seed: int = 0
     block: int | None = None  # Triton tile size for both dims; None = the device default
     received_queries: bool = False  # sum ``received`` over a random subset of query rows (padding left out)
+    window: int | None = None  # sliding window (needs causal)
+    softcap: float | None = None  # Gemma 2 logit soft-capping
+    bias: str | None = None  # None | alibi ([1, H, Q, K]) | t5 (random [B, H, Q, K]) | t5_inf (with -inf entries)
 
 
 def _factors(h: int) -> tuple[float, ...]:
@@ -123,39 +126,72 @@ def make_inputs(case: Case) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, d
         rows = torch.rand(b, n_q, generator=gen) < 0.6  # (B, Q)
         rows[0, 0], rows[0, -1] = True, False
         kwargs["received_queries"] = rows
+    if case.key_mask == "left_pad":  # left padding that spans whole key tiles, different per batch row
+        key_mask[:] = True
+        key_mask[0, :20], key_mask[-1, :37] = False, False
+    if case.sets == "per_head":  # each head its own sets (ACT's sinks are found head by head)
+        sink = torch.rand(b, h, n_k, generator=gen) < 0.15  # (B, H, K)
+        sink[..., 0] = True
+        image = torch.rand(b, h, n_k, generator=gen) < 0.5
+        core = image & (torch.rand(b, h, n_k, generator=gen) < 0.5)
+        kwargs["key_sets"] = {"sink": sink, "image": image, "image_core": core}
+    extra = dict(window=case.window, softcap=case.softcap, bias=_bias(case, gen))
+    kwargs.update({n: x for n, x in extra.items() if x is not None})
     return q, k, v, kwargs
 
 
+def _bias(case: Case, gen: torch.Generator) -> torch.Tensor | None:
+    """ALiBi (Press et al., 2022: slope 2^(-8 h / H) times the query-key distance) or a T5-like random bias."""
+    b, h, n_q, n_k = case.b, case.h, case.q, case.k
+    if case.bias == "alibi":
+        slopes = torch.tensor([2.0 ** (-8.0 * (i + 1) / h) for i in range(h)])  # (H,)
+        dist = (torch.arange(n_q)[:, None] + (n_k - n_q) - torch.arange(n_k)[None, :]).abs()  # (Q, K)
+        return (-slopes[:, None, None] * dist)[None].to(DTYPES[case.dtype])  # (1, H, Q, K)
+    if case.bias in ("t5", "t5_inf"):
+        bias = torch.randn(b, h, n_q, n_k, generator=gen) * 2.0  # (B, H, Q, K)
+        if case.bias == "t5_inf":
+            bias[torch.rand(b, h, n_q, n_k, generator=gen) < 0.2] = -math.inf
+            bias[0, 0, 1] = -math.inf  # a row the bias masks entirely
+        return bias
+    return None
+
+
+def _cols(keys: torch.Tensor) -> torch.Tensor:
+    """A ``[B, K]`` or per-head ``[B, H, K]`` key set as float64 ``[B, 1|H, 1, K]``."""
+    keys = keys.double()
+    return keys[:, None, None, :] if keys.dim() == 2 else keys[:, :, None, :]
+
+
 def _row_mass(p: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """``p`` ``[B, H, Q, K]`` summed over the keys in ``keys`` ``[B, K]``."""
-    return (p * keys[:, None, None, :]).sum(-1)
+    """``p`` ``[B, H, Q, K]`` summed over the keys in ``keys`` ``[B, K]`` or ``[B, H, K]``."""
+    return (p * _cols(keys)).sum(-1)
 
 
 def _textbook_reweight(p: torch.Tensor, rw: Reweight, key_sets: dict, query_sets: dict) -> torch.Tensor:
     """plan.py's formula, applied row by row in float64: S scaled by a, T\\S boosted, the rest kept."""
     h = p.shape[1]
-    src = key_sets[rw.source].double()  # (B, K)
-    tgt = (1 - src) if rw.target is None else key_sets[rw.target].double() * (1 - src)  # (B, K)
+    src = _cols(key_sets[rw.source])  # (B, 1|H, 1, K)
+    tgt = (1 - src) if rw.target is None else _cols(key_sets[rw.target]) * (1 - src)  # (B, 1|H, 1, K)
     a = torch.tensor(rw.factors(h), dtype=torch.float64)[None, :, None]  # (1, H, 1)
-    m_s, m_t = _row_mass(p, src), _row_mass(p, tgt)  # (B, H, Q)
+    m_s, m_t = (p * src).sum(-1), (p * tgt).sum(-1)  # (B, H, Q)
     apply = m_t > 0
     if rw.queries:
         apply = apply & query_sets[rw.queries][:, None, :]
     if rw.gate is not None:
-        within = _row_mass(p, key_sets[rw.gate.within].double())
+        within = _row_mass(p, key_sets[rw.gate.within])
         apply = apply & (within >= rw.gate.min_mass)
         if rw.gate.part is not None:
-            share = _row_mass(p, key_sets[rw.gate.part].double()) / within
+            share = _row_mass(p, key_sets[rw.gate.part]) / within
             apply = apply & (within > 0) & (share >= rw.gate.min_share)
     boost = 1 + (1 - a) * m_s / torch.where(m_t > 0, m_t, 1.0)  # (B, H, Q)
     w_src = torch.where(apply, a, 1.0)[..., None]  # (B, H, Q, 1)
     w_tgt = torch.where(apply, boost, 1.0)[..., None]
-    col_s, col_t = src[:, None, None, :], tgt[:, None, None, :]  # (B, 1, 1, K)
-    return p * (col_s * w_src + col_t * w_tgt + (1 - col_s - col_t))
+    return p * (src * w_src + tgt * w_tgt + (1 - src - tgt))
 
 
 def textbook_attention(q, k, v, *, causal, key_mask, attn_mask, scale, plan, key_sets, query_sets,
-                       stats=ALL_STATS, received_queries=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                       stats=ALL_STATS, received_queries=None, window=None, softcap=None,
+                       bias=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Softmax attention as in the textbook, in float64, with every statistic; independent of attnlab code.
 
     Returns:
@@ -167,9 +203,15 @@ def textbook_attention(q, k, v, *, causal, key_mask, attn_mask, scale, plan, key
     heads = torch.arange(h) // (h // k.shape[1])
     k, v = k[:, heads], v[:, heads]  # (B, H, K, d)
     scores = torch.einsum("bhqd,bhkd->bhqk", q, k) * (1 / math.sqrt(d) if scale is None else scale)
+    if softcap is not None:  # Gemma 2: cap * tanh(scores / cap), then the bias
+        scores = softcap * torch.tanh(scores / softcap)
+    if bias is not None:
+        scores = scores + bias.double()
     ok = torch.ones(b, h, n_q, n_k, dtype=torch.bool)
     if causal:
         ok = ok & (torch.arange(n_k)[None, :] - torch.arange(n_q)[:, None] <= n_k - n_q)
+    if window is not None:  # query i (at position i + K - Q) sees its last `window` keys
+        ok = ok & (torch.arange(n_k)[None, :] - torch.arange(n_q)[:, None] > n_k - n_q - window)
     if key_mask is not None:
         ok = ok & key_mask.bool()[:, None, None, :]
     if attn_mask is not None:
@@ -190,7 +232,7 @@ def textbook_attention(q, k, v, *, causal, key_mask, attn_mask, scale, plan, key
     result = {"lse": lse, "entropy": -(torch.where(p > 0, p * torch.log(safe), 0.0)).sum(-1),
               "max": p.amax(-1),
               "received": (p if received_queries is None else p * received_queries[:, None, :, None]).sum(-2)}
-    result.update({f"mass.{n}": _row_mass(p, m.double()) for n, m in key_sets.items()})
+    result.update({f"mass.{n}": _row_mass(p, m) for n, m in key_sets.items()})
     keep = set(stats) - {"mass"}
     return out, {n: t for n, t in result.items() if n in keep or (n.startswith("mass.") and "mass" in stats)}
 
@@ -270,5 +312,21 @@ CASES = [
     Case("received_rows", plan="reweight_target", received_queries=True, seed=20),
     Case("received_rows_multi_tile", plan="combo", causal=True, q=40, k=40, block=16, received_queries=True,
          seed=21),
+    # sliding windows, soft-capping, additive biases, per-head key sets and padding that fills whole key tiles
+    Case("window", plan="reweight_target", causal=True, window=4, q=11, k=20, seed=22),
+    Case("window_multi_tile", plan="combo", causal=True, window=20, b=1, q=70, k=90, block=16,
+         received_queries=True, seed=23),
+    Case("window_1_q_gt_k", plan="reweight", causal=True, window=1, q=13, k=5, seed=32),
+    Case("softcap_large", plan="head_mask", softcap=30.0, inputs="large", seed=24),
+    Case("softcap_gate", plan="reweight_gate", softcap=2.0, seed=25),
+    Case("alibi_causal", plan="reweight_target", bias="alibi", causal=True, q=13, k=13, seed=26),
+    Case("t5_bias_batch", plan="combo", bias="t5", attn_mask="random", seed=27),
+    Case("t5_bias_inf", plan="reweight_target", bias="t5_inf", seed=33),
+    Case("softcap_alibi_fp16", plan="reweight_target", softcap=20.0, bias="alibi", dtype="float16", seed=28),
+    Case("per_head_sets_gqa", plan="combo", sets="per_head", h=4, hkv=2, seed=29),
+    Case("per_head_multi_tile", plan="reweight_gate", sets="per_head", b=1, q=40, k=50, block=16, causal=True,
+         seed=30),
+    Case("left_pad_multi_tile", plan="reweight_target", key_mask="left_pad", q=50, k=70, block=16,
+         received_queries=True, seed=31),
 ]
 CASES_BY_NAME = {c.name: c for c in CASES}

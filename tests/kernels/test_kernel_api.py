@@ -49,6 +49,21 @@ BAD_CALLS = [
                                                   key_sets=SINK), ValueError, "must be >= 0"),
     ("missing set", lambda q, k, v: attention(q, k, v, plan=LayerPlan(reweight=Reweight("sink", 0.5, gate=Gate(
         "image"))), key_sets=SINK), ValueError, r"key sets \['image'\] that were not passed"),
+    ("window type", lambda q, k, v: attention(q, k, v, causal=True, window=2.5), ValueError,
+     "window must be a positive int"),
+    ("window zero", lambda q, k, v: attention(q, k, v, causal=True, window=0), ValueError,
+     "window must be a positive int"),
+    ("window without causal", lambda q, k, v: attention(q, k, v, window=3), ValueError, "window needs causal=True"),
+    ("softcap type", lambda q, k, v: attention(q, k, v, softcap="50"), TypeError, "softcap must be a float"),
+    ("softcap sign", lambda q, k, v: attention(q, k, v, softcap=-1.0), ValueError, "positive and finite"),
+    ("softcap inf", lambda q, k, v: attention(q, k, v, softcap=float("inf")), ValueError, "positive and finite"),
+    ("bias list", lambda q, k, v: attention(q, k, v, bias=[[0.0]]), TypeError, "bias must be a float tensor"),
+    ("bias bool", lambda q, k, v: attention(q, k, v, bias=torch.ones(1, 2, 5, 6, dtype=torch.bool)), ValueError,
+     "For a boolean mask of allowed pairs pass attn_mask"),
+    ("bias shape", lambda q, k, v: attention(q, k, v, bias=torch.zeros(2, 5, 6)), ValueError,
+     r"bias must be \[1\|1, 1\|2, 5, 6\]; got \(2, 5, 6\). Expand"),
+    ("bias heads", lambda q, k, v: attention(q, k, v, bias=torch.zeros(1, 3, 5, 6)), ValueError,
+     r"bias must be \[1\|1, 1\|2, 5, 6\]"),
     ("missing query set", lambda q, k, v: attention(q, k, v, plan=LayerPlan(reweight=Reweight(
         "sink", 0.5, queries="late")), key_sets=SINK), ValueError, "query set 'late', not passed"),
 ]
@@ -91,5 +106,3 @@ def test_per_head_key_sets_match_each_head_alone():
             assert torch.allclose(out[:, h:h + 1], ref, atol=1e-6)
             assert torch.allclose(st.entropy[:, h:h + 1], rst.entropy, atol=1e-6)
             assert torch.allclose(st.mass["s"][:, h:h + 1], rst.mass["s"], atol=1e-6)
-    with pytest.raises(ValueError, match="Per-head"):
-        attention(q, k, v, plan=plan, key_sets={"s": per_head}, impl="triton")

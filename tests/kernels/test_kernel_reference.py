@@ -91,3 +91,81 @@ def test_requested_stats_only():
     _, st = attention(q, k, v, impl="torch", **{**kw, "stats": ("entropy", "mass")})
     assert st.lse is None and st.max is None and st.received is None
     assert st.entropy.shape == (2, 2, 7) and set(st.mass) == {"sink", "image", "image_core"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(n_q=st.integers(1, 40), n_k=st.integers(1, 40), causal=st.booleans(), window=st.sampled_from([None, 1, 3, 9]),
+       r0=st.integers(0, 39), rows=st.integers(1, 16))
+def test_visible_keys_is_the_span_of_the_positional_mask(n_q, n_k, causal, window, r0, rows):
+    """The block's key span is exactly the columns some of its rows may see: nothing visible is cut, nothing
+    invisible is computed."""
+    from attnlab.kernels.reference import positional_mask, visible_keys
+
+    window = window if causal else None
+    r0 = min(r0, n_q - 1)
+    r1 = min(n_q, r0 + rows)
+    ok = positional_mask(r0, r1, 0, n_k, n_q, n_k, causal, window, torch.device("cpu"))  # (q, K)
+    # brute force from the textbook rule: query i at position i + K - Q sees j <= pos, j > pos - window
+    pos = torch.arange(r0, r1)[:, None] + n_k - n_q
+    j = torch.arange(n_k)[None, :]
+    want = (j <= pos if causal else torch.ones_like(j <= pos)) & ((j > pos - window) if window else True)
+    assert torch.equal(ok, want)
+    lo, hi = visible_keys(r0, r1, n_q, n_k, causal, window)
+    seen = want.any(0).nonzero()
+    if len(seen) == 0:
+        assert hi <= lo
+    else:
+        assert (lo, hi) == (int(seen[0]), int(seen[-1]) + 1)
+
+
+@pytest.mark.parametrize("causal, window, want_columns", [
+    (False, None, 4 * 16 * 64),  # every block of 16 rows sees every key
+    (True, None, 16 * (16 + 32 + 48 + 64)),  # causal: block b computes keys up to its last row
+    (True, 8, 16 * (16 + 23 + 23 + 23)),  # window 8: the 16 block keys plus the 7 before the block
+])
+def test_torch_path_computes_only_visible_key_blocks(monkeypatch, causal, window, want_columns):
+    from attnlab.kernels import reference
+
+    computed = []
+    original = reference.block_scores
+
+    def spy(c, r0, r1, lo, hi):
+        computed.append((r1 - r0) * (hi - lo))
+        return original(c, r0, r1, lo, hi)
+
+    monkeypatch.setattr(reference, "block_scores", spy)
+    q, k, v = (torch.randn(1, 2, 64, 8) for _ in range(3))
+    out, st_ = attention(q, k, v, causal=causal, window=window, stats=("entropy", "received"), impl="torch",
+                         block_q=16)
+    assert sum(computed) == want_columns
+    want_out, want = textbook_attention(q, k, v, causal=causal, key_mask=None, attn_mask=None, scale=None, plan=None,
+                                        key_sets={}, query_sets={}, stats=("entropy", "received"), window=window)
+    assert_matches(out, st_.as_dict(), want_out, want, "float32", "spy")
+
+
+@pytest.mark.parametrize("impl", ["eager", "torch"])
+def test_keys_padded_in_every_batch_row_are_never_read(impl: str):
+    """NaN keys and values where every batch row has padding: reading them would turn the outputs NaN."""
+    case = Case("pad", key_mask="left_pad", plan="reweight_target", q=50, k=70, received_queries=True, seed=31)
+    q, k, v, kw = make_inputs(case)
+    want_out, want = textbook_attention(q, k, v, **kw)
+    k, v = k.clone(), v.clone()
+    k[:, :, :20], v[:, :, :20] = float("nan"), float("nan")  # batch row 0 pads 20 keys, row 1 pads 37
+    out, got = attention(q, k, v, impl=impl, block_q=16, **kw)
+    assert_matches(out, got.as_dict(), want_out, want, "float32", f"nan padding/{impl}")
+
+
+@settings(max_examples=40, deadline=None)
+@given(n_q=st.integers(1, 12), n_k=st.integers(1, 12), causal=st.booleans(), window=st.sampled_from([None, 1, 2, 5]),
+       softcap=st.sampled_from([None, 0.5, 3.0]), bias=st.sampled_from([None, "alibi", "t5", "t5_inf"]),
+       plan=st.sampled_from(PLAN_KINDS), sets=st.sampled_from(["random", "per_head"]), block_q=st.integers(1, 5),
+       seed=st.integers(0, 2**31 - 1))
+def test_score_terms_match_textbook(n_q, n_k, causal, window, softcap, bias, plan, sets, block_q, seed):
+    """Windows, soft-capping, biases and per-head key sets on both paths, against the float64 textbook."""
+    case = Case("h", h=4, hkv=2, q=n_q, k=n_k, d=6, causal=causal or window is not None, window=window,
+                softcap=softcap, bias=bias, plan=plan, sets=sets, seed=seed)
+    q, k, v, kw = make_inputs(case)
+    want_out, want = textbook_attention(q, k, v, **kw)
+    for impl in ("eager", "torch"):
+        out, got = attention(q, k, v, impl=impl, block_q=block_q, **kw)
+        assert_matches(out, got.as_dict(), want_out, want, "float32", f"{impl} vs textbook")

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from kernel_cases import CASES, Case, assert_matches, check_hand_example, make_inputs, textbook_attention
+from kernel_cases import (CASES, CASES_BY_NAME, Case, assert_matches, check_hand_example, make_inputs,
+                          textbook_attention)
+from triton_worker import TILE_GEOMETRIES
 
 from attnlab.kernels.api import attention
 
@@ -25,7 +27,7 @@ pytest.importorskip("triton")
 pytestmark = pytest.mark.triton
 
 WORKER = Path(__file__).with_name("triton_worker.py")
-JOBS = ["meta", *(c.name for c in CASES), "hand", "errors"]
+JOBS = ["meta", *(c.name for c in CASES), "hand", "errors", "tile_bounds", "padding"]
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +100,35 @@ def test_kernels_compile_for_nvidia_targets():
     proc = subprocess.run([sys.executable, str(script)], cwd=script.parent, env=env, capture_output=True, text=True,
                           timeout=1800)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+
+
+def _tiles(lo: int, hi: int, block: int) -> set[int]:
+    return set(range(lo, hi, block))
+
+
+def test_triton_visits_exactly_the_tiles_someone_can_see(triton_results):
+    """Each program's loop covers every tile holding a visible (query, key) pair; with contiguous padding,
+    no other: causal, window and padded key tiles are never loaded."""
+    found = json.loads((triton_results[0] / "tile_bounds.json").read_text())
+    for (n_q, n_k, causal, window, spans, bm, bn), got in zip(TILE_GEOMETRIES, found):
+        pos = torch.arange(n_q)[:, None] + n_k - n_q  # (Q, 1) query positions
+        j = torch.arange(n_k)[None, :]
+        ok = (j <= pos if causal else torch.ones(n_q, n_k, dtype=torch.bool)) & (j > pos - (window or n_q + n_k))
+        for b, (keys, queries) in enumerate(zip(got["keys"], got["queries"])):
+            lo_k, hi_k = spans[b] if spans else (0, n_k)
+            seen = ok & (j >= lo_k) & (j < hi_k)  # (Q, K) pairs this batch row computes
+            for start_m in range(0, n_q, bm):
+                need = {c // bn * bn for c in seen[start_m:start_m + bm].any(0).nonzero().flatten().tolist()}
+                assert _tiles(*keys[start_m // bm], bn) == need, (n_q, n_k, causal, window, b, start_m)
+            for start_n in range(0, n_k, bn):
+                need = {r // bm * bm for r in seen[:, start_n:start_n + bn].any(1).nonzero().flatten().tolist()}
+                visited = _tiles(*queries[start_n // bn], bm)
+                assert need <= visited, (n_q, n_k, causal, window, b, start_n)
+                if not need or spans is None:  # all-padding key tiles are skipped; without padding, exactly
+                    assert visited == need, (n_q, n_k, causal, window, b, start_n)
+
+
+def test_triton_never_reads_padded_key_tiles(triton_results):
+    got = _load(triton_results, "padding")
+    q, k, v, kw = make_inputs(CASES_BY_NAME["left_pad_multi_tile"])
+    assert_matches(got["out"], got["stats"], *textbook_attention(q, k, v, **kw), "float32", "NaN padding")

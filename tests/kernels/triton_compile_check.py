@@ -22,7 +22,7 @@ from triton.compiler import ASTSource  # noqa: E402
 from attnlab.kernels import triton_kernels  # noqa: E402
 from attnlab.kernels.triton_attention import _block_sizes  # noqa: E402
 
-FLOATS = ("qk_scale", "gate_min_mass", "gate_min_share")
+FLOATS = ("qk_scale", "cap2", "gate_min_mass", "gate_min_share")
 SHARED_LIMIT = 99 * 1024  # bytes of shared memory per block on sm_86 / sm_89, the smallest current limit
 
 
@@ -33,9 +33,11 @@ def _signature(fn, pointers: dict[str, str], constexprs: dict) -> dict[str, str]
 
 def _forward(dtype: str, reweight: bool, sets: bool, d: int) -> ASTSource:
     block = _block_sizes(d, 4 if dtype == "fp32" else 2, reweight, None, None)  # what the host would launch
-    pointers = dict(Q=f"*{dtype}", K=f"*{dtype}", V=f"*{dtype}", OUT=f"*{dtype}", KEYMASK="*u8", PART="*u8",
-                    SETS="*fp32", ATTN="*u8", QROW="*u8", FACTOR="*fp32", HSCALE="*fp32", ROWS="*fp32", MASS="*fp32")
-    consts = dict(CAUSAL=True, HAS_KEYMASK=True, HAS_ATTN=True, HAS_RW=reweight, HAS_QROW=reweight, HAS_SETS=sets,
+    pointers = dict(Q=f"*{dtype}", K=f"*{dtype}", V=f"*{dtype}", OUT=f"*{dtype}", KEYMASK="*u8", KSPAN="*i32",
+                    PART="*u8", SETS="*fp32", ATTN="*u8", BIAS=f"*{dtype}", QROW="*u8", FACTOR="*fp32",
+                    HSCALE="*fp32", ROWS="*fp32", MASS="*fp32")
+    consts = dict(CAUSAL=True, HAS_KEYMASK=True, HAS_ATTN=True, SOFTCAP=True, HAS_BIAS=True, HAS_WINDOW=True,
+                  HAS_RW=reweight, HAS_QROW=reweight, HAS_SETS=sets,
                   GATE_W=0 if reweight else -1, GATE_P=1 if reweight else -1, NSP=16, BLOCK_M=block[0],
                   BLOCK_N=block[1], BLOCK_DK=d, BLOCK_DV=d, UPCAST=False)
     fn = triton_kernels.attention_fwd_kernel
@@ -43,9 +45,10 @@ def _forward(dtype: str, reweight: bool, sets: bool, d: int) -> ASTSource:
 
 
 def _received(dtype: str) -> ASTSource:
-    pointers = dict(Q=f"*{dtype}", K=f"*{dtype}", KEYMASK="*u8", PART="*u8", ATTN="*u8", ROWS="*fp32", RECV="*fp32")
-    consts = dict(CAUSAL=True, HAS_KEYMASK=True, HAS_ATTN=True, HAS_RW=True, BLOCK_M=64, BLOCK_N=64, BLOCK_DK=64,
-                  UPCAST=False)
+    pointers = dict(Q=f"*{dtype}", K=f"*{dtype}", KEYMASK="*u8", KSPAN="*i32", PART="*u8", ATTN="*u8",
+                    BIAS=f"*{dtype}", ROWS="*fp32", ROWMASK="*u8", RECV="*fp32")
+    consts = dict(CAUSAL=True, HAS_KEYMASK=True, HAS_ATTN=True, SOFTCAP=True, HAS_BIAS=True, HAS_WINDOW=True,
+                  HAS_RW=True, HAS_ROWMASK=True, BLOCK_M=64, BLOCK_N=64, BLOCK_DK=64, UPCAST=False)
     fn = triton_kernels.attention_received_kernel
     return ASTSource(fn, _signature(fn, pointers, consts), consts)
 

@@ -56,6 +56,46 @@ def meta() -> dict:
             "cuda": torch.cuda.is_available()}
 
 
+TILE_GEOMETRIES = [  # (NQ, NK, causal, window, key spans per batch row or None, BLOCK_M, BLOCK_N)
+    (70, 90, True, None, None, 16, 16),
+    (70, 90, True, 20, None, 16, 32),
+    (50, 20, True, 3, None, 16, 16),
+    (40, 70, False, None, [(20, 70), (37, 60), (70, 0)], 16, 16),
+    (64, 64, True, 17, [(5, 64), (33, 50)], 16, 16),
+]
+
+
+def tile_bounds() -> list[dict]:
+    """The tile ranges ``_key_tiles`` / ``_query_tiles`` give each program, from a probe kernel."""
+    from triton_probe import tile_probe  # imports the kernels module first, which picks the interpreter
+
+    found = []
+    for n_q, n_k, causal, window, spans, bm, bn in TILE_GEOMETRIES:
+        n_b = len(spans) if spans else 1
+        n_prog = max(-(-n_q // bm), -(-n_k // bn))
+        kspan = torch.tensor(spans or [(0, n_k)], dtype=torch.int32)
+        keys = torch.full((n_b, n_prog, 2), -1, dtype=torch.int32)
+        queries = torch.full((n_b, n_prog, 2), -1, dtype=torch.int32)
+        tile_probe[(n_prog, n_b)](kspan, keys, queries, n_q, n_k, window or 0, n_prog, CAUSAL=causal,
+                             HAS_KEYMASK=spans is not None, HAS_WINDOW=window is not None, BLOCK_M=bm, BLOCK_N=bn)
+        found.append({"keys": keys.tolist(), "queries": queries.tolist()})
+    return found
+
+
+def padding_never_read() -> dict:
+    """Triton on left-padded keys whose whole padded tiles hold NaN keys and values (reading them gives NaN)."""
+    case = CASES_BY_NAME["left_pad_multi_tile"]
+    q, k, v, kw = make_inputs(case)
+    k, v = k.clone(), v.clone()
+    for b, pad in enumerate((20, 37)):  # batch row b's padding; tiles of 16 that hold only padding
+        k[b, :, :pad // 16 * 16], v[b, :, :pad // 16 * 16] = float("nan"), float("nan")
+    from attnlab.kernels.triton_attention import triton_attention
+
+    out, st = triton_attention(_to(q, DEVICE), _to(k, DEVICE), _to(v, DEVICE), layer_plan=kw.pop("plan"),
+                               block_m=16, block_n=16, **_to(kw, DEVICE))
+    return {"out": out.cpu(), "stats": _to(st.as_dict(), "cpu")}
+
+
 def errors() -> dict:
     """Messages of calls the Triton path must refuse."""
     from attnlab.kernels.triton_attention import triton_attention
@@ -89,6 +129,10 @@ def main(out_dir: str, names: list[str]) -> None:
         try:
             if name == "errors":
                 (out / "errors.json").write_text(json.dumps(errors()))
+            elif name == "tile_bounds":
+                (out / "tile_bounds.json").write_text(json.dumps(tile_bounds()))
+            elif name == "padding":
+                torch.save(padding_never_read(), out / "padding.pt")
             else:
                 torch.save(run_case(name), out / f"{name}.pt")
         except Exception:  # reported by the parent test of this case

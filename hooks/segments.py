@@ -11,7 +11,7 @@ from attnlab.core.trace import Segment
 
 
 def text_tokens(input_ids: torch.Tensor, tokenizer) -> list[list[str]]:
-    """Readable token strings ``[B][N]``; ``#<id>`` when no tokenizer is known.
+    """Readable token strings ``[B][N]``; ``#<id>`` when no tokenizer is known or it lacks the id.
 
     Sub-word markers become what they stand for: byte-level BPE's ``Ġ`` and SentencePiece's ``▁`` a leading
     space, ``Ċ`` a newline, mangled bytes their UTF-8 text. A byte that is only part of a character keeps
@@ -22,9 +22,13 @@ def text_tokens(input_ids: torch.Tensor, tokenizer) -> list[list[str]]:
         return [[f"#{i}" for i in row] for row in ids]
     special = set(getattr(tokenizer, "all_special_tokens", ()))
     cache: dict[str, str] = {}
-    rows = [tokenizer.convert_ids_to_tokens(row) for row in ids]
-    return [[tok if tok in special else cache.setdefault(tok, readable_token(tok, tokenizer)) for tok in row]
-            for row in rows]
+    out = []
+    for row in ids:
+        toks = tokenizer.convert_ids_to_tokens(row)
+        # An id the tokenizer does not know (a model vocabulary larger than its tokenizer's) keeps its number.
+        out.append([f"#{i}" if tok is None else tok if tok in special
+                    else cache.setdefault(tok, readable_token(tok, tokenizer)) for i, tok in zip(row, toks)])
+    return out
 
 
 def readable_token(token: str, tokenizer) -> str:

@@ -282,3 +282,22 @@ def test_docs_models_lists_every_architecture_of_the_matrix():
         assert f"\n| {arch} |" in captured, arch
     for arch in REFUSED:
         assert f"\n| {arch.split('-')[0] if arch != 'deberta-v2' else arch}" in refused, arch
+
+
+@pytest.mark.parametrize("arch", [a for a in ("mistral", "qwen3", "gemma2", "gemma2-softcap", "falcon-alibi")
+                                  if a in TEXT])
+def test_left_padded_generation_is_unchanged_and_its_prefill_matches_eager(arch, ckpt):
+    """Sliding windows, soft-capping and ALiBi under left padding and a KV cache: the tokens generated with
+    capture on equal those without, and the prefill's patterns equal eager attention on the real query rows."""
+    path = ckpt(arch)
+    model, tok, _ = load(str(path))
+    tok.padding_side = "left"
+    inputs = tok(TEXTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        plain = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+        with attach(model, Capture(pattern=True), tokenizer=tok) as rec:
+            captured = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert torch.equal(plain, captured) and len(rec.traces()) == 3  # prefill + two decoding steps
+    trace = rec.trace()
+    assert trace.tokens[1][0] == "<pad>" and not trace.token_mask[1, 0]
+    assert_patterns_match(trace, eager_attentions(path, type(model), inputs)["main"])

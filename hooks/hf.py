@@ -15,7 +15,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .hf_stacks import Stack, find_stacks, main_stack, stack_meta
+from .hf_stacks import Stack, find_stacks, kernel_score_terms, main_stack, stack_meta
 from .recorder import Recorder
 from .segments import text_segments, text_tokens, vision_layout
 
@@ -53,9 +53,14 @@ def attnlab_attention_forward(module: nn.Module, query: torch.Tensor, key: torch
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     causal = bool(query.shape[2] > 1 and attention_mask is None and causal)
     attn_mask, bias = (None, None) if attention_mask is None else mask_and_bias(attention_mask)
+    softcap = kwargs.get("softcap")
+    needed = {name for name, term in (("softcap", softcap), ("bias", bias)) if term is not None}
+    if needed - kernel_score_terms():
+        raise ValueError(f"{type(module).__name__} needs score terms {sorted(needed - kernel_score_terms())} that "
+                         "attnlab's kernels do not take yet (see docs/models.md)")
     out, pattern = site.recorder.attend(site.stack, site.layer, query, key, value, causal=causal,
                                         key_mask=None, attn_mask=attn_mask, scale=scaling,
-                                        softcap=kwargs.get("softcap"), bias=bias)
+                                        softcap=softcap, bias=bias)
     return out.transpose(1, 2).contiguous(), pattern
 
 

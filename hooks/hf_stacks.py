@@ -58,6 +58,7 @@ def routes_through_interface(cls: type) -> bool:
     return "ALL_ATTENTION_FUNCTIONS" in source
 
 
+@functools.lru_cache(maxsize=None)
 def kernel_score_terms() -> frozenset[str]:
     """Score terms beyond ``q k^T`` that :func:`attnlab.kernels.api.attention` takes (``softcap``, ``bias``)."""
     from attnlab.kernels.api import attention
@@ -80,7 +81,8 @@ def _why_not_interface(model: nn.Module, cls: type) -> str:
     if getattr(cfg, "alibi", False) or cfg.model_type == "bloom":
         return ("it adds ALiBi position biases (Press et al., 2022) to the scores inside the module, not through "
                 "transformers' AttentionInterface")
-    if "position_bias" in inspect.signature(cls.forward).parameters or "relative_attention" in repr(cfg.to_dict()):
+    relative_args = {"position_bias", "relative_pos", "rel_embeddings"}  # T5, DeBERTa
+    if getattr(cfg, "relative_attention", False) or relative_args & set(inspect.signature(cls.forward).parameters):
         return ("it computes relative-position attention inside the module, not through transformers' "
                 "AttentionInterface")
     return "it computes attention itself instead of calling transformers' AttentionInterface, so attnlab never sees it"

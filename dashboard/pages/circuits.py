@@ -57,12 +57,13 @@ def layout(min_strength=None, **_query) -> html.Div:
           Output(ids.CIRCUITS_MIN, "value"), Input(ids.RUN, "value"), State(ids.CIRCUITS_MIN, "value"))
 @guarded(0, 1, None, 0.2, report=False)
 def strength_range(run_id, current):
-    """The slider spans the stored edges' strengths (rounded out to 0.01); the value stays when inside."""
+    """The slider spans the stored edges' strengths (rounded out to 0.01) and starts at the weakest, showing every
+    edge (the readout counts them); a value inside the range stays."""
     edges = circuit_edges(current_data().run(run_id))
     low = math.floor(float(edges["strength"].min()) * 100) / 100
     high = math.ceil(float(edges["strength"].max()) * 100) / 100
     high = max(high, low + 0.01)
-    value = current if current is not None and low <= float(current) <= high else round((low + high) / 2, 2)
+    value = current if current is not None and low <= float(current) <= high else low
     return low, high, {low: f"{low:g}", high: f"{high:g}"}, value
 
 

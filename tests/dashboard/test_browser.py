@@ -89,15 +89,49 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+#: Words for the long Run: plain words and words MiniLM's WordPiece splits (so the labels show joined words).
+LONG_WORDS = ("the attention of every head in this unbelievably long passage spreads over tokenization artefacts "
+              "and the first token collects what the others leave").split()
+LONG_TOKENS = 400
+
+
 @pytest.fixture(scope="module")
-def server(demo_root):
+def long_root(tmp_path_factory):
+    """A folder with one MiniLM Run on a single text of exactly :data:`LONG_TOKENS` tokens."""
+    from dataclasses import asdict
+
+    from attnlab.core.capture import Capture
+    from attnlab.core.runs import RunInfo, save_run
+    from attnlab.hooks.inputs import capture_trace
+    from attnlab.zoo import load
+
+    model, tok, spec = load("minilm")
+    words, i = [], 0
+    while len(tok(" ".join(words))["input_ids"]) < LONG_TOKENS:
+        word = LONG_WORDS[i % len(LONG_WORDS)]
+        i += 1
+        if len(tok(" ".join(words + [word]))["input_ids"]) > LONG_TOKENS:
+            word = "the"  # one piece: lands exactly on the length
+        words.append(word)
+    text = " ".join(words)
+    capture = Capture(pattern=True, stats=True)
+    trace = capture_trace(model, tok, spec, capture, [text], [])
+    assert trace.n_tokens == LONG_TOKENS
+    root = tmp_path_factory.mktemp("long")
+    save_run(root / "minilm-long", {"main": trace}, RunInfo(model=asdict(spec), inputs={"texts": [text]},
+                                                           capture=asdict(capture)))
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(demo_root, long_root):
     chromium, driver_bin = shutil.which("chromium"), shutil.which("chromedriver")
     if not chromium or not driver_bin:
         pytest.skip("chromium and chromedriver are not installed (run scripts/browser-deps.sh)")
     port = _free_port()
     log = tempfile.TemporaryFile()
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, "dashboard", str(demo_root), "--port", str(port),
-                             "--no-browser"], stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, "dashboard", str(demo_root), str(long_root), "--port",
+                             str(port), "--no-browser"], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -319,12 +353,14 @@ def test_every_page_in_a_browser(browser, server):
     # -- Circuits (toy-gpt with stored tables): move the threshold by keyboard ---------------------------
     choose_run(d, "0:toy-gpt")
     go_to(d, "Circuits")
-    graph(d, ids.CIRCUITS_GRAPH, title="strength ≥ 0.2")
+    graph(d, ids.CIRCUITS_GRAPH, title="strength ≥ 0.1 ")  # the slider starts at the weakest stored edge
     graph(d, ids.CIRCUITS_PATCHING)
+    assert "4 of 4 edges" in d.find_element(By.ID, ids.CIRCUITS_READOUT).text
     thumb = d.find_element(By.CSS_SELECTOR, f"#{ids.CIRCUITS_MIN} [role='slider']")
-    for _ in range(4):
-        thumb.send_keys(Keys.ARROW_LEFT)
-    graph(d, ids.CIRCUITS_GRAPH, title="strength ≥ 0)")
+    for _ in range(16):
+        thumb.send_keys(Keys.ARROW_RIGHT)
+    graph(d, ids.CIRCUITS_GRAPH, title="strength ≥ 0.26")
+    assert "2 of 4 edges" in d.find_element(By.ID, ids.CIRCUITS_READOUT).text  # 0.7 and 0.4 pass
     shot(d, "circuits")
     assert not console_errors(d)
 
@@ -377,4 +413,193 @@ def test_errors_show_a_message_and_the_app_keeps_serving(browser, server):
     WebDriverWait(d, 30).until(lambda drv: "404" in drv.find_element(By.TAG_NAME, "body").text)
     d.get(server + "/heads")
     graph(d, ids.HEADS_GRID)
+    assert not console_errors(d)
+
+
+#: The drawn heatmap: labels, colour range, the largest value, and the share of cells above 10% of the range
+#: (for the range drawn and for the fixed 0-1 range).
+HEATMAP_STATE = """
+const gd = document.querySelector('#attn-heatmap .js-plotly-plot');
+const t = gd._fullData[0];
+let top = -Infinity, n = 0, lit = 0, litFixed = 0;
+for (const row of t.z) { for (const v of row) { if (v === null || Number.isNaN(v)) continue; n += 1;
+  if (v > top) top = v; if (v > t.zmin + 0.1 * (t.zmax - t.zmin)) lit += 1; if (v > 0.1) litFixed += 1; } }
+return {x: Array.from(t.x), y: Array.from(t.y), zmin: t.zmin, zmax: t.zmax, top: top, lit: lit / n,
+        litFixed: litFixed / n, colorbar: t.colorbar.title.text, title: gd.layout.title.text,
+        subtitle: gd.layout.title.subtitle ? gd.layout.title.subtitle.text : '',
+        filename: gd._context.toImageButtonOptions.filename};
+"""
+#: Zoom the heatmap to categories [a, b] on both axes; resolves with the tick labels drawn after the redraw.
+ZOOM_TICKS = """
+const [a, b, done] = arguments;
+const gd = document.querySelector('#attn-heatmap .js-plotly-plot');
+Plotly.relayout(gd, {'xaxis.range': [a - 0.5, b + 0.5], 'yaxis.range': [b + 0.5, a - 0.5]}).then(() => {
+  const texts = (sel) => Array.from(gd.querySelectorAll(sel)).map((e) => e.textContent);
+  done({x: texts('.xtick text'), y: texts('.ytick text')});
+});
+"""
+
+
+def query(driver) -> dict:
+    """The current address's query (first value per key)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    return {k: v[0] for k, v in parse_qs(urlsplit(driver.current_url).query).items()}
+
+
+def wait_query(driver, **expected) -> dict:
+    """Wait until the address bar's query holds ``expected`` (values compared as strings)."""
+    try:
+        return WebDriverWait(driver, 30, poll_frequency=0.1).until(
+            lambda d: (lambda q: q if all(q.get(k) == str(v) for k, v in expected.items()) else False)(query(d)))
+    except TimeoutException:
+        pytest.fail(f"the URL never held {expected}: {driver.current_url}")
+
+
+def test_long_input_heatmap_is_readable_and_fast(browser, server):
+    """400 tokens: the colour range follows the head (not saturated, not uniformly dark), every label is
+    reachable by hover and zoom, and layer/head switches stay under the latency bar."""
+    d = browser
+    d.get(server + "/attention?run=1:minilm-long&layer=2&head=0")
+    graph(d, ids.ATTN_HEATMAP, title="layer 2, head 0", timeout=90)
+    state = d.execute_script(HEATMAP_STATE)
+    assert len(state["x"]) == len(state["y"]) == LONG_TOKENS and len(set(state["y"])) == LONG_TOKENS
+    assert "per-head max" in state["colorbar"] and state["zmax"] == pytest.approx(state["top"])
+    assert any("(" in label and "##" in label for label in state["y"])  # a word piece also names its word
+    click(d, f"#{ids.ATTN_SINK} input[value='hide-first']")
+    WebDriverWait(d, 30).until(lambda drv: len(drv.execute_script(HEATMAP_STATE)["x"]) == LONG_TOKENS - 1)
+    hidden = d.execute_script(HEATMAP_STATE)
+    assert hidden["zmax"] == pytest.approx(hidden["top"]) and hidden["zmax"] < 1.0
+    assert hidden["lit"] > 2 * hidden["litFixed"]  # far more cells show colour than on the fixed 0-1 scale
+    ticks = d.execute_async_script(ZOOM_TICKS, 200, 219)
+    assert set(state["x"][200:220]) <= set(ticks["x"]) and set(state["y"][200:220]) <= set(ticks["y"])
+    shot(d, "attention-long")
+
+    latencies, layer, head = [], 2, 0
+    for i in range(24):
+        if i % 2 == 0:
+            head = (head + 5) % 12
+            selector = f"#{ids.ATTN_HEAD} input[value='{head}']"
+        else:
+            layer = (layer + 1) % 6
+            selector = f"#{ids.ATTN_LAYER} input[value='{layer}']"
+        ms = d.execute_async_script(MEASURE_SWITCH, selector, f"layer {layer}, head {head}")
+        assert ms >= 0, f"the heatmap never showed layer {layer}, head {head}"
+        latencies.append(ms)
+    slack = contention()
+    timings = {"switch_400_ms": latencies, "switch_400_p50_ms": sorted(latencies)[len(latencies) // 2],
+               "switch_400_p95_ms": p95(latencies), "cpu_contention": slack}
+    (ARTIFACTS / "timings-400.json").write_text(json.dumps(timings, indent=1))
+    print(f"\\n400 tokens: layer/head switch p50 {timings['switch_400_p50_ms']:.0f} ms, "
+          f"p95 {timings['switch_400_p95_ms']:.0f} ms (CPU contention x{slack:.1f})")
+    assert not console_errors(d)
+    assert timings["switch_400_p95_ms"] < SWITCH_P95_MS * slack, timings
+
+
+def test_the_url_round_trips_the_view(browser, server):
+    d = browser
+    d.get(server + "/attention?run=0:toy-gpt&item=1&layer=1&head=2&scale=log&sink=hide-first")
+    graph(d, ids.ATTN_HEATMAP, title="layer 1, head 2")
+    state = d.execute_script(HEATMAP_STATE)
+    assert "log" in state["colorbar"] and state["subtitle"].startswith("Run 0:toy-gpt · toy-gpt · trace main · item 1")
+    assert len(state["x"]) == len(state["y"]) - 1  # the sink column is hidden
+    click(d, f"#{ids.ATTN_HEAD} input[value='3']")
+    graph(d, ids.ATTN_HEATMAP, title="layer 1, head 3")
+    wait_query(d, run="0:toy-gpt", trace="main", item=1, layer=1, head=3, scale="log", sink="hide-first")
+    d.refresh()  # a reload (or the copied address) opens the same view
+    graph(d, ids.ATTN_HEATMAP, title="layer 1, head 3")
+    again = d.execute_script(HEATMAP_STATE)
+    assert (again["colorbar"], again["x"]) == (state["colorbar"], state["x"])
+    assert again["subtitle"].startswith("Run 0:toy-gpt · toy-gpt · trace main · item 1 · layer 1 · head 3")
+    assert d.find_element(By.CSS_SELECTOR, "a.nav-link[aria-current='page']").text == "Attention"
+    go_to(d, "Flow")  # the page links carry Run, trace, item, layer and head
+    graph(d, ids.FLOW_BAR, title="rollout")
+    click(d, f"#{ids.FLOW_METHOD} input[value='flow']")
+    graph(d, ids.FLOW_BAR, title="flow relevance")
+    wait_query(d, run="0:toy-gpt", item=1, layer=1, head=3, method="flow")
+    assert d.find_element(By.CSS_SELECTOR, "a.nav-link[aria-current='page']").text == "Flow"
+    d.refresh()
+    graph(d, ids.FLOW_BAR, title="flow relevance")
+    go_to(d, "Attention")
+    graph(d, ids.ATTN_HEATMAP, title="layer 1, head 3")
+    assert not console_errors(d)
+
+
+def test_a_run_switch_resets_each_page(browser, server, demo_root):
+    from attnlab.core.runs import Run
+    from attnlab.dashboard.data import real_length
+
+    d = browser
+    gpt_tokens = real_length(Run.open(demo_root / "toy-gpt").manifest["traces"]["main"], 0)
+    d.get(server + "/flow?run=0:minilm&position=3")
+    graph(d, ids.FLOW_BAR)
+    wait_query(d, run="0:minilm", position=3)
+    choose_option(d, ids.RUN, "0:toy-gpt")
+    wait_query(d, run="0:toy-gpt", position=gpt_tokens - 1)  # the causal model's output token, not index 3
+    graph(d, ids.FLOW_BAR)
+
+    d.get(server + "/sinks?run=0:toy-vit")
+    wait_query(d, run="0:toy-vit", compare="0:toy-vit-reg")
+    choose_option(d, ids.RUN, "0:toy-vit-reg")
+    wait_query(d, run="0:toy-vit-reg", compare="0:toy-vit")
+    graph(d, ids.SINKS_NORMS_OTHER, title="without registers")
+    choose_option(d, ids.RUN, "0:minilm")  # no patch grid: the section gives way to one line
+    WebDriverWait(d, 30).until(lambda drv: not drv.find_element(By.ID, ids.SINKS_NORMS_SECTION).is_displayed()
+                               and "Capture(resid=True)" in drv.find_element(By.ID, ids.SINKS_NORMS_NOTE).text)
+    assert "compare" not in query(d)
+
+    d.get(server + "/interventions?run=0:minilm")
+    wait_query(d, baseline="0:minilm", method="0:minilm-sink-reweight")
+    choose_option(d, ids.RUN, "0:toy-llava-first-to-image")
+    wait_query(d, baseline="0:toy-llava", method="0:toy-llava-first-to-image")
+    graph(d, ids.IV_MAPS)
+    click(d, f"#{ids.IV_METHOD}")
+    listed = WebDriverWait(d, 30).until(lambda drv: [e.get_attribute("value") for e in drv.find_elements(
+        By.XPATH, "//div[contains(@class, 'dash-dropdown-options')]//input")])
+    assert listed == ["0:toy-llava-first-to-image"]  # same model and tokens, never the baseline itself
+    assert not console_errors(d)
+
+
+def test_exports_carry_provenance(browser, server):
+    d = browser
+    d.get(server + "/attention?run=0:toy-gpt&layer=1&head=2")
+    graph(d, ids.ATTN_HEATMAP, title="layer 1, head 2")
+    name = WebDriverWait(d, 30).until(lambda drv: (lambda f: f if f != "attnlab" else False)(
+        drv.execute_script(HEATMAP_STATE)["filename"]))
+    for part in ("0-toy-gpt", "main", "item0", "layer1", "head2"):
+        assert part in name
+    buttons = d.execute_script("return Array.from(document.querySelectorAll('#attn-heatmap .modebar-btn'))"
+                               ".map((b) => b.getAttribute('data-title'))")
+    assert "Download plot as a PNG" in buttons and not [b for b in buttons if "Cloud" in b or "Chart Studio" in b]
+    d.get(server + "/sinks?run=0:minilm")
+    graph(d, ids.SINKS_HEATMAP)
+    assert d.find_element(By.CSS_SELECTOR, f"#{ids.SINKS_TABLE} button.export").text.strip().lower() == "export"
+    assert not console_errors(d)
+
+
+PAGES = {"/": None, "/heads": ids.HEADS_GRID, "/attention": ids.ATTN_HEATMAP, "/flow": ids.FLOW_BAR,
+         "/sinks": ids.SINKS_HEATMAP, "/qk": ids.QK_GRID, "/circuits": ids.CIRCUITS_GRAPH,
+         "/interventions": ids.IV_MAPS}
+#: True once no graph is waiting for a callback and no component is loading.
+IDLE = """return document.querySelector('main h1') !== null
+  && document.querySelectorAll('.dash-graph--pending, [data-dash-is-loading="true"]').length === 0;"""
+
+
+def test_no_red_error_box_on_any_page_for_any_demo_run(browser, server, demo_root):
+    d = browser
+    d.get(server + "/")
+    runs_page_ready(d)
+    runs = [e.text for e in d.find_elements(By.CSS_SELECTOR, f"#{ids.RUNS_TABLE} td[data-dash-column='run']")]
+    assert len(runs) >= 9 and "0:eval-compare" in runs
+    found = {}
+    for run_id in runs:
+        for path in PAGES:
+            d.get(f"{server}{path}?run={run_id}")
+            for _ in range(2):  # idle twice in a row: a callback chain may pause between steps
+                WebDriverWait(d, 60, poll_frequency=0.2).until(lambda drv: drv.execute_script(IDLE))
+                time.sleep(0.3)
+            errors = [e.text for e in d.find_elements(By.CSS_SELECTOR, ".message-error")]
+            if errors:
+                found[(run_id, path)] = errors
+    assert not found
     assert not console_errors(d)

@@ -48,11 +48,12 @@ def attnlab_attention_forward(module: nn.Module, query: torch.Tensor, key: torch
     if site is None or not site.recorder.wants(site.stack, site.layer):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)
-    if kwargs.get("position_bias") is not None:
-        raise ValueError("attnlab capture does not take T5-style position_bias arguments yet")
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     causal = bool(query.shape[2] > 1 and attention_mask is None and causal)
     attn_mask, bias = (None, None) if attention_mask is None else mask_and_bias(attention_mask)
+    position_bias = kwargs.get("position_bias")  # T5's relative position bias [1|B, H, Q, K]
+    if position_bias is not None:
+        bias = position_bias if bias is None else bias + position_bias
     softcap = kwargs.get("softcap")
     needed = {name for name, term in (("softcap", softcap), ("bias", bias)) if term is not None}
     if needed - kernel_score_terms():

@@ -17,7 +17,8 @@ from torch import nn
 
 from attnlab.core.trace import TraceMeta
 
-_LAYER_RE = re.compile(r"^(.*)\.(\d+)\.(.+)$")
+#: the leftmost numbered part of a module name is its block index (T5 nests a numbered list inside each block)
+_LAYER_RE = re.compile(r"^(.*?)\.(\d+)\.(.+)$")
 
 
 @dataclass
@@ -98,6 +99,9 @@ def _check_capturable(model: nn.Module, name: str, module: nn.Module) -> None:
     if getattr(cfg, "attn_logit_softcapping", None) is not None and "softcap" not in terms:
         raise refuse(name, cls.__name__, f"attention logit soft-capping (attn_logit_softcapping="
                      f"{cfg.attn_logit_softcapping}) is not in attnlab's kernels yet")
+    if "position_bias" in inspect.signature(cls.forward).parameters and "bias" not in terms:
+        raise refuse(name, cls.__name__, "its relative position bias (Raffel et al., 2020) needs the kernels' "
+                     "additive bias term, which they do not take yet")
     if getattr(cfg, "alibi", False) and "bias" not in terms:
         raise refuse(name, cls.__name__, "ALiBi position biases (alibi=True) reach the attention function as an "
                      "additive mask, which attnlab's kernels do not take yet")
@@ -107,14 +111,14 @@ def _check_capturable(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def _refuse_encoder_decoder(model: nn.Module) -> None:
-    cfg = model.config
-    if not getattr(cfg, "is_encoder_decoder", False):
+    """Refuse a model with cross-attention (an encoder-decoder); an encoder alone (T5EncoderModel) is captured."""
+    modules = [(n, m) for n, m in model.named_modules() if _is_attention_module(m)]
+    cross = [(n, m) for n, m in modules if "cross" in (n + type(m).__name__).lower() or "encoder_attn" in n]
+    if not cross:
         return
-    modules = [(n, m) for n, m in model.named_modules() if _is_attention_module(m)] or [("", model)]
-    name, module = next(((n, m) for n, m in modules
-                         if "cross" in (n + type(m).__name__).lower() or "encoder_attn" in n), modules[0])
-    raise refuse(name, type(module).__name__, f"{cfg.model_type} is an encoder-decoder model; its encoder, decoder "
-                 "and cross-attention stacks are not captured as separate Traces yet")
+    name, module = cross[0]
+    raise refuse(name, type(module).__name__, f"{model.config.model_type} is an encoder-decoder model; its encoder, "
+                 "decoder and cross-attention stacks are not captured as separate Traces yet")
 
 
 def find_stacks(model: nn.Module) -> list[Stack]:
@@ -135,6 +139,10 @@ def find_stacks(model: nn.Module) -> list[Stack]:
             continue
         _check_capturable(model, name, module)
         prefix, idx = match.group(1), int(match.group(2))
+        if idx in grouped.get(prefix, {}):
+            raise refuse(name, type(module).__name__, f"block {prefix}.{idx} holds a second attention module "
+                         f"({grouped[prefix][idx]}); stacks of stages with several attention blocks each are not "
+                         "mapped to layers yet")
         grouped.setdefault(prefix, {})[idx] = name
         configs[prefix] = getattr(module, "config", None) or model.config
     stacks = []

@@ -85,7 +85,7 @@ def modality_of(cfg: dict) -> str:
 
 
 def _model_class(cfg: dict, path: Path):
-    """The class to load: the saved generative class (causal LM, LVLM), else the base model (``AutoModel``).
+    """The class to load: the saved class for decoders, LVLMs and base models, else the base model (``AutoModel``).
 
     Encoders and vision towers load without their task head (a classifier's logits are not what attention
     analysis looks at), as ``AutoModel`` gives; decoders and LVLMs keep their LM head.
@@ -96,8 +96,10 @@ def _model_class(cfg: dict, path: Path):
     if names and getattr(tf, names[0], None) is None:
         raise ValueError(f"{path} was saved from {names[0]!r}, which is not a transformers class (custom code); "
                          "attnlab does not run trust_remote_code checkpoints")
-    generative = names and names[0].endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration"))
-    return getattr(tf, names[0]) if generative else tf.AutoModel
+    # "...Model" classes are base models already (BertModel, CLIPVisionModel, T5EncoderModel, where AutoModel would
+    # give the whole T5); the others are task heads, replaced by the base model.
+    keep = names and names[0].endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration", "Model"))
+    return getattr(tf, names[0]) if keep else tf.AutoModel
 
 
 def _load_processor(modality: str, path: Path):

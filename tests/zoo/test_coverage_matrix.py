@@ -94,8 +94,12 @@ REFUSED = {  # architecture -> (model class, config factory, what the refusal mu
         vision_config=dict(depth=2, embed_dim=32, num_heads=4, hidden_size=32, mlp_ratio=2, patch_size=8)),
         r"video-style patch embedding"),
 }
-# Soft-capping (Gemma 2) and additive biases (Falcon's ALiBi) are captured once the kernels take them, refused before.
-for _arch, _term in (("gemma2-softcap", "softcap"), ("falcon-alibi", "bias")):
+REFUSED["t5-encoder"] = ("T5EncoderModel", lambda: tf.T5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=64,
+                                                                num_layers=2, num_heads=4, **IDS),
+                         r"\(T5Attention\): its relative position bias \(Raffel et al., 2020\) needs")
+# Soft-capping (Gemma 2) and additive biases (Falcon's ALiBi, T5's relative positions) are captured once the kernels
+# take them, refused before.
+for _arch, _term in (("gemma2-softcap", "softcap"), ("falcon-alibi", "bias"), ("t5-encoder", "bias")):
     if _term in kernel_score_terms():
         TEXT[_arch] = REFUSED.pop(_arch)[:2]
 MULTI = ("clip", "llava", "paligemma")

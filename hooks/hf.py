@@ -49,6 +49,8 @@ def attnlab_attention_forward(module: nn.Module, query: torch.Tensor, key: torch
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    if causal and is_causal:  # a causal stack whose modules say otherwise (CLIP's text tower passes is_causal)
+        site.recorder.mark_causal(site.stack)
     causal = bool(query.shape[2] > 1 and attention_mask is None and causal)
     attn_mask, bias = (None, None) if attention_mask is None else mask_and_bias(attention_mask)
     position_bias = kwargs.get("position_bias")  # T5's relative position bias [1|B, H, Q, K]

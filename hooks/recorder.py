@@ -93,6 +93,10 @@ class Recorder:
         st.block_input.clear()
 
     # -- what the backends call -------------------------------------------------------------------
+    def mark_causal(self, stack: str) -> None:
+        """Record that ``stack`` turned out causal at run time (its modules' ``is_causal`` said otherwise)."""
+        self.stacks[stack].meta.causal = True
+
     def wants(self, stack: str, layer: int) -> bool:
         """Whether this layer needs attnlab's attention (recorded or intervened)."""
         st = self.stacks.get(stack)

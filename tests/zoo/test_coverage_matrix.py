@@ -224,6 +224,8 @@ def test_cli_capture_matches_hf_eager_and_outputs_are_unchanged(arch, ckpt, imag
     inputs = api_inputs(spec, proc)
     reference = eager_attentions(path, type(model), inputs)
     assert_patterns_match(trace, reference["main"])
+    real_rows = trace.token_mask[:, None, :, None]  # (B, 1, Q, 1): padded query rows carry no meaning
+    assert trace.meta.causal == all(bool((ref.triu(1) * real_rows == 0).all()) for ref in reference["main"])
     if "vision" in reference:
         assert_patterns_match(trace.vision, reference["vision"])
     assert not any(ch in tok for row in trace.tokens for tok in row for ch in "ĠĊ▁")

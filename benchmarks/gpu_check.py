@@ -198,7 +198,9 @@ def _compiled_flex(flex_attention, dry_run: bool):
         torch._dynamo.config.cache_size_limit = 64  # one graph per (length, dtype): never fall back to eager
         if hasattr(torch._dynamo.config, "recompile_limit"):
             torch._dynamo.config.recompile_limit = 64
-        _FLEX["fn"] = torch.compile(flex_attention, backend="eager" if dry_run else "inductor", dynamic=False)
+        # fullgraph: a graph break would run FlexAttention unfused (scores materialised) without saying so
+        _FLEX["fn"] = torch.compile(flex_attention, backend="eager" if dry_run else "inductor", dynamic=False,
+                                    fullgraph=True)
     return _FLEX["fn"]
 
 

@@ -45,29 +45,3 @@ def check_stat_names(stats: tuple[str, ...] | None) -> tuple[str, ...]:
         raise ValueError(f"Unknown attention statistics {unknown}; choose from {STAT_NAMES}")
     return stats
 
-
-def build_allowed(
-    batch: int, n_q: int, n_k: int, *, causal: bool, key_mask: torch.Tensor | None,
-    attn_mask: torch.Tensor | None, device: torch.device, q_start: int = 0, q_stop: int | None = None,
-) -> torch.Tensor:
-    """Boolean mask of allowed (query, key) pairs for query rows ``q_start:q_stop``, broadcastable to ``[B, H, q, K]``.
-
-    Its shape is ``[B|1, 1|H, q, K]``: only the masks that were given are combined, so a causal-only
-    call builds one ``[1, 1, q, K]`` comparison. Causal masking aligns the last query with the last
-    key (query ``i`` sees keys ``<= i + K - Q``), which is what decoding with a cache needs.
-    """
-    q_stop = n_q if q_stop is None else q_stop
-    parts = []
-    if causal:
-        rows = torch.arange(q_start, q_stop, device=device)[:, None] + (n_k - n_q)  # (q, 1)
-        parts.append((torch.arange(n_k, device=device)[None, :] <= rows)[None, None])  # (1, 1, q, K)
-    if key_mask is not None:
-        parts.append(key_mask[:, None, None, :].to(torch.bool))  # (B, 1, 1, K)
-    if attn_mask is not None:
-        parts.append(attn_mask[:, :, q_start:q_stop, :].to(torch.bool))  # (B|1, 1|H, q, K)
-    if not parts:
-        return torch.ones(batch, 1, q_stop - q_start, n_k, dtype=torch.bool, device=device)
-    allowed = parts[0]
-    for part in parts[1:]:
-        allowed = allowed & part
-    return allowed.expand(-1, -1, q_stop - q_start, n_k)  # a key-mask-only result is (B, 1, 1, K)

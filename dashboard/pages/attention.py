@@ -46,7 +46,7 @@ def layout(layer=None, head=None, scale=None, sink=None, **_query) -> html.Div:
                       {"label": "hide the first token's column", "value": SINK}]), help=SINK_HELP)],
                  className="controls"),
         message_area(ids.ATTN_MESSAGE),
-        dcc.Store(id=ids.ATTN_FOCUS),
+        dcc.Store(id=ids.ATTN_FOCUS), dcc.Store(id=ids.ATTN_DRAWN),
         html.Div([html.Div([graph(ids.ATTN_HEATMAP, "attention pattern heatmap"), graph(ids.ATTN_TEXT, "text view")],
                            className="two-columns"),
                   html.Div([html.H2("Attention over the image"),
@@ -97,7 +97,15 @@ def heatmap(run_id, trace, item, layer, head, scale="auto", sink=()):
     scale = resolve_scale(scale, len(labels))
     figure = attention_heatmap(matrix, labels, f"layer {layer}, head {head}", scale=scale,
                                exclude_first=SINK in (sink or []))
+    figure.layout.meta = {"view": {"run": run_id, "trace": trace, "item": item or 0, "layer": layer, "head": head}}
     return stamp(figure, *provenance(run_id, run, trace, item or 0, layer=layer, head=head, scale=scale)), note
+
+
+# The text view follows the heatmap instead of the selectors: its request leaves once the heatmap's figure has
+# arrived, so the browser draws the heatmap first (at 400 tokens each drawing takes ~150-300 ms of the one thread).
+dash.clientside_callback(
+    "function(fig) { const m = fig && fig.layout && fig.layout.meta; return (m && m.view) || null; }",
+    Output(ids.ATTN_DRAWN, "data"), Input(ids.ATTN_HEATMAP, "figure"))
 
 
 @callback(Output(ids.ATTN_FOCUS, "data"), Input(ids.ATTN_TEXT, "hoverData"), Input(ids.ATTN_HEATMAP, "clickData"),
@@ -116,11 +124,17 @@ def focus(hover, click, current):
     return position if position >= 0 else current
 
 
-@callback(Output(ids.ATTN_TEXT, "figure"), Input(ids.RUN, "value"), Input(ids.TRACE, "value"),
-          Input(ids.ITEM, "value"), Input(ids.ATTN_LAYER, "value"), Input(ids.ATTN_HEAD, "value"),
-          Input(ids.ATTN_FOCUS, "data"))
+@callback(Output(ids.ATTN_TEXT, "figure"), Input(ids.ATTN_DRAWN, "data"), Input(ids.ATTN_FOCUS, "data"))
+def text_view_of_heatmap(drawn, position):
+    """The text view of the head the heatmap shows (``drawn``: its ``layout.meta.view``)."""
+    if not drawn:
+        return message_figure("no text view")
+    return text_view(drawn["run"], drawn["trace"], drawn["item"], drawn["layer"], drawn["head"], position)
+
+
 @guarded(lambda: message_figure("no text view"), report=False)
 def text_view(run_id, trace, item, layer, head, position):
+    """What the focused token attends to and what attends to it, as token cells."""
     try:
         data = current_data()
         run = data.run(run_id)

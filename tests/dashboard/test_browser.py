@@ -69,17 +69,44 @@ const empty = !!(gd.layout.meta && gd.layout.meta.empty);
 return {n: n, title: title, empty: empty, pending: gd.classList.contains('dash-graph--pending')};
 """
 
-#: Click ``selector`` and resolve with the ms until the heatmap has redrawn with title ``expected``.
+#: Click ``selector`` and resolve with the ms until the heatmap has redrawn with title ``expected``. Polled once per
+#: animation frame (Plotly.react draws synchronously, so a frame that sees the new title comes after the drawing);
+#: not ``plotly_afterplot``, which Plotly.react leaves out once the user has zoomed.
 MEASURE_SWITCH = """
 const [selector, expected, done] = arguments;
-const gd = document.querySelector('#attn-heatmap .js-plotly-plot');
+const box = document.getElementById('attn-heatmap');
 const t0 = performance.now();
-let finished = false;
-const finish = (v) => { if (!finished) { finished = true; gd.removeListener('plotly_afterplot', handler); done(v); } };
-const handler = () => { if (gd.layout.title && gd.layout.title.text === expected) finish(performance.now() - t0); };
-gd.on('plotly_afterplot', handler);
-setTimeout(() => finish(-1), 15000);
+const check = () => {
+  const gd = box.querySelector('.js-plotly-plot');
+  if (gd && gd.layout && gd.layout.title && gd.layout.title.text === expected
+      && !gd.classList.contains('dash-graph--pending')) { done(performance.now() - t0); return; }
+  if (performance.now() - t0 > 15000) { done(-1); return; }
+  requestAnimationFrame(check);
+};
 document.querySelector(selector).click();
+requestAnimationFrame(check);
+"""
+
+
+#: Like MEASURE_SWITCH from an idle page, resolving with ``[ms to the heatmap, ms to the text view]``: the text view
+#: follows the heatmap (its request leaves when the heatmap's figure arrives) and names its head in its subtitle.
+MEASURE_VIEW = """
+const [selector, expected, textMark, done] = arguments;
+const box = document.getElementById('attn-heatmap'), text = document.getElementById('attn-text');
+const t0 = performance.now();
+let heatmap = null;
+const check = () => {
+  const gd = box.querySelector('.js-plotly-plot'), td = text.querySelector('.js-plotly-plot');
+  if (heatmap === null && gd && gd.layout && gd.layout.title && gd.layout.title.text === expected
+      && !gd.classList.contains('dash-graph--pending')) { heatmap = performance.now() - t0; }
+  const sub = td && td.layout && td.layout.title && td.layout.title.subtitle ? td.layout.title.subtitle.text : '';
+  if (heatmap !== null && sub.includes(textMark) && !td.classList.contains('dash-graph--pending')) {
+    done([heatmap, performance.now() - t0]); return; }
+  if (performance.now() - t0 > 15000) { done([heatmap === null ? -1 : heatmap, -1]); return; }
+  requestAnimationFrame(check);
+};
+document.querySelector(selector).click();
+requestAnimationFrame(check);
 """
 
 
@@ -457,25 +484,13 @@ def wait_query(driver, **expected) -> dict:
 
 
 def test_long_input_heatmap_is_readable_and_fast(browser, server):
-    """400 tokens: the colour range follows the head (not saturated, not uniformly dark), every label is
-    reachable by hover and zoom, and layer/head switches stay under the latency bar."""
+    """400 tokens: layer/head switches stay under the latency bar, the colour range follows the head (not
+    saturated, not uniformly dark), and every label is reachable by hover and zoom."""
     d = browser
-    d.get(server + "/attention?run=1:minilm-long&layer=2&head=0")
-    graph(d, ids.ATTN_HEATMAP, title="layer 2, head 0", timeout=90)
-    state = d.execute_script(HEATMAP_STATE)
-    assert len(state["x"]) == len(state["y"]) == LONG_TOKENS and len(set(state["y"])) == LONG_TOKENS
-    assert "per-head max" in state["colorbar"] and state["zmax"] == pytest.approx(state["top"])
-    assert any("(" in label and "##" in label for label in state["y"])  # a word piece also names its word
-    click(d, f"#{ids.ATTN_SINK} input[value='hide-first']")
-    WebDriverWait(d, 30).until(lambda drv: len(drv.execute_script(HEATMAP_STATE)["x"]) == LONG_TOKENS - 1)
-    hidden = d.execute_script(HEATMAP_STATE)
-    assert hidden["zmax"] == pytest.approx(hidden["top"]) and hidden["zmax"] < 1.0
-    assert hidden["lit"] > 2 * hidden["litFixed"]  # far more cells show colour than on the fixed 0-1 scale
-    ticks = d.execute_async_script(ZOOM_TICKS, 200, 219)
-    assert set(state["x"][200:220]) <= set(ticks["x"]) and set(state["y"][200:220]) <= set(ticks["y"])
-    shot(d, "attention-long")
-
-    latencies, layer, head = [], 2, 0
+    d.get(server + "/attention?run=1:minilm-long&layer=0&head=0")
+    graph(d, ids.ATTN_HEATMAP, title="layer 0, head 0", timeout=90)
+    graph(d, ids.ATTN_TEXT)
+    latencies, full, layer, head = [], [], 0, 0  # each switch from a settled page: heatmap and text view drawn
     for i in range(24):
         if i % 2 == 0:
             head = (head + 5) % 12
@@ -483,15 +498,38 @@ def test_long_input_heatmap_is_readable_and_fast(browser, server):
         else:
             layer = (layer + 1) % 6
             selector = f"#{ids.ATTN_LAYER} input[value='{layer}']"
-        ms = d.execute_async_script(MEASURE_SWITCH, selector, f"layer {layer}, head {head}")
-        assert ms >= 0, f"the heatmap never showed layer {layer}, head {head}"
-        latencies.append(ms)
+        heatmap_ms, view_ms = d.execute_async_script(MEASURE_VIEW, selector, f"layer {layer}, head {head}",
+                                                     f"layer {layer} · head {head} ·")
+        assert heatmap_ms >= 0 and view_ms >= 0, f"the views never showed layer {layer}, head {head}"
+        latencies.append(heatmap_ms)
+        full.append(view_ms)
     slack = contention()
     timings = {"switch_400_ms": latencies, "switch_400_p50_ms": sorted(latencies)[len(latencies) // 2],
-               "switch_400_p95_ms": p95(latencies), "cpu_contention": slack}
+               "switch_400_p95_ms": p95(latencies), "text_view_400_p50_ms": sorted(full)[len(full) // 2],
+               "text_view_400_p95_ms": p95(full), "cpu_contention": slack}
     (ARTIFACTS / "timings-400.json").write_text(json.dumps(timings, indent=1))
-    print(f"\\n400 tokens: layer/head switch p50 {timings['switch_400_p50_ms']:.0f} ms, "
-          f"p95 {timings['switch_400_p95_ms']:.0f} ms (CPU contention x{slack:.1f})")
+    print(f"\n400 tokens: layer/head switch p50 {timings['switch_400_p50_ms']:.0f} ms, "
+          f"p95 {timings['switch_400_p95_ms']:.0f} ms; text view follows at p50 {timings['text_view_400_p50_ms']:.0f} "
+          f"ms, p95 {timings['text_view_400_p95_ms']:.0f} ms (CPU contention x{slack:.1f})")
+
+    # MiniLM's first-layer heads spread their attention (no weight reaches 0.1 at 400 tokens): the case a fixed
+    # 0-1 scale draws uniformly dark
+    click(d, f"#{ids.ATTN_LAYER} input[value='0']")
+    click(d, f"#{ids.ATTN_HEAD} input[value='0']")
+    graph(d, ids.ATTN_HEATMAP, title="layer 0, head 0")
+    state = d.execute_script(HEATMAP_STATE)
+    assert len(state["x"]) == len(state["y"]) == LONG_TOKENS and len(set(state["y"])) == LONG_TOKENS
+    assert "per-head max" in state["colorbar"] and state["zmax"] == pytest.approx(state["top"]) and state["top"] < 1
+    assert state["lit"] > max(0.02, 10 * state["litFixed"])  # cells that show colour, against the fixed scale
+    assert any("(" in label and "##" in label for label in state["y"])  # a word piece also names its word
+    click(d, f"#{ids.ATTN_SINK} input[value='hide-first']")
+    WebDriverWait(d, 30).until(lambda drv: len(drv.execute_script(HEATMAP_STATE)["x"]) == LONG_TOKENS - 1)
+    hidden = d.execute_script(HEATMAP_STATE)
+    assert hidden["x"] == state["x"][1:] and hidden["zmax"] == pytest.approx(hidden["top"])
+    ticks = d.execute_async_script(ZOOM_TICKS, 200, 209)
+    assert set(hidden["x"][200:210]) <= set(ticks["x"]), ticks  # zoomed to 10 tokens, every label is drawn
+    assert set(hidden["y"][200:210]) <= set(ticks["y"]), ticks
+    shot(d, "attention-long")
     assert not console_errors(d)
     assert timings["switch_400_p95_ms"] < SWITCH_P95_MS * slack, timings
 
@@ -603,3 +641,6 @@ def test_no_red_error_box_on_any_page_for_any_demo_run(browser, server, demo_roo
                 found[(run_id, path)] = errors
     assert not found
     assert not console_errors(d)
+
+
+

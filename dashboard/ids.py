@@ -24,6 +24,7 @@ HEADS_OPEN = "heads-open"
 HEADS_OPEN_BUTTON = "heads-open-button"
 HEADS_MESSAGE = "heads-message"
 HEADS_URL = "heads-url"
+HEADS_WANTED = "heads-wanted"
 
 # -- Attention ------------------------------------------------------------------------------------
 ATTN_LAYER = "attn-layer"
@@ -53,6 +54,7 @@ FLOW_GRID_BOX = "flow-grid-box"
 FLOW_MESSAGE = "flow-message"
 FLOW_BODY = "flow-body"
 FLOW_URL = "flow-url"
+FLOW_WANTED = "flow-wanted"  # dcc.Store: dropdown values the URL asked for (a Dropdown drops values before its options)
 
 # -- Sinks & registers ----------------------------------------------------------------------------
 SINKS_RULE = "sinks-rule"
@@ -70,6 +72,7 @@ SINKS_BODY = "sinks-body"
 SINKS_NORMS_SECTION = "sinks-norms-section"
 SINKS_NORMS_NOTE = "sinks-norms-note"
 SINKS_URL = "sinks-url"
+SINKS_WANTED = "sinks-wanted"
 
 # -- QK embedding ---------------------------------------------------------------------------------
 QK_LAYER = "qk-layer"
@@ -104,3 +107,4 @@ IV_EVAL_CHART = "iv-eval-chart"
 IV_EVAL_TABLE = "iv-eval-table"
 IV_MESSAGE = "iv-message"
 IV_URL = "iv-url"
+IV_WANTED = "iv-wanted"

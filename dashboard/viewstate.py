@@ -57,6 +57,31 @@ def run_switched() -> bool:
     return any(t.get("prop_id") == f"{ids.RUN}.value" for t in triggered or [])
 
 
+def wanted(current, options: list[dict], requested, default):
+    """A dropdown's value: ``default`` after a Run switch; else the current value when it is an option, else the
+    value the URL requested (``requested``, a query string) when it is one, else ``default``.
+
+    Dash's Dropdown drops a value it has no option for, so one given in the layout before its options arrive is
+    lost; pages keep the URL's value in a store and pass it here.
+    """
+    values = [o["value"] for o in options]
+    if run_switched():
+        return default
+    if current in values:
+        return current
+    for candidate in (requested, _as_number(requested)):
+        if candidate is not None and candidate in values:
+            return candidate
+    return default
+
+
+def _as_number(value):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def as_list(value) -> list[str]:
     """A multi-valued control's value from the query (``"a,b"``) or from the control (a list)."""
     if value is None or value == "":

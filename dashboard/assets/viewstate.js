@@ -68,7 +68,7 @@
       var params = new URLSearchParams();
       names.forEach(function (name, i) {
         var v = values[i];
-        if (v === null || v === undefined || v === "") { return; }
+        if (v === null || v === undefined || v === "" || (Array.isArray(v) && v.length === 0)) { return; }
         params.set(name, Array.isArray(v) ? v.join(",") : String(v));
       });
       var now = new URLSearchParams(window.location.search);

@@ -11,8 +11,8 @@ from attnlab.dashboard.app import current_data
 from attnlab.dashboard.data import image_segments, meta_of, trace_header
 from attnlab.dashboard.errors import guarded, message
 from attnlab.dashboard.summaries import grid_values, real_positions
-from attnlab.dashboard.viewstate import as_list, run_switched, sync_url
-from attnlab.dashboard.widgets import (HIDDEN, as_int, control, graph, keep, message_area, page_header, provenance,
+from attnlab.dashboard.viewstate import as_list, sync_url, wanted
+from attnlab.dashboard.widgets import (HIDDEN, control, graph, message_area, page_header, provenance,
                                        radio, require_traces)
 from attnlab.viz.dashboard_figures import message_figure, patch_overlay, stamp
 from attnlab.viz.relevance import relevance_bar
@@ -41,7 +41,7 @@ def layout(method=None, fusion=None, discard=None, options=None, position=None, 
     return html.Div([
         page_header("Flow", "How much each input token reaches an output token through the whole stack "
                             "(Abnar & Zuidema 2020). Both add the residual as 0.5·A + 0.5·I per layer."),
-        dcc.Store(id=ids.FLOW_URL),
+        dcc.Store(id=ids.FLOW_URL), dcc.Store(id=ids.FLOW_WANTED, data={"position": position}),
         html.Div([
             control("Method", radio(ids.FLOW_METHOD, METHODS, method if method in ("rollout", "flow") else "rollout"),
                     help=METHOD_HELP),
@@ -53,7 +53,7 @@ def layout(method=None, fusion=None, discard=None, options=None, position=None, 
                                                       options=[{"label": "receptive-field normalisation (causal "
                                                                          "models, rollout)", "value": RECEPTIVE}]),
                     help=RECEPTIVE_HELP),
-            control("Output token", dcc.Dropdown(id=ids.FLOW_POSITION, clearable=False, value=as_int(position))),
+            control("Output token", dcc.Dropdown(id=ids.FLOW_POSITION, clearable=False)),
         ], className="controls"),
         message_area(ids.FLOW_MESSAGE),
         html.Div([graph(ids.FLOW_BAR, "relevance of each input token"),
@@ -63,9 +63,10 @@ def layout(method=None, fusion=None, discard=None, options=None, position=None, 
 
 
 @callback(Output(ids.FLOW_POSITION, "options"), Output(ids.FLOW_POSITION, "value"), Output(ids.FLOW_BODY, "style"),
-          Input(ids.RUN, "value"), Input(ids.TRACE, "value"), Input(ids.ITEM, "value"), State(ids.FLOW_POSITION, "value"))
+          Input(ids.RUN, "value"), Input(ids.TRACE, "value"), Input(ids.ITEM, "value"), State(ids.FLOW_POSITION, "value"),
+          State(ids.FLOW_WANTED, "data"))
 @guarded([], None, HIDDEN, report=False)
-def positions(run_id, trace, item, current):
+def positions(run_id, trace, item, current, requested=None):
     """Output-token options; a Run switch resets the choice to the model's output token (the last real token
     of a causal model, the first of an encoder), since an index into one Run's tokens means nothing in another."""
     data = current_data()
@@ -77,7 +78,7 @@ def positions(run_id, trace, item, current):
     # values index the item's real tokens, which is what the probes take
     options = [{"label": f"{int(n)}: {header['tokens'][item or 0][int(n)]}", "value": i} for i, n in enumerate(real)]
     default = len(options) - 1 if meta_of(header).causal else 0
-    return options, default if run_switched() else keep(current, options, default), {}
+    return options, wanted(current, options, (requested or {}).get("position"), default), {}
 
 
 @callback(Output(ids.FLOW_BAR, "figure"), Output(ids.FLOW_GRID, "figure"), Output(ids.FLOW_GRID_BOX, "style"),

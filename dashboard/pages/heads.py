@@ -10,7 +10,7 @@ from attnlab.dashboard.app import current_data
 from attnlab.dashboard.data import meta_of, trace_header
 from attnlab.dashboard.errors import guarded
 from attnlab.dashboard.summaries import STAT_LABELS, head_stat_options, head_statistic
-from attnlab.dashboard.viewstate import sync_url
+from attnlab.dashboard.viewstate import sync_url, wanted
 from attnlab.dashboard.widgets import control, graph, keep, message_area, page_header, provenance, require_traces
 from attnlab.viz.dashboard_figures import head_grid, message_figure, stamp
 
@@ -31,7 +31,8 @@ def layout(stat=None, **_query) -> html.Div:
     return html.Div([
         page_header("Heads", "One cell per attention head. Choose what colours the grid; click a head (or pick it "
                              "below and press Open) to see its attention."),
-        html.Div([control("Statistic", dcc.Dropdown(id=ids.HEADS_STAT, clearable=False, value=stat), help=STAT_HELP),
+        dcc.Store(id=ids.HEADS_URL), dcc.Store(id=ids.HEADS_WANTED, data={"stat": stat}),
+        html.Div([control("Statistic", dcc.Dropdown(id=ids.HEADS_STAT, clearable=False), help=STAT_HELP),
                   control("Open head", dcc.Dropdown(id=ids.HEADS_OPEN, placeholder="layer.head")),
                   html.Button("Open", id=ids.HEADS_OPEN_BUTTON, className="button", n_clicks=0)], className="controls"),
         message_area(ids.HEADS_MESSAGE),
@@ -40,16 +41,21 @@ def layout(stat=None, **_query) -> html.Div:
 
 
 @callback(Output(ids.HEADS_STAT, "options"), Output(ids.HEADS_STAT, "value"), Output(ids.HEADS_OPEN, "options"),
-          Input(ids.RUN, "value"), Input(ids.TRACE, "value"), State(ids.HEADS_STAT, "value"))
+          Input(ids.RUN, "value"), Input(ids.TRACE, "value"), State(ids.HEADS_STAT, "value"),
+          State(ids.HEADS_WANTED, "data"))
 @guarded([], None, [], report=False)
-def stat_options(run_id, trace, current):
+def stat_options(run_id, trace, current, requested=None):
     data = current_data()
     run = data.run(run_id)
     header = trace_header(run, trace)
     options = head_stat_options(data, run, trace)
     heads = [{"label": f"{layer}.{h}", "value": f"{layer}.{h}"} for layer in header["layers"]
              for h in range(meta_of(header).n_heads)]
-    return options, keep(current, options, "entropy"), heads
+    default = "entropy" if "entropy" in [o["value"] for o in options] else keep(None, options)
+    # the statistic stays across a Run switch when the new Run has it (it means the same everywhere)
+    value = current if current in [o["value"] for o in options] else wanted(None, options, (requested or {}).get("stat"),
+                                                                           default)
+    return options, value, heads
 
 
 @callback(Output(ids.HEADS_GRID, "figure"), Output(ids.HEADS_MESSAGE, "children"),

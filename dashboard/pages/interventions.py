@@ -12,7 +12,7 @@ from attnlab.dashboard.app import current_data
 from attnlab.dashboard.data import trace_header
 from attnlab.dashboard.errors import explain, guarded, message
 from attnlab.dashboard.summaries import attention_matrix
-from attnlab.dashboard.viewstate import run_switched, sync_url
+from attnlab.dashboard.viewstate import sync_url, wanted
 from attnlab.dashboard.widgets import (as_int, control, graph, head_options, keep, layer_options, message_area,
                                        page_header, provenance, radio, table, table_data, token_axis_labels)
 from attnlab.viz.dashboard_figures import compare_attention, eval_bars, message_figure, stamp
@@ -34,8 +34,9 @@ def layout(baseline=None, method=None, layer=None, head=None, eval=None, metric=
         page_header("Interventions & evals", "A baseline Run and the same inputs under an intervention Plan, side by "
                                              "side; below, POPE and CHAIR results of eval Runs."),
         dcc.Store(id=ids.IV_URL),
-        html.Div([control("Baseline Run", dcc.Dropdown(id=ids.IV_BASELINE, value=baseline)),
-                  control("Method Run (same model and tokens)", dcc.Dropdown(id=ids.IV_METHOD, value=method))],
+        dcc.Store(id=ids.IV_WANTED, data={"baseline": baseline, "method": method, "eval": eval, "metric": metric}),
+        html.Div([control("Baseline Run", dcc.Dropdown(id=ids.IV_BASELINE)),
+                  control("Method Run (same model and tokens)", dcc.Dropdown(id=ids.IV_METHOD))],
                  className="controls"),
         html.Div([control("Layer", radio(ids.IV_LAYER, value=as_int(layer))),
                   control("Head", radio(ids.IV_HEAD, value=as_int(head)))], className="controls"),
@@ -43,8 +44,8 @@ def layout(baseline=None, method=None, layer=None, head=None, eval=None, metric=
         graph(ids.IV_MAPS, "baseline and method attention side by side"),
         html.Div(id=ids.IV_ANSWERS),
         html.H2("Evaluations"),
-        html.Div([control("Eval Run", dcc.Dropdown(id=ids.IV_EVAL, value=eval)),
-                  control("Metric", dcc.Dropdown(id=ids.IV_METRIC, clearable=False, value=metric))],
+        html.Div([control("Eval Run", dcc.Dropdown(id=ids.IV_EVAL)),
+                  control("Metric", dcc.Dropdown(id=ids.IV_METRIC, clearable=False))],
                  className="controls"),
         html.Div([graph(ids.IV_EVAL_CHART, "eval metric by method"),
                   table(ids.IV_EVAL_TABLE, pd.DataFrame())], className="two-columns"),
@@ -75,12 +76,13 @@ def compatible_runs(data, base_id) -> list[dict]:
 
 @callback(Output(ids.IV_BASELINE, "options"), Output(ids.IV_BASELINE, "value"), Output(ids.IV_EVAL, "options"),
           Output(ids.IV_EVAL, "value"), Input(ids.RUN, "value"), State(ids.IV_BASELINE, "value"),
-          State(ids.IV_EVAL, "value"))
+          State(ids.IV_EVAL, "value"), State(ids.IV_WANTED, "data"))
 @guarded([], None, [], None, report=False)
-def run_options(selected, base, current_eval):
+def run_options(selected, base, current_eval, requested=None):
     """Baseline and eval Runs. A Run switch makes the selected Run the baseline (or, for a Run under a Plan, its
-    plain counterpart) and the selected eval Run the eval shown."""
+    plain counterpart) and the selected eval Run the eval shown; a page load takes them from the URL."""
     data = current_data()
+    requested = requested or {}
     traced, evals = [], []
     for ref in data.runs():
         run = data.run(ref.run_id)
@@ -88,10 +90,9 @@ def run_options(selected, base, current_eval):
             traced.append({"label": _label(ref, run), "value": ref.run_id})
         if "summary" in run.manifest.get("results", []):
             evals.append({"label": ref.label, "value": ref.run_id})
-    default = _baseline_for(data, selected, traced)
-    base = default if run_switched() or base is None else keep(base, traced, default)
-    chosen = selected if run_switched() and selected in [e["value"] for e in evals] else current_eval
-    return traced, base, evals, keep(chosen, evals, selected)
+    base = wanted(base, traced, requested.get("baseline"), _baseline_for(data, selected, traced))
+    default_eval = selected if selected in [e["value"] for e in evals] else (evals[0]["value"] if evals else None)
+    return traced, base, evals, wanted(current_eval, evals, requested.get("eval"), default_eval)
 
 
 def _baseline_for(data, selected, traced) -> str | None:
@@ -105,17 +106,18 @@ def _baseline_for(data, selected, traced) -> str | None:
 
 
 @callback(Output(ids.IV_METHOD, "options"), Output(ids.IV_METHOD, "value"), Input(ids.IV_BASELINE, "value"),
-          State(ids.RUN, "value"), State(ids.IV_METHOD, "value"))
+          State(ids.RUN, "value"), State(ids.IV_METHOD, "value"), State(ids.IV_WANTED, "data"))
 @guarded([], None, report=False)
-def method_options(base_id, selected, current):
-    """Runs comparable with the baseline; the selected Run when it is one, else the first Run under a Plan."""
+def method_options(base_id, selected, current, requested=None):
+    """Runs comparable with the baseline: the selected Run when it is one, else the current or requested one,
+    else the first Run under a Plan."""
     if base_id is None:
         return [], None
     options = compatible_runs(current_data(), base_id)
     values = [o["value"] for o in options]
     if selected in values:
         return options, selected
-    return options, current if current in values else (values[0] if values else None)
+    return options, wanted(current, options, (requested or {}).get("method"), values[0] if values else None)
 
 
 @callback(Output(ids.IV_LAYER, "options"), Output(ids.IV_LAYER, "value"), Output(ids.IV_HEAD, "options"),
@@ -166,15 +168,17 @@ def _answers(base: dict, method: dict):
 
 
 @callback(Output(ids.IV_METRIC, "options"), Output(ids.IV_METRIC, "value"), Output(ids.IV_EVAL_TABLE, "data"),
-          Output(ids.IV_EVAL_TABLE, "columns"), Input(ids.IV_EVAL, "value"), State(ids.IV_METRIC, "value"))
+          Output(ids.IV_EVAL_TABLE, "columns"), Input(ids.IV_EVAL, "value"), State(ids.IV_METRIC, "value"),
+          State(ids.IV_WANTED, "data"))
 @guarded([], None, [], [], report=False)
-def eval_table(eval_id, metric):
+def eval_table(eval_id, metric, requested=None):
     if eval_id is None:
         return [], None, [], []
     frame = eval_summary(current_data().run(eval_id))
     metrics = [{"label": m, "value": m} for m in eval_metrics(frame)]
     rows, columns = table_data(frame)
-    return metrics, keep(metric, metrics, "f1"), rows, columns
+    default = "f1" if "f1" in [m["value"] for m in metrics] else keep(None, metrics)
+    return metrics, wanted(metric, metrics, (requested or {}).get("metric"), default), rows, columns
 
 
 @callback(Output(ids.IV_EVAL_CHART, "figure"), Input(ids.IV_EVAL, "value"), Input(ids.IV_METRIC, "value"))

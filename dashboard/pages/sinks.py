@@ -13,7 +13,7 @@ from attnlab.dashboard.analyses import NotAvailable, massive, registers, sinks
 from attnlab.dashboard.app import current_data
 from attnlab.dashboard.data import segments_of
 from attnlab.dashboard.errors import explain, guarded, message
-from attnlab.dashboard.viewstate import run_switched, sync_url
+from attnlab.dashboard.viewstate import run_switched, sync_url, wanted
 from attnlab.dashboard.widgets import (HIDDEN, as_int, control, graph, keep, message_area, page_header, provenance,
                                        radio, require_traces, table, table_data)
 from attnlab.viz.dashboard_figures import message_figure, register_norm_map, stamp
@@ -37,7 +37,7 @@ def layout(rule=None, norm_layer=None, compare=None, **_query) -> html.Div:
     return html.Div([
         page_header("Sinks & registers", "Tokens that absorb attention (sinks), the hidden dimensions with massive "
                                          "activations, and high-norm patch tokens in vision transformers."),
-        dcc.Store(id=ids.SINKS_URL),
+        dcc.Store(id=ids.SINKS_URL), dcc.Store(id=ids.SINKS_WANTED, data={"compare": compare}),
         html.Div([control("Sink rule", radio(ids.SINKS_RULE, RULES, rule if rule in ("act", "relative") else "act"),
                           help=RULE_HELP)], className="controls"),
         message_area(ids.SINKS_MESSAGE),
@@ -52,8 +52,7 @@ def layout(rule=None, norm_layer=None, compare=None, **_query) -> html.Div:
         html.Div([
             html.Div([control("Layer", dcc.Slider(id=ids.SINKS_LAYER, min=0, max=1, step=1,
                                                   value=as_int(norm_layer, 1))),
-                      control("Compare with", dcc.Dropdown(id=ids.SINKS_COMPARE, placeholder="another vision Run",
-                                                           value=compare))],
+                      control("Compare with", dcc.Dropdown(id=ids.SINKS_COMPARE, placeholder="another vision Run"))],
                      className="controls"),
             html.Div([graph(ids.SINKS_NORMS, "token norms of this Run"),
                       graph(ids.SINKS_NORMS_OTHER, "token norms of the other Run")], className="two-columns",
@@ -105,9 +104,9 @@ def show_massive(run_id, trace, item):
           Output(ids.SINKS_LAYER, "value"), Output(ids.SINKS_LAYER, "marks"), Output(ids.SINKS_NORMS_SECTION, "style"),
           Output(ids.SINKS_NORMS_NOTE, "children"), Output(ids.SINKS_BODY, "style"),
           Input(ids.RUN, "value"), Input(ids.TRACE, "value"), State(ids.SINKS_COMPARE, "value"),
-          State(ids.SINKS_LAYER, "value"))
+          State(ids.SINKS_LAYER, "value"), State(ids.SINKS_WANTED, "data"))
 @guarded([], None, 1, 1, {}, HIDDEN, "", {}, report=False)
-def compare_options(run_id, trace, current, layer=None):
+def compare_options(run_id, trace, current, layer=None, requested=None):
     """The Runs to compare patch norms with, and the layer slider. A Run switch picks the new Run's register
     counterpart (or none); a Run without patch tokens and layer outputs hides the section with one line."""
     data = current_data()
@@ -120,7 +119,7 @@ def compare_options(run_id, trace, current, layer=None):
     layers = run.manifest["traces"].get(trace, {}).get("layers", [])
     n = len(layers) if layers else 1
     marks = {i: str(layer) for i, layer in enumerate(layers)}
-    value = _counterpart(data, run, options) if run_switched() else keep(current, options, _counterpart(data, run, options))
+    value = wanted(current, options, (requested or {}).get("compare"), _counterpart(data, run, options))
     index = max(n - 1, 0) if run_switched() or layer is None or not 0 <= int(layer) < n else int(layer)
     return options, value, max(n - 1, 0), index, marks, {}, None, body
 

@@ -361,9 +361,13 @@ def test_no_page_shows_an_error_box_for_any_demo_run(ctx):
 def test_a_run_switch_resets_run_specific_controls(ctx, monkeypatch):
     flow, sinks, iv = page("flow"), page("sinks"), page("interventions")
     options, kept, _ = flow.positions("0:toy-gpt", "main", 0, 0)
-    assert kept == 0  # a page load keeps what the URL says
-    for module in (flow, sinks, iv):
-        monkeypatch.setattr(module, "run_switched", lambda: True)
+    assert kept == 0  # without a Run switch the current value stays
+    options, asked, _ = flow.positions("0:toy-gpt", "main", 0, None, {"position": "2"})
+    assert asked == 2  # a page load takes the URL's value (the Dropdown itself drops it before its options exist)
+    from attnlab.dashboard import viewstate
+
+    monkeypatch.setattr(viewstate, "run_switched", lambda: True)
+    monkeypatch.setattr(sinks, "run_switched", lambda: True)
     options, position, _ = flow.positions("0:toy-gpt", "main", 0, 0)
     assert position == len(options) - 1  # a causal model's output token is its last real token, not <bos>
     options, position, _ = flow.positions("0:minilm", "main", 0, 5)

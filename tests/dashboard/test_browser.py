@@ -247,7 +247,7 @@ def choose_option(driver, dropdown_id: str, value: str) -> None:
     """Open a dcc.Dropdown and pick the option with ``value``."""
     click(driver, f"#{dropdown_id}")
     option = WebDriverWait(driver, 30).until(lambda d: d.find_element(
-        By.XPATH, f"//div[contains(@class, 'dash-dropdown-options')]//input[@value='{value}']/ancestor::label"))
+        By.XPATH, f"//div[contains(@class, 'dash-dropdown-options')]//input[@value='{value}']/ancestor::label[1]"))
     driver.execute_script("arguments[0].scrollIntoView({block: 'nearest'}); arguments[0].click()", option)
 
 
@@ -641,6 +641,8 @@ def test_no_red_error_box_on_any_page_for_any_demo_run(browser, server, demo_roo
                 found[(run_id, path)] = errors
     assert not found
     assert not console_errors(d)
+
+
 
 
 

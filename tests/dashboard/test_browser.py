@@ -380,13 +380,13 @@ def test_every_page_in_a_browser(browser, server):
     # -- Circuits (toy-gpt with stored tables): move the threshold by keyboard ---------------------------
     choose_run(d, "0:toy-gpt")
     go_to(d, "Circuits")
-    graph(d, ids.CIRCUITS_GRAPH, title="strength ≥ 0.1 ")  # the slider starts at the weakest stored edge
+    graph(d, ids.CIRCUITS_GRAPH, title="strength ≥ 0.1)")  # the slider starts at the weakest stored edge
     graph(d, ids.CIRCUITS_PATCHING)
     assert "4 of 4 edges" in d.find_element(By.ID, ids.CIRCUITS_READOUT).text
     thumb = d.find_element(By.CSS_SELECTOR, f"#{ids.CIRCUITS_MIN} [role='slider']")
     for _ in range(16):
         thumb.send_keys(Keys.ARROW_RIGHT)
-    graph(d, ids.CIRCUITS_GRAPH, title="strength ≥ 0.26")
+    graph(d, ids.CIRCUITS_GRAPH, title="strength ≥ 0.26)")
     assert "2 of 4 edges" in d.find_element(By.ID, ids.CIRCUITS_READOUT).text  # 0.7 and 0.4 pass
     shot(d, "circuits")
     assert not console_errors(d)

@@ -25,5 +25,7 @@ def massive_activation_plot(result: MassiveResult, batch: int | None = None) -> 
         fig.add_trace(go.Scatter(x=layers, y=top[:, k], mode="lines+markers", name=f"top {k + 1}"))
     fig.add_trace(go.Scatter(x=layers, y=median, mode="lines+markers", name="median", line={"dash": "dash"}))
     fig.update_layout(title="Largest activation magnitudes per layer", xaxis_title="layer", yaxis_title="|activation|")
-    fig.update_yaxes(type="log")
+    # one labelled tick per decade: plotly's default log ticks label 0.3 as a bare "3"
+    fig.update_yaxes(type="log", dtick=1, exponentformat="power")
+    fig.update_xaxes(dtick=1)
     return fig

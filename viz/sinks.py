@@ -31,4 +31,6 @@ def sink_heatmap(result: SinkResult, batch: int = 0) -> go.Figure:
     ))
     fig.update_layout(title=f"Attention absorbed by sink tokens ({result.rule} rule)",
                       xaxis_title="head", yaxis_title="layer")
+    fig.update_xaxes(dtick=1)  # whole heads and layers: small grids otherwise get ticks at -0.5, 0.5, ...
+    fig.update_yaxes(dtick=1)
     return fig

@@ -39,12 +39,14 @@ def test_sink_heatmap(vit_trace):
     assert len(fig.data) == 1 and isinstance(fig.data[0], go.Heatmap)
     assert (len(fig.data[0].z), len(fig.data[0].z[0])) == (3, 2)
     assert axis_titles(fig) == ("head", "layer")
+    assert fig.layout.xaxis.dtick == 1 and fig.layout.yaxis.dtick == 1  # 2 heads: no ticks at -0.5, 0.5, ...
 
 
 def test_massive_activation_plot(vit_trace):
     fig = massive_activation_plot(massive_activations(vit_trace, top_k=3))
     assert len(fig.data) == 4 and [t.name for t in fig.data] == ["top 1", "top 2", "top 3", "median"]
     assert axis_titles(fig) == ("layer", "|activation|") and fig.layout.yaxis.type == "log"
+    assert fig.layout.yaxis.dtick == 1  # one labelled tick per decade, never a bare "3" for 0.3
     assert len(massive_activation_plot(massive_activations(vit_trace), batch=0).data) == 4
 
 

@@ -247,7 +247,7 @@ def token_text_view(tokens: list[str], positions: list[int], attends_to: np.ndar
                        "xref": axes["xaxis"], "yref": axes["yaxis"], "line": {"color": "red", "width": 3}})
     hidden = {"visible": False}
     return go.Figure({"data": data, "layout": {
-        "title": _title("text view: hover a token", 13), "margin": {**MARGIN, "t": 50}, "height": max(300, 140 + 80 * rows),
+        "title": _title("text view: hover a token (red outline: the focused token)", 13), "margin": {**MARGIN, "t": 50}, "height": max(300, 140 + 80 * rows),
         "shapes": shapes, "xaxis": {**hidden, "domain": [0, 1], "anchor": "y"},
         "yaxis": {**hidden, "domain": [0.56, 0.92], "autorange": "reversed"},
         "xaxis2": {**hidden, "domain": [0, 1], "anchor": "y2"},
@@ -296,9 +296,10 @@ def token_bar(labels: list[str], weights: np.ndarray, title: str, *, highlight: 
               axis_title: str = "attention") -> go.Figure:
     """Bars of one value per token (e.g. a token's attention row); ``highlight`` marks one bar in red."""
     colours = ["#d62728" if i == highlight else QUERY_COLOUR for i in range(len(labels))]
+    legend = " (red: the token itself)" if highlight is not None else ""
     return go.Figure({"data": [{"type": "bar", "x": labels, "y": weights, "marker": {"color": colours},
                                 "hovertemplate": "%{x}<br>" + axis_title + " %{y:.3f}<extra></extra>"}], "layout": {
-        "title": _title(title), "margin": {**MARGIN, "b": 100}, "height": 340,
+        "title": _title(title + legend), "margin": {**MARGIN, "b": 100}, "height": 340,
         "xaxis": {"title": {"text": "token"}, "tickangle": -60, "type": "category"},
         "yaxis": {"title": {"text": axis_title}}}})
 
@@ -353,6 +354,10 @@ def qk_small_multiples(frames: list[tuple[str, pd.DataFrame]], colour_by: str, t
         colour_by: ``kind``, ``position`` or ``segment``.
         title: figure title.
         cols: panels per row.
+
+    Returns:
+        One equal-scaled panel per head; every point's ``customdata`` is its panel's index in ``frames`` (a click
+        names the head).
     """
     rows = max(1, math.ceil(len(frames) / cols))
     gap_x, gap_y = 0.03, 0.08 / rows
@@ -363,14 +368,18 @@ def qk_small_multiples(frames: list[tuple[str, pd.DataFrame]], colour_by: str, t
         r, c = divmod(i, cols)
         n = "" if i == 0 else str(i + 1)
         x0, y1 = c * (width + gap_x), 1 - r * (height + gap_y)
-        layout[f"xaxis{n}"] = {"domain": [x0, x0 + width], "anchor": f"y{n}", "showticklabels": False}
-        layout[f"yaxis{n}"] = {"domain": [y1 - height, y1], "anchor": f"x{n}", "showticklabels": False}
+        layout[f"xaxis{n}"] = {"domain": [x0, x0 + width], "anchor": f"y{n}", "showticklabels": False,
+                               "constrain": "domain"}
+        # equal scales: distances in the joint embedding are what the layout means (Yeh et al. 2023)
+        layout[f"yaxis{n}"] = {"domain": [y1 - height, y1], "anchor": f"x{n}", "showticklabels": False,
+                               "scaleanchor": f"x{n}", "scaleratio": 1, "constrain": "domain"}
         notes.append(_panel_title(label, x0 + width / 2, y1))
         groups, continuous = _qk_groups(frame, colour_by)
         for name, part, marker in groups:
             data.append({"type": "scatter", "x": part["x"].to_numpy(), "y": part["y"].to_numpy(), "mode": "markers",
                          "name": name, "legendgroup": name, "showlegend": name not in shown and not continuous,
-                         "hoverinfo": "skip", "marker": {**marker, "size": 4}, "xaxis": f"x{n}", "yaxis": f"y{n}"})
+                         "customdata": [i] * len(part), "hovertemplate": f"{label}: click to open<extra></extra>",
+                         "marker": {**marker, "size": 4}, "xaxis": f"x{n}", "yaxis": f"y{n}"})
             shown.add(name)
     layout.update({"title": _title(title), "margin": {**MARGIN, "t": 70}, "height": 60 + 190 * rows,
                    "legend": {"title": {"text": colour_by}}, "annotations": notes})

@@ -74,8 +74,20 @@ def small_multiples(run_id, trace, layer, colour):
         return message_figure("QK embedding not available in this Run"), _missing()
     result = qk_heads(data, run, trace, layer)
     frames = [(f"head {h}", result.head_frame(layer, h)) for h in result.heads]
-    figure = qk_small_multiples(frames, colour or "kind", f"layer {layer}: every head (PCA)")
+    figure = qk_small_multiples(frames, colour or "kind", f"layer {layer}: every head (PCA; click one to open it)")
     return stamp(figure, *provenance(run_id, run, trace, None, layer=layer)), None
+
+
+@callback(Output(ids.QK_HEAD, "value", allow_duplicate=True), Input(ids.QK_GRID, "clickData"),
+          State(ids.RUN, "value"), State(ids.TRACE, "value"), State(ids.QK_LAYER, "value"), prevent_initial_call=True)
+def pick_head(click, run_id, trace, layer):
+    """A click on a small multiple opens that head in the detail view."""
+    try:
+        panel = int(click["points"][0]["customdata"])
+        data = current_data()
+        return int(qk_heads(data, data.run(run_id), trace, layer).heads[panel])
+    except (TypeError, KeyError, IndexError, ValueError):
+        raise dash.exceptions.PreventUpdate from None
 
 
 def _missing():

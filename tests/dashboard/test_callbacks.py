@@ -427,3 +427,11 @@ def _walk(component):
     for child in children if isinstance(children, (list, tuple)) else [children] if children is not None else []:
         if hasattr(child, "to_plotly_json"):
             yield from _walk(child)
+
+
+def test_qk_small_multiples_open_the_clicked_head(ctx):
+    qk = page("qk")
+    grid, _ = qk.small_multiples("0:minilm", "main", 1, "kind")
+    panel = next(t for t in grid.data if t.xaxis == "x4")  # the fourth panel: head 3
+    assert grid.layout.yaxis4.scaleanchor == "x4"  # equal scales, as distances are what the layout means
+    assert qk.pick_head({"points": [{"customdata": panel.customdata[0]}]}, "0:minilm", "main", 1) == 3

@@ -24,6 +24,7 @@ HEADS_OPEN = "heads-open"
 HEADS_OPEN_BUTTON = "heads-open-button"
 HEADS_MESSAGE = "heads-message"
 HEADS_URL = "heads-url"
+HEADS_BODY = "heads-body"
 HEADS_WANTED = "heads-wanted"
 
 # -- Attention ------------------------------------------------------------------------------------
@@ -84,6 +85,7 @@ QK_DETAIL = "qk-detail"
 QK_TOKEN = "qk-token"
 QK_MESSAGE = "qk-message"
 QK_URL = "qk-url"
+QK_BODY = "qk-body"
 
 # -- Circuits -------------------------------------------------------------------------------------
 CIRCUITS_MIN = "circuits-min-strength"
@@ -93,6 +95,7 @@ CIRCUITS_MESSAGE = "circuits-message"
 CIRCUITS_READOUT = "circuits-readout"
 CIRCUITS_PATCHING_BOX = "circuits-patching-box"
 CIRCUITS_URL = "circuits-url"
+CIRCUITS_BODY = "circuits-body"
 
 # -- Interventions & evals ------------------------------------------------------------------------
 IV_BASELINE = "iv-baseline"

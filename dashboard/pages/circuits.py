@@ -13,7 +13,8 @@ from attnlab.dashboard.app import current_data
 from attnlab.dashboard.errors import guarded, message
 from attnlab.dashboard.summaries import head_statistic
 from attnlab.dashboard.viewstate import sync_url
-from attnlab.dashboard.widgets import HIDDEN, control, graph, help_tip, message_area, page_header, provenance
+from attnlab.dashboard.widgets import (HIDDEN, control, graph, help_tip, message_area, page_header, provenance,
+                                       shown_if)
 from attnlab.viz.dashboard_figures import circuit_figure, head_grid, message_figure, stamp
 
 dash.register_page(__name__, path="/circuits", name="Circuits", title="attnlab · Circuits", order=6)
@@ -46,11 +47,18 @@ def layout(min_strength=None, **_query) -> html.Div:
                   html.Div(id=ids.CIRCUITS_READOUT, className="readout", **{"aria-live": "polite"})],
                  className="controls"),
         message_area(ids.CIRCUITS_MESSAGE),
-        html.Div([graph(ids.CIRCUITS_GRAPH, "head communication graph"),
+        html.Div([html.Div(graph(ids.CIRCUITS_GRAPH, "head communication graph"), id=ids.CIRCUITS_BODY),
                   html.Div([html.P(["Patching effect per head ", help_tip(PATCHING_HELP)], className="note"),
                             graph(ids.CIRCUITS_PATCHING, "activation patching effect per head")],
                            id=ids.CIRCUITS_PATCHING_BOX)], className="two-columns"),
     ])
+
+
+@callback(Output(ids.CIRCUITS_BODY, "style"), Input(ids.RUN, "value"))
+@guarded(HIDDEN, report=False)
+def body(run_id):
+    """The graph is hidden when the Run stores no circuits table (the message says how to add one)."""
+    return shown_if("circuits" in current_data().run(run_id).manifest.get("results", []))
 
 
 @callback(Output(ids.CIRCUITS_MIN, "min"), Output(ids.CIRCUITS_MIN, "max"), Output(ids.CIRCUITS_MIN, "marks"),

@@ -11,7 +11,8 @@ from attnlab.dashboard.data import meta_of, trace_header
 from attnlab.dashboard.errors import guarded
 from attnlab.dashboard.summaries import STAT_LABELS, head_stat_options, head_statistic
 from attnlab.dashboard.viewstate import sync_url, wanted
-from attnlab.dashboard.widgets import control, graph, keep, message_area, page_header, provenance, require_traces
+from attnlab.dashboard.widgets import (HIDDEN, control, graph, keep, message_area, page_header, provenance,
+                                       require_traces, shown_if)
 from attnlab.viz.dashboard_figures import head_grid, message_figure, stamp
 
 dash.register_page(__name__, path="/heads", name="Heads", title="attnlab · Heads", order=1)
@@ -36,8 +37,15 @@ def layout(stat=None, **_query) -> html.Div:
                   control("Open head", dcc.Dropdown(id=ids.HEADS_OPEN, placeholder="layer.head")),
                   html.Button("Open", id=ids.HEADS_OPEN_BUTTON, className="button", n_clicks=0)], className="controls"),
         message_area(ids.HEADS_MESSAGE),
-        graph(ids.HEADS_GRID, "per-head statistic grid"),
+        html.Div(graph(ids.HEADS_GRID, "per-head statistic grid"), id=ids.HEADS_BODY),
     ])
+
+
+@callback(Output(ids.HEADS_BODY, "style"), Input(ids.RUN, "value"))
+@guarded(HIDDEN, report=False)
+def body(run_id):
+    """The grid is hidden for a Run of result tables only (the message says what would fill it)."""
+    return shown_if(bool(current_data().run(run_id).manifest["traces"]))
 
 
 @callback(Output(ids.HEADS_STAT, "options"), Output(ids.HEADS_STAT, "value"), Output(ids.HEADS_OPEN, "options"),

@@ -11,8 +11,8 @@ from attnlab.dashboard.app import current_data
 from attnlab.dashboard.data import meta_of, trace_header
 from attnlab.dashboard.errors import guarded
 from attnlab.dashboard.viewstate import sync_url
-from attnlab.dashboard.widgets import (as_int, control, graph, keep, message_area, page_header, provenance, radio,
-                                       require_traces, token_axis_labels)
+from attnlab.dashboard.widgets import (HIDDEN, as_int, control, graph, keep, message_area, page_header, provenance,
+                                       radio, require_traces, shown_if, token_axis_labels)
 from attnlab.viz.dashboard_figures import message_figure, qk_scatter, qk_small_multiples, stamp, token_bar
 
 dash.register_page(__name__, path="/qk", name="QK embedding", title="attnlab · QK embedding", order=5)
@@ -45,22 +45,25 @@ def layout(layer=None, head=None, colour=None, projection=None, **_query) -> htm
                   control("Projection (one head)", radio(ids.QK_METHOD, METHODS, keep(projection, METHODS, "pca")),
                           help=LAYOUT_HELP)], className="controls"),
         message_area(ids.QK_MESSAGE),
-        html.Div([graph(ids.QK_DETAIL, "one head's joint query-key embedding"),
-                  graph(ids.QK_TOKEN, "attention of the clicked token")], className="two-columns"),
-        graph(ids.QK_GRID, "all heads of the layer as small multiples"),
+        html.Div([html.Div([graph(ids.QK_DETAIL, "one head's joint query-key embedding"),
+                            graph(ids.QK_TOKEN, "attention of the clicked token")], className="two-columns"),
+                  graph(ids.QK_GRID, "all heads of the layer as small multiples")], id=ids.QK_BODY),
     ])
 
 
 @callback(Output(ids.QK_LAYER, "options"), Output(ids.QK_LAYER, "value"), Output(ids.QK_HEAD, "options"),
-          Output(ids.QK_HEAD, "value"), Input(ids.RUN, "value"), Input(ids.TRACE, "value"),
-          State(ids.QK_LAYER, "value"), State(ids.QK_HEAD, "value"))
-@guarded([], None, [], None, report=False)
+          Output(ids.QK_HEAD, "value"), Output(ids.QK_BODY, "style"), Input(ids.RUN, "value"),
+          Input(ids.TRACE, "value"), State(ids.QK_LAYER, "value"), State(ids.QK_HEAD, "value"))
+@guarded([], None, [], None, HIDDEN, report=False)
 def selectors(run_id, trace, layer, head):
+    """Layers with queries and keys; the views are hidden (the message says why) when there are none."""
     data = current_data()
     run = data.run(run_id)
+    if not run.manifest["traces"]:
+        return [], None, [], None, HIDDEN
     layers = [{"label": str(i), "value": i} for i in qk_layers(data, run, trace)]
     heads = [{"label": str(h), "value": h} for h in range(meta_of(trace_header(run, trace)).n_heads)]
-    return layers, keep(layer, layers), heads, keep(head, heads)
+    return layers, keep(layer, layers), heads, keep(head, heads), shown_if(bool(layers))
 
 
 @callback(Output(ids.QK_GRID, "figure"), Output(ids.QK_MESSAGE, "children"), Input(ids.RUN, "value"),

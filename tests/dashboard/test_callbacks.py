@@ -163,8 +163,9 @@ def test_sinks_massive_and_registers(ctx):
 
 def test_qk_views(ctx):
     qk = page("qk")
-    layers, layer, heads, head = qk.selectors("0:minilm", "main", None, None)
-    assert layer == 0 and len(heads) == 12
+    layers, layer, heads, head, body = qk.selectors("0:minilm", "main", None, None)
+    assert layer == 0 and len(heads) == 12 and body == {}
+    assert qk.selectors("0:eval-compare", None, None, None)[-1] == {"display": "none"}  # results only: hidden
     grid, note = qk.small_multiples("0:minilm", "main", 1, "segment")
     assert note is None and len({t.xaxis for t in grid.data}) == 12
     detail = qk.detail("0:minilm", "main", 1, 3, "position", "pca")
@@ -181,6 +182,8 @@ def test_circuits_not_available_without_tables(ctx):
     circuits = page("circuits")
     figure, readout, note = circuits.show_graph("0:minilm", 0.2)
     assert is_message(note, "note") and "not available in this Run" in note.children
+    assert circuits.body("0:minilm") == {"display": "none"} and circuits.body("0:toy-gpt") == {}
+    assert page("heads").body("0:eval-compare") == {"display": "none"} and page("heads").body("0:minilm") == {}
     figure, style = circuits.show_patching("0:minilm", 0)
     assert style == {"display": "none"}
 
@@ -332,7 +335,7 @@ def _page_outputs(run_id: str) -> dict:
     compare = sinks.compare_options(run_id, trace, None)
     out["sinks"] = [sinks.show_sinks(run_id, trace, 0, "act"), sinks.show_massive(run_id, trace, 0), compare]
     qk = page("qk")
-    _, qk_layer, _, qk_head = qk.selectors(run_id, trace, None, None)
+    _, qk_layer, _, qk_head, _ = qk.selectors(run_id, trace, None, None)
     out["qk"] = [qk.small_multiples(run_id, trace, qk_layer, "kind"),
                  qk.detail(run_id, trace, qk_layer, qk_head, "kind", "pca")]
     circuits = page("circuits")

@@ -41,6 +41,8 @@ ATTN_SCALE = "attn-scale"  # colour scale of the heatmap
 ATTN_SINK = "attn-sink"  # checklist: hide the first token's column
 ATTN_BODY = "attn-body"  # the views, hidden when the Run cannot fill them
 ATTN_URL = "attn-url"  # dcc.Store written by the URL sync
+ATTN_DATA_BUTTON = "attn-data-button"  # "download the matrix (.npy)"
+ATTN_DATA = "attn-data"  # dcc.Download of the head's attention matrix
 ATTN_DRAWN = "attn-drawn"  # dcc.Store: the view the heatmap shows (run, trace, item, layer, head), set in the browser
 
 # -- Flow -----------------------------------------------------------------------------------------

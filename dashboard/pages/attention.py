@@ -46,6 +46,8 @@ def layout(layer=None, head=None, scale=None, sink=None, **_query) -> html.Div:
                       {"label": "hide the first token's column", "value": SINK}]), help=SINK_HELP)],
                  className="controls"),
         message_area(ids.ATTN_MESSAGE),
+        html.Div([html.Button("Download the matrix (.npy)", id=ids.ATTN_DATA_BUTTON, className="button button-quiet",
+                              n_clicks=0), dcc.Download(id=ids.ATTN_DATA)], className="export"),
         dcc.Store(id=ids.ATTN_FOCUS), dcc.Store(id=ids.ATTN_DRAWN),
         html.Div([html.Div([graph(ids.ATTN_HEATMAP, "attention pattern heatmap"), graph(ids.ATTN_TEXT, "text view")],
                            className="two-columns"),
@@ -106,6 +108,23 @@ def heatmap(run_id, trace, item, layer, head, scale="auto", sink=()):
 dash.clientside_callback(
     "function(fig) { const m = fig && fig.layout && fig.layout.meta; return (m && m.view) || null; }",
     Output(ids.ATTN_DRAWN, "data"), Input(ids.ATTN_HEATMAP, "figure"))
+
+
+@callback(Output(ids.ATTN_DATA, "data"), Input(ids.ATTN_DATA_BUTTON, "n_clicks"), State(ids.ATTN_DRAWN, "data"),
+          prevent_initial_call=True)
+def download_matrix(_n, drawn):
+    """The shown head's ``[n, n]`` attention over the real tokens as ``.npy`` (float32), named like the figure."""
+    import io
+
+    if not drawn:
+        raise dash.exceptions.PreventUpdate
+    data = current_data()
+    run = data.run(drawn["run"])
+    matrix, _, _ = _matrix(data, run, drawn["trace"], drawn["layer"], drawn["head"], drawn["item"])
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(matrix, dtype=np.float32))  # (n, n) queries x keys
+    _, name = provenance(drawn["run"], run, drawn["trace"], drawn["item"], layer=drawn["layer"], head=drawn["head"])
+    return dcc.send_bytes(buffer.getvalue(), f"{name}.npy")
 
 
 @callback(Output(ids.ATTN_FOCUS, "data"), Input(ids.ATTN_TEXT, "hoverData"), Input(ids.ATTN_HEATMAP, "clickData"),

@@ -438,3 +438,18 @@ def test_qk_small_multiples_open_the_clicked_head(ctx):
     panel = next(t for t in grid.data if t.xaxis == "x4")  # the fourth panel: head 3
     assert grid.layout.yaxis4.scaleanchor == "x4"  # equal scales, as distances are what the layout means
     assert qk.pick_head({"points": [{"customdata": panel.customdata[0]}]}, "0:minilm", "main", 1) == 3
+
+
+def test_the_attention_matrix_downloads_with_its_provenance(ctx, demo_root):
+    import base64
+    import io
+
+    from safetensors.numpy import load_file
+
+    drawn = {"run": "0:minilm", "trace": "main", "item": 1, "layer": 2, "head": 3}
+    sent = page("attention").download_matrix(1, drawn)
+    matrix = np.load(io.BytesIO(base64.b64decode(sent["content"])))
+    assert sent["filename"] == "attnlab_0-minilm_minilm_main_item1_layer2_head3.npy"
+    stored = load_file(str(demo_root / "minilm" / "traces" / "main.safetensors"))
+    real = np.flatnonzero(stored["token_mask"][1])  # the item's real tokens
+    np.testing.assert_allclose(matrix, stored["layer.2.pattern"][1, 3][np.ix_(real, real)], atol=1e-6)  # (B,H,Q,K)

@@ -123,13 +123,22 @@ class _Call:
         self.q_set = query_sets[self.rw.queries].to(torch.bool) if self.rw is not None and self.rw.queries else None
         self.received_rows = None if received_queries is None else received_queries.to(torch.bool)  # (B, Q)
         self.key_span = (0, self.n_k)
+        # a pass that builds a graph (a circuit's gradients, a user's backward) takes out-of-place ops only;
+        # a no-grad pass reuses block buffers and works in place
+        self.grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (q, k, v, bias))
         self._buffers: dict[int, torch.Tensor] = {}
         if self.key_mask is not None:  # padding no batch row can see is never computed
             real = self.key_mask.any(0).nonzero()
             self.key_span = (int(real[0]), int(real[-1]) + 1) if len(real) else (0, 0)
 
-    def workspace(self, index: int, shape: tuple[int, ...]) -> torch.Tensor:
-        """Block buffer ``index`` viewed as ``shape``: reused across blocks, so no block pays fresh pages."""
+    def workspace(self, index: int, shape: tuple[int, ...]) -> torch.Tensor | None:
+        """Block buffer ``index`` viewed as ``shape``: reused across blocks, so no block pays fresh pages.
+
+        ``None`` when the pass builds a graph: autograd cannot see writes into a shared buffer.
+        """
+        if self.grad:
+            return None
         size = math.prod(shape)
         buf = self._buffers.get(index)
         if buf is None or buf.numel() < size:  # the first block asks for the widest span or close to it
@@ -152,10 +161,10 @@ def block_scores(c: _Call, r0: int, r1: int, lo: int, hi: int) -> torch.Tensor:
     qb, kb = c.q[:, :, r0:r1].float() * c.scale, c.k[:, :, lo:hi]
     s = torch.matmul(qb, kb.transpose(-1, -2), out=c.workspace(0, qb.shape[:3] + (hi - lo,)))  # (B, H, q, w)
     if c.softcap is not None:  # Gemma 2: cap * tanh(s / cap), before any bias or mask
-        s.div_(c.softcap).tanh_().mul_(c.softcap)
-    if c.bias is not None:
-        s += c.bias[:, :, r0:r1, lo:hi]
-        s.clamp_min_(MASKED)  # a -inf bias entry masks its pair
+        s = torch.tanh(s / c.softcap) * c.softcap if c.grad else s.div_(c.softcap).tanh_().mul_(c.softcap)
+    if c.bias is not None:  # a -inf bias entry masks its pair
+        s = (s + c.bias[:, :, r0:r1, lo:hi]).clamp_min(MASKED) if c.grad else s.add_(
+            c.bias[:, :, r0:r1, lo:hi]).clamp_min_(MASKED)
     off = c.n_k - c.n_q
     edges = []
     if c.causal:
@@ -165,24 +174,37 @@ def block_scores(c: _Call, r0: int, r1: int, lo: int, hi: int) -> torch.Tensor:
     for c0, c1 in edges:
         if c1 > c0:
             ok = positional_mask(r0, r1, c0, c1, c.n_q, c.n_k, c.causal, c.window, s.device)  # (q, c)
-            s[..., c0 - lo:c1 - lo].masked_fill_(~ok, MASKED)
+            if c.grad:  # out of place: the mask widened to the block
+                hide = torch.zeros(s.shape[-2:], dtype=torch.bool, device=s.device)  # (q, w)
+                hide[:, c0 - lo:c1 - lo] = ~ok
+                s = s.masked_fill(hide, MASKED)
+            else:
+                s[..., c0 - lo:c1 - lo].masked_fill_(~ok, MASKED)
     if c.key_mask is not None:
         km = c.key_mask[:, lo:hi]  # (B, w)
         if not bool(km.all()):
-            s.masked_fill_(~km[:, None, None, :], MASKED)
+            hide = ~km[:, None, None, :]  # (B, 1, 1, w)
+            s = s.masked_fill(hide, MASKED) if c.grad else s.masked_fill_(hide, MASKED)
     if c.attn_mask is not None:
-        s.masked_fill_(~c.attn_mask[:, :, r0:r1, lo:hi], MASKED)
+        hide = ~c.attn_mask[:, :, r0:r1, lo:hi]
+        s = s.masked_fill(hide, MASKED) if c.grad else s.masked_fill_(hide, MASKED)
     return s
 
 
-def _exp_rows(s: torch.Tensor, keep_d: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor,
-                                                                    torch.Tensor]:
+def _exp_rows(s: torch.Tensor, keep_d: torch.Tensor | None,
+              grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """Unnormalised softmax of masked scores ``s`` ``[B, H, q, w]``: ``(e, d, top, z)``.
 
-    ``d = s - top`` (``<= 0``, kept when ``keep_d`` is a buffer for ``e``; otherwise ``e`` reuses its memory),
-    ``e = exp(d)``,
-    ``top`` and ``z = sum e`` are ``[B, H, q, 1]``. A row with nothing to attend to has ``top == MASKED``.
+    ``d = s - top`` (``<= 0``, kept when ``keep_d`` is a buffer for ``e`` or when ``grad``; otherwise ``e``
+    reuses its memory), ``e = exp(d)``, ``top`` and ``z = sum e`` are ``[B, H, q, 1]``. With ``grad`` every
+    op is out of place, so autograd can differentiate through it. A row with nothing to attend to has
+    ``top == MASKED``.
     """
+    if grad:  # out of place; the shift is a constant per row (softmax and lse have zero gradient in it)
+        top = s.detach().amax(-1, keepdim=True)  # (B, H, q, 1)
+        d = s - top
+        e = d.exp()
+        return e, d, top, e.sum(-1, keepdim=True)
     top = s.amax(-1, keepdim=True)  # (B, H, q, 1)
     d = s.sub_(top)
     e = torch.exp(d, out=keep_d) if keep_d is not None else d.exp_()  # (B, H, q, w)
@@ -220,13 +242,14 @@ def attention_rows(c: _Call, r0: int, r1: int) -> tuple[torch.Tensor, dict[str, 
         return c.v.new_zeros(bsz, n_heads, r1 - r0, c.v.shape[3]), _empty_rows(c, r1 - r0), pattern
     s = block_scores(c, r0, r1, lo, hi)  # (B, H, q, w)
     fast = c.rw is None and not c.want_pattern
-    e, d, top, z = _exp_rows(s, c.workspace(1, s.shape) if fast and "entropy" in c.stats else None)
+    e, d, top, z = _exp_rows(s, c.workspace(1, s.shape) if fast and "entropy" in c.stats else None, c.grad)
     dead = top <= MASKED / 2  # (B, H, q, 1) rows with nothing to attend to
     inv_z = torch.where(dead, 0.0, 1.0 / z)  # (B, H, q, 1)
     row: dict[str, torch.Tensor] = {"lse": torch.where(dead, float("-inf"), top + z.log())[..., 0]}
     if fast:  # statistics of the unnormalised rows, scaled by 1/z afterwards
         if "entropy" in c.stats:  # H = log z - sum(e * d) / z
-            row["entropy"] = torch.where(dead, 0.0, z.log() - d.mul_(e).sum(-1, keepdim=True) * inv_z)[..., 0]
+            de = d * e if c.grad else d.mul_(e)  # (B, H, q, w)
+            row["entropy"] = torch.where(dead, 0.0, z.log() - de.sum(-1, keepdim=True) * inv_z)[..., 0]
         row["max"] = inv_z[..., 0]  # the largest weight is exp(0) / z
         if "mass" in c.stats and c.key_sets:
             row["mass"] = _masses(e, [m[..., lo:hi] for m in c.key_sets.values()]) * inv_z
@@ -235,7 +258,7 @@ def attention_rows(c: _Call, r0: int, r1: int) -> tuple[torch.Tensor, dict[str, 
             row["received"] = (w.transpose(-1, -2) @ e)[..., 0, :]  # (B, H, w): one gemv, no pass of its own
         out = (e @ c.v[:, :, lo:hi]) * inv_z  # (B, H, q, dv)
     else:
-        p = e.mul_(inv_z)  # (B, H, q, w) normalised; fully masked rows are 0
+        p = e * inv_z if c.grad else e.mul_(inv_z)  # (B, H, q, w) normalised; fully masked rows are 0
         if c.rw is not None:
             q_rows = None if c.q_set is None else c.q_set[:, r0:r1]
             p = reweight_rows(p, c.rw, {n: m[..., lo:hi] for n, m in c.key_sets.items()}, q_rows)

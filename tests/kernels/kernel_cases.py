@@ -151,7 +151,7 @@ def _bias(case: Case, gen: torch.Generator) -> torch.Tensor | None:
         bias = torch.randn(b, h, n_q, n_k, generator=gen) * 2.0  # (B, H, Q, K)
         if case.bias == "t5_inf":
             bias[torch.rand(b, h, n_q, n_k, generator=gen) < 0.2] = -math.inf
-            bias[0, 0, 1] = -math.inf  # a row the bias masks entirely
+            bias[0, 0, n_q - 1] = -math.inf  # a row the bias masks entirely (the last: n_q may be 1)
         return bias
     return None
 

@@ -367,6 +367,6 @@ def test_cli_prints_points_as_json_and_writes_figures(cli, tmp_path):
 def test_cli_errors_exit_2_with_the_fix(cli):
     runner, app, run, bare = cli
     res = runner.invoke(app, ["qk-embed", str(bare), "--layer", "0", "--head", "0"])
-    assert res.exit_code == 2 and "Capture(qk=True)" in res.output
+    assert res.exit_code == 2 and "Capture again with --capture qk" in res.output
     res = runner.invoke(app, ["qk-embed", str(run), "--layer", "0", "--head", "0", "--method", "mds"])
     assert res.exit_code == 2 and "Unknown embedding method" in res.output

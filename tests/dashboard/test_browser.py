@@ -1,7 +1,9 @@
 """The dashboard in a real headless Chromium: every page, a selector changed on each, no console errors.
 
 The server is started the way a user starts it (``attnlab dashboard DIR --no-browser``) in a subprocess.
-Screenshots go to ``artifacts/dashboard/<page>.png``; measured timings to ``artifacts/dashboard/timings.json``.
+Screenshots go to ``artifacts/dashboard/<page>.png``; measured timings to ``artifacts/dashboard/timings*.json``.
+The latency bars (switch p95, opening time) are judged by ``benchmarks/dashboard_latency.py``, which runs these tests
+and compares the recorded timings with the bars: a timed assertion here would fail on a slower CI machine.
 Needs Chromium, chromedriver and selenium (``scripts/browser-deps.sh``); skipped when they are missing.
 """
 
@@ -32,15 +34,12 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "dashboard"
 CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 "--window-size=1440,1100")
-#: The quality bar: p95 of layer/head switches (click to redrawn heatmap), and opening the demo.
-SWITCH_P95_MS = float(os.environ.get("ATTNLAB_SWITCH_P95_MS", 300))
-OPEN_S = float(os.environ.get("ATTNLAB_OPEN_S", 3))
 
 
 def contention() -> float:
-    """How oversubscribed the CPUs are (1 = not at all): the bars are stretched by it on a shared machine,
-    and the raw numbers are written to ``timings.json`` either way."""
+    """How oversubscribed the CPUs are (1 = not at all), recorded beside the timings for the benchmark."""
     return max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+
 SERVER = """
 import typer
 from attnlab.cli.dashboard_cmd import register
@@ -416,10 +415,6 @@ def test_every_page_in_a_browser(browser, server):
           f"after navigating to Heads; Runs {timings['open_runs_s']:.2f} s, Attention "
           f"{timings['open_attention_s']:.2f} s; layer/head switch p50 {timings['switch_p50_ms']:.0f} ms, "
           f"p95 {timings['switch_p95_ms']:.0f} ms (CPU contention x{slack:.1f})")
-    assert timings["open_runs_s"] < OPEN_S * slack and timings["open_attention_s"] < OPEN_S * slack, timings
-    assert timings["open_cold_s"] < OPEN_S * slack, timings
-    assert timings["first_figure_cold_s"] < 2 * OPEN_S * slack, timings
-    assert timings["switch_p95_ms"] < SWITCH_P95_MS * slack, timings
 
 
 def test_errors_show_a_message_and_the_app_keeps_serving(browser, server):
@@ -531,7 +526,6 @@ def test_long_input_heatmap_is_readable_and_fast(browser, server):
     assert set(hidden["y"][200:210]) <= set(ticks["y"]), ticks
     shot(d, "attention-long")
     assert not console_errors(d)
-    assert timings["switch_400_p95_ms"] < SWITCH_P95_MS * slack, timings
 
 
 def test_the_url_round_trips_the_view(browser, server):

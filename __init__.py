@@ -15,8 +15,9 @@ This file is the package root: the repository root is the ``attnlab`` package, a
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from attnlab.core.exports import lazy_exports
 
 #: public name -> module that owns it
 _OWNERS = {
@@ -34,6 +35,8 @@ _OWNERS = {
     "act_plan": "attnlab.interventions.act",
     "var_plan": "attnlab.interventions.var",
     "vhr_plan": "attnlab.interventions.vhr",
+    "probes": "attnlab.probes",  # the subpackages themselves: attnlab.probes.sink_tokens, attnlab.viz.head_pattern
+    "viz": "attnlab.viz",
 }
 
 __all__ = sorted(_OWNERS)
@@ -51,16 +54,7 @@ if TYPE_CHECKING:  # static tools and IDEs see the real objects
     from attnlab.kernels.api import attention
     from attnlab.kernels.plan import LayerPlan, Plan, Reweight
     from attnlab.zoo.load import load
+    from attnlab import probes, viz
 
 
-def __getattr__(name: str):
-    owner = _OWNERS.get(name)
-    if owner is None:
-        raise AttributeError(f"module 'attnlab' has no attribute {name!r}; public names: {', '.join(__all__)}")
-    value = getattr(importlib.import_module(owner), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _OWNERS)

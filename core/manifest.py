@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .trace import Segment
 
@@ -138,18 +138,12 @@ class Manifest(_Strict):
     traces: dict[str, TraceHeader]
     results: list[str] = []
 
-    @field_validator("traces")
+    @field_validator("traces", "results")
     @classmethod
-    def _trace_names(cls, value: dict) -> dict:
+    def _stored_names(cls, value, info: ValidationInfo):
+        """Trace and result names become file names inside the Run: each must be a plain name."""
         for name in value:
-            check_name(name, "trace")
-        return value
-
-    @field_validator("results")
-    @classmethod
-    def _result_names(cls, value: list) -> list:
-        for name in value:
-            check_name(name, "result")
+            check_name(name, info.field_name.rstrip("s"))
         return value
 
     @property

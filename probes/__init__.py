@@ -11,10 +11,11 @@ The probes most users need are importable by name; each is imported on first use
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 from typing import TYPE_CHECKING
+
+from attnlab.core.exports import lazy_exports
 
 #: public name -> module (under attnlab.probes) that owns it
 _OWNERS = {
@@ -63,17 +64,7 @@ if TYPE_CHECKING:  # static tools and IDEs see the real objects
     from .visual_sinks import visual_sinks
 
 
-def __getattr__(name: str):
-    owner = _OWNERS.get(name)
-    if owner is None:
-        raise AttributeError(f"module 'attnlab.probes' has no attribute {name!r}; public names: {', '.join(__all__)}")
-    value = getattr(importlib.import_module(f"{__name__}.{owner}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _OWNERS)
 
 
 class _Package(types.ModuleType):

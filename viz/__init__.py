@@ -8,8 +8,9 @@ The figures most users need are importable by name, each on first use (PEP 562):
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from attnlab.core.exports import lazy_exports
 
 #: public name -> module (under attnlab.viz) that owns it
 _OWNERS = {
@@ -47,14 +48,4 @@ if TYPE_CHECKING:  # static tools and IDEs see the real objects
     from .vhd import vhd_heatmap
 
 
-def __getattr__(name: str):
-    owner = _OWNERS.get(name)
-    if owner is None:
-        raise AttributeError(f"module 'attnlab.viz' has no attribute {name!r}; public names: {', '.join(__all__)}")
-    value = getattr(importlib.import_module(f"{__name__}.{owner}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _OWNERS)

@@ -109,6 +109,18 @@ requestAnimationFrame(check);
 """
 
 
+def switch_clicks(n: int = 24):
+    """``n`` alternating head and layer switches on the Attention page: ``(layer, head, selector to click)``."""
+    layer, head = 0, 0
+    for i in range(n):
+        if i % 2 == 0:
+            head = (head + 5) % 12
+            yield layer, head, f"#{ids.ATTN_HEAD} input[value='{head}']"
+        else:
+            layer = (layer + 1) % 6
+            yield layer, head, f"#{ids.ATTN_LAYER} input[value='{layer}']"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -303,14 +315,8 @@ def test_every_page_in_a_browser(browser, server):
     graph(d, ids.ATTN_HEATMAP, title="layer 0, head 0")
     timings["open_attention_s"] = d.execute_script("return performance.now()") / 1000
     graph(d, ids.ATTN_TEXT)
-    latencies, layer, head = [], 0, 0
-    for i in range(24):
-        if i % 2 == 0:
-            head = (head + 5) % 12
-            selector = f"#{ids.ATTN_HEAD} input[value='{head}']"
-        else:
-            layer = (layer + 1) % 6
-            selector = f"#{ids.ATTN_LAYER} input[value='{layer}']"
+    latencies = []
+    for layer, head, selector in switch_clicks():
         ms = d.execute_async_script(MEASURE_SWITCH, selector, f"layer {layer}, head {head}")
         assert ms >= 0, f"the heatmap never showed layer {layer}, head {head}"
         latencies.append(ms)
@@ -485,14 +491,8 @@ def test_long_input_heatmap_is_readable_and_fast(browser, server):
     d.get(server + "/attention?run=1:minilm-long&layer=0&head=0")
     graph(d, ids.ATTN_HEATMAP, title="layer 0, head 0", timeout=90)
     graph(d, ids.ATTN_TEXT)
-    latencies, full, layer, head = [], [], 0, 0  # each switch from a settled page: heatmap and text view drawn
-    for i in range(24):
-        if i % 2 == 0:
-            head = (head + 5) % 12
-            selector = f"#{ids.ATTN_HEAD} input[value='{head}']"
-        else:
-            layer = (layer + 1) % 6
-            selector = f"#{ids.ATTN_LAYER} input[value='{layer}']"
+    latencies, full = [], []  # each switch from a settled page: heatmap and text view drawn
+    for layer, head, selector in switch_clicks():
         heatmap_ms, view_ms = d.execute_async_script(MEASURE_VIEW, selector, f"layer {layer}, head {head}",
                                                      f"layer {layer} · head {head} ·")
         assert heatmap_ms >= 0 and view_ms >= 0, f"the views never showed layer {layer}, head {head}"

@@ -7,4 +7,4 @@ bash scripts/setup.sh
 if [ -f scripts/browser-deps.sh ]; then
   bash scripts/browser-deps.sh || echo "warning: Chromium could not be installed; browser tests will be skipped" >&2
 fi
-exec .venv/bin/python -m pytest "$@"
+exec .venv/bin/python -m pytest --full "$@"

@@ -1,4 +1,10 @@
-"""Shared pytest set-up: the ``slow`` marker is skipped unless ``--runslow`` is given."""
+"""Shared pytest set-up and the test tiers.
+
+- ``pytest`` alone is the fast tier for the edit-test loop: everything but the tests marked ``full``.
+- ``pytest --full`` (what ``scripts/test.sh`` and CI run) adds the ``full`` tier: the browser, the notebooks,
+  torchrun jobs and the GPU check's dry run, which start servers, kernels and processes.
+- ``slow`` (training, large benchmarks) runs only with ``--runslow``.
+"""
 
 import importlib.util
 import os
@@ -35,15 +41,20 @@ def pytest_sessionstart(session):
 
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
+    parser.addoption("--full", action="store_true", default=False,
+                     help="also run the full tier (browser, notebooks, torchrun jobs): what CI runs")
 
 
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--runslow"):
-        return
-    skip = pytest.mark.skip(reason="slow: run with --runslow")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
+    tiers = {"slow": (config.getoption("--runslow"), "slow: run with --runslow"),
+             "full": (config.getoption("--full"), "full tier: run with --full (scripts/test.sh does)")}
+    for marker, (wanted, reason) in tiers.items():
+        if wanted:
+            continue
+        skip = pytest.mark.skip(reason=reason)
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

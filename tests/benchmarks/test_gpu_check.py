@@ -47,6 +47,7 @@ def test_oracle_matches_uniform_causal_attention_by_hand():
     assert "received" not in rows  # a column sum needs every row
 
 
+@pytest.mark.full
 def test_dry_run_runs_every_stage_on_the_cpu():
     done = _run("--dry-run")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]

@@ -21,6 +21,8 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
+pytestmark = pytest.mark.full  # whole-program tier: scripts/test.sh and CI run it (pytest --full)
+
 ROOT = Path(__file__).resolve().parents[2]
 STUDIES = ROOT / "studies"
 ARTIFACTS = ROOT / "tests" / "artifacts" / "studies"

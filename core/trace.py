@@ -24,6 +24,39 @@ STAT_NAMES = ROW_STATS + KEY_STATS
 LAYER_FIELDS = {"pattern": (2, 3), "q": (2,), "k": (2,), "head_out": (2,), "resid": (1,)}
 
 
+def first_real_positions(token_mask: torch.Tensor) -> torch.Tensor:
+    """``[B]`` int64 position of each item's first real token in ``token_mask`` ``[B, N]`` (-1 for none), CPU.
+
+    With left padding (LLaMA/LLaVA processors) that is after the padding, not position 0.
+    """
+    mask = token_mask.bool().cpu()  # (B, N)
+    return torch.where(mask.any(-1), mask.int().argmax(-1), torch.full((mask.shape[0],), -1))
+
+
+def key_set_mask(token_mask: torch.Tensor, segments: list[list[Segment]], kind: str) -> torch.Tensor:
+    """``[B, N]`` bool mask of the positions inside segments of ``kind``.
+
+    The one definition of a key set, for captures, probes and the dashboard. ``"first"`` is each item's first
+    real token (position 0 without left padding; see :func:`first_real_positions`).
+
+    Args:
+        token_mask: ``[B, N]`` real (1) and padding (0) positions.
+        segments: per batch item, its segments.
+        kind: a segment kind, or ``"first"``.
+    """
+    mask = torch.zeros_like(token_mask, dtype=torch.bool)
+    if kind == "first":
+        first = first_real_positions(token_mask).to(mask.device)  # (B,)
+        rows = torch.nonzero(first >= 0, as_tuple=False).flatten()
+        mask[rows, first[rows]] = True
+        return mask
+    for b, segs in enumerate(segments):
+        for seg in segs:
+            if seg.kind == kind:
+                mask[b, seg.start : seg.end] = True
+    return mask
+
+
 @dataclass(frozen=True)
 class Segment:
     """A labelled span ``[start, end)`` of token positions in one batch item.
@@ -208,25 +241,11 @@ class Trace:
 
     def first_positions(self) -> torch.Tensor:
         """``[B]`` int64 position of each item's first real token (after any left padding; -1 for none)."""
-        mask = self.token_mask.bool().cpu()  # (B, N)
-        return torch.where(mask.any(-1), mask.int().argmax(-1), torch.full((mask.shape[0],), -1))
+        return first_real_positions(self.token_mask)
 
     def key_set(self, kind: str) -> torch.Tensor:
-        """``[B, N]`` bool mask of the positions inside segments of ``kind``.
-
-        ``"first"`` is each item's first real token (position 0 without left padding).
-        """
-        mask = torch.zeros_like(self.token_mask, dtype=torch.bool)
-        if kind == "first":
-            first = self.first_positions().to(mask.device)  # (B,)
-            rows = torch.nonzero(first >= 0, as_tuple=False).flatten()
-            mask[rows, first[rows]] = True
-            return mask
-        for b, segs in enumerate(self.segments):
-            for seg in segs:
-                if seg.kind == kind:
-                    mask[b, seg.start : seg.end] = True
-        return mask
+        """``[B, N]`` bool mask of the positions inside segments of ``kind``; see :func:`key_set_mask`."""
+        return key_set_mask(self.token_mask, self.segments, kind)
 
     def item(self, index: int, *, keep_padding: bool = False) -> "Trace":
         """Batch item ``index`` as a Trace of batch size 1.

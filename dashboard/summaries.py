@@ -10,6 +10,9 @@ import math
 
 import numpy as np
 
+from attnlab.core.capture import DEFAULT_KEY_SETS
+from attnlab.core.trace import key_set_mask
+
 from .data import DashboardData, meta_of, segments_of, trace_header
 
 #: statistic -> label shown in the selector and on the colour bar.
@@ -32,8 +35,8 @@ RESULT_STATS = {
     "induction": ("circuit_heads", ("induction",)),
     "previous_token": ("circuit_heads", ("previous_token",)),
 }
-#: statistics read as a per-query mass of a key set.
-MASS_STATS = ("first", "special", "image")
+#: statistics read as a per-query mass of a key set: the capture's default sets but text (the rest).
+MASS_STATS = tuple(kind for kind in DEFAULT_KEY_SETS if kind != "text")
 
 
 def real_positions(data: DashboardData, run, trace: str, item: int) -> np.ndarray:
@@ -129,19 +132,15 @@ def _row_stat(data, run, trace, layer, stat, item) -> np.ndarray:
         return -(pattern * np.log(np.where(pattern > 0, pattern, 1.0))).sum(-1)
     if stat == "max":
         return pattern.max(-1)
-    mask = _key_set(run, trace, item, stat, pattern.shape[-1])
+    mask = _key_set(data, run, trace, item, stat)  # (N,); keys past the prompt (generated) are in no set
+    mask = np.pad(mask, (0, max(0, pattern.shape[-1] - mask.size)))[:pattern.shape[-1]]  # (K,)
     return pattern[..., mask].sum(-1)
 
 
-def _key_set(run, trace, item, kind, n) -> np.ndarray:
-    mask = np.zeros(n, dtype=bool)
-    if kind == "first":
-        mask[0] = True
-        return mask
-    for seg in segments_of(trace_header(run, trace))[item]:
-        if seg.kind == kind:
-            mask[seg.start:seg.end] = True
-    return mask
+def _key_set(data, run, trace, item, kind) -> np.ndarray:
+    """``[N]`` bool key set of one item, by the Trace's own definition (left padding moves ``first``)."""
+    token_mask = data.tensor(run, trace, "token_mask")[item:item + 1]  # (1, N)
+    return key_set_mask(token_mask, [segments_of(trace_header(run, trace))[item]], kind)[0].numpy()
 
 
 def _result_grid(run, stat, item, n_layers, n_heads) -> tuple[np.ndarray, list[int]]:

@@ -164,3 +164,25 @@ def test_registers_on_the_language_models_image_tokens(llava_pair):
     np.testing.assert_allclose(got.norms[:, 0][..., real], want.norms[:, 0], rtol=1e-4)
     np.testing.assert_array_equal(got.is_artifact[:, 0][..., real], want.is_artifact[:, 0])
     assert want.is_artifact.any()
+
+
+def test_dashboard_first_token_mass_follows_left_padding(llava_pair, tmp_path):
+    """The dashboard's 'mass on the first token' from a stored pattern, for the left-padded short item, equals
+    the kernel's ``mass.first`` of the input captured alone (its BOS, after the padding, not position 0)."""
+    from dataclasses import replace
+
+    from attnlab.core.runs import RunInfo, save_run
+    from attnlab.dashboard.data import DashboardData
+    from attnlab.dashboard.summaries import head_statistic
+
+    _, padded, alone = llava_pair
+    assert padded.first_positions()[0] > 0  # the short item is left-padded
+    pattern_only = replace(padded, layers={i: replace(r, stats={}) for i, r in padded.layers.items()},
+                           meta=replace(padded.meta, captured=("pattern",)))
+    save_run(tmp_path / "padded", {"main": pattern_only}, RunInfo(model={"name": "toy-llava"}))
+    data = DashboardData([tmp_path])
+    values, layers = head_statistic(data, data.run("0:padded"), "main", "first", 0)  # (L, H)
+    for row, i in zip(values, layers):
+        oracle = alone.layer(i).stats["mass.first"][0].double().mean(-1).numpy()  # (H,) over real rows
+        np.testing.assert_allclose(row, oracle, atol=1e-4)
+        assert row.max() > 0.1  # the BOS takes real attention; position 0 (padding) would give 0 everywhere

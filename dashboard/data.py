@@ -304,18 +304,6 @@ class DashboardData:
         return self.results.get_or_compute(("image", str(path), path.stat().st_mtime_ns), lambda: _png_uri(path))
 
 
-def item_trace(trace: Trace, item: int) -> Trace:
-    """The Trace of one batch item (batch size 1), sharing the tensors' storage."""
-    if not 0 <= item < trace.batch_size:
-        raise ValueError(f"Item {item} is not in this trace, which holds {trace.batch_size} item(s)")
-    sl = slice(item, item + 1)
-    layers = {}
-    for i, rec in trace.layers.items():
-        layers[i] = LayerRecord.from_tensors({k: v[sl] for k, v in rec.tensors().items()})
-    embeddings = trace.embeddings[sl] if trace.embeddings is not None else None
-    return Trace(trace.tokens[sl], trace.segments[sl], layers, trace.meta, trace.token_mask[sl], embeddings)
-
-
 def _wanted(name: str, fields: tuple[str, ...]) -> bool:
     return name in fields or ("stats" in fields and name.startswith("stats."))
 
@@ -397,12 +385,6 @@ def meta_of(header: dict) -> TraceMeta:
 def token_labels(header: dict, item: int) -> list[str]:
     """``"position:token"`` labels of one batch item (unique, so plotly keeps every tick)."""
     return [f"{n}:{tok}" for n, tok in enumerate(header["tokens"][item])]
-
-
-def real_length(header: dict, item: int) -> int:
-    """Tokens of an item that are not padding (pad segments are trailing or leading spans)."""
-    pads = sum(s["end"] - s["start"] for s in header["segments"][item] if s["kind"] == "pad")
-    return len(header["tokens"][item]) - pads
 
 
 def image_segments(header: dict, item: int) -> list[Segment]:

@@ -68,3 +68,12 @@ def test_item_refuses_scattered_real_tokens():
     trace.token_mask[2, 2] = False
     with pytest.raises(ValueError, match="not one contiguous span; use keep_padding=True"):
         trace.item(2)
+
+
+def test_trace_statistics_are_the_kernel_statistics():
+    """core and kernels sit on one layer and cannot import each other: their two lists must name the same
+    statistics (the kernel's ``mass`` argument becomes the Trace's ``mass.<set>`` keys)."""
+    from attnlab.core.trace import STAT_NAMES as TRACE_STATS
+    from attnlab.kernels.stats import STAT_NAMES as KERNEL_STATS
+
+    assert set(KERNEL_STATS) - {"mass"} == set(TRACE_STATS) and "mass" in KERNEL_STATS

@@ -561,10 +561,9 @@ def test_the_url_round_trips_the_view(browser, server):
 
 def test_a_run_switch_resets_each_page(browser, server, demo_root):
     from attnlab.core.runs import Run
-    from attnlab.dashboard.data import real_length
 
     d = browser
-    gpt_tokens = real_length(Run.open(demo_root / "toy-gpt").manifest["traces"]["main"], 0)
+    gpt_tokens = Run.open(demo_root / "toy-gpt").trace("main").real_positions(0).numel()
     d.get(server + "/flow?run=0:minilm&position=3")
     graph(d, ids.FLOW_BAR)
     wait_query(d, run="0:minilm", position=3)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from attnlab.core.runs import Run
-from attnlab.dashboard.data import ByteLRU, DashboardData, RunAccessError, RunCatalog, item_trace
+from attnlab.dashboard.data import ByteLRU, DashboardData, RunAccessError, RunCatalog
 
 
 def test_discovery_lists_every_run_and_reads_only_manifests(demo_root):
@@ -69,14 +69,14 @@ def test_partial_trace_holds_only_the_asked_fields(demo_root):
     assert rec.pattern is None and rec.k is None and rec.q is not None and set(rec.stats) == {"entropy"}
 
 
-def test_item_trace_slices_one_item(demo_root):
+def test_partial_trace_items_slice_like_the_full_trace(demo_root):
     data = DashboardData([demo_root])
     trace = data.partial_trace(data.run("0:minilm"), "main", [1], ("pattern",))
-    one = item_trace(trace, 2)
+    one = trace.item(2, keep_padding=True)
     assert one.batch_size == 1 and one.tokens[0] == trace.tokens[2]
     torch.testing.assert_close(one.layer(1).pattern[0], trace.layer(1).pattern[2])
     with pytest.raises(ValueError, match="holds"):
-        item_trace(trace, 9)
+        trace.item(9)
 
 
 def test_cache_sees_a_rewritten_run(demo_root, tmp_path):

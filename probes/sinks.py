@@ -43,6 +43,9 @@ from .results import ProbeResult
 from .tokens import to_numpy, token_categories, token_mask
 
 RULES = ("act_relative", "act", "relative")
+#: One line per rule, for selectors and help texts (the first is the default).
+RULE_LABELS = {"act_relative": "default (score > max(0.1, 5/N))", "act": "ACT released (score > 0.1)",
+               "relative": "relative (score > 5/N)"}
 
 
 @dataclass(frozen=True, eq=False)

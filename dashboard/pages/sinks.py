@@ -16,19 +16,22 @@ from attnlab.dashboard.errors import explain, guarded, message
 from attnlab.dashboard.viewstate import run_switched, sync_url, wanted
 from attnlab.dashboard.widgets import (HIDDEN, as_int, control, graph, keep, message_area, page_header, provenance,
                                        radio, require_traces, table, table_data)
+from attnlab.probes.sinks import RULE_LABELS
+from attnlab.probes.sinks import RULES as SINK_RULES
 from attnlab.viz.dashboard_figures import message_figure, register_norm_map, stamp
 from attnlab.viz.massive import massive_activation_plot
 from attnlab.viz.sinks import sink_heatmap
 
 dash.register_page(__name__, path="/sinks", name="Sinks & registers", title="attnlab · Sinks & registers", order=4)
 
-RULES = [{"label": "ACT (score > 0.1)", "value": "act"}, {"label": "relative (score > 5/N)", "value": "relative"}]
+RULES = [{"label": RULE_LABELS[rule], "value": rule} for rule in SINK_RULES]  # the library's default first
 SUMMARY_COLUMNS = ["position", "token", "category", "n_heads", "n_layers", "mean_mass"]
 
 
-RULE_HELP = ("ACT (Yu et al. 2024, §3): a key is a sink when its column mean over the rows that can see it exceeds "
-             "0.1, the released code's absolute cut-off. Relative: above 5/N, i.e. five times the uniform weight "
-             "1/N, the paper's α/N wording, which stays meaningful as N grows.")
+RULE_HELP = ("A key is a sink when its column mean over the rows that can see it is large. ACT (Yu et al. 2024, §3): "
+             "above 0.1, the released code's absolute cut-off, which flags every token of a short input. Relative: "
+             "above 5/N, five times the uniform weight 1/N. The default asks for both, so it means the same at "
+             "every length.")
 sync_url(ids.SINKS_URL, {"rule": ids.SINKS_RULE, "norm_layer": ids.SINKS_LAYER, "compare": ids.SINKS_COMPARE})
 
 
@@ -38,7 +41,7 @@ def layout(rule=None, norm_layer=None, compare=None, **_query) -> html.Div:
         page_header("Sinks & registers", "Tokens that absorb attention (sinks), the hidden dimensions with massive "
                                          "activations, and high-norm patch tokens in vision transformers."),
         dcc.Store(id=ids.SINKS_URL), dcc.Store(id=ids.SINKS_WANTED, data={"compare": compare}),
-        html.Div([control("Sink rule", radio(ids.SINKS_RULE, RULES, rule if rule in ("act", "relative") else "act"),
+        html.Div([control("Sink rule", radio(ids.SINKS_RULE, RULES, rule if rule in SINK_RULES else SINK_RULES[0]),
                           help=RULE_HELP)], className="controls"),
         message_area(ids.SINKS_MESSAGE),
         html.Div([
@@ -68,7 +71,7 @@ def show_sinks(run_id, trace, item, rule):
     data = current_data()
     run = data.run(run_id)
     require_traces(run, "the sink view")
-    result = sinks(data, run, trace, rule or "act", item or 0)
+    result = sinks(data, run, trace, rule or SINK_RULES[0], item or 0)
     summary = result.token_summary()[SUMMARY_COLUMNS].sort_values("n_heads", ascending=False)
     rows, columns = table_data(summary)
     figure = stamp(sink_heatmap(result, batch=0), *provenance(run_id, run, trace, item or 0, rule=rule))

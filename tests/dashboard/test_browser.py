@@ -360,12 +360,12 @@ def test_every_page_in_a_browser(browser, server):
 
     # -- Sinks & registers: change the rule; the ViT beside its register twin ------------------------------
     go_to(d, "Sinks & registers")
-    graph(d, ids.SINKS_HEATMAP, title="act rule")
+    graph(d, ids.SINKS_HEATMAP, title="(act_relative rule)")  # the library's default rule
     graph(d, ids.SINKS_MASSIVE)
     graph(d, ids.SINKS_NORMS, title="without registers")
     graph(d, ids.SINKS_NORMS_OTHER, title="with registers")
-    click(d, f"#{ids.SINKS_RULE} input[value='relative']")
-    graph(d, ids.SINKS_HEATMAP, title="relative rule")
+    click(d, f"#{ids.SINKS_RULE} input[value='act']")
+    graph(d, ids.SINKS_HEATMAP, title="(act rule)")
     shot(d, "sinks")
     assert not console_errors(d)
 

@@ -22,16 +22,16 @@ DEMO_TEXT = "The quick brown fox jumps over the lazy dog, and the dog sleeps."
 
 
 def attention_budget(trace: Trace) -> list[dict]:
-    """Per layer: mean attention mass on each recorded key set and mean entropy, over heads and real queries."""
-    rows = []
-    live = trace.token_mask[:, None, :].float()  # (B, 1, Q)
-    for i, rec in sorted(trace.layers.items()):
-        row: dict = {"layer": i}
-        for name, value in sorted(rec.stats.items()):
-            if name.startswith("mass.") or name == "entropy":
-                row[name.replace("mass.", "mass on ")] = float((value * live).sum() / (live.sum() * value.shape[1]))
-        rows.append(row)
-    return rows
+    """Per layer: each input's mean over heads and real queries of the entropy and the mass on each recorded key
+    set, averaged over inputs: what ``attnlab info`` shows for a dataset Run (:func:`item_statistics`)."""
+    from attnlab.core.item_stats import item_statistics
+
+    first = next(iter(trace.layers.values()))
+    key_sets = tuple(sorted(n[len("mass."):] for n in first.stats if n.startswith("mass.")))
+    per_item = item_statistics(trace, key_sets)  # {name: [B, L, H]}
+    names = [n for n in per_item if n == "entropy" or n.startswith("mass.")]
+    return [{"layer": layer, **{n.replace("mass.", "mass on "): float(per_item[n][:, j].mean()) for n in names}}
+            for j, layer in enumerate(sorted(trace.layers))]
 
 
 def run_capture(model_name: str, texts: list[str], images: list[str], capture: Capture, out: Path,

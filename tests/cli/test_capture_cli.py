@@ -64,3 +64,21 @@ def test_vision_capture_of_local_checkpoint(tmp_path, tiny_dir):
     assert res.exit_code == 0, res.output
     info = json.loads(runner.invoke(app, ["info", str(out), "--json"]).stdout)
     assert info["traces"]["main"]["segments"][0] == ["special[0:1]", "register[1:5]", "image[5:21] grid 4x4"]
+
+
+def test_capture_budget_is_the_mean_of_each_inputs_own_budget():
+    """A padded batch's printed budget averages what each input gives alone (per input: heads and real queries),
+    the same definition as a dataset Run's; a short item is not outweighed by the long one's extra queries."""
+    from attnlab.cli.capture_cmd import attention_budget
+    from attnlab.core.capture import Capture
+    from attnlab.hooks.inputs import capture_trace
+    from attnlab.zoo import load
+
+    model, tok, spec = load("minilm")
+    texts = ["The cat sat.", "The committee met on Tuesday to discuss the budget and several other matters."]
+    batch = attention_budget(capture_trace(model, tok, spec, Capture(stats=True), texts))
+    alone = [attention_budget(capture_trace(model, tok, spec, Capture(stats=True), [t])) for t in texts]
+    for layer, row in enumerate(batch):
+        for name in ("entropy", "mass on first", "mass on special"):
+            want = (alone[0][layer][name] + alone[1][layer][name]) / 2
+            assert abs(row[name] - want) < 1e-4, (layer, name, row[name], want)

@@ -4,7 +4,9 @@ The forward is FlashAttention-2's online softmax (one program per query block an
 logits. Every running sum is kept per *partition* of the keys: ``S`` (the plan's source set), ``T`` (its
 target minus ``S``) and ``R`` (the rest). Reweighting multiplies a whole partition by one per-row weight,
 so the epilogue gets the output, entropy, max and per-set masses of the reweighted rows exactly as linear
-combinations of the partition accumulators, with no subtraction that could cancel (KERNELS.md 2.2-2.3).
+combinations of the partition accumulators, with no subtraction that could cancel. Entropy rides along as
+``t = sum p*d`` (``d`` = logit minus the running max), re-based like the normaliser when the max moves
+(online softmax: Milakov & Gimelshein 2018; FlashAttention-2, Dao 2023, §3.1).
 
 Importing this module fixes Triton's mode: without CUDA the kernels are decorated for the CPU interpreter.
 """
@@ -116,7 +118,7 @@ def _query_tiles(start_n, b, KSPAN, NQ, NK, WINDOW, CAUSAL: tl.constexpr, HAS_KE
 @triton.jit
 def _accumulate(l, t, x, acc, c, p, pd, v, members, alpha, shift, HAS_SETS: tl.constexpr):
     """Rescale one partition's running sums by ``alpha`` and add this tile (p, p*d already restricted to it)."""
-    t = alpha * (t + shift * l) + tl.sum(pd, 1)  # re-base sum p*d on the new max (KERNELS.md 2.2)
+    t = alpha * (t + shift * l) + tl.sum(pd, 1)  # re-base sum p*d on the new max: d shifts by `shift` for every key seen
     l = alpha * l + tl.sum(p, 1)
     x = tl.maximum(alpha * x, tl.max(p, 1))
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")  # (BM, BDV)
@@ -284,7 +286,7 @@ def attention_received_kernel(
 ):
     """One (key block, batch*head) program: column sums of the applied attention, recomputing p from lse2.
 
-    RECV is (B, H, K). Deterministic (no atomics); the structure of FA2's dK/dV pass (KERNELS.md 2.4).
+    RECV is (B, H, K). Deterministic (no atomics); the structure of FlashAttention-2's dK/dV pass (Dao 2023, §3.1.2).
     ROWMASK (B, Q) uint8, when HAS_ROWMASK: only rows marked 1 are summed (padding rows are left out).
     """
     start_n = tl.program_id(0) * BLOCK_N

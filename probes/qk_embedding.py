@@ -13,9 +13,9 @@ The paper's normalisation and what this module does:
    every key of a row, so the keys are translated until their centroid is the query centroid.
 3. Scaling: ``q -> c q``, ``k -> k / c`` leaves every ``q . k`` unchanged, and ``c`` puts queries and keys
    on a comparable scale. The exact rule for ``c`` could not be checked against the paper's text; the
-   project's notes (PAPERS.md section 7) give two readings: equal mean norms [unverified], and ``c``
-   maximising the (weighted) correlation between distance and dot product [second-hand digest; it is
-   how co-author C. Chen's project page "Visualizing Attention" frames the two free parameters].
+   readings in circulation are equal mean norms (not verified against the text of Yeh et al. 2023) and ``c``
+   maximising the (weighted) correlation between distance and dot product (second-hand; it is how
+   co-author C. Chen's project page "Visualizing Attention" frames the two free parameters).
 
 Choices here: ``scale="norm"`` (default) makes the mean query norm equal the mean key norm. Applied
 one after the other, translation then scaling would move the centroids apart again (to ``c mu_q`` and

@@ -1,6 +1,6 @@
 """The Triton kernels against the float64 textbook oracle and the eager path, on every case and plan kind.
 
-Why a child process: an out-of-bounds load segfaults Triton's CPU interpreter (KERNELS.md), which
+Why a child process: an out-of-bounds load segfaults Triton's CPU interpreter (it does not bounds-check), which
 would kill pytest and hide every other result. ``triton_worker.py`` runs all cases in one child (one
 interpreter start-up) and saves each result; the comparisons run here. If the child dies, the case
 it was running fails with the exit code and stderr, and a fresh child carries on with the rest.

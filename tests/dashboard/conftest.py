@@ -1,12 +1,16 @@
 """Demo Runs for the dashboard tests: MiniLM plus tiny random stand-ins for the zoo's toy models.
 
-The tiny checkpoints have the toy models' architectures (DINOv2, DINOv2 with registers, LLaVA, GPT-2), so
-every page has data of every kind (text, image patches, registers, an LVLM's vision tower) whether or
-not the zoo's trained checkpoints exist on this machine. An eval Run with a hand-written summary table
-stands in for ``attnlab eval`` output.
+The tiny checkpoints have the toy models' architectures (DINOv2, DINOv2 with registers, LLaVA), so every page
+has data of every kind (text, image patches, registers, an LVLM's vision tower) at test speed. toy-gpt is the
+shipped trained checkpoint: its circuit and patching tables come from the pipeline (a random GPT-2 has no
+circuits to find). The demo is built strictly: any model that fails to build fails the tests. Two hand-written
+fixtures sit beside it, for figure tests that need known values: ``toy-gpt-tables`` (toy-gpt's capture with
+hand-written circuit and patching tables) and an eval Run with a hand-written summary table.
 """
 
 from __future__ import annotations
+
+import shutil
 
 import pandas as pd
 import pytest
@@ -14,7 +18,7 @@ import pytest
 from attnlab.core.runs import Run, RunInfo, write_results
 
 TINY = {"toy-vit": ("dinov2", "vision"), "toy-vit-reg": ("dinov2_with_registers", "vision"),
-        "toy-llava": ("llava", "lvlm"), "toy-gpt": ("gpt2", "gpt")}
+        "toy-llava": ("llava", "lvlm")}
 
 
 def eval_summary() -> pd.DataFrame:
@@ -55,13 +59,15 @@ def demo_root(tmp_path_factory):
     for name, (family, kind) in TINY.items():
         models.append(DemoModel(name, str(save_tiny(family, checkpoints / name, image_size=32, patch=8)), kind,
                                 eval_questions=2))
-    root = build_demo_run(tmp_path_factory.mktemp("cache") / "demo", progress=False, models=models)
+    models.append(DemoModel("toy-gpt", "toy-gpt", "gpt"))
+    root = build_demo_run(tmp_path_factory.mktemp("cache") / "demo", progress=False, models=models, strict=True)
     write_results(root / "eval-compare", RunInfo(model={"name": "toy-llava", "family": "llava"},
                                                  extra={"task": "compare"}), {"summary": eval_summary()}, kind="eval")
-    gpt = Run.open(root / "toy-gpt")
-    if "circuits" not in gpt.manifest.get("results", []):  # the tiny GPT-2 has no circuits to find
-        gpt.add_result("circuits", circuit_edges())
-        gpt.add_result("patching", patching_effects())
+    assert {"circuit_heads", "circuits", "patching"} <= set(Run.open(root / "toy-gpt").manifest["results"])
+    shutil.copytree(root / "toy-gpt", root / "toy-gpt-tables")
+    hand = Run.open(root / "toy-gpt-tables")
+    hand.add_result("circuits", circuit_edges())
+    hand.add_result("patching", patching_effects())
     return root
 
 

@@ -189,17 +189,28 @@ def test_circuits_not_available_without_tables(ctx):
 
 
 def test_circuits_from_stored_tables(ctx):
-    """The demo's toy-gpt holds hand-written circuit and patching tables (see conftest)."""
-    figure, readout, note = page("circuits").show_graph("0:toy-gpt", 0.2)
+    """toy-gpt-tables holds hand-written circuit and patching tables (see conftest)."""
+    figure, readout, note = page("circuits").show_graph("0:toy-gpt-tables", 0.2)
     lines = [t for t in figure.data if t.mode == "lines"]
     assert note is None and len(lines) == 3  # 0.1 -> 1.3 (strong), embed -> 1.0, 0.3 -> 1.2; 0.2 -> 1.1 is hidden
     assert "3 edges" in figure.layout.title.text
-    patching, style = page("circuits").show_patching("0:toy-gpt", 0)
+    patching, style = page("circuits").show_patching("0:toy-gpt-tables", 0)
     assert style == {} and readout == "strength ≥ 0.20: 3 of 4 edges"
     z = np.asarray(patching.data[0].z, dtype=float)
     assert z[1, 1] == pytest.approx(0.9) and z[0, 1] == pytest.approx(-0.2)
     assert patching.data[0].zmid == 0
-    assert "patching" in {o["value"] for o in page("heads").stat_options("0:toy-gpt", "main", None)[0]}
+    assert "patching" in {o["value"] for o in page("heads").stat_options("0:toy-gpt-tables", "main", None)[0]}
+
+
+def test_circuits_from_the_pipeline(ctx, demo_root):
+    """The demo's toy-gpt tables come from trace_circuits on the trained model: its graph and IOI patching show,
+    and the induction head the model was trained to form is in the circuit table (study 05's finding)."""
+    figure, readout, note = page("circuits").show_graph("0:toy-gpt", 0.0)
+    assert note is None and any(t.mode == "lines" for t in figure.data)
+    patching, style = page("circuits").show_patching("0:toy-gpt", 0)
+    assert style == {} and np.isfinite(np.asarray(patching.data[0].z, dtype=float)).any()
+    heads = Run.open(demo_root / "toy-gpt").result("circuit_heads")
+    assert heads["induction"].max() > 0.5, heads
 
 
 def test_interventions_pair_maps_answers_and_evals(ctx):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -41,11 +43,13 @@ def test_serves_on_loopback_by_default(cli, tmp_path, monkeypatch):
         calls.update(host=host, port=port, debug=debug)
 
     monkeypatch.setattr("dash.Dash.run", fake_run)
-    monkeypatch.setattr(dashboard_cmd, "warm_up", lambda: None, raising=False)
+    warmed = threading.Event()
+    monkeypatch.setattr("attnlab.dashboard.app.warm_up", warmed.set)  # serve() imports it from there
     result = CliRunner().invoke(cli, ["dashboard", str(tmp_path), "--port", "8123", "--no-browser"])
     assert result.exit_code == 0, result.output
     assert calls == {"host": "127.0.0.1", "port": 8123, "debug": False}
     assert "warning" not in result.output
+    assert warmed.wait(5), "the warm-up thread never started"
 
 
 def test_other_hosts_are_served_with_a_warning(cli, tmp_path, monkeypatch):

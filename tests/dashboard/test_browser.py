@@ -384,8 +384,8 @@ def test_every_page_in_a_browser(browser, server):
     shot(d, "qk")
     assert not console_errors(d)
 
-    # -- Circuits (toy-gpt with stored tables): move the threshold by keyboard ---------------------------
-    choose_run(d, "0:toy-gpt")
+    # -- Circuits (toy-gpt-tables: hand-written tables, known values): move the threshold by keyboard ------
+    choose_run(d, "0:toy-gpt-tables")
     go_to(d, "Circuits")
     graph(d, ids.CIRCUITS_GRAPH, title="strength ≥ 0.1)")  # the slider starts at the weakest stored edge
     graph(d, ids.CIRCUITS_PATCHING)

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+#: Keys every POPE question line carries (the released files also carry ``image_id``); a JSONL dataset whose
+#: lines all have them is read as POPE questions.
 POPE_KEYS = ("question_id", "image", "text", "label")
 
 
@@ -100,16 +102,32 @@ def load_dataset(path: str | Path, images: str | Path | None = None, prompt: str
     return Dataset(str(path), kind, tuple(items))
 
 
+def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
+    """A user's JSONL file as ``(line number, object)`` per non-blank line (numbers count from 1).
+
+    The one reader of JSONL inputs (datasets, POPE questions, captions); a bad line is a ValueError naming the
+    file, the line and the fix.
+    """
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}: line {number} is not valid JSON ({err.msg}); fix or remove that line, "
+                                 "one JSON object a line") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path}: line {number} holds a {type(obj).__name__}, expected a JSON object")
+            rows.append((number, obj))
+    return rows
+
+
 def _jsonl_items(path: Path, root: Path) -> tuple[str, list[DatasetItem]]:
     items, kinds = [], set()
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: line {number} is not JSON ({err.msg}); write one JSON object a line") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str) or not obj["text"].strip():
+    for number, obj in read_jsonl(path):
+        if not isinstance(obj.get("text"), str) or not obj["text"].strip():
             raise ValueError(f"{path}: line {number} has no non-empty \"text\"; each line needs {{\"text\": ...}}")
         pope = all(k in obj for k in POPE_KEYS)
         kinds.add("pope" if pope else "jsonl")

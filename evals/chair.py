@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from attnlab.core.datasets import read_jsonl
 from attnlab.evals.chair_vocab import COCO_PHRASE_RULES, COCO_SUPPRESS, Mention, Synonyms, caption_objects
 
 __all__ = [
@@ -231,14 +232,7 @@ def _rows_from_file(path: Path) -> list:
         return [{"image_id": k, "caption": v} for k, v in data.items()]
     if isinstance(data, list):
         return data
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}: line {number} is not valid JSON ({err.msg})") from err
-    return rows
+    return [obj for _, obj in read_jsonl(path)]
 
 
 def load_captions(path: str | Path) -> dict[int, str]:

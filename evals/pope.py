@@ -14,14 +14,13 @@ Example:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from attnlab.core.datasets import POPE_KEYS, read_jsonl
+
 POPE_LABELS = ("yes", "no")
-#: Keys every question line must carry (POPE's released files also carry ``image_id``).
-REQUIRED_QUESTION_KEYS = ("question_id", "image", "text", "label")
 #: Words that turn an answer into "no" (POPE's ``evaluate.py``; matched case-sensitively).
 NEGATION_WORDS = frozenset({"No", "not", "no"})
 
@@ -150,24 +149,6 @@ def pope_metrics(labels: Sequence[str], predictions: Sequence[str]) -> PopeMetri
     )
 
 
-def _read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
-    """Return ``(line_number, object)`` for each non-blank line; line numbers count from 1."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                problem = f"{path}: line {number} is not valid JSON ({err.msg})"
-                raise ValueError(f"{problem}; fix or remove that line") from err
-            if not isinstance(obj, dict):
-                raise ValueError(f"{path}: line {number} holds a {type(obj).__name__}, expected a JSON object")
-            rows.append((number, obj))
-    return rows
-
-
 def load_pope_questions(path: str | Path) -> list[PopeQuestion]:
     """Read a POPE question file (JSONL, one question per line; blank lines skipped).
 
@@ -183,11 +164,11 @@ def load_pope_questions(path: str | Path) -> list[PopeQuestion]:
             label other than "yes"/"no".
     """
     questions = []
-    for number, obj in _read_jsonl(path):
-        missing = [k for k in REQUIRED_QUESTION_KEYS if k not in obj]
+    for number, obj in read_jsonl(path):
+        missing = [k for k in POPE_KEYS if k not in obj]
         if missing:
             raise ValueError(
-                f"{path}: line {number} lacks {missing}; each line needs the keys {list(REQUIRED_QUESTION_KEYS)}"
+                f"{path}: line {number} lacks {missing}; each line needs the keys {list(POPE_KEYS)}"
             )
         if obj["label"] not in POPE_LABELS:
             raise ValueError(f"{path}: line {number} has label {obj['label']!r}; labels must be 'yes' or 'no'")
@@ -217,7 +198,7 @@ def load_pope_answers(path: str | Path, key: str = "answer") -> list[str]:
         ValueError: naming the line number when a line is not JSON or lacks ``key``.
     """
     answers = []
-    for number, obj in _read_jsonl(path):
+    for number, obj in read_jsonl(path):
         if key not in obj:
             raise ValueError(f"{path}: line {number} lacks {key!r}; write each answer under {key!r} or pass key=")
         answers.append(str(obj[key]))

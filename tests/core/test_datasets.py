@@ -54,7 +54,7 @@ def test_bad_datasets_name_the_fix(tmp_path, images):
         load_dataset(empty)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{oops\n')
-    with pytest.raises(ValueError, match="line 2 is not JSON"):
+    with pytest.raises(ValueError, match="line 2 is not valid JSON"):
         load_dataset(bad)
     bad.write_text('{"image": "a.png"}\n')
     with pytest.raises(ValueError, match='line 1 has no non-empty "text"'):

@@ -34,10 +34,50 @@ def attention_budget(trace: Trace) -> list[dict]:
             for j, layer in enumerate(sorted(trace.layers))]
 
 
+def read_prompt_file(path: Path) -> str:
+    """The whole content of a ``--text-file`` (UTF-8), or a ValueError naming the flag and the fix."""
+    if not path.is_file():
+        raise ValueError(f"--text-file {path} is not a file; give a UTF-8 text file holding one prompt")
+    try:
+        content = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"--text-file {path} is not UTF-8 text (byte {err.start}); convert it, e.g. with iconv") \
+            from None
+    if not content.strip():
+        raise ValueError(f"--text-file {path} is empty; give a file holding the prompt")
+    return content
+
+
+def capture_estimate(model, spec, capture: Capture, inputs: dict) -> str:
+    """One line, printed before the pass: the captured tensors' size against the budget and the memory one
+    attention layer holds while it runs (blocks of rows for statistics; the whole map for patterns).
+
+    Raises:
+        ValueError: the capture is over its budget (before the pass, naming the cheaper option).
+    """
+    from attnlab.core.capture import ModelShape, format_bytes
+    from attnlab.hooks.hf_stacks import main_stack, stack_meta
+    from attnlab.hooks.inputs import check_positions
+    from attnlab.kernels.api import working_bytes
+
+    check_positions(inputs, model)  # an over-long input is refused first, in one line
+    ids = inputs.get("input_ids")
+    if ids is None or spec.modality != "text":  # image tokens: their count is known only inside the pass
+        return f"capturing {', '.join(capture.captured)} (budget {format_bytes(capture.budget_bytes)})"
+    batch, n = ids.shape
+    meta = stack_meta(model, main_stack(model), spec.name)
+    kept = capture.check_budget(ModelShape(meta.n_layers, meta.n_heads, meta.d_head, meta.d_model), batch, n)
+    work = working_bytes(batch, meta.n_heads, n, n, meta.d_head, pattern=capture.pattern)
+    how = "the full map, per layer" if capture.pattern else "in row blocks, never the N x N map"
+    return (f"capturing {batch} x {n} tokens, {len(capture.layer_indices(spec.n_layers))} layers: about "
+            f"{format_bytes(kept)} kept (budget {format_bytes(capture.budget_bytes)}); attention holds "
+            f"{format_bytes(work)} while a layer runs ({how})")
+
+
 def run_capture(model_name: str, texts: list[str], images: list[str], capture: Capture, out: Path,
                 overwrite: bool = False) -> Path:
     """Load a model, capture one batch and save it as a Run; returns the Run directory."""
-    from attnlab.hooks.inputs import capture_trace, check_request, load_images
+    from attnlab.hooks.inputs import capture_trace, check_request, load_images, prepare_inputs
     from attnlab.zoo import load, peek
 
     if out.exists() and not overwrite:
@@ -51,7 +91,8 @@ def run_capture(model_name: str, texts: list[str], images: list[str], capture: C
     pil = load_images(images)
     model, processor, spec = load(model_name)
     t1 = time.perf_counter()
-    trace = capture_trace(model, processor, spec, capture, texts, pil)
+    typer.echo(capture_estimate(model, spec, capture, prepare_inputs(processor, spec, texts, pil)), err=True)
+    trace = capture_trace(model, processor, spec, capture, texts, pil, progress=True)
     t2 = time.perf_counter()
     info = RunInfo(model=asdict(spec), inputs={"texts": texts, "images": [str(p) for p in images]},
                    capture={k: v for k, v in asdict(capture).items()},
@@ -68,6 +109,8 @@ def register(app: typer.Typer) -> None:
     def capture(
         model: str = typer.Option(..., "--model", help="zoo name (minilm, toy-gpt, ...) or a local HF checkpoint directory"),
         text: list[str] = typer.Option([], "--text", help="prompt; repeat for a batch"),
+        text_file: list[Path] = typer.Option([], "--text-file", help="a UTF-8 file whose whole content is one prompt "
+                                             "(long inputs: a shell argument holds at most 128 KiB); repeatable"),
         image: list[str] = typer.Option([], "--image", help="image file; repeat for a batch"),
         what: str = typer.Option(None, "--capture", help="comma list of pattern,stats,qk,head_out,resid "
                                  "(default pattern,stats; stats with --dataset)"),
@@ -93,6 +136,7 @@ def register(app: typer.Typer) -> None:
             return
         if workers != 1:
             raise ValueError("--workers needs --dataset (a single batch runs in one process)")
+        text = list(text) + [read_prompt_file(f) for f in text_file]
         cap = Capture.parse(what or "pattern,stats", layers=parse_layers(layers), budget_bytes=int(budget_gb * 2**30))
         path = run_capture(model, text, image, cap, out, overwrite)
         typer.echo(f"wrote {path}")

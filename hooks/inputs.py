@@ -128,10 +128,17 @@ def tokenizer_of(processor):
 
 
 def capture_trace(model, processor, spec, capture: Capture, texts: list[str], images: list | None = None,
-                  plan: Plan | None = None, impl: str = "auto") -> Trace:
-    """One forward pass under :func:`attach`; returns the Trace (with the vision tower's for LVLMs)."""
+                  plan: Plan | None = None, impl: str = "auto", progress: bool = False) -> Trace:
+    """One forward pass under :func:`attach`; returns the Trace (with the vision tower's for LVLMs).
+
+    With ``progress``, inputs of :data:`~attnlab.hooks.progress.LONG_INPUT_TOKENS` or more show a bar per layer.
+    """
+    from .progress import LONG_INPUT_TOKENS, layer_progress
+
     inputs = on_model_device(prepare_inputs(processor, spec, texts, images), model)
+    ids = inputs.get("input_ids")
+    long = progress and ids is not None and ids.shape[-1] >= LONG_INPUT_TOKENS
     with torch.no_grad(), attach(model, capture, plan, tokenizer=tokenizer_of(processor), impl=impl,
-                                 model_id=spec.name) as rec:
+                                 model_id=spec.name) as rec, layer_progress(model, "capturing", enabled=long):
         model(**inputs)
     return rec.trace()

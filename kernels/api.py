@@ -44,6 +44,16 @@ def default_block_q(batch: int, heads: int, n_q: int, n_keys: int, d_v: int) -> 
     return max(16, rows)
 
 
+def working_bytes(batch: int, heads: int, n_q: int, n_keys: int, d_v: int, pattern: bool = False) -> int:
+    """Bytes one attention call on the torch path holds beyond its inputs: the float32 output and the two
+    score-block buffers of :func:`default_block_q` rows, or the whole ``[B, H, Q, K]`` map when ``pattern``.
+
+    Linear in the length unless the pattern is asked for: this is the estimate ``attnlab capture`` prints.
+    """
+    rows = n_q if pattern else min(n_q, default_block_q(batch, heads, n_q, n_keys, d_v))
+    return 4 * batch * heads * (n_q * d_v + (1 if pattern else 2) * rows * n_keys)
+
+
 def _check_mask(name: str, mask: torch.Tensor, shape: tuple[int, ...], device: torch.device) -> None:
     """A mask must have ``shape`` (``-1`` entries accept 1 or the given size), be bool/integer and sit on ``device``."""
     if mask.dim() != len(shape) or any(n != s and not (s < 0 and n in (1, -s)) for n, s in zip(mask.shape, shape)):

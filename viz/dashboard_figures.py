@@ -21,15 +21,13 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from .style import KEY_COLOUR, MARGIN, QUERY_COLOUR
+from .style import SEGMENT_COLOURS as KIND_COLOURS
+
 #: Viridis with its stops packed towards 0, on the fixed range [0, 1].
 ATTENTION_SCALE = [[0.0, "#440154"], [0.02, "#482878"], [0.05, "#3e4989"], [0.1, "#31688e"], [0.18, "#26828e"],
                    [0.3, "#1f9e89"], [0.45, "#35b779"], [0.65, "#6ece58"], [0.85, "#b5de2b"], [1.0, "#fde725"]]
 ATTENTION_TICKS = [0, 0.1, 0.25, 0.5, 0.75, 1]
-QUERY_COLOUR = "#1b9e77"
-KEY_COLOUR = "#e7298a"
-KIND_COLOURS = {"text": "#1f77b4", "image": "#ff7f0e", "special": "#7f7f7f", "system": "#9467bd",
-                "register": "#d62728", "pad": "#c7c7c7", "": "#17becf"}
-MARGIN = {"l": 60, "r": 20, "t": 50, "b": 50}
 
 
 def _title(text: str, size: int | None = None) -> dict:
@@ -317,40 +315,11 @@ def _position_axis() -> dict:
     return {"colorscale": "Viridis", "colorbar": {"title": {"text": "position"}}}
 
 
-def qk_scatter(points: pd.DataFrame, colour_by: str, title: str) -> go.Figure:
-    """One head's joint query-key embedding (AttentionViz); ``customdata`` = (kind, batch, position, token).
-
-    Args:
-        points: rows with ``kind``, ``batch``, ``position``, ``token``, ``segment``, ``x``, ``y``.
-        colour_by: ``kind`` (query/key), ``position`` or ``segment`` (token type).
-        title: figure title.
-
-    Returns:
-        Queries as circles, keys as diamonds, one trace per colour group.
-    """
-    groups, continuous = _qk_groups(points, colour_by)
-    data = []
-    for name, part, marker in groups:
-        custom = [[str(k), int(b), int(p), str(t)] for k, b, p, t in
-                  zip(part["kind"], part["batch"], part["position"], part["token"])]
-        symbols = ["circle" if k == "query" else "diamond" for k in part["kind"]]
-        data.append({"type": "scatter", "x": part["x"].to_numpy(), "y": part["y"].to_numpy(), "mode": "markers",
-                     "name": name, "customdata": custom,
-                     "hovertemplate": "%{customdata[0]} %{customdata[3]}<br>item %{customdata[1]}, "
-                                      "position %{customdata[2]}<extra></extra>",
-                     "marker": {**marker, "size": 8, "symbol": symbols, "line": {"width": 0.5, "color": "white"}}})
-    layout = {"title": _title(title), "margin": MARGIN, "height": 480, "legend": {"title": {"text": colour_by}},
-              "xaxis": {"title": {"text": "component 1"}}, "yaxis": {"title": {"text": "component 2"}}}
-    if continuous:
-        layout["coloraxis"] = _position_axis()
-    return go.Figure({"data": data, "layout": layout})
-
-
 def qk_small_multiples(frames: list[tuple[str, pd.DataFrame]], colour_by: str, title: str, cols: int = 4) -> go.Figure:
     """Every head of a layer as a small scatter of its joint query-key embedding (AttentionViz matrix view).
 
     Args:
-        frames: ``(head label, points)`` per head, points as in :func:`qk_scatter`.
+        frames: ``(head label, points)`` per head, points as in :func:`attnlab.viz.qk.qk_scatter`.
         colour_by: ``kind``, ``position`` or ``segment``.
         title: figure title.
         cols: panels per row.

@@ -20,7 +20,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-KIND_COLORS = {"query": "#3aa655", "key": "#e05fa8"}
+from .style import QK_COLOURS, SEGMENT_COLOURS
+
+KIND_COLORS = QK_COLOURS
 KIND_SYMBOLS = {"query": "circle", "key": "diamond"}
 CATEGORICAL = ("kind", "segment", "category")
 NUMERIC = ("position", "norm", "input", "patch_row", "patch_col")
@@ -52,7 +54,9 @@ def _check_color(frame: pd.DataFrame, color: str) -> None:
 
 
 def _trace(part: pd.DataFrame, dims: tuple[str, ...], name: str, marker: dict, **kw):
-    custom = np.stack([part["token"].astype(str), part["kind"], part["position"], part["input"]], axis=1)
+    """One marker trace; ``customdata`` per point is ``(token, kind, position, input, batch item)``."""
+    batch = part["batch"] if "batch" in part else part["input"]
+    custom = np.stack([part["token"].astype(str), part["kind"], part["position"], part["input"], batch], axis=1)
     coords = {axis: part[axis].to_numpy() for axis in dims}
     cls = go.Scatter3d if len(dims) == 3 else go.Scattergl
     return cls(**coords, mode="markers", name=name, marker=marker, customdata=custom, hovertemplate=_HOVER, **kw)
@@ -72,8 +76,10 @@ def point_traces(frame: pd.DataFrame, color: str = "kind", dims: tuple[str, ...]
         for value in sorted(frame[color].astype(str).unique()):
             part = frame[frame[color].astype(str) == value]
             symbols = part["kind"].map(KIND_SYMBOLS).to_numpy()
-            traces.append(_trace(part, dims, value or "(none)", dict(size=size, symbol=symbols), legendgroup=value,
-                                 showlegend=showlegend))
+            marker = dict(size=size, symbol=symbols)
+            if color == "segment" and value in SEGMENT_COLOURS:
+                marker["color"] = SEGMENT_COLOURS[value]  # the segment colours of every other figure
+            traces.append(_trace(part, dims, value or "(none)", marker, legendgroup=value, showlegend=showlegend))
     else:
         for kind in ("query", "key"):
             part = frame[frame["kind"] == kind]

@@ -13,7 +13,9 @@ from attnlab.dashboard.errors import guarded
 from attnlab.dashboard.viewstate import sync_url
 from attnlab.dashboard.widgets import (HIDDEN, as_int, control, graph, keep, message_area, page_header, provenance,
                                        radio, require_traces, shown_if, token_axis_labels)
-from attnlab.viz.dashboard_figures import message_figure, qk_scatter, qk_small_multiples, stamp, token_bar
+from attnlab.viz.dashboard_figures import message_figure, qk_small_multiples, stamp, token_bar
+from attnlab.viz.qk import qk_scatter
+from attnlab.viz.style import MARGIN
 
 dash.register_page(__name__, path="/qk", name="QK embedding", title="attnlab · QK embedding", order=5)
 
@@ -109,7 +111,8 @@ def detail(run_id, trace, layer, head, colour, method):
     data = current_data()
     run = data.run(run_id)
     points = qk_head(data, run, trace, layer, head, method or "pca")
-    figure = qk_scatter(points, colour or "kind", f"layer {layer}, head {head} ({method or 'pca'})")
+    figure = qk_scatter(points, colour or "kind", f"layer {layer}, head {head} ({method or 'pca'})", size=8)
+    figure.update_layout(height=480, margin=MARGIN)
     return stamp(figure, *provenance(run_id, run, trace, None, layer=layer, head=head, projection=method or "pca"))
 
 
@@ -119,7 +122,7 @@ def detail(run_id, trace, layer, head, colour, method):
 def token_view(click, run_id, trace, layer, head):
     if not click or layer is None or head is None:
         return message_figure("click a point to see that token's attention")
-    kind, item, position, token = click["points"][0]["customdata"][:4]
+    token, kind, position, _, item = click["points"][0]["customdata"][:5]  # see attnlab.viz.qk
     data = current_data()
     run = data.run(run_id)
     weights, real = token_attention(data, run, trace, layer, head, int(item), int(position), str(kind))

@@ -172,7 +172,7 @@ def test_qk_views(ctx):
     click = {"points": [{"customdata": detail.data[0].customdata[5]}]}
     bar = qk.token_view(click, "0:minilm", "main", 1, 3)
     weights = np.asarray(bar.data[0].y, dtype=float)
-    is_query = click["points"][0]["customdata"][0] == "query"
+    is_query = click["points"][0]["customdata"][1] == "query"
     assert weights.min() >= 0 and (not is_query or weights.sum() == pytest.approx(1.0, abs=1e-4))
     grid, note = qk.small_multiples("0:eval-compare", "main", None, "kind")
     assert is_message(note)

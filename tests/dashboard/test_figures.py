@@ -63,20 +63,27 @@ def test_circuit_figure_hides_weak_edges():
 
 def _points():
     rng = np.random.default_rng(0)
-    rows = [("query" if i < 5 else "key", 0, i % 5, f"w{i % 5}", "text" if i % 5 else "special") for i in range(10)]
-    frame = pd.DataFrame(rows, columns=["kind", "batch", "position", "token", "segment"])
+    rows = [("query" if i < 5 else "key", 0, 0, i % 5, f"w{i % 5}", "text" if i % 5 else "special") for i in range(10)]
+    frame = pd.DataFrame(rows, columns=["kind", "input", "batch", "position", "token", "segment"])
     frame["x"], frame["y"] = rng.normal(size=10), rng.normal(size=10)
     return frame
 
 
 def test_qk_scatter_colours_queries_and_keys():
-    fig = figs.qk_scatter(_points(), "kind", "layer 0, head 0")
+    from attnlab.viz.qk import qk_scatter
+    from attnlab.viz.style import QUERY_COLOUR, SEGMENT_COLOURS
+
+    fig = qk_scatter(_points(), "kind", "layer 0, head 0")
     by_name = {t.name: t for t in fig.data}
     assert set(by_name) == {"query", "key"}
-    assert by_name["query"].marker.color == figs.QUERY_COLOUR and set(by_name["key"].marker.symbol) == {"diamond"}
-    assert list(by_name["key"].customdata[0]) == ["key", 0, 0, "w0"]
-    continuous = figs.qk_scatter(_points(), "position", "t")
-    assert len(continuous.data) == 1 and continuous.layout.coloraxis.colorbar.title.text == "position"
+    assert by_name["query"].marker.color == QUERY_COLOUR and by_name["key"].marker.color != QUERY_COLOUR
+    assert list(by_name["key"].customdata[0]) == ["w0", "key", 0, 0, 0]  # token, kind, position, input, item
+    continuous = qk_scatter(_points(), "position", "t")
+    assert [t.name for t in continuous.data] == ["query", "key"]
+    assert continuous.layout.coloraxis.colorbar.title.text == "position"
+    assert continuous.data[1].marker.symbol == "diamond"
+    by_segment = {t.name: t for t in qk_scatter(_points(), "segment", "t").data}
+    assert by_segment["special"].marker.color == SEGMENT_COLOURS["special"]
 
 
 def test_small_multiples_lay_panels_side_by_side():

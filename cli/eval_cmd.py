@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
@@ -79,20 +79,38 @@ def _load_lvlm(model: str):
     return loaded
 
 
-def _binding(task, model, method, questions, images, split, annotations, limit, max_new_tokens, caption_tokens,
-             calibration, calibration_images) -> dict:
-    """The settings that fix every row of an eval Run's tables; a finished Run accepts only the same again."""
-    def where(p):
-        return str(Path(p).resolve()) if p is not None else None
+@dataclass(frozen=True)
+class EvalRequest:
+    """One ``attnlab eval`` command's settings (paths as given; ``binding`` resolves them)."""
 
-    return {"task": task, "model": model, "methods": _methods(method), "questions": where(questions),
-            "images": where(images), "split": split, "annotations": where(annotations), "limit": limit,
-            "max_new_tokens": max_new_tokens if task != "chair" else None, "caption_tokens": caption_tokens,
-            "calibration": where(calibration), "calibration_images": where(calibration_images)}
+    task: str  # pope | chair | compare
+    model: str
+    method: str
+    questions: Path | None = None
+    images: Path | None = None
+    split: str | None = None
+    annotations: Path | None = None
+    limit: int | None = None
+    max_new_tokens: int = 8
+    caption_tokens: int = 32
+    calibration: Path | None = None
+    calibration_images: Path | None = None
+    as_json: bool = False
+
+    def binding(self) -> dict:
+        """The settings that fix every row of an eval Run's tables; a finished Run accepts only the same again."""
+        def where(p):
+            return str(Path(p).resolve()) if p is not None else None
+
+        return {"task": self.task, "model": self.model, "methods": _methods(self.method),
+                "questions": where(self.questions), "images": where(self.images), "split": self.split,
+                "annotations": where(self.annotations), "limit": self.limit,
+                "max_new_tokens": self.max_new_tokens if self.task != "chair" else None,
+                "caption_tokens": self.caption_tokens, "calibration": where(self.calibration),
+                "calibration_images": where(self.calibration_images)}
 
 
-def _check_request(task, model, method, questions, images, split, annotations, limit, max_new_tokens, out,
-                   as_json, caption_tokens=32, calibration=None, calibration_images=None) -> None:
+def _check_request(request: EvalRequest, out: Path) -> None:
     """Refuse bad numbers and an unusable ``--out`` before any model is loaded (one line each).
 
     ``--out`` must be new, an unfinished eval (only its progress, shards and toy worlds), or a finished eval Run
@@ -101,11 +119,11 @@ def _check_request(task, model, method, questions, images, split, annotations, l
     """
     from attnlab.core.runs import Run, run_kind
 
-    for flag, value in (("--limit", limit), ("--max-new-tokens", max_new_tokens), ("--caption-tokens", caption_tokens)):
+    for flag, value in (("--limit", request.limit), ("--max-new-tokens", request.max_new_tokens),
+                        ("--caption-tokens", request.caption_tokens)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be a positive integer, got {value}")
-    bound = _binding(task, model, method, questions, images, split, annotations, limit, max_new_tokens,
-                     caption_tokens, calibration, calibration_images)
+    bound = request.binding()
     check_writable(out)
     if not out.is_dir() or not any(out.iterdir()):
         return
@@ -126,56 +144,56 @@ def _check_request(task, model, method, questions, images, split, annotations, l
 
 
 @with_workers(check=_check_request)
-def _run(task: str, model: str, method: str, questions, images, split, annotations, limit, max_new_tokens, out,
-         as_json: bool, caption_tokens: int = 32, calibration: Path | None = None,
-         calibration_images: Path | None = None, shard=None) -> None:
+def _run(request: EvalRequest, out: Path, shard=None) -> None:
     from attnlab.core.runs import write_results
-    from attnlab.evals.suite import calibration_dataset, compare_methods, comparison_info, prepare_chair
-    from attnlab.interventions.methods import build_method
+    from attnlab.evals.suite import calibration_dataset, prepare_chair
+    from attnlab.interventions.methods import run_comparison
 
-    names = _methods(method)
+    task, limit = request.task, request.limit
+    names = _methods(request.method)
     out.mkdir(parents=True, exist_ok=True)
-    loaded = _load_lvlm(model)
+    loaded = _load_lvlm(request.model)
     if shard is not None:
         shard.wait_for_leader()  # followers read the toy worlds rank 0 writes next
-    data = _dataset(loaded[2], questions, images, split, annotations, out, need_chair=task in ("chair", "compare"))
+    data = _dataset(loaded[2], request.questions, request.images, request.split, request.annotations, out,
+                    need_chair=task in ("chair", "compare"))
     chair = prepare_chair(data, limit) if task in ("chair", "compare") else None
     calibrated = any(name in ("act", "var") for name in names)
-    calib = calibration_dataset(loaded[2], out, calibration, calibration_images, data) if calibrated else None
+    calib = calibration_dataset(loaded[2], out, request.calibration, request.calibration_images, data) \
+        if calibrated else None
     if shard is not None:
         shard.release_followers()  # rank 0 has written the shared toy worlds; every rank builds its methods now
-    t0 = time.perf_counter()
-    states = {name: build_method(name, loaded, calibration=calib) for name in names}
-    setup = time.perf_counter() - t0
-    summary, tables = compare_methods(loaded, states, data, out, pope=task != "chair", chair=chair, pope_limit=limit,
-                                      chair_limit=limit, max_new_tokens=max_new_tokens, caption_tokens=caption_tokens,
-                                      shard=shard)
+    summary, tables, info = run_comparison(loaded, names, data, out, calibration=calib, chair=chair,
+                                           pope=task != "chair", pope_limit=limit, chair_limit=limit,
+                                           max_new_tokens=request.max_new_tokens,
+                                           caption_tokens=request.caption_tokens, shard=shard, task=task,
+                                           command=request.binding())
     if shard is not None and not shard.is_main:
         return  # every rank holds the merged tables; rank 0 writes the Run
-    info = comparison_info(loaded, states, data, calib, setup, task=task, limit=limit, max_new_tokens=max_new_tokens,
-                           caption_tokens=caption_tokens,
-                           command=_binding(task, model, method, questions, images, split, annotations, limit,
-                                            max_new_tokens, caption_tokens, calibration, calibration_images))
     write_results(out, info, {"summary": summary, **tables}, kind="eval")
-    differences = tables.get("significance")
+    _report(summary, tables.get("significance"), info, out, request.as_json)
+
+
+def _report(summary, differences, info, out: Path, as_json: bool) -> None:
+    """Print the comparison table and the paired differences (or one JSON object)."""
     if as_json:
         from attnlab.evals.significance import difference_records
 
         emit_json({"run": str(out), "table": summary.to_dict(orient="records"), "plans": info.extra["plans"],
                    "differences": difference_records(differences)})
-    else:
-        from rich.console import Console
+        return
+    from rich.console import Console
 
-        from attnlab.evals.significance import format_differences
+    from attnlab.evals.significance import format_differences
 
-        console = Console()
-        console.print(summary.drop(columns=[c for c in ("n",) if c in summary]).round(3).to_string(index=False))
-        if differences is not None:
-            level = f"{differences['confidence'].iloc[0]:.0%}"
-            console.print(f"\nmethod - baseline on the same items ({level} paired bootstrap CI; McNemar's exact "
-                          "test on accuracy):")
-            console.print(format_differences(differences).to_string(index=False))
-        typer.echo(f"wrote {out}")
+    console = Console()
+    console.print(summary.drop(columns=[c for c in ("n",) if c in summary]).round(3).to_string(index=False))
+    if differences is not None:
+        level = f"{differences['confidence'].iloc[0]:.0%}"
+        console.print(f"\nmethod - baseline on the same items ({level} paired bootstrap CI; McNemar's exact "
+                      "test on accuracy):")
+        console.print(format_differences(differences).to_string(index=False))
+    typer.echo(f"wrote {out}")
 
 
 OUT_HELP = "eval Run directory (resumes an interrupted eval with the same settings; never overwrites results)"
@@ -196,8 +214,9 @@ def pope(model: str = typer.Option(..., "--model"), questions: Path = typer.Opti
          workers: int = typer.Option(1, "--workers", help=WORKERS_HELP),
          as_json: bool = typer.Option(False, "--json")):
     """POPE accuracy/precision/recall/F1/yes-ratio; without --questions, all three toy-world splits."""
-    _run("pope", model, method, questions, images, split, None, limit, max_new_tokens, out, as_json,
-         calibration=calibration, calibration_images=calibration_images, workers=workers)
+    _run(EvalRequest("pope", model, method, questions=questions, images=images, split=split, limit=limit,
+                     max_new_tokens=max_new_tokens, calibration=calibration, calibration_images=calibration_images,
+                     as_json=as_json), out, workers=workers)
 
 
 @eval_app.command("chair")
@@ -211,8 +230,9 @@ def chair(model: str = typer.Option(..., "--model"), annotations: Path = typer.O
           workers: int = typer.Option(1, "--workers", help=WORKERS_HELP),
           as_json: bool = typer.Option(False, "--json")):
     """Captions scored with CHAIR_s, CHAIR_i, recall and length; without --annotations, the toy world."""
-    _run("chair", model, method, None, images, None, annotations, limit, max_new_tokens, out, as_json,
-         caption_tokens=max_new_tokens, calibration=calibration, calibration_images=calibration_images, workers=workers)
+    _run(EvalRequest("chair", model, method, images=images, annotations=annotations, limit=limit,
+                     max_new_tokens=max_new_tokens, caption_tokens=max_new_tokens, calibration=calibration,
+                     calibration_images=calibration_images, as_json=as_json), out, workers=workers)
 
 
 @eval_app.command("compare")
@@ -230,5 +250,7 @@ def compare(model: str = typer.Option(..., "--model"),
             as_json: bool = typer.Option(False, "--json")):
     """Baseline vs every method on the same POPE questions and CHAIR images: paired bootstrap CIs, McNemar's
     test, and median per-item time ratios (after a warm-up item)."""
-    _run("compare", model, method, questions, images, None, annotations, limit, max_new_tokens, out, as_json,
-         caption_tokens=caption_tokens, calibration=calibration, calibration_images=calibration_images, workers=workers)
+    _run(EvalRequest("compare", model, method, questions=questions, images=images, annotations=annotations,
+                     limit=limit, max_new_tokens=max_new_tokens, caption_tokens=caption_tokens,
+                     calibration=calibration, calibration_images=calibration_images, as_json=as_json),
+         out, workers=workers)

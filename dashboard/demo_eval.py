@@ -8,14 +8,10 @@ per-question predictions and per-image captions), so the Interventions page read
 
 from __future__ import annotations
 
-import logging
-import time
 from pathlib import Path
-
 
 from attnlab.core.runs import write_results
 
-LOG = logging.getLogger("attnlab.dashboard.demo")
 EVAL_SEED = 24680
 CALIBRATION_SEED = 13579
 METHODS = ("baseline", "vhr", "var", "act")
@@ -59,24 +55,16 @@ def build_lvlm_eval(name: str, loaded, root: Path, version: int, *, limit: int =
     Returns:
         The Run directory.
     """
-    from attnlab.evals.suite import compare_methods, comparison_info, prepare_chair
-    from attnlab.interventions.methods import build_method
+    from attnlab.evals.suite import prepare_chair
+    from attnlab.interventions.methods import run_comparison
 
     n_images = max(2, limit // 2)
     data, calibration = demo_worlds(root, n_images, max(2, limit // 4))
     out = root / f"{name}-eval"
-    t0 = time.perf_counter()
-    states = {}
-    for method in METHODS:
-        try:
-            states[method] = build_method(method, loaded, calibration=calibration)
-        except ValueError as err:  # e.g. a model without the parts a method needs
-            LOG.warning("%s left out of the demo eval: %s", method, err)
-    setup = time.perf_counter() - t0
-    summary, tables = compare_methods(loaded, states, data, out, chair=prepare_chair(data, n_images), pope_limit=limit,
-                                      chair_limit=n_images, max_new_tokens=max_new_tokens,
-                                      caption_tokens=caption_tokens, progress=False)
-    info = comparison_info(loaded, states, data, calibration, setup, demo_version=version, task="compare",
-                           limit=limit, max_new_tokens=max_new_tokens, caption_tokens=caption_tokens)
+    summary, tables, info = run_comparison(loaded, list(METHODS), data, out, calibration=calibration,
+                                           chair=prepare_chair(data, n_images), pope_limit=limit,
+                                           chair_limit=n_images, max_new_tokens=max_new_tokens,
+                                           caption_tokens=caption_tokens, progress=False, demo_version=version,
+                                           task="compare")
     write_results(out, info, {"summary": summary, **tables}, kind="eval")
     return out

@@ -51,9 +51,9 @@ def user_folder(root: Path, name: str = "mine") -> Path:
 
 
 def eval_run(root: Path, name: str = "ev") -> Path:
-    from attnlab.cli.eval_cmd import _binding
+    from attnlab.cli.eval_cmd import EvalRequest
 
-    command = _binding("pope", "toy-llava", "baseline", None, None, None, None, None, 8, 32, None, None)
+    command = EvalRequest("pope", "toy-llava", "baseline").binding()
     info = RunInfo(model={"name": "toy-llava"}, extra={"methods": ["baseline"], "task": "pope", "command": command})
     summary = pd.DataFrame({"task": ["pope"], "split": ["random"], "method": ["baseline"], "accuracy": [0.5]})
     write_results(root / name, info, {"summary": summary}, kind="eval")

@@ -141,6 +141,25 @@ def eval_summary(run) -> pd.DataFrame:
     return result_table(run, "summary", "An eval summary (POPE/CHAIR)")
 
 
+def method_choices(run) -> pd.DataFrame:
+    """What each method of an eval Run chose (its manifest's ``plans``): one row per method with the layers it
+    acted on, its heads (ACT's calibrated heads; VHR's most often reinforced, with how often), its sink
+    dimensions (VAR) and its layer rule."""
+    plans = run.manifest.get("extra", {}).get("plans") or {}
+    rows = []
+    for method, plan in plans.items():
+        plan = plan if isinstance(plan, dict) else {}
+        if "head_frequency" in plan:  # VHR picks heads per input: the most frequent, with their share
+            top = sorted(plan["head_frequency"].items(), key=lambda kv: -kv[1])[:6]
+            heads = ", ".join(f"{h} ({f:.0%})" for h, f in top)
+        else:
+            heads = ", ".join(f"{h[0]}.{h[1]}" if isinstance(h, (list, tuple)) else str(h) for h in plan.get("heads", []))
+        rows.append({"method": method, "layers": ", ".join(str(x) for x in plan.get("layers", [])) or "-",
+                     "heads": heads or "-", "sink dims": ", ".join(str(x) for x in plan.get("sink_dims", [])) or "-",
+                     "rule": plan.get("layer_rule") or plan.get("rule") or "-"})
+    return pd.DataFrame(rows, columns=["method", "layers", "heads", "sink dims", "rule"])
+
+
 def eval_metrics(frame: pd.DataFrame) -> list[str]:
     """Metric columns of a summary table present for at least one row."""
     skip = {"task", "split", "method", "n", "seconds"}

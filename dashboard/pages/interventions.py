@@ -7,7 +7,7 @@ import numpy as np
 from dash import Input, Output, State, callback, dcc, html
 
 from attnlab.dashboard import ids
-from attnlab.dashboard.analyses import answers, eval_metrics, eval_summary
+from attnlab.dashboard.analyses import answers, eval_metrics, eval_summary, method_choices
 from attnlab.dashboard.app import current_data
 from attnlab.dashboard.data import trace_header
 from attnlab.dashboard.errors import explain, guarded, message
@@ -49,6 +49,8 @@ def layout(baseline=None, method=None, layer=None, head=None, eval=None, metric=
                  className="controls"),
         html.Div([graph(ids.IV_EVAL_CHART, "eval metric by method"),
                   table(ids.IV_EVAL_TABLE, pd.DataFrame())], className="two-columns"),
+        html.H2("What each method chose"),
+        table(ids.IV_PLANS_TABLE, pd.DataFrame()),
     ])
 
 
@@ -190,3 +192,12 @@ def eval_chart(eval_id, metric):
         return stamp(eval_bars(eval_summary(run), metric or ""), *provenance(eval_id, run, None, metric=metric))
     except Exception as err:  # reported in the figure
         return message_figure(explain(err).children)
+
+
+@callback(Output(ids.IV_PLANS_TABLE, "data"), Output(ids.IV_PLANS_TABLE, "columns"), Input(ids.IV_EVAL, "value"))
+@guarded([], [], report=False)
+def plans_table(eval_id):
+    """The layers, heads and sink dimensions each method of the eval Run chose (from its manifest)."""
+    if eval_id is None:
+        return [], []
+    return table_data(method_choices(current_data().run(eval_id)))

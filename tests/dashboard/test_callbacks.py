@@ -464,3 +464,18 @@ def test_the_attention_matrix_downloads_with_its_provenance(ctx, demo_root):
     stored = load_file(str(demo_root / "minilm" / "traces" / "main.safetensors"))
     real = np.flatnonzero(stored["token_mask"][1])  # the item's real tokens
     np.testing.assert_allclose(matrix, stored["layer.2.pattern"][1, 3][np.ix_(real, real)], atol=1e-6)  # (B,H,Q,K)
+
+
+def test_interventions_page_shows_what_each_method_chose(ctx, demo_root):
+    """The demo eval's plans table: one row per method, VHR's layers by its depth rule, ACT's scanned layers."""
+    from attnlab.probes.vhd import vhr_layers
+
+    rows, columns = page("interventions").plans_table("0:toy-llava-eval")
+    by_method = {r["method"]: r for r in rows}
+    assert set(by_method) == {"baseline", "vhr", "var", "act"}
+    plans = Run.open(demo_root / "toy-llava-eval").manifest["extra"]["plans"]
+    n_layers = plans["vhr"]["n_layers"]
+    assert by_method["vhr"]["layers"] == ", ".join(str(i) for i in vhr_layers(n_layers))
+    assert "round(L/32)" in by_method["vhr"]["rule"] and by_method["baseline"]["layers"] == "-"
+    assert by_method["act"]["layers"] == ", ".join(str(i) for i in plans["act"]["layers"])
+    assert page("interventions").plans_table(None) == ([], [])

@@ -33,6 +33,46 @@ def test_register_probe_on_toy_vits_reports_no_artifacts():
             assert result.register_mask.sum() == 4 * len(images)
 
 
+def test_register_probe_finds_planted_high_norm_tokens():
+    """The positive control beside 'no artifacts': three patch tokens whose residual is scaled x25 at the output of
+    toy-vit's second block (Darcet et al.'s artifacts appear mid-network) are flagged from that layer on,
+    by the same detector at its defaults; at the last layer, where the clean model has none, they are exactly what
+    is flagged. (Earlier layers of the clean model hold a small second norm mode at about 1.5x the median, which
+    the detector also reports.)"""
+    from attnlab.hooks.hf_stacks import main_stack
+    from attnlab.probes.registers import high_norm_tokens
+    from attnlab.zoo import load
+
+    model, proc, spec = load("toy-vit")
+    images = world_images(4, start=9000)
+    planted_layer = 1
+    blocks = model.get_submodule(main_stack(model).prefix)
+    clean = capture_trace(model, proc, spec, Capture(resid=True), [], images)
+    patches = np.flatnonzero(clean.key_set("image")[0].numpy())
+    planted = patches[[3, 20, 41]]
+
+    def plant(_module, _args, output):
+        hidden = output[0] if isinstance(output, tuple) else output  # (B, N, d)
+        hidden = hidden.clone()
+        hidden[:, planted] *= 25.0
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+    handle = blocks[planted_layer].register_forward_hook(plant)
+    try:
+        trace = capture_trace(model, proc, spec, Capture(resid=True), [], images)
+    finally:
+        handle.remove()
+    result, before = high_norm_tokens(trace), high_norm_tokens(clean)
+    expected = np.zeros((len(images), trace.n_tokens), dtype=bool)
+    expected[:, planted] = True
+    for li, layer in enumerate(result.layers):
+        if layer >= planted_layer:  # flagged from the planting layer on, in every image
+            assert result.is_artifact[li][expected].all(), layer
+    # the last layer, where the clean model has no artifacts (the test above): exactly the planted tokens
+    assert not before.is_artifact[-1].any()
+    assert (result.is_artifact[-1] == expected).all()
+
+
 def o_proj_inputs(model, inputs) -> list[torch.Tensor]:
     """Per language-model layer, the input of its attention output projection at the last token ``[H * d_head]``,
     read with plain forward pre-hooks on a model attnlab does not touch (Hugging Face's own attention)."""

@@ -266,7 +266,9 @@ def attention_rows(c: _Call, r0: int, r1: int) -> tuple[torch.Tensor, dict[str, 
     if c.head_scale is not None:
         out = out * c.head_scale
     row["keys"] = torch.tensor([lo, hi])
-    pattern = torch.nn.functional.pad(p, (lo, c.n_k - hi)) if c.want_pattern else None
+    pattern = None
+    if c.want_pattern:  # the rows over every key; padding copies, so a block that spans them all is kept as is
+        pattern = p if (lo, hi) == (0, c.n_k) else torch.nn.functional.pad(p, (lo, c.n_k - hi))
     return out, row, pattern
 
 

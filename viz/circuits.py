@@ -26,6 +26,16 @@ def _edge_table(graph) -> tuple[pd.DataFrame, int, int]:
     return graph, max(p[0] for p in xy) + 1, max(p[1] for p in xy) + 1
 
 
+def _edge_hover(row) -> str:
+    """An edge's hover text, naming the strength's denominator (upstream heads) and, when stored, the share
+    among every writer."""
+    text = (f"{row.upstream} → {row.downstream}<br>side {row.side}<br>strength {row.strength:.3f} "
+            "(share among upstream heads)")
+    if hasattr(row, "share_of_all"):
+        text += f"<br>share of all writers {row.share_of_all:.3f}"
+    return text + f"<br>components {list(row.components)}"
+
+
 def circuit_graph_figure(graph, *, min_strength: float = 0.0,
                          title: str = "Head communication (sparse attention decomposition)") -> go.Figure:
     """Heads as nodes on a layer x head grid, edges from writing heads to the heads that read them.
@@ -51,8 +61,7 @@ def circuit_graph_figure(graph, *, min_strength: float = 0.0,
             line={"color": SIDE_COLOURS.get(row.side, "grey"), "width": 1 + 7 * row.strength / top,
                   "dash": "solid" if row.side == "src" else "dot"},
             opacity=0.35 + 0.65 * row.strength / top, showlegend=False, hoverinfo="text",
-            hovertext=f"{row.upstream} → {row.downstream}<br>side {row.side}<br>strength {row.strength:.3f}"
-                      f"<br>components {list(row.components)}"))
+            hovertext=_edge_hover(row)))
     layer, head = np.divmod(np.arange(n_layers * n_heads), n_heads)
     fig.add_trace(go.Scatter(x=layer, y=head, mode="markers+text", name="heads", hoverinfo="text",
                              text=[f"{l}.{h}" for l, h in zip(layer, head)], textposition="top center",

@@ -413,7 +413,9 @@ def circuit_figure(edges: pd.DataFrame, n_layers: int, n_heads: int, min_strengt
         data.append({"type": "scatter", "x": [-1], "y": [(n_heads - 1) / 2], "mode": "markers+text", "text": ["embed"],
                      "name": "embeddings", "textposition": "middle left", "marker": {"size": 12, "color": "#2ca02c"}})
     return go.Figure({"data": data, "layout": {
-        "title": _title(f"Head communication graph ({len(shown)} edges with strength ≥ {min_strength:g})"),
+        "title": {**_title(f"Head communication graph ({len(shown)} edges with strength ≥ {min_strength:g})"),
+                  "subtitle": {"text": "strength: share among the upstream heads' contributions (embeddings and MLPs "
+                                       "not counted; the table's share_of_all counts every writer)"}},
         "margin": {**MARGIN, "t": 90}, "height": 480, "annotations": arrows,
         "legend": {"orientation": "h", "y": -0.18},
         "xaxis": {"title": {"text": "layer"}, "dtick": 1, "range": [-1.8 if "embed" in degree else -0.5, n_layers - 0.5]},

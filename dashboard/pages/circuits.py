@@ -22,7 +22,8 @@ dash.register_page(__name__, path="/circuits", name="Circuits", title="attnlab �
 
 STRENGTH_HELP = ("Edge strength: the upstream head's mean share of all upstream heads' absolute contributions to the "
                  "signal the downstream head reads, over its firings (Franco & Crovella 2024, sparse attention "
-                 "decomposition). Blue: written at the key token; orange: at the query token.")
+                 "decomposition). Embeddings and MLPs are not in that denominator: the edge table's share_of_all "
+                 "is the share among every writer. Blue: written at the key token; orange: at the query token.")
 PATCHING_HELP = ("Patching effect: (patched − corrupted) / (clean − corrupted) of the logit difference when one "
                  "head's output is patched between the clean and corrupted prompts (Wang et al. 2022, §3): 0 is as "
                  "corrupted, 1 as clean; click a head to open it.")

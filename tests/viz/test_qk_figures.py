@@ -51,7 +51,7 @@ def test_scatter_by_kind_has_queries_and_keys(fitted):
 def test_hover_shows_token_and_position(fitted):
     fig = qk_scatter(fitted)
     custom = fig.data[1].customdata
-    assert custom.shape == (N_POINTS // 2, 4)
+    assert custom.shape == (N_POINTS // 2, 5)  # token, kind, position, input, batch item
     assert tuple(custom[0][:3]) == ("[CLS]", "key", 0) and tuple(custom[8][:3]) == (".", "key", 8)
     assert "customdata[0]" in fig.data[1].hovertemplate and "position" in fig.data[1].hovertemplate
 

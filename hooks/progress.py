@@ -30,6 +30,7 @@ def layer_progress(model: nn.Module, desc: str = "layers", enabled: bool = True)
     stack = main_stack(model)
     blocks = model.get_submodule(stack.prefix)  # ModuleList of the blocks
     bar = tqdm(total=len(blocks), desc=desc, unit="layer", leave=False)
+
     def tick(*_) -> None:  # a forward hook that returns anything would replace the block's output
         bar.update(1)
 

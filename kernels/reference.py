@@ -152,6 +152,11 @@ class _Call:
         return max(lo, self.key_span[0]), min(hi, self.key_span[1])
 
 
+def _hide(c: _Call, s: torch.Tensor, hide: torch.Tensor) -> torch.Tensor:
+    """``s`` with the pairs ``hide`` marks set to ``MASKED``: in place, or out of place when the pass builds a graph."""
+    return s.masked_fill(hide, MASKED) if c.grad else s.masked_fill_(hide, MASKED)
+
+
 def block_scores(c: _Call, r0: int, r1: int, lo: int, hi: int) -> torch.Tensor:
     """Scores ``[B, H, q, hi - lo]`` of rows ``r0:r1`` on keys ``lo:hi``: scaled, soft-capped, biased, masked.
 
@@ -177,17 +182,15 @@ def block_scores(c: _Call, r0: int, r1: int, lo: int, hi: int) -> torch.Tensor:
             if c.grad:  # out of place: the mask widened to the block
                 hide = torch.zeros(s.shape[-2:], dtype=torch.bool, device=s.device)  # (q, w)
                 hide[:, c0 - lo:c1 - lo] = ~ok
-                s = s.masked_fill(hide, MASKED)
-            else:
+                s = _hide(c, s, hide)
+            else:  # in place on the columns it touches
                 s[..., c0 - lo:c1 - lo].masked_fill_(~ok, MASKED)
     if c.key_mask is not None:
         km = c.key_mask[:, lo:hi]  # (B, w)
         if not bool(km.all()):
-            hide = ~km[:, None, None, :]  # (B, 1, 1, w)
-            s = s.masked_fill(hide, MASKED) if c.grad else s.masked_fill_(hide, MASKED)
+            s = _hide(c, s, ~km[:, None, None, :])  # (B, 1, 1, w)
     if c.attn_mask is not None:
-        hide = ~c.attn_mask[:, :, r0:r1, lo:hi]
-        s = s.masked_fill(hide, MASKED) if c.grad else s.masked_fill_(hide, MASKED)
+        s = _hide(c, s, ~c.attn_mask[:, :, r0:r1, lo:hi])
     return s
 
 

@@ -56,6 +56,39 @@ def _make_single(name: str):
     return command
 
 
+def _position_option(text: str | None):
+    """``--position``: a token index, ``mean`` or ``pooled`` (checked by the probe, which names the choices)."""
+    if text is None or text in ("mean", "pooled"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"--position {text}: give a token index (negative counts from the end), 'mean' or "
+                         "'pooled'") from None
+
+
+def _make_relevance(name: str):
+    @friendly
+    def command(run: Path = typer.Argument(..., help="Run directory"),
+                trace: str = typer.Option("main", "--trace", help="trace name inside the Run (e.g. main.vision)"),
+                position: str = typer.Option(
+                    None, "--position", help="output to explain: a real-token index (negative from the end; default "
+                    "[CLS] for encoders, the last token for decoders), 'mean' (mean over real tokens) or 'pooled' "
+                    "(the model's sentence-transformers pooling, e.g. mean for all-MiniLM-L6-v2)"),
+                as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+                save: Path = typer.Option(None, "--save", help="also store the table in the Run under this name")):
+        from attnlab.core.runs import Run
+        from attnlab.probes.registry import run_probe
+
+        _save_name(save)
+        wanted = _position_option(position)
+        opened = Run.open(run)
+        _show(run_probe(name, opened.trace(trace), position=wanted), as_json, save, opened)
+
+    command.__doc__ = f"The '{name}' probe on a Run: relevance of every input token for one output."
+    return command
+
+
 def _vhd_command():
     @friendly
     def command(run: Path = typer.Argument(..., help="Run captured WITH the image (head_out)"),
@@ -75,7 +108,8 @@ def register_probes() -> typer.Typer:
     from attnlab.probes.registry import PROBES
 
     for name in PROBES:
-        probe_app.command(name)(_make_single(name))
+        make = _make_relevance if name in ("rollout", "flow") else _make_single
+        probe_app.command(name)(make(name))
     probe_app.command("vhd")(_vhd_command())
     for module in ("qk_cmd", "circuits_cmd"):
         try:

@@ -76,6 +76,7 @@ class MetaEntry(_Strict):
     captured: list[str] = []
     dtype: str = "float32"
     backend: str = "hf"
+    pooling: str = ""
 
 
 class SegmentEntry(_Strict):

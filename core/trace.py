@@ -149,6 +149,8 @@ class TraceMeta:
         captured: names of what was recorded (``pattern``, ``stats``, ``qk``, ``head_out``, ``resid``).
         dtype: dtype the model ran in.
         backend: ``hf``, ``transformer_lens`` or ``torch``.
+        pooling: how the model pools token states into its sentence output (``mean``, ``cls``, ``last``, ...),
+            read from a sentence-transformers config beside the checkpoint; ``""`` when unknown.
     """
 
     model: str
@@ -161,6 +163,7 @@ class TraceMeta:
     captured: tuple[str, ...] = ()
     dtype: str = "float32"
     backend: str = "hf"
+    pooling: str = ""
 
 
 @dataclass

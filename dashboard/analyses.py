@@ -32,10 +32,11 @@ def _layers_with(data: DashboardData, run, trace: str, field: str) -> list[int]:
 
 
 def relevance(data: DashboardData, run, trace: str, item: int, method: str, fusion: str, discard: float,
-              receptive_field: bool, position: int | None):
+              receptive_field: bool, position: int | str | None):
     """Rollout or flow relevance of one batch item (a ``TokenRelevance`` result whose batch holds that item).
 
-    ``position`` indexes the item's real tokens (negative from the end); ``None`` is the probe's default.
+    ``position`` indexes the item's real tokens (negative from the end); ``"mean"`` explains the mean-pooled output;
+    ``None`` is the probe's default.
     """
     if method not in ("rollout", "flow"):
         raise ValueError(f"Unknown relevance method {method!r}; choose rollout or flow")

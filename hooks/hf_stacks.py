@@ -17,6 +17,8 @@ from torch import nn
 
 from attnlab.core.trace import TraceMeta
 
+from .pooling import sentence_pooling
+
 #: the leftmost numbered part of a module name is its block index (T5 nests a numbered list inside each block)
 _LAYER_RE = re.compile(r"^(.*?)\.(\d+)\.(.+)$")
 
@@ -188,5 +190,6 @@ def stack_meta(model: nn.Module, stack: Stack, model_id: str) -> TraceMeta:
     causal = bool(getattr(first, "is_causal", False))
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")
     family = model.config.model_type if stack.name == "main" else cfg.model_type
+    pooling = sentence_pooling(getattr(model, "name_or_path", "")) if stack.name == "main" else ""
     return TraceMeta(model=model_id, family=family, n_layers=len(stack.attn_names), n_heads=n_heads,
-                     d_head=d_head, d_model=d_model, causal=causal, dtype=dtype, backend="hf")
+                     d_head=d_head, d_model=d_model, causal=causal, dtype=dtype, backend="hf", pooling=pooling)

@@ -33,7 +33,7 @@ from attnlab.core.trace import Segment, Trace
 from .max_flow import max_flows_from
 from .residual_attention import augmented_attention
 from .results import TokenRelevance
-from .tokens import output_position, select_layers, token_mask
+from .tokens import MEAN_POOLED, output_weights, select_layers, token_mask
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,7 +45,7 @@ class FlowResult(TokenRelevance):
         flow: ``[B, N]`` the max-flow values before normalisation.
         error_bound: ``[B, N]`` proven bound on ``true max flow - flow`` (>= 0).
         mask: ``[B, N]`` real tokens.
-        positions: output position of each batch item.
+        positions: output position of each batch item; ``MEAN_POOLED`` (-1) for the mean-pooled output.
         layers: layers of the graph, bottom first.
         tokens: ``tokens[b][n]``.
         segments: ``segments[b]``.
@@ -64,58 +64,72 @@ class FlowResult(TokenRelevance):
     probe = "flow"
 
 
-def layered_graph(mats: np.ndarray, position: int) -> sp.csr_array:
+def layered_graph(mats: np.ndarray, output: int | np.ndarray) -> sp.csr_array:
     """Capacity matrix of the flow graph restricted to what the output node can reach.
 
-    Node ids: input ``j`` is ``j``; node ``(i, k)`` for ``1 <= i < L`` is ``i * n + k``; the source
-    (layer ``L``, ``position``) is ``L * n``. The other top-layer nodes are unreachable from the
-    source and are left out; so are zero-capacity edges.
+    Node ids: input ``j`` is ``j``; node ``(i, k)`` for ``1 <= i < L`` is ``i * n + k``. For one output
+    position the source is node ``(L, position)`` itself, id ``L * n``; the other top-layer nodes are
+    unreachable from it and left out. For a pooled output (``output`` = ``[n]`` weights) the top-layer
+    nodes ``(L, k)`` are ``L * n + k`` and the source, id ``(L + 1) * n``, feeds node ``(L, k)`` through an
+    edge of capacity ``weights[k]`` (``1/n`` for mean pooling): the pooled output is a weighted sum of the
+    top states, as each attention row is a weighted sum of the states below. Zero-capacity edges are left out.
+    The source is always the last node.
 
     Args:
         mats: ``[L, n, n]`` residual-augmented attention, bottom layer first (rows = queries).
-        position: output position (row of ``mats[-1]``).
+        output: output position (row of ``mats[-1]``), or ``[n]`` non-negative weights of a pooled output.
 
     Returns:
-        ``[(L n + 1), (L n + 1)]`` float64 CSR capacities.
+        ``[V, V]`` float64 CSR capacities, ``V = L n + 1`` (position) or ``(L + 1) n + 1`` (pooled).
     """
     n_layers, n, _ = mats.shape
     rows, cols, vals = [], [], []
-    for i in range(1, n_layers):
+    for i in range(1, n_layers + (np.ndim(output) != 0)):
         r, c = np.nonzero(mats[i - 1])
         rows.append(i * n + r)
         cols.append((i - 1) * n + c)
         vals.append(mats[i - 1][r, c])
-    top = np.nonzero(mats[-1][position])[0]
-    rows.append(np.full(top.size, n_layers * n))
-    cols.append((n_layers - 1) * n + top)
-    vals.append(mats[-1][position, top])
-    size = n_layers * n + 1
+    if np.ndim(output) == 0:
+        top = np.nonzero(mats[-1][output])[0]
+        rows.append(np.full(top.size, n_layers * n))
+        cols.append((n_layers - 1) * n + top)
+        vals.append(mats[-1][output, top])
+        size = n_layers * n + 1
+    else:
+        weights = np.asarray(output, dtype=np.float64)
+        top = np.flatnonzero(weights)
+        rows.append(np.full(top.size, (n_layers + 1) * n))
+        cols.append(n_layers * n + top)
+        vals.append(weights[top])
+        size = (n_layers + 1) * n + 1
     return sp.csr_array((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(size, size))
 
 
-def flows_to_inputs(mats: np.ndarray, position: int) -> tuple[np.ndarray, np.ndarray]:
-    """Max flow from the output node ``(L, position)`` to every input node ``(0, j)``.
+def flows_to_inputs(mats: np.ndarray, output: int | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Max flow from the output node to every input node ``(0, j)``.
 
     Args:
         mats: ``[L, n, n]`` residual-augmented attention, bottom layer first.
-        position: output position.
+        output: output position, or ``[n]`` weights of a pooled output (see :func:`layered_graph`).
 
     Returns:
         ``(flows [n], error_bounds [n])``, unnormalised.
     """
-    n_layers, n, _ = mats.shape
-    return max_flows_from(layered_graph(mats, position), n_layers * n, range(n))
+    graph = layered_graph(mats, output)
+    return max_flows_from(graph, graph.shape[0] - 1, range(mats.shape[1]))
 
 
 def attention_flow(
-    trace: Trace, *, position: int | None = None, head_fusion: str = "mean", layers=None,
+    trace: Trace, *, position: int | str | None = None, head_fusion: str = "mean", layers=None,
 ) -> FlowResult:
     """Attention flow of every batch item.
 
     Args:
         trace: a Trace captured with ``Capture(pattern=True)`` for every layer of the graph.
         position: output position as an index into each item's real tokens (negative from the end);
-            ``None``: the first token ([CLS]) for encoders, the last token for causal decoders.
+            ``None``: the first token ([CLS]) for encoders, the last token for causal decoders; ``"mean"``: a
+            pooled output node fed by every top-layer token with capacity ``1/n`` (see :func:`layered_graph`);
+            ``"pooled"``: the model's own pooling (``trace.meta.pooling``, e.g. mean for all-MiniLM-L6-v2).
         head_fusion: ``mean`` (paper) | ``max`` | ``min``.
         layers: layers of the graph, bottom first; ``None`` = every layer of the model.
 
@@ -135,9 +149,9 @@ def attention_flow(
     positions = []
     for b in range(bsz):
         real = trace.real_positions(b).numpy()
-        pos = output_position(trace, b, position)
+        weights, pos = output_weights(trace, b, position)  # (n,)
         mats = augmented_attention(trace, b, layers, head_fusion=head_fusion)  # (L, n, n)
-        flows, bounds = flows_to_inputs(mats, int(np.searchsorted(real, pos)))
+        flows, bounds = flows_to_inputs(mats, weights if pos == MEAN_POOLED else int(np.searchsorted(real, pos)))
         raw[b, real], err[b, real] = flows, bounds
         rel[b, real] = flows / flows.sum()
         positions.append(pos)

@@ -102,7 +102,10 @@ class TokenRelevance(ProbeResult):
         return patch_grids(self.relevance[batch], self.segments[batch])  # type: ignore[attr-defined]
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per real input token: ``batch, output_position, position, token, relevance``."""
+        """One row per real input token: ``batch, output_position, position, token, relevance``.
+
+        ``output_position`` is -1 (:data:`attnlab.probes.tokens.MEAN_POOLED`) for a mean-pooled output.
+        """
         rows = []
         for b, toks in enumerate(self.tokens):  # type: ignore[attr-defined]
             out = self.positions[b]  # type: ignore[attr-defined]

@@ -36,7 +36,7 @@ from attnlab.core.trace import Segment, Trace
 
 from .residual_attention import augmented_attention, residual_augment, uniform_attention
 from .results import TokenRelevance
-from .tokens import output_position, select_layers, token_mask
+from .tokens import MEAN_POOLED, output_weights, select_layers, token_mask
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,7 +47,7 @@ class RolloutResult(TokenRelevance):
         relevance: ``[B, N]`` after the last rolled-out layer; 0 on padding.
         layer_relevance: ``[L, B, N]`` the same after each layer (``layer_relevance[-1] == relevance``).
         mask: ``[B, N]`` real tokens.
-        positions: output position of each batch item.
+        positions: output position of each batch item; ``MEAN_POOLED`` (-1) for the mean-pooled output.
         layers: rolled-out layers, bottom first.
         tokens: ``tokens[b][n]``.
         segments: ``segments[b]`` (image spans carry their patch grid).
@@ -87,10 +87,14 @@ def joint_attention(mats: np.ndarray) -> np.ndarray:
     return out
 
 
-def receptive_field_baseline(n: int, n_layers: int, position: int, causal: bool) -> np.ndarray:
-    """``[L, n]`` rollout rows for ``position`` when every query attends uniformly to what it can see."""
+def receptive_field_baseline(n: int, n_layers: int, output: int | np.ndarray, causal: bool) -> np.ndarray:
+    """``[L, n]`` rollout rows for an output when every query attends uniformly to what it can see.
+
+    ``output`` is a position, or ``[n]`` weights of a pooled output (see :func:`attnlab.probes.tokens.output_weights`).
+    """
     a = residual_augment(uniform_attention(n, causal))  # (n, n)
-    return joint_attention(np.broadcast_to(a, (n_layers, n, n)).copy())[:, position]  # (L, n)
+    joint = joint_attention(np.broadcast_to(a, (n_layers, n, n)).copy())  # (L, n, n)
+    return joint[:, output] if np.ndim(output) == 0 else np.einsum("k,lkn->ln", output, joint)
 
 
 def _divide_by_baseline(rows: np.ndarray, baseline: np.ndarray) -> np.ndarray:
@@ -102,7 +106,7 @@ def _divide_by_baseline(rows: np.ndarray, baseline: np.ndarray) -> np.ndarray:
 
 
 def attention_rollout(
-    trace: Trace, *, position: int | None = None, head_fusion: str = "mean", discard_ratio: float = 0.0,
+    trace: Trace, *, position: int | str | None = None, head_fusion: str = "mean", discard_ratio: float = 0.0,
     normalization: str = "row", receptive_field: bool = False, layers=None,
 ) -> RolloutResult:
     """Attention rollout of every batch item.
@@ -110,7 +114,9 @@ def attention_rollout(
     Args:
         trace: a Trace captured with ``Capture(pattern=True)`` for every rolled-out layer.
         position: output position as an index into each item's real tokens (negative from the end);
-            ``None``: the first token ([CLS]) for encoders, the last token for causal decoders.
+            ``None``: the first token ([CLS]) for encoders, the last token for causal decoders; ``"mean"``: the
+            mean over real tokens (rollout is linear in its output row, so this is the mean of the token rows);
+            ``"pooled"``: the model's own pooling (``trace.meta.pooling``, e.g. mean for all-MiniLM-L6-v2).
         head_fusion: ``mean`` (paper) | ``max`` | ``min`` (vit-explain).
         discard_ratio: vit-explain's fraction of the weakest fused entries to zero per layer (0 = off).
         normalization: ``row`` (default) | ``vit-explain`` (see the module docstring).
@@ -132,13 +138,14 @@ def attention_rollout(
     positions = []
     for b in range(bsz):
         real = trace.real_positions(b).numpy()
-        pos = output_position(trace, b, position)
-        local = int(np.searchsorted(real, pos))
+        weights, pos = output_weights(trace, b, position)  # (n,)
         mats = augmented_attention(trace, b, layers, head_fusion=head_fusion, discard_ratio=discard_ratio,
                                    normalization=normalization)  # (L, n, n)
-        rows = joint_attention(mats)[:, local]  # (L, n)
+        output = weights if pos == MEAN_POOLED else int(np.searchsorted(real, pos))
+        joint = joint_attention(mats)  # (L, n, n)
+        rows = joint[:, output] if pos != MEAN_POOLED else np.einsum("k,lkn->ln", weights, joint)  # (L, n)
         if receptive_field:
-            rows = _divide_by_baseline(rows, receptive_field_baseline(real.size, len(layers), local, trace.meta.causal))
+            rows = _divide_by_baseline(rows, receptive_field_baseline(real.size, len(layers), output, trace.meta.causal))
         layer_rel[:, b, real] = rows
         positions.append(pos)
     return RolloutResult(

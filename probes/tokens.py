@@ -57,6 +57,51 @@ def output_position(trace: Trace, batch: int, position: int | None) -> int:
     return int(real[position])
 
 
+#: ``position`` values that explain a pooled output instead of one token.
+POOLED_OUTPUTS = ("mean", "pooled")
+#: ``OutputWeights.position`` of a mean-pooled output (no single token).
+MEAN_POOLED = -1
+
+
+def output_weights(trace: Trace, batch: int, position: int | str | None) -> tuple[np.ndarray, int]:
+    """How much each real token of one item makes up the output a relevance probe explains.
+
+    Args:
+        trace: the Trace.
+        batch: batch item.
+        position: a token index as in :func:`output_position` (``None`` too); ``"mean"``: the mean over the
+            item's real tokens (mean pooling, as sentence-transformers models such as all-MiniLM-L6-v2 use);
+            ``"pooled"``: the model's own pooling, read from ``trace.meta.pooling`` (``mean``, ``cls``, ``last``).
+
+    Returns:
+        ``(weights [n], position)``: ``weights`` over the item's ``n`` real tokens sums to 1 (one-hot for a
+        token); ``position`` is the token's absolute position, or :data:`MEAN_POOLED` for the mean.
+
+    Raises:
+        ValueError: an unknown ``position`` string, or ``"pooled"`` on a Trace whose pooling is unknown or not
+            a weighted sum of token states (``max``), naming what to pass instead.
+    """
+    n = trace.real_positions(batch).numel()
+    if position == "pooled":
+        pooling = trace.meta.pooling
+        if pooling not in ("mean", "cls", "last"):
+            why = (f"the model pools with {pooling!r}, which is not a weighted sum of token states" if pooling else
+                   "the Trace does not know how the model pools (no sentence-transformers 1_Pooling/config.json "
+                   "beside the checkpoint it was loaded from)")
+            raise ValueError(f"position='pooled': {why}; pass position='mean' or a token index instead")
+        position = {"mean": "mean", "cls": 0, "last": -1}[pooling]
+    if position == "mean":
+        if n == 0:
+            raise ValueError(f"Batch item {batch} has no real tokens (token_mask is all False)")
+        return np.full(n, 1.0 / n), MEAN_POOLED
+    if isinstance(position, str):
+        raise ValueError(f"position={position!r}: pass a token index, None, 'mean' or 'pooled'")
+    pos = output_position(trace, batch, position)
+    weights = np.zeros(n)
+    weights[int(np.searchsorted(trace.real_positions(batch).numpy(), pos))] = 1.0
+    return weights, pos
+
+
 def select_layers(trace: Trace, layers, field: str, probe: str, default: str = "all") -> tuple[int, ...]:
     """Resolve a ``layers`` argument and check ``field`` was captured for each of them.
 

@@ -6,6 +6,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from attnlab.probes.results import TokenRelevance
+from attnlab.probes.tokens import MEAN_POOLED
 
 OUTPUT_COLOUR = "#d62728"
 INPUT_COLOUR = "#1f77b4"
@@ -28,7 +29,8 @@ def relevance_bar(result: TokenRelevance, batch: int = 0) -> go.Figure:
         x=labels, y=result.relevance[batch, real], name="relevance",
         marker_color=[OUTPUT_COLOUR if n == out else INPUT_COLOUR for n in real],
     ))
-    fig.update_layout(title=f"{result.probe} relevance for output position {out}",
+    output = "the mean-pooled output" if out == MEAN_POOLED else f"output position {out}"
+    fig.update_layout(title=f"{result.probe} relevance for {output}",
                       xaxis_title="input token", yaxis_title="relevance")
     return fig
 

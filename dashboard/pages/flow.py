@@ -67,7 +67,8 @@ def layout(method=None, fusion=None, discard=None, options=None, position=None, 
           State(ids.FLOW_WANTED, "data"))
 @guarded([], None, HIDDEN, report=False)
 def positions(run_id, trace, item, current, requested=None):
-    """Output-token options; a Run switch resets the choice to the model's output token (the last real token
+    """Output-token options, then the mean-pooled output (labelled as the model's pooling when its sentence-transformers
+    config says so); a Run switch resets the choice to the model's output token (the last real token
     of a causal model, the first of an encoder), since an index into one Run's tokens means nothing in another."""
     data = current_data()
     run = data.run(run_id)
@@ -77,7 +78,10 @@ def positions(run_id, trace, item, current, requested=None):
     real = real_positions(data, run, trace, item or 0)
     # values index the item's real tokens, which is what the probes take
     options = [{"label": f"{int(n)}: {header['tokens'][item or 0][int(n)]}", "value": i} for i, n in enumerate(real)]
-    default = len(options) - 1 if meta_of(header).causal else 0
+    meta = meta_of(header)
+    pooled = " (this model's pooling)" if meta.pooling == "mean" else ""
+    options.append({"label": f"mean of all tokens{pooled}", "value": "mean"})
+    default = len(real) - 1 if meta.causal else 0
     return options, wanted(current, options, (requested or {}).get("position"), default), {}
 
 

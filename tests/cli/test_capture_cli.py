@@ -25,6 +25,24 @@ def test_capture_then_info_json(tmp_path):
     assert main["tokens"][0][0] == "[CLS]" and main["tokens_per_item"] == [len(main["tokens"][0])]
 
 
+def test_rollout_of_minilms_pooled_output_through_the_cli(tmp_path):
+    from attnlab.core.runs import Run
+    from attnlab.probes.rollout import attention_rollout
+
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["capture", "--model", "minilm", "--text", "A dog runs in the park.", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["probe", "rollout", str(out), "--position", "pooled", "--json"])
+    assert res.exit_code == 0, res.output
+    got = np.array(json.loads(res.stdout)["relevance"][0])
+    trace = Run.open(out).trace("main")
+    assert trace.meta.pooling == "mean"  # read from the checkpoint's 1_Pooling/config.json, kept in the Run
+    rows = np.mean([attention_rollout(trace, position=k).relevance[0] for k in range(trace.n_tokens)], axis=0)
+    np.testing.assert_allclose(got, rows, atol=1e-9)
+    res = runner.invoke(app, ["probe", "flow", str(out), "--position", "2", "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["positions"] == [2]
+
+
 def test_info_prints_table(tmp_path):
     out = tmp_path / "run"
     runner.invoke(app, ["capture", "--model", "minilm", "--text", "Hello there.", "--out", str(out)])

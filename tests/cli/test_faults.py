@@ -233,6 +233,13 @@ CASES = [
     Case("probe --save into a folder", lambda r: (capture_run(r), ["probe", "rollout", "cap", "--save", "a/b"])[1], 2,
          r"error: --save a/b: give a plain table name \(e\.g\. --save rollout\); it is stored inside the Run as "
          r"results/<name>\.parquet"),
+    Case("probe --position that is not an output", lambda r: (capture_run(r), ["probe", "rollout", "cap",
+                                                                               "--position", "average"])[1], 2,
+         r"error: --position average: give a token index \(negative counts from the end\), 'mean' or 'pooled'"),
+    Case("probe --position pooled on a model of unknown pooling",
+         lambda r: (capture_run(r), ["probe", "flow", "cap", "--position", "pooled"])[1], 2,
+         r"error: position='pooled': the Trace does not know how the model pools .*; pass position='mean' or a "
+         r"token index instead"),
 ]
 
 

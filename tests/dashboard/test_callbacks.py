@@ -144,6 +144,12 @@ def test_flow_rollout_and_flow(ctx):
         assert np.asarray(grid.data[-1].z).shape == (4, 4)
     bar, _, style, note = flow.show("0:minilm", "main", 0, "rollout", "max", 0.5, ["receptive-field"], 0)
     assert style == {"display": "none"} and is_message(note, "note")
+    # the mean-pooled output MiniLM really uses is the mean of the per-token rollout rows (rollout is linear)
+    rows = [np.asarray(flow.show("0:minilm", "main", 0, "rollout", "mean", 0.0, [], i)[0].data[0].y, dtype=float)
+            for i in range(len(flow.positions("0:minilm", "main", 0, None)[0]) - 1)]
+    pooled, *_ = flow.show("0:minilm", "main", 0, "rollout", "mean", 0.0, [], "mean")
+    np.testing.assert_allclose(np.asarray(pooled.data[0].y, dtype=float), np.mean(rows, axis=0), atol=1e-9)
+    assert "mean-pooled output" in pooled.layout.title.text
 
 
 def test_sinks_massive_and_registers(ctx):
@@ -383,9 +389,11 @@ def test_a_run_switch_resets_run_specific_controls(ctx, monkeypatch):
     monkeypatch.setattr(viewstate, "run_switched", lambda: True)
     monkeypatch.setattr(sinks, "run_switched", lambda: True)
     options, position, _ = flow.positions("0:toy-gpt", "main", 0, 0)
-    assert position == len(options) - 1  # a causal model's output token is its last real token, not <bos>
+    assert position == len(options) - 2  # a causal model's output token is its last real token, not <bos>
+    assert options[-1] == {"label": "mean of all tokens", "value": "mean"}  # then the mean-pooled output
     options, position, _ = flow.positions("0:minilm", "main", 0, 5)
     assert position == 0  # an encoder's: [CLS]
+    assert options[-1] == {"label": "mean of all tokens (this model's pooling)", "value": "mean"}
     _, other, *_ = sinks.compare_options("0:toy-vit-reg", "main", "0:toy-llava")
     assert other == "0:toy-vit"  # the register twin, not the comparison chosen for the previous Run
     _, base, _, evaluation = iv.run_options("0:toy-llava-first-to-image", "0:minilm", "0:eval-compare")

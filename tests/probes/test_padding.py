@@ -133,6 +133,8 @@ def test_rollout_and_flow(pair):
         got, want = probe(padded), probe(alone)
         np.testing.assert_allclose(got.relevance[0][real], want.relevance[0], atol=ATOL, err_msg=probe.__name__)
         assert got.positions[0] - real[0] == want.positions[0]
+        got, want = probe(padded, position="mean"), probe(alone, position="mean")  # the mean-pooled output
+        np.testing.assert_allclose(got.relevance[0][real], want.relevance[0], atol=ATOL, err_msg=probe.__name__)
 
 
 def test_visual_sinks(pair):

@@ -59,7 +59,9 @@ def qk_embed_command(run: Path, layer: str, head: str, method: str, as_json: boo
         result = embed_all_heads(opened, estimator, layers=layers, heads=heads)
         data = {"probe": result.probe, "method": result.method, "backend": result.backend,
                 "layers": list(result.layers), "heads": list(result.heads), "scales": result.scales.tolist(),
-                "correlations": result.correlations.tolist()}
+                "correlations": result.correlations.tolist(),
+                "layout_correlations": result.layout_correlations.tolist(),
+                "nearest_key": result.nearest_key.tolist(), "nearest_key_chance": result.nearest_key_chance}
         points = result.to_frame()
     data["seconds"] = round(time.perf_counter() - started, 3)
     if out is not None:
@@ -97,7 +99,13 @@ def _print_text(data: dict, points) -> None:
     typer.echo(f"qk-embed {where}: {len(points)} points ({data['method']}, {data['backend']}) in {data['seconds']} s")
     if "scale" in data:
         typer.echo(f"  c = {data['scale']:.4g}, logit scale = {data['logit_scale']:.4g}, "
-                   f"Spearman(distance, logit) = {data['correlation']:.3f}")
+                   f"Spearman(distance, logit) = {data['correlation']:.3f} in the joint space, "
+                   f"{data['layout_correlation']:.3f} in the picture; nearest key = most attended key for "
+                   f"{data['nearest_key']:.0%} of queries (chance {data['nearest_key_chance']:.0%})")
+    elif "layout_correlations" in data:
+        typer.echo("  Spearman(distance in the picture, logit) per head (negative = the picture can be read):")
+        for layer, row in zip(data["layers"], data["layout_correlations"]):
+            typer.echo(f"    layer {layer}: " + " ".join(f"{rho:+.2f}" for rho in row))
     if "figure" in data:
         typer.echo(f"  wrote {data['figure']}")
 

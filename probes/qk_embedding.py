@@ -111,6 +111,39 @@ def _correlation_scale(qc: np.ndarray, kc: np.ndarray, pairs, logits: np.ndarray
     return float(grid[int(np.argmin(scores))])
 
 
+def nearest_key_hits(vectors: QKVectors, queries: np.ndarray, keys: np.ndarray, q_scaled: np.ndarray,
+                     k_raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For every query: is its nearest visible key (in ``queries``/``keys`` coordinates) its most attended key?
+
+    Args:
+        vectors: the gathered vectors (``tokens["input"]`` groups the inputs, ``rank`` orders tokens in each).
+        queries, keys: ``[M, C]`` query and key coordinates to measure distance in (the joint space, or the layout).
+        q_scaled, k_raw: ``[M, d]`` queries times the softmax scale and raw keys: ``q . k`` is the attention logit,
+            whose row arg-max is the most attended key (the softmax is monotonic).
+
+    Returns:
+        ``(hits [M] bool, visible [M] int)``: whether the nearest key is the arg-max-logit key, and how many keys
+        the query could attend to (its own input's keys; those at or before it for a causal head), so that
+        ``mean(1 / visible)`` is the hit rate of a random key.
+    """
+    groups = vectors.tokens["input"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+    ends = np.r_[starts[1:], len(groups)]
+    hits = np.zeros(len(groups), dtype=bool)
+    visible = np.zeros(len(groups), dtype=np.int64)
+    for a, b in zip(starts, ends):
+        logits = q_scaled[a:b] @ k_raw[a:b].T  # (n, n)
+        dist = ((queries[a:b, None, :] - keys[None, a:b, :]) ** 2).sum(-1)  # (n, n)
+        if vectors.causal:
+            hidden = vectors.rank[a:b][None, :] > vectors.rank[a:b][:, None]
+            logits, dist = np.where(hidden, -np.inf, logits), np.where(hidden, np.inf, dist)
+            visible[a:b] = vectors.rank[a:b] + 1
+        else:
+            visible[a:b] = b - a
+        hits[a:b] = dist.argmin(axis=1) == logits.argmax(axis=1)
+    return hits, visible
+
+
 class QKEmbedding(BaseEstimator):
     """AttentionViz joint query-key embedding of one attention head (see the module docstring).
 
@@ -138,6 +171,11 @@ class QKEmbedding(BaseEstimator):
         shift_: ``[d_head]`` added to every key after the division.
         logit_scale_: the pre-scaling of the queries.
         correlation_: Spearman correlation of distance and logit over sampled same-input pairs in the joint space.
+        layout_correlation_: the same correlation for distances in the picture (``embedding_``), which is what a
+            reader sees: the projection can lose what the joint space had. Negative = faithful.
+        nearest_key_: share of queries whose nearest key in the picture (same input, visible) is the key they
+            attend to most; ``nearest_key_joint_`` the same in the joint space; ``nearest_key_chance_`` the share
+            a random visible key would get.
         n_queries_: M. layer_, head_: what was fitted. backend_: the library and algorithm used.
     """
 
@@ -196,8 +234,24 @@ class QKEmbedding(BaseEstimator):
         self.n_queries_, self.layer_, self.head_, self.d_head_ = m, layer, head, vectors.d_head
         self.correlation_ = _spearman(_norms(self.joint_[pairs[0]] - self.joint_[m + pairs[1]]), logits)
         self.embedding_ = self._embed(self.joint_)
+        layout = self.embedding_
+        self.layout_correlation_ = _spearman(_norms(layout[pairs[0]] - layout[m + pairs[1]]), logits)
+        k_raw = k  # logits need no translation: q . (k + a) shifts a whole row, leaving its arg-max
+        hits_joint, visible = nearest_key_hits(vectors, self.joint_[:m], self.joint_[m:], q, k_raw)
+        hits_layout, _ = nearest_key_hits(vectors, layout[:m], layout[m:], q, k_raw)
+        self.nearest_key_joint_, self.nearest_key_ = float(hits_joint.mean()), float(hits_layout.mean())
+        self.nearest_key_chance_ = float(np.mean(1.0 / visible))
         self.points_ = self._points(vectors.tokens, self.joint_, self.embedding_)
+        self.points_.attrs.update(faithfulness=self.faithfulness())
         return self
+
+    def faithfulness(self) -> dict:
+        """How far the picture can be trusted: ``{"layout_correlation", "joint_correlation", "nearest_key",
+        "nearest_key_joint", "nearest_key_chance"}`` (see the attributes)."""
+        check_is_fitted(self, "embedding_")
+        return {"layout_correlation": self.layout_correlation_, "joint_correlation": self.correlation_,
+                "nearest_key": self.nearest_key_, "nearest_key_joint": self.nearest_key_joint_,
+                "nearest_key_chance": self.nearest_key_chance_}
 
     def fit_transform(self, traces, layer: int, head: int) -> np.ndarray:
         """:meth:`fit`, then the ``[2M, n_components]`` embedding."""
@@ -245,7 +299,7 @@ class QKEmbedding(BaseEstimator):
         out = {"probe": "qk-embedding", "method": self.method, "backend": self.backend_, "layer": self.layer_,
                "head": self.head_, "n_components": self.n_components, "n_points": len(self.points_),
                "n_queries": self.n_queries_, "scale": self.scale_, "logit_scale": self.logit_scale_,
-               "correlation": self.correlation_}
+               "correlation": self.correlation_, **self.faithfulness()}
         if points:
             out["points"] = frame_records(self.points_)
         return jsonable(out)
@@ -346,7 +400,10 @@ class QKHeadsEmbedding(ProbeResult):
         layers: layer of each entry of the first axis; heads: head of each entry of the second.
         coords: ``[L, H, 2M, n_components]``.
         norms: ``[L, H, 2M]`` norms in each head's joint space.
-        scales: ``[L, H]`` the ``c`` of each head; correlations: ``[L, H]`` distance/logit Spearman.
+        scales: ``[L, H]`` the ``c`` of each head; correlations: ``[L, H]`` distance/logit Spearman in the joint space.
+        layout_correlations: ``[L, H]`` the same Spearman for distances in each head's picture (negative = faithful).
+        nearest_key: ``[L, H]`` share of queries whose nearest key in the picture is their most attended key;
+        nearest_key_chance: that share for a random visible key (the same for every head).
         points: ``2M`` rows of metadata shared by every head (``kind`` and :data:`META_COLUMNS`).
         method, backend: the projection used.
     """
@@ -360,6 +417,9 @@ class QKHeadsEmbedding(ProbeResult):
     points: pd.DataFrame
     method: str
     backend: str
+    layout_correlations: np.ndarray
+    nearest_key: np.ndarray
+    nearest_key_chance: float
     probe = "qk-embedding-heads"
 
     def head_frame(self, layer: int, head: int) -> pd.DataFrame:
@@ -369,7 +429,9 @@ class QKHeadsEmbedding(ProbeResult):
         frame["norm"] = self.norms[li, hi]
         for axis, name in zip(range(self.coords.shape[-1]), "xyz"):
             frame[name] = self.coords[li, hi, :, axis]
-        frame.attrs.update(method=self.method, layer=layer, head=head, backend=self.backend)
+        frame.attrs.update(method=self.method, layer=layer, head=head, backend=self.backend, faithfulness={
+            "layout_correlation": float(self.layout_correlations[li, hi]), "joint_correlation": float(self.correlations[li, hi]),
+            "nearest_key": float(self.nearest_key[li, hi]), "nearest_key_chance": float(self.nearest_key_chance)})
         return frame
 
     def to_frame(self) -> pd.DataFrame:
@@ -378,9 +440,12 @@ class QKHeadsEmbedding(ProbeResult):
         return pd.concat(frames, ignore_index=True)
 
     def to_dict(self) -> dict:
-        """JSON-ready: per head ``c`` and correlation, the shared points and every head's coordinates."""
+        """JSON-ready: per head ``c``, correlations and nearest-key agreement, the shared points and every head's
+        coordinates."""
         return jsonable({"probe": self.probe, "method": self.method, "backend": self.backend, "layers": self.layers,
                          "heads": self.heads, "scales": self.scales, "correlations": self.correlations,
+                         "layout_correlations": self.layout_correlations, "nearest_key": self.nearest_key,
+                         "nearest_key_chance": self.nearest_key_chance,
                          "points": frame_records(self.points), "coords": self.coords})
 
 
@@ -408,7 +473,7 @@ def embed_all_heads(traces, estimator: QKEmbedding | None = None, layers: Iterab
         raise ValueError("No layer of the Trace holds queries and keys; capture with Capture(qk=True)")
     n_heads = loaded[0].meta.n_heads
     head_ids = list(range(n_heads)) if heads is None else [resolve_head(n_heads, h) for h in heads]
-    coords, norms, scales, corrs, backend, points = [], [], [], [], "", None
+    coords, norms, scales, corrs, layout_corrs, nearest, chance, backend, points = [], [], [], [], [], [], 0.0, "", None
     for layer in chosen:
         gathered = gather_layer(loaded, layer)
         row = [clone(estimator).fit_vectors(gathered.head(h), layer=layer, head=h) for h in head_ids]
@@ -416,6 +481,9 @@ def embed_all_heads(traces, estimator: QKEmbedding | None = None, layers: Iterab
         norms.append([e.points_["norm"].to_numpy() for e in row])
         scales.append([e.scale_ for e in row])
         corrs.append([e.correlation_ for e in row])
-        backend, points = row[0].backend_, row[0].points_[["kind", *META_COLUMNS]]
+        layout_corrs.append([e.layout_correlation_ for e in row])
+        nearest.append([e.nearest_key_ for e in row])
+        chance, backend, points = row[0].nearest_key_chance_, row[0].backend_, row[0].points_[["kind", *META_COLUMNS]]
     return QKHeadsEmbedding(tuple(chosen), tuple(head_ids), np.asarray(coords), np.asarray(norms),
-                            np.asarray(scales), np.asarray(corrs), points, estimator.method, backend)
+                            np.asarray(scales), np.asarray(corrs), points, estimator.method, backend,
+                            np.asarray(layout_corrs), np.asarray(nearest), chance)

@@ -89,12 +89,26 @@ def point_traces(frame: pd.DataFrame, color: str = "kind", dims: tuple[str, ...]
     return traces
 
 
+def faithfulness_note(faith: dict | None) -> str:
+    """One line saying how far a layout can be trusted (``""`` without measurements): the distance-logit
+    Spearman in the picture and in the joint space, and how often the nearest key is the most attended one."""
+    if not faith:
+        return ""
+    layout, joint = faith["layout_correlation"], faith["joint_correlation"]
+    verdict = "distance tracks attention" if layout <= -0.3 else "weakly faithful" if layout < 0 else \
+        "distance does NOT track attention here"
+    return (f"{verdict}: Spearman(distance, logit) {layout:.2f} in this picture ({joint:.2f} before projecting); "
+            f"nearest key = most attended key for {faith['nearest_key']:.0%} of queries "
+            f"(chance {faith['nearest_key_chance']:.0%})")
+
+
 def _title(frame: pd.DataFrame, title: str | None) -> str:
-    if title is not None:
-        return title
+    """``title`` (default: the layer, head and method), over the faithfulness note when the points carry one."""
     attrs = frame.attrs
     where = f"layer {attrs['layer']}, head {attrs['head']}" if attrs.get("layer") is not None else "one head"
-    return f"Queries and keys, {where} ({attrs.get('method', 'embedding')})"
+    main = title if title is not None else f"Queries and keys, {where} ({attrs.get('method', 'embedding')})"
+    note = faithfulness_note(attrs.get("faithfulness"))
+    return main + (f"<br><sup>{note}</sup>" if note else "")
 
 
 def qk_scatter(source, color: str = "kind", title: str | None = None, size: float = 4) -> go.Figure:
@@ -104,7 +118,8 @@ def qk_scatter(source, color: str = "kind", title: str | None = None, size: floa
         source: a fitted ``QKEmbedding`` or its ``points_`` (columns ``kind, token, position, input, x, y``).
         color: ``kind`` | ``segment`` | ``category`` | ``position`` | ``norm`` | ``input`` | ``patch_row`` |
             ``patch_col``.
-        title: figure title; default names the layer, head and method.
+        title: figure title; default names the layer, head and method. A fitted embedding adds a line below it
+            saying how faithful the picture is (:func:`faithfulness_note`).
         size: marker size in pixels.
 
     Returns:
@@ -148,14 +163,17 @@ def qk_heads_matrix(result, color: str = "kind", size: float = 2, max_points: in
         seed: seed of that subset.
 
     Returns:
-        The figure with ``len(layers) * len(heads)`` subplots titled ``L{layer} H{head}``.
+        The figure with ``len(layers) * len(heads)`` subplots titled ``L{layer} H{head} ρ {rho}``, ``rho`` the
+        Spearman correlation of distance and logit in that head's picture (negative = the layout can be read).
     """
     layers, heads = list(result.layers), list(result.heads)
     n_points = len(result.points)
     keep = np.arange(n_points)
     if max_points is not None and max_points < n_points:
         keep = np.sort(np.random.default_rng(seed).choice(n_points, max_points, replace=False))
-    fig = make_subplots(rows=len(layers), cols=len(heads), subplot_titles=[f"L{l} H{h}" for l in layers for h in heads],
+    titles = [f"L{l} H{h} ρ {result.layout_correlations[r, c]:+.2f}" for r, l in enumerate(layers)
+              for c, h in enumerate(heads)]
+    fig = make_subplots(rows=len(layers), cols=len(heads), subplot_titles=titles,
                         horizontal_spacing=0.01 if len(heads) > 6 else 0.04,
                         vertical_spacing=0.03 if len(layers) > 6 else 0.08)
     for r, layer in enumerate(layers, start=1):
@@ -165,7 +183,9 @@ def qk_heads_matrix(result, color: str = "kind", size: float = 2, max_points: in
                 fig.add_trace(trace, row=r, col=c)
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
-    fig.update_layout(title=f"Joint query-key embeddings of {len(layers) * len(heads)} heads ({result.method})",
+    fig.update_layout(title=f"Joint query-key embeddings of {len(layers) * len(heads)} heads ({result.method})<br><sup>"
+                            "ρ: Spearman(distance in the panel, attention logit); near 0 or positive, the panel's "
+                            "geometry does not show the head's attention</sup>",
                       template="plotly_white", height=max(300, 170 * len(layers)), width=max(400, 170 * len(heads)),
                       legend_title_text=color)
     if color in NUMERIC:

@@ -28,7 +28,10 @@ METHODS = [{"label": "PCA", "value": "pca"}, {"label": "t-SNE", "value": "tsne"}
 LAYOUT_HELP = ("How faithful the picture is: queries and keys share one space where distance tracks the attention "
                "logit q·k (Yeh et al. 2023: keys are translated and scaled, which leaves every softmax unchanged), "
                "then are projected to 2-D, which keeps only part of that geometry. PCA is linear and stable; t-SNE "
-               "and UMAP keep neighbourhoods, not distances. Click a point: the bar chart shows the true weights.")
+               "and UMAP keep neighbourhoods, not distances. Each panel's ρ is the Spearman correlation of distance in "
+               "that picture with the logit: clearly negative, the picture shows the head's attention; near 0 or "
+               "positive, it does not. The head's title adds how often the nearest key is the most attended one. "
+               "Click a point: the bar chart shows the true weights.")
 sync_url(ids.QK_URL, {"layer": ids.QK_LAYER, "head": ids.QK_HEAD, "colour": ids.QK_COLOUR,
                       "projection": ids.QK_METHOD})
 
@@ -78,7 +81,9 @@ def small_multiples(run_id, trace, layer, colour):
     if layer is None:
         return message_figure("QK embedding not available in this Run"), _missing()
     result = qk_heads(data, run, trace, layer)
-    frames = [(f"head {h}", result.head_frame(layer, h)) for h in result.heads]
+    li = result.layers.index(layer)
+    frames = [(f"head {h} ρ {result.layout_correlations[li, i]:+.2f}", result.head_frame(layer, h))
+              for i, h in enumerate(result.heads)]
     figure = qk_small_multiples(frames, colour or "kind", f"layer {layer}: every head (PCA; click one to open it)")
     return stamp(figure, *provenance(run_id, run, trace, None, layer=layer)), None
 

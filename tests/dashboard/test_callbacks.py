@@ -167,14 +167,22 @@ def test_sinks_massive_and_registers(ctx):
     assert "registers" in sinks.show_norms("0:toy-llava", "main", 0, 1, None)[0].layout.title.text
 
 
-def test_qk_views(ctx):
+def test_qk_views(ctx, demo_root):
     qk = page("qk")
     layers, layer, heads, head, body = qk.selectors("0:minilm", "main", None, None)
     assert layer == 0 and len(heads) == 12 and body == {}
     assert qk.selectors("0:eval-compare", None, None, None)[-1] == {"display": "none"}  # results only: hidden
     grid, note = qk.small_multiples("0:minilm", "main", 1, "segment")
     assert note is None and len({t.xaxis for t in grid.data}) == 12
+    # every panel and the open head say how faithful their picture is (the probe's own numbers)
+    from attnlab.probes.qk_embedding import QKEmbedding
+
+    trace = Run.open(demo_root / "minilm").trace("main", layers=[1])
+    fitted = QKEmbedding(method="pca").fit(trace, layer=1, head=3)
+    panels = [a.text for a in grid.layout.annotations]
+    assert f"head 3 ρ {fitted.layout_correlation_:+.2f}" in panels and len([p for p in panels if " ρ " in p]) == 12
     detail = qk.detail("0:minilm", "main", 1, 3, "position", "pca")
+    assert f"{fitted.layout_correlation_:.2f} in this picture" in detail.layout.title.text
     click = {"points": [{"customdata": detail.data[0].customdata[5]}]}
     bar = qk.token_view(click, "0:minilm", "main", 1, 3)
     weights = np.asarray(bar.data[0].y, dtype=float)

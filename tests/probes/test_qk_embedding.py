@@ -10,6 +10,7 @@ import torch
 from sklearn.exceptions import NotFittedError
 
 from attnlab.core.capture import Capture
+from attnlab.core.runs import Run
 from attnlab.core.trace import LayerRecord, Segment, Trace, TraceMeta
 from attnlab.hooks.inputs import capture_trace
 from attnlab.probes.qk_embedding import QKEmbedding, embed_all_heads, principal_axes
@@ -317,16 +318,71 @@ def test_nearest_keys_are_the_attended_keys_tiny_gpt2(gpt_trace):
 def test_nearest_keys_are_the_attended_keys_toy_gpt():
     from attnlab.zoo import load
 
-    try:
-        model, tok, spec = load("toy-gpt")
-    except ValueError:
-        pytest.skip("toy-gpt has not been trained yet (no checkpoint in the zoo)")
+    model, tok, spec = load("toy-gpt")  # shipped in the zoo: a missing checkpoint is a failure, not a skip
     words = sorted(w for w in tok.get_vocab() if w.isalpha())
     rng = np.random.default_rng(0)
     halves = [list(rng.choice(words, int(rng.integers(6, 10)), replace=False)) for _ in range(16)]
     # its training distribution: a random sequence said twice (induction)
     trace = capture_trace(model, tok, spec, Capture(qk=True, pattern=True), [" ".join(h + h) for h in halves])
     assert_nearest_keys_are_attended(trace, n_heads=1, n_embedded=1)  # its heads are broad (entropy > 1 nat)
+
+
+# -- faithfulness of the picture, reported for every head ------------------------------------------------------
+def eager_nearest_key(points, coords: np.ndarray, trace: Trace, layer: int, head: int) -> tuple[float, float]:
+    """Per query, one at a time: nearest visible key of its input in ``coords`` vs the arg-max of the captured
+    pattern row; returns (hit rate, mean 1 / visible keys)."""
+    m = len(points) // 2
+    pattern = trace.layer(layer).pattern[:, head].double().numpy()  # (B, Q, K)
+    hits, chance = [], []
+    for i in range(m):
+        b, pos = int(points["batch"].iloc[i]), int(points["position"].iloc[i])
+        same = np.flatnonzero(points["batch"].to_numpy()[m:] == b)
+        if trace.meta.causal:
+            same = same[points["position"].to_numpy()[m + same] <= pos]
+        near = same[np.argmin(np.linalg.norm(coords[m + same] - coords[i], axis=1))]
+        hits.append(int(points["position"].iloc[m + near]) == int(pattern[b, pos].argmax()))
+        chance.append(1 / len(same))
+    return float(np.mean(hits)), float(np.mean(chance))
+
+
+@pytest.mark.parametrize("which", ["minilm", "gpt2"])
+def test_nearest_key_agreement_matches_a_query_by_query_count(which, request):
+    trace = request.getfixturevalue("minilm_trace" if which == "minilm" else "gpt_trace")
+    emb = QKEmbedding(method="pca").fit(trace, layer=1, head=1)
+    hit, chance = eager_nearest_key(emb.points_, emb.embedding_, trace, 1, 1)
+    assert emb.nearest_key_ == pytest.approx(hit, abs=1e-12) and emb.nearest_key_chance_ == pytest.approx(chance)
+    hit_joint, _ = eager_nearest_key(emb.points_, emb.joint_, trace, 1, 1)
+    assert emb.nearest_key_joint_ == pytest.approx(hit_joint, abs=1e-12)
+    if which == "gpt2":  # causal: the first query sees one key, the n-th n keys
+        lengths = trace.token_mask.sum(1).numpy()
+        want = np.mean([1 / (r + 1) for n in lengths for r in range(n)])
+        assert emb.nearest_key_chance_ == pytest.approx(want)
+
+
+def test_a_two_dimensional_head_loses_nothing_in_a_2d_picture():
+    # d_head = 2: PCA to 2-D is a rigid motion of the joint space, so the picture is exactly as faithful
+    emb = QKEmbedding(method="pca").fit(qk_trace(n_inputs=3, n_tokens=9, d_head=2, seed=4), layer=0, head=1)
+    assert emb.layout_correlation_ == pytest.approx(emb.correlation_, abs=1e-9)
+    assert emb.nearest_key_ == emb.nearest_key_joint_
+    # a 6-D head projected to 2-D loses some: the layout is a different, weaker ordering
+    wide = QKEmbedding(method="pca").fit(qk_trace(n_inputs=3, n_tokens=9, d_head=6, seed=4), layer=0, head=1)
+    assert wide.layout_correlation_ != pytest.approx(wide.correlation_, abs=1e-3)
+
+
+def test_every_head_reports_its_pictures_faithfulness_and_the_figures_show_it(minilm_trace):
+    from attnlab.viz.qk import qk_heads_matrix, qk_scatter
+
+    result = embed_all_heads(minilm_trace, QKEmbedding(method="pca"), layers=[0, -1], heads=[0, 7])
+    single = QKEmbedding(method="pca").fit(minilm_trace, layer=5, head=7)
+    assert result.layout_correlations[1, 1] == single.layout_correlation_
+    assert result.nearest_key[1, 1] == single.nearest_key_ and result.nearest_key_chance == single.nearest_key_chance_
+    faith = single.faithfulness()
+    title = qk_scatter(single).layout.title.text
+    assert f"{faith['layout_correlation']:.2f} in this picture" in title and f"{faith['nearest_key']:.0%}" in title
+    assert qk_scatter(result.head_frame(5, 7)).layout.title.text == title
+    names = [a.text for a in qk_heads_matrix(result).layout.annotations]
+    assert names[3] == f"L5 H7 ρ {single.layout_correlation_:+.2f}"
+    assert json.loads(json.dumps(result.to_dict()))["nearest_key"][1][1] == pytest.approx(single.nearest_key_)
 
 
 # -- the CLI command ------------------------------------------------------------------------------------------
@@ -357,11 +413,19 @@ def test_cli_prints_points_as_json_and_writes_figures(cli, tmp_path):
     data = json.loads(res.stdout)
     assert (data["layer"], data["head"], data["method"], data["n_queries"]) == (0, 2, "pca", 12)
     assert len(data["points"]) == 24 and {"x", "y", "token", "kind", "position"} <= set(data["points"][0])
+    fitted = QKEmbedding(method="pca").fit(Run.open(run), layer=0, head=2)
+    assert data["layout_correlation"] == pytest.approx(fitted.layout_correlation_)
+    assert data["nearest_key"] == pytest.approx(fitted.nearest_key_)
+    res = runner.invoke(app, ["qk-embed", str(run), "--layer", "0", "--head", "2", "--method", "pca"])
+    assert f"{fitted.layout_correlation_:.3f} in the picture" in res.stdout
     out = tmp_path / "heads.html"
     res = runner.invoke(app, ["qk-embed", str(run), "--layer", "0", "--head", "all", "--method", "pca",
                               "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert "wrote" in res.stdout and out.stat().st_size > 10_000 and "3 heads" in out.read_text()
+    rhos = " ".join(f"{QKEmbedding(method='pca').fit(Run.open(run), layer=0, head=h).layout_correlation_:+.2f}"
+                    for h in range(3))
+    assert f"layer 0: {rhos}" in res.stdout
 
 
 def test_cli_errors_exit_2_with_the_fix(cli):

@@ -99,7 +99,8 @@ def test_heads_matrix_has_one_subplot_per_head(trace):
     cells = N_LAYERS * N_HEADS
     assert len([k for k in fig.layout if k.startswith("xaxis")]) == cells
     assert len(fig.data) == 2 * cells and n_points(fig) == cells * N_POINTS
-    assert [a.text for a in fig.layout.annotations] == [f"L{l} H{h}" for l in range(N_LAYERS) for h in range(N_HEADS)]
+    assert [a.text for a in fig.layout.annotations] == [f"L{l} H{h} ρ {result.layout_correlations[l, h]:+.2f}"
+                                                        for l in range(N_LAYERS) for h in range(N_HEADS)]
     assert sum(bool(t.showlegend) for t in fig.data) == 2  # one legend entry per kind
     # the trace of layer 1, head 2 sits in the last cell and holds that head's coordinates
     last = [t for t in fig.data if t.xaxis == f"x{cells}"]

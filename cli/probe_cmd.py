@@ -58,7 +58,9 @@ def _make_single(name: str):
 
 def _position_option(text: str | None):
     """``--position``: a token index, ``mean`` or ``pooled`` (checked by the probe, which names the choices)."""
-    if text is None or text in ("mean", "pooled"):
+    from attnlab.probes.tokens import POOLED_OUTPUTS
+
+    if text is None or text in POOLED_OUTPUTS:
         return text
     try:
         return int(text)

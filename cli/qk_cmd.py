@@ -61,7 +61,8 @@ def qk_embed_command(run: Path, layer: str, head: str, method: str, as_json: boo
                 "layers": list(result.layers), "heads": list(result.heads), "scales": result.scales.tolist(),
                 "correlations": result.correlations.tolist(),
                 "layout_correlations": result.layout_correlations.tolist(),
-                "nearest_key": result.nearest_key.tolist(), "nearest_key_chance": result.nearest_key_chance}
+                "nearest_key": result.nearest_key.tolist(), "nearest_key_joint": result.nearest_key_joint.tolist(),
+                "nearest_key_chance": result.nearest_key_chance}
         points = result.to_frame()
     data["seconds"] = round(time.perf_counter() - started, 3)
     if out is not None:

@@ -33,7 +33,7 @@ from attnlab.core.trace import Segment, Trace
 from .max_flow import max_flows_from
 from .residual_attention import augmented_attention
 from .results import TokenRelevance
-from .tokens import MEAN_POOLED, output_weights, select_layers, token_mask
+from .tokens import relevance_output, select_layers, token_mask
 
 
 @dataclass(frozen=True, eq=False)
@@ -149,9 +149,9 @@ def attention_flow(
     positions = []
     for b in range(bsz):
         real = trace.real_positions(b).numpy()
-        weights, pos = output_weights(trace, b, position)  # (n,)
+        output, pos = relevance_output(trace, b, position)
         mats = augmented_attention(trace, b, layers, head_fusion=head_fusion)  # (L, n, n)
-        flows, bounds = flows_to_inputs(mats, weights if pos == MEAN_POOLED else int(np.searchsorted(real, pos)))
+        flows, bounds = flows_to_inputs(mats, output)
         raw[b, real], err[b, real] = flows, bounds
         rel[b, real] = flows / flows.sum()
         positions.append(pos)

@@ -111,37 +111,46 @@ def _correlation_scale(qc: np.ndarray, kc: np.ndarray, pairs, logits: np.ndarray
     return float(grid[int(np.argmin(scores))])
 
 
-def nearest_key_hits(vectors: QKVectors, queries: np.ndarray, keys: np.ndarray, q_scaled: np.ndarray,
-                     k_raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For every query: is its nearest visible key (in ``queries``/``keys`` coordinates) its most attended key?
+def nearest_key_hits(vectors: QKVectors, q_scaled: np.ndarray, k_raw: np.ndarray,
+                     *spaces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For every query and every coordinate space: is its nearest visible key its most attended key?
 
     Args:
         vectors: the gathered vectors (``tokens["input"]`` groups the inputs, ``rank`` orders tokens in each).
-        queries, keys: ``[M, C]`` query and key coordinates to measure distance in (the joint space, or the layout).
         q_scaled, k_raw: ``[M, d]`` queries times the softmax scale and raw keys: ``q . k`` is the attention logit,
-            whose row arg-max is the most attended key (the softmax is monotonic).
+            whose row arg-max is the most attended key (the softmax is monotonic; a shift of every key moves a
+            whole row of logits and keeps its arg-max).
+        spaces: ``[2M, C]`` coordinates to measure distance in, queries first then keys (the joint space, the
+            layout, ...).
 
     Returns:
-        ``(hits [M] bool, visible [M] int)``: whether the nearest key is the arg-max-logit key, and how many keys
-        the query could attend to (its own input's keys; those at or before it for a causal head), so that
-        ``mean(1 / visible)`` is the hit rate of a random key.
+        ``(hits [S, M] bool, visible [M] int)``: per space, whether the nearest key is the arg-max-logit key; and
+        how many keys each query could attend to (its own input's keys; those at or before it for a causal
+        head), so that ``mean(1 / visible)`` is the hit rate of a random key.
     """
     groups = vectors.tokens["input"].to_numpy()
+    m = len(groups)
     starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
-    ends = np.r_[starts[1:], len(groups)]
-    hits = np.zeros(len(groups), dtype=bool)
-    visible = np.zeros(len(groups), dtype=np.int64)
+    ends = np.r_[starts[1:], m]
+    hits = np.zeros((len(spaces), m), dtype=bool)
+    visible = np.zeros(m, dtype=np.int64)
     for a, b in zip(starts, ends):
+        hidden = vectors.rank[a:b][None, :] > vectors.rank[a:b][:, None] if vectors.causal else None  # (n, n)
+        visible[a:b] = vectors.rank[a:b] + 1 if vectors.causal else b - a
         logits = q_scaled[a:b] @ k_raw[a:b].T  # (n, n)
-        dist = ((queries[a:b, None, :] - keys[None, a:b, :]) ** 2).sum(-1)  # (n, n)
-        if vectors.causal:
-            hidden = vectors.rank[a:b][None, :] > vectors.rank[a:b][:, None]
-            logits, dist = np.where(hidden, -np.inf, logits), np.where(hidden, np.inf, dist)
-            visible[a:b] = vectors.rank[a:b] + 1
-        else:
-            visible[a:b] = b - a
-        hits[a:b] = dist.argmin(axis=1) == logits.argmax(axis=1)
+        attended = (logits if hidden is None else np.where(hidden, -np.inf, logits)).argmax(axis=1)  # (n,)
+        for s, coords in enumerate(spaces):
+            dist = ((coords[a:b, None, :] - coords[None, m + a : m + b, :]) ** 2).sum(-1)  # (n, n)
+            hits[s, a:b] = (dist if hidden is None else np.where(hidden, np.inf, dist)).argmin(axis=1) == attended
     return hits, visible
+
+
+def faithfulness_record(layout_correlation: float, joint_correlation: float, nearest_key: float,
+                        nearest_key_joint: float, nearest_key_chance: float) -> dict:
+    """The one layout of a head's faithfulness measurements (see :meth:`QKEmbedding.faithfulness`)."""
+    return {"layout_correlation": float(layout_correlation), "joint_correlation": float(joint_correlation),
+            "nearest_key": float(nearest_key), "nearest_key_joint": float(nearest_key_joint),
+            "nearest_key_chance": float(nearest_key_chance)}
 
 
 class QKEmbedding(BaseEstimator):
@@ -236,9 +245,7 @@ class QKEmbedding(BaseEstimator):
         self.embedding_ = self._embed(self.joint_)
         layout = self.embedding_
         self.layout_correlation_ = _spearman(_norms(layout[pairs[0]] - layout[m + pairs[1]]), logits)
-        k_raw = k  # logits need no translation: q . (k + a) shifts a whole row, leaving its arg-max
-        hits_joint, visible = nearest_key_hits(vectors, self.joint_[:m], self.joint_[m:], q, k_raw)
-        hits_layout, _ = nearest_key_hits(vectors, layout[:m], layout[m:], q, k_raw)
+        (hits_joint, hits_layout), visible = nearest_key_hits(vectors, q, k, self.joint_, layout)
         self.nearest_key_joint_, self.nearest_key_ = float(hits_joint.mean()), float(hits_layout.mean())
         self.nearest_key_chance_ = float(np.mean(1.0 / visible))
         self.points_ = self._points(vectors.tokens, self.joint_, self.embedding_)
@@ -249,9 +256,8 @@ class QKEmbedding(BaseEstimator):
         """How far the picture can be trusted: ``{"layout_correlation", "joint_correlation", "nearest_key",
         "nearest_key_joint", "nearest_key_chance"}`` (see the attributes)."""
         check_is_fitted(self, "embedding_")
-        return {"layout_correlation": self.layout_correlation_, "joint_correlation": self.correlation_,
-                "nearest_key": self.nearest_key_, "nearest_key_joint": self.nearest_key_joint_,
-                "nearest_key_chance": self.nearest_key_chance_}
+        return faithfulness_record(self.layout_correlation_, self.correlation_, self.nearest_key_,
+                                   self.nearest_key_joint_, self.nearest_key_chance_)
 
     def fit_transform(self, traces, layer: int, head: int) -> np.ndarray:
         """:meth:`fit`, then the ``[2M, n_components]`` embedding."""
@@ -403,6 +409,7 @@ class QKHeadsEmbedding(ProbeResult):
         scales: ``[L, H]`` the ``c`` of each head; correlations: ``[L, H]`` distance/logit Spearman in the joint space.
         layout_correlations: ``[L, H]`` the same Spearman for distances in each head's picture (negative = faithful).
         nearest_key: ``[L, H]`` share of queries whose nearest key in the picture is their most attended key;
+        nearest_key_joint: ``[L, H]`` the same share in the joint space;
         nearest_key_chance: that share for a random visible key (the same for every head).
         points: ``2M`` rows of metadata shared by every head (``kind`` and :data:`META_COLUMNS`).
         method, backend: the projection used.
@@ -419,6 +426,7 @@ class QKHeadsEmbedding(ProbeResult):
     backend: str
     layout_correlations: np.ndarray
     nearest_key: np.ndarray
+    nearest_key_joint: np.ndarray
     nearest_key_chance: float
     probe = "qk-embedding-heads"
 
@@ -429,9 +437,9 @@ class QKHeadsEmbedding(ProbeResult):
         frame["norm"] = self.norms[li, hi]
         for axis, name in zip(range(self.coords.shape[-1]), "xyz"):
             frame[name] = self.coords[li, hi, :, axis]
-        frame.attrs.update(method=self.method, layer=layer, head=head, backend=self.backend, faithfulness={
-            "layout_correlation": float(self.layout_correlations[li, hi]), "joint_correlation": float(self.correlations[li, hi]),
-            "nearest_key": float(self.nearest_key[li, hi]), "nearest_key_chance": float(self.nearest_key_chance)})
+        faith = faithfulness_record(self.layout_correlations[li, hi], self.correlations[li, hi],
+                                    self.nearest_key[li, hi], self.nearest_key_joint[li, hi], self.nearest_key_chance)
+        frame.attrs.update(method=self.method, layer=layer, head=head, backend=self.backend, faithfulness=faith)
         return frame
 
     def to_frame(self) -> pd.DataFrame:
@@ -445,7 +453,7 @@ class QKHeadsEmbedding(ProbeResult):
         return jsonable({"probe": self.probe, "method": self.method, "backend": self.backend, "layers": self.layers,
                          "heads": self.heads, "scales": self.scales, "correlations": self.correlations,
                          "layout_correlations": self.layout_correlations, "nearest_key": self.nearest_key,
-                         "nearest_key_chance": self.nearest_key_chance,
+                         "nearest_key_joint": self.nearest_key_joint, "nearest_key_chance": self.nearest_key_chance,
                          "points": frame_records(self.points), "coords": self.coords})
 
 
@@ -473,7 +481,8 @@ def embed_all_heads(traces, estimator: QKEmbedding | None = None, layers: Iterab
         raise ValueError("No layer of the Trace holds queries and keys; capture with Capture(qk=True)")
     n_heads = loaded[0].meta.n_heads
     head_ids = list(range(n_heads)) if heads is None else [resolve_head(n_heads, h) for h in heads]
-    coords, norms, scales, corrs, layout_corrs, nearest, chance, backend, points = [], [], [], [], [], [], 0.0, "", None
+    coords, norms, scales, corrs, layout_corrs, nearest, nearest_joint = [], [], [], [], [], [], []
+    chance, backend, points = 0.0, "", None
     for layer in chosen:
         gathered = gather_layer(loaded, layer)
         row = [clone(estimator).fit_vectors(gathered.head(h), layer=layer, head=h) for h in head_ids]
@@ -483,7 +492,8 @@ def embed_all_heads(traces, estimator: QKEmbedding | None = None, layers: Iterab
         corrs.append([e.correlation_ for e in row])
         layout_corrs.append([e.layout_correlation_ for e in row])
         nearest.append([e.nearest_key_ for e in row])
+        nearest_joint.append([e.nearest_key_joint_ for e in row])
         chance, backend, points = row[0].nearest_key_chance_, row[0].backend_, row[0].points_[["kind", *META_COLUMNS]]
     return QKHeadsEmbedding(tuple(chosen), tuple(head_ids), np.asarray(coords), np.asarray(norms),
                             np.asarray(scales), np.asarray(corrs), points, estimator.method, backend,
-                            np.asarray(layout_corrs), np.asarray(nearest), chance)
+                            np.asarray(layout_corrs), np.asarray(nearest), np.asarray(nearest_joint), chance)

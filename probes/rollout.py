@@ -36,7 +36,7 @@ from attnlab.core.trace import Segment, Trace
 
 from .residual_attention import augmented_attention, residual_augment, uniform_attention
 from .results import TokenRelevance
-from .tokens import MEAN_POOLED, output_weights, select_layers, token_mask
+from .tokens import relevance_output, select_layers, token_mask
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,14 +87,19 @@ def joint_attention(mats: np.ndarray) -> np.ndarray:
     return out
 
 
+def output_rows(joint: np.ndarray, output: int | np.ndarray) -> np.ndarray:
+    """``[L, n]`` rollout rows of an output: row ``output`` of each ``joint[l]``, or for ``[n]`` pooling weights
+    their weighted sum (rollout is linear in its output row)."""
+    return joint[:, output] if np.ndim(output) == 0 else np.einsum("k,lkn->ln", output, joint)
+
+
 def receptive_field_baseline(n: int, n_layers: int, output: int | np.ndarray, causal: bool) -> np.ndarray:
     """``[L, n]`` rollout rows for an output when every query attends uniformly to what it can see.
 
-    ``output`` is a position, or ``[n]`` weights of a pooled output (see :func:`attnlab.probes.tokens.output_weights`).
+    ``output`` is a real-token index, or ``[n]`` pooling weights (see :func:`attnlab.probes.tokens.relevance_output`).
     """
     a = residual_augment(uniform_attention(n, causal))  # (n, n)
-    joint = joint_attention(np.broadcast_to(a, (n_layers, n, n)).copy())  # (L, n, n)
-    return joint[:, output] if np.ndim(output) == 0 else np.einsum("k,lkn->ln", output, joint)
+    return output_rows(joint_attention(np.broadcast_to(a, (n_layers, n, n)).copy()), output)  # (L, n)
 
 
 def _divide_by_baseline(rows: np.ndarray, baseline: np.ndarray) -> np.ndarray:
@@ -138,12 +143,10 @@ def attention_rollout(
     positions = []
     for b in range(bsz):
         real = trace.real_positions(b).numpy()
-        weights, pos = output_weights(trace, b, position)  # (n,)
+        output, pos = relevance_output(trace, b, position)
         mats = augmented_attention(trace, b, layers, head_fusion=head_fusion, discard_ratio=discard_ratio,
                                    normalization=normalization)  # (L, n, n)
-        output = weights if pos == MEAN_POOLED else int(np.searchsorted(real, pos))
-        joint = joint_attention(mats)  # (L, n, n)
-        rows = joint[:, output] if pos != MEAN_POOLED else np.einsum("k,lkn->ln", weights, joint)  # (L, n)
+        rows = output_rows(joint_attention(mats), output)  # (L, n)
         if receptive_field:
             rows = _divide_by_baseline(rows, receptive_field_baseline(real.size, len(layers), output, trace.meta.causal))
         layer_rel[:, b, real] = rows

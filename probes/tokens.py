@@ -59,12 +59,12 @@ def output_position(trace: Trace, batch: int, position: int | None) -> int:
 
 #: ``position`` values that explain a pooled output instead of one token.
 POOLED_OUTPUTS = ("mean", "pooled")
-#: ``OutputWeights.position`` of a mean-pooled output (no single token).
+#: The output position a result records for a mean-pooled output (no single token).
 MEAN_POOLED = -1
 
 
-def output_weights(trace: Trace, batch: int, position: int | str | None) -> tuple[np.ndarray, int]:
-    """How much each real token of one item makes up the output a relevance probe explains.
+def relevance_output(trace: Trace, batch: int, position: int | str | None) -> tuple[int | np.ndarray, int]:
+    """The output a relevance probe explains for one item, as an index into its real tokens or pooling weights.
 
     Args:
         trace: the Trace.
@@ -74,14 +74,15 @@ def output_weights(trace: Trace, batch: int, position: int | str | None) -> tupl
             ``"pooled"``: the model's own pooling, read from ``trace.meta.pooling`` (``mean``, ``cls``, ``last``).
 
     Returns:
-        ``(weights [n], position)``: ``weights`` over the item's ``n`` real tokens sums to 1 (one-hot for a
-        token); ``position`` is the token's absolute position, or :data:`MEAN_POOLED` for the mean.
+        ``(output, position)``: ``output`` is the token's index among the item's ``n`` real tokens, or ``[n]``
+        weights summing to 1 for the mean; ``position`` is the token's absolute position, or
+        :data:`MEAN_POOLED`.
 
     Raises:
         ValueError: an unknown ``position`` string, or ``"pooled"`` on a Trace whose pooling is unknown or not
             a weighted sum of token states (``max``), naming what to pass instead.
     """
-    n = trace.real_positions(batch).numel()
+    real = trace.real_positions(batch).numpy()
     if position == "pooled":
         pooling = trace.meta.pooling
         if pooling not in ("mean", "cls", "last"):
@@ -91,15 +92,13 @@ def output_weights(trace: Trace, batch: int, position: int | str | None) -> tupl
             raise ValueError(f"position='pooled': {why}; pass position='mean' or a token index instead")
         position = {"mean": "mean", "cls": 0, "last": -1}[pooling]
     if position == "mean":
-        if n == 0:
+        if real.size == 0:
             raise ValueError(f"Batch item {batch} has no real tokens (token_mask is all False)")
-        return np.full(n, 1.0 / n), MEAN_POOLED
+        return np.full(real.size, 1.0 / real.size), MEAN_POOLED
     if isinstance(position, str):
         raise ValueError(f"position={position!r}: pass a token index, None, 'mean' or 'pooled'")
     pos = output_position(trace, batch, position)
-    weights = np.zeros(n)
-    weights[int(np.searchsorted(trace.real_positions(batch).numpy(), pos))] = 1.0
-    return weights, pos
+    return int(np.searchsorted(real, pos)), pos
 
 
 def select_layers(trace: Trace, layers, field: str, probe: str, default: str = "all") -> tuple[int, ...]:

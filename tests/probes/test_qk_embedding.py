@@ -379,6 +379,7 @@ def test_every_head_reports_its_pictures_faithfulness_and_the_figures_show_it(mi
     faith = single.faithfulness()
     title = qk_scatter(single).layout.title.text
     assert f"{faith['layout_correlation']:.2f} in this picture" in title and f"{faith['nearest_key']:.0%}" in title
+    assert result.head_frame(5, 7).attrs["faithfulness"] == faith
     assert qk_scatter(result.head_frame(5, 7)).layout.title.text == title
     names = [a.text for a in qk_heads_matrix(result).layout.annotations]
     assert names[3] == f"L5 H7 ρ {single.layout_correlation_:+.2f}"

@@ -39,7 +39,6 @@ IMAGE_TOKEN = "<image>"
 CAPTION_PROMPT = "Describe the image."
 YES, NO = "Yes", "No"
 IGNORE_INDEX = -100
-_SPACE_BEFORE_PUNCT = re.compile(r" ([,.?!])")
 
 
 @dataclass(frozen=True)
@@ -106,41 +105,6 @@ def build_processor(config: WorldConfig, patch_size: int):
     return LlavaProcessor(image_processor=images, tokenizer=tok, patch_size=patch_size,
                           vision_feature_select_strategy="default", image_token=IMAGE_TOKEN,
                           num_additional_image_tokens=1)
-
-
-def tidy(text: str) -> str:
-    """Undo the word tokenizer's spaces before punctuation: ``"a star ."`` -> ``"a star."``."""
-    return _SPACE_BEFORE_PUNCT.sub(r"\1", text).strip()
-
-
-def generate_answers(model, processor, images: Sequence, prompts: Sequence[str], max_new_tokens: int,
-                     batch_size: int = 128) -> list[str]:
-    """Greedy answers, one per ``(image, prompt)``; prompts are plain text (``<image>`` is prepended).
-
-    Args:
-        model: a toy-llava ``LlavaForConditionalGeneration``.
-        processor: its ``LlavaProcessor``.
-        images: PIL images, one per prompt.
-        prompts: e.g. ``"Describe the image."`` or ``"Is there a red circle in the image?"``.
-        max_new_tokens: generation budget.
-        batch_size: prompts per ``generate`` call.
-
-    Returns:
-        Decoded answers without special tokens, punctuation re-attached (``"there is a star."``).
-    """
-    if len(images) != len(prompts):
-        raise ValueError(f"Give one image per prompt (got {len(images)} images, {len(prompts)} prompts)")
-    tok = processor.tokenizer
-    answers: list[str] = []
-    for i in range(0, len(prompts), batch_size):
-        texts = [f"{IMAGE_TOKEN} {p}" for p in prompts[i:i + batch_size]]
-        inputs = processor(images=list(images[i:i + batch_size]), text=texts, return_tensors="pt", padding=True)
-        with torch.no_grad():
-            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)  # (B, N + new)
-        new = out[:, inputs["input_ids"].shape[1]:]
-        answers += [tidy(t) for t in tok.batch_decode(new, skip_special_tokens=True)]
-    return answers
 
 
 def pixel_values(processor, scenes: Sequence[Scene], chunk: int = 256) -> torch.Tensor:

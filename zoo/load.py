@@ -102,6 +102,31 @@ def _model_class(cfg: dict, path: Path):
     return getattr(tf, names[0]) if keep else tf.AutoModel
 
 
+def spec_of(model, name: str, path: str | Path = "", modality: str | None = None) -> ModelSpec:
+    """The :class:`ModelSpec` of a model in memory (a loaded checkpoint, or one a trainer just built).
+
+    Args:
+        model: a transformers model.
+        name: what to call it.
+        path: its checkpoint directory, ``""`` when it has none yet.
+        modality: from the checkpoint's ``config.json`` (:func:`modality_of`); by default from ``model.config``.
+
+    Raises:
+        ValueError: when attach() cannot capture the model's attention (naming the module and the reason).
+    """
+    from attnlab.hooks.hf import main_stack, stack_meta
+
+    cfg = model.config.to_dict()
+    modality = modality or modality_of(cfg)
+    meta = stack_meta(model, main_stack(model), name)
+    image_id = None
+    if modality == "vision-language":
+        image_id = cfg.get("image_token_id")
+        image_id = image_id if image_id is not None else cfg.get("image_token_index")
+    return ModelSpec(name=name, family=cfg.get("model_type", ""), modality=modality, n_layers=meta.n_layers,
+                     n_heads=meta.n_heads, causal=meta.causal, image_token_id=image_id, path=str(path))
+
+
 def _load_processor(modality: str, path: Path):
     import transformers as tf
 
@@ -149,14 +174,6 @@ def load(name_or_path: str):
         model = load_pretrained(_model_class(cfg, path), path)
     except OSError as err:  # no weights, or a file transformers cannot read
         raise ValueError(f"Could not load the weights in {path}: {str(err).splitlines()[0]}") from err
-    from attnlab.hooks.hf import main_stack, stack_meta
-
-    meta = stack_meta(model, main_stack(model), name)  # refuses what attach() would refuse
+    spec = spec_of(model, name, path, modality)  # refuses what attach() would refuse
     processor = _load_processor(modality, path)
-    image_id = None
-    if modality == "vision-language":
-        image_id = getattr(model.config, "image_token_id", None)
-        image_id = image_id if image_id is not None else getattr(model.config, "image_token_index", None)
-    spec = ModelSpec(name=name, family=mtype, modality=modality, n_layers=meta.n_layers, n_heads=meta.n_heads,
-                     causal=meta.causal, image_token_id=image_id, path=str(path))
     return model, processor, spec

@@ -29,13 +29,15 @@ import torch
 import torch.nn.functional as F
 
 from attnlab.core.atomic import fresh_directory
+from attnlab.evals.answer import generate_answers
 from attnlab.evals.chair import Synonyms, chair_metrics
 from attnlab.evals.pope import PopeMetrics, parse_pope_answer, pope_metrics
 from attnlab.evals.pope_build import POPE_SPLITS, POPE_TEMPLATE, pope_question_text
 from attnlab.zoo.world import DEFAULT_PAIRS, World, WorldConfig, generate_world, split_ranges, synonyms_text
 
-from .llava_data import (CAPTION_PROMPT, NO, YES, PromptCache, TaskMix, build_processor, encode_rows,
-                         generate_answers, pixel_values, sample_row)
+from .llava_data import (CAPTION_PROMPT, NO, YES, PromptCache, TaskMix, build_processor, encode_rows, pixel_values,
+                         sample_row)
+from .load import spec_of
 from .registry import CHECKPOINTS
 from .training import Schedule, torch_threads
 from .training import fit as train_loop
@@ -193,7 +195,7 @@ def pope_answers(model, processor, world: World, split: str, per_split: int | No
     """The first ``per_split`` questions of a POPE split of ``world`` and the model's greedy raw answers."""
     images = {s.image_id: s.image for s in world.scenes}
     questions = world.pope[split][:per_split]
-    answers = generate_answers(model, processor, [images[q["image_id"]] for q in questions],
+    answers = generate_answers(model, processor, spec_of(model, "toy-llava"), [images[q["image_id"]] for q in questions],
                                [q["text"] for q in questions], max_new_tokens=3, batch_size=batch_size)
     return questions, answers
 
@@ -233,7 +235,8 @@ def caption_scores(model, processor, world: World, n: int | None = None, max_new
     object mentions that are in the scene, ``1 - CHAIR_i``.
     """
     scenes = world.scenes[:n]
-    texts = generate_answers(model, processor, [s.image for s in scenes], [CAPTION_PROMPT] * len(scenes),
+    texts = generate_answers(model, processor, spec_of(model, "toy-llava"), [s.image for s in scenes],
+                             [CAPTION_PROMPT] * len(scenes),
                              max_new_tokens=max_new_tokens, batch_size=batch_size)
     chair = chair_metrics({s.image_id: t for s, t in zip(scenes, texts)}, world.ground_truth,
                           Synonyms.from_text(synonyms_text(world.config)))

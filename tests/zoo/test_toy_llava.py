@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from attnlab.core.capture import Capture
+from attnlab.evals.answer import generate_answers
 from attnlab.evals.pope import parse_pope_answer
 from attnlab.hooks import attach
 from attnlab.zoo import load
-from attnlab.zoo.llava_data import (CAPTION_PROMPT, PromptCache, encode_rows, generate_answers, pixel_values,
-                                   sample_row)
+from attnlab.zoo.llava_data import CAPTION_PROMPT, PromptCache, encode_rows, pixel_values, sample_row
 from attnlab.zoo.registry import CHECKPOINTS, card
 from attnlab.zoo.train_llava import ToyLlavaConfig, partner_false_yes, recorded_world, train_toy_llava
 
@@ -69,19 +69,19 @@ def test_generation_is_deterministic(toy_llava, test_world):
     model, proc, spec = toy_llava
     assert spec.family == "llava" and spec.image_token_id == model.config.image_token_id
     images = [s.image for s in test_world.scenes[:4]]
-    first = generate_answers(model, proc, images, [CAPTION_PROMPT] * 4, max_new_tokens=28)
-    again = generate_answers(model, proc, images[::-1], [CAPTION_PROMPT] * 4, max_new_tokens=28)
+    first = generate_answers(model, proc, spec, images, [CAPTION_PROMPT] * 4, max_new_tokens=28)
+    again = generate_answers(model, proc, spec, images[::-1], [CAPTION_PROMPT] * 4, max_new_tokens=28)
     assert first == again[::-1]
     assert all(t.endswith(".") for t in first)
 
 
 def test_held_out_pope_accuracy_keeps_the_card(toy_llava, test_world, facts):
-    model, proc, _ = toy_llava
+    model, proc, spec = toy_llava
     images = {s.image_id: s.image for s in test_world.scenes}
     accuracy = {}
     for split in ("random", "popular", "adversarial"):
         questions = test_world.pope[split][:QUESTIONS_PER_SPLIT]
-        answers = generate_answers(model, proc, [images[q["image_id"]] for q in questions],
+        answers = generate_answers(model, proc, spec, [images[q["image_id"]] for q in questions],
                                    [q["text"] for q in questions], max_new_tokens=3)
         assert set(answers) <= {"Yes", "No"}
         hits = [parse_pope_answer(a) == q["label"] for a, q in zip(answers, questions)]

@@ -10,8 +10,8 @@ import torch
 
 from attnlab.zoo import load
 from attnlab.zoo.registry import card, trainer
-from attnlab.zoo.train_vit import (ToyViTConfig, foreground_patches, norms_by_content, outlier_stats,
-                                   patch_token_norms, predict, presence_metrics, scene_batch)
+from attnlab.recipes.toy_vit import norms_by_content, outlier_stats, patch_token_norms
+from attnlab.zoo.toy_vit import ToyViTConfig, foreground_patches, predict, presence_metrics, scene_batch
 from attnlab.zoo.world import TOY_CLASS_NAMES, WorldConfig, render_scene, split_ranges
 
 NAMES = ("toy-vit", "toy-vit-reg")
@@ -34,7 +34,7 @@ def zoo_models():
 @pytest.fixture(scope="module")
 def heldout(cards):
     """150 test-split scenes after the 1000 the cards were scored on."""
-    from attnlab.zoo.train_vit import build_processor
+    from attnlab.zoo.toy_vit import build_processor
 
     config = ToyViTConfig()
     test = split_ranges(cards["toy-vit"]["data"]["world_size"])["test"]

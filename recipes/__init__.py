@@ -1,0 +1,1 @@
+"""Things that build artefacts: the zoo trainers and their cards (docs/architecture.md)."""

@@ -24,6 +24,16 @@ STAT_NAMES = ROW_STATS + KEY_STATS
 LAYER_FIELDS = {"pattern": (2, 3), "q": (2,), "k": (2,), "head_out": (2,), "resid": (1,)}
 
 
+def real_positions_of(token_mask: torch.Tensor, batch: int) -> torch.Tensor:
+    """Positions of batch item ``batch``'s real (non-padding) tokens, ascending ``[n]`` int64 on the CPU.
+
+    Args:
+        token_mask: ``[B, N]`` bool, real tokens (a Trace's ``token_mask``, or one read lazily from a Run).
+        batch: the item.
+    """
+    return torch.nonzero(token_mask[batch].cpu(), as_tuple=False).flatten()
+
+
 def first_real_positions(token_mask: torch.Tensor) -> torch.Tensor:
     """``[B]`` int64 position of each item's first real token in ``token_mask`` ``[B, N]`` (-1 for none), CPU.
 
@@ -240,7 +250,7 @@ class Trace:
 
         Right padding (BERT, GPT-2) puts them first, left padding (LLaMA/LLaVA processors) last.
         """
-        return torch.nonzero(self.token_mask[self._check_item(batch)].cpu(), as_tuple=False).flatten()
+        return real_positions_of(self.token_mask, self._check_item(batch))
 
     def first_positions(self) -> torch.Tensor:
         """``[B]`` int64 position of each item's first real token (after any left padding; -1 for none)."""

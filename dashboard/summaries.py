@@ -6,12 +6,13 @@ name and a batch item; results are cached on the data object, keyed by the Run's
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
+import torch
 
 from attnlab.core.capture import DEFAULT_KEY_SETS
-from attnlab.core.trace import key_set_mask
+from attnlab.core.trace import key_set_mask, real_positions_of
+from attnlab.kernels.api import attention
+from attnlab.kernels.reference import pattern_stats
 
 from .data import DashboardData, meta_of, segments_of, trace_header
 
@@ -40,10 +41,9 @@ MASS_STATS = tuple(kind for kind in DEFAULT_KEY_SETS if kind != "text")
 
 
 def real_positions(data: DashboardData, run, trace: str, item: int) -> np.ndarray:
-    """Positions of the real (non-padding) tokens of one batch item."""
-    mask = data.tensor(run, trace, "token_mask")  # (B, N)
+    """Positions of the real (non-padding) tokens of one batch item (:func:`attnlab.core.trace.real_positions_of`)."""
     check_item(trace_header(run, trace), item)
-    return np.flatnonzero(mask[item].numpy())
+    return real_positions_of(data.tensor(run, trace, "token_mask"), item).numpy()
 
 
 def check_item(header: dict, item: int) -> None:
@@ -127,14 +127,12 @@ def _row_stat(data, run, trace, layer, stat, item) -> np.ndarray:
     key = {"entropy": "stats.entropy", "max": "stats.max"}.get(stat, f"stats.mass.{stat}")
     if data.has_field(run, trace, layer, key):
         return data.layer_part(run, trace, layer, key, item).float().numpy()
-    pattern = data.layer_part(run, trace, layer, "pattern", item).float().numpy()  # (H, Q, K)
-    if stat == "entropy":
-        return -(pattern * np.log(np.where(pattern > 0, pattern, 1.0))).sum(-1)
-    if stat == "max":
-        return pattern.max(-1)
-    mask = _key_set(data, run, trace, item, stat)  # (N,); keys past the prompt (generated) are in no set
-    mask = np.pad(mask, (0, max(0, pattern.shape[-1] - mask.size)))[:pattern.shape[-1]]  # (K,)
-    return pattern[..., mask].sum(-1)
+    pattern = data.layer_part(run, trace, layer, "pattern", item).float()[None]  # (1, H, Q, K)
+    if stat in ("entropy", "max"):
+        return pattern_stats(pattern, (stat,))[stat][0].numpy()
+    mask = torch.from_numpy(_key_set(data, run, trace, item, stat))  # (N,); keys past the prompt are in no set
+    mask = torch.nn.functional.pad(mask, (0, max(0, pattern.shape[-1] - mask.numel())))[:pattern.shape[-1]]  # (K,)
+    return pattern_stats(pattern, ("mass",), {stat: mask[None]})[f"mass.{stat}"][0].numpy()
 
 
 def _key_set(data, run, trace, item, kind) -> np.ndarray:
@@ -193,14 +191,11 @@ def _attention_matrix(data, run, trace, layer, head, item):
         pattern = data.layer_part(run, trace, layer, "pattern", item, head).float().numpy()  # (Q, K)
         return pattern[np.ix_(real, real)], real, "pattern"
     if data.has_field(run, trace, layer, "q") and data.has_field(run, trace, layer, "k"):
-        q = data.layer_part(run, trace, layer, "q", item, head).double().numpy()[real]  # (n, d)
-        k = data.layer_part(run, trace, layer, "k", item, head).double().numpy()[real]  # (n, d)
-        scores = q @ k.T / math.sqrt(q.shape[-1])  # (n, n)
-        if meta.causal:
-            scores = np.where(np.tril(np.ones_like(scores, dtype=bool)), scores, -np.inf)
-        scores -= scores.max(-1, keepdims=True)
-        weights = np.exp(scores)
-        return weights / weights.sum(-1, keepdims=True), real, "q·k"
+        q = data.layer_part(run, trace, layer, "q", item, head).double()[real]  # (n, d)
+        k = data.layer_part(run, trace, layer, "k", item, head).double()[real]  # (n, d)
+        _, st = attention(q[None, None], k[None, None], k.new_zeros(1, 1, len(real), 1), causal=meta.causal,
+                          impl="eager", return_pattern=True)
+        return st.pattern[0, 0].numpy(), real, "q·k"
     raise ValueError("This trace stored neither attention patterns nor queries and keys; capture with "
                      "Capture(pattern=True) or Capture(qk=True) to see attention maps")
 

@@ -41,6 +41,40 @@ def _masses(p: torch.Tensor, columns: list[torch.Tensor]) -> torch.Tensor:
     return p @ torch.stack(cols, dim=-1)  # (B, H, q, n)
 
 
+def row_entropy(p: torch.Tensor, clamp: bool = False) -> torch.Tensor:
+    """Entropy in nats of attention rows ``p`` ``[..., K]`` -> ``[...]`` (``0 log 0 = 0``).
+
+    ``clamp`` drops negative weights first (a reweighting factor > 1 can push some below 0; they add nothing).
+    """
+    pos = p.clamp_min(0.0) if clamp else p
+    return -torch.special.xlogy(pos, pos).sum(-1)
+
+
+def pattern_stats(p: torch.Tensor, stats: tuple[str, ...], key_sets: dict[str, torch.Tensor] | None = None
+                  ) -> dict[str, torch.Tensor]:
+    """The row statistics of a materialised pattern, by the definitions :func:`reference_attention` emits.
+
+    For views that hold a stored pattern but not the statistics (the dashboard, a Run captured with patterns).
+
+    Args:
+        p: ``[B, H, Q, K]`` applied attention.
+        stats: names from ``entropy``, ``max``, ``mass``.
+        key_sets: ``{name: [B, K] or [B, H, K] bool}`` for ``mass``.
+
+    Returns:
+        ``{"entropy": [B, H, Q], "max": [B, H, Q], "mass.<name>": [B, H, Q]}`` for the names asked.
+    """
+    out = {}
+    if "entropy" in stats:
+        out["entropy"] = row_entropy(p)
+    if "max" in stats:
+        out["max"] = p.amax(-1)
+    if "mass" in stats and key_sets:
+        masses = _masses(p, list(key_sets.values()))  # (B, H, Q, n)
+        out.update({f"mass.{name}": masses[..., i] for i, name in enumerate(key_sets)})
+    return out
+
+
 def reweight_rows(
     p: torch.Tensor, rw: Reweight, key_sets: dict[str, torch.Tensor],
     query_rows: torch.Tensor | None,
@@ -217,9 +251,7 @@ def _exp_rows(s: torch.Tensor, keep_d: torch.Tensor | None,
 def _normalised_stats(c: _Call, p: torch.Tensor, lo: int, hi: int, r0: int, r1: int, row: dict) -> torch.Tensor:
     """Statistics of applied rows ``p`` ``[B, H, q, w]`` that were normalised (and maybe reweighted)."""
     if "entropy" in c.stats:
-        # a factor > 1 can push T's weights below 0; those entries add nothing (p log p only for p > 0)
-        pos = p.clamp_min(0.0) if c.rw is not None and max(c.rw.factors(p.shape[1])) > 1 else p
-        row["entropy"] = -torch.special.xlogy(pos, pos).sum(-1)
+        row["entropy"] = row_entropy(p, clamp=c.rw is not None and max(c.rw.factors(p.shape[1])) > 1)
     if "max" in c.stats:
         row["max"] = p.amax(-1)
     if "mass" in c.stats and c.key_sets:

@@ -114,6 +114,30 @@ def test_attention_from_queries_and_keys_matches_the_pattern(ctx, demo_root, tmp
     shutil.rmtree(tmp_path / "qk-only")
 
 
+def test_head_statistics_from_a_stored_pattern_equal_the_kernel_statistics(ctx, demo_root, tmp_path):
+    """A Run that kept patterns but no statistics shows the same head grid as the kernel's own statistics."""
+    import shutil
+
+    from attnlab.core.runs import save_run
+    from attnlab.dashboard.data import DashboardData
+    from attnlab.dashboard.summaries import head_statistic
+
+    full = Run.open(demo_root / "minilm")
+    trace = full.trace("main", layers=[2, 3])
+    for rec in trace.layers.values():
+        rec.stats = {}
+    save_run(tmp_path / "pattern-only", {"main": trace}, full.info)
+    data = DashboardData([demo_root, tmp_path])
+    assert data.has_field(data.run("0:minilm"), "main", 2, "stats.entropy")  # the kernel's, stored at capture
+    assert not data.has_field(data.run("1:pattern-only"), "main", 2, "stats.entropy")
+    for stat in ("entropy", "max", "first", "special"):
+        kernel, layers = head_statistic(data, data.run("0:minilm"), "main", stat, 2)
+        derived, kept = head_statistic(data, data.run("1:pattern-only"), "main", stat, 2)
+        assert kept == [2, 3] and derived.shape == (2, kernel.shape[1])
+        np.testing.assert_allclose(derived, kernel[[layers.index(2), layers.index(3)]], atol=2e-5, err_msg=stat)
+    shutil.rmtree(tmp_path / "pattern-only")
+
+
 def test_attention_text_view_and_image_overlay(ctx):
     attention = page("attention")
     text = attention.text_view("0:minilm", "main", 0, 2, 3, 4)

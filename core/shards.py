@@ -68,25 +68,38 @@ def progress_files(run: str | Path, unit: str) -> list[Path]:
     return [f for f in files if f.exists()]
 
 
-def read_rows(file: str | Path) -> list[dict]:
-    """The complete JSON object lines of a progress file, read-only.
+def parse_log(text: str) -> tuple[list[tuple[int, dict]], list[int], str]:
+    """Split a progress log's text into ``(rows, damaged line numbers, unfinished tail)``.
 
-    The part after the last newline is unfinished (a writer is on it, or died mid-line) and is skipped; so is any
-    damaged line (not a JSON object): its item counts as not done, and the file's owner drops it when it resumes.
+    The one parser of attnlab's append-only JSON-line logs (progress files, shards). Rows are ``(line number, object)``
+    for the complete lines holding a JSON object; a complete line that is not one is damaged (numbers count from 1);
+    the part after the last newline is unfinished (a writer is on it, or died mid-line).
     """
-    rows = []
-    try:
-        text = Path(file).read_text(errors="replace")
-    except FileNotFoundError:
-        return rows
-    for line in text.split("\n")[:-1]:
+    *complete, tail = text.split("\n")
+    rows, damaged = [], []
+    for number, line in enumerate(complete, start=1):
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            continue
+            row = None
         if isinstance(row, dict):
-            rows.append(row)
-    return rows
+            rows.append((number, row))
+        else:
+            damaged.append(number)
+    return rows, damaged, tail
+
+
+def read_rows(file: str | Path) -> list[dict]:
+    """The complete JSON object lines of a progress file, read-only (:func:`parse_log`).
+
+    Unfinished and damaged lines are skipped: their items count as not done, and the file's owner drops them when
+    it resumes.
+    """
+    try:
+        text = Path(file).read_text(errors="replace")
+    except FileNotFoundError:
+        return []
+    return [row for _, row in parse_log(text)[0]]
 
 
 def check_settings(run: str | Path, unit: str, settings: dict) -> None:

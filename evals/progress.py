@@ -18,7 +18,10 @@ import logging
 import os
 from pathlib import Path
 
+from attnlab.core.shards import parse_log
+
 LOG = logging.getLogger("attnlab")
+
 
 
 class Progress:
@@ -49,20 +52,11 @@ class Progress:
     def _read(self) -> list[dict]:
         if not self.file.exists():
             return []
-        rows, text = [], self.file.read_text(errors="replace")
-        lines = text.split("\n")
-        complete, tail = lines[:-1], lines[-1]
-        damaged = 0
-        for number, line in enumerate(complete, start=1):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                row = None
-            if not isinstance(row, dict) or self.key not in row:
-                damaged += 1
-                LOG.warning("warning: %s line %d is damaged and was skipped; its item will be redone", self.file, number)
-                continue
-            rows.append(row)
+        parsed, bad, tail = parse_log(self.file.read_text(errors="replace"))
+        rows = [r for _, r in parsed if self.key in r]
+        damaged = sorted(bad + [n for n, r in parsed if self.key not in r])
+        for number in damaged:
+            LOG.warning("warning: %s line %d is damaged and was skipped; its item will be redone", self.file, number)
         if damaged or tail:
             # Keep only readable rows, so the next append starts on a fresh line and the file does not grow.
             tmp = self.file.with_suffix(".tmp")

@@ -49,7 +49,7 @@ def _split_methods(spec: str) -> list[str]:
 
 def _dataset(spec, questions: Path | None, images: Path | None, split: str | None, annotations: Path | None,
              out: Path, need_chair: bool):
-    from attnlab.evals.suite import Dataset, toy_dataset
+    from attnlab.evals.suite import BenchmarkFiles, toy_dataset
 
     if questions is None and annotations is None:
         return toy_dataset(spec, out)
@@ -62,7 +62,7 @@ def _dataset(spec, questions: Path | None, images: Path | None, split: str | Non
         raise ValueError(f"--questions {questions} does not exist")
     if need_chair and annotations is None:
         raise ValueError("CHAIR needs --annotations COCO_INSTANCES.json")
-    return Dataset(pope=pope, images=str(images), annotations=str(annotations) if annotations else None)
+    return BenchmarkFiles(pope=pope, images=str(images), annotations=str(annotations) if annotations else None)
 
 
 def _load_lvlm(model: str):

@@ -21,9 +21,9 @@ def demo_worlds(root: Path, n_images: int = 6, n_calibration: int = 4):
     """The eval and calibration Datasets of the demo, written under ``root`` once.
 
     Returns:
-        ``(data, calibration)``: :class:`attnlab.evals.suite.Dataset` objects.
+        ``(data, calibration)``: :class:`attnlab.evals.suite.BenchmarkFiles` objects.
     """
-    from attnlab.evals.suite import TOY_SPLITS, Dataset
+    from attnlab.evals.suite import TOY_SPLITS, BenchmarkFiles
     from attnlab.zoo.world import write_world
 
     folders = {}
@@ -33,9 +33,9 @@ def demo_worlds(root: Path, n_images: int = 6, n_calibration: int = 4):
             write_world(folder, n, seed, overwrite=True)
         folders[name] = folder
     world, calib = folders["eval-world"], folders["eval-calibration"]
-    data = Dataset(pope={s: str(world / f"pope_{s}.jsonl") for s in TOY_SPLITS}, images=str(world / "images"),
+    data = BenchmarkFiles(pope={s: str(world / f"pope_{s}.jsonl") for s in TOY_SPLITS}, images=str(world / "images"),
                    annotations=str(world / "instances.json"), synonyms=str(world / "synonyms.txt"))
-    calibration = Dataset(pope={"calibration": str(calib / "pope_random.jsonl")}, images=str(calib / "images"))
+    calibration = BenchmarkFiles(pope={"calibration": str(calib / "pope_random.jsonl")}, images=str(calib / "images"))
     return data, calibration
 
 

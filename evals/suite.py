@@ -18,8 +18,10 @@ TOY_SPLITS = ("random", "popular", "adversarial")
 
 
 @dataclass(frozen=True)
-class Dataset:
-    """Where the questions, images and annotations live.
+class BenchmarkFiles:
+    """Where a benchmark's questions, images and annotations live.
+
+    Not the inputs themselves: a capture's list of inputs is :class:`attnlab.core.datasets.Dataset`.
 
     Attributes:
         pope: ``{split: question file}``.
@@ -34,8 +36,8 @@ class Dataset:
     synonyms: str | None = None
 
 
-def toy_dataset(spec, folder: Path, split: str = "test") -> Dataset:
-    """Write (once) the held-out toy-world scenes of a zoo LVLM's card and describe them as a Dataset.
+def toy_dataset(spec, folder: Path, split: str = "test") -> BenchmarkFiles:
+    """Write (once) the held-out toy-world scenes of a zoo LVLM's card and describe them as BenchmarkFiles.
 
     The card's ``data`` entry gives the world seed, the co-occurrence pairs and the index range of each split
     (``ranges``), so the scenes are exactly the ones the model never saw in training.
@@ -55,12 +57,12 @@ def toy_dataset(spec, folder: Path, split: str = "test") -> Dataset:
     if not (target / "world.json").exists():
         write_world(target, stop - start, data["world_seed"], config, start=start)
     pope = {s: str(target / f"pope_{s}.jsonl") for s in TOY_SPLITS}
-    return Dataset(pope=pope, images=str(target / "images"), annotations=str(target / "instances.json"),
+    return BenchmarkFiles(pope=pope, images=str(target / "images"), annotations=str(target / "instances.json"),
                    synonyms=str(target / "synonyms.txt"))
 
 
 def calibration_dataset(spec, folder: Path, questions: Path | None, images: Path | None,
-                        test: Dataset) -> Dataset | None:
+                        test: BenchmarkFiles) -> BenchmarkFiles | None:
     """The questions methods calibrate on (ACT's head search, VAR's sink dimensions), disjoint from ``test``.
 
     Args:
@@ -69,10 +71,10 @@ def calibration_dataset(spec, folder: Path, questions: Path | None, images: Path
         questions: a POPE-format JSONL of calibration questions (``--calibration``); ``None`` = the model card's
             toy-world ``calibration`` split when it has one.
         images: the calibration questions' image folder (``None`` = the test images folder).
-        test: the evaluation Dataset, checked for shared questions.
+        test: the evaluation BenchmarkFiles, checked for shared questions.
 
     Returns:
-        A Dataset whose ``pope`` holds the calibration file(s), or ``None`` when there is none.
+        BenchmarkFiles whose ``pope`` holds the calibration file(s), or ``None`` when there is none.
 
     Raises:
         ValueError: a missing file, or calibration questions that also appear in the test set.
@@ -96,10 +98,10 @@ def calibration_dataset(spec, folder: Path, questions: Path | None, images: Path
         if shared:
             raise ValueError(f"--calibration {questions} shares {len(shared)} question(s) with the test split {split} "
                              f"(e.g. {shared[0].image}: {shared[0].text!r}); calibrate on questions the eval never asks")
-    return Dataset(pope={"calibration": str(questions)}, images=str(image_dir))
+    return BenchmarkFiles(pope={"calibration": str(questions)}, images=str(image_dir))
 
 
-def pope_table(loaded, methods: dict, data: Dataset, out: Path, model_name: str, limit: int | None,
+def pope_table(loaded, methods: dict, data: BenchmarkFiles, out: Path, model_name: str, limit: int | None,
                max_new_tokens: int, progress: bool = True,
                shard=None) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[tuple[str, str], pd.DataFrame]]:
     """Every method on every split.
@@ -134,7 +136,7 @@ class ChairData:
     images: list
 
 
-def prepare_chair(data: Dataset, limit: int | None) -> ChairData:
+def prepare_chair(data: BenchmarkFiles, limit: int | None) -> ChairData:
     """Load the vocabulary and ground truth and check the images exist (fails before any work).
 
     The vocabulary is ``data.synonyms``, else a ``synonyms.txt`` beside a toy world's ``instances.json``
@@ -154,7 +156,7 @@ def prepare_chair(data: Dataset, limit: int | None) -> ChairData:
     return ChairData(synonyms, {i: truth[i] for i, _ in images}, images)
 
 
-def chair_table(loaded, methods: dict, data: Dataset, chair: ChairData, out: Path, model_name: str,
+def chair_table(loaded, methods: dict, data: BenchmarkFiles, chair: ChairData, out: Path, model_name: str,
                 limit: int | None, max_new_tokens: int, progress: bool = True,
                 shard=None) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
     """Every method's captions scored with CHAIR on the annotated images (``shard``: as in :func:`pope_table`).
@@ -176,9 +178,9 @@ def chair_table(loaded, methods: dict, data: Dataset, chair: ChairData, out: Pat
     return _with_time_ratio(pd.DataFrame(rows), ["task", "split"]), captions, by_method
 
 
-def compare_methods(loaded, methods: dict, data: Dataset, out: Path, *, pope: bool = True, chair: ChairData | None,
-                    pope_limit: int | None, chair_limit: int | None, max_new_tokens: int, caption_tokens: int,
-                    progress: bool = True, shard=None,
+def compare_methods(loaded, methods: dict, data: BenchmarkFiles, out: Path, *, pope: bool = True,
+                    chair: ChairData | None, pope_limit: int | None, chair_limit: int | None, max_new_tokens: int,
+                    caption_tokens: int, progress: bool = True, shard=None,
                     bootstrap: Bootstrap = Bootstrap()) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """Every method on the POPE splits of ``data`` (unless ``pope=False``) and, when ``chair`` is given, on its
     CHAIR images, and each method's paired difference from ``baseline``.
@@ -207,8 +209,8 @@ def compare_methods(loaded, methods: dict, data: Dataset, out: Path, *, pope: bo
     return pd.concat(frames, ignore_index=True), tables
 
 
-def comparison_info(loaded, methods: dict, data: Dataset, calibration: Dataset | None, setup_seconds: float,
-                    **extra):
+def comparison_info(loaded, methods: dict, data: BenchmarkFiles, calibration: BenchmarkFiles | None,
+                    setup_seconds: float, **extra):
     """The eval Run's manifest fields: model, data, calibration data, set-up time and each method's Plan."""
     from attnlab.core.runs import RunInfo
 

@@ -76,7 +76,7 @@ def run_comparison(loaded, names: list[str], data, out: Path, *, calibration, ch
     Args:
         loaded: ``(model, processor, spec)`` of a vision-language model.
         names: method names (see :func:`build_method`); ``baseline`` gives the paired differences.
-        data: the test :class:`~attnlab.core.datasets.Dataset`; ``calibration`` the one ACT and VAR calibrate on.
+        data: the test :class:`~attnlab.evals.suite.BenchmarkFiles`; ``calibration`` the files ACT and VAR calibrate on.
         out: the eval's working folder (progress logs).
         chair: prepared CHAIR data or ``None``; ``pope``: run the POPE splits.
         pope_limit, chair_limit, max_new_tokens, caption_tokens, progress, shard: as in

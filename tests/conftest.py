@@ -78,3 +78,49 @@ def minilm():
     from attnlab.zoo import load
 
     return load("minilm")
+
+
+@pytest.fixture(scope="module")
+def planted_llava():
+    """toy-llava with a visual sink planted: the positive control for "no visual sinks / VAR changes nothing".
+
+    Two image tokens (4 and 9 of the image) get massive values (1500x their RMS, Sun et al. 2024's signature) in
+    dimensions ``planting.dims`` at the output of the first decoder layer, under the ``planting()`` context manager.
+
+    Returns:
+        ``(model, processor, spec, inputs, planted positions, planting)``; ``inputs`` is one POPE prompt. The planted
+        positions are those of every prompt of the same length (the toy world's POPE questions all are).
+    """
+    import contextlib
+
+    from attnlab.hooks.hf_stacks import main_stack
+    from attnlab.hooks.inputs import on_model_device, prepare_inputs
+    from attnlab.zoo import load
+    from attnlab.zoo.world import generate_world
+
+    dims = (5, 17)
+    model, proc, spec = load("toy-llava")
+    image = generate_world(1, seed=0, start=5700).scenes[0].image
+    inputs = on_model_device(prepare_inputs(proc, spec, ["Is there a red circle in the image?"], [image]), model)
+    image_pos = (inputs["input_ids"][0] == spec.image_token_id).nonzero().flatten()
+    positions = image_pos[[4, 9]]
+    blocks = model.get_submodule(main_stack(model).prefix)
+
+    def plant(_module, _args, output):
+        hidden = (output[0] if isinstance(output, tuple) else output).clone()  # (B, N, d)
+        rms = hidden[:, positions].pow(2).mean(-1, keepdim=True).sqrt()  # (B, 2, 1)
+        for d in dims:
+            hidden[:, positions, d] = 1500.0 * rms[..., 0]  # massive by Sun et al.'s rule (>= 1000x median)
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+    @contextlib.contextmanager
+    def planting():
+        handle = blocks[0].register_forward_hook(plant)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    planting.dims = dims
+    return model, proc, spec, inputs, positions, planting
+

@@ -84,3 +84,11 @@ def test_a_jupyter_kernel_started_at_the_root_loads_models():
     NotebookClient(nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
     outputs = nb.cells[0].outputs
     assert [o.get("text", "").strip() for o in outputs if o.get("name") == "stdout"] == ["6 12"], outputs
+
+
+def test_trainers_write_checkpoints_into_the_repository_not_the_link_tree():
+    """Under the strict editable install ``__file__`` is a link in ``build/``; a checkpoint written beside the links
+    would be lost on the next set-up and never committed."""
+    from attnlab.zoo.registry import CHECKPOINTS
+
+    assert CHECKPOINTS == ROOT / "zoo" / "checkpoints"

@@ -7,7 +7,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-CHECKPOINTS = Path(__file__).parent / "checkpoints"
+#: resolved: under a strict editable install ``__file__`` is a link in the build tree, and trainers must write the
+#: checkpoints into the repository, not beside the links
+CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,9 @@ ZOO = {
     "toy-vit": ZooEntry("toy-vit", "DINOv2-type ViT trained on toy-world object presence", "attnlab.recipes.toy_vit:train"),
     "toy-vit-reg": ZooEntry("toy-vit-reg", "the same ViT with 4 register tokens", "attnlab.recipes.toy_vit:train_with_registers"),
     "toy-llava": ZooEntry("toy-llava", "LLaVA (CLIP vision + LLaMA) trained on toy-world captions and yes/no questions",
-                          "attnlab.zoo.train_llava:train"),
+                          "attnlab.recipes.toy_llava:train"),
+    "toy-llava-deep": ZooEntry("toy-llava-deep", "toy-llava with 8 decoder layers of 8 heads, for the interventions' "
+                               "layer and head rules", "attnlab.recipes.toy_llava:train_deep"),
 }
 
 

@@ -38,7 +38,6 @@ from attnlab.zoo.world import DEFAULT_PAIRS, World, WorldConfig, generate_world,
 from .llava_data import (CAPTION_PROMPT, NO, YES, PromptCache, TaskMix, build_processor, encode_rows, pixel_values,
                          sample_row)
 from .load import spec_of
-from .registry import CHECKPOINTS
 from .training import Schedule, torch_threads
 from .training import fit as train_loop
 
@@ -102,6 +101,11 @@ class ToyLlavaConfig:
     def ranges(self) -> dict[str, range]:
         """Index ranges of the train, calibration and test scenes."""
         return split_ranges(self.world_images, self.split_fractions)
+
+
+#: toy-llava-deep: deep enough that the interventions' layer and head rules pick a proper subset (8 decoder layers
+#: of 8 heads), the rest as toy-llava; more steps for the deeper stack, in about 25 minutes on one CPU thread.
+DEEP_CONFIG = ToyLlavaConfig(text_layers=8, text_heads=8, steps=2000, warmup=200)
 
 
 def held_out_world(config: ToyLlavaConfig, split: str = "test") -> World:
@@ -176,7 +180,8 @@ def schedule_of(config: ToyLlavaConfig) -> Schedule:
                     weight_decay=config.weight_decay, grad_clip=config.grad_clip)
 
 
-def fit(model, processor, world: World, config: ToyLlavaConfig, seed: int, progress: bool) -> list[float]:
+def fit(model, processor, world: World, config: ToyLlavaConfig, seed: int, progress: bool,
+        name: str = "toy-llava") -> list[float]:
     """Train ``model`` in place on ``world``'s scenes with the zoo's shared loop; the loss of every step."""
     pixels = pixel_values(processor, world.scenes)  # (S, 3, 64, 64)
     cache = PromptCache(processor)
@@ -187,7 +192,7 @@ def fit(model, processor, world: World, config: ToyLlavaConfig, seed: int, progr
         batch = encode_rows([sample_row(world.scenes[i], world.config, config.mix, rng) for i in idx], cache)
         return answer_loss(model, batch, pixels[torch.as_tensor(idx)])
 
-    return train_loop(model, batch_loss, schedule_of(config), desc="toy-llava", progress=progress)
+    return train_loop(model, batch_loss, schedule_of(config), desc=name, progress=progress)
 
 
 def pope_answers(model, processor, world: World, split: str, per_split: int | None = None,
@@ -261,7 +266,8 @@ def evaluate(model, processor, world: World, config: ToyLlavaConfig) -> dict[str
     return metrics
 
 
-def _card(config: ToyLlavaConfig, model, seed: int, metrics: dict, losses: list[float], times: dict) -> dict:
+def _card(config: ToyLlavaConfig, model, seed: int, metrics: dict, losses: list[float], times: dict,
+          name: str = "toy-llava", trainer: str = "attnlab.recipes.toy_llava:train") -> dict:
     ranges = {k: [r.start, r.stop] for k, r in config.ranges().items()}
     arch = {"family": "llava", "vision": "clip_vision_model", "text": "llama", "image_size": 64, "patch_size": 8,
             "image_tokens": 64, "vision_feature_layer": -1, "vision_feature_select_strategy": "default",
@@ -276,15 +282,15 @@ def _card(config: ToyLlavaConfig, model, seed: int, metrics: dict, losses: list[
     prompts = {"format": "<bos> <image>*64 {prompt} {answer} <eos>; pass the prompt text, <image> is prepended",
                "caption": CAPTION_PROMPT, "pope": "{question}", "question": POPE_TEMPLATE, "answers": [YES, NO],
                "caption_max_new_tokens": config.caption_tokens, "question_max_new_tokens": 3, "decoding": "greedy"}
-    return {"name": "toy-llava", "metrics": metrics, "architecture": arch, "data": data, "prompts": prompts,
+    return {"name": name, "trainer": trainer, "metrics": metrics, "architecture": arch, "data": data, "prompts": prompts,
             "steps": config.steps, "batch_size": config.batch_size, "lr": config.lr, "seed": seed,
             "threads": config.threads, "final_loss": float(np.mean(losses[-50:])), **times}
 
 
-_README = """# toy-llava
+_README = """# {name}
 
 A small LLaVA (`LlavaForConditionalGeneration`: CLIP vision tower, MLP projector, LLaMA language model)
-trained from scratch on attnlab's toy world by `attnlab.zoo.train_llava:train` (seed {seed}).
+trained from scratch on attnlab's toy world by `{trainer}` (seed {seed}).
 
 ## Architecture
 - vision: CLIP, {a[vision_layers]} layers x {a[vision_heads]} heads, width {a[vision_hidden]};
@@ -336,10 +342,13 @@ def write_readme(out_dir: Path, card: dict) -> None:
         ranges=", ".join(f"{k} [{r[0]}, {r[1]})" for k, r in d["ranges"].items()),
         pairs=", ".join(f"{a} -> {b} ({q})" for a, b, q in d["pairs"]),
         mix=", ".join(f"{k} {v}" for k, v in d["task_mix"].items()))
+    if card.get("emergence"):
+        text += "\n## Emergent attention phenomena\n" + "".join(f"- {f}\n" for f in card["emergence"]["findings"])
     (out_dir / "README.md").write_text(text, encoding="utf-8")
 
 
-def train_toy_llava(out_dir: str | Path, config: ToyLlavaConfig, seed: int = 0, progress: bool = True) -> dict:
+def train_toy_llava(out_dir: str | Path, config: ToyLlavaConfig, seed: int = 0, progress: bool = True,
+                    name: str = "toy-llava", trainer: str = "attnlab.recipes.toy_llava:train") -> dict:
     """Train toy-llava with ``config``, evaluate it on the test range and save checkpoint, card and README.
 
     Args:
@@ -347,6 +356,8 @@ def train_toy_llava(out_dir: str | Path, config: ToyLlavaConfig, seed: int = 0, 
         config: the run's :class:`ToyLlavaConfig`.
         seed: seeds the initial weights and the example sampling.
         progress: show a tqdm bar over the steps.
+        name: the model's name in the card.
+        trainer: ``module:function`` that reproduces the run, recorded in the card.
 
     Returns:
         The card (also written as ``card.json``).
@@ -358,20 +369,15 @@ def train_toy_llava(out_dir: str | Path, config: ToyLlavaConfig, seed: int = 0, 
         model = build_model(config, processor.tokenizer)
         train_world = held_out_world(config, "train")
         t0 = time.perf_counter()
-        losses = fit(model, processor, train_world, config, seed, progress)
+        losses = fit(model, processor, train_world, config, seed, progress, name)
         train_time = time.perf_counter() - t0
         metrics = evaluate(model, processor, held_out_world(config, "test"), config)
     times = {"train_time_s": train_time, "wall_time_s": time.perf_counter() - start,
              "cpu_time_s": time.process_time() - cpu_start}
-    card = _card(config, model, seed, metrics, losses, times)
+    card = _card(config, model, seed, metrics, losses, times, name, trainer)
     with fresh_directory(out_dir) as out:  # the old checkpoint stays until the new one is complete
         model.save_pretrained(out)
         processor.save_pretrained(out)
         (out / "card.json").write_text(json.dumps(card, indent=1) + "\n", encoding="utf-8")
         write_readme(out, card)
     return card
-
-
-def train(out_dir: str | Path = CHECKPOINTS / "toy-llava", seed: int = 0, progress: bool = True) -> dict:
-    """Reproduce the zoo's toy-llava (the registry's trainer): :func:`train_toy_llava` with the default config."""
-    return train_toy_llava(out_dir, ToyLlavaConfig(), seed=seed, progress=progress)

@@ -9,52 +9,20 @@ the rest goes to the other image tokens, row sums unchanged; ungated rows and ot
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 import torch
 
 from attnlab.core.capture import Capture
 from attnlab.hooks import attach
-from attnlab.hooks.hf_stacks import main_stack
-from attnlab.hooks.inputs import on_model_device, prepare_inputs, tokenizer_of
+from attnlab.hooks.inputs import tokenizer_of
 from attnlab.interventions.var import SINK_SET, SinkSets, scaled_tau, var_layers, var_plan
 from attnlab.probes.visual_sinks import visual_sinks
-from attnlab.zoo import load
-
-DIMS = (5, 17)
-
 
 @pytest.fixture(scope="module")
-def planted():
-    """``(model, processor, spec, inputs, planted positions, planting)``; ``planting()`` is a context manager
-    under which the first decoder layer's output carries the sink."""
-    from attnlab.zoo.world import generate_world
-
-    model, proc, spec = load("toy-llava")
-    image = generate_world(1, seed=0, start=5700).scenes[0].image
-    inputs = on_model_device(prepare_inputs(proc, spec, ["Is there a red circle in the image?"], [image]), model)
-    image_pos = (inputs["input_ids"][0] == spec.image_token_id).nonzero().flatten()
-    positions = image_pos[[4, 9]]
-    blocks = model.get_submodule(main_stack(model).prefix)
-
-    def plant(_module, _args, output):
-        hidden = (output[0] if isinstance(output, tuple) else output).clone()  # (B, N, d)
-        rms = hidden[:, positions].pow(2).mean(-1, keepdim=True).sqrt()  # (B, 2, 1)
-        for d in DIMS:
-            hidden[:, positions, d] = 1500.0 * rms[..., 0]  # massive by Sun et al.'s rule (>= 1000x median)
-        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
-
-    @contextlib.contextmanager
-    def planting():
-        handle = blocks[0].register_forward_hook(plant)
-        try:
-            yield
-        finally:
-            handle.remove()
-
-    return model, proc, spec, inputs, positions, planting
+def planted(planted_llava):
+    """toy-llava with a planted visual sink (tests/conftest.py); the planted dimensions are ``planting.dims``."""
+    return planted_llava
 
 
 def _pass(model, proc, inputs, capture, plan=None, key_set_fn=None, extra=None):
@@ -68,6 +36,7 @@ def test_visual_sink_detector_finds_the_planted_dimensions_and_tokens(planted):
     from attnlab.probes.massive import massive_activations
 
     model, proc, spec, inputs, positions, planting = planted
+    DIMS = planting.dims
     clean_dims = massive_activations(_pass(model, proc, inputs, Capture(resid=True))).dims
     with planting():
         trace = _pass(model, proc, inputs, Capture(resid=True, pattern=True))
@@ -83,6 +52,7 @@ def test_visual_sink_detector_finds_the_planted_dimensions_and_tokens(planted):
 
 def test_var_moves_sink_attention_to_the_other_image_tokens(planted):
     model, proc, spec, inputs, positions, planting = planted
+    DIMS = planting.dims
     ids = inputs["input_ids"]
     is_image = ids == spec.image_token_id
     after = {"after_image": torch.arange(ids.shape[1])[None, :] > int(is_image[0].nonzero().max())}

@@ -4,7 +4,8 @@ Commands that build a Run in place over many steps (``capture --dataset``, ``eva
 ``--out`` for their whole run. A second job into the same folder does not wait: it stops at once with one line
 naming the holder (process id, host, command, start time), because two writers would each redo the other's items
 and race on the merged files. The lock is released when the holder exits, however it exits (the operating system
-drops the lock of a killed process), so a stale lock file never blocks a rerun.
+drops the lock of a killed process), so a stale lock file never blocks a rerun. A job that ends normally leaves no
+lock file behind.
 """
 
 from __future__ import annotations
@@ -67,5 +68,8 @@ def run_lock(folder: str | Path, flag: str = "--out") -> Iterator[Path]:
         os.replace(tmp, folder / HOLDER_NAME)
         yield folder
     finally:
+        # The lock file goes before the lock: nothing of the job is left in the Run, and a job starting in between
+        # locks a new file while this one only closes its descriptor (its work is done).
         (folder / HOLDER_NAME).unlink(missing_ok=True)
+        (folder / LOCK_NAME).unlink(missing_ok=True)
         lock.release()

@@ -1,0 +1,110 @@
+"""What each hallucination mitigation costs per answer, measured side by side against the plain model.
+
+Targets (issue: interventions with something to act on): after calibration, VAR and ACT at most 1.1x the baseline's
+time per answer, VHR at most 2x (it needs a text-only pass per question to score its heads); the calibration and head
+search cost is reported apart, once per model.
+
+How it is measured: one process, torch on one intra-op thread. Every method answers the same POPE questions of the
+model's held-out calibration split (the eval CLI's own path: ``plan_for`` then
+:func:`attnlab.evals.answer.generate_answer`), after one untimed warm-up answer each; question by question the
+methods run in a rotating order, so load changes hit every method alike. Time is the thread's CPU time
+(``time.thread_time``; on a shared 2-core machine wall time mostly measures the scheduler) with the wall-clock ratio
+printed beside it. Ratios are medians over the questions of (method time / baseline time on the same question).
+
+Usage: ``python benchmarks/interventions.py [--model toy-llava-deep] [--questions 12] [--max-new-tokens 3]``.
+The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+TARGETS = {"var": 1.1, "act": 1.1, "vhr": 2.0}
+
+
+def _answer(loaded, method, image, prompt: str, max_new_tokens: int) -> tuple[str, float, float]:
+    """One answer under ``method``: ``(answer, thread CPU seconds, wall seconds)``."""
+    from attnlab.evals.answer import generate_answer
+
+    model, processor, spec = loaded
+    c0, w0 = time.thread_time(), time.perf_counter()
+    plan, key_set_fn = method.plan_for(image, prompt)
+    answer = generate_answer(model, processor, spec, image, prompt, max_new_tokens=max_new_tokens, plan=plan,
+                             key_set_fn=key_set_fn)
+    return answer, time.thread_time() - c0, time.perf_counter() - w0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="toy-llava-deep")
+    parser.add_argument("--questions", type=int, default=12, help="timed questions (after one warm-up each)")
+    parser.add_argument("--max-new-tokens", type=int, default=3)
+    parser.add_argument("--methods", nargs="+", default=["baseline", "var", "act", "vhr"])
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    from PIL import Image
+
+    from attnlab.evals.answer import format_prompt, prompt_templates
+    from attnlab.evals.pope import load_pope_questions
+    from attnlab.evals.suite import toy_dataset
+    from attnlab.interventions.methods import build_method
+    from attnlab.zoo import load
+
+    loaded = load(args.model)
+    model, processor, spec = loaded
+    folder = Path(tempfile.mkdtemp(prefix="attnlab-bench-interventions-"))
+    calibration = toy_dataset(spec, folder, split="calibration")
+    test = toy_dataset(spec, folder, split="test")
+    template = prompt_templates(spec)["pope"]
+    questions = load_pope_questions(test.pope["random"])[: args.questions + 1]
+    inputs = [(Image.open(Path(test.images) / q.image).convert("RGB"), format_prompt(processor, template, q.text))
+              for q in questions]
+
+    methods, setup = {}, {}
+    for name in args.methods:
+        c0, w0 = time.thread_time(), time.perf_counter()
+        methods[name] = build_method(name, loaded, calibration=calibration)
+        setup[name] = {"cpu_s": time.thread_time() - c0, "wall_s": time.perf_counter() - w0}
+        print(f"{name}: set-up (calibration, head search) {setup[name]['cpu_s']:.1f} s CPU", flush=True)
+
+    warm_image, warm_prompt = inputs[0]
+    for name, method in methods.items():
+        _answer(loaded, method, warm_image, warm_prompt, args.max_new_tokens)
+    cpu = {name: [] for name in methods}
+    wall = {name: [] for name in methods}
+    names = list(methods)
+    for i, (image, prompt) in enumerate(inputs[1:]):
+        order = names[i % len(names):] + names[: i % len(names)]
+        for name in order:
+            _, c, w = _answer(loaded, methods[name], image, prompt, args.max_new_tokens)
+            cpu[name].append(c)
+            wall[name].append(w)
+
+    base_cpu, base_wall = cpu["baseline"], wall["baseline"]
+    result = {"model": args.model, "questions": args.questions, "max_new_tokens": args.max_new_tokens,
+              "baseline_ms": 1000 * statistics.median(base_cpu), "methods": {}}
+    print(f"\n{args.model}: {args.questions} questions, median per answer (thread CPU), ratio to the baseline "
+          "on the same question")
+    for name in names:
+        ratio = statistics.median(c / b for c, b in zip(cpu[name], base_cpu))
+        wall_ratio = statistics.median(c / b for c, b in zip(wall[name], base_wall))
+        target = TARGETS.get(name)
+        verdict = "" if target is None else ("meets" if ratio <= target else "MISSES") + f" <= {target}x"
+        result["methods"][name] = {"ms": 1000 * statistics.median(cpu[name]), "ratio": ratio,
+                                   "wall_ratio": wall_ratio, "target": target, "setup_cpu_s": setup[name]["cpu_s"],
+                                   "setup_wall_s": setup[name]["wall_s"]}
+        print(f"  {name:9s} {1000 * statistics.median(cpu[name]):8.1f} ms  {ratio:5.2f}x (wall {wall_ratio:5.2f}x)  "
+              f"set-up {setup[name]['cpu_s']:6.1f} s  {verdict}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -26,6 +26,9 @@ SHARDS = "shards"
 _SHARD_RE = re.compile(r"^rank-(\d{5})-of-(\d{5})$")
 #: Fault injection for tests and drills: ``"RANK:N"`` makes that rank SIGKILL itself after N finished items.
 FAULT_ENV = "ATTNLAB_FAULT_KILL_AFTER"
+#: Drills of a job stopped from outside: ``"SECONDS"`` makes every rank sleep that long after each finished item, so
+#: a test can signal a job that is surely mid-way.
+DELAY_ENV = "ATTNLAB_FAULT_ITEM_DELAY"
 
 
 class ShardFailure(RuntimeError):
@@ -185,9 +188,12 @@ def fault_point(rank: int, n_done: int, env: dict | None = None) -> None:
     """SIGKILL this process if ``ATTNLAB_FAULT_KILL_AFTER`` asks rank ``rank`` to die after ``n_done`` items.
 
     A drill for the resume path ("a rank was killed"): the item just recorded is durable, the next is not
-    started, and the launcher sees a rank die by a signal.
+    started, and the launcher sees a rank die by a signal. ``ATTNLAB_FAULT_ITEM_DELAY`` slows every item instead.
     """
-    spec = (os.environ if env is None else env).get(FAULT_ENV)
+    env = os.environ if env is None else env
+    if env.get(DELAY_ENV):
+        time.sleep(float(env[DELAY_ENV]))
+    spec = env.get(FAULT_ENV)
     if not spec:
         return
     try:

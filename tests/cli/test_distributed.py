@@ -76,3 +76,59 @@ def test_capture_two_workers_equal_one_process(world, tmp_path):
     assert a.keys() == b.keys() and len(a["main.ids"]) == 64
     for key in a:
         np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-7, err_msg=key)
+
+
+def _job_processes(marker: str) -> list[int]:
+    """Pids of live processes whose command line mentions ``marker`` (the job's unique --out)."""
+    import os
+
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().decode(errors="replace")
+            with open(f"/proc/{entry}/stat") as f:
+                zombie = f.read().split(")")[-1].split()[0] == "Z"
+        except OSError:
+            continue
+        if marker in cmdline and not zombie:
+            pids.append(int(entry))
+    return pids
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="parent-death signals are Linux's")
+def test_kill_9_of_attnlab_stops_torchrun_and_every_worker_and_the_job_resumes(world, tmp_path):
+    """``kill -9`` of the attnlab process, a real signal, mid-job: no orphan keeps running, and a rerun resumes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from attnlab.core.shards import DELAY_ENV
+
+    out = tmp_path / "killed-job"
+    args = [sys.executable, "-m", "attnlab.cli.main", "eval", "pope", "--model", "toy-llava", "--questions",
+            str(world / "pope_random.jsonl"), "--images", str(world / "images"), "--limit", "8",
+            "--max-new-tokens", "2", "--out", str(out), "--workers", "2"]
+    job = subprocess.Popen(args, env={**os.environ, DELAY_ENV: "2"}, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    unit = "pope-pope_random-baseline"
+    deadline = time.time() + 180
+    while not progress_rows(out, unit):  # both workers are answering (one item every 2 s each)
+        assert job.poll() is None and time.time() < deadline, "the job ended or never started answering"
+        time.sleep(0.2)
+    assert len(_job_processes(str(out))) >= 4  # attnlab, torchrun, two workers
+    os.kill(job.pid, signal.SIGKILL)
+    job.wait()
+    deadline = time.time() + 30
+    while _job_processes(str(out)) and time.time() < deadline:
+        time.sleep(0.2)
+    assert _job_processes(str(out)) == [], "processes of the killed job still run"
+    done = progress_rows(out, unit)
+    assert 0 < len(done) < 8 and not (out / "manifest.json").exists()  # stopped mid-way, what finished is kept
+    res = runner.invoke(app, [*args[3:-2], "--workers", "2"])
+    assert res.exit_code == 0, res.output
+    assert sorted(r["question_id"] for r in progress_rows(out, unit)) == list(range(8))

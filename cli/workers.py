@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -74,8 +75,10 @@ def spawn_workers(n_workers: int) -> None:
     out = ctx.params.get("out")
     started = time.time()
     launcher = subprocess.Popen(torchrun_command(n_workers, "attnlab.cli.main", command_args(ctx)),
-                                preexec_fn=die_with_parent)
+                                preexec_fn=die_with_parent, stderr=subprocess.PIPE)
     stopped: list[int] = []
+    relay = threading.Thread(target=_relay_stderr, args=(launcher.stderr, stopped), daemon=True)
+    relay.start()
 
     def forward(signum, _frame):  # torchrun passes it on to the workers; what they finished stays on disk
         stopped.append(signum)
@@ -87,6 +90,7 @@ def spawn_workers(n_workers: int) -> None:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        relay.join(timeout=5)
     if stopped:
         where = f" in {Path(out) / SHARDS}" if out else ""
         typer.echo(f"error: stopped by {signal.Signals(stopped[0]).name}; finished items are kept{where}: rerun the "
@@ -100,6 +104,23 @@ def spawn_workers(n_workers: int) -> None:
     kept = f"; finished items are kept in {Path(out) / SHARDS}: rerun the same command to resume" if out else ""
     typer.echo(f"error: {cause}{kept}", err=True)
     raise typer.Exit(EXIT_FAILED)
+
+
+def _relay_stderr(stream, stopped: list[int]) -> None:
+    """Copy the launcher's and workers' stderr (progress bars included) to ours, until the job is stopped.
+
+    After a SIGINT/SIGTERM the job's own reports (torchrun's ``SignalException`` traceback, the workers' interrupted
+    stacks) are dropped: the user asked for the stop, and :func:`spawn_workers` says in one line what was kept.
+    """
+    out = sys.stderr.buffer if hasattr(sys.stderr, "buffer") else None
+    while chunk := os.read(stream.fileno(), 65536):
+        if stopped:
+            continue
+        if out is not None:
+            out.write(chunk)
+            out.flush()
+        else:  # a captured stderr (tests) takes text
+            sys.stderr.write(chunk.decode(errors="replace"))
 
 
 def die_with_parent(sig: int = signal.SIGTERM) -> None:

@@ -132,3 +132,36 @@ def test_kill_9_of_attnlab_stops_torchrun_and_every_worker_and_the_job_resumes(w
     res = runner.invoke(app, [*args[3:-2], "--workers", "2"])
     assert res.exit_code == 0, res.output
     assert sorted(r["question_id"] for r in progress_rows(out, unit)) == list(range(8))
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_stopped_job_says_one_line_and_resumes(world, tmp_path, sig):
+    """Ctrl-C (or a TERM) mid-job: exit 1, one line saying what was kept, no traceback from torchrun or the workers."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from attnlab.core.shards import DELAY_ENV
+
+    out = tmp_path / f"stopped-{sig}"
+    args = [sys.executable, "-m", "attnlab.cli.main", "eval", "pope", "--model", "toy-llava", "--questions",
+            str(world / "pope_random.jsonl"), "--images", str(world / "images"), "--limit", "8",
+            "--max-new-tokens", "2", "--out", str(out), "--workers", "2"]
+    job = subprocess.Popen(args, env={**os.environ, DELAY_ENV: "2"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    unit = "pope-pope_random-baseline"
+    deadline = time.time() + 180
+    while not progress_rows(out, unit):
+        assert job.poll() is None and time.time() < deadline, "the job ended or never started answering"
+        time.sleep(0.2)
+    job.send_signal(getattr(signal, sig))
+    _, err = job.communicate(timeout=60)
+    assert job.returncode == 1
+    assert "Traceback" not in err and "SignalException" not in err, err
+    assert f"error: stopped by {sig}; finished items are kept" in err.strip().splitlines()[-1]
+    assert _job_processes(str(out)) == []
+    res = runner.invoke(app, [*args[3:-2], "--workers", "2"])
+    assert res.exit_code == 0, res.output
+    assert sorted(r["question_id"] for r in progress_rows(out, unit)) == list(range(8))

@@ -11,6 +11,9 @@ methods run in a rotating order, so load changes hit every method alike. Time is
 (``time.thread_time``; on a shared 2-core machine wall time mostly measures the scheduler) with the wall-clock ratio
 printed beside it. Ratios are medians over the questions of (method time / baseline time on the same question).
 
+A method that finds nothing to act on (VAR without sink dimensions, ACT without a calibrated head) runs the plain
+model; ``var:dims`` times VAR made to act (``--var-dims``), detecting sinks at every layer of its rule.
+
 Usage: ``python benchmarks/interventions.py [--model toy-llava-deep] [--questions 12] [--max-new-tokens 3]``.
 The last line is one JSON object.
 """
@@ -26,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-TARGETS = {"var": 1.1, "act": 1.1, "vhr": 2.0}
+TARGETS = {"var": 1.1, "var:dims": 1.1, "act": 1.1, "vhr": 2.0}
 
 
 def _answer(loaded, method, image, prompt: str, max_new_tokens: int) -> tuple[str, float, float]:
@@ -47,6 +50,9 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=12, help="timed questions (after one warm-up each)")
     parser.add_argument("--max-new-tokens", type=int, default=3)
     parser.add_argument("--methods", nargs="+", default=["baseline", "var", "act", "vhr"])
+    parser.add_argument("--var-dims", type=int, nargs="*", default=[0, 1],
+                        help="also time VAR run with these sink dimensions (a model without massive activations gives "
+                             "VAR none, and VAR then runs the plain model: this row is the cost of VAR acting)")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -74,6 +80,11 @@ def main() -> None:
         methods[name] = build_method(name, loaded, calibration=calibration)
         setup[name] = {"cpu_s": time.thread_time() - c0, "wall_s": time.perf_counter() - w0}
         print(f"{name}: set-up (calibration, head search) {setup[name]['cpu_s']:.1f} s CPU", flush=True)
+    if args.var_dims:
+        from attnlab.interventions.var import var_method
+
+        methods["var:dims"] = var_method(model, processor, spec, sink_dims=tuple(args.var_dims))
+        setup["var:dims"] = {"cpu_s": 0.0, "wall_s": 0.0}
 
     warm_image, warm_prompt = inputs[0]
     for name, method in methods.items():

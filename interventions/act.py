@@ -119,7 +119,9 @@ class ACTMethod:
     sinks: ACTSinks = field(default_factory=ACTSinks)
 
     def plan_for(self, image=None, prompt=None):
-        """``(plan, key_set_fn)`` for one input."""
+        """``(plan, key_set_fn)`` for one input; ``(None, None)`` (the plain model) when no head was calibrated."""
+        if not self.heads:
+            return None, None
         return self.plan, self.sinks.fresh()
 
     def describe(self) -> dict:

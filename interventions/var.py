@@ -136,7 +136,10 @@ class VARMethod:
     tau: float = 20.0
 
     def plan_for(self, image, prompt):
-        """``(plan, key_set_fn)`` for one input."""
+        """``(plan, key_set_fn)`` for one input; ``(None, None)`` (the plain model) without sink dimensions, where
+        no token can be a sink and VAR is the identity."""
+        if not self.sink_dims:
+            return None, None
         return self.plan, SinkSets(self.sink_dims, self.tau)
 
     def describe(self) -> dict:

@@ -103,9 +103,12 @@ def register(app: typer.Typer) -> None:
         from attnlab.zoo import load, peek
 
         _, _, family, modality = peek(model)
-        if modality != "text" or family == "bert":
+        if modality != "text":
             raise ValueError(f"patch needs a causal language model; {model} is a {family} ({modality}) model")
-        loaded, tok, _ = load(model)
+        loaded, tok, spec = load(model)
+        if not spec.causal or getattr(loaded, "get_output_embeddings", lambda: None)() is None:
+            raise ValueError(f"patch needs a causal language model; {model} is a {family} encoder "
+                             f"({'bidirectional' if not spec.causal else 'no language-model head'})")
         clean_in, corrupt_in = dict(tok([clean], return_tensors="pt")), dict(tok([corrupt], return_tensors="pt"))
         for prompt in (clean_in, corrupt_in):
             check_positions(prompt, loaded)  # before any forward pass

@@ -307,3 +307,16 @@ def test_left_padded_generation_is_unchanged_and_its_prefill_matches_eager(arch,
     trace = rec.trace()
     assert trace.tokens[1][0] == "<pad>" and not trace.token_mask[1, 0]
     assert_patterns_match(trace, eager_attentions(path, type(model), inputs)["main"])
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert", "gpt2"])
+def test_patch_refuses_every_encoder_and_runs_on_a_decoder(arch, ckpt):
+    """Activation patching needs next-token logits: encoders are refused by what they are (bidirectional), not by
+    family name, in one line before any patching."""
+    result = CliRunner().invoke(app, ["patch", "--model", str(ckpt(arch)), "--clean", "the cat sat",
+                                      "--corrupt", "the dog sat", "--target", "mat", "--foil", "dog", "--json"])
+    if arch == "gpt2":
+        assert result.exit_code == 0, result.output
+    else:
+        assert result.exit_code == 2 and "patch needs a causal language model" in result.output
+        assert "bidirectional" in result.output and "Traceback" not in result.output

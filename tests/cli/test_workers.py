@@ -1,5 +1,6 @@
 """``--workers N`` re-invokes the same command under torchrun and reports a failed rank by rank and item."""
 
+import os
 import subprocess
 
 from typer.testing import CliRunner
@@ -14,8 +15,11 @@ def test_spawn_reinvokes_the_command_and_names_the_failed_rank(tmp_path, monkeyp
     seen = []
 
     class FakeLauncher:
-        def __init__(self, cmd, preexec_fn=None):
+        def __init__(self, cmd, preexec_fn=None, stderr=None):
             seen.append(cmd)
+            read, write = os.pipe()  # the relay reads the launcher's stderr: an empty, closed one here
+            os.close(write)
+            self.stderr = os.fdopen(read, "rb")
             write_failure(shard_dir(tmp_path / "e", 1, 3),
                           ShardFailure(1, 3, "pope-random-vhr", "question_id=17", OSError("truncated image")))
 

@@ -22,7 +22,6 @@ KNOWN_CROSSINGS: set[tuple[str, str]] = {
     ("evals.suite", "zoo"),  # the eval suite reads the toy world's card
     ("hooks.dataset_capture", "evals"),  # the progress log belongs in jobs
     ("zoo.llava_data", "evals"),  # answer generation: one generator, in evals
-    ("zoo.train_llava", "evals"),  # a trainer: belongs in recipes
     ("zoo.world", "evals"),  # writes POPE/CHAIR files with the evals' writers
 }
 

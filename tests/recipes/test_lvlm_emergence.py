@@ -8,7 +8,7 @@ import pytest
 
 from attnlab.recipes.lvlm_emergence import N_PROMPTS, emergence_findings, measure_emergence
 from attnlab.zoo.registry import card
-from attnlab.zoo.train_llava import recorded_world
+from attnlab.zoo.toy_llava import recorded_world
 
 RED_CIRCLE = "Is there a red circle in the image?"
 

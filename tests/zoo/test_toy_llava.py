@@ -14,7 +14,8 @@ from attnlab.hooks import attach
 from attnlab.zoo import load
 from attnlab.zoo.llava_data import CAPTION_PROMPT, PromptCache, encode_rows, pixel_values, sample_row
 from attnlab.zoo.registry import CHECKPOINTS, card
-from attnlab.zoo.train_llava import ToyLlavaConfig, partner_false_yes, recorded_world, train_toy_llava
+from attnlab.recipes.toy_llava import partner_false_yes, train_toy_llava
+from attnlab.zoo.toy_llava import ToyLlavaConfig, recorded_world
 
 PATH = CHECKPOINTS / "toy-llava"
 QUESTIONS_PER_SPLIT = 60

@@ -13,7 +13,8 @@ from attnlab.interventions.var import var_layers
 from attnlab.probes.vhd import vhr_layers
 from attnlab.zoo import load
 from attnlab.zoo.registry import CHECKPOINTS, card
-from attnlab.zoo.train_llava import DEEP_CONFIG, partner_false_yes, recorded_world
+from attnlab.recipes.toy_llava import partner_false_yes
+from attnlab.zoo.toy_llava import DEEP_CONFIG, recorded_world
 
 NAME = "toy-llava-deep"
 QUESTIONS_PER_SPLIT = 60

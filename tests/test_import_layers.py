@@ -21,7 +21,7 @@ RANK = {"cli": 7, "dashboard": 6, "jobs": 5, "recipes": 5, "viz": 4, "interventi
 KNOWN_CROSSINGS: set[tuple[str, str]] = {
     ("evals.suite", "zoo"),  # the eval suite reads the toy world's card
     ("hooks.dataset_capture", "evals"),  # the progress log belongs in jobs
-    ("zoo.llava_data", "evals"),  # answer generation: one generator, in evals
+    ("zoo.llava_data", "evals"),  # training questions use POPE's question wording (evals.pope_build)
     ("zoo.world", "evals"),  # writes POPE/CHAIR files with the evals' writers
 }
 

@@ -82,6 +82,8 @@ def test_there_are_eight_numbered_studies():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_committed_notebook_is_clean(path):
     """No outputs and no execution counts in the repository (run ``python scripts/strip_notebooks.py``)."""
+    raw = json.loads(path.read_text())
+    assert all("id" in cell for cell in raw["cells"]), f"{path.name}: a cell has no id (nbformat 4.5 requires one)"
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
     dirty = [i for i, cell in enumerate(nb.cells) if cell.cell_type == "code"

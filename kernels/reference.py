@@ -154,6 +154,13 @@ class _Call:
         self.head_scale = None if layer_plan is None or layer_plan.head_scale is None else torch.tensor(
             layer_plan.head_scale, dtype=torch.float32, device=q.device)[None, :, None, None]  # (1, H, 1, 1)
         self.key_sets, self.stats, self.want_pattern = key_sets, stats, want_pattern
+        # values with the key sets as extra columns: one GEMM gives the output and the mass on every set, instead
+        # of a second skinny GEMM over the whole block (the sets ride along as values 0/1)
+        self.v_mass = None
+        if "mass" in stats and key_sets:
+            sets = torch.broadcast_tensors(*[_per_head(m).to(self.v.dtype) for m in key_sets.values()])  # (B, 1|H, K)
+            members = torch.stack(sets, dim=-1).expand(*self.v.shape[:3], len(sets))  # (B, H, K, n)
+            self.v_mass = torch.cat([self.v, members], dim=-1)  # (B, H, K, dv + n)
         self.q_set = query_sets[self.rw.queries].to(torch.bool) if self.rw is not None and self.rw.queries else None
         self.received_rows = None if received_queries is None else received_queries.to(torch.bool)  # (B, Q)
         self.key_span = (0, self.n_k)
@@ -254,12 +261,15 @@ def _normalised_stats(c: _Call, p: torch.Tensor, lo: int, hi: int, r0: int, r1: 
         row["entropy"] = row_entropy(p, clamp=c.rw is not None and max(c.rw.factors(p.shape[1])) > 1)
     if "max" in c.stats:
         row["max"] = p.amax(-1)
-    if "mass" in c.stats and c.key_sets:
-        row["mass"] = _masses(p, [m[..., lo:hi] for m in c.key_sets.values()])  # (B, H, q, n)
     if "received" in c.stats:
         kept = p if c.received_rows is None else p * c.received_rows[:, None, r0:r1, None].to(p.dtype)
         row["received"] = kept.sum(-2)  # (B, H, w)
-    return p @ c.v[:, :, lo:hi]  # (B, H, q, dv)
+    if c.v_mass is None:
+        return p @ c.v[:, :, lo:hi]  # (B, H, q, dv)
+    both = p @ c.v_mass[:, :, lo:hi]  # (B, H, q, dv + n): the output and the mass on each key set
+    dv = c.v.shape[3]
+    row["mass"] = both[..., dv:]
+    return both[..., :dv]
 
 
 def attention_rows(c: _Call, r0: int, r1: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
@@ -286,12 +296,14 @@ def attention_rows(c: _Call, r0: int, r1: int) -> tuple[torch.Tensor, dict[str, 
             de = d * e if c.grad else d.mul_(e)  # (B, H, q, w)
             row["entropy"] = torch.where(dead, 0.0, z.log() - de.sum(-1, keepdim=True) * inv_z)[..., 0]
         row["max"] = inv_z[..., 0]  # the largest weight is exp(0) / z
-        if "mass" in c.stats and c.key_sets:
-            row["mass"] = _masses(e, [m[..., lo:hi] for m in c.key_sets.values()]) * inv_z
         if "received" in c.stats:
             w = inv_z if c.received_rows is None else inv_z * c.received_rows[:, None, r0:r1, None]
             row["received"] = (w.transpose(-1, -2) @ e)[..., 0, :]  # (B, H, w): one gemv, no pass of its own
-        out = (e @ c.v[:, :, lo:hi]) * inv_z  # (B, H, q, dv)
+        if c.v_mass is None:
+            out = (e @ c.v[:, :, lo:hi]) * inv_z  # (B, H, q, dv)
+        else:
+            both = (e @ c.v_mass[:, :, lo:hi]) * inv_z  # (B, H, q, dv + n): output and key-set masses
+            out, row["mass"] = both[..., :c.v.shape[3]], both[..., c.v.shape[3]:]
     else:
         p = e * inv_z if c.grad else e.mul_(inv_z)  # (B, H, q, w) normalised; fully masked rows are 0
         if c.rw is not None:

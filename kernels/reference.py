@@ -255,6 +255,23 @@ def _exp_rows(s: torch.Tensor, keep_d: torch.Tensor | None,
     return e, (d if keep_d is not None else None), top, e.sum(-1, keepdim=True)
 
 
+def _weigh_values(c: _Call, w: torch.Tensor, lo: int, hi: int, row: dict,
+                  inv_z: torch.Tensor | None = None) -> torch.Tensor:
+    """``w @ v`` for weights ``w`` ``[B, H, q, hi - lo]`` (times ``inv_z`` when ``w`` is unnormalised), ``[B, H, q, dv]``.
+
+    With ``mass`` asked for, the key sets are extra value columns (:attr:`_Call.v_mass`), so the same GEMM puts the
+    mass on each set in ``row["mass"]`` ``[B, H, q, n]``.
+    """
+    values = c.v if c.v_mass is None else c.v_mass
+    both = w @ values[:, :, lo:hi]  # (B, H, q, dv [+ n])
+    if inv_z is not None:
+        both = both * inv_z
+    dv = c.v.shape[3]
+    if c.v_mass is not None:
+        row["mass"] = both[..., dv:]
+    return both[..., :dv]
+
+
 def _normalised_stats(c: _Call, p: torch.Tensor, lo: int, hi: int, r0: int, r1: int, row: dict) -> torch.Tensor:
     """Statistics of applied rows ``p`` ``[B, H, q, w]`` that were normalised (and maybe reweighted)."""
     if "entropy" in c.stats:
@@ -264,12 +281,7 @@ def _normalised_stats(c: _Call, p: torch.Tensor, lo: int, hi: int, r0: int, r1: 
     if "received" in c.stats:
         kept = p if c.received_rows is None else p * c.received_rows[:, None, r0:r1, None].to(p.dtype)
         row["received"] = kept.sum(-2)  # (B, H, w)
-    if c.v_mass is None:
-        return p @ c.v[:, :, lo:hi]  # (B, H, q, dv)
-    both = p @ c.v_mass[:, :, lo:hi]  # (B, H, q, dv + n): the output and the mass on each key set
-    dv = c.v.shape[3]
-    row["mass"] = both[..., dv:]
-    return both[..., :dv]
+    return _weigh_values(c, p, lo, hi, row)
 
 
 def attention_rows(c: _Call, r0: int, r1: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
@@ -299,11 +311,7 @@ def attention_rows(c: _Call, r0: int, r1: int) -> tuple[torch.Tensor, dict[str, 
         if "received" in c.stats:
             w = inv_z if c.received_rows is None else inv_z * c.received_rows[:, None, r0:r1, None]
             row["received"] = (w.transpose(-1, -2) @ e)[..., 0, :]  # (B, H, w): one gemv, no pass of its own
-        if c.v_mass is None:
-            out = (e @ c.v[:, :, lo:hi]) * inv_z  # (B, H, q, dv)
-        else:
-            both = (e @ c.v_mass[:, :, lo:hi]) * inv_z  # (B, H, q, dv + n): output and key-set masses
-            out, row["mass"] = both[..., :c.v.shape[3]], both[..., c.v.shape[3]:]
+        out = _weigh_values(c, e, lo, hi, row, inv_z)
     else:
         p = e * inv_z if c.grad else e.mul_(inv_z)  # (B, H, q, w) normalised; fully masked rows are 0
         if c.rw is not None:

@@ -1,12 +1,23 @@
-"""Directories that appear whole or not at all: write into a temporary sibling, then rename it into place."""
+"""Files and directories that appear whole or not at all: write into a temporary sibling, then rename it into place."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+
+def write_text_atomic(file: str | Path, text: str) -> Path:
+    """Write ``text`` to ``file`` through a temporary file beside it and a rename: readers see the old or the new
+    file whole, never a part."""
+    file = Path(file)
+    tmp = file.with_name(f".{file.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, file)
+    return file
 
 
 @contextlib.contextmanager

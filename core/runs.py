@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .atomic import replace_directory
+from .atomic import replace_directory, write_text_atomic
 from .manifest import SCHEMA, SCHEMA_VERSION, Manifest, RunFormatError, check_name, check_shapes, inside, read_manifest, run_kind
 from .trace import LayerRecord, Segment, Trace, TraceMeta
 
@@ -208,9 +208,7 @@ class Run:
 
 
 def _write_json_atomic(file: Path, data: dict) -> None:
-    tmp = file.with_name(f".{file.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, file)
+    write_text_atomic(file, json.dumps(data, indent=1))
 
 
 def write_results(path: str | Path, info: RunInfo, results: dict[str, pd.DataFrame], *, kind: str,

@@ -16,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from attnlab.core.atomic import fresh_directory
+from attnlab.core.atomic import fresh_directory, write_text_atomic
 from attnlab.evals.answer import generate_answers
 from attnlab.evals.chair import Synonyms, chair_metrics
 from attnlab.evals.pope import PopeMetrics, parse_pope_answer, pope_metrics
@@ -214,8 +213,8 @@ shared with other jobs, so the wall times are upper bounds.
 """
 
 
-def write_readme(out_dir: Path, card: dict) -> None:
-    """Write the model card ``README.md`` from the card facts."""
+def readme_text(card: dict) -> str:
+    """The model card ``README.md`` from the card facts."""
     m, d = card["metrics"], card["data"]
     rows = "\n".join(f"| {s} | {m[f'pope_{s}_accuracy']:.3f} | {m[f'pope_{s}_f1']:.3f} | "
                      f"{m[f'pope_{s}_yes_ratio']:.3f} |" for s in POPE_SPLITS)
@@ -226,7 +225,7 @@ def write_readme(out_dir: Path, card: dict) -> None:
         mix=", ".join(f"{k} {v}" for k, v in d["task_mix"].items()))
     if card.get("emergence"):
         text += "\n## Emergent attention phenomena\n" + "".join(f"- {f}\n" for f in card["emergence"]["findings"])
-    (out_dir / "README.md").write_text(text, encoding="utf-8")
+    return text
 
 
 def train_toy_llava(out_dir: str | Path, config: ToyLlavaConfig, seed: int = 0, progress: bool = True,
@@ -261,7 +260,7 @@ def train_toy_llava(out_dir: str | Path, config: ToyLlavaConfig, seed: int = 0, 
         model.save_pretrained(out)
         processor.save_pretrained(out)
         (out / "card.json").write_text(json.dumps(card, indent=1) + "\n", encoding="utf-8")
-        write_readme(out, card)
+        (out / "README.md").write_text(readme_text(card), encoding="utf-8")
     return card
 
 
@@ -283,14 +282,8 @@ def add_emergence(checkpoint: str | Path) -> dict:
     found = measure_emergence(model, processor, spec, [images[q["image_id"]] for q in questions],
                               [q["text"] for q in questions])
     card["emergence"] = {**found, "findings": emergence_findings(card["name"], found)}
-    tmp = checkpoint / ".card.json.tmp"
-    tmp.write_text(json.dumps(card, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, checkpoint / "card.json")
-    staging = checkpoint / ".readme"
-    staging.mkdir(exist_ok=True)
-    write_readme(staging, card)
-    os.replace(staging / "README.md", checkpoint / "README.md")
-    staging.rmdir()
+    write_text_atomic(checkpoint / "card.json", json.dumps(card, indent=1) + "\n")
+    write_text_atomic(checkpoint / "README.md", readme_text(card))
     return card
 
 

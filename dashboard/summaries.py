@@ -191,8 +191,8 @@ def _attention_matrix(data, run, trace, layer, head, item):
         pattern = data.layer_part(run, trace, layer, "pattern", item, head).float().numpy()  # (Q, K)
         return pattern[np.ix_(real, real)], real, "pattern"
     if data.has_field(run, trace, layer, "q") and data.has_field(run, trace, layer, "k"):
-        q = data.layer_part(run, trace, layer, "q", item, head).double()[real]  # (n, d)
-        k = data.layer_part(run, trace, layer, "k", item, head).double()[real]  # (n, d)
+        q = data.layer_part(run, trace, layer, "q", item, head).float()[real]  # (n, d); the kernels work in float32
+        k = data.layer_part(run, trace, layer, "k", item, head).float()[real]  # (n, d)
         _, st = attention(q[None, None], k[None, None], k.new_zeros(1, 1, len(real), 1), causal=meta.causal,
                           impl="eager", return_pattern=True)
         return st.pattern[0, 0].numpy(), real, "q·k"

@@ -67,8 +67,8 @@ def generate_answers(model, processor, spec, images: Sequence, prompts: Sequence
                      batch_size: int = 32) -> list[str]:
     """Greedy answers, one per ``(image, prompt)``: the one answer generator of attnlab (evals, trainers, demo).
 
-    Prompts are batched (padded on the left whatever the tokenizer's side, then restored) and decoded greedily, under ``plan`` at every step
-    (prefill and decoding) when one is given.
+    Prompts are batched (padded on the left whatever the tokenizer's side, then restored) and decoded greedily,
+    under ``plan`` at every step (prefill and decoding) when one is given.
 
     Args:
         model, processor, spec: from :func:`attnlab.zoo.load` (a vision-language model), or a trainer's model with

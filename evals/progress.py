@@ -23,7 +23,6 @@ from attnlab.core.shards import parse_log
 LOG = logging.getLogger("attnlab")
 
 
-
 class Progress:
     """Append-only record of finished items of one evaluation unit.
 

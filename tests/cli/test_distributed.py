@@ -98,28 +98,46 @@ def _job_processes(marker: str) -> list[int]:
     return pids
 
 
-@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="parent-death signals are Linux's")
-def test_kill_9_of_attnlab_stops_torchrun_and_every_worker_and_the_job_resumes(world, tmp_path):
-    """``kill -9`` of the attnlab process, a real signal, mid-job: no orphan keeps running, and a rerun resumes."""
+SLOW_UNIT = "pope-pope_random-baseline"
+
+
+def _slowed_job_answering(world, out, **popen):
+    """Start ``eval pope --workers 2`` as its own process, each item slowed to 2 s, and return once both workers are
+    answering: ``(process, the eval's CLI arguments without --workers)``."""
     import os
-    import signal
     import subprocess
     import sys
     import time
 
     from attnlab.core.shards import DELAY_ENV
 
-    out = tmp_path / "killed-job"
-    args = [sys.executable, "-m", "attnlab.cli.main", "eval", "pope", "--model", "toy-llava", "--questions",
-            str(world / "pope_random.jsonl"), "--images", str(world / "images"), "--limit", "8",
-            "--max-new-tokens", "2", "--out", str(out), "--workers", "2"]
-    job = subprocess.Popen(args, env={**os.environ, DELAY_ENV: "2"}, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
-    unit = "pope-pope_random-baseline"
+    cli = ["eval", "pope", "--model", "toy-llava", "--questions", str(world / "pope_random.jsonl"), "--images",
+           str(world / "images"), "--limit", "8", "--max-new-tokens", "2", "--out", str(out)]
+    job = subprocess.Popen([sys.executable, "-m", "attnlab.cli.main", *cli, "--workers", "2"],
+                           env={**os.environ, DELAY_ENV: "2"}, **popen)
     deadline = time.time() + 180
-    while not progress_rows(out, unit):  # both workers are answering (one item every 2 s each)
+    while not progress_rows(out, SLOW_UNIT):
         assert job.poll() is None and time.time() < deadline, "the job ended or never started answering"
         time.sleep(0.2)
+    return job, cli
+
+
+def _resumes_to_every_item(cli, out):
+    res = runner.invoke(app, [*cli, "--workers", "2"])
+    assert res.exit_code == 0, res.output
+    assert sorted(r["question_id"] for r in progress_rows(out, SLOW_UNIT)) == list(range(8))
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="parent-death signals are Linux's")
+def test_kill_9_of_attnlab_stops_torchrun_and_every_worker_and_the_job_resumes(world, tmp_path):
+    """``kill -9`` of the attnlab process, a real signal, mid-job: no orphan keeps running, and a rerun resumes."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "killed-job"
+    job, cli = _slowed_job_answering(world, out, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert len(_job_processes(str(out))) >= 4  # attnlab, torchrun, two workers
     os.kill(job.pid, signal.SIGKILL)
     job.wait()
@@ -127,41 +145,23 @@ def test_kill_9_of_attnlab_stops_torchrun_and_every_worker_and_the_job_resumes(w
     while _job_processes(str(out)) and time.time() < deadline:
         time.sleep(0.2)
     assert _job_processes(str(out)) == [], "processes of the killed job still run"
-    done = progress_rows(out, unit)
+    done = progress_rows(out, SLOW_UNIT)
     assert 0 < len(done) < 8 and not (out / "manifest.json").exists()  # stopped mid-way, what finished is kept
-    res = runner.invoke(app, [*args[3:-2], "--workers", "2"])
-    assert res.exit_code == 0, res.output
-    assert sorted(r["question_id"] for r in progress_rows(out, unit)) == list(range(8))
+    _resumes_to_every_item(cli, out)
 
 
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_a_stopped_job_says_one_line_and_resumes(world, tmp_path, sig):
     """Ctrl-C (or a TERM) mid-job: exit 1, one line saying what was kept, no traceback from torchrun or the workers."""
-    import os
     import signal
     import subprocess
-    import sys
-    import time
-
-    from attnlab.core.shards import DELAY_ENV
 
     out = tmp_path / f"stopped-{sig}"
-    args = [sys.executable, "-m", "attnlab.cli.main", "eval", "pope", "--model", "toy-llava", "--questions",
-            str(world / "pope_random.jsonl"), "--images", str(world / "images"), "--limit", "8",
-            "--max-new-tokens", "2", "--out", str(out), "--workers", "2"]
-    job = subprocess.Popen(args, env={**os.environ, DELAY_ENV: "2"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True)
-    unit = "pope-pope_random-baseline"
-    deadline = time.time() + 180
-    while not progress_rows(out, unit):
-        assert job.poll() is None and time.time() < deadline, "the job ended or never started answering"
-        time.sleep(0.2)
+    job, cli = _slowed_job_answering(world, out, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     job.send_signal(getattr(signal, sig))
     _, err = job.communicate(timeout=60)
     assert job.returncode == 1
     assert "Traceback" not in err and "SignalException" not in err, err
     assert f"error: stopped by {sig}; finished items are kept" in err.strip().splitlines()[-1]
     assert _job_processes(str(out)) == []
-    res = runner.invoke(app, [*args[3:-2], "--workers", "2"])
-    assert res.exit_code == 0, res.output
-    assert sorted(r["question_id"] for r in progress_rows(out, unit)) == list(range(8))
+    _resumes_to_every_item(cli, out)

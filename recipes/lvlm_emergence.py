@@ -57,8 +57,8 @@ def measure_emergence(model, processor, spec, images: Sequence, prompts: Sequenc
     ratio = relative.top[:, :, 0] / np.maximum(relative.median, 1e-12)  # (L, B)
     width = trace.layers[0].resid.shape[-1]
     tau = scaled_tau(width)  # VAR's threshold at this width (20 from d = 4096 up)
-    found = visual_sinks(trace, tau=tau)
-    rel_visual = visual_sinks(trace, tau=tau, massive_options={"abs_floor": None})
+    found = visual_sinks(trace, tau=tau, sink_dims=paper.dims)  # the dimensions visual_sinks would detect itself
+    rel_visual = visual_sinks(trace, tau=tau, sink_dims=relative.dims)
     image = trace.key_set("image").cpu().numpy().astype(bool)  # (B, N)
     every_dim = np.stack([sink_score(to_numpy(trace.resid_in(i)), tuple(range(width)))[image]
                           for i in rel_visual.layers])  # (L', n_image): phi were every dimension a sink dimension

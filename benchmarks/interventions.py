@@ -60,7 +60,7 @@ def main() -> None:
 
     from attnlab.evals.answer import format_prompt, prompt_templates
     from attnlab.evals.pope import load_pope_questions
-    from attnlab.evals.suite import toy_dataset
+    from attnlab.zoo.toy_llava import toy_dataset
     from attnlab.interventions.methods import build_method
     from attnlab.zoo import load
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 
 def _world(model: str, folder: Path) -> tuple[Path, Path]:
-    from attnlab.evals.suite import toy_dataset
+    from attnlab.zoo.toy_llava import toy_dataset
     from attnlab.zoo import load
 
     data = toy_dataset(load(model)[2], folder)

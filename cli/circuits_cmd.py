@@ -77,7 +77,7 @@ def register_probe(probe_app: typer.Typer) -> None:
 
 def default_foil(model, clean: dict, corrupt: dict, target: int) -> int:
     """The corrupted run's most likely next token other than ``target`` (the first row's last real token)."""
-    from attnlab.probes.patching import last_positions, run
+    from attnlab.hooks.edits import last_positions, run
 
     logits = run(model, corrupt)[0, int(last_positions(corrupt)[0])].clone()  # (V,)
     logits[target] = float("-inf")
@@ -99,7 +99,7 @@ def register(app: typer.Typer) -> None:
               as_json: bool = typer.Option(False, "--json", help="print JSON")):
         """Activation patching of every head's output: a layer x head table of normalised effects (0 corrupted, 1 clean)."""
         from attnlab.hooks.inputs import check_positions
-        from attnlab.probes.patching import activation_patching, single_token_id
+        from attnlab.interventions.patching import activation_patching, single_token_id
         from attnlab.zoo import load, peek
 
         _, _, family, modality = peek(model)

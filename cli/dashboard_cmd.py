@@ -50,7 +50,7 @@ def serve(run_dirs: list[Path], host: str = "127.0.0.1", port: int = 8050, open_
         raise ValueError(f"{', '.join(missing)}: not a directory; give Run directories or folders holding Runs")
     check_port(host, port)
     if not run_dirs:
-        from attnlab.dashboard.demo import build_demo_run
+        from attnlab.recipes.demo import build_demo_run
 
         run_dirs = [build_demo_run(progress=progress)]
     app = create_app(run_dirs, host=host)

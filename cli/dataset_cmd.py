@@ -84,7 +84,7 @@ def run_dataset_capture(model: str, dataset: Path, image_dir: Path | None, promp
     from attnlab.core.capture_merge import merge_capture
     from attnlab.core.datasets import load_dataset
     from attnlab.core.runs import RunInfo
-    from attnlab.hooks.dataset_capture import DatasetCaptureSettings, capture_shard, check_dataset
+    from attnlab.jobs.dataset_capture import DatasetCaptureSettings, capture_shard, check_dataset
     from attnlab.hooks.inputs import default_device
     from attnlab.zoo import load, peek
 

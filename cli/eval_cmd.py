@@ -49,7 +49,8 @@ def _split_methods(spec: str) -> list[str]:
 
 def _dataset(spec, questions: Path | None, images: Path | None, split: str | None, annotations: Path | None,
              out: Path, need_chair: bool):
-    from attnlab.evals.suite import BenchmarkFiles, toy_dataset
+    from attnlab.evals.benchmark import BenchmarkFiles
+    from attnlab.zoo.toy_llava import toy_dataset
 
     if questions is None and annotations is None:
         return toy_dataset(spec, out)
@@ -64,6 +65,20 @@ def _dataset(spec, questions: Path | None, images: Path | None, split: str | Non
         raise ValueError("CHAIR needs --annotations COCO_INSTANCES.json")
     return BenchmarkFiles(pope=pope, images=str(images), annotations=str(annotations) if annotations else None)
 
+
+
+def _calibration(spec, out: Path, questions: Path | None, images: Path | None, test):
+    """The calibration BenchmarkFiles: ``--calibration`` checked against the test set, else a zoo card's toy-world
+    ``calibration`` split, else ``None`` (the methods then calibrate on nothing and say so)."""
+    from attnlab.evals.benchmark import calibration_dataset
+    from attnlab.zoo.toy_llava import toy_dataset
+
+    if questions is not None:
+        return calibration_dataset(questions, images, test)
+    try:
+        return toy_dataset(spec, out, split="calibration")
+    except ValueError:
+        return None
 
 def _load_lvlm(model: str):
     from attnlab.hooks.inputs import default_device
@@ -146,8 +161,8 @@ def _check_request(request: EvalRequest, out: Path) -> None:
 @with_workers(check=_check_request)
 def _run(request: EvalRequest, out: Path, shard=None) -> None:
     from attnlab.core.runs import write_results
-    from attnlab.evals.suite import calibration_dataset, prepare_chair
-    from attnlab.interventions.methods import run_comparison
+    from attnlab.evals.benchmark import prepare_chair
+    from attnlab.jobs.compare import run_comparison
 
     task, limit = request.task, request.limit
     names = _methods(request.method)
@@ -159,8 +174,7 @@ def _run(request: EvalRequest, out: Path, shard=None) -> None:
                     need_chair=task in ("chair", "compare"))
     chair = prepare_chair(data, limit) if task in ("chair", "compare") else None
     calibrated = any(name in ("act", "var") for name in names)
-    calib = calibration_dataset(loaded[2], out, request.calibration, request.calibration_images, data) \
-        if calibrated else None
+    calib = _calibration(loaded[2], out, request.calibration, request.calibration_images, data) if calibrated else None
     if shard is not None:
         shard.release_followers()  # rank 0 has written the shared toy worlds; every rank builds its methods now
     summary, tables, info = run_comparison(loaded, names, data, out, calibration=calib, chair=chair,

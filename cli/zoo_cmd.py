@@ -42,7 +42,7 @@ def world(out: Path = typer.Option(..., "--out", help="directory to create"),
           overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing toy world (never another folder)")):
     """Write a toy-world dataset: images, COCO instances, captions, POPE splits, CHAIR synonyms."""
     from attnlab.core.atomic import check_replaceable
-    from attnlab.zoo.world import world_kind, write_world
+    from attnlab.zoo.world_files import world_kind, write_world
 
     check_writable(out)
     if out.is_dir() and any(out.iterdir()) and not overwrite:

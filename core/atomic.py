@@ -10,14 +10,31 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
-def write_text_atomic(file: str | Path, text: str) -> Path:
-    """Write ``text`` to ``file`` through a temporary file beside it and a rename: readers see the old or the new
-    file whole, never a part."""
+@contextlib.contextmanager
+def atomic_file(file: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``file`` to write; when the block ends it is renamed over ``file``.
+
+    Readers see the old or the new ``file`` whole, never a part. When the block raises, the temporary file is
+    removed and ``file`` is untouched.
+
+    Example:
+        >>> with atomic_file(folder / "table.parquet") as tmp:  # doctest: +SKIP
+        ...     frame.to_parquet(tmp)
+    """
     file = Path(file)
     tmp = file.with_name(f".{file.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, file)
-    return file
+    try:
+        yield tmp
+        os.replace(tmp, file)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(file: str | Path, text: str) -> Path:
+    """Write ``text`` to ``file`` whole or not at all (:func:`atomic_file`)."""
+    with atomic_file(file) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(file)
 
 
 @contextlib.contextmanager

@@ -15,13 +15,13 @@ Outputs (see ``docs/run-format.md``):
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .atomic import atomic_file
 from .datasets import Dataset
 from .reduce import Histogram, Reservoir, RunningSum
 from .runs import Run, RunInfo, write_results
@@ -137,18 +137,14 @@ def merge_capture(out: Path, data: Dataset, info: RunInfo, n_batches: int, bins:
     out = Path(out)
     results = out / "results"
     results.mkdir(parents=True, exist_ok=True)
-    tmp = results / ".item_stats.parquet.tmp"
     merged, writer = _Merged(share_edges(bins), sample_size, seed), None
-    try:
+    with atomic_file(results / "item_stats.parquet") as tmp:
         for row, arrays in _batches(out, n_batches):
             for frame in merged.add(row, arrays):
                 table = pa.Table.from_pandas(frame, preserve_index=False)
                 writer = writer or pq.ParquetWriter(tmp, table.schema)
                 writer.write_table(table)
         writer.close()
-        os.replace(tmp, results / "item_stats.parquet")
-    finally:
-        tmp.unlink(missing_ok=True)
     tables = {"items": _items_table(data, merged.items), "layer_stats": _layer_table(merged.sums, merged.layers),
               "received_histogram": _histogram_table(merged.hists, merged.layers)}
     reductions = _write_sample(out, merged.samples, merged.layers) if merged.samples else []
@@ -204,7 +200,6 @@ def _write_sample(out: Path, samples: dict[str, Reservoir], layers: dict[str, np
                         f"{tower}.q": payload[:, :, 0], f"{tower}.k": payload[:, :, 1]})
     folder = out / "reductions"
     folder.mkdir(exist_ok=True)
-    tmp = folder / ".qk_sample.safetensors.tmp"
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, folder / "qk_sample.safetensors")
+    with atomic_file(folder / "qk_sample.safetensors") as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp))
     return ["qk_sample"]

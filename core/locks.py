@@ -19,6 +19,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from .atomic import write_text_atomic
+
 LOCK_NAME = ".attnlab.lock"
 HOLDER_NAME = ".attnlab.lock.json"
 
@@ -62,10 +64,9 @@ def run_lock(folder: str | Path, flag: str = "--out") -> Iterator[Path]:
         raise RunLocked(f"{flag} {folder} is in use by another attnlab job ({_holder(folder)}); wait for it to "
                         "finish or choose another --out") from None
     try:
-        tmp = folder / f".{HOLDER_NAME}.tmp"
-        tmp.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
-                                   "command": " ".join(["attnlab", *sys.argv[1:]])}))
-        os.replace(tmp, folder / HOLDER_NAME)
+        write_text_atomic(folder / HOLDER_NAME, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                            "since": time.time(),
+                                                            "command": " ".join(["attnlab", *sys.argv[1:]])}))
         yield folder
     finally:
         # The lock file goes before the lock: nothing of the job is left in the Run, and a job starting in between

@@ -10,7 +10,6 @@ Layout (see ``docs/run-format.md``)::
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .atomic import replace_directory, write_text_atomic
+from .atomic import atomic_file, replace_directory, write_text_atomic
 from .manifest import SCHEMA, SCHEMA_VERSION, Manifest, RunFormatError, check_name, check_shapes, inside, read_manifest, run_kind
 from .trace import LayerRecord, Segment, Trace, TraceMeta
 
@@ -199,9 +198,8 @@ class Run:
         folder = self.path / "results"
         folder.mkdir(exist_ok=True)
         target = folder / f"{name}.parquet"
-        tmp = folder / f".{name}.parquet.tmp"
-        frame.to_parquet(tmp)
-        os.replace(tmp, target)
+        with atomic_file(target) as tmp:
+            frame.to_parquet(tmp)
         self.manifest["results"] = sorted(set(self.manifest.get("results", [])) | {name})
         _write_json_atomic(self.path / "manifest.json", self.manifest)
         return target
@@ -239,9 +237,8 @@ def write_results(path: str | Path, info: RunInfo, results: dict[str, pd.DataFra
     path.mkdir(parents=True, exist_ok=True)
     (path / "results").mkdir(exist_ok=True)
     for name, frame in results.items():
-        tmp = path / "results" / f".{name}.parquet.tmp"
-        frame.to_parquet(tmp)
-        os.replace(tmp, path / "results" / f"{name}.parquet")
+        with atomic_file(path / "results" / f"{name}.parquet") as tmp:
+            frame.to_parquet(tmp)
     manifest = {"schema": SCHEMA, "version": SCHEMA_VERSION, "kind": kind, "created": time.time(), **asdict(info),
                 "traces": {},
                 "results": sorted(set(old) | set(results) | set(streamed)), **(fields or {})}

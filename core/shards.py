@@ -22,6 +22,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .atomic import write_text_atomic
+
 SHARDS = "shards"
 _SHARD_RE = re.compile(r"^rank-(\d{5})-of-(\d{5})$")
 #: Fault injection for tests and drills: ``"RANK:N"`` makes that rank SIGKILL itself after N finished items.
@@ -162,9 +164,7 @@ def write_failure(folder: Path, failure: ShardFailure) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     data = {"rank": failure.rank, "world_size": failure.world_size, "unit": failure.unit, "item": failure.item,
             "message": str(failure), "time": time.time()}
-    tmp = folder / ".failure.json.tmp"
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, folder / "failure.json")
+    write_text_atomic(folder / "failure.json", json.dumps(data, indent=1))
 
 
 def clear_failure(folder: Path) -> None:

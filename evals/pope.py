@@ -223,3 +223,10 @@ def evaluate_pope(questions: Sequence[PopeQuestion], answers: Sequence[str]) -> 
             f"{len(questions)} questions but {len(answers)} answers; answer every question, in file order"
         )
     return pope_metrics([q.label for q in questions], [parse_pope_answer(a) for a in answers])
+
+
+def check_images(questions: list[PopeQuestion], images: Path) -> None:
+    """Fail before any work when an image a question names is missing."""
+    missing = [q.image for q in questions if not (images / q.image).is_file()]
+    if missing:
+        raise ValueError(f"{len(missing)} image(s) named in the questions are missing from {images}, e.g. {missing[0]}")

@@ -167,7 +167,7 @@ def act_method(model, processor, spec, calibration=None, *, beta: float = 0.4, l
 
     Args:
         model, processor, spec: a vision-language model from :func:`attnlab.zoo.load`.
-        calibration: the calibration BenchmarkFiles (:func:`attnlab.evals.suite.calibration_dataset`): a zoo card's
+        calibration: the calibration BenchmarkFiles (:func:`attnlab.evals.benchmark.calibration_dataset`): a zoo card's
             ``calibration`` split or the user's ``--calibration`` file, never the test questions.
         beta: sink attention kept.
         limit: calibration questions per head trial.

@@ -36,7 +36,7 @@ def act_on_ioi(model, tok, *, n_calibration: int = 48, n_test: int = 96, beta: f
     Returns:
         ``{"heads", "search", "baseline": {...}, "act": {...}}`` with accuracy (logit diff > 0) and mean logit diff.
     """
-    from attnlab.zoo.train_gpt import heldout_ioi_prompts
+    from attnlab.zoo.toy_gpt import heldout_ioi_prompts
 
     calib = heldout_ioi_prompts(n_calibration, seed=calibration_seed)
     test = heldout_ioi_prompts(n_test, seed=test_seed)

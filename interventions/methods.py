@@ -6,9 +6,7 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from attnlab.kernels.plan import Plan
 
@@ -67,34 +65,3 @@ def build_method(name: str, loaded, calibration=None):
 
     return act_method(model, processor, spec, calibration)
 
-
-def run_comparison(loaded, names: list[str], data, out: Path, *, calibration, chair, pope: bool = True,
-                   pope_limit: int | None, chair_limit: int | None, max_new_tokens: int, caption_tokens: int,
-                   progress: bool = True, shard=None, **info_fields):
-    """Build each named method and run them all on the same items: the one eval pipeline of the CLI and the demo.
-
-    Args:
-        loaded: ``(model, processor, spec)`` of a vision-language model.
-        names: method names (see :func:`build_method`); ``baseline`` gives the paired differences.
-        data: the test :class:`~attnlab.evals.suite.BenchmarkFiles`; ``calibration`` the files ACT and VAR calibrate on.
-        out: the eval's working folder (progress logs).
-        chair: prepared CHAIR data or ``None``; ``pope``: run the POPE splits.
-        pope_limit, chair_limit, max_new_tokens, caption_tokens, progress, shard: as in
-            :func:`attnlab.evals.suite.compare_methods`.
-        info_fields: extra manifest fields (``task``, ``command``, ``demo_version`` ...).
-
-    Returns:
-        ``(summary, tables, info)``: the metrics table, the per-unit and significance tables, and the Run's
-        manifest fields (each method's Plan, its set-up time).
-    """
-    from attnlab.evals.suite import compare_methods, comparison_info
-
-    t0 = time.perf_counter()
-    states = {name: build_method(name, loaded, calibration=calibration) for name in names}
-    setup = time.perf_counter() - t0
-    summary, tables = compare_methods(loaded, states, data, out, pope=pope, chair=chair, pope_limit=pope_limit,
-                                      chair_limit=chair_limit, max_new_tokens=max_new_tokens,
-                                      caption_tokens=caption_tokens, progress=progress, shard=shard)
-    info = comparison_info(loaded, states, data, calibration, setup, limit=pope_limit, max_new_tokens=max_new_tokens,
-                           caption_tokens=caption_tokens, **info_fields)
-    return summary, tables, info

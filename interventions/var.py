@@ -169,7 +169,7 @@ def var_method(model, processor, spec, calibration=None, *, sink_dims: tuple[int
 
     Args:
         model, processor, spec: from :func:`attnlab.zoo.load`.
-        calibration: the calibration BenchmarkFiles (:func:`attnlab.evals.suite.calibration_dataset`); only the images
+        calibration: the calibration BenchmarkFiles (:func:`attnlab.evals.benchmark.calibration_dataset`); only the images
             its questions name are read, to detect sink dimensions when ``sink_dims`` is not given.
         sink_dims: the model's sink dimensions (see ``attnlab.probes.visual_sinks.KNOWN_SINK_DIMS``).
         tau: sink threshold; ``None`` = 20 rescaled to the model's width (:func:`scaled_tau`).

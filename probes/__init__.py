@@ -33,9 +33,6 @@ _OWNERS = {
     "induction_scores": "head_scores",
     "previous_token_scores": "head_scores",
     "circuit_graph": "circuits",
-    "trace_circuits": "known_circuits",
-    "activation_patching": "patching",
-    "path_patching": "patching",
     "QKEmbedding": "qk_embedding",
     "embed_all_heads": "qk_embedding",
     "run_probe": "registry",
@@ -50,10 +47,8 @@ if TYPE_CHECKING:  # static tools and IDEs see the real objects
     from .circuits import circuit_graph
     from .flow import attention_flow
     from .head_scores import induction_scores, previous_token_scores
-    from .known_circuits import trace_circuits
     from .massive import massive_activations, sink_overlap
     from .norm_threshold import norm_threshold
-    from .patching import activation_patching, path_patching
     from .qk_embedding import QKEmbedding, embed_all_heads
     from .registers import high_norm_tokens
     from .registry import get_probe, run_probe

@@ -1,1 +1,1 @@
-"""Things that build artefacts: the zoo trainers and their cards (docs/architecture.md)."""
+"""Things that build artefacts: the zoo trainers and their cards, and the dashboard demo (docs/architecture.md)."""

@@ -1,29 +1,23 @@
 """Imports point down the layers of docs/architecture.md, never up or sideways.
 
-``cli → dashboard → jobs, recipes → viz, interventions → probes → evals, zoo → hooks → core, kernels``.
+``cli → dashboard → recipes → jobs → viz, interventions → probes → zoo → evals → hooks → core, kernels``.
 Every ``import attnlab.X`` / ``from attnlab.X import`` and relative import anywhere in a module (function-level
-imports included) is checked. ``KNOWN_CROSSINGS`` lists the crossings that existed when this test was written
-(issue 18 removes them); it may only shrink: a new crossing fails, and so does a listed one that is gone.
+imports included) is checked. There are no exceptions.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: subpackage -> rank; a module may import only subpackages of strictly lower rank, or its own
-RANK = {"cli": 7, "dashboard": 6, "jobs": 5, "recipes": 5, "viz": 4, "interventions": 4, "probes": 3,
-        "evals": 2, "zoo": 2, "hooks": 1, "core": 0, "kernels": 0}
-
-#: (importing module, imported subpackage) crossings present when the test was written; issue 18 removes them
-KNOWN_CROSSINGS: set[tuple[str, str]] = {
-    ("evals.suite", "zoo"),  # the eval suite reads the toy world's card
-    ("hooks.dataset_capture", "evals"),  # the progress log belongs in jobs
-    ("zoo.llava_data", "evals"),  # training questions use POPE's question wording (evals.pope_build)
-    ("zoo.world", "evals"),  # writes POPE/CHAIR files with the evals' writers
-}
+#: subpackage -> rank; a module may import only subpackages of strictly lower rank, or its own. zoo sits above
+#: evals: the toy world is a benchmark generator built on POPE's construction rules, and no metric needs the zoo.
+#: recipes sit above jobs: the dashboard demo runs the eval comparison job; no job needs a recipe.
+RANK = {"cli": 9, "dashboard": 8, "recipes": 7, "jobs": 6, "viz": 5, "interventions": 5, "probes": 4,
+        "zoo": 3, "evals": 2, "hooks": 1, "core": 0, "kernels": 0}
 
 
 def _imported_subpackages(path: Path, package: str) -> set[str]:
@@ -69,7 +63,14 @@ def test_the_check_sees_real_imports():
 
 def test_imports_point_down():
     crossings = _crossings()
-    new = sorted(crossings - KNOWN_CROSSINGS)
-    gone = sorted(KNOWN_CROSSINGS - crossings)
-    assert not new, f"imports that point up or sideways (see docs/architecture.md): {new}"
-    assert not gone, f"these crossings are gone: remove them from KNOWN_CROSSINGS: {gone}"
+    assert not crossings, f"imports that point up or sideways (see docs/architecture.md): {sorted(crossings)}"
+
+
+def test_the_architecture_page_draws_these_layers():
+    """docs/architecture.md's picture names every layer, top to bottom in the order of ``RANK``."""
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    picture = page.split("## Data flow and layers", 1)[1].split("```")[1]
+    first_words = [m.group(1) for m in re.finditer(r"^[\s│▼]*([a-z]+)\b", picture, re.M) if m.group(1) in RANK]
+    ranks = [RANK[w] for w in first_words]
+    assert ranks == sorted(ranks, reverse=True) and len(set(ranks)) == len(ranks), first_words
+    assert set(RANK) <= set(re.findall(r"[a-z]+", picture)), sorted(set(RANK) - set(re.findall(r"[a-z]+", picture)))

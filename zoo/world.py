@@ -17,15 +17,12 @@ Example:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from attnlab.core.atomic import check_replaceable, replace_directory
 from attnlab.evals.pope_build import POPE_SPLITS, PopeImage, build_pope_questions
 
 
@@ -67,7 +64,8 @@ CAPTION_TEMPLATES = ("{}.", "there is {}.", "an image of {}.", "this picture sho
 SPLIT_NAMES = ("train", "calibration", "test")
 
 
-def _fail(param: str, problem: str, fix: str) -> ValueError:
+def param_error(param: str, problem: str, fix: str) -> ValueError:
+    """A ValueError naming the bad parameter, what is wrong with it and the fix."""
     return ValueError(f"{param}: {problem}; {fix}")
 
 
@@ -104,42 +102,42 @@ class WorldConfig:
 
     def _check_geometry(self) -> None:
         if self.grid < 1 or self.image_size % self.grid:
-            raise _fail("grid", f"{self.grid} does not divide image_size={self.image_size}", "pick a divisor, e.g. 4")
+            raise param_error("grid", f"{self.grid} does not divide image_size={self.image_size}", "pick a divisor, e.g. 4")
         if self.image_size // self.grid < 8:
-            raise _fail("grid", f"cells of {self.image_size // self.grid} px are too small to draw a shape",
+            raise param_error("grid", f"cells of {self.image_size // self.grid} px are too small to draw a shape",
                         "use at least 8 px per cell: lower grid or raise image_size")  # fmt: skip
         if not 1 <= self.min_objects <= self.max_objects:
             problem = f"need 1 <= min_objects ({self.min_objects}) <= max_objects ({self.max_objects})"
-            raise _fail("min_objects", problem, "set min_objects to at least 1 and at most max_objects")
+            raise param_error("min_objects", problem, "set min_objects to at least 1 and at most max_objects")
         if self.grid**2 < self.max_objects:
             problem = f"{self.grid}x{self.grid} has {self.grid**2} cells, fewer than max_objects={self.max_objects}"
-            raise _fail("grid", problem, "raise grid or lower max_objects")
+            raise param_error("grid", problem, "raise grid or lower max_objects")
         if len(self.background) != 3 or not all(0 <= v <= 255 for v in self.background):
-            raise _fail("background", f"{self.background} is not an RGB triple", "give three ints in 0..255")
+            raise param_error("background", f"{self.background} is not an RGB triple", "give three ints in 0..255")
         if self.n_positives < 1:
-            raise _fail("n_positives", f"{self.n_positives} < 1", "POPE asks about 3 objects per image")
+            raise param_error("n_positives", f"{self.n_positives} < 1", "POPE asks about 3 objects per image")
 
     def _check_classes(self) -> None:
         unknown = [c for c in self.classes if c not in _BY_NAME]
         if unknown:
-            raise _fail("classes", f"unknown class {unknown[0]!r}", f"pick from {list(TOY_CLASS_NAMES)}")
+            raise param_error("classes", f"unknown class {unknown[0]!r}", f"pick from {list(TOY_CLASS_NAMES)}")
         if len(set(self.classes)) != len(self.classes):
-            raise _fail("classes", "a class is listed twice", "list each class once")
+            raise param_error("classes", "a class is listed twice", "list each class once")
         if len(self.classes) < self.max_objects:
             problem = f"{self.max_objects} exceeds the {len(self.classes)} classes (one object per class)"
-            raise _fail("max_objects", problem, "lower max_objects or add classes")
+            raise param_error("max_objects", problem, "lower max_objects or add classes")
         seen: set[str] = set()
         for anchor, partner, p in self.pairs:
             for name in (anchor, partner):
                 if name not in self.classes:
-                    raise _fail("pairs", f"{name!r} is not in classes", f"use names from {list(self.classes)}")
+                    raise param_error("pairs", f"{name!r} is not in classes", f"use names from {list(self.classes)}")
                 if name in seen:
-                    raise _fail("pairs", f"{name!r} is in two pairs or paired with itself", "use each class once")
+                    raise param_error("pairs", f"{name!r} is in two pairs or paired with itself", "use each class once")
                 seen.add(name)
             if not 0.0 <= p <= 1.0:
-                raise _fail("pairs", f"probability {p} of ({anchor!r}, {partner!r}) is outside [0, 1]", "use 0..1")
+                raise param_error("pairs", f"probability {p} of ({anchor!r}, {partner!r}) is outside [0, 1]", "use 0..1")
         if self.pairs and self.max_objects < 2:
-            raise _fail("max_objects", "pairs need two objects but max_objects is 1", "raise it or pass pairs=()")
+            raise param_error("max_objects", "pairs need two objects but max_objects is 1", "raise it or pass pairs=()")
 
     @property
     def cell(self) -> int:
@@ -152,7 +150,7 @@ class WorldConfig:
         known = set(cls.__dataclass_fields__)
         extra = sorted(set(values) - known)
         if extra:
-            raise _fail("config", f"unknown keys {extra}", f"use only {sorted(known)}")
+            raise param_error("config", f"unknown keys {extra}", f"use only {sorted(known)}")
         return cls(**values)
 
 
@@ -348,11 +346,11 @@ def coco_instances(scenes: Sequence[Scene], config: WorldConfig) -> dict:
 
 def _check_seed(n_images: int, seed: int, start: int) -> None:
     if not isinstance(n_images, int | np.integer) or n_images <= 0:
-        raise _fail("n_images", f"got {n_images!r}", "pass a positive integer")
+        raise param_error("n_images", f"got {n_images!r}", "pass a positive integer")
     if not isinstance(seed, int | np.integer) or seed < 0:
-        raise _fail("seed", f"got {seed!r}", "pass a non-negative integer")
+        raise param_error("seed", f"got {seed!r}", "pass a non-negative integer")
     if not isinstance(start, int | np.integer) or start < 0:
-        raise _fail("start", f"got {start!r}", "pass a non-negative image index")
+        raise param_error("start", f"got {start!r}", "pass a non-negative image index")
 
 
 def generate_world(n_images: int, seed: int, config: WorldConfig | None = None, *, start: int = 0) -> World:
@@ -422,71 +420,6 @@ def world_metadata(world: World) -> dict:
     }
 
 
-def _write_files(world: World, root: Path) -> None:
-    (root / "images").mkdir()
-    for s in world.scenes:
-        s.image.save(root / "images" / s.file_name, format="PNG")
-    for name, obj in (("instances.json", world.instances), ("captions.json", world.captions),
-                      ("world.json", world_metadata(world))):  # fmt: skip
-        (root / name).write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
-    for split, questions in world.pope.items():
-        lines = "".join(json.dumps(q) + "\n" for q in questions)
-        (root / f"pope_{split}.jsonl").write_text(lines, encoding="utf-8")
-    (root / "synonyms.txt").write_text(synonyms_text(world.config), encoding="utf-8")
-
-
-def write_world(
-    out_dir: str | Path,
-    n_images: int,
-    seed: int,
-    config: WorldConfig | None = None,
-    *,
-    start: int = 0,
-    overwrite: bool = False,
-) -> Path:
-    """Generate a world and write it as a dataset directory.
-
-    Writes ``images/*.png``, ``instances.json`` (COCO), ``captions.json`` (COCO captions),
-    ``pope_{random,popular,adversarial}.jsonl``, ``synonyms.txt`` and ``world.json``. Files are
-    written into a temporary sibling directory that is renamed into place, so a crash leaves
-    either the old directory or the complete new one.
-
-    Args:
-        out_dir: target directory; created if missing.
-        n_images: number of images.
-        seed: world seed.
-        config: world parameters (defaults if ``None``).
-        start: index of the first image (for index-range splits, see :func:`split_ranges`).
-        overwrite: replace an existing toy world at ``out_dir`` (never a folder that is not one, nor the
-            current directory or a parent of it).
-
-    Returns:
-        ``out_dir`` as a Path.
-
-    Raises:
-        ValueError: on bad parameters, or a non-empty ``out_dir`` without ``overwrite=True``.
-    """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise _fail("out_dir", f"{out} is a file", "choose a directory path")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise _fail("out_dir", f"{out} is not empty", "choose an empty directory or pass overwrite=True")
-    check_replaceable(out, "world", world_kind, flag="out_dir")
-    world = generate_world(n_images, seed, config, start=start)
-    with replace_directory(out, "world", world_kind, flag="out_dir") as tmp:
-        _write_files(world, tmp)
-    return out
-
-
-def world_kind(path: str | Path) -> str | None:
-    """``"world"`` when ``path`` holds a toy world (its ``world.json`` says so), else ``None``."""
-    try:
-        meta = json.loads((Path(path) / "world.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return "world" if isinstance(meta, dict) and meta.get("format") == "attnlab-toy-world" else None
-
-
 def split_ranges(n_images: int, fractions: Sequence[float] = (0.8, 0.1, 0.1)) -> dict[str, range]:
     """Contiguous index ranges for train / calibration / test.
 
@@ -498,12 +431,12 @@ def split_ranges(n_images: int, fractions: Sequence[float] = (0.8, 0.1, 0.1)) ->
     """
     _check_seed(n_images, 0, 0)
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-9:
-        raise _fail("fractions", f"got {tuple(fractions)}", "give three non-negative numbers summing to 1")
+        raise param_error("fractions", f"got {tuple(fractions)}", "give three non-negative numbers summing to 1")
     bounds = [0, *(int(round(n_images * f)) for f in np.cumsum(fractions)[:2]), n_images]
     ranges = {name: range(bounds[i], bounds[i + 1]) for i, name in enumerate(SPLIT_NAMES)}
     empty = [name for (name, r), f in zip(ranges.items(), fractions) if f > 0 and len(r) == 0]
     if empty:
-        raise _fail("n_images", f"{n_images} images leave the {empty[0]} split empty", "generate more images")
+        raise param_error("n_images", f"{n_images} images leave the {empty[0]} split empty", "generate more images")
     return ranges
 
 

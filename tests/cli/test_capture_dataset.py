@@ -50,7 +50,7 @@ def test_tables_agree_with_each_other(tiny_dir, prompts, tmp_path):
 
 
 def test_resume_after_a_failed_batch_redoes_nothing(tiny_dir, prompts, tmp_path, monkeypatch):
-    import attnlab.hooks.dataset_capture as dc
+    import attnlab.jobs.dataset_capture as dc
 
     real, calls = dc.capture_batch, []
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from attnlab.cli.main import app
 from attnlab.core.runs import Run
 from attnlab.core.shards import FAULT_ENV, read_rows, shard_dirs
-from attnlab.zoo.world import write_world
+from attnlab.zoo.world_files import write_world
 
 pytestmark = pytest.mark.full  # whole-program tier: scripts/test.sh and CI run it (pytest --full)
 

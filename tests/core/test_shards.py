@@ -8,8 +8,8 @@ import pytest
 from attnlab.core.distributed import Shard, assign, launch_info, process_group, torchrun_command
 from attnlab.core.shards import (ShardFailure, check_settings, done_keys, merged_rows, read_failures, read_rows,
                                  shard_dir, shard_dirs)
-from attnlab.evals.progress import Progress
-from attnlab.evals.sharded import run_items
+from attnlab.jobs.progress import Progress
+from attnlab.jobs.sharded import run_items
 
 
 @pytest.mark.parametrize("n,world", [(0, 1), (1, 3), (10, 2), (11, 4), (7, 7), (5, 8)])

@@ -51,7 +51,7 @@ def patching_effects() -> pd.DataFrame:
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory):
     """A built demo folder (session-wide): MiniLM, tiny toy stand-ins, intervention Runs and an eval Run."""
-    from attnlab.dashboard.demo import DemoModel, build_demo_run
+    from attnlab.recipes.demo import DemoModel, build_demo_run
     from attnlab.zoo.tiny import save_tiny
 
     checkpoints = tmp_path_factory.mktemp("checkpoints")

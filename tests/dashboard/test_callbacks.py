@@ -310,7 +310,7 @@ def test_http_traversal_gets_a_message_and_the_app_keeps_serving(app):
 
 
 def test_demo_is_cached(demo_root):
-    from attnlab.dashboard.demo import DemoModel, build_demo_run
+    from attnlab.recipes.demo import DemoModel, build_demo_run
 
     before = (demo_root / "minilm" / "manifest.json").stat().st_mtime_ns
     build_demo_run(demo_root, progress=False, models=[DemoModel("minilm", "minilm", "text-encoder")])
@@ -322,7 +322,7 @@ def test_demo_is_cached(demo_root):
 def test_demo_eval_run_compares_every_method_on_fresh_scenes(ctx, demo_root):
     """The demo's LVLM eval Run: POPE on three splits and CHAIR for each method, metrics recomputable."""
     from attnlab.core.runs import Run
-    from attnlab.dashboard.demo_eval import METHODS
+    from attnlab.recipes.demo_eval import METHODS
     from attnlab.evals.pope import load_pope_questions, pope_metrics
 
     run = Run.open(demo_root / "toy-llava-eval")

@@ -72,7 +72,7 @@ def test_no_directory_serves_the_demo(cli, tmp_path, monkeypatch):
         built["progress"] = progress
         return tmp_path
 
-    monkeypatch.setattr("attnlab.dashboard.demo.build_demo_run", fake_build)
+    monkeypatch.setattr("attnlab.recipes.demo.build_demo_run", fake_build)
     monkeypatch.setattr("dash.Dash.run", lambda self, host, port, debug: None)
     result = CliRunner().invoke(cli, ["dashboard", "--no-browser"])
     assert result.exit_code == 0 and built == {"progress": True} and str(tmp_path) in result.output

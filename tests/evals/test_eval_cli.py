@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from attnlab.cli.main import app
-from attnlab.zoo.world import write_world
+from attnlab.zoo.world_files import write_world
 
 runner = CliRunner()
 
@@ -62,7 +62,7 @@ def test_identity_plan_gives_baseline_answers(world, tiny_dir):
 
 
 def test_resume_redoes_nothing(world, tiny_dir, tmp_path, monkeypatch):
-    import attnlab.evals.pope_eval as pope_eval
+    import attnlab.jobs.pope_eval as pope_eval
 
     calls = []
     real = pope_eval.generate_answer

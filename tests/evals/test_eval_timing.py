@@ -3,8 +3,8 @@
 import pandas as pd
 import pytest
 
-from attnlab.evals.sharded import run_items
-from attnlab.evals.suite import _with_time_ratio
+from attnlab.jobs.sharded import run_items
+from attnlab.jobs.compare import _with_time_ratio
 
 
 def test_warm_up_runs_the_first_item_once_untimed_and_keeps_one_row(tmp_path):

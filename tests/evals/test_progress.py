@@ -6,8 +6,8 @@ import logging
 import pytest
 
 from attnlab.core.shards import merged_rows
-from attnlab.evals.progress import Progress
-from attnlab.evals.sharded import run_items
+from attnlab.jobs.progress import Progress
+from attnlab.jobs.sharded import run_items
 
 
 def rows_text(*rows) -> str:

@@ -140,7 +140,7 @@ def test_eval_compare_json_recomputes_from_stored_predictions(tiny_dir, tmp_path
 
     from attnlab.cli.main import app
     from attnlab.core.runs import Run
-    from attnlab.zoo.world import write_world
+    from attnlab.zoo.world_files import write_world
 
     world = write_world(tmp_path / "world", 3, seed=5)
     out = tmp_path / "eval"

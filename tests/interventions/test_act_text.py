@@ -32,7 +32,7 @@ def toy_gpt():
 def heads_with_hidden_sinks(model, tok, layers, rule) -> set[str]:
     """``layer.head`` names the sink probe finds a hidden sink in, on any calibration prompt."""
     from attnlab.probes.sinks import sink_tokens
-    from attnlab.zoo.train_gpt import heldout_ioi_prompts
+    from attnlab.zoo.toy_gpt import heldout_ioi_prompts
 
     found = set()
     for p in heldout_ioi_prompts(N_CALIBRATION, seed=CALIBRATION_SEED):
@@ -47,7 +47,7 @@ def heads_with_hidden_sinks(model, tok, layers, rule) -> set[str]:
 @pytest.mark.parametrize("rule", ["act_relative", "act"])
 def test_act_on_toy_gpt_ioi(toy_gpt, rule):
     from attnlab.interventions.act_text import act_on_ioi
-    from attnlab.zoo.train_gpt import heldout_ioi_prompts, ioi_logit_diffs
+    from attnlab.zoo.toy_gpt import heldout_ioi_prompts, ioi_logit_diffs
 
     model, tok, spec = toy_gpt
     result = act_on_ioi(model, tok, n_calibration=N_CALIBRATION, n_test=N_TEST, calibration_seed=CALIBRATION_SEED,

@@ -274,7 +274,7 @@ def require_learnt(task: str, model, tok) -> None:
     """Fail when the loaded toy-gpt checkpoint, measured now on held-out data, misses its card's threshold for
     ``task``: a regressed checkpoint is no oracle, and a skip would hide the regression."""
     from attnlab.zoo.registry import card
-    from attnlab.zoo.train_gpt import heldout_ioi_prompts, induction_losses, ioi_logit_diffs
+    from attnlab.zoo.toy_gpt import heldout_ioi_prompts, induction_losses, ioi_logit_diffs
 
     limits = card("toy-gpt").get("thresholds", {})
     if task == "induction":
@@ -289,7 +289,7 @@ def require_learnt(task: str, model, tok) -> None:
 
 @pytest.fixture(scope="module")
 def toy_report(toy_gpt):
-    from attnlab.probes.known_circuits import trace_circuits
+    from attnlab.interventions.known_circuits import trace_circuits
 
     model, tok, _ = toy_gpt
     return trace_circuits(model, tok, n_prompts=32, n_sequences=16)
@@ -310,7 +310,7 @@ def _ablated(model, heads, n_heads, fn):
 
 
 def test_toy_gpt_named_induction_heads_carry_induction(toy_gpt, toy_report):
-    from attnlab.zoo.train_gpt import induction_losses
+    from attnlab.zoo.toy_gpt import induction_losses
 
     model, tok, spec = toy_gpt
     require_learnt("induction", model, tok)
@@ -326,7 +326,7 @@ def test_toy_gpt_named_induction_heads_carry_induction(toy_gpt, toy_report):
 
 
 def test_toy_gpt_named_ioi_heads_carry_ioi(toy_gpt, toy_report):
-    from attnlab.zoo.train_gpt import heldout_ioi_prompts, ioi_logit_diffs
+    from attnlab.zoo.toy_gpt import heldout_ioi_prompts, ioi_logit_diffs
 
     model, tok, spec = toy_gpt
     require_learnt("ioi", model, tok)
@@ -345,7 +345,7 @@ def test_toy_gpt_induction_heads_read_previous_token_heads_on_the_key_side(toy_g
     """K-composition (Olsson et al.): an induction head's key side is written by a previous-token head."""
     model, tok, _ = toy_gpt
     require_learnt("induction", model, tok)
-    from attnlab.probes.known_circuits import repeated_sequences
+    from attnlab.interventions.known_circuits import repeated_sequences
 
     with torch.no_grad(), attach(model, FULL, tokenizer=tok) as rec:
         model(input_ids=repeated_sequences(tok, 8, 15, seed=2))

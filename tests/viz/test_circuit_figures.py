@@ -4,7 +4,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from attnlab.probes.circuits import CircuitEdge, CircuitGraph, writer_names
-from attnlab.probes.patching import PatchingResult
+from attnlab.interventions.patching import PatchingResult
 from attnlab.viz.circuits import SIDE_COLOURS, circuit_graph_figure, head_heatmap, patching_heatmap
 
 

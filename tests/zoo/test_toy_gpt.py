@@ -14,8 +14,8 @@ import torch
 
 from attnlab.zoo import load
 from attnlab.zoo.registry import card, trainer
-from attnlab.zoo.train_gpt import (HELDOUT_TEMPLATES, INDUCTION_WORDS, TRAIN_TEMPLATES, heldout_ioi_prompts,
-                                   induction_losses, ioi_logit_diffs, name_pairs)
+from attnlab.zoo.toy_gpt import (HELDOUT_TEMPLATES, INDUCTION_WORDS, TRAIN_TEMPLATES, heldout_ioi_prompts,
+                                 induction_losses, ioi_logit_diffs, name_pairs)
 
 TEST_SEED = 123  # the card's evaluation used seed 0: these samples are fresh
 
@@ -136,7 +136,7 @@ def test_checkpoint_is_small(gpt_card):
 def test_training_runs_end_to_end_and_is_deterministic(tmp_path):
     from safetensors.torch import load_file
 
-    from attnlab.zoo.train_gpt import ToyGPTConfig
+    from attnlab.zoo.toy_gpt import ToyGPTConfig
     from attnlab.zoo.training import Schedule
 
     config = ToyGPTConfig(n_layer=2, d_model=32, d_mlp=64, batch_size=8, ioi_batch_size=4,

@@ -11,6 +11,7 @@ from PIL import Image
 from attnlab.evals.chair import Synonyms, chair_metrics, ground_truth_from_coco
 from attnlab.evals.pope import load_pope_questions
 from attnlab.zoo import world as W
+from attnlab.zoo import world_files as WF
 
 QUESTION = re.compile(r"^Is there an? (.+) in the image\?$")
 
@@ -22,7 +23,7 @@ def small_world():
 
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
-    return W.write_world(tmp_path_factory.mktemp("w") / "world", 40, seed=5)
+    return WF.write_world(tmp_path_factory.mktemp("w") / "world", 40, seed=5)
 
 
 def _tree_bytes(root):
@@ -30,7 +31,7 @@ def _tree_bytes(root):
 
 
 def test_write_world_is_deterministic(written, tmp_path):
-    again = W.write_world(tmp_path / "again", 40, seed=5)
+    again = WF.write_world(tmp_path / "again", 40, seed=5)
     first, second = _tree_bytes(written), _tree_bytes(again)
     assert first == second
     assert {"instances.json", "captions.json", "world.json", "synonyms.txt", "pope_random.jsonl",
@@ -234,14 +235,14 @@ def test_write_world_refuses_non_empty_dir_and_overwrites_when_told(tmp_path):
     out.mkdir()
     (out / "stale.txt").write_text("x")
     with pytest.raises(ValueError, match="out_dir: .* is not empty; .*overwrite=True"):
-        W.write_world(out, 3, seed=0)
+        WF.write_world(out, 3, seed=0)
     with pytest.raises(ValueError, match="out_dir .* is not an attnlab world"):  # a user's folder is never replaced
-        W.write_world(out, 3, seed=0, overwrite=True)
+        WF.write_world(out, 3, seed=0, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["stale.txt"]
     (out / "stale.txt").unlink()
-    W.write_world(out, 3, seed=0)
+    WF.write_world(out, 3, seed=0)
     (out / "stale.txt").write_text("x")  # now inside a toy world: replaced with it
-    W.write_world(out, 3, seed=1, overwrite=True)
+    WF.write_world(out, 3, seed=1, overwrite=True)
     assert not (out / "stale.txt").exists() and json.loads((out / "world.json").read_text())["seed"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w"]  # no temporary directories left
 
@@ -251,9 +252,9 @@ def test_write_world_leaves_nothing_on_failure(tmp_path, monkeypatch):
         (root / "partial").write_text("x")
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(W, "_write_files", boom)
+    monkeypatch.setattr(WF, "_write_files", boom)
     with pytest.raises(RuntimeError, match="disk full"):
-        W.write_world(tmp_path / "w", 3, seed=0)
+        WF.write_world(tmp_path / "w", 3, seed=0)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .answer import format_prompt, generate_answer, prompt_templates
-from .chair import ChairMetrics, Synonyms, chair_metrics
+from attnlab.evals.answer import format_prompt, generate_answer, prompt_templates
+from attnlab.evals.chair import ChairMetrics, Synonyms, chair_metrics
 from .sharded import run_items
 
 
@@ -77,13 +77,13 @@ def run_chair_unit(unit: ChairUnit, images: list[tuple[int, str]], ground_truth:
         method_state: object with ``plan_for(image, prompt)``.
         out: eval Run directory.
         progress_bar: show a tqdm bar.
-        shard: this rank's place in a job of several workers (see :func:`attnlab.evals.sharded.run_items`),
+        shard: this rank's place in a job of several workers (see :func:`attnlab.jobs.sharded.run_items`),
             or ``None``.
 
     Returns:
         The outcome; its ``captions`` table carries each caption's ``mentions`` and ``hallucinated`` counts
         (duplicates counted), from which CHAIR and its paired bootstrap recompute. The first image is captioned
-        once untimed before timing starts (warm-up), as in :func:`attnlab.evals.pope_eval.run_pope_unit`.
+        once untimed before timing starts (warm-up), as in :func:`attnlab.jobs.pope_eval.run_pope_unit`.
     """
     prompt = format_prompt(loaded[1], prompt_templates(loaded[2])["caption"])
     rows = run_items(out, unit.name, asdict(unit), "image_id", [i for i, _ in images],

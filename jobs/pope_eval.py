@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .answer import format_prompt, generate_answer, prompt_templates
-from .pope import PopeMetrics, PopeQuestion, parse_pope_answer, pope_metrics
+from attnlab.evals.answer import format_prompt, generate_answer, prompt_templates
+from attnlab.evals.pope import PopeMetrics, PopeQuestion, parse_pope_answer, pope_metrics
 from .sharded import run_items
 
 
@@ -52,13 +52,6 @@ class PopeOutcome:
     median_seconds: float
 
 
-def check_images(questions: list[PopeQuestion], images: Path) -> None:
-    """Fail before any work when an image a question names is missing."""
-    missing = [q.image for q in questions if not (images / q.image).is_file()]
-    if missing:
-        raise ValueError(f"{len(missing)} image(s) named in the questions are missing from {images}, e.g. {missing[0]}")
-
-
 def answer_question(q: PopeQuestion, unit: PopeUnit, loaded, method_state, template: str) -> dict:
     """Answer one question under the method; returns its progress row (answer, parsed prediction, seconds)."""
     from PIL import Image
@@ -93,7 +86,7 @@ def run_pope_unit(unit: PopeUnit, questions: list[PopeQuestion], loaded, method_
         out: the eval Run directory.
         progress_bar: show a tqdm bar.
         shard: this rank's :class:`~attnlab.core.distributed.Shard` in a job of several workers (it answers
-            its share of the questions, see :func:`attnlab.evals.sharded.run_items`), or ``None``.
+            its share of the questions, see :func:`attnlab.jobs.sharded.run_items`), or ``None``.
 
     The first question this process answers is answered once more, untimed, before timing starts (warm-up:
     kernel compilation, allocator and cache growth), so per-question seconds measure the steady state.

@@ -1,104 +1,25 @@
-"""Run POPE and CHAIR over several methods on the same data and assemble one comparison table."""
+"""Run evaluation methods on the same POPE and CHAIR items and assemble one comparison table.
+
+:func:`run_comparison` is the one eval pipeline of the CLI and the demo: it builds each method
+(:func:`attnlab.interventions.methods.build_method`), runs every method on every unit
+(:mod:`attnlab.jobs.pope_eval`, :mod:`attnlab.jobs.chair_eval`) and describes the Run.
+"""
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
-from .chair import Synonyms, ground_truth_from_coco
+from attnlab.evals.benchmark import BenchmarkFiles, ChairData
+from attnlab.evals.pope import check_images, load_pope_questions
+from attnlab.evals.significance import Bootstrap, significance_table
+from attnlab.interventions.methods import build_method
+
 from .chair_eval import ChairUnit, run_chair_unit
-from .pope import load_pope_questions
-from .pope_eval import PopeUnit, check_images, run_pope_unit
-from .significance import Bootstrap, significance_table
-
-TOY_SPLITS = ("random", "popular", "adversarial")
-
-
-@dataclass(frozen=True)
-class BenchmarkFiles:
-    """Where a benchmark's questions, images and annotations live.
-
-    Not the inputs themselves: a capture's list of inputs is :class:`attnlab.core.datasets.Dataset`.
-
-    Attributes:
-        pope: ``{split: question file}``.
-        images: image directory.
-        annotations: COCO instances file for CHAIR (``None``: no CHAIR).
-        synonyms: CHAIR synonym file (``None``: COCO's list).
-    """
-
-    pope: dict
-    images: str
-    annotations: str | None = None
-    synonyms: str | None = None
-
-
-def toy_dataset(spec, folder: Path, split: str = "test") -> BenchmarkFiles:
-    """Write (once) the held-out toy-world scenes of a zoo LVLM's card and describe them as BenchmarkFiles.
-
-    The card's ``data`` entry gives the world seed, the co-occurrence pairs and the index range of each split
-    (``ranges``), so the scenes are exactly the ones the model never saw in training.
-    """
-    from attnlab.zoo.world import WorldConfig, write_world
-
-    card_file = Path(spec.path) / "card.json"
-    if not card_file.exists():
-        raise ValueError(f"{spec.name} has no card.json with toy-world splits; give --questions and --images")
-    data = json.loads(card_file.read_text()).get("data", {})
-    ranges = data.get("ranges", {})
-    if split not in ranges or "world_seed" not in data:
-        raise ValueError(f"{spec.name}'s card names no toy-world '{split}' split; give --questions and --images")
-    start, stop = ranges[split]
-    config = WorldConfig(pairs=tuple(tuple(p) for p in data["pairs"])) if "pairs" in data else None
-    target = folder / f"toy-world-{split}"
-    if not (target / "world.json").exists():
-        write_world(target, stop - start, data["world_seed"], config, start=start)
-    pope = {s: str(target / f"pope_{s}.jsonl") for s in TOY_SPLITS}
-    return BenchmarkFiles(pope=pope, images=str(target / "images"), annotations=str(target / "instances.json"),
-                   synonyms=str(target / "synonyms.txt"))
-
-
-def calibration_dataset(spec, folder: Path, questions: Path | None, images: Path | None,
-                        test: BenchmarkFiles) -> BenchmarkFiles | None:
-    """The questions methods calibrate on (ACT's head search, VAR's sink dimensions), disjoint from ``test``.
-
-    Args:
-        spec: the model's ModelSpec.
-        folder: the eval Run directory (a zoo card's calibration scenes are written below it).
-        questions: a POPE-format JSONL of calibration questions (``--calibration``); ``None`` = the model card's
-            toy-world ``calibration`` split when it has one.
-        images: the calibration questions' image folder (``None`` = the test images folder).
-        test: the evaluation BenchmarkFiles, checked for shared questions.
-
-    Returns:
-        BenchmarkFiles whose ``pope`` holds the calibration file(s), or ``None`` when there is none.
-
-    Raises:
-        ValueError: a missing file, or calibration questions that also appear in the test set.
-    """
-    if questions is None:
-        try:
-            return toy_dataset(spec, folder, split="calibration")
-        except ValueError:
-            return None
-    if not Path(questions).is_file():
-        raise ValueError(f"--calibration {questions} does not exist; give a POPE-format JSONL of calibration questions")
-    image_dir = Path(images or test.images)
-    if not image_dir.is_dir():
-        raise ValueError(f"--calibration-images {image_dir} is not a directory")
-    calib = load_pope_questions(questions)
-    check_images(calib, image_dir)
-    seen = {((image_dir / q.image).resolve(), q.text.strip().lower()) for q in calib}
-    for split, file in test.pope.items():
-        shared = [q for q in load_pope_questions(file)
-                  if ((Path(test.images) / q.image).resolve(), q.text.strip().lower()) in seen]
-        if shared:
-            raise ValueError(f"--calibration {questions} shares {len(shared)} question(s) with the test split {split} "
-                             f"(e.g. {shared[0].image}: {shared[0].text!r}); calibrate on questions the eval never asks")
-    return BenchmarkFiles(pope={"calibration": str(questions)}, images=str(image_dir))
+from .pope_eval import PopeUnit, run_pope_unit
 
 
 def pope_table(loaded, methods: dict, data: BenchmarkFiles, out: Path, model_name: str, limit: int | None,
@@ -125,35 +46,6 @@ def pope_table(loaded, methods: dict, data: BenchmarkFiles, out: Path, model_nam
                          "seconds": outcome.seconds, "item_s_median": outcome.median_seconds})
             predictions[f"predictions-{unit.name}"] = by_unit[(split, name)] = outcome.predictions
     return _with_time_ratio(pd.DataFrame(rows), ["task", "split"]), predictions, by_unit
-
-
-@dataclass
-class ChairData:
-    """Everything CHAIR needs, checked before any caption is generated."""
-
-    synonyms: Synonyms
-    truth: dict
-    images: list
-
-
-def prepare_chair(data: BenchmarkFiles, limit: int | None) -> ChairData:
-    """Load the vocabulary and ground truth and check the images exist (fails before any work).
-
-    The vocabulary is ``data.synonyms``, else a ``synonyms.txt`` beside a toy world's ``instances.json``
-    (a folder with ``world.json``), else COCO's 80-class list.
-    """
-    ann = Path(data.annotations)
-    if not ann.is_file():
-        raise ValueError(f"--annotations {ann} does not exist")
-    syn_file = data.synonyms or (ann.parent / "synonyms.txt" if (ann.parent / "world.json").exists() else None)
-    synonyms = Synonyms.from_file(syn_file) if syn_file else Synonyms.coco()
-    instances = json.loads(ann.read_text())
-    truth = ground_truth_from_coco(instances, synonyms)
-    images = [(im["id"], im["file_name"]) for im in instances["images"]][: limit or None]
-    missing = [f for _, f in images if not (Path(data.images) / f).is_file()]
-    if missing:
-        raise ValueError(f"{len(missing)} annotated image(s) are missing from {data.images}, e.g. {missing[0]}")
-    return ChairData(synonyms, {i: truth[i] for i, _ in images}, images)
 
 
 def chair_table(loaded, methods: dict, data: BenchmarkFiles, chair: ChairData, out: Path, model_name: str,
@@ -235,3 +127,33 @@ def _with_time_ratio(frame: pd.DataFrame, group: list[str]) -> pd.DataFrame:
     frame["time_vs_baseline"] = [row_s / base[k] if k in base.index else float("nan")
                                  for k, row_s in zip(keys, frame["item_s_median"])]
     return frame
+
+
+def run_comparison(loaded, names: list[str], data, out: Path, *, calibration, chair, pope: bool = True,
+                   pope_limit: int | None, chair_limit: int | None, max_new_tokens: int, caption_tokens: int,
+                   progress: bool = True, shard=None, **info_fields):
+    """Build each named method and run them all on the same items: the one eval pipeline of the CLI and the demo.
+
+    Args:
+        loaded: ``(model, processor, spec)`` of a vision-language model.
+        names: method names (see :func:`build_method`); ``baseline`` gives the paired differences.
+        data: the test :class:`~attnlab.evals.suite.BenchmarkFiles`; ``calibration`` the files ACT and VAR calibrate on.
+        out: the eval's working folder (progress logs).
+        chair: prepared CHAIR data or ``None``; ``pope``: run the POPE splits.
+        pope_limit, chair_limit, max_new_tokens, caption_tokens, progress, shard: as in
+            :func:`attnlab.evals.suite.compare_methods`.
+        info_fields: extra manifest fields (``task``, ``command``, ``demo_version`` ...).
+
+    Returns:
+        ``(summary, tables, info)``: the metrics table, the per-unit and significance tables, and the Run's
+        manifest fields (each method's Plan, its set-up time).
+    """
+    t0 = time.perf_counter()
+    states = {name: build_method(name, loaded, calibration=calibration) for name in names}
+    setup = time.perf_counter() - t0
+    summary, tables = compare_methods(loaded, states, data, out, pope=pope, chair=chair, pope_limit=pope_limit,
+                                      chair_limit=chair_limit, max_new_tokens=max_new_tokens,
+                                      caption_tokens=caption_tokens, progress=progress, shard=shard)
+    info = comparison_info(loaded, states, data, calibration, setup, limit=pope_limit, max_new_tokens=max_new_tokens,
+                           caption_tokens=caption_tokens, **info_fields)
+    return summary, tables, info

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 
 from attnlab.core.capture import Capture
 from attnlab.hooks import attach
-from attnlab.probes.known_circuits import abc_corruption
-from attnlab.probes.patching import (Edits, activation_patching, edited, last_positions, logit_diff, path_patching, run,
-                                     single_token_id)
+from attnlab.interventions.known_circuits import abc_corruption
+from attnlab.hooks.edits import Edits, edited, last_positions, run
+from attnlab.interventions.patching import activation_patching, logit_diff, path_patching, single_token_id
 
 CLEAN = {"input_ids": torch.tensor([[1, 4, 6, 8, 9, 4, 10, 5], [1, 5, 7, 15, 11, 9, 5, 0]]),
          "attention_mask": torch.tensor([[1] * 8, [1] * 7 + [0]])}
@@ -46,6 +46,27 @@ def gpt2():
 
 def _final(logits, inputs=CLEAN):
     return logits[torch.arange(logits.shape[0]), last_positions(inputs)]  # (B, V)
+
+
+def _padded(rows, side):
+    n = max(map(len, rows))
+    ids = torch.zeros(len(rows), n, dtype=torch.long)
+    mask = torch.zeros(len(rows), n, dtype=torch.long)
+    for b, row in enumerate(rows):
+        cols = slice(n - len(row), n) if side == "left" else slice(0, len(row))
+        ids[b, cols], mask[b, cols] = torch.tensor(row), 1
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(1) - 1).clamp(min=0)}
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_logit_diff_reads_each_rows_last_real_token_on_either_padding_side(gpt2, side):
+    rows = [[1, 4, 6, 8, 9, 4, 10, 5], [1, 5, 7, 15, 11, 9, 5]]
+    target, foil = torch.tensor([TARGET]), torch.tensor([FOIL])
+    alone = torch.cat([logit_diff(run(gpt2, one), one, target, foil)
+                       for one in ({"input_ids": torch.tensor([row])} for row in rows)])
+    batch = _padded(rows, side)
+    assert last_positions(batch).tolist() == ([7, 7] if side == "left" else [7, 6])
+    torch.testing.assert_close(logit_diff(run(gpt2, batch), batch, target, foil), alone, atol=1e-5, rtol=0)
 
 
 def test_patching_every_head_recovers_the_clean_logits(gpt2):
@@ -194,7 +215,7 @@ def test_llama_type_models_patch_too(tiny_dir):
 
 def test_abc_corruption_and_single_tokens(tiny_dir):
     from attnlab.zoo import load
-    from attnlab.zoo.train_gpt import IOIPrompt
+    from attnlab.zoo.toy_gpt import IOIPrompt
 
     p = IOIPrompt("When Mary and John went to the store , John gave a drink to", io="Mary", s="John")
     (out,) = abc_corruption([p], ["Mary", "John", "Ann", "Bob", "Cid"], seed=0)

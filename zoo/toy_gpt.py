@@ -1,4 +1,4 @@
-"""toy-gpt: a small GPT-2 trained on induction sequences and IOI sentences.
+"""toy-gpt, the model and its data: a small GPT-2 trained on induction sequences and IOI sentences.
 
 Two tasks, one batch of each per step:
 
@@ -10,7 +10,8 @@ Two tasks, one batch of each per step:
   ``When Mary and John went to the store , John gave a drink to Mary .`` over a small name set,
   several templates and both name orders (ABB and BAB), so the answer is the name said once.
 
-The evidence lives in functions here so the card and the tests compute it the same way:
+Training and the card are :mod:`attnlab.recipes.toy_gpt`. The evidence lives in functions here so the card, the
+circuit tracing and the tests compute it the same way:
 :func:`induction_losses` (loss on the second copy of held-out sequences vs the first) and
 :func:`ioi_logit_diffs` (logit of the indirect object minus the subject on prompts whose name pairs, and
 for half of them templates, were never trained on).
@@ -27,17 +28,14 @@ from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from attnlab.core.atomic import fresh_directory
-
 from .tokenizers import word_tokenizer
-from .training import Schedule, Stopwatch, fit, torch_threads, write_card
+from .training import Schedule
 
 NAMES = ("Mary", "John", "Alice", "Bob", "Sarah", "Tom", "Anna", "James", "Emma", "David", "Lucy", "Mark",
          "Kate", "Paul", "Jane", "Peter", "Rose", "Sam", "Laura", "Mike")
@@ -190,7 +188,7 @@ def ioi_batch(tok, prompts: list[IOIPrompt]) -> dict[str, torch.Tensor]:
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
 
 
-def _token_losses(model, ids: torch.Tensor) -> torch.Tensor:
+def token_losses(model, ids: torch.Tensor) -> torch.Tensor:
     """Next-token losses ``(B, N - 1)``; entry ``t`` is the loss of predicting ``ids[:, t + 1]``."""
     logits = model(input_ids=ids).logits  # (B, N, V)
     return F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
@@ -210,7 +208,7 @@ def induction_losses(model, tok, n: int = 256, length: int = 15, seed: int = 0) 
     """
     gen = torch.Generator().manual_seed(10_000 + seed)
     ids = induction_batch(tok, gen, n, length)  # (n, 1 + 2L)
-    losses = _token_losses(model.eval(), ids)  # (n, 2L); entry t predicts token t + 1
+    losses = token_losses(model.eval(), ids)  # (n, 2L); entry t predicts token t + 1
     first = losses[:, 1:length].mean().item()  # tokens 2..L
     second = losses[:, length + 1:].mean().item()  # tokens L + 2..2L
     return {"first": first, "second": second, "ratio": second / first}
@@ -226,21 +224,6 @@ def ioi_logit_diffs(model, tok, prompts: list[IOIPrompt]) -> torch.Tensor:
     io = torch.tensor(tok.convert_tokens_to_ids([p.io for p in prompts]))
     s = torch.tensor(tok.convert_tokens_to_ids([p.s for p in prompts]))
     return final.gather(1, io[:, None])[:, 0] - final.gather(1, s[:, None])[:, 0]
-
-
-def evaluate(model, tok, config: ToyGPTConfig = ToyGPTConfig(), seed: int = 0) -> dict[str, float]:
-    """The card's metrics: induction loss ratio and IOI logit differences on held-out data."""
-    ind = induction_losses(model, tok, n=config.eval_sequences, seed=seed)
-    metrics = {"induction_loss_first_copy": ind["first"], "induction_loss_second_copy": ind["second"],
-               "induction_loss_ratio": ind["ratio"]}
-    for which in ("train", "heldout"):
-        diffs = ioi_logit_diffs(model, tok, heldout_ioi_prompts(config.eval_prompts // 2, seed, templates=which))
-        metrics[f"ioi_positive_fraction_{which}_templates"] = (diffs > 0).float().mean().item()
-        metrics[f"ioi_mean_logit_diff_{which}_templates"] = diffs.mean().item()
-    diffs = ioi_logit_diffs(model, tok, heldout_ioi_prompts(config.eval_prompts, seed))
-    metrics["ioi_positive_fraction"] = (diffs > 0).float().mean().item()
-    metrics["ioi_mean_logit_diff"] = diffs.mean().item()
-    return metrics
 
 
 def build_model(tok, config: ToyGPTConfig, seed: int):
@@ -267,83 +250,3 @@ def sinusoids(n: int, d: int, scale: float) -> torch.Tensor:
     table[:, 0::2] = torch.sin(pos * freq)
     table[:, 1::2] = torch.cos(pos * freq)
     return scale * table
-
-
-def induction_loss(model, ids: torch.Tensor, length: int, first_copy_weight: float) -> torch.Tensor:
-    """Training loss of an induction batch ``ids`` ``(B, 1 + 2L)``: the mean loss on the predictable part of
-    the second copy plus ``first_copy_weight`` times the mean loss on the first copy (and the repeat's first token).
-    """
-    losses = _token_losses(model, ids)  # (B, 2L); entry t predicts token t + 1
-    return losses[:, length + 1:].mean() + first_copy_weight * losses[:, : length + 1].mean()
-
-
-def _batch_loss_fn(model, tok, config: ToyGPTConfig, seed: int):
-    gen = torch.Generator().manual_seed(seed)
-    rng = np.random.default_rng([seed, 1])
-    train_pairs, _ = name_pairs(config.heldout_pair_frac)
-
-    def batch_loss(step: int) -> torch.Tensor:
-        length = int(torch.randint(config.seq_min, config.seq_max + 1, (), generator=gen))
-        ids = induction_batch(tok, gen, config.batch_size, length)  # (B, 1 + 2L)
-        induction = induction_loss(model, ids, length, config.first_copy_weight)
-        ioi = model(**ioi_batch(tok, sample_ioi(rng, config.ioi_batch_size, TRAIN_TEMPLATES, train_pairs))).loss
-        return induction + ioi
-
-    return batch_loss
-
-
-def _card(model, config: ToyGPTConfig, seed: int, losses: list[float], metrics: dict,
-          clock: Stopwatch) -> dict:
-    return {
-        "summary": f"A {config.n_layer}-layer GPT-2 trained from scratch on repeated random sequences (induction) "
-                   "and IOI sentences; it copies repeated sequences and names the indirect object on held-out name "
-                   "pairs.",
-        "trainer": "attnlab.zoo.train_gpt:train",
-        "architecture": {"class": "GPT2LMHeadModel", "n_layer": config.n_layer, "n_head": config.n_head,
-                         "d_model": config.d_model, "d_mlp": config.d_mlp, "n_positions": config.n_positions,
-                         "vocab_size": model.config.vocab_size,
-                         "position_init": (f"sinusoidal x {config.sinusoid_scale}, learned thereafter"
-                                           if config.sinusoidal_init else "GPT-2 default (normal, std 0.02)"),
-                         "parameters": sum(p.numel() for p in model.parameters())},
-        "data": {"induction": f"<bos> x x, x uniform over {len(INDUCTION_WORDS)} words, length "
-                              f"{config.seq_min}-{config.seq_max}",
-                 "ioi": f"{len(TRAIN_TEMPLATES)} templates, {len(NAMES)} names, ABB and BAB orders",
-                 "heldout": f"{len(HELDOUT_TEMPLATES)} unseen templates and {config.heldout_pair_frac:.0%} of name "
-                            "pairs never trained on; fresh random sequences",
-                 "batch": f"{config.batch_size} induction + {config.ioi_batch_size} IOI sequences per step",
-                 "loss": f"IOI: mean next-token loss; induction: mean loss on the second copy + "
-                         f"{config.first_copy_weight} x mean loss on the first"},
-        "steps": config.schedule.steps, "seed": seed, "wall_time_s": clock.seconds(),
-        "cpu_time_s": clock.cpu_seconds(), "threads": config.threads,
-        "batch_size": config.batch_size + config.ioi_batch_size, "schedule": asdict(config.schedule),
-        "final_train_loss": float(np.mean(losses[-50:])),
-        "metrics": metrics,
-        "thresholds": {"induction_loss_ratio_max": 0.2, "ioi_positive_fraction_min": 0.9},
-    }
-
-
-def train(out_dir: str | Path, seed: int = 0, progress: bool = True, config: ToyGPTConfig | None = None) -> dict:
-    """Train toy-gpt and write the checkpoint, tokenizer, ``card.json`` and ``README.md`` into ``out_dir``.
-
-    Args:
-        out_dir: checkpoint directory (replaced atomically when training succeeds).
-        seed: seeds the initialisation and the data order.
-        progress: show a tqdm bar.
-        config: model and budget; the shipped checkpoint uses the defaults.
-
-    Returns:
-        The card (a dict with ``metrics``).
-    """
-    config = config or ToyGPTConfig()
-    clock = Stopwatch()
-    tok = build_tokenizer()
-    with torch_threads(config.threads):
-        model = build_model(tok, config, seed)
-        losses = fit(model, _batch_loss_fn(model, tok, config, seed), config.schedule, desc="toy-gpt",
-                     progress=progress)
-        metrics = evaluate(model, tok, config, seed)
-    with fresh_directory(out_dir) as tmp:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        card = write_card(tmp, "toy-gpt", _card(model, config, seed, losses, metrics, clock))
-    return card

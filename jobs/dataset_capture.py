@@ -15,7 +15,6 @@ batch files into the Run's tables.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,18 +22,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from attnlab.core.atomic import atomic_file
 from attnlab.core.capture import Capture
 from attnlab.core.capture_merge import UNIT, batch_file, share_edges
 from attnlab.core.datasets import Dataset
-from attnlab.core.distributed import Shard, assign
+from attnlab.core.distributed import Shard
 from attnlab.core.item_stats import item_statistics, layer_received_shares, qk_tokens
 from attnlab.core.reduce import Histogram, Reservoir
-from attnlab.core.shards import (OverallBar, ShardFailure, check_settings, clear_failure, done_keys, fault_point,
-                                 shard_dir, write_failure)
-from attnlab.evals.progress import Progress
+from attnlab.core.shards import check_settings, read_rows, shard_dir
+from attnlab.hooks.attach import attach
+from attnlab.hooks.inputs import load_images, on_model_device, prepare_inputs, tokenizer_of
 
-from .attach import attach
-from .inputs import load_images, on_model_device, prepare_inputs, tokenizer_of
+from .sharded import run_items
 
 
 
@@ -106,43 +105,34 @@ def capture_shard(loaded, data: Dataset, capture: Capture, settings: DatasetCapt
     Raises:
         ShardFailure: naming the rank, the batch and its items, when a batch fails (finished batches stay).
     """
-    from tqdm.auto import tqdm
-
     rank, world = (shard.rank, shard.world_size) if shard else (0, 1)
     folder = shard_dir(out, rank, world)
-    check_settings(out, UNIT, asdict(settings))
-    prog = Progress(folder, UNIT, asdict(settings), key="batch")
-    done = done_keys(out, UNIT, "batch") | prog.done
-    owned = assign(settings.n_batches, rank, world)
-    todo = [j for j in owned if j not in done]
-    samples = _resume_samples(folder, sorted(prog.done), settings)
-    clear_failure(folder)
-    overall = OverallBar(out, UNIT, settings.n_items, progress_bar and world > 1 and rank == 0, position=world,
-                         weight=lambda row: len(row["items"]))
-    bar = tqdm(todo, desc=f"capture rank {rank}/{world}" if world > 1 else "capture", unit="batch",
-               initial=len(owned) - len(todo), total=len(owned), position=rank, disable=not progress_bar)
+    check_settings(out, UNIT, asdict(settings))  # before the resumed samples are read back
+    samples = _resume_samples(folder, settings)
     edges = share_edges(settings.bins)
-    for n, j in enumerate(bar, start=1):
-        items = data.items[j * settings.batch_size:(j + 1) * settings.batch_size]
+    done_now: list[int] = []
+
+    def batch_items(j: int) -> list:
+        return data.items[j * settings.batch_size:(j + 1) * settings.batch_size]
+
+    def work(j: int) -> dict:
+        items = batch_items(j)
         t0 = time.perf_counter()
-        try:
-            arrays, n_tokens = capture_batch(loaded, items, capture, edges, samples, settings)
-        except Exception as err:
-            failure = ShardFailure(rank, world, UNIT, f"batch={j} (items {items[0].index}-{items[-1].index}, "
-                                   f"first id {items[0].id})", err)
-            write_failure(folder, failure)
-            raise failure from err
+        arrays, n_tokens = capture_batch(loaded, items, capture, edges, samples, settings)
         _save_atomic(batch_file(folder, j), arrays)
-        prog.add({"batch": j, "items": [it.index for it in items], "ids": [it.id for it in items],
-                  "n_tokens": n_tokens, "seconds": time.perf_counter() - t0})
-        overall.poll()
-        fault_point(rank, n)
-    bar.close()
-    if shard is not None:
-        shard.barrier()
-    overall.close()
-    return {"rank": rank, "batches_done_now": len(todo),
-            "items_done_now": sum(min(settings.batch_size, settings.n_items - j * settings.batch_size) for j in todo)}
+        done_now.append(j)
+        return {"batch": j, "items": [it.index for it in items], "ids": [it.id for it in items],
+                "n_tokens": n_tokens, "seconds": time.perf_counter() - t0}
+
+    def describe(j: int) -> str:
+        items = batch_items(j)
+        return f"batch={j} (items {items[0].index}-{items[-1].index}, first id {items[0].id})"
+
+    run_items(out, UNIT, asdict(settings), "batch", list(range(settings.n_batches)), work, shard=shard,
+              progress_bar=progress_bar, rank_folders=True, describe=describe, weight=lambda row: len(row["items"]),
+              n_items=settings.n_items, desc="capture", bar_unit="batch")
+    return {"rank": rank, "batches_done_now": len(done_now),
+            "items_done_now": sum(len(batch_items(j)) for j in done_now)}
 
 
 def capture_batch(loaded, items, capture: Capture, edges: np.ndarray, samples: dict[str, Reservoir],
@@ -173,12 +163,14 @@ def capture_batch(loaded, items, capture: Capture, edges: np.ndarray, samples: d
     return arrays, trace.token_mask.sum(-1).tolist()
 
 
-def _resume_samples(folder: Path, done: list[int], settings: DatasetCaptureSettings) -> dict[str, Reservoir]:
-    """This rank's running query/key samples, rebuilt from the entrants stored in its finished batches."""
+def _resume_samples(folder: Path, settings: DatasetCaptureSettings) -> dict[str, Reservoir]:
+    """This rank's running query/key samples, rebuilt from the entrants stored in its finished batches (in batch
+    order, as they were first drawn)."""
     from safetensors.numpy import load_file
 
     if not settings.capture.get("qk"):
         return {}
+    done = sorted({row["batch"] for row in read_rows(folder / "progress" / f"{UNIT}.jsonl") if "batch" in row})
     samples: dict[str, Reservoir] = {}
     for j in done:
         arrays = load_file(str(batch_file(folder, j)))
@@ -195,6 +187,5 @@ def _save_atomic(file: Path, arrays: dict[str, np.ndarray]) -> None:
     from safetensors.numpy import save_file
 
     file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(f".{file.name}.tmp")
-    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
-    os.replace(tmp, file)
+    with atomic_file(file) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))

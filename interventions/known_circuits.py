@@ -4,15 +4,16 @@ repeated random sequences, and the heads IOI prompts need (activation patching a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
+from attnlab.probes.results import ProbeResult
+
 from .patching import PatchingResult, activation_patching, single_token_id
-from .results import ProbeResult
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,7 +54,7 @@ def repeated_sequences(tokenizer, n: int = 32, length: int = 15, seed: int = 0) 
     Tokens come from toy-gpt's induction words when the tokenizer has them all (what toy-gpt was
     trained on), else from the whole vocabulary without special tokens.
     """
-    from attnlab.zoo.train_gpt import INDUCTION_WORDS, induction_batch
+    from attnlab.zoo.toy_gpt import INDUCTION_WORDS, induction_batch
 
     gen = torch.Generator().manual_seed(seed)
     vocab = tokenizer.get_vocab()
@@ -72,7 +73,7 @@ def abc_corruption(prompts: Sequence, names: Sequence[str], seed: int = 0) -> li
     name from ``names`` (neither the prompt's IO nor its S), so no name is repeated and IOI has no answer.
 
     Args:
-        prompts: objects with ``text``, ``io`` and ``s`` (e.g. :class:`attnlab.zoo.train_gpt.IOIPrompt`).
+        prompts: objects with ``text``, ``io`` and ``s`` (e.g. :class:`attnlab.zoo.toy_gpt.IOIPrompt`).
         names: the pool of replacement names.
         seed: randomness of the draw.
     """
@@ -126,17 +127,16 @@ def trace_circuits(model, tokenizer, *, prompts: Sequence | None = None, names: 
     """
     from attnlab.core.capture import Capture
     from attnlab.hooks import attach
-    from attnlab.zoo import train_gpt
-
-    from .circuits import circuit_graph
-    from .head_scores import induction_scores, previous_token_scores
+    from attnlab.probes.circuits import circuit_graph
+    from attnlab.probes.head_scores import induction_scores, previous_token_scores
+    from attnlab.zoo import toy_gpt
 
     ids = repeated_sequences(tokenizer, n_sequences, length, seed)
     with torch.no_grad(), attach(model, Capture(pattern=True), tokenizer=tokenizer) as rec:
         model(input_ids=ids)
     induction, previous = induction_scores(rec.trace(), period=length), previous_token_scores(rec.trace())
-    prompts = list(prompts) if prompts is not None else train_gpt.heldout_ioi_prompts(n_prompts, seed)
-    ioi = ioi_patching(model, tokenizer, prompts, names or train_gpt.NAMES, seed) if prompts else None
+    prompts = list(prompts) if prompts is not None else toy_gpt.heldout_ioi_prompts(n_prompts, seed)
+    ioi = ioi_patching(model, tokenizer, prompts, names or toy_gpt.NAMES, seed) if prompts else None
     ioi_heads = () if ioi is None else tuple(h for h in ioi.top(ioi.effect.size) if ioi.effect[h] >= ioi_min_effect)
     graph = None
     if with_graph and prompts and getattr(model.config, "model_type", None) == "gpt2":

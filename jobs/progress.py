@@ -18,6 +18,7 @@ import logging
 import os
 from pathlib import Path
 
+from attnlab.core.atomic import write_text_atomic
 from attnlab.core.shards import parse_log
 
 LOG = logging.getLogger("attnlab")
@@ -58,9 +59,7 @@ class Progress:
             LOG.warning("warning: %s line %d is damaged and was skipped; its item will be redone", self.file, number)
         if damaged or tail:
             # Keep only readable rows, so the next append starts on a fresh line and the file does not grow.
-            tmp = self.file.with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
-            os.replace(tmp, self.file)
+            write_text_atomic(self.file, "".join(json.dumps(r, default=str) + "\n" for r in rows))
         return rows
 
     @property
@@ -71,9 +70,7 @@ class Progress:
     def add(self, row: dict) -> None:
         """Record one finished item durably (binding the settings with the first one)."""
         if not self.rows:
-            tmp = self.settings_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.settings, indent=1))
-            os.replace(tmp, self.settings_file)
+            write_text_atomic(self.settings_file, json.dumps(self.settings, indent=1))
         with open(self.file, "a") as fh:
             fh.write(json.dumps(row, default=str) + "\n")
             fh.flush()

@@ -7,7 +7,7 @@
   by 0.4 and gives the freed mass to text tokens (for the Interventions page);
 * for an LVLM: a text-only trace beside the image pass, the VHD table, greedy answers, and the same
   inputs under a Plan moving attention from the first token to the image; and an eval Run comparing
-  baseline, VHR, VAR and ACT with POPE and CHAIR on a few fresh scenes (``dashboard.demo_eval``);
+  baseline, VHR, VAR and ACT with POPE and CHAIR on a few fresh scenes (``recipes.demo_eval``);
 * for a GPT-2: the head communication graph and IOI activation patching (``circuits``, ``patching``).
 
 A Run is rebuilt when it is missing or was made by another version of this recipe; the others are kept.
@@ -22,11 +22,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from attnlab.core.atomic import atomic_file
 from attnlab.core.capture import Capture
 from attnlab.core.runs import Run, RunFormatError, RunInfo, save_run
 
 DEMO_VERSION = 2
-LOG = logging.getLogger("attnlab.dashboard.demo")
+LOG = logging.getLogger("attnlab.recipes.demo")
 MINILM_TEXTS = (
     "The quick brown fox jumps over the lazy dog, and the dog sleeps.",
     "Attention heads in small transformers often attend to the first token.",
@@ -49,7 +50,7 @@ class DemoModel:
         model: zoo name or checkpoint directory.
         kind: ``text-encoder``, ``vision``, ``lvlm`` or ``gpt``.
         eval_questions: for an LVLM, POPE questions per split in its eval Run (scenes and calibration scenes
-            scale with it; see :func:`attnlab.dashboard.demo_eval.build_lvlm_eval`).
+            scale with it; see :func:`attnlab.recipes.demo_eval.build_lvlm_eval`).
     """
 
     name: str
@@ -127,9 +128,8 @@ def _scene_images(root: Path) -> list[tuple[Path, tuple[str, ...]]]:
     for i, scene in enumerate(generate_world(4, seed=12345).scenes):
         file = folder / f"scene{i}.png"
         if not file.exists():
-            tmp = folder / f".scene{i}.png.tmp"
-            scene.image.save(tmp, format="PNG")
-            os.replace(tmp, file)
+            with atomic_file(file) as tmp:
+                scene.image.save(tmp, format="PNG")
         out.append((file, scene.names))
     return out
 
@@ -257,11 +257,11 @@ def build_gpt(spec: DemoModel, root: Path, images) -> None:
     """A GPT-2 on IOI prompts and a repeated sequence, with its circuit graph and IOI patching."""
     import numpy as np
 
-    from attnlab.zoo import train_gpt
+    from attnlab.zoo import toy_gpt
 
     (model, tok, mspec), load_s = _load(spec.model)
-    prompts = train_gpt.heldout_ioi_prompts(3, seed=0)
-    words = [str(w) for w in np.random.default_rng(0).choice(train_gpt.INDUCTION_WORDS, 10)]
+    prompts = toy_gpt.heldout_ioi_prompts(3, seed=0)
+    words = [str(w) for w in np.random.default_rng(0).choice(toy_gpt.INDUCTION_WORDS, 10)]
     texts = [p.text for p in prompts] + [" ".join(words + words)]
     capture = Capture(pattern=True, stats=True, qk=True, resid=True, head_out=True)
     trace, fwd = _capture(model, tok, mspec, texts, [], capture=capture)
@@ -276,7 +276,7 @@ def build_gpt(spec: DemoModel, root: Path, images) -> None:
 def _circuit_tables(model, tok) -> dict:
     """Circuit heads, the head graph and IOI patching; a failure fails the model's build (see
     :func:`build_demo_run`), never a silently thinner Run."""
-    from attnlab.probes.known_circuits import trace_circuits
+    from attnlab.interventions.known_circuits import trace_circuits
 
     report = trace_circuits(model, tok, n_prompts=16, n_sequences=8)
     tables = {"circuit_heads": report.to_frame()}

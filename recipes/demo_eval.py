@@ -21,10 +21,10 @@ def demo_worlds(root: Path, n_images: int = 6, n_calibration: int = 4):
     """The eval and calibration Datasets of the demo, written under ``root`` once.
 
     Returns:
-        ``(data, calibration)``: :class:`attnlab.evals.suite.BenchmarkFiles` objects.
+        ``(data, calibration)``: :class:`attnlab.evals.benchmark.BenchmarkFiles` objects.
     """
-    from attnlab.evals.suite import TOY_SPLITS, BenchmarkFiles
-    from attnlab.zoo.world import write_world
+    from attnlab.evals.benchmark import BenchmarkFiles
+    from attnlab.zoo.world_files import benchmark_files, write_world
 
     folders = {}
     for name, n, seed in (("eval-world", n_images, EVAL_SEED), ("eval-calibration", n_calibration, CALIBRATION_SEED)):
@@ -33,8 +33,7 @@ def demo_worlds(root: Path, n_images: int = 6, n_calibration: int = 4):
             write_world(folder, n, seed, overwrite=True)
         folders[name] = folder
     world, calib = folders["eval-world"], folders["eval-calibration"]
-    data = BenchmarkFiles(pope={s: str(world / f"pope_{s}.jsonl") for s in TOY_SPLITS}, images=str(world / "images"),
-                   annotations=str(world / "instances.json"), synonyms=str(world / "synonyms.txt"))
+    data = benchmark_files(world)
     calibration = BenchmarkFiles(pope={"calibration": str(calib / "pope_random.jsonl")}, images=str(calib / "images"))
     return data, calibration
 
@@ -55,8 +54,8 @@ def build_lvlm_eval(name: str, loaded, root: Path, version: int, *, limit: int =
     Returns:
         The Run directory.
     """
-    from attnlab.evals.suite import prepare_chair
-    from attnlab.interventions.methods import run_comparison
+    from attnlab.evals.benchmark import prepare_chair
+    from attnlab.jobs.compare import run_comparison
 
     n_images = max(2, limit // 2)
     data, calibration = demo_worlds(root, n_images, max(2, limit // 4))

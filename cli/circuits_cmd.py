@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .common import emit_json, friendly
+from .common import emit_json, friendly, save_name
 
 #: What ``probe circuits`` needs in the Run (``pattern`` and ``qk`` are used when present).
 CIRCUITS_NEEDS = ("resid", "head_out")
@@ -57,15 +57,21 @@ def register_probe(probe_app: typer.Typer) -> None:
                                                       help="attention that counts as a firing"),
                  min_share: float = typer.Option(0.2, "--min-share", help="writer share that makes an edge"),
                  weighting: str = typer.Option("paper", "--weighting", help="paper or exact"),
-                 as_json: bool = typer.Option(False, "--json", help="print JSON")):
+                 as_json: bool = typer.Option(False, "--json", help="print JSON"),
+                 save: Path = typer.Option(None, "--save", help="also store the edge table in the Run under this "
+                                                                "name; the dashboard's circuits page shows it")):
         """Trace which upstream heads each head reads (sparse attention decomposition, Franco & Crovella 2024)."""
+        from attnlab.core.runs import Run
         from attnlab.probes.circuits import circuit_graph
         from attnlab.zoo import load
 
+        name = save_name(save)
         trace, path = load_run_for_circuits(run)
         model, _, _ = load(path)
         result = circuit_graph(trace, model, threshold=threshold, attn_threshold=attn_threshold,
                                min_share=min_share, weighting=weighting)
+        if name is not None:
+            result.save(Run.open(run), name)
         if as_json:
             emit_json(circuits_summary(result, run, path))
             return
@@ -84,6 +90,22 @@ def default_foil(model, clean: dict, corrupt: dict, target: int) -> int:
     return int(logits.argmax())
 
 
+def _run_of_same_model(path: Path, spec):
+    """The Run at ``path`` opened for ``patch --save``, refused unless its main trace has the model's layers and
+    heads (a per-head table of another model would be drawn on the wrong grid)."""
+    from attnlab.core.runs import Run
+
+    run = Run.open(path)
+    traces = run.manifest.get("traces", {})
+    if "main" not in traces:
+        raise ValueError(f"--run {path} has no main trace; capture the model first with `attnlab capture`")
+    meta = traces["main"]["meta"]
+    if (meta["n_layers"], meta["n_heads"]) != (spec.n_layers, spec.n_heads):
+        raise ValueError(f"--run {path} holds a model of {meta['n_layers']} layers x {meta['n_heads']} heads but "
+                         f"{spec.name} has {spec.n_layers} x {spec.n_heads}; give a Run captured from {spec.name}")
+    return run
+
+
 def register(app: typer.Typer) -> None:
     """Add ``patch`` to the app."""
 
@@ -96,12 +118,19 @@ def register(app: typer.Typer) -> None:
               foil: str = typer.Option(None, "--foil", help="token to compare against (default: the corrupted "
                                                               "prompt's top prediction other than the target)"),
               direction: str = typer.Option("denoise", "--direction", help="denoise (clean into corrupted) or noise"),
-              as_json: bool = typer.Option(False, "--json", help="print JSON")):
+              as_json: bool = typer.Option(False, "--json", help="print JSON"),
+              save: Path = typer.Option(None, "--save", help="store the table under this name in the Run given by "
+                                                             "--run; the dashboard's heads and circuits pages show it"),
+              into: Path = typer.Option(None, "--run", help="a Run captured from the same model, to --save into")):
         """Activation patching of every head's output: a layer x head table of normalised effects (0 corrupted, 1 clean)."""
         from attnlab.hooks.inputs import check_positions
         from attnlab.interventions.patching import activation_patching, single_token_id
         from attnlab.zoo import load, peek
 
+        name = save_name(save)
+        if (save is None) != (into is None):
+            raise ValueError("--save NAME and --run RUN go together: the table is stored in a Run of the same model "
+                             "(capture one with `attnlab capture --model ...`)")
         _, _, family, modality = peek(model)
         if modality != "text":
             raise ValueError(f"patch needs a causal language model; {model} is a {family} ({modality}) model")
@@ -112,10 +141,13 @@ def register(app: typer.Typer) -> None:
         clean_in, corrupt_in = dict(tok([clean], return_tensors="pt")), dict(tok([corrupt], return_tensors="pt"))
         for prompt in (clean_in, corrupt_in):
             check_positions(prompt, loaded)  # before any forward pass
+        target_run = _run_of_same_model(into, spec) if into is not None else None
         target_id = single_token_id(tok, target)
         foil_id = single_token_id(tok, foil) if foil else default_foil(loaded, clean_in, corrupt_in, target_id)
         result = activation_patching(loaded, clean_in, corrupt_in, target_id, foil_id, direction=direction)
         foil_text = tok.convert_ids_to_tokens(foil_id)
+        if target_run is not None:
+            result.save(target_run, name)
         if as_json:
             emit_json({**result.to_dict(), "target": target, "foil": foil_text, "target_id": target_id,
                        "foil_id": foil_id})

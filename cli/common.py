@@ -115,3 +115,16 @@ def parse_layers(spec: str | None) -> tuple[int, ...] | None:
 def emit_json(data) -> None:
     """Print one JSON document on stdout."""
     sys.stdout.write(json.dumps(data, indent=1, default=str) + "\n")
+
+
+def save_name(save: Path | None) -> str | None:
+    """The result-table name ``--save`` asks for (``x.parquet`` -> ``x``), checked before any work."""
+    from attnlab.core.manifest import check_name
+
+    if save is None:
+        return None
+    try:
+        return check_name(save.stem if save.suffix else str(save), "--save")
+    except ValueError:
+        raise ValueError(f"--save {save}: give a plain table name (e.g. --save rollout); it is stored inside the "
+                         "Run as results/<name>.parquet") from None

@@ -6,29 +6,16 @@ from pathlib import Path
 
 import typer
 
-from .common import emit_json, friendly
+from .common import emit_json, friendly, save_name
 
 probe_app = typer.Typer(help="Run an analysis on a Run (see `attnlab probe --help` for the list).",
                         no_args_is_help=True)
 
 
-def _save_name(save: Path | None) -> str | None:
-    """The result-table name ``--save`` asks for (``x.parquet`` -> ``x``), checked before any work."""
-    from attnlab.core.manifest import check_name
-
-    if save is None:
-        return None
-    try:
-        return check_name(save.stem if save.suffix else str(save), "--save")
-    except ValueError:
-        raise ValueError(f"--save {save}: give a plain table name (e.g. --save rollout); it is stored inside the "
-                         "Run as results/<name>.parquet") from None
-
-
 def _show(result, as_json: bool, save: Path | None, run) -> None:
     frame = result.to_frame()
     if save is not None:
-        run.add_result(_save_name(save), frame)
+        result.save(run, save_name(save))
     if as_json:
         emit_json(result.to_dict())
         return
@@ -48,7 +35,7 @@ def _make_single(name: str):
         from attnlab.core.runs import Run
         from attnlab.probes.registry import run_probe
 
-        _save_name(save)
+        save_name(save)
         opened = Run.open(run)
         _show(run_probe(name, opened.trace(trace)), as_json, save, opened)
 
@@ -82,7 +69,7 @@ def _make_relevance(name: str):
         from attnlab.core.runs import Run
         from attnlab.probes.registry import run_probe
 
-        _save_name(save)
+        save_name(save)
         wanted = _position_option(position)
         opened = Run.open(run)
         _show(run_probe(name, opened.trace(trace), position=wanted), as_json, save, opened)
@@ -95,12 +82,16 @@ def _vhd_command():
     @friendly
     def command(run: Path = typer.Argument(..., help="Run captured WITH the image (head_out)"),
                 other: Path = typer.Argument(..., help="Run of the same prompt WITHOUT the image (head_out)"),
-                as_json: bool = typer.Option(False, "--json", help="print the result as JSON")):
+                as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+                save: Path = typer.Option(None, "--save", help="also store the table in RUN (the one with the image) "
+                                                               "under this name; the dashboard's heads page shows it")):
         """Vision-aware head divergence between a Run with and one without the image."""
         from attnlab.core.runs import Run
         from attnlab.probes.registry import run_probe
 
-        _show(run_probe("vhd", Run.open(run).trace("main"), Run.open(other).trace("main")), as_json, None, None)
+        save_name(save)
+        opened = Run.open(run)
+        _show(run_probe("vhd", opened.trace("main"), Run.open(other).trace("main")), as_json, save, opened)
 
     return command
 

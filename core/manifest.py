@@ -138,6 +138,7 @@ class Manifest(_Strict):
     extra: dict[str, Any] = {}
     traces: dict[str, TraceHeader]
     results: list[str] = []
+    result_kinds: dict[str, str] = {}
 
     @field_validator("traces", "results")
     @classmethod

@@ -192,8 +192,24 @@ class Run:
         except Exception as err:  # pyarrow raises several types for damaged files
             raise RunFormatError(f"{file} is corrupt ({err})") from err
 
-    def add_result(self, name: str, frame: pd.DataFrame) -> Path:
-        """Store a result table atomically (temporary file, then rename) and list it in the manifest."""
+    def results_of(self, kind: str) -> list[str]:
+        """Names of the stored tables of one kind, oldest first: those saved with ``kind``, and a table named
+        ``kind`` itself saved without one (Runs that name tables by their kind, such as the demo's)."""
+        kinds = self.manifest.get("result_kinds", {})
+        names = set(self.manifest.get("results", []))
+        tagged = [n for n, k in kinds.items() if k == kind and n in names]
+        untagged = [kind] if kind in names and kind not in kinds else []
+        return untagged + tagged
+
+    def add_result(self, name: str, frame: pd.DataFrame, kind: str | None = None) -> Path:
+        """Store a result table atomically (temporary file, then rename) and list it in the manifest.
+
+        Args:
+            name: the table's name inside the Run (a plain name).
+            frame: the table.
+            kind: what the table is, the result type's ``table_name`` (``vhd``, ``patching``, ``circuits`` ...):
+                readers such as the dashboard find tables by kind (:meth:`results_of`), whatever their name.
+        """
         check_name(name, "result")
         folder = self.path / "results"
         folder.mkdir(exist_ok=True)
@@ -201,6 +217,8 @@ class Run:
         with atomic_file(target) as tmp:
             frame.to_parquet(tmp)
         self.manifest["results"] = sorted(set(self.manifest.get("results", [])) | {name})
+        kinds = {k: v for k, v in self.manifest.get("result_kinds", {}).items() if k != name}
+        self.manifest["result_kinds"] = {**kinds, **({name: kind} if kind else {})}
         _write_json_atomic(self.path / "manifest.json", self.manifest)
         return target
 

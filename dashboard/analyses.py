@@ -1,29 +1,27 @@
 """Probe calls behind the Flow, Sinks, QK, Circuits and Interventions pages, cached per Run.
 
-Probes written by other modules are imported inside the functions, so a page whose probe is missing
-(or still being written) says "not available" instead of breaking the app.
+A view the Run cannot feed (a field it did not capture, a result table it does not hold) raises
+:class:`NotAvailable`, whose message the page shows with the capture option or command that adds it.
 """
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 import pandas as pd
+
+from attnlab.probes.circuits import CircuitGraph
+from attnlab.probes.flow import attention_flow
+from attnlab.probes.massive import massive_activations
+from attnlab.probes.qk_embedding import QKEmbedding, embed_all_heads
+from attnlab.probes.registers import high_norm_tokens
+from attnlab.probes.rollout import attention_rollout
+from attnlab.probes.sinks import sink_tokens
 
 from .data import DashboardData, meta_of, trace_header
 
 
 class NotAvailable(ValueError):
     """A view this Run (or this installation) cannot show; the message says why and what would enable it."""
-
-
-def probe_module(name: str):
-    """``attnlab.probes.<name>``, or :class:`NotAvailable` when it cannot be imported."""
-    try:
-        return importlib.import_module(f"attnlab.probes.{name}")
-    except ImportError as err:
-        raise NotAvailable(f"The {name} probe is not available in this installation ({err})") from err
 
 
 def _layers_with(data: DashboardData, run, trace: str, field: str) -> list[int]:
@@ -53,9 +51,9 @@ def relevance(data: DashboardData, run, trace: str, item: int, method: str, fusi
 def _relevance(data, run, trace, item, method, fusion, discard, receptive_field, position, layers):
     full = data.partial_trace(run, trace, layers, ("pattern",), item=int(item))
     if method == "rollout":
-        return probe_module("rollout").attention_rollout(full, position=position, head_fusion=fusion,
+        return attention_rollout(full, position=position, head_fusion=fusion,
                                                          discard_ratio=discard, receptive_field=receptive_field)
-    return probe_module("flow").attention_flow(full, position=position, head_fusion=fusion)
+    return attention_flow(full, position=position, head_fusion=fusion)
 
 
 def sinks(data: DashboardData, run, trace: str, rule: str, item: int):
@@ -66,7 +64,7 @@ def sinks(data: DashboardData, run, trace: str, rule: str, item: int):
     if fields == ("stats.received",) and _layers_with(data, run, trace, "stats.received") != header["layers"]:
         raise NotAvailable("Sink tokens need attention patterns or the 'received' statistic; capture with "
                            "Capture(pattern=True) or Capture(stats=True)")
-    return data.cached(run, ("sinks", trace, rule, int(item)), lambda: probe_module("sinks").sink_tokens(
+    return data.cached(run, ("sinks", trace, rule, int(item)), lambda: sink_tokens(
         data.partial_trace(run, trace, None, fields, item=int(item)), rule=rule))
 
 
@@ -76,7 +74,7 @@ def massive(data: DashboardData, run, trace: str, item: int):
     layers = _layers_with(data, run, trace, "resid")
     if not layers:
         raise NotAvailable("Massive activations need the layer outputs; capture with Capture(resid=True)")
-    return data.cached(run, ("massive", trace, int(item)), lambda: probe_module("massive").massive_activations(
+    return data.cached(run, ("massive", trace, int(item)), lambda: massive_activations(
         data.partial_trace(run, trace, layers, ("resid",), item=int(item)), abs_floor=None, ratio=100.0))
 
 
@@ -84,7 +82,7 @@ def registers(data: DashboardData, run, trace: str):
     """High-norm patch tokens per layer (needs layer outputs and image segments)."""
     if not _layers_with(data, run, trace, "resid"):
         raise NotAvailable("High-norm tokens need the layer outputs; capture with Capture(resid=True)")
-    return data.cached(run, ("registers", trace), lambda: probe_module("registers").high_norm_tokens(
+    return data.cached(run, ("registers", trace), lambda: high_norm_tokens(
         data.partial_trace(run, trace, _layers_with(data, run, trace, "resid"), ("resid",))))
 
 
@@ -97,11 +95,10 @@ def qk_heads(data: DashboardData, run, trace: str, layer: int):
     """AttentionViz embeddings (PCA: fast and deterministic) of every head of one layer."""
     if layer not in qk_layers(data, run, trace):
         raise NotAvailable("The QK embedding needs queries and keys; capture with Capture(qk=True)")
-    module = probe_module("qk_embedding")
 
     def compute():
         trace_obj = data.partial_trace(run, trace, [layer], ("q", "k"))
-        return module.embed_all_heads(trace_obj, module.QKEmbedding(method="pca"), layers=[layer])
+        return embed_all_heads(trace_obj, QKEmbedding(method="pca"), layers=[layer])
 
     return data.cached(run, ("qk-heads", trace, int(layer)), compute)
 
@@ -112,25 +109,26 @@ def qk_head(data: DashboardData, run, trace: str, layer: int, head: int, method:
         return qk_heads(data, run, trace, layer).head_frame(layer, head)
     if layer not in qk_layers(data, run, trace):
         raise NotAvailable("The QK embedding needs queries and keys; capture with Capture(qk=True)")
-    module = probe_module("qk_embedding")
 
     def compute():
         trace_obj = data.partial_trace(run, trace, [layer], ("q", "k"))
-        return module.QKEmbedding(method=method, random_state=0, n_jobs=1).fit(trace_obj, layer=layer, head=head).points_
+        return QKEmbedding(method=method, random_state=0, n_jobs=1).fit(trace_obj, layer=layer, head=head).points_
 
     return data.cached(run, ("qk-head", trace, int(layer), int(head), method), compute)
 
 
-def result_table(run, name: str, what: str) -> pd.DataFrame:
-    """A stored result table, or :class:`NotAvailable` naming how to add it."""
-    if name not in run.manifest.get("results", []):
-        raise NotAvailable(f"{what} is not available in this Run (no '{name}' result table)")
-    return run.result(name)
+def result_table(run, kind: str, what: str) -> pd.DataFrame:
+    """The latest stored result table of ``kind`` (:meth:`~attnlab.core.runs.Run.results_of`), or
+    :class:`NotAvailable` naming how to add one."""
+    names = run.results_of(kind)
+    if not names:
+        raise NotAvailable(f"{what} is not available in this Run (no '{kind}' result table)")
+    return run.result(names[-1])
 
 
 def circuit_edges(run) -> pd.DataFrame:
     """The stored circuit edge table (``upstream, downstream, side, strength, ...``)."""
-    frame = result_table(run, "circuits", "The head communication graph")
+    frame = result_table(run, CircuitGraph.table_name, "The head communication graph")
     missing = {"upstream", "downstream", "side", "strength"} - set(frame.columns)
     if missing:
         raise NotAvailable(f"The circuits table of this Run lacks columns {sorted(missing)}")

@@ -11,8 +11,11 @@ import torch
 
 from attnlab.core.capture import DEFAULT_KEY_SETS
 from attnlab.core.trace import key_set_mask, real_positions_of
+from attnlab.interventions.known_circuits import CircuitReport
+from attnlab.interventions.patching import PatchingResult
 from attnlab.kernels.api import attention
 from attnlab.kernels.reference import pattern_stats
+from attnlab.probes.vhd import VHDResult
 
 from .data import DashboardData, meta_of, segments_of, trace_header
 
@@ -29,12 +32,13 @@ STAT_LABELS = {
     "induction": "induction score",
     "previous_token": "previous-token score",
 }
-#: statistics read from a per-head result table: ``stat -> (table, value columns in order of preference)``.
+#: statistics read from a per-head result table: ``stat -> (the table's kind, its value column)``; the kinds are
+#: the result types' own ``table_name`` (the tables ``--save`` and the demo store).
 RESULT_STATS = {
-    "vhd": ("vhd", ("vhd",)),
-    "patching": ("patching", ("effect", "patching_effect", "logit_diff", "score")),
-    "induction": ("circuit_heads", ("induction",)),
-    "previous_token": ("circuit_heads", ("previous_token",)),
+    "vhd": (VHDResult.table_name, "vhd"),
+    "patching": (PatchingResult.table_name, "effect"),
+    "induction": (CircuitReport.table_name, "induction"),
+    "previous_token": (CircuitReport.table_name, "previous_token"),
 }
 #: statistics read as a per-query mass of a key set: the capture's default sets but text (the rest).
 MASS_STATS = tuple(kind for kind in DEFAULT_KEY_SETS if kind != "text")
@@ -78,9 +82,8 @@ def head_stat_options(data: DashboardData, run, trace: str) -> list[dict]:
             out.append(name)
     if has_pattern or "stats.received" in fields:
         out.append("sinks")
-    results = set(run.manifest.get("results", []))
     if trace == "main":
-        out += [stat for stat, (table, _) in RESULT_STATS.items() if table in results]
+        out += [stat for stat, (kind, _) in RESULT_STATS.items() if run.results_of(kind)]
     return [{"label": STAT_LABELS[s], "value": s} for s in out]
 
 
@@ -142,10 +145,14 @@ def _key_set(data, run, trace, item, kind) -> np.ndarray:
 
 
 def _result_grid(run, stat, item, n_layers, n_heads) -> tuple[np.ndarray, list[int]]:
-    """A per-head result table (``layer``, ``head``, value[, ``batch``]) as a ``[L, H]`` grid."""
-    table, preferred = RESULT_STATS[stat]
+    """The latest per-head result table of the statistic's kind (``layer``, ``head``, value[, ``batch``]) as a
+    ``[L, H]`` grid."""
+    kind, column = RESULT_STATS[stat]
+    table = run.results_of(kind)[-1]
     frame = run.result(table)
-    column = _value_column(frame, table, preferred)
+    if not {"layer", "head", column} <= set(frame.columns):
+        raise ValueError(f"The {table!r} table of this Run lacks the layer, head and {column} columns of a "
+                         f"{kind} result")
     if "batch" in frame and (frame["batch"] == item).any():
         frame = frame[frame["batch"] == item]
     grid = np.full((n_layers, n_heads), np.nan)
@@ -155,16 +162,6 @@ def _result_grid(run, stat, item, n_layers, n_heads) -> tuple[np.ndarray, list[i
             grid[int(layer), int(head)] = value
     keep = [i for i in range(n_layers) if np.isfinite(grid[i]).any()]
     return grid[keep], keep
-
-
-def _value_column(frame, name: str, preferred: tuple[str, ...]) -> str:
-    for column in preferred:
-        if column in frame:
-            return column
-    numeric = [c for c in frame.select_dtypes("number").columns if c not in ("layer", "head", "batch", "position")]
-    if not numeric or not {"layer", "head"} <= set(frame.columns):
-        raise ValueError(f"The {name!r} table of this Run has no layer/head/value columns to draw")
-    return numeric[0]
 
 
 def attention_matrix(data: DashboardData, run, trace: str, layer: int, head: int,

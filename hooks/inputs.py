@@ -38,8 +38,9 @@ def prepare_inputs(processor, spec, texts: list[str], images: list | None = None
         processor: tokenizer, image processor or LLaVA processor from :func:`attnlab.zoo.load`.
         spec: the :class:`~attnlab.zoo.load.ModelSpec`.
         texts: prompts (text, vision-language and text-image models); each non-empty.
-        images: PIL images (vision, vision-language and text-image models); one per text for LVLMs, any
-            number for a dual encoder such as CLIP (which embeds texts and images separately).
+        images: PIL images (vision, vision-language and text-image models); one per text for LVLMs (or none, for
+            a text-only pass of the language model: prompts without the image placeholder), any number for a dual
+            encoder such as CLIP (which embeds texts and images separately).
 
     Returns:
         Keyword arguments for ``model(**inputs)``.
@@ -55,6 +56,8 @@ def prepare_inputs(processor, spec, texts: list[str], images: list | None = None
         return dict(processor(images=images, return_tensors="pt"))
     if spec.modality == "text-image":
         return dict(processor(text=texts, images=images, return_tensors="pt", padding=True))
+    if not images:  # an LVLM's language model on the prompts alone
+        return dict(tokenizer_of(processor)(texts, return_tensors="pt", padding=True))
     prompts = [t if IMAGE_PLACEHOLDER in t else f"{IMAGE_PLACEHOLDER} {t}" for t in texts]
     return dict(processor(images=images, text=prompts, return_tensors="pt", padding=True))
 
@@ -112,9 +115,13 @@ def check_request(name: str, modality: str, texts: list[str], images: list) -> N
         raise ValueError(f"{name} is a text-only model; drop --image or choose a vision(-language) model")
     if modality == "vision" and texts:
         raise ValueError(f"{name} is a vision model; give --image only, not --text")
-    if modality != "text" and not images:
+    if modality == "vision-language" and not images:  # a text-only pass, e.g. the second run VHD compares against
+        if any(IMAGE_PLACEHOLDER in t for t in texts):
+            raise ValueError(f"A prompt holds {IMAGE_PLACEHOLDER} but no --image was given; give one --image per "
+                             f"--text, or drop {IMAGE_PLACEHOLDER} for a text-only pass of {name}")
+    elif modality != "text" and not images:
         raise ValueError(f"{name} takes images; give at least one --image")
-    if modality == "vision-language" and len(images) != len(texts):
+    if modality == "vision-language" and images and len(images) != len(texts):
         raise ValueError(f"Give one --image per --text for {name} (got {len(images)} images, {len(texts)} texts)")
 
 

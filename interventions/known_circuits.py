@@ -36,6 +36,7 @@ class CircuitReport(ProbeResult):
     ioi_heads: tuple[tuple[int, int], ...]
     graph: object = None
     probe = "circuits-report"
+    table_name = "circuit_heads"
 
     def to_frame(self) -> pd.DataFrame:
         """One row per head: ``layer, head, induction, previous_token, ioi_effect, roles``."""

@@ -45,10 +45,24 @@ def jsonable(value):
 
 
 class ProbeResult:
-    """Mixin for probe result dataclasses: ``to_dict`` from the fields, ``to_frame`` per subclass."""
+    """Mixin for probe result dataclasses: ``to_dict`` from the fields, ``to_frame`` per subclass, and
+    :meth:`save` into a Run under the result's own :attr:`table_name`."""
 
     #: Registry name of the probe that made the result.
     probe: str = ""
+    #: The kind of table :meth:`save` stores, which readers (the dashboard) look for with
+    #: :meth:`attnlab.core.runs.Run.results_of`; a subclass that does not set it gets its :attr:`probe` name.
+    table_name: str = ""
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.__dict__.get("table_name"):
+            cls.table_name = cls.probe
+
+    def save(self, run, name: str | None = None):
+        """Store :meth:`to_frame` in ``run`` (a :class:`~attnlab.core.runs.Run`) as a table of kind
+        :attr:`table_name`, named ``name`` (default: the kind). Returns the table's path."""
+        return run.add_result(name or self.table_name, self.to_frame(), kind=self.table_name)
 
     def to_dict(self) -> dict:
         """Every field as JSON-ready Python, plus ``"probe"``."""

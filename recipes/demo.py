@@ -234,17 +234,11 @@ def build_lvlm(spec: DemoModel, root: Path, images) -> None:
 
 
 def _text_only_trace(model, proc, mspec, prompts):
-    import torch
+    """The language model on the prompts without their image (the run VHD compares against)."""
+    from attnlab.hooks.inputs import IMAGE_PLACEHOLDER, capture_trace
 
-    from attnlab.hooks import attach
-    from attnlab.hooks.inputs import IMAGE_PLACEHOLDER, tokenizer_of
-
-    tok = tokenizer_of(proc)
-    inputs = dict(tok([p.replace(IMAGE_PLACEHOLDER, " ").strip() for p in prompts], return_tensors="pt", padding=True))
-    with torch.no_grad(), attach(model, Capture(pattern=True, stats=True, head_out=True), tokenizer=tok,
-                                 model_id=mspec.name) as rec:
-        model(**inputs)
-    return rec.trace()
+    texts = [p.replace(IMAGE_PLACEHOLDER, " ").strip() for p in prompts]
+    return capture_trace(model, proc, mspec, Capture(pattern=True, stats=True, head_out=True), texts, [])
 
 
 def _vhd_table(trace, text_trace) -> dict:

@@ -15,6 +15,8 @@ from attnlab.dashboard.summaries import head_statistic
 from attnlab.dashboard.viewstate import sync_url
 from attnlab.dashboard.widgets import (HIDDEN, control, graph, help_tip, message_area, page_header, provenance,
                                        shown_if)
+from attnlab.interventions.patching import PatchingResult
+from attnlab.probes.circuits import CircuitGraph
 from attnlab.viz.dashboard_figures import circuit_figure, head_grid, message_figure, stamp
 
 dash.register_page(__name__, path="/circuits", name="Circuits", title="attnlab · Circuits", order=6)
@@ -59,7 +61,7 @@ def layout(min_strength=None, **_query) -> html.Div:
 @guarded(HIDDEN, report=False)
 def body(run_id):
     """The graph is hidden when the Run stores no circuits table (the message says how to add one)."""
-    return shown_if("circuits" in current_data().run(run_id).manifest.get("results", []))
+    return shown_if(bool(current_data().run(run_id).results_of(CircuitGraph.table_name)))
 
 
 @callback(Output(ids.CIRCUITS_MIN, "min"), Output(ids.CIRCUITS_MIN, "max"), Output(ids.CIRCUITS_MIN, "marks"),
@@ -109,7 +111,7 @@ def show_patching(run_id, item):
     """The patching grid, hidden (the graph's message says what is missing) when the Run has no patching table."""
     data = current_data()
     run = data.run(run_id)
-    if "patching" not in run.manifest.get("results", []) or "main" not in run.manifest["traces"]:
+    if not run.results_of(PatchingResult.table_name) or "main" not in run.manifest["traces"]:
         return message_figure(""), HIDDEN
     values, layers = head_statistic(data, run, "main", "patching", item or 0)
     figure = head_grid(values, layers, "patching effect", signed=True)

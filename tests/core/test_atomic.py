@@ -40,3 +40,19 @@ def test_a_file_in_the_way_is_refused(tmp_path):
     with pytest.raises(ValueError, match="is a file"):
         with fresh_directory(tmp_path / "f"):
             pass
+
+
+def test_atomic_file_replaces_whole_or_leaves_the_old_file(tmp_path):
+    from attnlab.core.atomic import atomic_file
+
+    target = tmp_path / "table.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_file(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash mid-write")
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["table.txt"]
+    with atomic_file(target) as tmp:
+        tmp.write_text("new")
+        assert target.read_text() == "old"  # readers see the old file until the block ends
+    assert target.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["table.txt"]

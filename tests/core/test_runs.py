@@ -78,3 +78,17 @@ def test_truncated_tensor_file_rejected(tmp_path):
 def test_partial_layer_load(tmp_path):
     path = save_run(tmp_path / "run", {"main": make_trace()}, RunInfo(model={}))
     assert Run.open(path).trace("main", layers=[]).layers == {}
+
+
+def test_results_are_found_by_their_kind_whatever_their_name(tmp_path):
+    run = Run.open(save_run(tmp_path / "r", {"main": make_trace()}, RunInfo(model={"name": "toy"}),
+                            results={"vhd": pd.DataFrame({"a": [0]})}))
+    assert run.results_of("vhd") == ["vhd"]  # a table named by its kind, saved without one (the demo's)
+    run.add_result("mine", pd.DataFrame({"a": [1]}), kind="vhd")
+    run.add_result("other", pd.DataFrame({"a": [2]}), kind="patching")
+    run.add_result("older", pd.DataFrame({"a": [3]}), kind="vhd")
+    run.add_result("mine", pd.DataFrame({"a": [4]}), kind="vhd")  # saved again: now the latest
+    reopened = Run.open(tmp_path / "r")
+    assert reopened.results_of("vhd") == ["vhd", "older", "mine"] and reopened.results_of("patching") == ["other"]
+    assert reopened.result(reopened.results_of("vhd")[-1])["a"].tolist() == [4]
+    assert reopened.results_of("circuits") == []

@@ -101,6 +101,18 @@ def run_capture(model_name: str, texts: list[str], images: list[str], capture: C
     return path
 
 
+def _with_probe_needs(what: str | None, probes: str | None) -> str | None:
+    """``--capture`` plus what the ``--for`` probes read (:func:`attnlab.probes.registry.capture_for`)."""
+    if not probes:
+        return what
+    from attnlab.probes.registry import capture_for
+
+    names = [n.strip() for n in probes.split(",") if n.strip()]
+    needed = capture_for(names).split(",")
+    given = [w.strip() for w in what.split(",") if w.strip()] if what else []
+    return ",".join(dict.fromkeys(given + needed))
+
+
 def register(app: typer.Typer) -> None:
     """Add the capture commands to the app."""
 
@@ -114,6 +126,8 @@ def register(app: typer.Typer) -> None:
         image: list[str] = typer.Option([], "--image", help="image file; repeat for a batch"),
         what: str = typer.Option(None, "--capture", help="comma list of pattern,stats,qk,head_out,resid "
                                  "(default pattern,stats; stats with --dataset)"),
+        probes: str = typer.Option(None, "--for", help="comma list of probes to capture for (e.g. sinks,rollout): "
+                                   "adds what they read to --capture; see `attnlab probe --help`"),
         layers: str = typer.Option(None, "--layers", help="e.g. '0,2,-1', '0-3' or 'all'"),
         budget_gb: float = typer.Option(4.0, "--budget-gb", help="refuse captures estimated above this size"),
         out: Path = typer.Option(..., "--out", help="Run directory to create"),
@@ -127,6 +141,7 @@ def register(app: typer.Typer) -> None:
         workers: int = typer.Option(1, "--workers", help=WORKERS_HELP),
     ):
         """Capture attention from a model into a Run directory (one batch, or statistics over a --dataset)."""
+        what = _with_probe_needs(what, probes)
         if dataset is not None:
             if image:
                 raise ValueError("With --dataset the images come from the dataset; use --image-dir for relative paths")

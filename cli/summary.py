@@ -6,7 +6,10 @@ from attnlab.core.runs import Run
 
 
 def run_summary(run: Run) -> dict:
-    """JSON-ready facts about a Run: model, layers, heads, tokens per item, what was captured."""
+    """JSON-ready facts about a Run: model, layers, heads, tokens per item, what was captured and which probes that
+    allows (:func:`attnlab.probes.registry.runnable`)."""
+    from attnlab.probes.registry import runnable
+
     m = run.manifest
     traces = {}
     for name, header in m["traces"].items():
@@ -14,6 +17,7 @@ def run_summary(run: Run) -> dict:
         traces[name] = {
             "family": meta["family"], "n_layers": meta["n_layers"], "n_heads": meta["n_heads"],
             "d_head": meta["d_head"], "causal": meta["causal"], "captured": meta["captured"],
+            "probes": runnable(meta["captured"]),
             "layers_captured": header["layers"],
             "tokens_per_item": [len([t for t, s in zip(toks, _kinds(segs, len(toks))) if s != "pad"])
                                 for toks, segs in zip(header["tokens"], header["segments"])],
@@ -54,6 +58,7 @@ def print_summary(summary: dict, sink_rows: list[dict] | None = None) -> None:
             shown = " ".join(toks[:24]) + (" ..." if len(toks) > 24 else "")
             table.add_row(str(i), str(n), "; ".join(segs), shown)
         console.print(table)
+        console.print(f"probes this trace can run: {', '.join(tr['probes']) or 'none'} (`attnlab probe NAME RUN`)")
     if sink_rows:
         table = Table(title="where attention goes (mean over heads and real query tokens)")
         for col in sink_rows[0]:

@@ -32,7 +32,12 @@ class HeadScores(ProbeResult):
     scores: np.ndarray
     kind: str
     n_positions: int
-    probe = "head-scores"
+    table_name = "head-scores"
+
+    @property
+    def probe(self) -> str:
+        """The registry name of the probe that made the scores (``induction`` or ``previous-token``)."""
+        return self.kind.replace("_", "-")
 
     def to_frame(self) -> pd.DataFrame:
         """One row per head: ``layer, head, score``."""

@@ -12,6 +12,7 @@ from attnlab.dashboard import ids
 from attnlab.dashboard.app import current_data
 from attnlab.dashboard.errors import guarded, message
 from attnlab.dashboard.widgets import message_area, page_header, table, timing_bars
+from attnlab.probes.registry import runnable
 
 dash.register_page(__name__, path="/", name="Runs", title="attnlab · Runs", order=0)
 
@@ -26,17 +27,19 @@ def _runs_frame() -> pd.DataFrame:
             run = data.run(ref.run_id)
         except ValueError as err:  # listed with its reason; every other page skips it
             rows.append({"run": ref.run_id, "model": "invalid (skipped)", "family": "", "traces": "",
-                         "captured": str(err).splitlines()[0] if str(err) else "", "results": "", "plan": "",
-                         "created": ""})
+                         "captured": str(err).splitlines()[0] if str(err) else "", "probes": "", "results": "",
+                         "plan": "", "created": ""})
             continue
         m = run.manifest
         captured = sorted({c for t in m["traces"].values() for c in t["meta"]["captured"]})
         rows.append({"run": ref.run_id, "model": str(m["model"].get("name", "?")).split("/")[-1],
                      "family": m["model"].get("family", ""), "traces": ", ".join(m["traces"]) or "—",
-                     "captured": ", ".join(captured) or "—", "results": ", ".join(m.get("results", [])) or "—",
+                     "captured": ", ".join(captured) or "—", "probes": ", ".join(runnable(captured)) or "—",
+                     "results": ", ".join(m.get("results", [])) or "—",
                      "plan": (m.get("plan") or {}).get("name", "") or "—",
                      "created": dt.datetime.fromtimestamp(m.get("created", 0)).strftime("%Y-%m-%d %H:%M")})
-    return pd.DataFrame(rows, columns=["run", "model", "family", "traces", "captured", "results", "plan", "created"])
+    return pd.DataFrame(rows, columns=["run", "model", "family", "traces", "captured", "probes", "results", "plan",
+                                       "created"])
 
 
 def layout(**_query) -> html.Div:

@@ -23,6 +23,21 @@ def test_capture_then_info_json(tmp_path):
     assert (main["n_layers"], main["n_heads"], main["layers_captured"]) == (6, 12, [0, 5])
     assert main["captured"] == ["pattern", "stats", "qk"]
     assert main["tokens"][0][0] == "[CLS]" and main["tokens_per_item"] == [len(main["tokens"][0])]
+    assert main["probes"] == ["rollout", "flow", "sinks", "induction", "previous-token", "qk-embed"]
+
+
+def test_capture_for_probes_records_what_they_read(tmp_path):
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["capture", "--model", "minilm", "--text", "A dog runs in the park.", "--for",
+                              "sinks,massive", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    info = json.loads(runner.invoke(app, ["info", str(out), "--json"]).stdout)["traces"]["main"]
+    assert info["captured"] == ["stats", "resid"]  # the cheapest fields that serve both
+    assert {"sinks", "massive", "registers"} <= set(info["probes"]) and "rollout" not in info["probes"]
+    res = runner.invoke(app, ["probe", "rollout", str(out)])
+    assert res.exit_code == 2 and "--capture pattern" in res.output
+    bad = runner.invoke(app, ["capture", "--model", "minilm", "--text", "x", "--for", "sink", "--out", str(tmp_path / "b")])
+    assert bad.exit_code == 2 and "Unknown probe 'sink'" in bad.output and not (tmp_path / "b").exists()
 
 
 def test_rollout_of_minilms_pooled_output_through_the_cli(tmp_path):

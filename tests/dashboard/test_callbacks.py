@@ -49,6 +49,16 @@ def test_runs_page_shows_details_and_timings(ctx):
     assert widths == pytest.approx([100 * v / longest for v in recorded.values()], abs=0.06)
 
 
+def test_runs_table_lists_the_probes_each_run_can_feed(ctx):
+    """The probes column is the registry's answer for the Run's captured fields."""
+    from attnlab.probes.registry import runnable
+
+    frame = page("runs")._runs_frame().set_index("run")
+    captured = Run.open(ctx.server.extensions["attnlab"].run("0:minilm").path).manifest["traces"]["main"]["meta"]["captured"]
+    assert frame.loc["0:minilm", "probes"] == ", ".join(runnable(captured))
+    assert "rollout" in frame.loc["0:minilm", "probes"] and "circuits" in frame.loc["0:toy-gpt", "probes"]
+
+
 def test_shell_lists_traces_and_items(ctx):
     from attnlab.dashboard.app import choose_item, choose_trace
 

@@ -1,19 +1,22 @@
-"""Figures for circuits: the head communication graph and layer x head heatmaps of patching effects.
+"""Figures for circuits: the head communication graph and layer x head grids of patching effects.
 
-Both take probe results (or plain tables) and return a ``go.Figure``; nothing here runs a model.
+Both take results or plain tables and return a ``go.Figure``; nothing here runs a model. The dashboard, the
+notebooks and the CLI draw circuits with these same functions.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-#: Edge colour per side: the writer fed the reading head's key token (src) or its query token (dest).
-SIDE_COLOURS = {"src": "#1f77b4", "dest": "#d62728"}
+from .style import MARGIN, SIDE_COLOURS, head_grid, layout_title
 
 
 def _head_xy(name: str) -> tuple[int, int]:
+    """``(layer, head)`` of a head named ``"L.H"``."""
     layer, head = str(name).split(".")
     return int(layer), int(head)
 
@@ -22,7 +25,8 @@ def _edge_table(graph) -> tuple[pd.DataFrame, int, int]:
     """``(edges, n_layers, n_heads)`` from a CircuitGraph or its edge table (sizes then read off the names)."""
     if not isinstance(graph, pd.DataFrame):
         return graph.to_frame(), graph.n_layers, graph.n_heads
-    xy = [_head_xy(n) for n in pd.concat([graph["upstream"], graph["downstream"]])] or [(0, 0)]
+    names = pd.concat([graph["upstream"], graph["downstream"]]).astype(str)
+    xy = [_head_xy(n) for n in names if "." in n] or [(0, 0)]  # "embed" is not on the lattice
     return graph, max(p[0] for p in xy) + 1, max(p[1] for p in xy) + 1
 
 
@@ -33,76 +37,105 @@ def _edge_hover(row) -> str:
             "(share among upstream heads)")
     if hasattr(row, "share_of_all"):
         text += f"<br>share of all writers {row.share_of_all:.3f}"
-    return text + f"<br>components {list(row.components)}"
+    if hasattr(row, "components"):
+        text += f"<br>components {list(row.components)}"
+    return text
 
 
-def circuit_graph_figure(graph, *, min_strength: float = 0.0,
-                         title: str = "Head communication (sparse attention decomposition)") -> go.Figure:
-    """Heads as nodes on a layer x head grid, edges from writing heads to the heads that read them.
+def _lattice_position(name: str, n_heads: int) -> tuple[float, float] | None:
+    if name == "embed":
+        return -1.0, (n_heads - 1) / 2
+    if "." in name:
+        layer, head = name.split(".")
+        return float(layer), float(head)
+    return None
+
+
+def circuit_figure(edges: pd.DataFrame, n_layers: int, n_heads: int, min_strength: float = 0.0,
+                   title_text: str | None = None) -> go.Figure:
+    """Head communication graph: heads on a layer x head lattice, lines from upstream writers to readers.
 
     Args:
-        graph: a :class:`~attnlab.probes.circuits.CircuitGraph` or its edge table (``to_frame()``).
-        min_strength: hide weaker edges.
-        title: figure title.
+        edges: rows with ``upstream``, ``downstream`` (``"L.H"`` or ``"embed"``), ``side`` (``src``/``dest``),
+            ``strength``.
+        n_layers, n_heads: the lattice.
+        min_strength: edges below this strength are hidden.
+        title_text: the title (default: the number of edges shown).
 
     Returns:
-        A figure with one line trace per edge (width and opacity from the strength, colour by side,
-        solid for src and dotted for dest; in table order) followed by one marker trace of the heads
-        (``name="heads"``).
+        Lines per side (:data:`~attnlab.viz.style.SIDE_COLOURS`: key-side reads blue, query-side reads orange),
+        wider for stronger edges, with an arrow from writer to reader; one hover point per edge at its middle
+        (``name="edges"``: writer, reader, side, strength, components); head nodes sized by their number of
+        edges (``name="heads"``).
     """
+    shown = edges[edges["strength"] >= min_strength]
+    data, degree, arrows = [], {}, []
+    for side, colour in SIDE_COLOURS.items():
+        part = shown[shown["side"] == side]
+        for lo, hi, width in ((0.0, 0.35, 1.5), (0.35, 0.6, 3.5), (0.6, math.inf, 6.0)):
+            xs, ys = [], []
+            for up, down, strength in zip(part["upstream"], part["downstream"], part["strength"]):
+                a, b = _lattice_position(str(up), n_heads), _lattice_position(str(down), n_heads)
+                if a is None or b is None or not lo <= strength < hi:
+                    continue
+                xs += [a[0], b[0], None]
+                ys += [a[1], b[1], None]
+                arrows.append({"x": b[0], "y": b[1], "ax": a[0], "ay": a[1], "xref": "x", "yref": "y", "axref": "x",
+                               "ayref": "y", "text": "", "showarrow": True, "arrowhead": 2, "arrowsize": 1.2,
+                               "arrowwidth": min(width, 3.0), "arrowcolor": colour, "standoff": 7, "opacity": 0.8})
+            if xs:
+                data.append({"type": "scatter", "x": xs, "y": ys, "mode": "lines", "opacity": 0.7,
+                             "line": {"color": colour, "width": width}, "hoverinfo": "skip",
+                             "name": f"{'key' if side == 'src' else 'query'}-side read, strength "
+                                     + (f"≥ {lo:g}" if hi == math.inf else f"{lo:g}–{hi:g}")})
+    middles = [(row, _lattice_position(str(row.upstream), n_heads), _lattice_position(str(row.downstream), n_heads))
+               for row in shown.itertuples(index=False)]
+    middles = [(row, a, b) for row, a, b in middles if a is not None and b is not None]
+    data.append({"type": "scatter", "name": "edges", "mode": "markers", "showlegend": False,
+                 "x": [(a[0] + b[0]) / 2 for _, a, b in middles], "y": [(a[1] + b[1]) / 2 for _, a, b in middles],
+                 "marker": {"size": 9, "color": "rgba(0,0,0,0)"}, "hoverinfo": "text",
+                 "hovertext": [_edge_hover(row) for row, _, _ in middles]})
+    for up, down in zip(shown["upstream"], shown["downstream"]):
+        for name in (str(up), str(down)):
+            degree[name] = degree.get(name, 0) + 1
+    node_x = [layer for layer in range(n_layers) for _ in range(n_heads)]
+    node_y = [head for _ in range(n_layers) for head in range(n_heads)]
+    names = [f"{x}.{y}" for x, y in zip(node_x, node_y)]
+    data.append({"type": "scatter", "x": node_x, "y": node_y, "mode": "markers", "name": "heads",
+                 "marker": {"size": [8 + 3 * min(degree.get(n, 0), 6) for n in names], "color": "#444",
+                            "line": {"color": "white", "width": 1}},
+                 "text": [f"head {n}, {degree.get(n, 0)} edges" for n in names], "hovertemplate": "%{text}<extra></extra>"})
+    if "embed" in degree:
+        data.append({"type": "scatter", "x": [-1], "y": [(n_heads - 1) / 2], "mode": "markers+text", "text": ["embed"],
+                     "name": "embeddings", "textposition": "middle left", "marker": {"size": 12, "color": "#2ca02c"}})
+    return go.Figure({"data": data, "layout": {
+        "title": {**layout_title(title_text or f"Head communication graph ({len(shown)} edges with strength ≥ "
+                                          f"{min_strength:g})"),
+                  "subtitle": {"text": "strength: share among the upstream heads' contributions (embeddings and MLPs "
+                                       "not counted; the table's share_of_all counts every writer)"}},
+        "margin": {**MARGIN, "t": 90}, "height": 480, "annotations": arrows,
+        "legend": {"orientation": "h", "y": -0.18},
+        "xaxis": {"title": {"text": "layer"}, "dtick": 1, "range": [-1.8 if "embed" in degree else -0.5, n_layers - 0.5]},
+        "yaxis": {"title": {"text": "head"}, "dtick": 1, "autorange": "reversed"}}})
+
+
+def circuit_graph_figure(graph, *, min_strength: float = 0.0, title: str | None = None) -> go.Figure:
+    """:func:`circuit_figure` of a :class:`~attnlab.probes.circuits.CircuitGraph` or its edge table
+    (``to_frame()``; the lattice's size is then read off the head names)."""
     frame, n_layers, n_heads = _edge_table(graph)
-    frame = frame[frame["strength"] >= min_strength]
-    fig = go.Figure()
-    top = float(frame["strength"].max()) if len(frame) else 1.0
-    for row in frame.itertuples(index=False):
-        (x0, y0), (x1, y1) = _head_xy(row.upstream), _head_xy(row.downstream)
-        fig.add_trace(go.Scatter(
-            x=[x0, x1], y=[y0, y1], mode="lines", name=f"{row.upstream} → {row.downstream} ({row.side})",
-            line={"color": SIDE_COLOURS.get(row.side, "grey"), "width": 1 + 7 * row.strength / top,
-                  "dash": "solid" if row.side == "src" else "dot"},
-            opacity=0.35 + 0.65 * row.strength / top, showlegend=False, hoverinfo="text",
-            hovertext=_edge_hover(row)))
-    layer, head = np.divmod(np.arange(n_layers * n_heads), n_heads)
-    fig.add_trace(go.Scatter(x=layer, y=head, mode="markers+text", name="heads", hoverinfo="text",
-                             text=[f"{l}.{h}" for l, h in zip(layer, head)], textposition="top center",
-                             marker={"size": 14, "color": "#444"}))
-    fig.update_layout(title=title, showlegend=False, plot_bgcolor="white",
-                      xaxis={"title": "layer", "tickmode": "linear", "dtick": 1, "zeroline": False},
-                      yaxis={"title": "head", "tickmode": "linear", "dtick": 1, "zeroline": False})
-    return fig
-
-
-def head_heatmap(values: np.ndarray, *, title: str, colorbar: str, zmid: float | None = 0.0) -> go.Figure:
-    """A layer x head heatmap (layers as rows, bottom to top) with the values written in the cells.
-
-    Args:
-        values: ``[L, H]``.
-        title: figure title.
-        colorbar: colour bar label.
-        zmid: value at the centre of the diverging colour scale; ``None`` for a sequential scale.
-    """
-    values = np.asarray(values, dtype=float)
-    n_layers, n_heads = values.shape
-    text = [["" if np.isnan(v) else f"{v:.2f}" for v in row] for row in values]
-    heat = go.Heatmap(z=values, x=list(range(n_heads)), y=list(range(n_layers)), text=text, texttemplate="%{text}",
-                      colorscale="RdBu" if zmid is not None else "Viridis", reversescale=zmid is not None,
-                      zmid=zmid, colorbar={"title": colorbar},
-                      hovertemplate="layer %{y}, head %{x}: %{z:.3f}<extra></extra>")
-    fig = go.Figure(heat)
-    fig.update_layout(title=title, xaxis={"title": "head", "dtick": 1}, yaxis={"title": "layer", "dtick": 1})
-    return fig
+    return circuit_figure(frame, n_layers, n_heads, min_strength, title)
 
 
 def patching_heatmap(result, *, title: str | None = None) -> go.Figure:
-    """Normalised patching effects (0 = corrupted, 1 = clean) per layer and head.
+    """Normalised patching effects (0 = corrupted, 1 = clean) per layer and head, on :func:`head_grid`.
 
     Args:
         result: a :class:`~attnlab.interventions.patching.PatchingResult` or an ``[L, H]`` array.
         title: figure title; by default it names the method and direction.
     """
     if isinstance(result, np.ndarray):
-        return head_heatmap(result, title=title or "Patching effect", colorbar="effect")
+        return head_grid(result, label="effect", signed=True, title=title or "Patching effect", annotate=True)
     what = f"{result.method} patching ({result.direction})"
     if result.receivers:
         what += " → " + ", ".join(f"{l}.{h}" for l, h in result.receivers) + f" [{result.receiver_inputs}]"
-    return head_heatmap(result.effect, title=title or what, colorbar="effect")
+    return head_grid(result.effect, label="effect", signed=True, title=title or what, annotate=True)

@@ -6,7 +6,7 @@ import plotly.graph_objects as go
 
 from attnlab.core.trace import Trace
 
-from .dashboard_figures import attention_heatmap
+from .attention import attention_heatmap
 
 
 def head_pattern(trace: Trace, layer: int, head: int, batch: int = 0, title: str | None = None) -> go.Figure:

@@ -15,12 +15,14 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .style import QK_COLOURS, SEGMENT_COLOURS
+from .style import MARGIN, QK_COLOURS, SEGMENT_COLOURS, layout_title, panel_title
 
 KIND_COLORS = QK_COLOURS
 KIND_SYMBOLS = {"query": "circle", "key": "diamond"}
@@ -191,3 +193,58 @@ def qk_heads_matrix(result, color: str = "kind", size: float = 2, max_points: in
     if color in NUMERIC:
         fig.update_layout(coloraxis=dict(colorscale="Viridis", colorbar_title=color))
     return fig
+
+
+def _qk_groups(frame: pd.DataFrame, colour_by: str) -> tuple[list[tuple[str, pd.DataFrame, dict]], bool]:
+    """Groups of points and their marker colour for a colouring (``kind``, ``position`` or ``segment``)."""
+    if colour_by == "position":
+        return [("points", frame, {"color": frame["position"].to_numpy(), "coloraxis": "coloraxis"})], True
+    key = "kind" if colour_by == "kind" else "segment"
+    palette = QK_COLOURS if key == "kind" else SEGMENT_COLOURS
+    return [(str(v), part, {"color": palette.get(str(v), "#17becf")}) for v, part in frame.groupby(key, sort=True)], False
+
+
+def _position_axis() -> dict:
+    return {"colorscale": "Viridis", "colorbar": {"title": {"text": "position"}}}
+
+
+def qk_small_multiples(frames: list[tuple[str, pd.DataFrame]], colour_by: str, title: str, cols: int = 4) -> go.Figure:
+    """Every head of a layer as a small scatter of its joint query-key embedding (AttentionViz matrix view).
+
+    Args:
+        frames: ``(head label, points)`` per head, points as in :func:`attnlab.viz.qk.qk_scatter`.
+        colour_by: ``kind``, ``position`` or ``segment``.
+        title: figure title.
+        cols: panels per row.
+
+    Returns:
+        One equal-scaled panel per head; every point's ``customdata`` is its panel's index in ``frames`` (a click
+        names the head).
+    """
+    rows = max(1, math.ceil(len(frames) / cols))
+    gap_x, gap_y = 0.03, 0.08 / rows
+    width, height = (1 - gap_x * (cols - 1)) / cols, (1 - gap_y * (rows - 1)) / rows
+    data, layout, notes, shown = [], {}, [], set()
+    continuous = False
+    for i, (label, frame) in enumerate(frames):
+        r, c = divmod(i, cols)
+        n = "" if i == 0 else str(i + 1)
+        x0, y1 = c * (width + gap_x), 1 - r * (height + gap_y)
+        layout[f"xaxis{n}"] = {"domain": [x0, x0 + width], "anchor": f"y{n}", "showticklabels": False,
+                               "constrain": "domain"}
+        # equal scales: distances in the joint embedding are what the layout means (Yeh et al. 2023)
+        layout[f"yaxis{n}"] = {"domain": [y1 - height, y1], "anchor": f"x{n}", "showticklabels": False,
+                               "scaleanchor": f"x{n}", "scaleratio": 1, "constrain": "domain"}
+        notes.append(panel_title(label, x0 + width / 2, y1))
+        groups, continuous = _qk_groups(frame, colour_by)
+        for name, part, marker in groups:
+            data.append({"type": "scatter", "x": part["x"].to_numpy(), "y": part["y"].to_numpy(), "mode": "markers",
+                         "name": name, "legendgroup": name, "showlegend": name not in shown and not continuous,
+                         "customdata": [i] * len(part), "hovertemplate": f"{label}: click to open<extra></extra>",
+                         "marker": {**marker, "size": 4}, "xaxis": f"x{n}", "yaxis": f"y{n}"})
+            shown.add(name)
+    layout.update({"title": layout_title(title), "margin": {**MARGIN, "t": 70}, "height": 60 + 190 * rows,
+                   "legend": {"title": {"text": colour_by}}, "annotations": notes})
+    if continuous:
+        layout["coloraxis"] = _position_axis()
+    return go.Figure({"data": data, "layout": layout})

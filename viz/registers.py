@@ -55,3 +55,11 @@ def artifact_map(result: RegisterResult, batch: int = 0, layer: int = -1, segmen
                       xaxis_title="patch column", yaxis_title="patch row")
     fig.update_yaxes(autorange="reversed")
     return fig
+
+
+def register_norm_map(result, batch: int, layer: int, model: str) -> go.Figure:
+    """:func:`attnlab.viz.registers.artifact_map` titled with the model and whether it has register tokens."""
+    fig = artifact_map(result, batch=batch, layer=layer)
+    regs = "with" if result.register_mask.any() else "without"
+    fig.update_layout(title=f"{model} ({regs} registers): token norms at layer {result.layers[layer]}", height=420)
+    return fig

@@ -7,9 +7,11 @@ import plotly.graph_objects as go
 
 from attnlab.probes.sinks import SinkResult
 
+from .style import head_grid
+
 
 def sink_heatmap(result: SinkResult, batch: int = 0) -> go.Figure:
-    """Layer x head heatmap of the attention share absorbed by sink tokens; hover lists the sinks.
+    """Layer x head grid of the attention share absorbed by sink tokens; hovering a head lists its sinks.
 
     Args:
         result: :func:`sink_tokens` output.
@@ -19,18 +21,11 @@ def sink_heatmap(result: SinkResult, batch: int = 0) -> go.Figure:
         A figure with one heatmap trace (rows = layers, columns = heads).
     """
     z = result.sink_mass[:, batch]  # (L, H)
+
     def names(li: int, h: int) -> str:
         found = np.flatnonzero(result.is_sink[li, batch, h])
-        return ", ".join(f"{n}:{result.tokens[batch][n]}" for n in found) or "none"
+        return "sinks: " + (", ".join(f"{n}:{result.tokens[batch][n]}" for n in found) or "none")
 
     hover = [[names(li, h) for h in range(z.shape[1])] for li in range(z.shape[0])]
-    fig = go.Figure(go.Heatmap(
-        z=z, x=list(range(z.shape[1])), y=list(result.layers), text=hover, colorscale="Magma",
-        hovertemplate="layer %{y}, head %{x}<br>sink mass %{z:.3f}<br>sinks: %{text}<extra></extra>",
-        colorbar_title="sink mass",
-    ))
-    fig.update_layout(title=f"Attention absorbed by sink tokens ({result.rule} rule)",
-                      xaxis_title="head", yaxis_title="layer")
-    fig.update_xaxes(dtick=1)  # whole heads and layers: small grids otherwise get ticks at -0.5, 0.5, ...
-    fig.update_yaxes(dtick=1)
-    return fig
+    return head_grid(z, result.layers, "sink mass", hover=hover,
+                     title=f"Attention absorbed by sink tokens ({result.rule} rule)")

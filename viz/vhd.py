@@ -6,9 +6,11 @@ import plotly.graph_objects as go
 
 from attnlab.probes.vhd import VHDResult
 
+from .style import head_grid
+
 
 def vhd_heatmap(result: VHDResult, batch: int = 0) -> go.Figure:
-    """Layer x head heatmap of VHD at the aligned position.
+    """Layer x head grid of VHD at the aligned position (:func:`~attnlab.viz.style.head_grid`).
 
     Args:
         result: :func:`head_divergence` output.
@@ -17,11 +19,5 @@ def vhd_heatmap(result: VHDResult, batch: int = 0) -> go.Figure:
     Returns:
         A figure with one heatmap trace (rows = layers, columns = heads).
     """
-    z = result.vhd[:, batch]  # (L, H)
-    fig = go.Figure(go.Heatmap(
-        z=z, x=list(range(z.shape[1])), y=list(result.layers), colorscale="Viridis", colorbar_title="VHD",
-        hovertemplate="layer %{y}, head %{x}<br>VHD %{z:.3f}<extra></extra>",
-    ))
-    fig.update_layout(title=f"Vision-aware head divergence at token {result.tokens[batch]!r}",
-                      xaxis_title="head", yaxis_title="layer")
-    return fig
+    return head_grid(result.vhd[:, batch], result.layers, "VHD",
+                     title=f"Vision-aware head divergence at token {result.tokens[batch]!r}")

@@ -16,8 +16,9 @@ from attnlab.dashboard.viewstate import as_list, sync_url
 from attnlab.dashboard.widgets import (HIDDEN, as_int, control, graph, head_options, keep, layer_options, message_area,
                                        page_header, provenance, radio, require_traces, shown_if, token_axis_labels,
                                        token_options)
-from attnlab.viz.dashboard_figures import (COLOUR_SCALES, LONG_INPUT, attention_heatmap, message_figure, patch_overlay,
-                                           resolve_scale, stamp, token_text_view)
+from attnlab.viz.attention import (COLOUR_SCALES, LONG_INPUT, attention_heatmap, patch_overlay,
+                                   resolve_scale, token_text_view)
+from attnlab.viz.style import message_figure, stamp
 
 dash.register_page(__name__, path="/attention", name="Attention", title="attnlab · Attention", order=2)
 

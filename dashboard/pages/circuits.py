@@ -17,7 +17,8 @@ from attnlab.dashboard.widgets import (HIDDEN, control, graph, help_tip, message
                                        shown_if)
 from attnlab.interventions.patching import PatchingResult
 from attnlab.probes.circuits import CircuitGraph
-from attnlab.viz.dashboard_figures import circuit_figure, head_grid, message_figure, stamp
+from attnlab.viz.circuits import circuit_figure
+from attnlab.viz.style import head_grid, message_figure, stamp
 
 dash.register_page(__name__, path="/circuits", name="Circuits", title="attnlab · Circuits", order=6)
 

@@ -14,7 +14,8 @@ from attnlab.dashboard.summaries import grid_values, real_positions
 from attnlab.dashboard.viewstate import as_list, sync_url, wanted
 from attnlab.dashboard.widgets import (HIDDEN, control, graph, message_area, page_header, provenance,
                                        radio, require_traces)
-from attnlab.viz.dashboard_figures import message_figure, patch_overlay, stamp
+from attnlab.viz.attention import patch_overlay
+from attnlab.viz.style import message_figure, stamp
 from attnlab.viz.relevance import relevance_bar
 
 dash.register_page(__name__, path="/flow", name="Flow", title="attnlab · Flow", order=3)

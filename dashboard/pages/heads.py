@@ -13,7 +13,7 @@ from attnlab.dashboard.summaries import STAT_LABELS, head_stat_options, head_sta
 from attnlab.dashboard.viewstate import sync_url, wanted
 from attnlab.dashboard.widgets import (HIDDEN, control, graph, keep, message_area, page_header, provenance,
                                        require_traces, shown_if)
-from attnlab.viz.dashboard_figures import head_grid, message_figure, stamp
+from attnlab.viz.style import head_grid, message_figure, stamp
 
 dash.register_page(__name__, path="/heads", name="Heads", title="attnlab · Heads", order=1)
 
@@ -76,7 +76,9 @@ def show_grid(run_id, trace, item, stat):
     if stat is None:
         return message_figure("This trace has no per-head statistic to show (capture pattern or stats)"), None
     values, layers = head_statistic(data, run, trace, stat, item or 0)
-    figure = head_grid(values, layers, STAT_LABELS[stat], signed=stat == "patching", zrange=FIXED_RANGES.get(stat))
+    label = STAT_LABELS[stat]
+    figure = head_grid(values, layers, label, signed=stat == "patching", zrange=FIXED_RANGES.get(stat),
+                       title=f"{label} per head (click a head to open it)")
     return stamp(figure, *provenance(run_id, run, trace, item or 0, stat=stat)), None
 
 

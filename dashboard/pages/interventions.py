@@ -15,7 +15,9 @@ from attnlab.dashboard.summaries import attention_matrix
 from attnlab.dashboard.viewstate import sync_url, wanted
 from attnlab.dashboard.widgets import (as_int, control, graph, head_options, keep, layer_options, message_area,
                                        page_header, provenance, radio, table, table_data, token_axis_labels)
-from attnlab.viz.dashboard_figures import compare_attention, eval_bars, message_figure, stamp
+from attnlab.viz.attention import compare_attention
+from attnlab.viz.evals import eval_bars
+from attnlab.viz.style import message_figure, stamp
 
 dash.register_page(__name__, path="/interventions", name="Interventions & evals",
                    title="attnlab · Interventions & evals", order=7)

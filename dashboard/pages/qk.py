@@ -13,7 +13,9 @@ from attnlab.dashboard.errors import guarded
 from attnlab.dashboard.viewstate import sync_url
 from attnlab.dashboard.widgets import (HIDDEN, as_int, control, graph, keep, message_area, page_header, provenance,
                                        radio, require_traces, shown_if, token_axis_labels)
-from attnlab.viz.dashboard_figures import message_figure, qk_small_multiples, stamp, token_bar
+from attnlab.viz.attention import token_bar
+from attnlab.viz.qk import qk_small_multiples
+from attnlab.viz.style import message_figure, stamp
 from attnlab.viz.qk import qk_scatter
 from attnlab.viz.style import MARGIN
 

@@ -18,7 +18,8 @@ from attnlab.dashboard.widgets import (HIDDEN, as_int, control, graph, keep, mes
                                        radio, require_traces, table, table_data)
 from attnlab.probes.sinks import RULE_LABELS
 from attnlab.probes.sinks import RULES as SINK_RULES
-from attnlab.viz.dashboard_figures import message_figure, register_norm_map, stamp
+from attnlab.viz.registers import register_norm_map
+from attnlab.viz.style import message_figure, stamp
 from attnlab.viz.massive import massive_activation_plot
 from attnlab.viz.sinks import sink_heatmap
 

@@ -5,7 +5,8 @@ import plotly.graph_objects as go
 
 from attnlab.probes.circuits import CircuitEdge, CircuitGraph, writer_names
 from attnlab.interventions.patching import PatchingResult
-from attnlab.viz.circuits import SIDE_COLOURS, circuit_graph_figure, head_heatmap, patching_heatmap
+from attnlab.viz.circuits import circuit_graph_figure, patching_heatmap
+from attnlab.viz.style import SIDE_COLOURS, head_grid
 
 
 def _graph(edges):
@@ -21,36 +22,41 @@ EDGES = [CircuitEdge("0.1", "1.0", "src", 0.8, 0.1, 5, 6, (0, 2)),
          CircuitEdge("1.1", "2.1", "src", 0.3, 0.02, 2, 6, (0,))]
 
 
-def _edge_traces(fig):
-    return [t for t in fig.data if t.mode == "lines"]
+def _edges(fig):
+    """``[(writer, reader)]`` of the drawn edges, read off the arrows (one per edge, writer to reader)."""
+    return [((a.ax, a.ay), (a.x, a.y)) for a in fig.layout.annotations if a.showarrow]
+
+
+def _hover_points(fig):
+    (points,) = [t for t in fig.data if t.name == "edges"]
+    return points
 
 
 def test_graph_figure_places_heads_on_the_grid_and_draws_edges():
     fig = circuit_graph_figure(_graph(EDGES))
     assert isinstance(fig, go.Figure)
-    heads = fig.data[-1]
-    assert heads.name == "heads" and heads.mode == "markers+text"
+    (heads,) = [t for t in fig.data if t.name == "heads"]
     assert list(heads.x) == [0, 0, 1, 1, 2, 2] and list(heads.y) == [0, 1, 0, 1, 0, 1]
-    assert list(heads.text) == ["0.0", "0.1", "1.0", "1.1", "2.0", "2.1"]
-    lines = _edge_traces(fig)
-    assert len(lines) == 3
-    strong, weak = lines[0], lines[1]  # edge order follows the table
-    assert list(strong.x) == [0, 1] and list(strong.y) == [1, 0]  # 0.1 -> 1.0
-    assert list(weak.x) == [0, 2] and list(weak.y) == [0, 1]  # 0.0 -> 2.1
-    assert strong.line.width > weak.line.width > lines[2].line.width and strong.opacity > weak.opacity
-    assert strong.line.color == SIDE_COLOURS["src"] and weak.line.color == SIDE_COLOURS["dest"]
-    assert strong.line.dash == "solid" and weak.line.dash == "dot"
-    assert "components [0, 2]" in strong.hovertext
+    assert sorted(_edges(fig)) == [((0, 0), (2, 1)), ((0, 1), (1, 0)), ((1, 1), (2, 1))]  # writer -> reader
+    lines = [t for t in fig.data if t.mode == "lines"]
+    by_colour = {t.line.color: t for t in lines}
+    assert set(by_colour) == {SIDE_COLOURS["src"], SIDE_COLOURS["dest"]}
+    strong = max(lines, key=lambda t: t.line.width)
+    assert list(strong.x[:2]) == [0, 1] and list(strong.y[:2]) == [1, 0]  # 0.1 -> 1.0, the strongest edge
+    points = _hover_points(fig)
+    assert list(points.x) == [0.5, 1.0, 1.5] and list(points.y) == [0.5, 0.5, 1.0]  # each edge's middle
+    assert "0.1 → 1.0" in points.hovertext[0] and "components [0, 2]" in points.hovertext[0]
     assert fig.layout.xaxis.title.text == "layer" and fig.layout.yaxis.title.text == "head"
 
 
 def test_graph_figure_thresholds_and_tables():
-    assert len(_edge_traces(circuit_graph_figure(_graph(EDGES), min_strength=0.5))) == 1
+    assert len(_edges(circuit_graph_figure(_graph(EDGES), min_strength=0.5))) == 1
     from_table = circuit_graph_figure(_graph(EDGES).to_frame())
-    assert len(_edge_traces(from_table)) == 3
-    assert len(from_table.data[-1].x) == 6  # 3 layers x 2 heads read off the names
+    assert len(_edges(from_table)) == 3
+    (heads,) = [t for t in from_table.data if t.name == "heads"]
+    assert len(heads.x) == 6  # 3 layers x 2 heads read off the names
     empty = circuit_graph_figure(_graph([]))
-    assert len(_edge_traces(empty)) == 0 and len(empty.data[-1].x) == 6
+    assert _edges(empty) == [] and len([t for t in empty.data if t.name == "heads"][0].x) == 6
 
 
 def test_patching_heatmap_shows_the_effect_table():
@@ -61,10 +67,11 @@ def test_patching_heatmap_shows_the_effect_table():
     (heat,) = fig.data
     assert isinstance(heat, go.Heatmap)
     np.testing.assert_array_equal(np.asarray(heat.z, dtype=float), effect)
-    assert list(heat.y) == [0, 1, 2] and list(heat.x) == [0, 1]
-    assert heat.zmid == 0 and heat.text[1][0] == "" and heat.text[0][1] == "0.90"
+    assert list(heat.y) == ["0", "1", "2"] and list(heat.x) == [0, 1]
+    assert heat.zmid == 0 and (heat.zmin, heat.zmax) == (-0.9, 0.9)
+    assert heat.text[1][0] == "" and heat.text[0][1] == "0.90"
     assert "path patching (denoise) → 2.1 [q]" in fig.layout.title.text
     assert fig.layout.xaxis.title.text == "head" and fig.layout.yaxis.title.text == "layer"
     assert patching_heatmap(effect).layout.title.text == "Patching effect"
-    seq = head_heatmap(np.ones((2, 2)), title="scores", colorbar="score", zmid=None)
+    seq = head_grid(np.ones((2, 2)), label="score")
     assert seq.data[0].zmid is None and seq.data[0].colorbar.title.text == "score"

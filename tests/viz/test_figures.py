@@ -1,4 +1,4 @@
-"""The dashboard's figures (``attnlab.viz.dashboard_figures``) on hand-made inputs."""
+"""The figures the dashboard, the notebooks and the CLI share, on hand-made inputs."""
 
 from __future__ import annotations
 
@@ -6,12 +6,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from attnlab.viz import dashboard_figures as figs
+from attnlab.viz.attention import attention_heatmap, colour_range, compare_attention, patch_overlay, resolve_scale, token_text_view
+from attnlab.viz.circuits import circuit_figure
+from attnlab.viz.evals import eval_bars
+from attnlab.viz.qk import qk_small_multiples
+from attnlab.viz.style import head_grid, message_figure, stamp
 
 
 def test_attention_heatmap_is_on_the_fixed_scale_with_queries_down():
     pattern = np.array([[1.0, 0.0], [0.25, 0.75]])
-    fig = figs.attention_heatmap(pattern, ["0:a", "1:b"], "layer 0, head 1")
+    fig = attention_heatmap(pattern, ["0:a", "1:b"], "layer 0, head 1")
     trace = fig.data[0]
     np.testing.assert_array_equal(np.asarray(trace.z), pattern)
     assert (trace.zmin, trace.zmax) == (0, 1) and fig.layout.yaxis.autorange == "reversed"
@@ -21,7 +25,7 @@ def test_attention_heatmap_is_on_the_fixed_scale_with_queries_down():
 def test_text_view_wraps_tokens_and_marks_the_focus():
     tokens = [f"t{i}" for i in range(14)]
     row = np.linspace(0, 1, 14)
-    fig = figs.token_text_view(tokens, list(range(100, 114)), row, row[::-1], focus=13, per_row=6)
+    fig = token_text_view(tokens, list(range(100, 114)), row, row[::-1], focus=13, per_row=6)
     top, bottom = fig.data
     z = np.asarray(top.z, dtype=float)
     assert z.shape == (3, 6) and np.isnan(z[2, 2:]).all()
@@ -34,19 +38,19 @@ def test_text_view_wraps_tokens_and_marks_the_focus():
 def test_patch_overlay_paints_the_grid_over_the_image():
     grid = np.arange(6, dtype=float).reshape(2, 3) / 10
     uri = "data:image/png;base64,iVBORw0KGgo="
-    fig = figs.patch_overlay(uri, grid, "attention of 5:x")
+    fig = patch_overlay(uri, grid, "attention of 5:x")
     assert fig.data[0].type == "image" and fig.data[-1].type == "heatmap"
     np.testing.assert_array_equal(np.asarray(fig.data[-1].z), grid)
     image = fig.layout.images[0]
     assert (image.sizex, image.sizey, image.x, image.y) == (3, 2, -0.5, -0.5)  # covers the grid cells exactly
     assert list(fig.layout.yaxis2.range) == [1.5, -0.5]  # first patch row at the top, as in the image
-    alone = figs.patch_overlay(None, grid, "t")
+    alone = patch_overlay(None, grid, "t")
     assert [t.type for t in alone.data] == ["heatmap"] and "not available" in alone.layout.annotations[-1].text
 
 
 def test_head_grid_signed_scale_is_symmetric():
-    fig = figs.head_grid(np.array([[0.5, -2.0], [1.0, np.nan]]), [3, 4], "patching effect", signed=True,
-                         selected=(4, 1))
+    fig = head_grid(np.array([[0.5, -2.0], [1.0, np.nan]]), [3, 4], "patching effect", signed=True,
+                    selected=(4, 1))
     trace = fig.data[0]
     assert (trace.zmin, trace.zmax, trace.zmid) == (-2.0, 2.0, 0.0) and list(trace.y) == ["3", "4"]
     assert fig.layout.shapes[0].y0 == 0.5
@@ -55,7 +59,7 @@ def test_head_grid_signed_scale_is_symmetric():
 def test_circuit_figure_hides_weak_edges():
     edges = pd.DataFrame({"upstream": ["0.0", "0.1", "embed"], "downstream": ["1.0", "1.1", "1.0"],
                           "side": ["src", "dest", "src"], "strength": [0.9, 0.1, 0.5]})
-    fig = figs.circuit_figure(edges, 2, 2, min_strength=0.3)
+    fig = circuit_figure(edges, 2, 2, min_strength=0.3)
     lines = [t for t in fig.data if t.mode == "lines"]
     assert sum(len(t.x) // 3 for t in lines) == 2 and "2 edges" in fig.layout.title.text
     assert {t.line.color for t in lines} == {"#1f77b4"}  # only key-side reads pass the threshold
@@ -88,7 +92,7 @@ def test_qk_scatter_colours_queries_and_keys():
 
 def test_small_multiples_lay_panels_side_by_side():
     frames = [(f"head {h}", _points()) for h in range(6)]
-    fig = figs.qk_small_multiples(frames, "segment", "layer 1", cols=4)
+    fig = qk_small_multiples(frames, "segment", "layer 1", cols=4)
     domains = sorted({tuple(fig.layout[f"xaxis{'' if i == 0 else i + 1}"].domain) for i in range(6)})
     assert len(domains) == 4 and all(a[1] < b[0] for a, b in zip(domains, domains[1:]))
     assert len(fig.layout.annotations) == 6 and fig.layout.height == 60 + 190 * 2
@@ -97,7 +101,7 @@ def test_small_multiples_lay_panels_side_by_side():
 def test_compare_attention_difference_panel():
     a = np.eye(3)
     b = np.full((3, 3), 1 / 3)
-    fig = figs.compare_attention(a, b, ["0:x", "1:y", "2:z"], ("base", "method"))
+    fig = compare_attention(a, b, ["0:x", "1:y", "2:z"], ("base", "method"))
     np.testing.assert_allclose(np.asarray(fig.data[2].z), b - a)
     assert fig.data[2].zmid == 0 and fig.data[2].zmax == pytest.approx(2 / 3)
 
@@ -105,13 +109,13 @@ def test_compare_attention_difference_panel():
 def test_eval_bars_one_trace_per_method():
     summary = pd.DataFrame({"task": ["pope"] * 4, "split": ["random", "random", "popular", "popular"],
                             "method": ["baseline", "vhr"] * 2, "f1": [0.7, 0.75, 0.6, 0.65]})
-    fig = figs.eval_bars(summary, "f1")
+    fig = eval_bars(summary, "f1")
     assert [t.name for t in fig.data] == ["baseline", "vhr"] and list(fig.data[1].y) == [0.75, 0.65]
-    assert figs.eval_bars(summary, "chair_s").data == ()
+    assert eval_bars(summary, "chair_s").data == ()
 
 
 def test_message_figure_is_marked_empty():
-    fig = figs.message_figure("not available in this Run")
+    fig = message_figure("not available in this Run")
     assert fig.layout.meta["empty"] and fig.data == ()
 
 
@@ -128,32 +132,32 @@ def _long_pattern(n: int = 400) -> np.ndarray:
 def test_long_inputs_default_to_the_per_head_max_and_can_hide_the_sink():
     n = 400
     labels = [f"{i}:t{i}" for i in range(n)]
-    fig = figs.attention_heatmap(_long_pattern(n), labels, "t", scale="auto")
+    fig = attention_heatmap(_long_pattern(n), labels, "t", scale="auto")
     trace = fig.data[0]
     assert (trace.zmin, trace.zmax) == (0, 1.0)  # per-head max: here the first row's weight 1 on itself
-    hidden = figs.attention_heatmap(_long_pattern(n), labels, "t", scale="auto", exclude_first=True).data[0]
+    hidden = attention_heatmap(_long_pattern(n), labels, "t", scale="auto", exclude_first=True).data[0]
     assert list(hidden.x) == labels[1:] and np.asarray(hidden.z).shape == (n, n - 1)
     assert hidden.zmax == pytest.approx(0.4)  # row 1 gives 0.4 to token 1: the largest weight off the sink column
-    assert figs.resolve_scale("auto", 100) == "fixed" and figs.resolve_scale(None, 101) == "max"
+    assert resolve_scale("auto", 100) == "fixed" and resolve_scale(None, 101) == "max"
     with pytest.raises(ValueError, match="colour scale"):
-        figs.resolve_scale("rainbow", 10)
+        resolve_scale("rainbow", 10)
 
 
 def test_colour_scales_by_hand():
     values = np.arange(100, dtype=float) / 100  # 0.00 ... 0.99
-    _, p99 = figs.colour_range(values, "p99")
+    _, p99 = colour_range(values, "p99")
     assert p99["zmax"] == pytest.approx(0.98 + 0.01 * (0.99 - 0.98))  # rank 0.99 * 99 = 98.01: 1% past 0.98
-    z, log = figs.colour_range(np.array([1e-6, 1e-3, 0.3]), "log")
+    z, log = colour_range(np.array([1e-6, 1e-3, 0.3]), "log")
     np.testing.assert_allclose(z, [-4.0, -3.0, np.log10(0.3)])  # below the floor 1e-4: clipped to it
     assert log["zmin"] == -4 and log["zmax"] == pytest.approx(np.log10(0.3))
     assert log["colorbar"]["ticktext"] == ["0.0001", "0.001", "0.01", "0.1", "1"]  # weights, not exponents
-    _, fixed = figs.colour_range(values, "fixed")
+    _, fixed = colour_range(values, "fixed")
     assert (fixed["zmin"], fixed["zmax"]) == (0.0, 1.0)
 
 
 def test_heatmap_cells_are_square_and_keep_every_label():
     labels = [f"{i}:w{i}" for i in range(300)]
-    fig = figs.attention_heatmap(np.full((300, 300), 1 / 300), labels, "t", scale="max")
+    fig = attention_heatmap(np.full((300, 300), 1 / 300), labels, "t", scale="max")
     assert fig.layout.yaxis.scaleanchor == "x" and fig.layout.yaxis.scaleratio == 1
     assert list(fig.data[0].x) == labels and list(fig.data[0].y) == labels
     assert fig.layout.xaxis.tickmode is None  # plotly's auto ticks: thinned to fit, refined on zoom
@@ -161,13 +165,13 @@ def test_heatmap_cells_are_square_and_keep_every_label():
 
 def test_comparison_keeps_labels_past_forty_tokens():
     labels = [f"{i}:w{i}" for i in range(60)]
-    fig = figs.compare_attention(np.eye(60), np.eye(60), labels, ("a", "b"))
+    fig = compare_attention(np.eye(60), np.eye(60), labels, ("a", "b"))
     assert all(fig.layout[f"xaxis{n}"].showticklabels is not False for n in ("", "2", "3"))
     assert fig.layout.yaxis.showticklabels is not False and list(fig.data[0].y) == labels
 
 
 def test_stamp_names_the_download_and_the_subtitle():
-    fig = figs.stamp(figs.attention_heatmap(np.eye(2), ["0:a", "1:b"], "layer 1, head 2"), "Run 0:x · m", "attnlab_x")
+    fig = stamp(attention_heatmap(np.eye(2), ["0:a", "1:b"], "layer 1, head 2"), "Run 0:x · m", "attnlab_x")
     assert fig.layout.meta["export"] == "attnlab_x" and fig.layout.title.subtitle.text == "Run 0:x · m"
     assert fig.layout.title.text == "layer 1, head 2"  # the title itself is unchanged
 
@@ -175,6 +179,6 @@ def test_stamp_names_the_download_and_the_subtitle():
 def test_circuit_edges_have_arrows_from_writer_to_reader():
     edges = pd.DataFrame({"upstream": ["0.0", "0.1"], "downstream": ["1.1", "1.0"], "side": ["src", "dest"],
                           "strength": [0.9, 0.5]})
-    fig = figs.circuit_figure(edges, 2, 2, min_strength=0.3)
+    fig = circuit_figure(edges, 2, 2, min_strength=0.3)
     arrows = [(a.ax, a.ay, a.x, a.y) for a in fig.layout.annotations if a.showarrow]
     assert sorted(arrows) == [(0, 0, 1, 1), (0, 1, 1, 0)]  # tail at the writer (layer 0), head at the reader

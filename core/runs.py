@@ -18,8 +18,9 @@ import pandas as pd
 import torch
 
 from .atomic import atomic_file, replace_directory, write_text_atomic
-from .manifest import SCHEMA, SCHEMA_VERSION, Manifest, RunFormatError, check_name, check_shapes, inside, read_manifest, run_kind
-from .trace import LayerRecord, Segment, Trace, TraceMeta
+from .manifest import SCHEMA, SCHEMA_VERSION, Manifest, RunFormatError, check_name, inside, read_manifest, run_kind
+from .trace import Trace
+from .trace_files import load_trace, read_tensor, tensor_shapes
 
 __all__ = ["SCHEMA", "SCHEMA_VERSION", "Run", "RunFormatError", "RunInfo", "run_kind", "save_run", "write_results"]
 
@@ -143,42 +144,46 @@ class Run:
         m = self.manifest
         return RunInfo(m["model"], m.get("inputs", {}), m.get("capture", {}), m.get("plan"), m.get("timings", {}), m.get("extra", {}))
 
-    def trace(self, name: str = "main", layers: list[int] | None = None, with_vision: bool = True) -> Trace:
-        """Load one Trace (optionally only some layers)."""
-        from safetensors import SafetensorError, safe_open
-
+    def header(self, name: str = "main") -> dict:
+        """The manifest entry of a stored Trace (tokens, segments, meta, layers); ValueError naming the traces."""
         if name not in self.manifest["traces"]:
             raise ValueError(f"Run {self.path} has no trace {name!r}; it has {self.trace_names}")
-        header = self.manifest["traces"][name]
+        return self.manifest["traces"][name]
+
+    def trace_file(self, name: str = "main") -> Path:
+        """The safetensors file of a stored Trace; RunFormatError when it is missing."""
+        self.header(name)
         file = inside(self.path, "traces", f"{check_name(name, 'trace')}.safetensors")
-        if not file.exists():
+        if not file.is_file():
             raise RunFormatError(f"{file} is missing; the Run is incomplete")
-        wanted = None if layers is None else set(layers)
-        per_layer: dict[int, dict[str, torch.Tensor]] = {}
-        try:
-            with safe_open(str(file), framework="pt") as handle:
-                check_shapes(name, header, {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()})
-                token_mask = handle.get_tensor("token_mask")
-                embeddings = handle.get_tensor("embeddings") if "embeddings" in handle.keys() else None
-                for key in handle.keys():
-                    if key.startswith("layer."):
-                        _, idx, rest = key.split(".", 2)
-                        if wanted is None or int(idx) in wanted:
-                            per_layer.setdefault(int(idx), {})[rest] = handle.get_tensor(key)
-        except RunFormatError:
-            raise
-        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-            raise RunFormatError(f"{file} is corrupt or truncated ({err}); re-create the Run") from err
-        missing = set(header["layers"]) - set(per_layer) if wanted is None else wanted & set(header["layers"]) - set(per_layer)
-        if missing:
-            raise RunFormatError(f"{file} lacks layers {sorted(missing)} listed in the manifest; the Run is corrupt")
-        segments = [[Segment(**s) for s in segs] for segs in header["segments"]]
-        segments = [[Segment(s.kind, s.start, s.end, tuple(s.grid) if s.grid else None, s.label) for s in segs] for segs in segments]
-        meta = TraceMeta(**{**header["meta"], "captured": tuple(header["meta"]["captured"])})
-        layers_out = {i: LayerRecord.from_tensors(t) for i, t in sorted(per_layer.items())}
-        trace = Trace(header["tokens"], segments, layers_out, meta, token_mask, embeddings)
+        return file
+
+    def tensor_shapes(self, name: str = "main") -> dict[str, tuple[int, ...]]:
+        """``{key: shape}`` of a Trace's tensors (``layer.{i}.{field}``, ``token_mask``, ``embeddings``), read from
+        the file's header alone and checked against the manifest."""
+        return tensor_shapes(self.trace_file(name), name, self.header(name))
+
+    def read(self, name: str, key: str, item: int | None = None, head: int | None = None) -> torch.Tensor:
+        """One stored tensor, or only its batch item ``item`` (and head ``head``), reading only those bytes.
+
+        Example:
+            >>> run.read("main", "layer.3.pattern", item=0, head=5).shape  # (Q, K)  # doctest: +SKIP
+        """
+        if key not in self.tensor_shapes(name):
+            raise ValueError(f"Trace {name!r} of {self.path} has no {key!r}; capture it to read it")
+        return read_tensor(self.trace_file(name), key, item, head)
+
+    def trace(self, name: str = "main", layers: list[int] | None = None, with_vision: bool = True,
+              fields: tuple[str, ...] | None = None, item: int | None = None) -> Trace:
+        """Load one Trace, or only part of it: some ``layers``, some ``fields`` (``pattern``, ``q``, ``k``,
+        ``head_out``, ``resid``, ``stats`` or ``stats.<name>``), one batch ``item`` (batch size 1).
+
+        Only what is asked for is read (:func:`attnlab.core.trace_files.load_trace`). The vision tower's Trace
+        rides along as ``trace.vision`` (whole) unless ``with_vision`` is false or a part was asked for.
+        """
+        trace = load_trace(self.trace_file(name), name, self.header(name), layers=layers, fields=fields, item=item)
         vision = f"{name}.vision"
-        if with_vision and vision in self.manifest["traces"]:
+        if with_vision and fields is None and item is None and vision in self.manifest["traces"]:
             trace.vision = self.trace(vision)
         return trace
 

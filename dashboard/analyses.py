@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from attnlab.core.trace_files import meta_of
 from attnlab.probes.circuits import CircuitGraph
 from attnlab.probes.flow import attention_flow
 from attnlab.probes.massive import massive_activations
@@ -17,7 +18,7 @@ from attnlab.probes.registers import high_norm_tokens
 from attnlab.probes.rollout import attention_rollout
 from attnlab.probes.sinks import sink_tokens
 
-from .data import DashboardData, meta_of, trace_header
+from .data import DashboardData, trace_header
 
 
 class NotAvailable(ValueError):

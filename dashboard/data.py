@@ -23,9 +23,9 @@ from typing import Callable, Iterable
 
 import torch
 
-from attnlab.core.manifest import check_name, check_shapes, inside
 from attnlab.core.runs import Run, RunFormatError
-from attnlab.core.trace import LayerRecord, Segment, Trace, TraceMeta
+from attnlab.core.trace import Segment, Trace
+from attnlab.core.trace_files import load_trace, read_tensor, segments_of
 
 #: How deep under a root Runs are searched for (a root may itself be a Run).
 MAX_DEPTH = 3
@@ -220,36 +220,33 @@ class DashboardData:
 
     # -- tensors --------------------------------------------------------------------------------------
     def tensor_keys(self, run: Run, trace: str) -> tuple[str, ...]:
-        """The keys stored in a trace's safetensors file (header only), after checking their shapes against the
-        manifest (a wrong head count or fewer tokens than the tensors is a :class:`RunFormatError`)."""
-        file = _trace_file(run, trace)
+        """The keys stored in a trace's file (:meth:`attnlab.core.runs.Run.tensor_shapes`, checked against the
+        manifest), cached per file version."""
+        return tuple(self._shapes(run, trace))
 
-        def read() -> tuple[str, ...]:
-            shapes = _read_shapes(file)
-            check_shapes(trace, run.manifest["traces"][trace], shapes)
-            return tuple(shapes)
-
-        return self.results.get_or_compute(("keys", str(file), file.stat().st_mtime_ns), read)
+    def _shapes(self, run: Run, trace: str) -> dict[str, tuple[int, ...]]:
+        file = run.trace_file(trace)
+        return self.results.get_or_compute(("shapes", str(file), file.stat().st_mtime_ns),
+                                           lambda: run.tensor_shapes(trace))
 
     def tensor(self, run: Run, trace: str, key: str) -> torch.Tensor:
-        """One tensor (e.g. ``layer.3.pattern``) of a trace, read alone and cached."""
-        file = _trace_file(run, trace)
+        """One tensor (e.g. ``layer.3.pattern``) of a trace, read alone (:meth:`Run.read`) and cached."""
+        file = run.trace_file(trace)
         if key not in self.tensor_keys(run, trace):
             raise ValueError(f"Trace {trace!r} of this Run has no {key!r}; capture it to see this view")
-        stamp = file.stat().st_mtime_ns
-        return self.tensors.get_or_compute((str(file), stamp, key), lambda: _read_tensor(file, key))
+        return self.tensors.get_or_compute((str(file), file.stat().st_mtime_ns, key),
+                                           lambda: read_tensor(file, key))
 
     def tensor_part(self, run: Run, trace: str, key: str, item: int, head: int | None = None) -> torch.Tensor:
         """``tensor[item]`` or ``tensor[item, head]`` read alone (safetensors slices read only those bytes), cached.
 
         This is what keeps a large Run cheap: one head's map of one item is read, not the layer's ``[B, H, Q, K]``.
         """
-        file = _trace_file(run, trace)
+        file = run.trace_file(trace)
         if key not in self.tensor_keys(run, trace):
             raise ValueError(f"Trace {trace!r} of this Run has no {key!r}; capture it to see this view")
-        stamp = file.stat().st_mtime_ns
-        return self.tensors.get_or_compute((str(file), stamp, key, int(item), head),
-                                           lambda: _read_part(file, key, int(item), head))
+        return self.tensors.get_or_compute((str(file), file.stat().st_mtime_ns, key, int(item), head),
+                                           lambda: read_tensor(file, key, int(item), head))
 
     def layer_part(self, run: Run, trace: str, layer: int, field: str, item: int, head: int | None = None):
         """``layer.{layer}.{field}[item(, head)]``."""
@@ -268,28 +265,14 @@ class DashboardData:
         """A Trace holding only ``fields`` (``pattern``, ``q``, ``k``, ``head_out``, ``resid``, ``stats`` or
         ``stats.<name>``) of ``layers`` (``None``: every captured layer); nothing else is read.
 
-        With ``item``, only that batch item is read and the Trace has batch size 1.
+        With ``item``, only that batch item is read and the Trace has batch size 1. The same loader as
+        :meth:`attnlab.core.runs.Run.trace`, reading through this cache.
         """
-        header = trace_header(run, trace)
-        keys = self.tensor_keys(run, trace)
-        chosen = header["layers"] if layers is None else [int(i) for i in layers]
-        wanted = tuple(fields)
-        if item is not None and not 0 <= item < len(header["tokens"]):
-            raise ValueError(f"Item {item} is not in this trace, which holds {len(header['tokens'])} item(s)")
+        def read(key: str, i: int | None) -> torch.Tensor:
+            return self.tensor(run, trace, key) if i is None else self.tensor_part(run, trace, key, i)
 
-        def read(key):
-            return self.tensor(run, trace, key) if item is None else self.tensor_part(run, trace, key, item)[None]
-
-        records = {}
-        for i in chosen:
-            prefix = f"layer.{i}."
-            records[i] = LayerRecord.from_tensors({key[len(prefix):]: read(key) for key in keys
-                                                   if key.startswith(prefix) and _wanted(key[len(prefix):], wanted)})
-        embeddings = read("embeddings") if "resid" in wanted and "embeddings" in keys else None
-        tokens, segments = header["tokens"], segments_of(header)
-        if item is not None:
-            tokens, segments = tokens[item:item + 1], segments[item:item + 1]
-        return Trace(tokens, segments, records, meta_of(header), read("token_mask"), embeddings)
+        return load_trace(run.trace_file(trace), trace, trace_header(run, trace), layers=layers, fields=tuple(fields),
+                          item=item, shapes=self._shapes(run, trace), reader=read)
 
     # -- images ---------------------------------------------------------------------------------------
     def image_uri(self, run: Run, index: int) -> str | None:
@@ -302,52 +285,6 @@ class DashboardData:
         if not self.catalog.contains(path) or not path.is_file():
             return None
         return self.results.get_or_compute(("image", str(path), path.stat().st_mtime_ns), lambda: _png_uri(path))
-
-
-def _wanted(name: str, fields: tuple[str, ...]) -> bool:
-    return name in fields or ("stats" in fields and name.startswith("stats."))
-
-
-def _trace_file(run: Run, trace: str) -> Path:
-    if trace not in run.manifest["traces"]:
-        raise ValueError(f"This Run has no trace {trace!r}; it has {run.trace_names}")
-    file = inside(run.path, "traces", f"{check_name(trace, 'trace')}.safetensors")
-    if not file.is_file():
-        raise RunFormatError(f"{file.name} is missing from the Run; re-create the Run")
-    return file
-
-
-def _read_shapes(file: Path) -> dict[str, tuple[int, ...]]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(file), framework="pt") as handle:
-            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
-    except Exception as err:  # safetensors raises several types for damaged files
-        raise RunFormatError(f"{file.name} is corrupt or truncated ({err}); re-create the Run") from err
-
-
-def _read_tensor(file: Path, key: str) -> torch.Tensor:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(file), framework="pt") as handle:
-            return handle.get_tensor(key)
-    except Exception as err:  # safetensors raises several types for damaged files
-        raise RunFormatError(f"{file.name} is corrupt or truncated ({err}); re-create the Run") from err
-
-
-def _read_part(file: Path, key: str, item: int, head: int | None) -> torch.Tensor:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(file), framework="pt") as handle:
-            part = handle.get_slice(key)
-            if head is None:
-                return part[item:item + 1][0].clone()
-            return part[item:item + 1, head:head + 1][0, 0].clone()
-    except Exception as err:  # safetensors raises several types for damaged files
-        raise RunFormatError(f"{file.name} is corrupt or truncated ({err}); re-create the Run") from err
 
 
 def _png_uri(path: Path) -> str | None:
@@ -366,20 +303,7 @@ def trace_header(run: Run, trace: str) -> dict:
     """The manifest entry of a trace (tokens, segments, meta, layers)."""
     if not run.manifest["traces"]:
         raise ValueError("This Run holds result tables only (no traces); pick a Run with traces for this view")
-    if trace not in run.manifest["traces"]:
-        raise ValueError(f"This Run has no trace {trace!r}; it has {run.trace_names}")
-    return run.manifest["traces"][trace]
-
-
-def segments_of(header: dict) -> list[list[Segment]]:
-    """Segments of every batch item from a trace header."""
-    return [[Segment(s["kind"], s["start"], s["end"], tuple(s["grid"]) if s.get("grid") else None, s.get("label", ""))
-             for s in segs] for segs in header["segments"]]
-
-
-def meta_of(header: dict) -> TraceMeta:
-    """The TraceMeta of a trace header."""
-    return TraceMeta(**{**header["meta"], "captured": tuple(header["meta"]["captured"])})
+    return run.header(trace)
 
 
 def token_labels(header: dict, item: int) -> list[str]:

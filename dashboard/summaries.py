@@ -11,13 +11,14 @@ import torch
 
 from attnlab.core.capture import DEFAULT_KEY_SETS
 from attnlab.core.trace import key_set_mask, real_positions_of
+from attnlab.core.trace_files import meta_of, segments_of
 from attnlab.interventions.known_circuits import CircuitReport
 from attnlab.interventions.patching import PatchingResult
 from attnlab.kernels.api import attention
 from attnlab.kernels.reference import pattern_stats
 from attnlab.probes.vhd import VHDResult
 
-from .data import DashboardData, meta_of, segments_of, trace_header
+from .data import DashboardData, trace_header
 
 #: statistic -> label shown in the selector and on the colour bar.
 STAT_LABELS = {

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 from dash import dash_table, dcc, html
 
+from attnlab.core.trace_files import meta_of
 from .analyses import NotAvailable
-from .data import meta_of
 
 HIDDEN = {"display": "none"}
 

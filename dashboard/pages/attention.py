@@ -6,10 +6,11 @@ import dash
 import numpy as np
 from dash import Input, Output, State, callback, ctx, dcc, html
 
+from attnlab.core.trace_files import meta_of
 from attnlab.dashboard import ids
 from attnlab.dashboard.analyses import NotAvailable
 from attnlab.dashboard.app import current_data
-from attnlab.dashboard.data import image_segments, meta_of, trace_header
+from attnlab.dashboard.data import image_segments, trace_header
 from attnlab.dashboard.errors import guarded, message
 from attnlab.dashboard.summaries import attention_matrix, grid_values, real_positions, text_cells
 from attnlab.dashboard.viewstate import as_list, sync_url

@@ -5,10 +5,11 @@ from __future__ import annotations
 import dash
 from dash import Input, Output, State, callback, dcc, html
 
+from attnlab.core.trace_files import meta_of
 from attnlab.dashboard import ids
 from attnlab.dashboard.analyses import relevance
 from attnlab.dashboard.app import current_data
-from attnlab.dashboard.data import image_segments, meta_of, trace_header
+from attnlab.dashboard.data import image_segments, trace_header
 from attnlab.dashboard.errors import guarded, message
 from attnlab.dashboard.summaries import grid_values, real_positions
 from attnlab.dashboard.viewstate import as_list, sync_url, wanted

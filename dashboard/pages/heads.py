@@ -5,9 +5,10 @@ from __future__ import annotations
 import dash
 from dash import Input, Output, State, callback, ctx, dcc, html
 
+from attnlab.core.trace_files import meta_of
 from attnlab.dashboard import ids
 from attnlab.dashboard.app import current_data
-from attnlab.dashboard.data import meta_of, trace_header
+from attnlab.dashboard.data import trace_header
 from attnlab.dashboard.errors import guarded
 from attnlab.dashboard.summaries import STAT_LABELS, head_stat_options, head_statistic
 from attnlab.dashboard.viewstate import sync_url, wanted

@@ -5,10 +5,11 @@ from __future__ import annotations
 import dash
 from dash import Input, Output, State, callback, dcc, html
 
+from attnlab.core.trace_files import meta_of
 from attnlab.dashboard import ids
 from attnlab.dashboard.analyses import qk_head, qk_heads, qk_layers, token_attention
 from attnlab.dashboard.app import current_data
-from attnlab.dashboard.data import meta_of, trace_header
+from attnlab.dashboard.data import trace_header
 from attnlab.dashboard.errors import guarded
 from attnlab.dashboard.viewstate import sync_url
 from attnlab.dashboard.widgets import (HIDDEN, as_int, control, graph, keep, message_area, page_header, provenance,

@@ -8,10 +8,10 @@ import dash
 import pandas as pd
 from dash import Input, Output, State, callback, dcc, html
 
+from attnlab.core.trace_files import segments_of
 from attnlab.dashboard import ids
 from attnlab.dashboard.analyses import NotAvailable, massive, registers, sinks
 from attnlab.dashboard.app import current_data
-from attnlab.dashboard.data import segments_of
 from attnlab.dashboard.errors import explain, guarded, message
 from attnlab.dashboard.viewstate import run_switched, sync_url, wanted
 from attnlab.dashboard.widgets import (HIDDEN, as_int, control, graph, keep, message_area, page_header, provenance,

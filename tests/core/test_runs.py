@@ -92,3 +92,26 @@ def test_results_are_found_by_their_kind_whatever_their_name(tmp_path):
     assert reopened.results_of("vhd") == ["vhd", "older", "mine"] and reopened.results_of("patching") == ["other"]
     assert reopened.result(reopened.results_of("vhd")[-1])["a"].tolist() == [4]
     assert reopened.results_of("circuits") == []
+
+
+def test_lazy_reads_of_layers_fields_and_items_equal_the_full_trace(tmp_path):
+    trace = make_trace()
+    trace = Trace(trace.tokens * 2, trace.segments * 2, {0: type(trace.layers[0]).from_tensors(
+        {k: torch.cat([v, v.flip(-1)]) for k, v in trace.layers[0].tensors().items()})}, trace.meta,
+        trace.token_mask.repeat(2, 1), torch.cat([trace.embeddings, trace.embeddings.flip(-1)]))  # a batch of 2
+    run = Run.open(save_run(tmp_path / "r", {"main": trace}, RunInfo(model={"name": "toy"})))
+    full = run.trace("main")
+    fields = sorted(full.layers[0].tensors())
+    assert len(fields) > 1
+    one = run.trace("main", layers=[0], fields=(fields[0],), item=1)
+    assert list(one.layers) == [0] and one.batch_size == 1 and one.tokens == full.tokens[1:2]
+    assert set(one.layers[0].tensors()) == {fields[0]}  # nothing else was read
+    assert torch.equal(one.layers[0].tensors()[fields[0]], full.layers[0].tensors()[fields[0]][1:2])
+    assert torch.equal(one.token_mask, full.token_mask[1:2])
+    key = f"layer.0.{fields[0]}"
+    assert torch.equal(run.read("main", key, item=1, head=0), full.layers[0].tensors()[fields[0]][1, 0])
+    assert run.tensor_shapes("main")[key] == tuple(full.layers[0].tensors()[fields[0]].shape)
+    with pytest.raises(ValueError, match="no 'layer.0.nothing'"):
+        run.read("main", "layer.0.nothing")
+    with pytest.raises(ValueError, match="Item 9"):
+        run.trace("main", item=9)

@@ -1,0 +1,119 @@
+"""Reading a Run's trace files: a header's segments and meta, tensor shapes, and any part of a tensor.
+
+One reader for every consumer: :meth:`attnlab.core.runs.Run.trace` builds Traces with it, and the dashboard reads
+single tensors, items and heads through the same functions (with its cache in front). A trace file is a
+safetensors file whose keys are ``layer.{i}.{field}``, ``token_mask`` and ``embeddings``; its header in the
+manifest holds the tokens, segments, meta and captured layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+
+from .manifest import RunFormatError, check_shapes
+from .trace import LayerRecord, Segment, Trace, TraceMeta
+
+#: ``reader(key, item)``: the tensor ``key`` whole (``item=None``) or its batch item ``item`` (leading axis kept).
+Reader = Callable[[str, "int | None"], torch.Tensor]
+
+
+def segments_of(header: dict) -> list[list[Segment]]:
+    """Segments of every batch item from a trace header."""
+    return [[Segment(s["kind"], s["start"], s["end"], tuple(s["grid"]) if s.get("grid") else None, s.get("label", ""))
+             for s in segs] for segs in header["segments"]]
+
+
+def meta_of(header: dict) -> TraceMeta:
+    """The TraceMeta of a trace header."""
+    return TraceMeta(**{**header["meta"], "captured": tuple(header["meta"]["captured"])})
+
+
+def _corrupt(file: Path, err: Exception) -> RunFormatError:
+    return RunFormatError(f"{file} is corrupt or truncated ({err}); re-create the Run")
+
+
+def tensor_shapes(file: Path, name: str, header: dict) -> dict[str, tuple[int, ...]]:
+    """``{key: shape}`` of a trace file (its header only), checked against the manifest's header.
+
+    Raises:
+        RunFormatError: a damaged file, or shapes that disagree with the manifest (a wrong head count, fewer
+            tokens than the tensors).
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except Exception as err:  # safetensors raises several types for damaged files
+        raise _corrupt(file, err) from err
+    check_shapes(name, header, shapes)
+    return shapes
+
+
+def read_tensor(file: Path, key: str, item: int | None = None, head: int | None = None) -> torch.Tensor:
+    """One tensor of a trace file, or only its batch item ``item`` (``[...]`` without the batch axis) and head
+    ``head``; a slice reads only its own bytes."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            if item is None:
+                return handle.get_tensor(key)
+            part = handle.get_slice(key)
+            if head is None:
+                return part[item:item + 1][0].clone()
+            return part[item:item + 1, head:head + 1][0, 0].clone()
+    except Exception as err:  # safetensors raises several types for damaged files
+        raise _corrupt(file, err) from err
+
+
+def wanted_field(name: str, fields: Iterable[str] | None) -> bool:
+    """Whether a layer field (``pattern``, ``stats.entropy`` ...) is among ``fields`` (``stats`` takes every
+    ``stats.<name>``; ``None`` takes all)."""
+    if fields is None:
+        return True
+    fields = tuple(fields)
+    return name in fields or ("stats" in fields and name.startswith("stats."))
+
+
+def load_trace(file: Path, name: str, header: dict, *, layers: Iterable[int] | None = None,
+               fields: Iterable[str] | None = None, item: int | None = None, shapes: dict | None = None,
+               reader: Reader | None = None) -> Trace:
+    """A Trace of ``layers`` (default: every captured one) holding only ``fields`` (default: all), of every batch
+    item or of ``item`` alone (batch size 1); nothing else is read.
+
+    Args:
+        file: the trace file; name, header: its manifest name and entry.
+        layers, fields, item: what to read.
+        shapes: :func:`tensor_shapes` of the file when the caller has them (a cache).
+        reader: reads one tensor or one item of it (default :func:`read_tensor`; the dashboard passes its cache).
+
+    Raises:
+        RunFormatError: a damaged file, or layers the manifest lists but the file lacks.
+        ValueError: an item outside the batch.
+    """
+    shapes = tensor_shapes(file, name, header) if shapes is None else shapes
+    if item is not None and not 0 <= item < len(header["tokens"]):
+        raise ValueError(f"Item {item} is not in this trace, which holds {len(header['tokens'])} item(s)")
+    read = reader or (lambda key, i: read_tensor(file, key, i))
+
+    def get(key: str) -> torch.Tensor:
+        return read(key, None) if item is None else read(key, item)[None]
+
+    chosen = list(header["layers"]) if layers is None else [i for i in header["layers"] if i in set(layers)]
+    missing = [i for i in chosen if not any(k.startswith(f"layer.{i}.") for k in shapes)]
+    if missing:
+        raise RunFormatError(f"{file} lacks layers {missing} listed in the manifest; the Run is corrupt")
+    records = {}
+    for i in chosen:
+        prefix = f"layer.{i}."
+        records[i] = LayerRecord.from_tensors({key[len(prefix):]: get(key) for key in shapes
+                                               if key.startswith(prefix) and wanted_field(key[len(prefix):], fields)})
+    embeddings = get("embeddings") if "embeddings" in shapes and (fields is None or "resid" in fields) else None
+    tokens, segments = header["tokens"], segments_of(header)
+    if item is not None:
+        tokens, segments = tokens[item:item + 1], segments[item:item + 1]
+    return Trace(tokens, segments, records, meta_of(header), get("token_mask"), embeddings)

@@ -42,7 +42,8 @@ def qk_embed_command(run: Path, layer: str, head: str, method: str, as_json: boo
         What was printed with ``--json`` (the points with coordinates and metadata, or a summary when huge).
     """
     from attnlab.core.runs import Run
-    from attnlab.probes.qk_embedding import QKEmbedding, embed_all_heads
+    from attnlab.probes.qk_embedding import QKEmbedding
+    from attnlab.probes.qk_heads import embed_all_heads
 
     opened = Run.open(run)
     layers, heads = parse_layers(str(layer)), _heads(str(head))

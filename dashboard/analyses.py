@@ -13,7 +13,8 @@ from attnlab.core.trace_files import meta_of
 from attnlab.probes.circuits import CircuitGraph
 from attnlab.probes.flow import attention_flow
 from attnlab.probes.massive import massive_activations
-from attnlab.probes.qk_embedding import QKEmbedding, embed_all_heads
+from attnlab.probes.qk_embedding import QKEmbedding
+from attnlab.probes.qk_heads import embed_all_heads
 from attnlab.probes.registers import high_norm_tokens
 from attnlab.probes.rollout import attention_rollout
 from attnlab.probes.sinks import sink_tokens

@@ -34,7 +34,7 @@ _OWNERS = {
     "previous_token_scores": "head_scores",
     "circuit_graph": "circuits",
     "QKEmbedding": "qk_embedding",
-    "embed_all_heads": "qk_embedding",
+    "embed_all_heads": "qk_heads",
     "run_probe": "registry",
     "get_probe": "registry",
     "ProbeResult": "results",
@@ -49,7 +49,8 @@ if TYPE_CHECKING:  # static tools and IDEs see the real objects
     from .head_scores import induction_scores, previous_token_scores
     from .massive import massive_activations, sink_overlap
     from .norm_threshold import norm_threshold
-    from .qk_embedding import QKEmbedding, embed_all_heads
+    from .qk_embedding import QKEmbedding
+    from .qk_heads import embed_all_heads
     from .registers import high_norm_tokens
     from .registry import get_probe, run_probe
     from .results import ProbeResult

@@ -19,7 +19,7 @@ from .circuits import circuit_graph
 from .flow import attention_flow
 from .head_scores import induction_scores, previous_token_scores
 from .massive import massive_activations
-from .qk_embedding import embed_all_heads
+from .qk_heads import embed_all_heads
 from .registers import high_norm_tokens
 from .results import ProbeResult
 from .rollout import attention_rollout

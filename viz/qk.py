@@ -1,7 +1,7 @@
 """Figures of joint query-key embeddings (AttentionViz's single-head and matrix views).
 
 Every function takes a fitted :class:`~attnlab.probes.qk_embedding.QKEmbedding`, its ``points_`` table, or a
-:class:`~attnlab.probes.qk_embedding.QKHeadsEmbedding`, and returns a ``go.Figure``; nothing is shown or saved.
+:class:`~attnlab.probes.qk_heads.QKHeadsEmbedding`, and returns a ``go.Figure``; nothing is shown or saved.
 
 Colour encodings (``color=``): ``kind`` (queries green, keys pink, as in the paper), a categorical column
 (``segment``, ``category`` = token type) with one trace per value, or a numeric column (``position``, ``norm``,
@@ -158,7 +158,7 @@ def qk_heads_matrix(result, color: str = "kind", size: float = 2, max_points: in
     """AttentionViz's matrix view: one small 2-D joint embedding per head, rows = layers, columns = heads.
 
     Args:
-        result: a :class:`~attnlab.probes.qk_embedding.QKHeadsEmbedding` (from ``embed_all_heads``).
+        result: a :class:`~attnlab.probes.qk_heads.QKHeadsEmbedding` (from ``embed_all_heads``).
         color: colour encoding, as in :func:`qk_scatter`.
         size: marker size.
         max_points: draw at most this many points per head (the same random subset in every cell; ``None`` = all).

@@ -13,7 +13,8 @@ from attnlab.core.capture import Capture
 from attnlab.core.runs import Run
 from attnlab.core.trace import LayerRecord, Segment, Trace, TraceMeta
 from attnlab.hooks.inputs import capture_trace
-from attnlab.probes.qk_embedding import QKEmbedding, embed_all_heads, principal_axes
+from attnlab.probes.qk_embedding import QKEmbedding, principal_axes
+from attnlab.probes.qk_heads import embed_all_heads
 
 SENTENCES = [
     "The cat sat on the mat.", "A quick brown fox jumps over the lazy dog.",

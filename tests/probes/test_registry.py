@@ -38,8 +38,8 @@ def test_every_probe_module_is_registered():
     import attnlab.probes as package
 
     registered = {spec.fn.__module__ for spec in REGISTRY.values()}
-    helpers = {"results", "tokens", "registry", "qk_vectors", "attention_svd", "residual_attention", "max_flow",
-               "norm_threshold", "artifact_properties"}  # called by registered probes or on their results
+    helpers = {"results", "tokens", "registry", "qk_vectors", "qk_embedding", "attention_svd", "residual_attention",
+               "max_flow", "norm_threshold", "artifact_properties"}  # called by registered probes or on their results
     modules = {p.stem for p in __import__("pathlib").Path(package.__file__).parent.glob("*.py")} - {"__init__"}
     assert {f"attnlab.probes.{m}" for m in modules - helpers} <= registered
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from attnlab.core.trace import LayerRecord, Segment, Trace, TraceMeta
-from attnlab.probes.qk_embedding import QKEmbedding, embed_all_heads
+from attnlab.probes.qk_embedding import QKEmbedding
+from attnlab.probes.qk_heads import embed_all_heads
 from attnlab.viz.qk import qk_heads_matrix, qk_scatter, qk_scatter_3d
 
 N_INPUTS, N_TOKENS, N_LAYERS, N_HEADS = 2, 9, 2, 3

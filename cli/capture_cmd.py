@@ -77,7 +77,7 @@ def capture_estimate(model, spec, capture: Capture, inputs: dict) -> str:
 def run_capture(model_name: str, texts: list[str], images: list[str], capture: Capture, out: Path,
                 overwrite: bool = False) -> Path:
     """Load a model, capture one batch and save it as a Run; returns the Run directory."""
-    from attnlab.hooks.inputs import capture_trace, check_request, load_images, prepare_inputs
+    from attnlab.hooks.inputs import check_request, load_images, prepare_inputs, trace_inputs
     from attnlab.zoo import load, peek
 
     if out.exists() and not overwrite:
@@ -91,8 +91,9 @@ def run_capture(model_name: str, texts: list[str], images: list[str], capture: C
     pil = load_images(images)
     model, processor, spec = load(model_name)
     t1 = time.perf_counter()
-    typer.echo(capture_estimate(model, spec, capture, prepare_inputs(processor, spec, texts, pil)), err=True)
-    trace = capture_trace(model, processor, spec, capture, texts, pil, progress=True)
+    inputs = prepare_inputs(processor, spec, texts, pil)  # tokenized once, for the estimate and the pass
+    typer.echo(capture_estimate(model, spec, capture, inputs), err=True)
+    trace = trace_inputs(model, processor, spec, capture, inputs, progress=True)
     t2 = time.perf_counter()
     info = RunInfo(model=asdict(spec), inputs={"texts": texts, "images": [str(p) for p in images]},
                    capture={k: v for k, v in asdict(capture).items()},

@@ -136,13 +136,21 @@ def tokenizer_of(processor):
 
 def capture_trace(model, processor, spec, capture: Capture, texts: list[str], images: list | None = None,
                   plan: Plan | None = None, impl: str = "auto", progress: bool = False) -> Trace:
-    """One forward pass under :func:`attach`; returns the Trace (with the vision tower's for LVLMs).
+    """One forward pass under :func:`attach` on the texts and images; returns the Trace (with the vision tower's for
+    LVLMs). :func:`trace_inputs` does the same on inputs already prepared."""
+    inputs = prepare_inputs(processor, spec, texts, images)
+    return trace_inputs(model, processor, spec, capture, inputs, plan=plan, impl=impl, progress=progress)
+
+
+def trace_inputs(model, processor, spec, capture: Capture, inputs: dict, plan: Plan | None = None,
+                 impl: str = "auto", progress: bool = False) -> Trace:
+    """One forward pass on ``inputs`` (from :func:`prepare_inputs`) under :func:`attach`; returns the Trace.
 
     With ``progress``, inputs of :data:`~attnlab.hooks.progress.LONG_INPUT_TOKENS` or more show a bar per layer.
     """
     from .progress import LONG_INPUT_TOKENS, layer_progress
 
-    inputs = on_model_device(prepare_inputs(processor, spec, texts, images), model)
+    inputs = on_model_device(inputs, model)
     ids = inputs.get("input_ids")
     long = progress and ids is not None and ids.shape[-1] >= LONG_INPUT_TOKENS
     with torch.no_grad(), attach(model, capture, plan, tokenizer=tokenizer_of(processor), impl=impl,

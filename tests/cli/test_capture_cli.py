@@ -115,3 +115,15 @@ def test_capture_budget_is_the_mean_of_each_inputs_own_budget():
         for name in ("entropy", "mass on first", "mass on special"):
             want = (alone[0][layer][name] + alone[1][layer][name]) / 2
             assert abs(row[name] - want) < 1e-4, (layer, name, row[name], want)
+
+
+def test_capture_tokenizes_its_inputs_once(tmp_path, monkeypatch):
+    """The size estimate and the forward pass share one tokenization."""
+    import attnlab.hooks.inputs as inputs
+
+    calls = []
+    real = inputs.prepare_inputs
+    monkeypatch.setattr(inputs, "prepare_inputs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    res = runner.invoke(app, ["capture", "--model", "minilm", "--text", "One pass.", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    assert len(calls) == 1

@@ -10,7 +10,7 @@ import pandas as pd
 
 from attnlab.evals.answer import format_prompt, generate_answer, prompt_templates
 from attnlab.evals.chair import ChairMetrics, Synonyms, chair_metrics
-from .sharded import run_items
+from .sharded import run_items, unit_name
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class ChairUnit:
     @property
     def name(self) -> str:
         """Unit name used for progress and result files."""
-        return f"chair-{self.method.replace(':', '_').replace(',', '+').replace('/', '_')}"
+        return unit_name("chair", self.method)
 
 
 @dataclass

@@ -10,7 +10,7 @@ import pandas as pd
 
 from attnlab.evals.answer import format_prompt, generate_answer, prompt_templates
 from attnlab.evals.pope import PopeMetrics, PopeQuestion, parse_pope_answer, pope_metrics
-from .sharded import run_items
+from .sharded import run_items, unit_name
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class PopeUnit:
     @property
     def name(self) -> str:
         """Unit name used for progress and result files."""
-        return f"pope-{self.split}-{self.method.replace(':', '_').replace(',', '+').replace('/', '_')}"
+        return unit_name("pope", self.split, self.method)
 
 
 @dataclass

@@ -21,6 +21,12 @@ from attnlab.core.shards import (OverallBar, ShardFailure, check_settings, clear
 from .progress import Progress
 
 
+def unit_name(task: str, *parts: str) -> str:
+    """A unit's name for its progress and result files: ``task-part-...`` with a method spec's ``:``, ``,`` and
+    ``/`` made file-safe (``pope-random-mask_3.1+4``)."""
+    return "-".join([task, *(p.replace(":", "_").replace(",", "+").replace("/", "_") for p in parts)])
+
+
 def run_items(out: Path, unit: str, settings: dict, key: str, keys: list, work: Callable[[int], dict], *,
               shard: Shard | None = None, progress_bar: bool = True, warm_up: bool = False,
               rank_folders: bool = False, describe: Callable[[int], str] | None = None,

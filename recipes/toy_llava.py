@@ -37,7 +37,8 @@ from attnlab.zoo.registry import CHECKPOINTS
 from attnlab.zoo.toy_llava import DEEP_CONFIG, ToyLlavaConfig, build_model, held_out_world, recorded_world
 from attnlab.zoo.training import Schedule, torch_threads
 from attnlab.zoo.training import fit as train_loop
-from attnlab.zoo.world import World, synonyms_text
+from attnlab.zoo.world import World
+from attnlab.zoo.world_files import synonyms_text
 
 from .lvlm_emergence import N_PROMPTS, emergence_findings, measure_emergence
 

@@ -18,7 +18,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -52,7 +52,8 @@ TOY_CLASSES: tuple[ToyClass, ...] = (
     ToyClass("teal hexagon", "hexagon", (0, 128, 128), ("hexagon", "teal hex", "hex")),
 )
 TOY_CLASS_NAMES = tuple(c.name for c in TOY_CLASSES)
-_BY_NAME = {c.name: c for c in TOY_CLASSES}
+#: class name -> its ToyClass.
+CLASSES_BY_NAME = {c.name: c for c in TOY_CLASSES}
 #: (anchor, partner, P(partner present | anchor present)); classes in no pair are placed uniformly.
 DEFAULT_PAIRS: tuple[tuple[str, str, float], ...] = (
     ("red circle", "blue square", 0.8),
@@ -118,7 +119,7 @@ class WorldConfig:
             raise param_error("n_positives", f"{self.n_positives} < 1", "POPE asks about 3 objects per image")
 
     def _check_classes(self) -> None:
-        unknown = [c for c in self.classes if c not in _BY_NAME]
+        unknown = [c for c in self.classes if c not in CLASSES_BY_NAME]
         if unknown:
             raise param_error("classes", f"unknown class {unknown[0]!r}", f"pick from {list(TOY_CLASS_NAMES)}")
         if len(set(self.classes)) != len(self.classes):
@@ -315,11 +316,11 @@ def render_scene(index: int, seed: int, config: WorldConfig) -> Scene:
         ox, oy = (int(v) for v in rng.integers(0, config.cell - size + 1, size=2))
         # shapes stay inside their cell, so a cell-sized mask holds all their pixels
         mask = Image.new("L", (config.cell, config.cell), 0)
-        _draw_shape(ImageDraw.Draw(mask), _BY_NAME[name].shape, ox, oy, size)
+        _draw_shape(ImageDraw.Draw(mask), CLASSES_BY_NAME[name].shape, ox, oy, size)
         left, top, right, bottom = mask.getbbox()
         pixels = np.asarray(mask) > 0  # (cell, cell)
         cx, cy = (cell % config.grid) * config.cell, (cell // config.grid) * config.cell
-        canvas[cy : cy + config.cell, cx : cx + config.cell][pixels] = _BY_NAME[name].rgb
+        canvas[cy : cy + config.cell, cx : cx + config.cell][pixels] = CLASSES_BY_NAME[name].rgb
         box = (cx + left, cy + top, right - left, bottom - top)
         objects.append(WorldObject(name, config.classes.index(name) + 1, box, int(pixels.sum()), cell))
     template = CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))]
@@ -385,39 +386,6 @@ def generate_world(n_images: int, seed: int, config: WorldConfig | None = None, 
         "annotations": [{"id": s.image_id, "image_id": s.image_id, "caption": s.caption} for s in scenes],
     }
     return World(config, int(seed), int(start), scenes, coco_instances(scenes, config), captions, pope)
-
-
-def pair_rates(world: World) -> dict[tuple[str, str], float | None]:
-    """Observed P(partner | anchor) per configured pair (``None`` when the anchor never appears)."""
-    rates: dict[tuple[str, str], float | None] = {}
-    for anchor, partner, _ in world.config.pairs:
-        with_anchor = [s for s in world.scenes if anchor in s.names]
-        rates[(anchor, partner)] = (
-            sum(partner in s.names for s in with_anchor) / len(with_anchor) if with_anchor else None
-        )
-    return rates
-
-
-def synonyms_text(config: WorldConfig | None = None) -> str:
-    """CHAIR synonym list for the classes: one line each, canonical name first, comma separated."""
-    config = config or WorldConfig()
-    return "".join(", ".join((n, *_BY_NAME[n].synonyms)) + "\n" for n in config.classes)
-
-
-def world_metadata(world: World) -> dict:
-    """Parameters, classes and pair table, as written to ``world.json``."""
-    observed = pair_rates(world)
-    return {
-        "format": "attnlab-toy-world",
-        "version": 1,
-        "seed": world.seed,
-        "start": world.start,
-        "n_images": len(world.scenes),
-        "config": asdict(world.config),
-        "classes": [{"id": i, **asdict(_BY_NAME[n])} for i, n in enumerate(world.config.classes, start=1)],
-        "pairs": [{"anchor": a, "partner": b, "p": p, "observed": observed[(a, b)]} for a, b, p in world.config.pairs],
-        "caption_templates": list(CAPTION_TEMPLATES),
-    }
 
 
 def split_ranges(n_images: int, fractions: Sequence[float] = (0.8, 0.1, 0.1)) -> dict[str, range]:

@@ -7,12 +7,46 @@ A world folder holds ``images/*.png``, ``instances.json`` (COCO), ``captions.jso
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 from attnlab.core.atomic import check_replaceable, replace_directory
 from attnlab.evals.benchmark import TOY_SPLITS, BenchmarkFiles
 
-from .world import World, WorldConfig, generate_world, param_error, synonyms_text, world_metadata
+from .world import CAPTION_TEMPLATES, CLASSES_BY_NAME, World, WorldConfig, generate_world, param_error
+
+
+def pair_rates(world: World) -> dict[tuple[str, str], float | None]:
+    """Observed P(partner | anchor) per configured pair (``None`` when the anchor never appears)."""
+    rates: dict[tuple[str, str], float | None] = {}
+    for anchor, partner, _ in world.config.pairs:
+        with_anchor = [s for s in world.scenes if anchor in s.names]
+        rates[(anchor, partner)] = (
+            sum(partner in s.names for s in with_anchor) / len(with_anchor) if with_anchor else None
+        )
+    return rates
+
+
+def synonyms_text(config: WorldConfig | None = None) -> str:
+    """CHAIR synonym list for the classes: one line each, canonical name first, comma separated."""
+    config = config or WorldConfig()
+    return "".join(", ".join((n, *CLASSES_BY_NAME[n].synonyms)) + "\n" for n in config.classes)
+
+
+def world_metadata(world: World) -> dict:
+    """Parameters, classes and pair table, as written to ``world.json``."""
+    observed = pair_rates(world)
+    return {
+        "format": "attnlab-toy-world",
+        "version": 1,
+        "seed": world.seed,
+        "start": world.start,
+        "n_images": len(world.scenes),
+        "config": asdict(world.config),
+        "classes": [{"id": i, **asdict(CLASSES_BY_NAME[n])} for i, n in enumerate(world.config.classes, start=1)],
+        "pairs": [{"anchor": a, "partner": b, "p": p, "observed": observed[(a, b)]} for a, b, p in world.config.pairs],
+        "caption_templates": list(CAPTION_TEMPLATES),
+    }
 
 
 def _write_files(world: World, root: Path) -> None:

@@ -103,7 +103,7 @@ def test_captions_name_exactly_the_objects(written):
 
 
 def test_synonyms_file_format():
-    text = W.synonyms_text()
+    text = WF.synonyms_text()
     lines = text.splitlines()
     assert [line.split(", ")[0] for line in lines] == list(W.TOY_CLASS_NAMES)
     syn = Synonyms.from_text(text)
@@ -179,18 +179,18 @@ def test_pope_files_load(written):
 
 def test_co_occurrence_rates_near_configured():
     world = W.generate_world(3000, seed=21)
-    for (anchor, partner), rate in W.pair_rates(world).items():
+    for (anchor, partner), rate in WF.pair_rates(world).items():
         assert rate == pytest.approx(0.8, abs=0.05), (anchor, partner)
         n_partner = sum(partner in s.names for s in world.scenes)
         assert rate > 1.5 * n_partner / len(world.scenes)  # the anchor raises the partner's rate
-    meta = W.world_metadata(world)
+    meta = WF.world_metadata(world)
     assert [(p["anchor"], p["partner"], p["p"]) for p in meta["pairs"]] == [tuple(p) for p in W.DEFAULT_PAIRS]
 
 
 @pytest.mark.parametrize("p", [0.0, 1.0])
 def test_pair_probability_extremes(p):
     config = W.WorldConfig(pairs=(("red circle", "blue square", p),))
-    rate = W.pair_rates(W.generate_world(200, seed=2, config=config))[("red circle", "blue square")]
+    rate = WF.pair_rates(W.generate_world(200, seed=2, config=config))[("red circle", "blue square")]
     assert rate == p
 
 

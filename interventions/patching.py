@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from attnlab.hooks.edits import QKV, Edits, last_positions, layer_sites, run
-from attnlab.probes.results import ProbeResult
+from attnlab.probes.results import ProbeResult, per_head_grid
 
 DIRECTIONS = ("denoise", "noise")
 
@@ -84,6 +84,16 @@ class PatchingResult(ProbeResult):
     receivers: tuple[tuple[int, int], ...] = ()
     receiver_inputs: str = ""
     probe = "patching"
+    attr_fields = ("clean", "corrupted", "method", "direction", "receivers", "receiver_inputs")
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame) -> "PatchingResult":
+        """The result a stored patching table (:meth:`to_table`, ``--save``) was made from."""
+        fields = cls._stored_fields(frame)
+        return cls(effect=per_head_grid(frame, "effect"), metric=per_head_grid(frame, "metric"),
+                   clean=float(fields["clean"]), corrupted=float(fields["corrupted"]), method=fields["method"],
+                   direction=fields["direction"], receivers=tuple(tuple(r) for r in fields["receivers"]),
+                   receiver_inputs=fields["receiver_inputs"])
 
     def to_frame(self) -> pd.DataFrame:
         """One row per head: ``layer, head, effect, metric``."""

@@ -16,7 +16,7 @@ import torch
 
 from attnlab.core.trace import Trace
 
-from .results import ProbeResult
+from .results import ProbeResult, per_head_grid
 
 
 @dataclass(frozen=True, eq=False)
@@ -33,6 +33,13 @@ class HeadScores(ProbeResult):
     kind: str
     n_positions: int
     table_name = "head-scores"
+    attr_fields = ("kind", "n_positions")
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame) -> "HeadScores":
+        """The scores a stored table (:meth:`to_table`, ``--save``) was made from."""
+        fields = cls._stored_fields(frame)
+        return cls(per_head_grid(frame, "score"), fields["kind"], int(fields["n_positions"]))
 
     @property
     def probe(self) -> str:

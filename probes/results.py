@@ -59,10 +59,41 @@ class ProbeResult:
         if not cls.__dict__.get("table_name"):
             cls.table_name = cls.probe
 
+    #: the fields a table's rows do not hold; :meth:`to_table` keeps them in the table's ``attrs`` (stored with it)
+    attr_fields: tuple[str, ...] = ()
+
     def save(self, run, name: str | None = None):
-        """Store :meth:`to_frame` in ``run`` (a :class:`~attnlab.core.runs.Run`) as a table of kind
+        """Store :meth:`to_table` in ``run`` (a :class:`~attnlab.core.runs.Run`) as a table of kind
         :attr:`table_name`, named ``name`` (default: the kind). Returns the table's path."""
-        return run.add_result(name or self.table_name, self.to_frame(), kind=self.table_name)
+        return run.add_result(name or self.table_name, self.to_table(), kind=self.table_name)
+
+    def to_table(self) -> pd.DataFrame:
+        """:meth:`to_frame`, with the fields its rows do not hold in ``attrs["attnlab.result"]`` (parquet keeps
+        them), so :meth:`from_frame` can rebuild the result from a stored table."""
+        frame = self.to_frame()
+        frame.attrs["attnlab.result"] = {"kind": self.table_name,
+                                         "fields": {n: jsonable(getattr(self, n)) for n in self.attr_fields}}
+        return frame
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame):
+        """The result a :meth:`to_table` table (e.g. ``Run.result(name)``) was made from.
+
+        Raises:
+            ValueError: the table is not a stored result of this type (it names the kind it is).
+            NotImplementedError: a type whose table does not hold the whole result.
+        """
+        raise NotImplementedError(f"{cls.__name__} cannot be rebuilt from its table")
+
+    @classmethod
+    def _stored_fields(cls, frame: pd.DataFrame) -> dict:
+        """The ``attrs`` fields of a :meth:`to_table` table of this type; ValueError for any other table."""
+        stored = frame.attrs.get("attnlab.result")
+        if not stored or stored.get("kind") != cls.table_name:
+            kind = stored.get("kind") if stored else "a table without a stored result"
+            raise ValueError(f"This table is not a stored {cls.table_name} result (it is {kind}); save results with "
+                             f"result.save(run) or the CLI's --save")
+        return stored["fields"]
 
     def to_dict(self) -> dict:
         """Every field as JSON-ready Python, plus ``"probe"``."""
@@ -73,6 +104,16 @@ class ProbeResult:
     def to_frame(self) -> pd.DataFrame:
         """The result as a long-form table."""
         raise NotImplementedError
+
+
+def per_head_grid(frame: pd.DataFrame, column: str, n_layers: int | None = None, n_heads: int | None = None,
+                  rows: str = "layer") -> np.ndarray:
+    """``[L, H]`` values of ``column`` from a table with one row per (``rows``, ``head``) (NaN where none)."""
+    n_layers = int(frame[rows].max()) + 1 if n_layers is None else n_layers
+    n_heads = int(frame["head"].max()) + 1 if n_heads is None else n_heads
+    grid = np.full((n_layers, n_heads), np.nan)
+    grid[frame[rows].to_numpy(int), frame["head"].to_numpy(int)] = frame[column].to_numpy(float)
+    return grid
 
 
 @dataclass(frozen=True)

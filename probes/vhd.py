@@ -56,6 +56,20 @@ class VHDResult(ProbeResult):
     tokens: list[str]
     top_k: int
     probe = "vhd"
+    attr_fields = ("layers", "positions", "text_positions", "tokens", "top_k")
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame) -> "VHDResult":
+        """The result a stored VHD table (:meth:`to_table`, ``--save``) was made from."""
+        fields = cls._stored_fields(frame)
+        layers = tuple(int(i) for i in fields["layers"])
+        index = {layer: i for i, layer in enumerate(layers)}
+        shape = (len(layers), len(fields["tokens"]), int(frame["head"].max()) + 1)
+        vhd, norm = np.full(shape, np.nan), np.full(shape, np.nan)
+        at = (frame["layer"].map(index).to_numpy(int), frame["batch"].to_numpy(int), frame["head"].to_numpy(int))
+        vhd[at], norm[at] = frame["vhd"].to_numpy(float), frame["text_norm_sq"].to_numpy(float)
+        return cls(vhd, norm, layers, tuple(fields["positions"]), tuple(fields["text_positions"]),
+                   list(fields["tokens"]), int(fields["top_k"]))
 
     @property
     def t_vhd(self) -> np.ndarray:

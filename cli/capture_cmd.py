@@ -115,8 +115,12 @@ def _with_probe_needs(what: str | None, probes: str | None) -> str | None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add the capture commands to the app."""
+    """Add the capture commands (``capture``, ``info``, ``demo``) to the app."""
+    _register_capture(app)
+    _register_info_and_demo(app)
 
+
+def _register_capture(app: typer.Typer) -> None:
     @app.command()
     @friendly
     def capture(
@@ -157,6 +161,8 @@ def register(app: typer.Typer) -> None:
         path = run_capture(model, text, image, cap, out, overwrite)
         typer.echo(f"wrote {path}")
 
+
+def _register_info_and_demo(app: typer.Typer) -> None:
     @app.command()
     @friendly
     def info(run: Path = typer.Argument(..., help="Run directory"),

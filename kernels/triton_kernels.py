@@ -173,6 +173,9 @@ def attention_fwd_kernel(
 
     Key tiles no row of the block may see (causal, window, or outside the batch row's real keys KSPAN
     ``(B, 2)`` int32 ``[first, last + 1)``) are never loaded. PART and SETS are per head when ``sph``/``ssh`` != 0.
+
+    One long function on purpose: a Triton program is one JIT kernel, and the one pass over the key tiles keeps
+    the running max, sum, entropy terms and key-set masses in registers across its loop.
     """
     start_m = tl.program_id(0) * BLOCK_M
     b = tl.program_id(1) // H

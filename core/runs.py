@@ -169,9 +169,10 @@ class Run:
         Example:
             >>> run.read("main", "layer.3.pattern", item=0, head=5).shape  # (Q, K)  # doctest: +SKIP
         """
-        if key not in self.tensor_shapes(name):
+        file = self.trace_file(name)
+        if key not in tensor_shapes(file, name, self.header(name)):
             raise ValueError(f"Trace {name!r} of {self.path} has no {key!r}; capture it to read it")
-        return read_tensor(self.trace_file(name), key, item, head)
+        return read_tensor(file, key, item, head)
 
     def trace(self, name: str = "main", layers: list[int] | None = None, with_vision: bool = True,
               fields: tuple[str, ...] | None = None, item: int | None = None) -> Trace:

@@ -8,7 +8,8 @@ manifest holds the tokens, segments, meta and captured layers.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -31,8 +32,33 @@ def meta_of(header: dict) -> TraceMeta:
     return TraceMeta(**{**header["meta"], "captured": tuple(header["meta"]["captured"])})
 
 
-def _corrupt(file: Path, err: Exception) -> RunFormatError:
-    return RunFormatError(f"{file} is corrupt or truncated ({err}); re-create the Run")
+@contextlib.contextmanager
+def _opened(file: Path) -> Iterator:
+    """A safetensors handle on ``file``; any failure while it is open is a :class:`RunFormatError`."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            yield handle
+    except RunFormatError:
+        raise
+    except Exception as err:  # safetensors raises several types for damaged files
+        raise RunFormatError(f"{file} is corrupt or truncated ({err}); re-create the Run") from err
+
+
+def _shapes(handle, name: str, header: dict) -> dict[str, tuple[int, ...]]:
+    shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    check_shapes(name, header, shapes)
+    return shapes
+
+
+def _part(handle, key: str, item: int | None, head: int | None) -> torch.Tensor:
+    if item is None:
+        return handle.get_tensor(key)
+    part = handle.get_slice(key)
+    if head is None:
+        return part[item:item + 1][0].clone()
+    return part[item:item + 1, head:head + 1][0, 0].clone()
 
 
 def tensor_shapes(file: Path, name: str, header: dict) -> dict[str, tuple[int, ...]]:
@@ -42,32 +68,15 @@ def tensor_shapes(file: Path, name: str, header: dict) -> dict[str, tuple[int, .
         RunFormatError: a damaged file, or shapes that disagree with the manifest (a wrong head count, fewer
             tokens than the tensors).
     """
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(file), framework="pt") as handle:
-            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
-    except Exception as err:  # safetensors raises several types for damaged files
-        raise _corrupt(file, err) from err
-    check_shapes(name, header, shapes)
-    return shapes
+    with _opened(file) as handle:
+        return _shapes(handle, name, header)
 
 
 def read_tensor(file: Path, key: str, item: int | None = None, head: int | None = None) -> torch.Tensor:
     """One tensor of a trace file, or only its batch item ``item`` (``[...]`` without the batch axis) and head
     ``head``; a slice reads only its own bytes."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(file), framework="pt") as handle:
-            if item is None:
-                return handle.get_tensor(key)
-            part = handle.get_slice(key)
-            if head is None:
-                return part[item:item + 1][0].clone()
-            return part[item:item + 1, head:head + 1][0, 0].clone()
-    except Exception as err:  # safetensors raises several types for damaged files
-        raise _corrupt(file, err) from err
+    with _opened(file) as handle:
+        return _part(handle, key, item, head)
 
 
 def wanted_field(name: str, fields: Iterable[str] | None) -> bool:
@@ -89,17 +98,24 @@ def load_trace(file: Path, name: str, header: dict, *, layers: Iterable[int] | N
         file: the trace file; name, header: its manifest name and entry.
         layers, fields, item: what to read.
         shapes: :func:`tensor_shapes` of the file when the caller has them (a cache).
-        reader: reads one tensor or one item of it (default :func:`read_tensor`; the dashboard passes its cache).
+        reader: reads one tensor or one item of it (default: every read goes through one open handle; the
+            dashboard passes its cache).
 
     Raises:
         RunFormatError: a damaged file, or layers the manifest lists but the file lacks.
         ValueError: an item outside the batch.
     """
-    shapes = tensor_shapes(file, name, header) if shapes is None else shapes
     if item is not None and not 0 <= item < len(header["tokens"]):
         raise ValueError(f"Item {item} is not in this trace, which holds {len(header['tokens'])} item(s)")
-    read = reader or (lambda key, i: read_tensor(file, key, i))
+    if reader is not None:
+        shapes = tensor_shapes(file, name, header) if shapes is None else shapes
+        return _build(file, header, shapes, layers, fields, item, reader)
+    with _opened(file) as handle:  # one handle for every tensor read
+        shapes = _shapes(handle, name, header) if shapes is None else shapes
+        return _build(file, header, shapes, layers, fields, item, lambda key, i: _part(handle, key, i, None))
 
+
+def _build(file: Path, header: dict, shapes: dict, layers, fields, item: int | None, read: Reader) -> Trace:
     def get(key: str) -> torch.Tensor:
         return read(key, None) if item is None else read(key, item)[None]
 

@@ -36,6 +36,15 @@ def batch_file(folder: Path, batch: int) -> Path:
     return folder / "batches" / f"batch-{batch:06d}.safetensors"
 
 
+def save_arrays(file: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write numpy arrays as one safetensors file, whole or not at all (a batch file, the query/key sample)."""
+    from safetensors.numpy import save_file
+
+    file.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(file) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
+
+
 def share_edges(bins: int) -> np.ndarray:
     """Histogram edges for attention shares in [0, 1]: 0, then ``bins`` log-spaced edges from 1e-6 to 1.
 
@@ -188,8 +197,6 @@ def _histogram_table(hists: dict[str, Histogram], layers: dict[str, np.ndarray])
 
 def _write_sample(out: Path, samples: dict[str, Reservoir], layers: dict[str, np.ndarray]) -> list[str]:
     """``reductions/qk_sample.safetensors``: per tower ``ids``, ``item``, ``position``, ``layers``, ``q``, ``k``."""
-    from safetensors.numpy import save_file
-
     from .item_stats import TOKEN_ID_STRIDE
 
     tensors = {}
@@ -198,8 +205,5 @@ def _write_sample(out: Path, samples: dict[str, Reservoir], layers: dict[str, np
         tensors.update({f"{tower}.ids": ids, f"{tower}.item": ids // TOKEN_ID_STRIDE,
                         f"{tower}.position": ids % TOKEN_ID_STRIDE, f"{tower}.layers": layers[tower],
                         f"{tower}.q": payload[:, :, 0], f"{tower}.k": payload[:, :, 1]})
-    folder = out / "reductions"
-    folder.mkdir(exist_ok=True)
-    with atomic_file(folder / "qk_sample.safetensors") as tmp:
-        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp))
+    save_arrays(out / "reductions" / "qk_sample.safetensors", tensors)
     return ["qk_sample"]

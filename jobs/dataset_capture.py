@@ -20,18 +20,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from attnlab.core.atomic import atomic_file
 from attnlab.core.capture import Capture
-from attnlab.core.capture_merge import UNIT, batch_file, share_edges
+from attnlab.core.capture_merge import UNIT, batch_file, save_arrays, share_edges
 from attnlab.core.datasets import Dataset
 from attnlab.core.distributed import Shard
 from attnlab.core.item_stats import item_statistics, layer_received_shares, qk_tokens
 from attnlab.core.reduce import Histogram, Reservoir
-from attnlab.core.shards import check_settings, read_rows, shard_dir
-from attnlab.hooks.attach import attach
-from attnlab.hooks.inputs import load_images, on_model_device, prepare_inputs, tokenizer_of
+from attnlab.core.shards import read_rows, shard_dir
+from attnlab.hooks.inputs import capture_trace, load_images
 
 from .sharded import run_items
 
@@ -107,19 +104,21 @@ def capture_shard(loaded, data: Dataset, capture: Capture, settings: DatasetCapt
     """
     rank, world = (shard.rank, shard.world_size) if shard else (0, 1)
     folder = shard_dir(out, rank, world)
-    check_settings(out, UNIT, asdict(settings))  # before the resumed samples are read back
-    samples = _resume_samples(folder, settings)
     edges = share_edges(settings.bins)
+    samples: dict[str, Reservoir] | None = None  # read back on the first batch, after run_items checked the settings
     done_now: list[int] = []
 
     def batch_items(j: int) -> list:
         return data.items[j * settings.batch_size:(j + 1) * settings.batch_size]
 
     def work(j: int) -> dict:
+        nonlocal samples
+        if samples is None:
+            samples = _resume_samples(folder, settings)
         items = batch_items(j)
         t0 = time.perf_counter()
         arrays, n_tokens = capture_batch(loaded, items, capture, edges, samples, settings)
-        _save_atomic(batch_file(folder, j), arrays)
+        save_arrays(batch_file(folder, j), arrays)
         done_now.append(j)
         return {"batch": j, "items": [it.index for it in items], "ids": [it.id for it in items],
                 "n_tokens": n_tokens, "seconds": time.perf_counter() - t0}
@@ -141,10 +140,7 @@ def capture_batch(loaded, items, capture: Capture, edges: np.ndarray, samples: d
     model, processor, spec = loaded
     texts = [it.text for it in items if it.text]
     images = load_images([it.image for it in items if it.image]) if any(it.image for it in items) else []
-    inputs = on_model_device(prepare_inputs(processor, spec, texts, images), model)
-    with torch.no_grad(), attach(model, capture, tokenizer=tokenizer_of(processor), model_id=spec.name) as rec:
-        model(**inputs)
-    trace = rec.trace()
+    trace = capture_trace(model, processor, spec, capture, texts, images)
     towers = {"main": trace, **({"vision": trace.vision} if trace.vision is not None else {})}
     arrays: dict[str, np.ndarray] = {"items": np.array([it.index for it in items], dtype=np.int64)}
     for tower, tr in towers.items():
@@ -181,11 +177,3 @@ def _resume_samples(folder: Path, settings: DatasetCaptureSettings) -> dict[str,
                 sample = samples.setdefault(tower, Reservoir(settings.sample_size, settings.seed, payload.shape[1:]))
                 sample.update(arrays[key], payload)
     return samples
-
-
-def _save_atomic(file: Path, arrays: dict[str, np.ndarray]) -> None:
-    from safetensors.numpy import save_file
-
-    file.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(file) as tmp:
-        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))

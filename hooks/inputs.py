@@ -31,6 +31,11 @@ def load_images(paths: list[str | Path]):
     return images
 
 
+def without_image(prompt: str) -> str:
+    """An LVLM prompt with its image placeholder removed: the prompt of the text-only pass (VHD, VHR)."""
+    return prompt.replace(IMAGE_PLACEHOLDER, " ").strip()
+
+
 def prepare_inputs(processor, spec, texts: list[str], images: list | None = None) -> dict[str, torch.Tensor]:
     """Model inputs for a spec's modality.
 

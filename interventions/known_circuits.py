@@ -135,7 +135,8 @@ def trace_circuits(model, tokenizer, *, prompts: Sequence | None = None, names: 
     ids = repeated_sequences(tokenizer, n_sequences, length, seed)
     with torch.no_grad(), attach(model, Capture(pattern=True), tokenizer=tokenizer) as rec:
         model(input_ids=ids)
-    induction, previous = induction_scores(rec.trace(), period=length), previous_token_scores(rec.trace())
+    repeated = rec.trace()
+    induction, previous = induction_scores(repeated, period=length), previous_token_scores(repeated)
     prompts = list(prompts) if prompts is not None else toy_gpt.heldout_ioi_prompts(n_prompts, seed)
     ioi = ioi_patching(model, tokenizer, prompts, names or toy_gpt.NAMES, seed) if prompts else None
     ioi_heads = () if ioi is None else tuple(h for h in ioi.top(ioi.effect.size) if ioi.effect[h] >= ioi_min_effect)

@@ -23,28 +23,17 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-import torch
-
 from attnlab.core.capture import Capture
-from attnlab.hooks import attach
-from attnlab.hooks.inputs import IMAGE_PLACEHOLDER, on_model_device, prepare_inputs, tokenizer_of
+from attnlab.hooks.inputs import capture_trace, tokenizer_of, without_image
 from attnlab.kernels.plan import Plan
 from attnlab.probes.vhd import head_divergence, vhr_heads, vhr_layers
 
 from .heads import scale_heads_plan
 
 
-def _prefill_trace(model, tok, inputs: dict, layers: tuple[int, ...]):
-    with torch.no_grad(), attach(model, Capture(head_out=True, layers=layers), tokenizer=tok) as rec:
-        model(**on_model_device(inputs, model))
-    return rec.trace()
-
-
 def text_only_inputs(processor, prompt: str) -> dict:
     """The prompt with the image placeholder removed, tokenised for the language model alone."""
-    tok = tokenizer_of(processor)
-    text = prompt.replace(IMAGE_PLACEHOLDER, " ").strip()
-    return dict(tok([text], return_tensors="pt"))
+    return dict(tokenizer_of(processor)([without_image(prompt)], return_tensors="pt"))
 
 
 def vhr_plan(model, processor, spec, image, prompt: str, *, alpha: float = 2.0,
@@ -62,9 +51,9 @@ def vhr_plan(model, processor, spec, image, prompt: str, *, alpha: float = 2.0,
         ``(plan, {"heads": {layer: heads}, "outliers": {...}})``.
     """
     layers = vhr_layers(spec.n_layers) if layers is None else tuple(layers)
-    tok = tokenizer_of(processor)
-    with_image = _prefill_trace(model, tok, prepare_inputs(processor, spec, [prompt], [image]), layers)
-    text_only = _prefill_trace(model, tok, text_only_inputs(processor, prompt), layers)
+    capture = Capture(head_out=True, layers=layers)
+    with_image = capture_trace(model, processor, spec, capture, [prompt], [image])
+    text_only = capture_trace(model, processor, spec, capture, [without_image(prompt)], [])
     selection = vhr_heads(head_divergence(with_image, text_only, layers=layers), layers=layers)
     heads = [(layer, h) for layer, hs in selection.heads[0].items() for h in hs]
     plan = scale_heads_plan(heads, spec.n_heads, alpha, name="vhr")

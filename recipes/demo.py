@@ -235,9 +235,9 @@ def build_lvlm(spec: DemoModel, root: Path, images) -> None:
 
 def _text_only_trace(model, proc, mspec, prompts):
     """The language model on the prompts without their image (the run VHD compares against)."""
-    from attnlab.hooks.inputs import IMAGE_PLACEHOLDER, capture_trace
+    from attnlab.hooks.inputs import capture_trace, without_image
 
-    texts = [p.replace(IMAGE_PLACEHOLDER, " ").strip() for p in prompts]
+    texts = [without_image(p) for p in prompts]
     return capture_trace(model, proc, mspec, Capture(pattern=True, stats=True, head_out=True), texts, [])
 
 

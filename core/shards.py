@@ -121,11 +121,16 @@ def check_settings(run: str | Path, unit: str, settings: dict) -> None:
     for file in files:
         if not file.exists() or not read_rows(file.with_name(f"{unit}.jsonl")):
             continue  # settings bind only once a result exists
-        stored = json.loads(file.read_text())
-        if stored != wanted:
-            changed = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
-            raise ValueError(f"{run} holds earlier results of {unit} with other settings ({', '.join(changed)}); "
-                             "use another --out (earlier results are never overwritten)")
+        refuse_other_settings(run, unit, json.loads(file.read_text()), wanted)
+
+
+def refuse_other_settings(where: str | Path, unit: str, stored: dict, wanted: dict) -> None:
+    """Raise a ValueError naming the settings that differ when ``stored`` (bound by earlier results of ``unit`` in
+    ``where``) is not ``wanted``; the fix it names is another ``--out`` (earlier results are never overwritten)."""
+    if stored != wanted:
+        changed = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+        raise ValueError(f"{where} holds earlier results of {unit} with other settings ({', '.join(changed)}); "
+                         "use another --out (earlier results are never overwritten)")
 
 
 def done_keys(run: str | Path, unit: str, key: str) -> set:

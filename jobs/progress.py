@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 from attnlab.core.atomic import write_text_atomic
-from attnlab.core.shards import parse_log
+from attnlab.core.shards import parse_log, refuse_other_settings
 
 LOG = logging.getLogger("attnlab")
 
@@ -43,11 +43,7 @@ class Progress:
         self.settings = json.loads(json.dumps(settings, default=str))
         self.rows = self._read()
         if self.rows and self.settings_file.exists():
-            stored = json.loads(self.settings_file.read_text())
-            if stored != self.settings:
-                changed = sorted(k for k in set(stored) | set(self.settings) if stored.get(k) != self.settings.get(k))
-                raise ValueError(f"{folder} holds an earlier evaluation of {unit} with other settings ({', '.join(changed)}); "
-                                 "use another --out (earlier results are never overwritten)")
+            refuse_other_settings(folder, unit, json.loads(self.settings_file.read_text()), self.settings)
 
     def _read(self) -> list[dict]:
         if not self.file.exists():

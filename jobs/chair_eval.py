@@ -10,6 +10,7 @@ import pandas as pd
 
 from attnlab.evals.answer import format_prompt, generate_answer, prompt_templates
 from attnlab.evals.chair import ChairMetrics, Synonyms, chair_metrics
+
 from .sharded import run_items, unit_name
 
 

@@ -137,11 +137,11 @@ def run_comparison(loaded, names: list[str], data, out: Path, *, calibration, ch
     Args:
         loaded: ``(model, processor, spec)`` of a vision-language model.
         names: method names (see :func:`build_method`); ``baseline`` gives the paired differences.
-        data: the test :class:`~attnlab.evals.suite.BenchmarkFiles`; ``calibration`` the files ACT and VAR calibrate on.
+        data: the test :class:`~attnlab.evals.benchmark.BenchmarkFiles`; ``calibration`` the files ACT and VAR calibrate on.
         out: the eval's working folder (progress logs).
         chair: prepared CHAIR data or ``None``; ``pope``: run the POPE splits.
         pope_limit, chair_limit, max_new_tokens, caption_tokens, progress, shard: as in
-            :func:`attnlab.evals.suite.compare_methods`.
+            :func:`compare_methods`.
         info_fields: extra manifest fields (``task``, ``command``, ``demo_version`` ...).
 
     Returns:

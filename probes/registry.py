@@ -80,8 +80,6 @@ REGISTRY: dict[str, ProbeSpec] = {spec.name: spec for spec in (
 PROBES: dict[str, Callable[..., ProbeResult]] = {n: s.fn for n, s in REGISTRY.items() if s.generic and s.traces == 1}
 #: probes that compare two passes: name -> ``fn(trace, other)``.
 PAIR_PROBES: dict[str, Callable[..., ProbeResult]] = {n: s.fn for n, s in REGISTRY.items() if s.traces == 2}
-#: Capture options each probe needs; a tuple inside lists alternatives (any one suffices).
-CAPTURE_NEEDS: dict[str, tuple] = {n: s.needs for n, s in REGISTRY.items()}
 
 
 def get_spec(name: str) -> ProbeSpec:

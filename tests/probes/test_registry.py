@@ -7,8 +7,7 @@ import pandas as pd
 import pytest
 
 from attnlab.core.trace import Segment
-from attnlab.probes.registry import (CAPTURE_NEEDS, PAIR_PROBES, PROBES, REGISTRY, capture_for, get_probe,
-                                     run_probe, runnable)
+from attnlab.probes.registry import PAIR_PROBES, PROBES, REGISTRY, capture_for, get_probe, run_probe, runnable
 
 
 @pytest.fixture
@@ -30,7 +29,6 @@ def test_names_match_the_cli_contract():
                            "previous-token"}
     assert set(PAIR_PROBES) == {"vhd"}
     assert set(REGISTRY) == set(PROBES) | set(PAIR_PROBES) | {"qk-embed", "circuits"}
-    assert set(CAPTURE_NEEDS) == set(REGISTRY)
 
 
 def test_every_probe_module_is_registered():

@@ -116,12 +116,21 @@ def recorded_world(card: dict, split: str = "test") -> World:
         The :class:`World` of that range, with POPE questions built over its scenes.
     """
     data = card["data"]
-    if split not in data["ranges"]:
-        raise ValueError(f"split must be one of {tuple(data['ranges'])}, got {split!r}")
-    start, stop = data["ranges"][split]
-    config = WorldConfig(pairs=tuple(tuple(p) for p in data["pairs"]))
-    return generate_world(stop - start, data["world_seed"], config, start=start)
+    recorded = _recorded_split(data, split)
+    if recorded is None:
+        raise ValueError(f"split must be one of {tuple(data.get('ranges', ()))}, got {split!r}")
+    n_images, seed, config, start = recorded
+    return generate_world(n_images, seed, config, start=start)
 
+
+def _recorded_split(data: dict, split: str) -> tuple[int, int, WorldConfig | None, int] | None:
+    """``(n_images, world_seed, config, start)`` of a split a card's ``data`` records (the world's pairs, when the
+    card names them), or ``None`` when it records no such split."""
+    if split not in data.get("ranges", {}) or "world_seed" not in data:
+        return None
+    start, stop = data["ranges"][split]
+    config = WorldConfig(pairs=tuple(tuple(p) for p in data["pairs"])) if "pairs" in data else None
+    return stop - start, data["world_seed"], config, start
 
 
 def toy_dataset(spec, folder: Path, split: str = "test") -> BenchmarkFiles:
@@ -141,16 +150,15 @@ def toy_dataset(spec, folder: Path, split: str = "test") -> BenchmarkFiles:
     card_file = Path(spec.path) / "card.json"
     if not card_file.exists():
         raise ValueError(f"{spec.name} has no card.json with toy-world splits; give --questions and --images")
-    data = json.loads(card_file.read_text()).get("data", {})
-    ranges = data.get("ranges", {})
-    if split not in ranges or "world_seed" not in data:
+    recorded = _recorded_split(json.loads(card_file.read_text()).get("data", {}), split)
+    if recorded is None:
         raise ValueError(f"{spec.name}'s card names no toy-world '{split}' split; give --questions and --images")
-    start, stop = ranges[split]
-    config = WorldConfig(pairs=tuple(tuple(p) for p in data["pairs"])) if "pairs" in data else None
+    n_images, seed, config, start = recorded
     target = Path(folder) / f"toy-world-{split}"
     if not (target / "world.json").exists():
-        write_world(target, stop - start, data["world_seed"], config, start=start)
+        write_world(target, n_images, seed, config, start=start)
     return benchmark_files(target)
+
 
 def build_model(config: ToyLlavaConfig, tokenizer, image_size: int = 64, patch_size: int = 8):
     """A freshly initialised ``LlavaForConditionalGeneration`` sized by ``config`` (seed torch first)."""

@@ -16,6 +16,7 @@ from attnlab.interventions.known_circuits import CircuitReport
 from attnlab.interventions.patching import PatchingResult
 from attnlab.kernels.api import attention
 from attnlab.kernels.reference import pattern_stats
+from attnlab.probes.results import result_from_table
 from attnlab.probes.vhd import VHDResult
 
 from .data import DashboardData, trace_header
@@ -33,11 +34,12 @@ STAT_LABELS = {
     "induction": "induction score",
     "previous_token": "previous-token score",
 }
-#: statistics read from a per-head result table: ``stat -> (the table's kind, its value column)``; the kinds are
-#: the result types' own ``table_name`` (the tables ``--save`` and the demo store).
+#: statistics read from a stored per-head result: ``stat -> (the table's kind, the part of the result that has the
+#: grid, or None for the result itself)``; the kinds are the result types' own ``table_name`` (the tables
+#: ``--save`` and the demo store).
 RESULT_STATS = {
-    "vhd": (VHDResult.table_name, "vhd"),
-    "patching": (PatchingResult.table_name, "effect"),
+    "vhd": (VHDResult.table_name, None),
+    "patching": (PatchingResult.table_name, None),
     "induction": (CircuitReport.table_name, "induction"),
     "previous_token": (CircuitReport.table_name, "previous_token"),
 }
@@ -110,7 +112,7 @@ def _head_statistic(data, run, trace, stat, item):
         result = sink_tokens(data.partial_trace(run, trace, layers, fields, item=item))
         return result.sink_mass[:, 0], list(result.layers)  # (L, H)
     if stat in RESULT_STATS:
-        return _result_grid(run, stat, item, meta_of(header).n_layers, meta_of(header).n_heads)
+        return _result_grid(run, stat, item)
     rows = _query_rows(data, run, trace, item, stat)
     values = [_row_stat(data, run, trace, i, stat, item)[:, rows].mean(axis=-1) for i in layers]  # (H,) each
     return np.stack(values), layers
@@ -145,24 +147,19 @@ def _key_set(data, run, trace, item, kind) -> np.ndarray:
     return key_set_mask(token_mask, [segments_of(trace_header(run, trace))[item]], kind)[0].numpy()
 
 
-def _result_grid(run, stat, item, n_layers, n_heads) -> tuple[np.ndarray, list[int]]:
-    """The latest per-head result table of the statistic's kind (``layer``, ``head``, value[, ``batch``]) as a
-    ``[L, H]`` grid."""
-    kind, column = RESULT_STATS[stat]
-    table = run.results_of(kind)[-1]
-    frame = run.result(table)
-    if not {"layer", "head", column} <= set(frame.columns):
-        raise ValueError(f"The {table!r} table of this Run lacks the layer, head and {column} columns of a "
-                         f"{kind} result")
-    if "batch" in frame and (frame["batch"] == item).any():
-        frame = frame[frame["batch"] == item]
-    grid = np.full((n_layers, n_heads), np.nan)
-    means = frame.groupby(["layer", "head"])[column].mean()
-    for (layer, head), value in means.items():
-        if 0 <= int(layer) < n_layers and 0 <= int(head) < n_heads:
-            grid[int(layer), int(head)] = value
-    keep = [i for i in range(n_layers) if np.isfinite(grid[i]).any()]
-    return grid[keep], keep
+def _result_grid(run, stat, item) -> tuple[np.ndarray, list[int]]:
+    """The latest stored result of the statistic's kind, rebuilt from its table (:func:`result_from_table`), as
+    its own ``head_grid``; layers with no value (heads never patched) are left out."""
+    kind, part = RESULT_STATS[stat]
+    name = run.results_of(kind)[-1]
+    try:
+        result = result_from_table(run.result(name))
+    except ValueError as err:
+        raise ValueError(f"The {name!r} table of this Run holds no stored {kind} result; save it again with the "
+                         f"CLI's --save or result.save(run) ({err})") from err
+    grid, layers = (getattr(result, part) if part else result).head_grid(item)
+    keep = [i for i in range(grid.shape[0]) if np.isfinite(grid[i]).any()]
+    return np.asarray(grid, float)[keep], [layers[i] for i in keep]
 
 
 def attention_matrix(data: DashboardData, run, trace: str, layer: int, head: int,

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from attnlab.hooks.edits import QKV, Edits, last_positions, layer_sites, run
-from attnlab.probes.results import ProbeResult, per_head_grid
+from attnlab.probes.results import ProbeResult
 
 DIRECTIONS = ("denoise", "noise")
 
@@ -84,16 +84,11 @@ class PatchingResult(ProbeResult):
     receivers: tuple[tuple[int, int], ...] = ()
     receiver_inputs: str = ""
     probe = "patching"
-    attr_fields = ("clean", "corrupted", "method", "direction", "receivers", "receiver_inputs")
 
-    @classmethod
-    def from_frame(cls, frame: pd.DataFrame) -> "PatchingResult":
-        """The result a stored patching table (:meth:`to_table`, ``--save``) was made from."""
-        fields = cls._stored_fields(frame)
-        return cls(effect=per_head_grid(frame, "effect"), metric=per_head_grid(frame, "metric"),
-                   clean=float(fields["clean"]), corrupted=float(fields["corrupted"]), method=fields["method"],
-                   direction=fields["direction"], receivers=tuple(tuple(r) for r in fields["receivers"]),
-                   receiver_inputs=fields["receiver_inputs"])
+    def head_grid(self, item: int = 0) -> tuple[np.ndarray, list[int]]:
+        """``([L, H] effect, layers)``, the per-head view the dashboard draws (``item`` is unused: the effect is
+        already a mean over the prompts; NaN marks heads that were not patched)."""
+        return self.effect, list(range(self.effect.shape[0]))
 
     def to_frame(self) -> pd.DataFrame:
         """One row per head: ``layer, head, effect, metric``."""

@@ -16,7 +16,7 @@ import torch
 
 from attnlab.core.trace import Trace
 
-from .results import ProbeResult, per_head_grid
+from .results import ProbeResult
 
 
 @dataclass(frozen=True, eq=False)
@@ -33,18 +33,16 @@ class HeadScores(ProbeResult):
     kind: str
     n_positions: int
     table_name = "head-scores"
-    attr_fields = ("kind", "n_positions")
-
-    @classmethod
-    def from_frame(cls, frame: pd.DataFrame) -> "HeadScores":
-        """The scores a stored table (:meth:`to_table`, ``--save``) was made from."""
-        fields = cls._stored_fields(frame)
-        return cls(per_head_grid(frame, "score"), fields["kind"], int(fields["n_positions"]))
 
     @property
     def probe(self) -> str:
         """The registry name of the probe that made the scores (``induction`` or ``previous-token``)."""
         return self.kind.replace("_", "-")
+
+    def head_grid(self, item: int = 0) -> tuple[np.ndarray, list[int]]:
+        """``([L, H] scores, layers)``, the per-head view the dashboard draws (``item`` is unused: the scores
+        are means over the batch)."""
+        return self.scores, list(range(self.scores.shape[0]))
 
     def to_frame(self) -> pd.DataFrame:
         """One row per head: ``layer, head, score``."""

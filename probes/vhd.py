@@ -56,20 +56,6 @@ class VHDResult(ProbeResult):
     tokens: list[str]
     top_k: int
     probe = "vhd"
-    attr_fields = ("layers", "positions", "text_positions", "tokens", "top_k")
-
-    @classmethod
-    def from_frame(cls, frame: pd.DataFrame) -> "VHDResult":
-        """The result a stored VHD table (:meth:`to_table`, ``--save``) was made from."""
-        fields = cls._stored_fields(frame)
-        layers = tuple(int(i) for i in fields["layers"])
-        index = {layer: i for i, layer in enumerate(layers)}
-        shape = (len(layers), len(fields["tokens"]), int(frame["head"].max()) + 1)
-        vhd, norm = np.full(shape, np.nan), np.full(shape, np.nan)
-        at = (frame["layer"].map(index).to_numpy(int), frame["batch"].to_numpy(int), frame["head"].to_numpy(int))
-        vhd[at], norm[at] = frame["vhd"].to_numpy(float), frame["text_norm_sq"].to_numpy(float)
-        return cls(vhd, norm, layers, tuple(fields["positions"]), tuple(fields["text_positions"]),
-                   list(fields["tokens"]), int(fields["top_k"]))
 
     @property
     def t_vhd(self) -> np.ndarray:
@@ -80,6 +66,10 @@ class VHDResult(ProbeResult):
         """``{layer: heads ordered from most to least vision-aware}`` for one batch item."""
         order = np.argsort(-self.vhd[:, batch], axis=-1, kind="stable")  # (L, H)
         return {layer: tuple(int(h) for h in order[li]) for li, layer in enumerate(self.layers)}
+
+    def head_grid(self, item: int = 0) -> tuple[np.ndarray, list[int]]:
+        """``([L, H] VHD of batch item ``item``, layers)``, the per-head view the dashboard draws."""
+        return self.vhd[:, item], list(self.layers)
 
     def to_frame(self) -> pd.DataFrame:
         """One row per (layer, batch, head): ``vhd``, ``text_norm_sq`` and ``rank`` within the layer (0 = top)."""

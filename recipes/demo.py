@@ -244,7 +244,7 @@ def _text_only_trace(model, proc, mspec, prompts):
 def _vhd_table(trace, text_trace) -> dict:
     from attnlab.probes.vhd import head_divergence
 
-    return {"vhd": head_divergence(trace, text_trace).to_frame()}
+    return {"vhd": head_divergence(trace, text_trace).to_table()}
 
 
 def build_gpt(spec: DemoModel, root: Path, images) -> None:
@@ -273,11 +273,11 @@ def _circuit_tables(model, tok) -> dict:
     from attnlab.interventions.known_circuits import trace_circuits
 
     report = trace_circuits(model, tok, n_prompts=16, n_sequences=8)
-    tables = {"circuit_heads": report.to_frame()}
+    tables = {"circuit_heads": report.to_table()}
     if report.ioi is not None:
-        tables["patching"] = report.ioi.to_frame()
+        tables["patching"] = report.ioi.to_table()
     if report.graph is not None:
-        tables["circuits"] = report.graph.to_frame()
+        tables["circuits"] = report.graph.to_table()
     return tables
 
 

@@ -42,10 +42,14 @@ def circuit_edges() -> pd.DataFrame:
                          "kind": ["head", "embed", "head", "head"]})
 
 
-def patching_effects() -> pd.DataFrame:
-    """A hand-written table in the layout of ``PatchingResult.to_frame()``."""
-    return pd.DataFrame({"layer": [0, 0, 0, 0, 1, 1, 1, 1], "head": [0, 1, 2, 3, 0, 1, 2, 3],
-                         "effect": [0.5, -0.2, 0.0, 0.1, 0.1, 0.9, 0.05, -0.1], "metric": [0.0] * 8})
+def patching_effects():
+    """A hand-written :class:`PatchingResult` (2 layers x 4 heads)."""
+    import numpy as np
+
+    from attnlab.interventions.patching import PatchingResult
+
+    effect = np.array([[0.5, -0.2, 0.0, 0.1], [0.1, 0.9, 0.05, -0.1]])
+    return PatchingResult(effect, np.zeros_like(effect), 1.0, 0.0, "activation", "denoise")
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +71,7 @@ def demo_root(tmp_path_factory):
     shutil.copytree(root / "toy-gpt", root / "toy-gpt-tables")
     hand = Run.open(root / "toy-gpt-tables")
     hand.add_result("circuits", circuit_edges())
-    hand.add_result("patching", patching_effects())
+    patching_effects().save(hand, "patching")
     return root
 
 

@@ -15,6 +15,7 @@ from attnlab.probes.flow import attention_flow
 from attnlab.probes.massive import massive_activations
 from attnlab.probes.qk_embedding import QKEmbedding
 from attnlab.probes.qk_heads import embed_all_heads
+from attnlab.probes.registry import capture_for, get_spec
 from attnlab.probes.registers import high_norm_tokens
 from attnlab.probes.rollout import attention_rollout
 from attnlab.probes.sinks import sink_tokens
@@ -24,6 +25,18 @@ from .data import DashboardData, trace_header
 
 class NotAvailable(ValueError):
     """A view this Run (or this installation) cannot show; the message says why and what would enable it."""
+
+
+def require_probe(run, trace: str, probe: str) -> None:
+    """:class:`NotAvailable` unless the trace captured what the registry says ``probe`` reads
+    (:meth:`~attnlab.probes.registry.ProbeSpec.missing`), naming the capture option that adds it."""
+    spec = get_spec(probe)
+    captured = meta_of(trace_header(run, trace)).captured
+    lacking = spec.missing(captured)
+    if lacking:
+        raise NotAvailable(f"{spec.summary[:1].upper()}{spec.summary[1:]} needs {' and '.join(lacking)} captured; "
+                           f"this trace has {', '.join(captured) or 'nothing'}. Capture again with "
+                           f"`attnlab capture --for {probe}` (--capture {capture_for([probe])})")
 
 
 def _layers_with(data: DashboardData, run, trace: str, field: str) -> list[int]:
@@ -40,6 +53,7 @@ def relevance(data: DashboardData, run, trace: str, item: int, method: str, fusi
     """
     if method not in ("rollout", "flow"):
         raise ValueError(f"Unknown relevance method {method!r}; choose rollout or flow")
+    require_probe(run, trace, method)
     layers = _layers_with(data, run, trace, "pattern")
     meta = meta_of(trace_header(run, trace))
     if len(layers) != meta.n_layers:
@@ -53,14 +67,15 @@ def relevance(data: DashboardData, run, trace: str, item: int, method: str, fusi
 def _relevance(data, run, trace, item, method, fusion, discard, receptive_field, position, layers):
     full = data.partial_trace(run, trace, layers, ("pattern",), item=int(item))
     if method == "rollout":
-        return attention_rollout(full, position=position, head_fusion=fusion,
-                                                         discard_ratio=discard, receptive_field=receptive_field)
+        return attention_rollout(full, position=position, head_fusion=fusion, discard_ratio=discard,
+                                 receptive_field=receptive_field)
     return attention_flow(full, position=position, head_fusion=fusion)
 
 
 def sinks(data: DashboardData, run, trace: str, rule: str, item: int):
     """Sink tokens of one item in every captured layer (patterns when stored, else the ``received`` statistic);
     the result's batch holds that item."""
+    require_probe(run, trace, "sinks")
     header = trace_header(run, trace)
     fields = ("pattern",) if _layers_with(data, run, trace, "pattern") == header["layers"] else ("stats.received",)
     if fields == ("stats.received",) and _layers_with(data, run, trace, "stats.received") != header["layers"]:
@@ -73,17 +88,15 @@ def sinks(data: DashboardData, run, trace: str, rule: str, item: int):
 def massive(data: DashboardData, run, trace: str, item: int):
     """Massive activations in one item's stored layer outputs (relative test: small models rarely pass
     the paper's |h| > 100); the result's batch holds that item."""
+    require_probe(run, trace, "massive")
     layers = _layers_with(data, run, trace, "resid")
-    if not layers:
-        raise NotAvailable("Massive activations need the layer outputs; capture with Capture(resid=True)")
     return data.cached(run, ("massive", trace, int(item)), lambda: massive_activations(
         data.partial_trace(run, trace, layers, ("resid",), item=int(item)), abs_floor=None, ratio=100.0))
 
 
 def registers(data: DashboardData, run, trace: str):
     """High-norm patch tokens per layer (needs layer outputs and image segments)."""
-    if not _layers_with(data, run, trace, "resid"):
-        raise NotAvailable("High-norm tokens need the layer outputs; capture with Capture(resid=True)")
+    require_probe(run, trace, "registers")
     return data.cached(run, ("registers", trace), lambda: high_norm_tokens(
         data.partial_trace(run, trace, _layers_with(data, run, trace, "resid"), ("resid",))))
 
@@ -95,8 +108,9 @@ def qk_layers(data: DashboardData, run, trace: str) -> list[int]:
 
 def qk_heads(data: DashboardData, run, trace: str, layer: int):
     """AttentionViz embeddings (PCA: fast and deterministic) of every head of one layer."""
+    require_probe(run, trace, "qk-embed")
     if layer not in qk_layers(data, run, trace):
-        raise NotAvailable("The QK embedding needs queries and keys; capture with Capture(qk=True)")
+        raise NotAvailable(f"Layer {layer} has no stored queries and keys; choose one of {qk_layers(data, run, trace)}")
 
     def compute():
         trace_obj = data.partial_trace(run, trace, [layer], ("q", "k"))
@@ -109,8 +123,9 @@ def qk_head(data: DashboardData, run, trace: str, layer: int, head: int, method:
     """One head's joint query-key embedding points (``kind``, token metadata, ``x``, ``y``)."""
     if method == "pca":
         return qk_heads(data, run, trace, layer).head_frame(layer, head)
+    require_probe(run, trace, "qk-embed")
     if layer not in qk_layers(data, run, trace):
-        raise NotAvailable("The QK embedding needs queries and keys; capture with Capture(qk=True)")
+        raise NotAvailable(f"Layer {layer} has no stored queries and keys; choose one of {qk_layers(data, run, trace)}")
 
     def compute():
         trace_obj = data.partial_trace(run, trace, [layer], ("q", "k"))

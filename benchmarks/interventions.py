@@ -56,23 +56,35 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
+    from attnlab.zoo import load
+    from attnlab.zoo.toy_llava import toy_dataset
+
+    loaded = load(args.model)
+    folder = Path(tempfile.mkdtemp(prefix="attnlab-bench-interventions-"))
+    calibration = toy_dataset(loaded[2], folder, split="calibration")
+    inputs = _inputs(loaded, toy_dataset(loaded[2], folder, split="test"), args.questions + 1)
+    methods, setup = _build_methods(loaded, args, calibration)
+    cpu, wall = _time_answers(loaded, methods, inputs, args.max_new_tokens)
+    _report(args, cpu, wall, setup)
+
+
+def _inputs(loaded, test, n: int) -> list:
+    """``(image, prompt)`` of the first ``n`` POPE random questions of the toy world's test split."""
     from PIL import Image
 
     from attnlab.evals.answer import format_prompt, prompt_templates
     from attnlab.evals.pope import load_pope_questions
-    from attnlab.zoo.toy_llava import toy_dataset
-    from attnlab.interventions.methods import build_method
-    from attnlab.zoo import load
 
-    loaded = load(args.model)
-    model, processor, spec = loaded
-    folder = Path(tempfile.mkdtemp(prefix="attnlab-bench-interventions-"))
-    calibration = toy_dataset(spec, folder, split="calibration")
-    test = toy_dataset(spec, folder, split="test")
+    _, processor, spec = loaded
     template = prompt_templates(spec)["pope"]
-    questions = load_pope_questions(test.pope["random"])[: args.questions + 1]
-    inputs = [(Image.open(Path(test.images) / q.image).convert("RGB"), format_prompt(processor, template, q.text))
-              for q in questions]
+    questions = load_pope_questions(test.pope["random"])[:n]
+    return [(Image.open(Path(test.images) / q.image).convert("RGB"), format_prompt(processor, template, q.text))
+            for q in questions]
+
+
+def _build_methods(loaded, args, calibration) -> tuple[dict, dict]:
+    """``({name: method}, {name: set-up seconds})``, VAR with forced sink dimensions added as ``var:dims``."""
+    from attnlab.interventions.methods import build_method
 
     methods, setup = {}, {}
     for name in args.methods:
@@ -83,28 +95,37 @@ def main() -> None:
     if args.var_dims:
         from attnlab.interventions.var import var_method
 
+        model, processor, spec = loaded
         methods["var:dims"] = var_method(model, processor, spec, sink_dims=tuple(args.var_dims))
         setup["var:dims"] = {"cpu_s": 0.0, "wall_s": 0.0}
+    return methods, setup
 
+
+def _time_answers(loaded, methods: dict, inputs: list, max_new_tokens: int) -> tuple[dict, dict]:
+    """Thread-CPU and wall seconds per answer of every method, the methods interleaved in a rotating order on the
+    same questions after one warm-up answer each (the first input)."""
     warm_image, warm_prompt = inputs[0]
-    for name, method in methods.items():
-        _answer(loaded, method, warm_image, warm_prompt, args.max_new_tokens)
+    for method in methods.values():
+        _answer(loaded, method, warm_image, warm_prompt, max_new_tokens)
     cpu = {name: [] for name in methods}
     wall = {name: [] for name in methods}
     names = list(methods)
     for i, (image, prompt) in enumerate(inputs[1:]):
-        order = names[i % len(names):] + names[: i % len(names)]
-        for name in order:
-            _, c, w = _answer(loaded, methods[name], image, prompt, args.max_new_tokens)
+        for name in names[i % len(names):] + names[: i % len(names)]:
+            _, c, w = _answer(loaded, methods[name], image, prompt, max_new_tokens)
             cpu[name].append(c)
             wall[name].append(w)
+    return cpu, wall
 
+
+def _report(args, cpu: dict, wall: dict, setup: dict) -> None:
+    """Print each method's median time and its median ratio to the baseline on the same question, then JSON."""
     base_cpu, base_wall = cpu["baseline"], wall["baseline"]
     result = {"model": args.model, "questions": args.questions, "max_new_tokens": args.max_new_tokens,
               "baseline_ms": 1000 * statistics.median(base_cpu), "methods": {}}
     print(f"\n{args.model}: {args.questions} questions, median per answer (thread CPU), ratio to the baseline "
           "on the same question")
-    for name in names:
+    for name in cpu:
         ratio = statistics.median(c / b for c, b in zip(cpu[name], base_cpu))
         wall_ratio = statistics.median(c / b for c, b in zip(wall[name], base_wall))
         target = TARGETS.get(name)

@@ -209,16 +209,6 @@ class ProbeResult:
         raise NotImplementedError
 
 
-def per_head_grid(frame: pd.DataFrame, column: str, n_layers: int | None = None, n_heads: int | None = None,
-                  rows: str = "layer") -> np.ndarray:
-    """``[L, H]`` values of ``column`` from a table with one row per (``rows``, ``head``) (NaN where none)."""
-    n_layers = int(frame[rows].max()) + 1 if n_layers is None else n_layers
-    n_heads = int(frame["head"].max()) + 1 if n_heads is None else n_heads
-    grid = np.full((n_layers, n_heads), np.nan)
-    grid[frame[rows].to_numpy(int), frame["head"].to_numpy(int)] = frame[column].to_numpy(float)
-    return grid
-
-
 @dataclass(frozen=True)
 class PatchGrid:
     """Values of one image span laid out on its patch grid.

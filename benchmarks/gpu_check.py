@@ -13,8 +13,9 @@ On one CUDA GPU (H100-class, under 8 minutes) it
 4. runs stats-only attention at 128k tokens (bf16, batch 1): time, memory, identities every row obeys
    (weights sum to one, so ``received`` sums to N per head and ``mass.all`` is 1) and float64 rows;
 5. captures statistics from a GPT-2-sized random model (12 x 12 x 768, batch 8 x 1024, bf16): times of a plain
-   SDPA forward, stats capture (to the CPU, and kept on the GPU), full patterns, HF ``output_attentions``, the
-   Trace's shape and the outputs' agreement with the plain forward;
+   SDPA forward, stats capture and full patterns (each to the CPU, and kept on the GPU), HF ``output_attentions``, the
+   Trace's shape, and each output's error against a float32 run of the same model (capture may add at most half
+   again the error SDPA and HF eager have themselves in that dtype);
 6. prints one JSON line (``ok`` true only when every stage ran and every gate held) and exits 0 or 1.
 
 ``--dry-run`` runs the same stages on the CPU at tiny sizes: Triton under its interpreter, FlexAttention
@@ -25,6 +26,7 @@ CUDA events and no memory figures (``null``); every other line of code is the on
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -146,8 +148,11 @@ def kernel_tests(dry_run: bool, timeout_s: float) -> dict:
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
     lines = [ln for ln in proc.stdout.strip().splitlines() if ln.strip()]
-    return {"returncode": proc.returncode, "summary": lines[-1] if lines else proc.stderr[-300:],
-            "seconds": round(time.perf_counter() - start, 1), "ok": proc.returncode == 0}
+    found = {"returncode": proc.returncode, "summary": lines[-1] if lines else proc.stderr[-300:],
+             "seconds": round(time.perf_counter() - start, 1), "ok": proc.returncode == 0}
+    if proc.returncode != 0:  # the failures themselves: a summary line alone cannot be debugged after the lease
+        found["output_tail"] = (proc.stdout + proc.stderr)[-6000:]
+    return found
 
 
 # -- stages ------------------------------------------------------------------------------------------------
@@ -309,11 +314,15 @@ def capture_check(sizes: Sizes, meter: Meter) -> dict:
              "stats": captured("stats", Capture(stats=True)),
              "stats_on_device": captured("stats_on_device", Capture(stats=True, keep_on_device=True)),
              "pattern": captured("pattern", Capture(pattern=True, budget_bytes=2**40)),
+             "pattern_on_device": captured("pattern_on_device",
+                                           Capture(pattern=True, budget_bytes=2**40, keep_on_device=True)),
              "hf_attn": lambda: eager(input_ids=ids, output_attentions=True).last_hidden_state}
     with torch.no_grad():
         times = {m: meter.median_s(c, reps=3) for m, c in calls.items()}
         peaks = {m: meter.peak_mb(c) for m, c in calls.items()}
-        plain, with_stats = calls["plain"]().float(), calls["stats"]().float()
+        outputs = {m: calls[m]().float() for m in ("plain", "stats", "hf_attn")}
+        truth = copy.deepcopy(model).float()(input_ids=ids).last_hidden_state  # float32: the reference all are held to
+    errors = {m: float((out - truth).abs().max() / truth.abs().max()) for m, out in outputs.items()}
     stats, pattern = traces["stats"], traces["pattern"]
     want_received = pattern.layer(0).pattern.sum(-2).float()  # (B, H, K) from the eager path
     got_received = stats.layer(0).stats["received"].float()
@@ -323,10 +332,15 @@ def capture_check(sizes: Sizes, meter: Meter) -> dict:
              "time_x": {m: round(t / times["plain"], 2) for m, t in times.items()},
              "peak_mb": {m: _round(p) for m, p in peaks.items()},
              "layers_recorded": len(stats.layers), "lse_shape": list(stats.layer(0).stats["lse"].shape),
-             "output_rel_diff": float(f"{float((with_stats - plain).abs().max() / plain.abs().max()):.3g}"),
+             "output_vs_float32": {m: float(f"{e:.3g}") for m, e in errors.items()},
              "received_vs_pattern_rel": float(f"{float((got_received - want_received).abs().max() / want_received.abs().max()):.3g}")}
-    found["over_gate"] = [f"{name}={found[name]}" for name in ("output_rel_diff", "received_vs_pattern_rel")
-                          if not found[name] <= 2e-2]
+    # Outputs in a low dtype differ from float32 by rounding that 12 layers amplify; capture must add none of its
+    # own: its error may be at most 1.5x the larger of the two model paths' own (SDPA and HF eager, same dtype).
+    own = max(errors["plain"], errors["hf_attn"])
+    found["over_gate"] = ([] if errors["stats"] <= 1.5 * own + 1e-6 else
+                          [f"output_vs_float32: stats {errors['stats']:.3g} > 1.5 x {own:.3g} (SDPA / HF eager)"])
+    if not found["received_vs_pattern_rel"] <= 2e-2:
+        found["over_gate"].append(f"received_vs_pattern_rel={found['received_vs_pattern_rel']}")
     if found["layers_recorded"] != cfg.n_layer or found["lse_shape"] != [b, cfg.n_head, n]:
         found["over_gate"].append(f"trace has {found['layers_recorded']} layers, lse {found['lse_shape']}")
     return found

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from .common import emit_json, friendly, parse_layers
+from .common import emit_json, friendly, parse_layers, save_name
 
 #: Above this many points, ``--json`` prints a summary instead of every point.
 JSON_POINT_LIMIT = 20_000
@@ -35,8 +35,10 @@ def _summary(points, extra: dict) -> dict:
 
 
 def qk_embed_command(run: Path, layer: str, head: str, method: str, as_json: bool = False, out: Path | None = None,
-                     n_components: int = 2, seed: int = 0) -> dict:
-    """Embed one head (or all heads) of a Run's ``main`` Trace; print a summary or JSON, optionally write HTML.
+                     n_components: int = 2, seed: int = 0, save: Path | None = None) -> dict:
+    """Embed one head (or all heads) of a Run's ``main`` Trace; print a summary or JSON, optionally write HTML,
+    and with ``save`` store the heads' :class:`~attnlab.probes.qk_heads.QKHeadsEmbedding` in the Run (for one head
+    that embedding is fitted a second time, in the all-heads layout that tables store).
 
     Returns:
         What was printed with ``--json`` (the points with coordinates and metadata, or a summary when huge).
@@ -45,6 +47,9 @@ def qk_embed_command(run: Path, layer: str, head: str, method: str, as_json: boo
     from attnlab.probes.qk_embedding import QKEmbedding
     from attnlab.probes.qk_heads import embed_all_heads
 
+    name = save_name(save)
+    if name is not None and n_components != 2:
+        raise ValueError("--save stores the 2-D all-heads embedding; drop --components 3 or --save")
     opened = Run.open(run)
     layers, heads = parse_layers(str(layer)), _heads(str(head))
     estimator = QKEmbedding(method=method, n_components=n_components, random_state=seed)
@@ -54,6 +59,9 @@ def qk_embed_command(run: Path, layer: str, head: str, method: str, as_json: boo
     if single:
         fitted = estimator.fit(opened, layer=layers[0], head=heads[0])
         data, points = fitted.to_dict(points=False), fitted.points_
+        if name is not None:
+            embed_all_heads(opened, QKEmbedding(method=method, random_state=seed), layers=layers,
+                            heads=heads).save(opened, name)
     else:
         if n_components != 2:
             raise ValueError("The all-heads matrix is 2-D; drop --components or choose one --head")
@@ -65,6 +73,8 @@ def qk_embed_command(run: Path, layer: str, head: str, method: str, as_json: boo
                 "nearest_key": result.nearest_key.tolist(), "nearest_key_joint": result.nearest_key_joint.tolist(),
                 "nearest_key_chance": result.nearest_key_chance}
         points = result.to_frame()
+        if name is not None:
+            result.save(opened, name)
     data["seconds"] = round(time.perf_counter() - started, 3)
     if out is not None:
         _write_figure(fitted if single else result, out, single, n_components)
@@ -126,6 +136,7 @@ def register(probe_app: typer.Typer) -> None:
         out: Path = typer.Option(None, "--out", help="write the figure to this .html file"),
         components: int = typer.Option(2, "--components", help="2 or 3 (one head only)"),
         seed: int = typer.Option(0, "--seed", help="random_state of the embedding"),
+        save: Path = typer.Option(None, "--save", help="also store the heads' embedding in the Run under this name"),
     ):
         """Joint query-key embedding of attention heads (AttentionViz)."""
-        qk_embed_command(run, layer, head, method, as_json, out, components, seed)
+        qk_embed_command(run, layer, head, method, as_json, out, components, seed, save)

@@ -65,7 +65,9 @@ def test_dry_run_runs_every_stage_on_the_cpu():
     assert report["long"]["identities"]["finite"] and report["long"]["over_gate"] == []
     cap = report["capture"]
     assert cap["layers_recorded"] == 2 and cap["lse_shape"] == [2, 2, 32]
-    assert set(cap["time_x"]) == {"plain", "stats", "stats_on_device", "pattern", "hf_attn"}
+    assert set(cap["time_x"]) == {"plain", "stats", "stats_on_device", "pattern", "pattern_on_device", "hf_attn"}
+    assert set(cap["output_vs_float32"]) == {"plain", "stats", "hf_attn"} and cap["over_gate"] == []
+    assert report["tests"]["ok"] and "output_tail" not in report["tests"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")

@@ -73,9 +73,10 @@ def tile_bounds() -> list[dict]:
     for n_q, n_k, causal, window, spans, bm, bn in TILE_GEOMETRIES:
         n_b = len(spans) if spans else 1
         n_prog = max(-(-n_q // bm), -(-n_k // bn))
-        kspan = torch.tensor(spans or [(0, n_k)], dtype=torch.int32)
-        keys = torch.full((n_b, n_prog, 2), -1, dtype=torch.int32)
-        queries = torch.full((n_b, n_prog, 2), -1, dtype=torch.int32)
+        # on the kernels' device: compiled Triton on CUDA cannot read CPU tensors (the GPU check found this)
+        kspan = torch.tensor(spans or [(0, n_k)], dtype=torch.int32, device=DEVICE)
+        keys = torch.full((n_b, n_prog, 2), -1, dtype=torch.int32, device=DEVICE)
+        queries = torch.full((n_b, n_prog, 2), -1, dtype=torch.int32, device=DEVICE)
         tile_probe[(n_prog, n_b)](kspan, keys, queries, n_q, n_k, window or 0, n_prog, CAUSAL=causal,
                              HAS_KEYMASK=spans is not None, HAS_WINDOW=window is not None, BLOCK_M=bm, BLOCK_N=bn)
         found.append({"keys": keys.tolist(), "queries": queries.tolist()})

@@ -160,9 +160,8 @@ def _check_request(request: EvalRequest, out: Path) -> None:
 
 @with_workers(check=_check_request)
 def _run(request: EvalRequest, out: Path, shard=None) -> None:
-    from attnlab.core.runs import write_results
     from attnlab.evals.benchmark import prepare_chair
-    from attnlab.jobs.compare import run_comparison
+    from attnlab.jobs.compare import run_comparison, save_comparison
 
     task, limit = request.task, request.limit
     names = _methods(request.method)
@@ -184,7 +183,7 @@ def _run(request: EvalRequest, out: Path, shard=None) -> None:
                                            command=request.binding())
     if shard is not None and not shard.is_main:
         return  # every rank holds the merged tables; rank 0 writes the Run
-    write_results(out, info, {"summary": summary, **tables}, kind="eval")
+    save_comparison(out, summary, tables, info)
     _report(summary, tables.get("significance"), info, out, request.as_json)
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from attnlab.core.trace_files import meta_of
+from attnlab.jobs.compare import SUMMARY_TABLE
 from attnlab.probes.circuits import CircuitGraph
 from attnlab.probes.flow import attention_flow
 from attnlab.probes.massive import massive_activations
@@ -154,7 +155,7 @@ def circuit_edges(run) -> pd.DataFrame:
 
 def eval_summary(run) -> pd.DataFrame:
     """The POPE/CHAIR summary table of an eval Run."""
-    return result_table(run, "summary", "An eval summary (POPE/CHAIR)")
+    return result_table(run, SUMMARY_TABLE, "An eval summary (POPE/CHAIR)")
 
 
 def method_choices(run) -> pd.DataFrame:

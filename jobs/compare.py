@@ -21,6 +21,9 @@ from attnlab.interventions.methods import build_method
 from .chair_eval import ChairUnit, run_chair_unit
 from .pope_eval import PopeUnit, run_pope_unit
 
+#: the eval Run's table of metrics per (task, split, method): the kind the dashboard's eval views read
+SUMMARY_TABLE = "summary"
+
 
 def pope_table(loaded, methods: dict, data: BenchmarkFiles, out: Path, model_name: str, limit: int | None,
                max_new_tokens: int, progress: bool = True,
@@ -157,3 +160,15 @@ def run_comparison(loaded, names: list[str], data, out: Path, *, calibration, ch
     info = comparison_info(loaded, states, data, calibration, setup, limit=pope_limit, max_new_tokens=max_new_tokens,
                            caption_tokens=caption_tokens, **info_fields)
     return summary, tables, info
+
+
+def save_comparison(out: Path, summary: pd.DataFrame, tables: dict[str, pd.DataFrame], info):
+    """Make ``out`` the eval Run of a comparison (:func:`run_comparison`'s three results): the summary as
+    :data:`SUMMARY_TABLE`, the other tables under their names; written atomically, manifest last.
+
+    Returns:
+        The :class:`~attnlab.core.runs.Run`.
+    """
+    from attnlab.core.runs import write_results
+
+    return write_results(out, info, {SUMMARY_TABLE: summary, **tables}, kind="eval")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from attnlab.core.runs import write_results
 
 EVAL_SEED = 24680
 CALIBRATION_SEED = 13579
@@ -55,7 +54,7 @@ def build_lvlm_eval(name: str, loaded, root: Path, version: int, *, limit: int =
         The Run directory.
     """
     from attnlab.evals.benchmark import prepare_chair
-    from attnlab.jobs.compare import run_comparison
+    from attnlab.jobs.compare import run_comparison, save_comparison
 
     n_images = max(2, limit // 2)
     data, calibration = demo_worlds(root, n_images, max(2, limit // 4))
@@ -65,5 +64,5 @@ def build_lvlm_eval(name: str, loaded, root: Path, version: int, *, limit: int =
                                            chair_limit=n_images, max_new_tokens=max_new_tokens,
                                            caption_tokens=caption_tokens, progress=False, demo_version=version,
                                            task="compare")
-    write_results(out, info, {"summary": summary, **tables}, kind="eval")
+    save_comparison(out, summary, tables, info)
     return out

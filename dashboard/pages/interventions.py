@@ -15,6 +15,7 @@ from attnlab.dashboard.summaries import attention_matrix
 from attnlab.dashboard.viewstate import sync_url, wanted
 from attnlab.dashboard.widgets import (as_int, control, graph, head_options, keep, layer_options, message_area,
                                        page_header, provenance, radio, table, table_data, token_axis_labels)
+from attnlab.jobs.compare import SUMMARY_TABLE
 from attnlab.viz.attention import compare_attention
 from attnlab.viz.evals import eval_bars
 from attnlab.viz.style import message_figure, stamp
@@ -92,7 +93,7 @@ def run_options(selected, base, current_eval, requested=None):
         run = data.run(ref.run_id)
         if run.manifest["traces"]:
             traced.append({"label": _label(ref, run), "value": ref.run_id})
-        if "summary" in run.manifest.get("results", []):
+        if run.results_of(SUMMARY_TABLE):
             evals.append({"label": ref.label, "value": ref.run_id})
     base = wanted(base, traced, requested.get("baseline"), _baseline_for(data, selected, traced))
     default_eval = selected if selected in [e["value"] for e in evals] else (evals[0]["value"] if evals else None)

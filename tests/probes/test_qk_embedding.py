@@ -430,6 +430,28 @@ def test_cli_prints_points_as_json_and_writes_figures(cli, tmp_path):
     assert f"layer 0: {rhos}" in res.stdout
 
 
+def test_cli_saves_the_heads_embedding_into_the_run(cli):
+    """``--save`` stores the all-heads result (one head too) and it comes back equal to a direct call."""
+    from attnlab.probes.qk_heads import QKHeadsEmbedding
+
+    runner, app, run, _ = cli
+    res = runner.invoke(app, ["qk-embed", str(run), "--layer", "0", "--head", "all", "--method", "pca",
+                              "--save", "heads"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["qk-embed", str(run), "--layer", "0", "--head", "1", "--method", "pca",
+                              "--save", "one"])
+    assert res.exit_code == 0, res.output
+    opened = Run.open(run)
+    assert opened.results_of(QKHeadsEmbedding.table_name) == ["heads", "one"]
+    want = embed_all_heads(opened, QKEmbedding(method="pca"), layers=[0])
+    got = QKHeadsEmbedding.from_frame(opened.result("heads"))
+    np.testing.assert_array_equal(got.coords, want.coords)
+    assert got.heads == (0, 1, 2) and QKHeadsEmbedding.from_frame(opened.result("one")).heads == (1,)
+    res = runner.invoke(app, ["qk-embed", str(run), "--layer", "0", "--head", "1", "--components", "3",
+                              "--save", "x"])
+    assert res.exit_code == 2 and "drop --components 3 or --save" in res.output
+
+
 def test_cli_errors_exit_2_with_the_fix(cli):
     runner, app, run, bare = cli
     res = runner.invoke(app, ["qk-embed", str(bare), "--layer", "0", "--head", "0"])

@@ -5,7 +5,7 @@ time per answer, VHR at most 2x (it needs a text-only pass per question to score
 search cost is reported apart, once per model.
 
 How it is measured: one process, torch on one intra-op thread. Every method answers the same POPE questions of the
-model's held-out calibration split (the eval CLI's own path: ``plan_for`` then
+model's held-out calibration split (the eval CLI's own path: ``steering_for`` then
 :func:`attnlab.evals.answer.generate_answer`), after one untimed warm-up answer each; question by question the
 methods run in a rotating order, so load changes hit every method alike. Time is the thread's CPU time
 (``time.thread_time``; on a shared 2-core machine wall time mostly measures the scheduler) with the wall-clock ratio
@@ -38,9 +38,8 @@ def _answer(loaded, method, image, prompt: str, max_new_tokens: int) -> tuple[st
 
     model, processor, spec = loaded
     c0, w0 = time.thread_time(), time.perf_counter()
-    plan, key_set_fn = method.plan_for(image, prompt)
-    answer = generate_answer(model, processor, spec, image, prompt, max_new_tokens=max_new_tokens, plan=plan,
-                             key_set_fn=key_set_fn)
+    answer = generate_answer(model, processor, spec, image, prompt, max_new_tokens=max_new_tokens,
+                             **method.steering_for(image, prompt))
     return answer, time.thread_time() - c0, time.perf_counter() - w0
 
 

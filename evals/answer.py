@@ -64,7 +64,7 @@ def left_padding(tokenizer):
 
 def generate_answers(model, processor, spec, images: Sequence, prompts: Sequence[str], *, max_new_tokens: int,
                      plan: Plan | None = None, key_set_fn=None, query_after_image: bool = True,
-                     batch_size: int = 32) -> list[str]:
+                     around=None, batch_size: int = 32) -> list[str]:
     """Greedy answers, one per ``(image, prompt)``: the one answer generator of attnlab (evals, trainers, demo).
 
     Prompts are batched (padded on the left whatever the tokenizer's side, then restored) and decoded greedily,
@@ -80,6 +80,8 @@ def generate_answers(model, processor, spec, images: Sequence, prompts: Sequence
         key_set_fn: dynamic key sets for the plan (e.g. VAR's sinks).
         query_after_image: give the plan the query set ``after_image`` (each row's positions after its last image
             token, so the plan acts on the text that reads the image).
+        around: ``around(inputs)`` -> a context manager entered around each batch's generation, given the batch's
+            prepared inputs (``input_ids [B, N]`` ...): interventions that act on what the pass computes (VHR).
         batch_size: prompts per ``generate`` call.
 
     Returns:
@@ -104,7 +106,7 @@ def generate_answers(model, processor, spec, images: Sequence, prompts: Sequence
             extra["after_image"] = _after_image(inputs["input_ids"], spec.image_token_id)
         ctx = attach(model, plan=plan, tokenizer=tok, key_sets=extra, key_set_fn=key_set_fn) if plan is not None \
             else contextlib.nullcontext()
-        with torch.no_grad(), ctx:
+        with torch.no_grad(), around(inputs) if around is not None else contextlib.nullcontext(), ctx:
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, **ends)  # (B, N + new)
         new = out[:, inputs["input_ids"].shape[1]:]
         answers += [tidy(t) for t in tok.batch_decode(new, skip_special_tokens=True)]
@@ -112,7 +114,7 @@ def generate_answers(model, processor, spec, images: Sequence, prompts: Sequence
 
 
 def generate_answer(model, processor, spec, image, prompt: str, *, max_new_tokens: int, plan: Plan | None = None,
-                    key_set_fn=None, query_after_image: bool = True) -> str:
+                    key_set_fn=None, query_after_image: bool = True, around=None) -> str:
     """Greedy-decode one answer: :func:`generate_answers` for a single ``(image, prompt)``."""
     return generate_answers(model, processor, spec, [image], [prompt], max_new_tokens=max_new_tokens, plan=plan,
-                            key_set_fn=key_set_fn, query_after_image=query_after_image)[0]
+                            key_set_fn=key_set_fn, query_after_image=query_after_image, around=around)[0]

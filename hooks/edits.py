@@ -40,7 +40,8 @@ class LayerSites:
 
 
 def layer_sites(model: nn.Module) -> list[LayerSites]:
-    """The patchable sites of a Hugging Face GPT-2 or LLaMA-type model; ValueError for other models."""
+    """The patchable sites of a Hugging Face GPT-2 or LLaMA-type model (alone, or as the language model of a
+    LLaVA-type LVLM); ValueError for other models."""
     family = getattr(getattr(model, "config", None), "model_type", None)
     if family == "gpt2":
         out = []
@@ -49,9 +50,12 @@ def layer_sites(model: nn.Module) -> list[LayerSites]:
             qkv = {"q": (attn.c_attn, 0), "k": (attn.c_attn, d), "v": (attn.c_attn, 2 * d)}  # c_attn packs q, k, v
             out.append(LayerSites(attn.c_proj, qkv, block.mlp, attn.num_heads, attn.num_heads, attn.head_dim))
         return out
-    layers = getattr(getattr(model, "model", model), "layers", None)
+    decoder = getattr(model, "model", model)
+    if getattr(decoder, "layers", None) is None and hasattr(model, "get_decoder"):
+        decoder = model.get_decoder()  # a vision-language model's language model (LLaVA: model.language_model)
+    layers = getattr(decoder, "layers", None)
     if layers is not None and all(hasattr(lay, "self_attn") and hasattr(lay.self_attn, "o_proj") for lay in layers):
-        cfg = model.config
+        cfg = getattr(decoder, "config", model.config)
         n_heads = cfg.num_attention_heads
         n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
         d_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
@@ -81,6 +85,8 @@ class Edits:
         qkv: ``{layer: {"q"|"k"|"v": (values [B, N, H, d_head], heads [H] bool)}}`` projections to write.
         mlp: ``{layer: values [B, N, d_model]}`` MLP outputs to write.
         positions: ``[B, N]`` bool where ``z`` and ``qkv`` edits apply; ``None`` for every position.
+        transform_z: ``{layer: fn(z [B, N, H, d_head]) -> z}`` called on every pass through the layer (prefill and
+            each decoding step) after the ``z`` writes: edits that depend on what the pass computes (VHR's heads).
         record_z: filled with ``{layer: z [B, N, H, d_head]}`` as the pass computes it (after edits).
         record_qkv: filled with ``{layer: {"q"|"k"|"v": [B, N, H, d_head]}}``.
         record_mlp: filled with ``{layer: [B, N, d_model]}``.
@@ -90,6 +96,7 @@ class Edits:
     qkv: dict | None = None
     mlp: dict | None = None
     positions: torch.Tensor | None = None
+    transform_z: dict | None = None
     record_z: dict | None = None
     record_qkv: dict | None = None
     record_mlp: dict | None = None
@@ -110,11 +117,14 @@ def _hf_hooks(model: nn.Module, edits: Edits, handles: list) -> None:
             z = x.view(*x.shape[:-1], site.n_heads, site.d_head)  # (B, N, H, dh)
             if edits.z and layer in edits.z:
                 z = _write(z, *edits.z[layer], edits.positions)
+            if edits.transform_z and layer in edits.transform_z:
+                z = edits.transform_z[layer](z)
             if edits.record_z is not None:
                 edits.record_z[layer] = z.detach().clone()
             return (z.reshape(x.shape),) + tuple(args[1:])
 
-        if edits.z and layer in edits.z or edits.record_z is not None:
+        if edits.z and layer in edits.z or edits.transform_z and layer in edits.transform_z or \
+                edits.record_z is not None:
             handles.append(site.out_proj.register_forward_pre_hook(pre))
         if edits.qkv and layer in edits.qkv or edits.record_qkv is not None:
             handles += [module.register_forward_hook(lambda m, _a, out, layer=layer, site=site: _qkv_hook(
@@ -149,7 +159,7 @@ def _mlp_hook(out: torch.Tensor, layer: int, edits: Edits):
 
 
 def _tl_hooks(model: nn.Module, edits: Edits) -> list:
-    if edits.qkv or edits.mlp or edits.record_qkv is not None or edits.record_mlp is not None:
+    if edits.qkv or edits.mlp or edits.transform_z or edits.record_qkv is not None or edits.record_mlp is not None:
         raise ValueError("With a TransformerLens bridge only head outputs (hook_z) can be patched; use the Hugging "
                          "Face model for path patching")
     hooks = []

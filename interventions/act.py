@@ -118,11 +118,12 @@ class ACTMethod:
     search: dict
     sinks: ACTSinks = field(default_factory=ACTSinks)
 
-    def plan_for(self, image=None, prompt=None):
-        """``(plan, key_set_fn)`` for one input; ``(None, None)`` (the plain model) when no head was calibrated."""
+    def steering_for(self, image=None, prompt=None) -> dict:
+        """:func:`~attnlab.evals.answer.generate_answer`'s keyword arguments for one input: the Plan and fresh sink
+        sets; ``{}`` (the plain model) when no head was calibrated."""
         if not self.heads:
-            return None, None
-        return self.plan, self.sinks.fresh()
+            return {}
+        return {"plan": self.plan, "key_set_fn": self.sinks.fresh()}
 
     def describe(self) -> dict:
         """The chosen heads and the calibration scores behind them."""

@@ -49,7 +49,7 @@ def act_on_ioi(model, tok, *, n_calibration: int = 48, n_test: int = 96, beta: f
     method: ACTMethod = act_search(score, cfg.n_layer, cfg.n_head, beta=beta, rule=rule)
 
     def summary(plan):
-        factory = (lambda: method.plan_for()[1]) if plan is not None else None
+        factory = (lambda: method.steering_for()["key_set_fn"]) if plan is not None else None
         diffs = ioi_logit_diffs_with(model, tok, test, plan, factory)
         return {"accuracy": (diffs > 0).float().mean().item(), "mean_logit_diff": diffs.mean().item()}
 

@@ -1,4 +1,5 @@
-"""Evaluation methods by name: each gives, per input, the Plan (and dynamic key sets) to run with.
+"""Evaluation methods by name: each gives, per input, how to steer the answer (``steering_for(image, prompt)``:
+:func:`~attnlab.evals.answer.generate_answer`'s ``plan``, dynamic ``key_set_fn`` or ``around`` context).
 
 ``baseline`` runs the plain model; ``mask:SPEC`` masks the listed heads (``attnlab.interventions.heads``);
 ``vhr``, ``var`` and ``act`` build their Plans from probe results (see their modules).
@@ -23,9 +24,10 @@ class StaticMethod:
     plan: Plan | None
     key_set_fn: object = None
 
-    def plan_for(self, image, prompt):
-        """``(plan, key_set_fn)`` for one input."""
-        return self.plan, self.key_set_fn
+    def steering_for(self, image=None, prompt=None) -> dict:
+        """:func:`~attnlab.evals.answer.generate_answer`'s keyword arguments for one input (``{}``: the plain
+        model)."""
+        return {} if self.plan is None else {"plan": self.plan, "key_set_fn": self.key_set_fn}
 
     def describe(self) -> dict:
         """The Plan (for the eval Run)."""

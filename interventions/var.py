@@ -135,12 +135,13 @@ class VARMethod:
     sink_dims: tuple[int, ...]
     tau: float = 20.0
 
-    def plan_for(self, image, prompt):
-        """``(plan, key_set_fn)`` for one input; ``(None, None)`` (the plain model) without sink dimensions, where
-        no token can be a sink and VAR is the identity."""
+    def steering_for(self, image=None, prompt=None) -> dict:
+        """:func:`~attnlab.evals.answer.generate_answer`'s keyword arguments for one input: the Plan and fresh sink
+        sets; ``{}`` (the plain model) without sink dimensions, where no token can be a sink and VAR is the
+        identity."""
         if not self.sink_dims:
-            return None, None
-        return self.plan, SinkSets(self.sink_dims, self.tau)
+            return {}
+        return {"plan": self.plan, "key_set_fn": SinkSets(self.sink_dims, self.tau)}
 
     def describe(self) -> dict:
         """What the method chose (for the eval Run)."""

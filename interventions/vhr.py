@@ -7,9 +7,11 @@ norm² is also above mean+std), keeps the heads above the layer median in the ch
 their outputs by ``alpha`` (2) for the whole generation (the head set is fixed at step 0 for KV-cache
 consistency).
 
-Departure from the paper, stated: Algorithm 1 selects layer by layer inside one forward pass so that
-reinforcing earlier layers changes later VHDs; attnlab computes every layer's VHD from one pass with and one
-pass without the image, then reinforces. The cost is two extra prefill passes per input either way.
+As in the paper's Algorithm 1, the heads are chosen layer by layer inside the image pass itself
+(:func:`vhr_reinforced`): layer ``l`` compares its own outputs, computed after the reinforcement of the layers
+before it, with the text-only pass, picks its heads and scales them before ``W_O``, and the pass goes on. So VHR
+costs one extra forward pass, text only, per input. Departure, stated: the text-only pass runs once, before, on
+the plain model (the paper's Algorithm 1 is silent on whether its text-only pass is reinforced too).
 Layers: the paper's choice for 32-layer LLaVA-1.5 (layer 1 plus the last 14), scaled with depth by
 :func:`attnlab.probes.vhd.vhr_layers` (the last ``round(14/32 * L)`` layers plus layer ``max(1, round(L/32))``):
 
@@ -20,13 +22,18 @@ configurable with ``layers``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 
-from attnlab.core.capture import Capture
-from attnlab.hooks.inputs import capture_trace, tokenizer_of, without_image
+import torch
+
+from attnlab.hooks.edits import Edits, edited
+from attnlab.hooks.inputs import on_model_device, prepare_inputs, tokenizer_of, without_image
 from attnlab.kernels.plan import Plan
-from attnlab.probes.vhd import head_divergence, vhr_heads, vhr_layers
+from attnlab.probes.vhd import vhr_layer_heads, vhr_layers
 
 from .heads import scale_heads_plan
 
@@ -36,9 +43,67 @@ def text_only_inputs(processor, prompt: str) -> dict:
     return dict(tokenizer_of(processor)([without_image(prompt)], return_tensors="pt"))
 
 
+def text_only_head_outputs(model, processor, prompt: str, layers) -> dict[int, torch.Tensor]:
+    """``{layer: [H, d_head]}`` each layer's head outputs (before ``W_O``) at the last token of ``prompt`` without
+    its image: the second term of VHD (He et al. 2025, Eq. 4)."""
+    record = Edits(record_z={})
+    with torch.no_grad(), edited(model, record):
+        model(**on_model_device(text_only_inputs(processor, prompt), model))
+    return {layer: record.record_z[layer][0, -1] for layer in layers}
+
+
+@contextlib.contextmanager
+def vhr_reinforced(model, processor, spec, prompt: str, inputs: dict, *, alpha: float = 2.0,
+                   layers: tuple[int, ...] | None = None) -> Iterator[dict]:
+    """Inside the block, ``model``'s passes over ``inputs`` (one prompt with its image: a prefill, then decoding
+    steps) run VHR.
+
+    At the first pass (the prefill), each layer of ``layers`` takes its heads' outputs at the last position, their
+    VHD against the text-only pass (:func:`text_only_head_outputs`, run on entry) and ``TA``, picks heads with
+    :func:`~attnlab.probes.vhd.vhr_layer_heads`, and multiplies them by ``alpha`` before ``W_O`` (at every position,
+    as the head-scaling Plan of :func:`vhr_plan` does); later layers see the reinforced stream. Later passes
+    (decoding) scale the same heads, so the cached keys and values stay consistent.
+
+    Args:
+        model, processor, spec: a LLaVA-type model from :func:`attnlab.zoo.load`.
+        prompt: the prompt (with ``<image>``); inputs: its prepared inputs (``input_ids [1, N]`` ...).
+        alpha: reinforcement factor (2 in the paper); layers: ``L_r`` (default :func:`vhr_layers`).
+
+    Yields:
+        ``{layer: {"heads": (...), "outliers": (...)}}``, filled by the prefill.
+
+    Raises:
+        ValueError: a batch of more than one prompt (the heads are chosen per input).
+    """
+    layers = vhr_layers(spec.n_layers) if layers is None else tuple(layers)
+    if inputs["input_ids"].shape[0] != 1:
+        raise ValueError(f"VHR chooses heads per input; give one prompt at a time (got {inputs['input_ids'].shape[0]})")
+    text = text_only_head_outputs(model, processor, prompt, layers)
+    n_prompt = inputs["input_ids"].shape[1]
+    chosen: dict[int, dict] = {}
+    scales: dict[int, torch.Tensor] = {}
+
+    def reinforce(z: torch.Tensor, layer: int) -> torch.Tensor:  # z (1, N, H, d_head)
+        if layer in scales:  # a decoding step: the heads chosen at the prefill
+            return z * scales[layer][None, None, :, None]
+        if z.shape[1] != n_prompt:
+            raise ValueError(f"VHR's first pass must be the prefill of its {n_prompt} tokens; got {z.shape[1]}")
+        t = text[layer].to(z.device, torch.float32)  # (H, d_head)
+        vhd = (z[0, -1].float() - t).norm(dim=-1)  # (H,)
+        heads, outliers = vhr_layer_heads(vhd.cpu().numpy(), t.pow(2).sum(-1).cpu().numpy())
+        chosen[layer] = {"heads": heads, "outliers": outliers}
+        scales[layer] = torch.ones(z.shape[2], dtype=z.dtype, device=z.device)
+        scales[layer][list(heads)] = alpha
+        return z * scales[layer][None, None, :, None]
+
+    with edited(model, Edits(transform_z={layer: partial(reinforce, layer=layer) for layer in layers})):
+        yield chosen
+
+
 def vhr_plan(model, processor, spec, image, prompt: str, *, alpha: float = 2.0,
              layers: tuple[int, ...] | None = None) -> tuple[Plan, dict]:
-    """VHR's Plan for one input, and what it chose.
+    """VHR's heads for one input as a head-scaling Plan (to inspect them, or to rerun them with the fused kernel),
+    chosen by one prefill under :func:`vhr_reinforced`.
 
     Args:
         model, processor, spec: a vision-language model from :func:`attnlab.zoo.load`.
@@ -48,16 +113,16 @@ def vhr_plan(model, processor, spec, image, prompt: str, *, alpha: float = 2.0,
             last 14 at 32 layers, LLaVA-1.5's choice, scaled with depth).
 
     Returns:
-        ``(plan, {"heads": {layer: heads}, "outliers": {...}})``.
+        ``(plan, {"heads": {layer: heads}, "outliers": {layer: heads}})``.
     """
-    layers = vhr_layers(spec.n_layers) if layers is None else tuple(layers)
-    capture = Capture(head_out=True, layers=layers)
-    with_image = capture_trace(model, processor, spec, capture, [prompt], [image])
-    text_only = capture_trace(model, processor, spec, capture, [without_image(prompt)], [])
-    selection = vhr_heads(head_divergence(with_image, text_only, layers=layers), layers=layers)
-    heads = [(layer, h) for layer, hs in selection.heads[0].items() for h in hs]
-    plan = scale_heads_plan(heads, spec.n_heads, alpha, name="vhr")
-    return plan, {"heads": selection.heads[0], "outliers": selection.outliers[0]}
+    inputs = on_model_device(prepare_inputs(processor, spec, [prompt], [image]), model)
+    with torch.no_grad(), vhr_reinforced(model, processor, spec, prompt, inputs, alpha=alpha,
+                                         layers=layers) as chosen:
+        model(**inputs)
+    heads = [(layer, h) for layer, c in chosen.items() for h in c["heads"]]
+    return (scale_heads_plan(heads, spec.n_heads, alpha, name="vhr"),
+            {"heads": {layer: c["heads"] for layer, c in chosen.items()},
+             "outliers": {layer: c["outliers"] for layer, c in chosen.items()}})
 
 
 VHR_LAYER_RULE = "layer max(1, round(L/32)) + last max(1, round(14L/32)) layers ({1, 18..31} at L=32)"
@@ -65,7 +130,8 @@ VHR_LAYER_RULE = "layer max(1, round(L/32)) + last max(1, round(14L/32)) layers 
 
 @dataclass
 class VHRMethod:
-    """VHR for the eval CLI: a fresh head set per input, remembered (once per distinct input) for the report."""
+    """VHR for the eval CLI: heads chosen per input inside its own prefill, remembered (once per distinct input)
+    for the report."""
 
     model: object
     processor: object
@@ -76,14 +142,20 @@ class VHRMethod:
     def __post_init__(self) -> None:
         self.chosen: dict[str, dict[int, tuple[int, ...]]] = {}  # input digest -> {layer: heads}
 
-    def plan_for(self, image, prompt):
-        """``(plan, None)`` for one input."""
-        plan, chosen = vhr_plan(self.model, self.processor, self.spec, image, prompt, alpha=self.alpha,
-                                layers=self.layers)
+    def steering_for(self, image, prompt) -> dict:
+        """:func:`~attnlab.evals.answer.generate_answer`'s keyword arguments for one input: ``around``, which runs
+        the generation under :func:`vhr_reinforced`."""
         # Keyed by the input, so a repeated input (the eval's untimed warm-up item) is counted once.
         digest = hashlib.sha1(image.tobytes() + prompt.encode()).hexdigest()
-        self.chosen[digest] = chosen["heads"]
-        return plan, None
+
+        @contextlib.contextmanager
+        def around(inputs):
+            with vhr_reinforced(self.model, self.processor, self.spec, prompt, inputs, alpha=self.alpha,
+                                layers=self.layers) as chosen:
+                yield
+            self.chosen[digest] = {layer: c["heads"] for layer, c in chosen.items()}
+
+        return {"around": around}
 
     def describe(self) -> dict:
         """The layers, and how often each head was reinforced over the distinct inputs seen."""

@@ -58,9 +58,8 @@ def caption_image(image_id: int, file_name: str, unit: ChairUnit, loaded, method
     model, processor, spec = loaded
     image = Image.open(Path(unit.images) / file_name).convert("RGB")
     t0 = time.perf_counter()
-    plan, key_set_fn = method_state.plan_for(image, prompt)
     caption = generate_answer(model, processor, spec, image, prompt, max_new_tokens=unit.max_new_tokens,
-                              plan=plan, key_set_fn=key_set_fn)
+                              **method_state.steering_for(image, prompt))
     return {"image_id": image_id, "image": file_name, "caption": caption, "seconds": time.perf_counter() - t0}
 
 
@@ -75,7 +74,7 @@ def run_chair_unit(unit: ChairUnit, images: list[tuple[int, str]], ground_truth:
         ground_truth: ``{image_id: canonical object names}``.
         synonyms: CHAIR vocabulary.
         loaded: ``(model, processor, spec)``.
-        method_state: object with ``plan_for(image, prompt)``.
+        method_state: object with ``steering_for(image, prompt)`` (see ``interventions.methods``).
         out: eval Run directory.
         progress_bar: show a tqdm bar.
         shard: this rank's place in a job of several workers (see :func:`attnlab.jobs.sharded.run_items`),

@@ -61,9 +61,8 @@ def answer_question(q: PopeQuestion, unit: PopeUnit, loaded, method_state, templ
     image = Image.open(Path(unit.images) / q.image).convert("RGB")
     prompt = format_prompt(processor, template, q.text)
     t0 = time.perf_counter()
-    plan, key_set_fn = method_state.plan_for(image, prompt)
     answer = generate_answer(model, processor, spec, image, prompt, max_new_tokens=unit.max_new_tokens,
-                             plan=plan, key_set_fn=key_set_fn)
+                             **method_state.steering_for(image, prompt))
     return {"question_id": q.question_id, "image": q.image, "text": q.text, "label": q.label, "answer": answer,
             "prediction": parse_pope_answer(answer), "seconds": time.perf_counter() - t0}
 
@@ -83,7 +82,7 @@ def run_pope_unit(unit: PopeUnit, questions: list[PopeQuestion], loaded, method_
         unit: the unit settings.
         questions: the (limited) questions of the split.
         loaded: ``(model, processor, spec)``.
-        method_state: object with ``plan_for(inputs_image, prompt) -> (plan, key_set_fn)`` (see ``interventions.methods``).
+        method_state: object with ``steering_for(image, prompt) -> generate_answer's keyword arguments`` (see ``interventions.methods``).
         out: the eval Run directory.
         progress_bar: show a tqdm bar.
         shard: this rank's :class:`~attnlab.core.distributed.Shard` in a job of several workers (it answers

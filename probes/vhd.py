@@ -227,6 +227,23 @@ class VHRSelection(ProbeResult):
         return pd.DataFrame(rows, columns=["batch", "layer", "head", "selected", "outlier"])
 
 
+def vhr_layer_heads(vhd: np.ndarray, text_norm_sq: np.ndarray, *, ddof: int = 1) -> tuple[tuple[int, ...],
+                                                                                          tuple[int, ...]]:
+    """VHR's rule for one layer (He et al. 2025, Algorithm 1): ``(reinforced heads, outliers)``.
+
+    A head is an outlier when both its VHD and its text-only output norm² (``TA``) exceed their layer's mean + std;
+    its VHD is set to 0, and the heads with VHD above the layer median are reinforced.
+
+    Args:
+        vhd: ``[H]`` the layer's VHD; text_norm_sq: ``[H]`` its ``TA``.
+        ddof: degrees of freedom of the std (1 = torch's default).
+    """
+    v, ta = np.asarray(vhd, dtype=np.float64), np.asarray(text_norm_sq, dtype=np.float64)
+    bad = (v > v.mean() + v.std(ddof=ddof)) & (ta > ta.mean() + ta.std(ddof=ddof))
+    v = np.where(bad, 0.0, v)
+    return tuple(int(h) for h in np.flatnonzero(v > np.median(v))), tuple(int(h) for h in np.flatnonzero(bad))
+
+
 def vhr_heads(result: VHDResult, *, layers=None, ddof: int = 1) -> VHRSelection:
     """VHR's head selection (Algorithm 1): outlier removal, then VHD above the layer median.
 
@@ -247,11 +264,7 @@ def vhr_heads(result: VHDResult, *, layers=None, ddof: int = 1) -> VHRSelection:
         sel, out = {}, {}
         for layer in chosen:
             li = result.layers.index(layer)
-            v, ta = result.vhd[li, b], result.text_norm_sq[li, b]  # (H,)
-            bad = (v > v.mean() + v.std(ddof=ddof)) & (ta > ta.mean() + ta.std(ddof=ddof))
-            v = np.where(bad, 0.0, v)
-            sel[layer] = tuple(int(h) for h in np.flatnonzero(v > np.median(v)))
-            out[layer] = tuple(int(h) for h in np.flatnonzero(bad))
+            sel[layer], out[layer] = vhr_layer_heads(result.vhd[li, b], result.text_norm_sq[li, b], ddof=ddof)
         heads.append(sel)
         outliers.append(out)
     return VHRSelection(heads=heads, outliers=outliers, layers=chosen)

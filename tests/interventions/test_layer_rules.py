@@ -67,7 +67,10 @@ def test_eval_methods_record_their_layers_and_count_a_repeated_input_once(tiny_d
     vhr = VHRMethod(model, processor, spec)
     image = Image.new("RGB", (32, 32), (200, 30, 30))
     for _ in range(2):  # the eval's warm-up answers its first item twice
-        vhr.plan_for(image, "is there a cat ?")
+        from attnlab.evals.answer import generate_answer
+
+        generate_answer(model, processor, spec, image, "is there a cat ?", max_new_tokens=2,
+                        **vhr.steering_for(image, "is there a cat ?"))
     record = vhr.describe()
     assert record["inputs"] == 1 and record["layers"] == list(vhr_layers(spec.n_layers))
     assert all(int(name.split(".")[0]) in record["layers"] for name in record["head_frequency"])

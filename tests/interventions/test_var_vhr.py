@@ -94,3 +94,73 @@ def test_vhr_selection_matches_algorithm_by_hand():
         v[(v > v.mean() + v.std(ddof=1)) & (ta > ta.mean() + ta.std(ddof=1))] = 0
         assert set(chosen[layer]) == set(np.nonzero(v > np.median(v))[0].tolist()), layer
     assert 5 not in chosen[0]
+
+
+def _o_proj_z(model, inputs, scale: dict, record: dict) -> torch.Tensor:
+    """The language model's logits with hand-written o_proj pre-hooks (independent of attnlab's Edits): heads in
+    ``scale`` (``{layer: [H] factors}``) multiplied before W_O, ``record`` filled with ``{layer: z [N, H, d]}``."""
+    layers = model.get_decoder().layers
+    n_heads = model.get_decoder().config.num_attention_heads
+    handles = []
+    for i, layer in enumerate(layers):
+        def pre(_m, args, i=i):
+            z = args[0].view(*args[0].shape[:-1], n_heads, -1)  # (1, N, H, d)
+            if i in scale:
+                z = z * scale[i][None, None, :, None]
+            record[i] = z[0].detach().clone()
+            return (z.reshape(args[0].shape),)
+        handles.append(layer.self_attn.o_proj.register_forward_pre_hook(pre))
+    try:
+        with torch.no_grad():
+            return model(**inputs).logits
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def test_vhr_chooses_heads_layer_by_layer_inside_the_image_pass():
+    """He et al. 2025, Algorithm 1, done the slow way: one image pass per reinforced layer, each with the heads
+    chosen so far scaled, then the layer's VHD at the last token against the text-only pass. attnlab does it in
+    one pass (vhr_reinforced); it must choose the same heads and give the same logits, and its heads rerun through
+    the fused kernel's head-scaling Plan (vhr_plan) must give them too."""
+    from PIL import Image
+
+    from attnlab.hooks import attach
+    from attnlab.hooks.inputs import prepare_inputs
+    from attnlab.interventions.vhr import text_only_inputs, vhr_plan, vhr_reinforced
+    from attnlab.probes.vhd import vhr_layer_heads, vhr_layers
+    from attnlab.zoo import load
+
+    model, processor, spec = load("toy-llava-deep")
+    image = Image.new("RGB", (64, 64), (40, 160, 60))
+    prompt = "<image>\nIs there a red square in the image? Answer yes or no."
+    inputs = prepare_inputs(processor, spec, [prompt], [image])
+    layers = vhr_layers(spec.n_layers)
+    assert layers == (1, 4, 5, 6, 7)  # a proper subset of the 8 layers
+    text: dict = {}
+    _o_proj_z(model, text_only_inputs(processor, prompt), {}, text)
+    scale, want = {}, {}
+    for layer in layers:
+        seen: dict = {}
+        _o_proj_z(model, inputs, scale, seen)
+        vhd = (seen[layer][-1] - text[layer][-1]).norm(dim=-1).numpy()
+        want[layer] = vhr_layer_heads(vhd, text[layer][-1].pow(2).sum(-1).numpy())[0]
+        scale[layer] = torch.ones(spec.n_heads)
+        scale[layer][list(want[layer])] = 2.0
+    want_logits = _o_proj_z(model, inputs, scale, {})
+
+    with torch.no_grad(), vhr_reinforced(model, processor, spec, prompt, inputs) as chosen:
+        got_logits = model(**inputs).logits
+    assert {layer: c["heads"] for layer, c in chosen.items()} == want
+    assert all(0 < len(h) < spec.n_heads for h in want.values())
+    torch.testing.assert_close(got_logits, want_logits, rtol=1e-4, atol=1e-4)
+    plan, picked = vhr_plan(model, processor, spec, image, prompt)
+    assert picked["heads"] == want
+    with torch.no_grad(), attach(model, plan=plan):
+        torch.testing.assert_close(model(**inputs).logits, want_logits, rtol=1e-4, atol=1e-4)
+    seen = {}
+    plain = _o_proj_z(model, inputs, {}, seen)
+    assert (plain - want_logits).abs().max() > 1e-2  # the reinforcement changes the output (positive control)
+    once = {layer: vhr_layer_heads((seen[layer][-1] - text[layer][-1]).norm(dim=-1).numpy(),
+                                   text[layer][-1].pow(2).sum(-1).numpy())[0] for layer in layers}
+    assert once != want  # on this input the order matters: one unreinforced pass picks other heads (layer 6)

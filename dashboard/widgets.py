@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
-from dash import dash_table, dcc, html
+from dash import MATCH, Input, Output, State, clientside_callback, dash_table, dcc, html
 
 from attnlab.core.trace_files import meta_of
 from .analyses import NotAvailable
@@ -23,10 +23,26 @@ def page_header(title: str, description: str) -> html.Div:
 
 
 def graph(component_id: str, label: str, **style) -> html.Div:
-    """A graph with a loading indicator, in a container labelled for screen readers."""
+    """A graph with a loading indicator, in a container labelled for screen readers, and a "Data (.csv)" button
+    that downloads what the figure draws (assets/figure_data.js; one row per point or heatmap cell), named like
+    the figure's PNG."""
     extra = {"style": style} if style else {}
-    return html.Div(dcc.Loading(dcc.Graph(id=component_id, config=GRAPH_CONFIG, **extra),
-                                delay_show=300, type="dot"), role="figure", **{"aria-label": label})
+    return html.Div([dcc.Loading(dcc.Graph(id=component_id, config=GRAPH_CONFIG, **extra), delay_show=300, type="dot"),
+                     html.Div([html.Button("Data (.csv)", id={"type": "figure-data", "graph": component_id},
+                                           className="button button-quiet", n_clicks=0,
+                                           title="download the numbers this figure draws, as CSV (as drawn: log10 under a log colour scale)"),
+                               dcc.Download(id={"type": "figure-download", "graph": component_id})],
+                              className="export")],
+                    role="figure", **{"aria-label": label})
+
+
+# One callback serves every graph's data button (pattern-matching ids); the CSV is built in the browser from the
+# figure as drawn, so it holds exactly what the reader sees.
+clientside_callback(
+    "function(n, id) { return n ? window.attnlab.figureDownload(id.graph) : window.dash_clientside.no_update; }",
+    Output({"type": "figure-download", "graph": MATCH}, "data"),
+    Input({"type": "figure-data", "graph": MATCH}, "n_clicks"), State({"type": "figure-data", "graph": MATCH}, "id"),
+    prevent_initial_call=True)
 
 
 def control(label: str, component, help: str | None = None) -> html.Div:

@@ -610,6 +610,60 @@ def test_exports_carry_provenance(browser, server):
     assert not console_errors(d)
 
 
+#: Record what dcc.Download saves (the Blob and the file name) instead of writing it to disk.
+CATCH_DOWNLOADS = """
+window.__saved = [];
+const made = URL.createObjectURL;
+URL.createObjectURL = function (blob) { const url = made.call(URL, blob); window.__saved.push({blob, url}); return url; };
+const keep = (a) => { const s = window.__saved.find((e) => e.url === a.href); if (s) s.name = a.download; };
+HTMLAnchorElement.prototype.click = function () { keep(this); };
+const send = HTMLAnchorElement.prototype.dispatchEvent;
+HTMLAnchorElement.prototype.dispatchEvent = function (e) {
+  if (e.type === 'click' && this.download) { keep(this); return true; } return send.call(this, e); };
+"""
+#: The last saved download: ``{name, text}``.
+LAST_DOWNLOAD = """
+const done = arguments[0], s = window.__saved[window.__saved.length - 1];
+if (!s) { done(null); } else { s.blob.text().then((text) => done({name: s.name, text: text})); }
+"""
+
+
+def download_figure_data(d, gid: str) -> tuple[str, list[dict]]:
+    """Click the "Data (.csv)" button under graph ``gid``: ``(file name, CSV rows)``."""
+    import csv
+    import io
+
+    d.execute_script(CATCH_DOWNLOADS)
+    click(d, "button[id*='figure-data'][id*='\"graph\":\"%s\"']" % gid)
+    saved = WebDriverWait(d, 30).until(lambda drv: drv.execute_async_script(LAST_DOWNLOAD))
+    return saved["name"], list(csv.DictReader(io.StringIO(saved["text"])))
+
+
+def test_every_figure_downloads_the_data_it_draws(browser, server):
+    """The "Data (.csv)" button under a heatmap gives one row per cell with the drawn value, under a bar chart one
+    row per bar; the file is named after the figure's provenance."""
+    d = browser
+    d.get(server + "/attention?run=0:toy-gpt&layer=1&head=2")
+    graph(d, ids.ATTN_HEATMAP, title="layer 1, head 2")
+    drawn = d.execute_script("const t = document.querySelector('#attn-heatmap .js-plotly-plot')._fullData[0];"
+                             "return {x: Array.from(t.x), y: Array.from(t.y), z: t.z.map((r) => Array.from(r))};")
+    name, rows = download_figure_data(d, ids.ATTN_HEATMAP)
+    assert name.endswith(".csv") and all(p in name for p in ("0-toy-gpt", "main", "item0", "layer1", "head2"))
+    cells = [r for r in rows if r["trace"] == "0"]
+    assert len(cells) == len(drawn["x"]) * len(drawn["y"])
+    for r in cells[:: max(1, len(cells) // 50)]:
+        i, j = int(r["row"]), int(r["col"])
+        assert (r["x"], r["y"]) == (drawn["x"][j], drawn["y"][i])
+        want = drawn["z"][i][j]
+        assert (r["z"] == "") if want is None else float(r["z"]) == pytest.approx(want, rel=1e-6)
+    d.get(server + "/flow?run=0:minilm")
+    graph(d, ids.FLOW_BAR)
+    n_bars = d.execute_script("return document.querySelector('#flow-bar .js-plotly-plot')._fullData[0].y.length;")
+    name, rows = download_figure_data(d, ids.FLOW_BAR)
+    assert "0-minilm" in name and len([r for r in rows if r["trace"] == "0"]) == n_bars > 0
+    assert not console_errors(d)
+
+
 PAGES = {"/": None, "/heads": ids.HEADS_GRID, "/attention": ids.ATTN_HEATMAP, "/flow": ids.FLOW_BAR,
          "/sinks": ids.SINKS_HEATMAP, "/qk": ids.QK_GRID, "/circuits": ids.CIRCUITS_GRAPH,
          "/interventions": ids.IV_MAPS}

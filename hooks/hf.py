@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .hf_stacks import Stack, find_stacks, kernel_score_terms, main_stack, stack_meta
+from .module_adapters import adapted
 from .recorder import Recorder
 from .segments import text_segments, text_tokens, vision_layout
 
@@ -203,7 +204,8 @@ def attach_hf(model: nn.Module, rec: Recorder, tokenizer=None, model_id: str | N
                 handles.append(owner.register_forward_pre_hook(
                     lambda _m, a, kw, s=stack: vision.start(s, _input(a, kw, "pixel_values")), with_kwargs=True))
             handles += _site_stack(model, rec, stack, vision, sited)
-        yield rec
+        with adapted(sited):
+            yield rec
     finally:
         for h in handles:
             h.remove()

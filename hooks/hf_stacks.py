@@ -1,7 +1,8 @@
 """Which attention stacks of a Hugging Face model attnlab can capture, and why it refuses the others.
 
 There is no list of supported architectures: a model is captured when each of its attention modules hands
-its scores to transformers' ``AttentionInterface`` (where attnlab registers its function) and needs no
+its scores to transformers' ``AttentionInterface`` (where attnlab registers its function), or is one of the few
+that compute them inside and that :mod:`attnlab.hooks.module_adapters` rewrites to hand them over, and needs no
 score term attnlab's kernels lack. Anything else is refused when ``attach`` starts, naming the module and
 the reason, instead of producing a Trace with missing or wrong layers.
 """
@@ -17,6 +18,7 @@ from torch import nn
 
 from attnlab.core.trace import TraceMeta
 
+from .module_adapters import has_adapter
 from .pooling import sentence_pooling
 
 #: the leftmost numbered part of a module name is its block index (T5 nests a numbered list inside each block)
@@ -94,7 +96,7 @@ def _why_not_interface(model: nn.Module, cls: type) -> str:
 def _check_capturable(model: nn.Module, name: str, module: nn.Module) -> None:
     """Raise the refusal for one attention module that attnlab's attention function cannot stand in for."""
     cls = type(module)
-    if not routes_through_interface(cls):
+    if not routes_through_interface(cls) and not has_adapter(cls):
         raise refuse(name, cls.__name__, _why_not_interface(model, cls))
     cfg = getattr(module, "config", None)
     terms = kernel_score_terms()

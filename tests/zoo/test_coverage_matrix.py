@@ -59,6 +59,8 @@ TEXT = {
         vocab_size=100, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=64,
         pad_token_id=TOK.pad_token_id)),
 }
+# BLOOM computes ALiBi inside BloomAttention; attach runs it through attnlab's attention (hooks/module_adapters.py)
+TEXT["bloom"] = ("BloomForCausalLM", lambda: tf.BloomConfig(vocab_size=100, hidden_size=32, n_layer=2, n_head=4, **IDS))
 VISION = {
     "vit": ("ViTModel", lambda: tf.ViTConfig(**V)),
     "deit": ("DeiTModel", lambda: tf.DeiTConfig(**V)),
@@ -71,8 +73,6 @@ VISION = {
 REFUSED = {  # architecture -> (model class, config factory, what the refusal must say)
     "deberta-v2": ("DebertaV2Model", lambda: tf.DebertaV2Config(**T), r"'encoder\.layer\.0\.attention\.self' "
                    r"\(DisentangledSelfAttention\): it computes relative-position attention inside the module"),
-    "bloom": ("BloomForCausalLM", lambda: tf.BloomConfig(vocab_size=100, hidden_size=32, n_layer=2, n_head=4, **IDS),
-              r"'transformer\.h\.0\.self_attention' \(BloomAttention\): it adds ALiBi position biases"),
     "falcon-alibi": ("FalconForCausalLM", lambda: tf.FalconConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
                                                                  num_attention_heads=4, alibi=True, **IDS),
                      r"\(FalconAttention\): ALiBi position biases \(alibi=True\)"),
@@ -290,7 +290,7 @@ def test_docs_models_lists_every_architecture_of_the_matrix():
         assert f"\n| {arch.split('-')[0] if arch != 'deberta-v2' else arch}" in refused, arch
 
 
-@pytest.mark.parametrize("arch", [a for a in ("mistral", "qwen3", "gemma2", "gemma2-softcap", "falcon-alibi")
+@pytest.mark.parametrize("arch", [a for a in ("mistral", "qwen3", "gemma2", "gemma2-softcap", "falcon-alibi", "bloom")
                                   if a in TEXT])
 def test_left_padded_generation_is_unchanged_and_its_prefill_matches_eager(arch, ckpt):
     """Sliding windows, soft-capping and ALiBi under left padding and a KV cache: the tokens generated with

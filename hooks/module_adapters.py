@@ -1,0 +1,90 @@
+"""Attention modules that compute their scores inside ``forward`` instead of calling transformers'
+``AttentionInterface``, given a ``forward`` that does call attnlab's attention function.
+
+Inside :func:`adapted` (which ``attach`` enters) each such module's ``forward`` is replaced, on the instance, by
+one written here: the same projections, cache update and output projection as the module's own, with the
+scores handed to :func:`attnlab.hooks.hf.attnlab_attention_forward` (which computes them with attnlab's kernels,
+or with SDPA on layers the capture does not want). On exit the instances get their own ``forward`` back. Each
+adapter is tested against the module's own eager attention (``tests/zoo/test_coverage_matrix.py``).
+
+- ``BloomAttention`` (BLOOM, BigScience 2022): ALiBi (Press et al., 2022), ``alibi [B*H, 1, K]``, is added to the
+  scaled scores inside the module; here it joins the additive mask, whose finite part reaches the kernels as
+  their ``bias`` term (as Falcon's ALiBi does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+
+def bloom_attention_forward(self, hidden_states: torch.Tensor, residual: torch.Tensor, alibi: torch.Tensor,
+                            attention_mask: torch.Tensor | None, layer_past=None, use_cache: bool = False,
+                            output_attentions: bool = False, **kwargs):
+    """``BloomAttention.forward`` through attnlab's attention function. hidden_states/residual ``[B, Q, D]``,
+    alibi ``[B*H, 1, K]``, attention_mask ``[B, 1, Q, K]`` (bool: allowed, or additive float) or ``None``.
+
+    Returns:
+        ``(output [B, Q, D], pattern [B, H, Q, K] or None)`` as the module's own forward.
+    """
+    from transformers.models.bloom.modeling_bloom import dropout_add
+
+    from .hf import attnlab_attention_forward
+
+    batch, q_len, _ = hidden_states.shape
+    query, key, value = self._reshape(self.query_key_value(hidden_states))  # each (B, H, Q, d)
+    if layer_past is not None:
+        key, value = layer_past.update(key, value, self.layer_idx)
+    bias = alibi.view(batch, self.num_heads, 1, key.shape[2]).to(query.dtype)  # (B, H, 1, K)
+    if attention_mask is None:
+        mask = bias
+    elif attention_mask.dtype == torch.bool:
+        mask = bias.masked_fill(~attention_mask, torch.finfo(query.dtype).min)
+    else:
+        mask = bias + attention_mask  # (B, H, Q, K): HF's large negative where masked
+    out, pattern = attnlab_attention_forward(self, query, key, value, mask.expand(batch, -1, q_len, -1),
+                                             scaling=self.inv_norm_factor,
+                                             dropout=self.attention_dropout.p if self.training else 0.0,
+                                             is_causal=True)  # (B, Q, H, d)
+    context = out.reshape(batch, q_len, self.num_heads * self.head_dim)
+    if self.pretraining_tp > 1 and self.slow_but_exact:
+        step = self.hidden_size / self.pretraining_tp
+        output = torch.zeros_like(context)
+        for i in range(self.pretraining_tp):
+            cols = slice(int(i * step), int((i + 1) * step))
+            output = output + nn.functional.linear(context[:, :, cols], self.dense.weight[:, cols])
+    else:
+        output = self.dense(context)
+    return dropout_add(output, residual, self.hidden_dropout, self.training), pattern
+
+
+#: attention class name -> the ``forward`` attnlab runs in its place
+ADAPTERS = {"BloomAttention": bloom_attention_forward}
+
+
+def has_adapter(cls: type) -> bool:
+    """Whether attnlab rewrites ``cls.forward`` to call its attention function (see :data:`ADAPTERS`)."""
+    return cls.__module__.startswith("transformers.models") and cls.__name__ in ADAPTERS
+
+
+@contextlib.contextmanager
+def adapted(modules: list[nn.Module]) -> Iterator[None]:
+    """Run each module of ``modules`` that has an adapter with it inside the block; the instances get their own
+    ``forward`` back on exit, also when the block raises."""
+    saved = []
+    try:
+        for module in modules:
+            if has_adapter(type(module)):
+                saved.append((module, module.__dict__.get("forward")))
+                module.forward = types.MethodType(ADAPTERS[type(module).__name__], module)
+        yield
+    finally:
+        for module, own in saved:
+            if own is None:
+                del module.forward
+            else:
+                module.forward = own

@@ -7,6 +7,8 @@ scores handed to :func:`attnlab.hooks.hf.attnlab_attention_forward` (which compu
 or with SDPA on layers the capture does not want). On exit the instances get their own ``forward`` back. Each
 adapter is tested against the module's own eager attention (``tests/zoo/test_coverage_matrix.py``).
 
+- ``DisentangledSelfAttention`` (DeBERTa-v2/v3, He et al., 2021): the disentangled relative-position terms join
+  the additive mask the same way.
 - ``BloomAttention`` (BLOOM, BigScience 2022): ALiBi (Press et al., 2022), ``alibi [B*H, 1, K]``, is added to the
   scaled scores inside the module; here it joins the additive mask, whose finite part reaches the kernels as
   their ``bias`` term (as Falcon's ALiBi does).
@@ -62,8 +64,45 @@ def bloom_attention_forward(self, hidden_states: torch.Tensor, residual: torch.T
     return dropout_add(output, residual, self.hidden_dropout, self.training), pattern
 
 
+def deberta_v2_attention_forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor,
+                                 output_attentions: bool = False, query_states: torch.Tensor | None = None,
+                                 relative_pos: torch.Tensor | None = None, rel_embeddings: torch.Tensor | None = None):
+    """``DisentangledSelfAttention.forward`` (DeBERTa-v2/v3) through attnlab's attention function.
+
+    The content-to-position and position-to-content terms (He et al., 2021, Eq. 4) come from the module's own
+    ``disentangled_attention_bias`` and reach the kernels as their ``bias`` term; ``q k^T`` is scaled by
+    ``1 / sqrt(d * (1 + number of relative terms))`` as in the module. hidden_states ``[B, N, D]``, attention_mask
+    ``[B, 1, N, N]`` (nonzero: allowed).
+
+    Returns:
+        ``(context [B, N, D], pattern [B, H, N, N] or None)`` as the module's own forward.
+    """
+    from transformers.models.deberta_v2.modeling_deberta_v2 import scaled_size_sqrt
+
+    from .hf import attnlab_attention_forward
+
+    query_states = hidden_states if query_states is None else query_states
+    n_heads = self.num_attention_heads
+    query = self.transpose_for_scores(self.query_proj(query_states), n_heads)  # (B*H, Q, d)
+    key = self.transpose_for_scores(self.key_proj(hidden_states), n_heads)  # (B*H, K, d)
+    value = self.transpose_for_scores(self.value_proj(hidden_states), n_heads)
+    scale_factor = 1 + ("c2p" in self.pos_att_type) + ("p2c" in self.pos_att_type)
+    scale = float(scaled_size_sqrt(query, scale_factor))
+    batch, q_len, k_len = hidden_states.shape[0], query.shape[1], key.shape[1]
+    bias = torch.zeros(batch * n_heads, q_len, k_len, dtype=query.dtype, device=query.device)
+    if self.relative_attention:
+        bias = self.disentangled_attention_bias(query, key, relative_pos, self.pos_dropout(rel_embeddings),
+                                                scale_factor)  # (B*H, Q, K)
+    mask = bias.view(batch, n_heads, q_len, k_len).masked_fill(~attention_mask.bool(), torch.finfo(query.dtype).min)
+    split = (batch, n_heads, -1, query.shape[-1])
+    out, pattern = attnlab_attention_forward(self, query.view(split), key.view(split), value.view(split), mask,
+                                             scaling=1.0 / scale, dropout=self.dropout.p if self.training else 0.0,
+                                             is_causal=False)  # (B, Q, H, d)
+    return out.reshape(batch, q_len, -1), pattern
+
+
 #: attention class name -> the ``forward`` attnlab runs in its place
-ADAPTERS = {"BloomAttention": bloom_attention_forward}
+ADAPTERS = {"BloomAttention": bloom_attention_forward, "DisentangledSelfAttention": deberta_v2_attention_forward}
 
 
 def has_adapter(cls: type) -> bool:

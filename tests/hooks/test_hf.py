@@ -159,15 +159,16 @@ def test_received_counts_real_queries_only_in_a_padded_batch(family, tiny_dir, m
 
 
 def test_attention_that_bypasses_attnlab_raises_instead_of_an_empty_trace(monkeypatch):
-    """With the attach-time check fooled, DeBERTa's own attention records nothing: the forward call must fail."""
+    """BLOOM computes attention inside its module; without its adapter it is refused at attach time, and with the
+    attach-time check fooled as well its own attention records nothing: the forward call must fail."""
     import transformers as tf
 
-    from attnlab.hooks import hf_stacks
+    from attnlab.hooks import hf_stacks, module_adapters
 
     torch.manual_seed(0)
-    model = tf.DebertaV2Model(tf.DebertaV2Config(vocab_size=100, hidden_size=32, num_hidden_layers=2,
-                                                 num_attention_heads=4, intermediate_size=64)).eval()
-    with pytest.raises(ValueError, match=r"'encoder\.layer\.0\.attention\.self' \(DisentangledSelfAttention\)"):
+    model = tf.BloomForCausalLM(tf.BloomConfig(vocab_size=100, hidden_size=32, n_layer=2, n_head=4)).eval()
+    monkeypatch.setattr(module_adapters, "ADAPTERS", {})
+    with pytest.raises(ValueError, match=r"'transformer\.h\.0\.self_attention' \(BloomAttention\): it adds ALiBi"):
         with attach(model, Capture(pattern=True)):
             pass
     monkeypatch.setattr(hf_stacks, "routes_through_interface", lambda cls: True)

@@ -60,6 +60,10 @@ TEXT = {
         pad_token_id=TOK.pad_token_id)),
 }
 # BLOOM computes ALiBi inside BloomAttention; attach runs it through attnlab's attention (hooks/module_adapters.py)
+# DeBERTa-v2/v3 computes its disentangled relative-position terms inside DisentangledSelfAttention (same mechanism)
+TEXT["deberta-v2"] = ("DebertaV2Model", lambda: tf.DebertaV2Config(
+    **T, relative_attention=True, pos_att_type=["p2c", "c2p"], position_buckets=8, max_relative_positions=16,
+    share_att_key=True, norm_rel_ebd="layer_norm"))
 TEXT["bloom"] = ("BloomForCausalLM", lambda: tf.BloomConfig(vocab_size=100, hidden_size=32, n_layer=2, n_head=4, **IDS))
 VISION = {
     "vit": ("ViTModel", lambda: tf.ViTConfig(**V)),
@@ -71,8 +75,6 @@ VISION = {
     "siglip_vision_model": ("SiglipVisionModel", lambda: tf.SiglipVisionConfig(**V)),
 }
 REFUSED = {  # architecture -> (model class, config factory, what the refusal must say)
-    "deberta-v2": ("DebertaV2Model", lambda: tf.DebertaV2Config(**T), r"'encoder\.layer\.0\.attention\.self' "
-                   r"\(DisentangledSelfAttention\): it computes relative-position attention inside the module"),
     "falcon-alibi": ("FalconForCausalLM", lambda: tf.FalconConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
                                                                  num_attention_heads=4, alibi=True, **IDS),
                      r"\(FalconAttention\): ALiBi position biases \(alibi=True\)"),

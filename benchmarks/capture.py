@@ -23,7 +23,8 @@ How it is measured:
 
 Modes: ``plain`` (SDPA forward), ``stats`` (attnlab stats-only capture), ``pattern`` (attnlab full patterns),
 ``hf_attn`` (HF eager with ``output_attentions=True``), ``tl_cache`` (TransformerLens ``run_with_cache`` on a
-TransformerBridge of the same checkpoint; overhead only; its forward includes GPT-2's unembedding).
+TransformerBridge of the same checkpoint; overhead only; its forward includes GPT-2's unembedding), ``tl_stats`` and
+``tl_pattern`` (attnlab capture on that bridge; their ratios to ``tl_cache`` are printed too).
 
 Usage: ``python benchmarks/capture.py overhead [--tokens 512] [--repeats 5]`` or
 ``python benchmarks/capture.py sweep [--lengths 1024 2048 4096 8192] [--figure docs/figures/capture_scaling.html]``.
@@ -44,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-MODES = ("plain", "stats", "pattern", "hf_attn", "tl_cache")
+MODES = ("plain", "stats", "pattern", "hf_attn", "tl_cache", "tl_stats", "tl_pattern")
 SWEEP_MODES = ("plain", "stats", "pattern", "hf_attn")
 ATTN_LABEL = "attnlab.bench.attention"
 BIG_BUDGET = 2**40  # pattern capture is what is measured here, so the capture budget must not refuse it
@@ -94,11 +95,20 @@ def mode_calls(model, ids: torch.Tensor, modes, tl_bridge=None) -> dict[str, tup
             rec.trace()
         return call
 
+    def bridge_captured(cap):
+        def call():
+            with attach(tl_bridge, cap) as rec:
+                tl_bridge(ids)
+            rec.trace()
+        return call
+
     table = {"plain": (lambda: model(input_ids=ids), mods), "stats": (captured(Capture(stats=True)), mods),
              "pattern": (captured(Capture(pattern=True, budget_bytes=BIG_BUDGET)), mods),
              "hf_attn": (lambda: eager(input_ids=ids, output_attentions=True),
                          attention_modules(eager) if eager is not None else []),
-             "tl_cache": (lambda: tl_bridge.run_with_cache(ids), [])}
+             "tl_cache": (lambda: tl_bridge.run_with_cache(ids), []),
+             "tl_stats": (bridge_captured(Capture(stats=True)), []),
+             "tl_pattern": (bridge_captured(Capture(pattern=True, budget_bytes=BIG_BUDGET)), [])}
     return {m: table[m] for m in modes}
 
 
@@ -186,7 +196,7 @@ def overhead(args: argparse.Namespace) -> dict:
                 model = gpt2_model()
                 path = str(Path(root) / "gpt2")
                 model.save_pretrained(path)
-            bridge = _bridge(path) if "tl_cache" in args.modes else None
+            bridge = _bridge(path) if any(m.startswith("tl_") for m in args.modes) else None
             ids = torch.randint(5, 1000, (1, args.tokens), generator=torch.Generator().manual_seed(0))
             calls = mode_calls(model, ids, args.modes, bridge)
             times = interleaved_times({m: c for m, (c, _) in calls.items()}, args.repeats)
@@ -200,6 +210,9 @@ def overhead(args: argparse.Namespace) -> dict:
                     "time_x": round(row["cpu_s"] / plain["cpu_s"], 2), "wall_x": round(row["wall_s"] / plain["wall_s"], 2),
                     "attn_mb": round(row["attn_mb"], 1), "extra_mb": round(row["peak_mb"] - plain["peak_mb"], 1)}
             out[f"{name}/plain"].update(cpu_s=round(plain["cpu_s"], 4), wall_s=round(plain["wall_s"], 4))
+            for mode in ("tl_stats", "tl_pattern"):  # the issue's bar: capture on a bridge vs its own run_with_cache
+                if mode in rows and "tl_cache" in rows:
+                    out[f"{name}/{mode}_vs_tl_cache"] = round(rows[mode]["cpu_s"] / rows["tl_cache"]["cpu_s"], 2)
     return out
 
 

@@ -16,6 +16,7 @@ from attnlab.core.capture import Capture, ModelShape
 from attnlab.core.trace import LayerRecord, Segment, Trace, TraceMeta
 from attnlab.kernels.api import attention
 from attnlab.kernels.plan import Plan
+from attnlab.kernels.reference import pattern_stats
 
 #: ``fn(layer, hidden_in [B, N, d] or None, static_sets {name: [B, K]}, preview=..., token_mask=[B, N])
 #: -> {name: [B, K] bool}``.
@@ -190,16 +191,70 @@ class Recorder:
                              return_pattern=want_pattern or return_pattern,
                              received_queries=real_queries if "received" in stats else None, **terms)
         if record:
-            rec = st.passes[-1].layers.setdefault(layer, LayerRecord())
-            if want_pattern:
-                rec.pattern = self._store(stt.pattern)
-            rec.stats = {name: self._store(t) for name, t in stt.as_dict().items()}
-            if cap.qk:
-                rec.q = self._store(q)
-                rec.k = self._store(k.repeat_interleave(q.shape[1] // k.shape[1], dim=1))
-            if cap.head_out:
-                rec.head_out = self._store(out)
+            self._record_layer(st, layer, stt.pattern if want_pattern else None, stt.as_dict(), q, k, out)
         return out, stt.pattern
+
+    def observe(self, stack: str, layer: int, pattern: torch.Tensor, scores: torch.Tensor,
+                q: torch.Tensor | None = None, k: torch.Tensor | None = None, out: torch.Tensor | None = None) -> None:
+        """Record a layer whose attention the model computed itself (a TransformerLens bridge's hook points), with
+        the statistics the kernels would emit, computed from its pattern and scores by the same definitions
+        (:func:`attnlab.kernels.reference.pattern_stats` for ``max`` and the masses).
+
+        Args:
+            pattern: ``[B, H, Q, K]`` the applied attention; scores: ``[B, H, Q, K]`` the scaled scores, masked
+                pairs at the dtype's minimum or ``-inf`` (for ``lse``).
+            q, k: ``[B, H|Hkv, Q|K, d]`` when ``qk`` is captured; out: ``[B, H, Q, d]`` when ``head_out`` is.
+        """
+        st = self.stacks[stack]
+        cap = self.capture
+        if layer not in st.layers or not cap.captured:
+            return
+        stats = cap.stat_names + ("mass",) if cap.stat_names else ()
+        p = pattern.float()
+        real_queries = self._real_queries(st, p.shape[2], None, p.device)  # (B, Q) or None
+
+        def received() -> torch.Tensor:  # (B, H, K), real query rows only
+            rows = p if real_queries is None else p * real_queries[:, None, :, None].to(p.dtype)
+            return rows.sum(-2)
+
+        key_sets = self._key_sets(stack, layer, p.shape[-1], p.device, received) if stats else {}
+        has_scores = not torch.equal(scores, pattern)  # TransformerLens' generic AttentionBridge hands the weights
+        if "lse" in stats and not has_scores:
+            raise ValueError(f"Layer {layer} of this model hands its attention weights, not its scores, to the hook "
+                             "for scores (TransformerLens' generic AttentionBridge does), so the log-sum-exp cannot "
+                             "be read off it; capture the other statistics (Capture(stats=('entropy', 'max', "
+                             "'received'))) or attach() to the Hugging Face model for lse")
+        fast = has_scores and ("lse" in stats or "entropy" in stats)
+        found = pattern_stats(p, tuple(n for n in stats if n in ("max", "mass") or (n == "entropy" and not fast)),
+                              key_sets)
+        if fast:
+            # From what the model computed, without a pass of exp or log over the map (each ~10x these): at the
+            # row's largest weight p = exp(s - lse), so lse = max s - log(max p); entropy = lse - sum_k p s.
+            s = scores.float()
+            if torch.isneginf(s).any():
+                s = s.clamp_min(torch.finfo(s.dtype).min)  # 0 * -inf would be NaN; 0 * min is 0
+            lse = s.amax(-1) - (found["max"] if "max" in found else p.amax(-1)).log()  # (B, H, Q)
+            if "lse" in stats:
+                found["lse"] = lse
+            if "entropy" in stats:
+                found["entropy"] = lse - torch.linalg.vecdot(p, s)
+        if "received" in stats:
+            found["received"] = received()
+        self._record_layer(st, layer, pattern if cap.pattern else None, found, q, k, out)
+
+    def _record_layer(self, st: StackState, layer: int, pattern: torch.Tensor | None, stats: dict,
+                      q: torch.Tensor | None, k: torch.Tensor | None, out: torch.Tensor | None) -> None:
+        """Store what the capture asks for one layer of the current pass (q/k with keys repeated to ``H`` heads)."""
+        cap = self.capture
+        rec = st.passes[-1].layers.setdefault(layer, LayerRecord())
+        if pattern is not None:
+            rec.pattern = self._store(pattern)
+        rec.stats = {name: self._store(t) for name, t in stats.items()}
+        if cap.qk and q is not None and k is not None:
+            rec.q = self._store(q)
+            rec.k = self._store(k.repeat_interleave(q.shape[1] // k.shape[1], dim=1))
+        if cap.head_out and out is not None:
+            rec.head_out = self._store(out)
 
     @staticmethod
     def _real_queries(st, n_q: int, key_mask: torch.Tensor | None, device) -> torch.Tensor | None:

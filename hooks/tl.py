@@ -4,17 +4,20 @@ Inside ``attach`` the bridge gets TransformerLens hooks (through ``bridge.hooks(
 them on exit, also when the forward raises) plus one torch pre-hook on the wrapped Hugging Face model
 that reads the token ids of each forward call.
 
-Attention goes through attnlab only where it must (a capture beyond ``resid``, or a plan): the
-layer's post-rotary ``q``, ``k`` and ``v`` are stashed from their hook points, the mask the bridge
-applied is read off ``hook_attn_scores`` (masked scores sit at the dtype's minimum or ``-inf``), and
-at ``hook_z`` the recorder recomputes attention and its result replaces ``z``. Patching ``z`` rather
-than ``hook_pattern`` is deliberate: the bridge's generic attention path discards edits to the pattern.
+A capture without a plan reads what the bridge computed itself (:func:`_reading_hooks`): the pattern from
+``hook_pattern``, the scaled scores from ``hook_attn_scores`` (for ``lse``), ``z`` from ``hook_z``; the recorder turns
+them into the kernels' statistics (:meth:`Recorder.observe`). Attention is not computed twice, and every attention
+bridge that fires those hook points is captured (GPT-2, LLaMA, GPT-NeoX/Pythia, Phi-3, OPT ...), in whatever order
+they fire.
 
-Only attention bridges whose hook points carry exactly what reaches the softmax are routed (see
-:func:`attention_source`): GPT-2-style fused QKV (``JointQKVAttentionBridge``) and LLaMA-style rotary
-attention (``PositionEmbeddingsAttentionBridge``, whose ``hook_rot_q``/``hook_rot_k`` fire after
-RoPE; its ``hook_q``/``hook_k`` fire before it). Other bridges support ``Capture(resid=True)`` only.
-The pre-4.x ``HookedTransformer`` is not supported.
+A plan needs attnlab's own attention: the layer's post-rotary ``q``, ``k`` and ``v`` are stashed from their hook
+points, the mask the bridge applied is read off ``hook_attn_scores`` (masked scores sit at the dtype's minimum or
+``-inf``), and at ``hook_z`` the recorder recomputes attention and its result replaces ``z``. Patching ``z`` rather
+than ``hook_pattern`` is deliberate: the bridge's generic attention path discards edits to the pattern. So do
+captured queries and keys, which must be the ones that reach the softmax: only attention bridges whose hook points
+carry exactly those are routed (see :func:`attention_source`): GPT-2-style fused QKV (``JointQKVAttentionBridge``)
+and LLaMA-style rotary attention (``PositionEmbeddingsAttentionBridge``, whose ``hook_rot_q``/``hook_rot_k`` fire
+after RoPE; its ``hook_q``/``hook_k`` fire before it). The pre-4.x ``HookedTransformer`` is not supported.
 """
 
 from __future__ import annotations
@@ -48,9 +51,12 @@ class LayerScratch:
     k: torch.Tensor | None = None  # (B, N, Hkv, d)
     v: torch.Tensor | None = None  # (B, N, Hkv, d)
     allowed: torch.Tensor | None = None  # (B, H, Q, K) bool
+    pattern: torch.Tensor | None = None  # (B, H, Q, K)
+    scores: torch.Tensor | None = None  # (B, H, Q, K)
+    z: torch.Tensor | None = None  # (B, Q, H, d)
 
     def clear(self) -> None:
-        self.q = self.k = self.v = self.allowed = None
+        self.q = self.k = self.v = self.allowed = self.pattern = self.scores = self.z = None
 
 
 @dataclass
@@ -241,6 +247,38 @@ def _attention_hooks(rec: Recorder, site: LayerSite) -> list[tuple[str, HookFn]]
             (prefix + "hook_attn_scores", stash_mask), (prefix + "hook_z", patch_z)]
 
 
+def _reading_hooks(rec: Recorder, layer: int, qk_hooks: tuple[str, str] | None) -> list[tuple[str, HookFn]]:
+    """TL hooks that record one layer from what the bridge computed: pattern, scores, ``z`` and (``qk_hooks``,
+    when queries and keys are captured) the q and k that reach the softmax. Bridges fire these in different orders
+    (OPT's ``hook_pattern`` comes after ``hook_z``), so the layer is recorded once all of them have arrived."""
+    prefix = f"blocks.{layer}.attn."
+    scratch = LayerScratch()
+    wanted = {"pattern", "scores", *(("z",) if rec.capture.head_out else ()), *(("q", "k") if qk_hooks else ())}
+
+    def keep(name: str) -> HookFn:
+        def save(x: torch.Tensor, hook) -> None:
+            if not rec.wants("main", layer):
+                return
+            setattr(scratch, name, x.detach())
+            if all(getattr(scratch, n) is not None for n in wanted):
+                q = scratch.q.transpose(1, 2) if scratch.q is not None else None  # (B, H, Q, d)
+                k = scratch.k.transpose(1, 2) if scratch.k is not None else None  # (B, Hkv, K, d)
+                z = scratch.z.transpose(1, 2) if scratch.z is not None else None  # (B, H, Q, d)
+                try:
+                    rec.observe("main", layer, scratch.pattern, scratch.scores, q=q, k=k, out=z)
+                finally:
+                    scratch.clear()
+
+        return save
+
+    hooks = [(prefix + "hook_pattern", keep("pattern")), (prefix + "hook_attn_scores", keep("scores"))]
+    if "z" in wanted:
+        hooks.append((prefix + "hook_z", keep("z")))
+    if qk_hooks:
+        hooks += [(prefix + qk_hooks[0], keep("q")), (prefix + qk_hooks[1], keep("k"))]
+    return hooks
+
+
 def _resid_hooks(rec: Recorder, n_layers: int) -> list[tuple[str, HookFn]]:
     hooks = []
     for layer in range(n_layers):
@@ -261,14 +299,20 @@ def attach_tl(model: nn.Module, rec: Recorder, tokenizer=None, model_id: str | N
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     rec.add_stack("main", tl_meta(model, model_id), main=True)
     hooks = _resid_hooks(rec, int(model.cfg.n_layers))
-    if _routes_attention(rec):
+    planned = rec.plan is not None and not rec.plan.is_identity
+    if _routes_attention(rec) and (planned or rec.capture.qk):
         sites = layer_sites(model)
         if isinstance(sites, str):
-            raise ValueError(f"attnlab cannot recompute this TransformerBridge's attention ({sites}); with "
-                             "TransformerLens only Capture(resid=True) works for it. Attach to the Hugging Face "
-                             "model instead for patterns, statistics and plans.")
+            need = "a plan" if planned else "queries and keys (qk)"
+            raise ValueError(f"attnlab cannot take the attention of this TransformerBridge apart ({sites}), which "
+                             f"{need} needs; with TransformerLens it captures patterns, statistics, head outputs "
+                             "and resid for it. Attach to the Hugging Face model instead for qk and plans.")
         for site in sites.values():
-            hooks.extend(_attention_hooks(rec, site))
+            hooks.extend(_attention_hooks(rec, site) if planned else
+                         _reading_hooks(rec, site.layer, (site.q_hook, site.k_hook)))
+    elif _routes_attention(rec):
+        for layer in range(int(model.cfg.n_layers)):
+            hooks.extend(_reading_hooks(rec, layer, None))
     handle = model.original_model.register_forward_pre_hook(
         lambda _m, args, kwargs: _begin_pass(rec, model, tokenizer, args, kwargs), with_kwargs=True)
     try:

@@ -152,3 +152,68 @@ def test_non_bridge_is_rejected_with_the_fix():
     with pytest.raises(TypeError, match="boot_transformers"):
         with attach_tl(nn.Linear(2, 2), rec):
             pass
+
+
+def _tiny_bridge(family: str, root) -> tuple[nn.Module, nn.Module]:
+    """A tiny random checkpoint of ``family`` (GPT-NeoX, Phi-3, OPT), saved with the tiny GPT-2's tokenizer, loaded
+    as the HF model (eager) and booted as a TransformerBridge."""
+    import transformers as tf
+
+    tok = tf.AutoTokenizer.from_pretrained(save_tiny("gpt2", root / "gpt2-tok"))
+    text = dict(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                intermediate_size=64, max_position_embeddings=64)
+    configs = {"gpt_neox": ("GPTNeoXForCausalLM", lambda: tf.GPTNeoXConfig(**text)),
+               "phi3": ("Phi3ForCausalLM", lambda: tf.Phi3Config(**text, pad_token_id=0)),
+               "opt": ("OPTForCausalLM", lambda: tf.OPTConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
+                                                              num_attention_heads=4, ffn_dim=64,
+                                                              max_position_embeddings=64, word_embed_proj_dim=32))}
+    cls, make = configs[family]
+    torch.manual_seed(0)
+    path = root / family
+    getattr(tf, cls)(make()).save_pretrained(path)
+    tok.save_pretrained(path)
+    hf = getattr(tf, cls).from_pretrained(path, attn_implementation="eager").eval()
+    return hf, bridge_mod.TransformerBridge.boot_transformers(str(path), device="cpu")
+
+
+@pytest.mark.parametrize("family", ["gpt_neox", "phi3", "opt"])
+def test_bridges_without_qk_hook_points_capture_from_their_own_attention(family, tmp_path, monkeypatch):
+    """GPT-NeoX, Phi-3 and OPT bridges (whose hook_q/hook_k are not what reaches the softmax) capture patterns,
+    statistics and head outputs from the attention the bridge computed (OPT fires hook_pattern after hook_z), with
+    no second attention pass: the statistics equal those attnlab's kernels give on the same weights through the
+    HF backend; queries and keys, and plans, are refused with the reason."""
+    from attnlab.hooks import recorder as recorder_mod
+
+    hf, bridge = _tiny_bridge(family, tmp_path)
+    ids = IDS[:, 1:]
+    # OPT's generic AttentionBridge hands the weights to hook_attn_scores: no lse there, said by name
+    stats = ("entropy", "max", "received") if family == "opt" else True
+    with torch.no_grad():
+        ref = hf(ids, output_attentions=True)
+        with attach(hf, Capture(stats=stats)) as hf_rec:
+            hf(ids)
+        base = bridge(ids)
+        with monkeypatch.context() as m:  # the bridge's own attention only: attnlab's must not run
+            m.setattr(recorder_mod.Recorder, "attend", lambda *a, **k: pytest.fail("attention computed twice"))
+            with attach(bridge, Capture(pattern=True, stats=stats, head_out=True)) as rec:
+                logits = bridge(ids)
+            if family == "opt":
+                with pytest.raises(ValueError, match="hands its attention weights, not its scores"):
+                    with attach(bridge, Capture(stats=True)):
+                        bridge(ids)
+    torch.testing.assert_close(logits, base, atol=0, rtol=0)
+    trace, want = rec.trace(), hf_rec.trace()
+    assert sorted(trace.layers) == [0, 1] and trace.meta.causal
+    for layer in range(2):
+        torch.testing.assert_close(trace.layer(layer).pattern, ref.attentions[layer], atol=1e-5, rtol=0)
+        assert trace.layer(layer).head_out.shape == (2, 4, ids.shape[1], 8)
+        got = trace.layer(layer).stats
+        assert set(got) == set(want.layer(layer).stats)
+        for name, value in want.layer(layer).stats.items():
+            torch.testing.assert_close(got[name], value, atol=2e-5, rtol=1e-5, msg=f"{family} {layer} {name}")
+    with pytest.raises(ValueError, match="queries and keys \\(qk\\) needs"):
+        with attach(bridge, Capture(qk=True)):
+            pass
+    with pytest.raises(ValueError, match="which a plan needs"):
+        with attach(bridge, plan=HEAD0_OFF):
+            pass

@@ -136,19 +136,50 @@ def table_data(frame: pd.DataFrame) -> tuple[list[dict], list[dict]]:
 
 
 def token_axis_labels(tokens: list[str], positions) -> list[str]:
-    """``"position:token"`` labels; a WordPiece piece of a split word also names its word
-    (``"6:##ing (playing)"``), so the raw piece and the word both show on the axis and on hover."""
+    """``"position:word"`` labels, word first: a WordPiece piece of a split word shows its whole word
+    (``"6:playing"`` for ``##ing``; Wu et al. 2016, §4.1); other tokens show themselves. Unique per position.
+
+    Args:
+        tokens: ``[N]`` the item's token strings.
+        positions: the positions to label.
+
+    Returns:
+        One label per position; :func:`token_piece_hover` gives the raw pieces for hover.
+    """
     from attnlab.hooks.segments import word_of_pieces
 
     words = word_of_pieces(list(tokens))
-    return [f"{int(n)}:{tokens[int(n)]}" + (f" ({words[int(n)]})" if words[int(n)] != tokens[int(n)] else "")
-            for n in positions]
+    return [f"{int(n)}:{words[int(n)]}" for n in positions]
 
 
-def token_options(header: dict, item: int, positions) -> list[dict]:
-    """Dropdown options for the real tokens of an item (``value`` = position)."""
+def token_piece_hover(tokens: list[str], positions) -> dict[str, str]:
+    """``{axis label: hover label}`` for the labels of :func:`token_axis_labels` whose token is a piece of a
+    split word: the hover names the raw piece (``"6:playing (piece ##ing)"``). Tokens that are whole words
+    are left out (their hover is the label itself)."""
+    labels = token_axis_labels(tokens, positions)
+    return {label: f"{label} (piece {tokens[int(n)]})" for label, n in zip(labels, positions)
+            if label.split(":", 1)[1] != tokens[int(n)]}
+
+
+def token_options(header: dict, item: int, positions, *, by_index: bool = False) -> list[dict]:
+    """Dropdown options for the real tokens of an item, word first (:func:`token_axis_labels`); a piece of a
+    split word names its raw piece in the option's hover (``title``).
+
+    Args:
+        header: the trace header.
+        item: batch item.
+        positions: the positions to offer.
+        by_index: ``value`` is the index into ``positions`` (what the probes take) rather than the position.
+    """
     tokens = header["tokens"][item]
-    return [{"label": f"{int(n)}: {tokens[int(n)]}", "value": int(n)} for n in positions]
+    pieces = token_piece_hover(tokens, positions)
+    options = []
+    for i, (n, label) in enumerate(zip(positions, token_axis_labels(tokens, positions))):
+        option = {"label": label.replace(":", ": ", 1), "value": i if by_index else int(n)}
+        if label in pieces:
+            option["title"] = f"word piece {tokens[int(n)]}"
+        options.append(option)
+    return options
 
 
 def timing_bars(timings: dict[str, float]) -> html.Div:

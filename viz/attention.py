@@ -8,8 +8,8 @@ import math
 import numpy as np
 import plotly.graph_objects as go
 
-from .style import (ATTENTION_SCALE, MARGIN, QUERY_COLOUR, attention_colorbar, attention_trace, layout_title,
-                    panel_title)
+from .style import (ATTENTION_SCALE, MARGIN, QUERY_COLOUR, attention_colorbar, attention_trace, hover_aliases,
+                    layout_title, panel_title)
 
 #: Colour scales of the attention heatmap: the fixed ``[0, 1]`` range compares heads by eye; the others
 #: spread one head's weights over the whole colour bar, which long inputs need (mean weight ``1/N``).
@@ -61,7 +61,7 @@ def colour_range(values: np.ndarray, scale: str) -> tuple[np.ndarray, dict]:
 
 
 def attention_heatmap(pattern: np.ndarray, labels: list[str], title: str, *, scale: str | None = "fixed",
-                      exclude_first: bool = False) -> go.Figure:
+                      exclude_first: bool = False, hover_labels: dict[str, str] | None = None) -> go.Figure:
     """One head's attention pattern with token labels on both axes, in square cells.
 
     Every token keeps its label: the axes thin their ticks to what fits and show more as one zooms in, and
@@ -74,6 +74,8 @@ def attention_heatmap(pattern: np.ndarray, labels: list[str], title: str, *, sca
         scale: one of :data:`COLOUR_SCALES`, or ``auto``/``None`` (:func:`resolve_scale`).
         exclude_first: drop the first token's key column, whose sink weight (Xiao et al. 2024, §3) would
             otherwise set the colour range for all the rest.
+        hover_labels: ``{label: text}`` shown on hover in place of some labels (a word piece's raw form);
+            the axes keep ``labels`` (:func:`attnlab.viz.style.hover_aliases`).
 
     Returns:
         A heatmap (queries as rows, first at the top).
@@ -87,7 +89,7 @@ def attention_heatmap(pattern: np.ndarray, labels: list[str], title: str, *, sca
     # range) push the margin, and plotly then draws everything a second time
     colours["colorbar"] = {**colours["colorbar"], "x": 0.9, "xanchor": "left", "thickness": 14}
     value = "log10 attention" if scale == "log" else "attention"
-    axis = {"type": "category", "tickfont": {"size": 10}, "constrain": "domain"}
+    axis = {"type": "category", "tickfont": {"size": 10}, "constrain": "domain", **hover_aliases(hover_labels)}
     return go.Figure({"data": [{"type": "heatmap", "z": z, "x": keys, "y": labels, **colours,
                                 "hovertemplate": "query %{y}<br>key %{x}<br>" + value + " %{z:.4f}<extra></extra>"}],
                       "layout": {"title": layout_title(title), "margin": {**MARGIN, "l": 120, "b": 120, "t": 70},
@@ -97,60 +99,127 @@ def attention_heatmap(pattern: np.ndarray, labels: list[str], title: str, *, sca
                                            "scaleanchor": "x", "scaleratio": 1}}})
 
 
-def _short(token: str, width: int = 12) -> str:
-    return token if len(token) <= width else token[: width - 1] + "…"
+#: The text view's line width, in characters of its monospace font: at 11 px (~6.6 px a character) a line fits
+#: a half-width column of 480 px or more; in a narrower one plotly shrinks the text inside each cell to fit.
+LINE_CHARS = 72
+#: Room around a token's text inside its cell, in characters.
+CELL_PAD = 1.5
+TEXT_FONT = {"family": "Menlo, Consolas, 'DejaVu Sans Mono', monospace", "size": 11}
 
 
-def _token_grid(tokens, positions, values, per_row):
-    rows = max(1, math.ceil(len(tokens) / per_row))
-    z = np.full((rows, per_row), np.nan)
-    text = [[""] * per_row for _ in range(rows)]
-    custom = [[-1] * per_row for _ in range(rows)]
-    for i, token in enumerate(tokens):
-        r, c = divmod(i, per_row)
-        z[r, c], text[r][c], custom[r][c] = values[i], _short(token), int(positions[i])
-    return z, text, custom
+def cell_text(token: str) -> str:
+    """A token as its cell shows it: whitespace made visible (``↵`` newline, ``⇥`` tab, ``␣`` a blank token),
+    plotly's markup characters escaped; cut with ``…`` only when longer than a whole line."""
+    shown = token.replace("\r", "").replace("\n", "↵").replace("\t", "⇥") or "␣"
+    if not shown.strip():
+        shown = "␣" * len(shown)
+    width = int(LINE_CHARS - CELL_PAD)
+    if len(shown) > width:
+        shown = shown[: width - 1] + "…"
+    return escape_markup(shown)
+
+
+def escape_markup(text: str) -> str:
+    """``text`` with ``&``, ``<`` and ``>`` escaped, so plotly draws ``<s>`` or ``<br>`` tokens as written."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def text_length(shown: str) -> int:
+    """Characters ``shown`` (a :func:`cell_text`) draws: each escaped entity is one."""
+    return len(shown.replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">"))
+
+
+def token_lines(widths: list[float], line: float = LINE_CHARS) -> tuple[list[int], list[float]]:
+    """Wrap cells of the given widths into lines, like words of a paragraph.
+
+    Args:
+        widths: ``[n]`` each cell's width (characters), at most ``line``.
+        line: the line width.
+
+    Returns:
+        ``(rows, starts)``: ``[n]`` each cell's line and ``[n]`` its left edge; cells of a line do not overlap
+        and end within ``line``.
+    """
+    rows, starts, row, x = [], [], 0, 0.0
+    for w in widths:
+        if x > 0 and x + w > line:
+            row, x = row + 1, 0.0
+        rows.append(row)
+        starts.append(x)
+        x += w
+    return rows, starts
 
 
 def token_text_view(tokens: list[str], positions: list[int], attends_to: np.ndarray, attended_by: np.ndarray,
-                    focus: int, per_row: int = 12) -> go.Figure:
-    """The text as token cells: what the focused token attends to (top) and what attends to it (bottom).
+                    focus: int, words: list[str] | None = None) -> go.Figure:
+    """The text as coloured token cells (bertviz, circuitsvis): what the focused token attends to (top) and
+    what attends to it (bottom).
 
-    Hovering a cell reports its position in ``hoverData`` (``customdata``), so a callback can refocus.
+    Each cell is as wide as its token (a monospace font; lines wrap at :data:`LINE_CHARS`), so no label is cut
+    or overlaps another at any length. Each panel colours 0 to its own largest value (the focused token's row,
+    and its column), like the heatmap's per-head max: at 400 tokens a fixed 0-1 scale is uniformly dark.
+    Clicking a cell reports its position in ``clickData`` (``customdata[0]``), so a callback can refocus;
+    hovering shows the whole token, its word and its weight.
 
     Args:
-        tokens: token strings of the real tokens.
-        positions: their positions in the sequence.
+        tokens: ``[n]`` token strings of the cells.
+        positions: ``[n]`` their positions in the sequence (``-1``: a cell one cannot focus, an image span).
         attends_to: ``[n]`` the focused token's attention row.
         attended_by: ``[n]`` the attention every token pays to the focused one (its column).
         focus: index into ``tokens`` of the focused token.
-        per_row: cells per line.
+        words: ``[n]`` the word each token belongs to (shown on hover where it differs from the token).
 
     Returns:
-        A two-panel figure on the fixed ``[0, 1]`` attention scale; the focused cell is outlined in red.
+        Two horizontal bar traces (one cell a bar: ``base`` its left edge, ``x`` its width, ``y`` its line,
+        ``text`` its label), then the labels of each as a text scatter; the focused cell is outlined in red.
     """
-    rows = max(1, math.ceil(len(tokens) / per_row))
-    name = _short(tokens[focus])
-    data, shapes = [], []
-    r, c = divmod(focus, per_row)
-    for panel, values in ((1, attends_to), (2, attended_by)):
-        z, text, custom = _token_grid(tokens, positions, values, per_row)
+    shown = [cell_text(t) for t in tokens]
+    widths = [text_length(t) + CELL_PAD for t in shown]
+    rows, starts = token_lines(widths)
+    lines = rows[-1] + 1 if rows else 1
+    hover = []
+    for token, word, n in zip(tokens, words or tokens, positions):
+        name = escape_markup(token).replace("\n", "↵")
+        extra = f" (word {escape_markup(word)})" if word != token else ""
+        hover.append(f"{name}{extra}<br>position {n}" if n >= 0 else f"{name} (all its patches)")
+    name = escape_markup(tokens[focus]).replace("\n", "↵")
+    domains = ([0.54, 0.94], [0.0, 0.40])
+    data, labels, shapes = [], [], []
+    for panel, (values, what, domain) in enumerate(((attends_to, "row max", domains[0]),
+                                                     (attended_by, "column max", domains[1])), start=1):
+        values = np.asarray(values, dtype=np.float32)
+        _, colours = colour_range(values, "max")
         axes = {"xaxis": "x" if panel == 1 else "x2", "yaxis": "y" if panel == 1 else "y2"}
-        data.append(attention_trace(
-            z, text=text, customdata=custom, texttemplate="%{text}", xgap=2, ygap=2, showscale=panel == 1,
-            colorbar=attention_colorbar(), textfont={"size": 12}, **axes,
-            hovertemplate="%{text} (position %{customdata})<br>attention %{z:.3f}<extra></extra>"))
-        shapes.append({"type": "rect", "x0": c - 0.5, "x1": c + 0.5, "y0": r - 0.5, "y1": r + 0.5,
-                       "xref": axes["xaxis"], "yref": axes["yaxis"], "line": {"color": "red", "width": 3}})
-    hidden = {"visible": False}
-    return go.Figure({"data": data, "layout": {
-        "title": layout_title("text view: hover a token (red outline: the focused token)", 13), "margin": {**MARGIN, "t": 50}, "height": max(300, 140 + 80 * rows),
-        "shapes": shapes, "xaxis": {**hidden, "domain": [0, 1], "anchor": "y"},
-        "yaxis": {**hidden, "domain": [0.56, 0.92], "autorange": "reversed"},
-        "xaxis2": {**hidden, "domain": [0, 1], "anchor": "y2"},
-        "yaxis2": {**hidden, "domain": [0.0, 0.38], "autorange": "reversed"},
-        "annotations": [panel_title(f"what {name!r} (position {positions[focus]}) attends to", 0.5, 0.93),
-                        panel_title(f"what attends to {name!r}", 0.5, 0.39)]}})
+        data.append({
+            "type": "bar", "orientation": "h", "base": starts, "x": widths, "y": rows, "width": 0.86,
+            "text": shown, "textposition": "none", "hovertext": hover, "customdata": [[int(n), float(v)] for n, v in zip(positions, values)],
+            "hovertemplate": "%{hovertext}<br>attention %{customdata[1]:.4f}<extra></extra>", "showlegend": False,
+            "marker": {"color": values, "colorscale": colours["colorscale"], "cmin": 0.0, "cmax": colours["zmax"],
+                       "showscale": True, "line": {"width": 0},
+                       "colorbar": {"title": {"text": f"attention<br>(0 to {what})", "font": {"size": 11}},
+                                    "len": 0.4, "y": domain[0], "yanchor": "bottom", "thickness": 12}},
+            **axes})
+        # the labels as a text-only scatter over the cells: bars with inside text measure and fit each label,
+        # ~4x slower to draw at 400 tokens; dark text on the light (high) end of Viridis, white on the rest
+        top = max(colours["zmax"], 1e-9)
+        labels.append({"type": "scatter", "mode": "text", "x": [b + w / 2 for b, w in zip(starts, widths)], "y": rows,
+                       "text": shown, "hoverinfo": "skip", "showlegend": False, "cliponaxis": False,
+                       "textfont": {**TEXT_FONT, "color": ["#111" if v / top > 0.6 else "#fff" for v in values]},
+                       **axes})
+        shapes.append({"type": "rect", "x0": starts[focus], "x1": starts[focus] + widths[focus],
+                       "y0": rows[focus] - 0.5, "y1": rows[focus] + 0.5, "xref": axes["xaxis"], "yref": axes["yaxis"],
+                       "line": {"color": "red", "width": 3}})
+    hidden = {"visible": False, "fixedrange": True}
+    x = {**hidden, "range": [0, LINE_CHARS], "domain": [0, 1]}
+    y = {**hidden, "range": [lines - 0.5, -0.5]}
+    return go.Figure({"data": data + labels, "layout": {
+        "title": layout_title("text view: click a token to focus it (red outline)", 13),
+        "margin": {**MARGIN, "l": 10, "t": 60}, "height": 150 + 46 * lines, "shapes": shapes,
+        "bargap": 0, "plot_bgcolor": "white",
+        "xaxis": {**x, "anchor": "y"}, "yaxis": {**y, "domain": domains[0], "anchor": "x"},
+        "xaxis2": {**x, "anchor": "y2"}, "yaxis2": {**y, "domain": domains[1], "anchor": "x2"},
+        "annotations": [panel_title(f"what {name} (position {positions[focus]}) attends to", 0.5, domains[0][1]),
+                        panel_title(f"what attends to {name}", 0.5, domains[1][1])]}})
 
 
 def patch_overlay(image_uri: str | None, grid: np.ndarray, title: str, *, value_label: str = "attention",

@@ -39,7 +39,8 @@ def artifact_map(result: RegisterResult, batch: int = 0, layer: int = -1, segmen
         segment: which image span of the item.
 
     Returns:
-        A figure with a heatmap trace and a scatter trace of the artifact cells.
+        A figure with a heatmap trace and a scatter trace of the artifact cells (red x), which the legend
+        names with the threshold rule (shown even when no patch crosses it).
     """
     norms = result.grids(batch, layer, values="norm")
     flags = result.grids(batch, layer, values="artifact")
@@ -49,10 +50,14 @@ def artifact_map(result: RegisterResult, batch: int = 0, layer: int = -1, segmen
         )
     rows, cols = np.nonzero(flags[segment].values)
     fig = go.Figure(go.Heatmap(z=norms[segment].values, colorscale="Viridis", colorbar_title="norm"))
-    fig.add_trace(go.Scatter(x=cols, y=rows, mode="markers", name="artifact",
-                             marker={"symbol": "x", "color": "red", "size": 10}))
+    cut = result.thresholds[layer]
+    rule = f"norm above {cut:.1f}" if not np.isnan(cut) else "norm above the threshold"
+    fig.add_trace(go.Scatter(x=cols, y=rows, mode="markers", name=f"high-norm artifact ({rule})",
+                             marker={"symbol": "x", "color": "red", "size": 10},
+                             hovertemplate="artifact patch: row %{y}, col %{x}<extra></extra>"))
     fig.update_layout(title=f"Token norms on the patch grid, layer {result.layers[layer]}",
-                      xaxis_title="patch column", yaxis_title="patch row")
+                      xaxis_title="patch column", yaxis_title="patch row", showlegend=True,
+                      legend={"orientation": "h", "x": 1, "y": 1.02, "xanchor": "right", "yanchor": "bottom"})
     fig.update_yaxes(autorange="reversed")
     return fig
 

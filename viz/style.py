@@ -29,7 +29,6 @@ SIDE_COLOURS = {"src": "#1f77b4", "dest": "#ff7f0e"}
 #: default plot margins (pixels).
 MARGIN = {"l": 60, "r": 20, "t": 50, "b": 50}
 #: Viridis with its stops packed towards 0, on the fixed range [0, 1].
-#: Viridis with its stops packed towards 0, on the fixed range [0, 1].
 ATTENTION_SCALE = [[0.0, "#440154"], [0.02, "#482878"], [0.05, "#3e4989"], [0.1, "#31688e"], [0.18, "#26828e"],
                    [0.3, "#1f9e89"], [0.45, "#35b779"], [0.65, "#6ece58"], [0.85, "#b5de2b"], [1.0, "#fde725"]]
 ATTENTION_TICKS = [0, 0.1, 0.25, 0.5, 0.75, 1]
@@ -48,6 +47,30 @@ def attention_colorbar(title: str = "attention", **extra) -> dict:
 def attention_trace(z, **extra) -> dict:
     """A heatmap trace dict on the fixed attention scale."""
     return {"type": "heatmap", "z": z, "colorscale": ATTENTION_SCALE, "zmin": 0.0, "zmax": 1.0, **extra}
+
+
+#: Invisible mark around hover labels of a :func:`hover_aliases` axis (see there).
+TICK_MARK = "\u200b"
+
+
+def hover_aliases(aliases: dict[str, str] | None) -> dict:
+    """Category-axis settings under which hovering shows ``aliases[label]`` in place of ``label`` while the ticks
+    keep ``label`` (e.g. a token's raw word piece beside its word, without a string per heatmap cell).
+
+    Plotly applies ``labelalias`` to tick and hover labels after adding the tick prefix and suffix; hover labels
+    get both, while with ``showtickprefix="first"`` and ``showticksuffix="last"`` no tick but a lone one gets
+    both. So aliases keyed by ``mark + label + mark`` (an invisible mark) reach the hover only.
+
+    Args:
+        aliases: ``{category label: hover text}``; ``None`` or empty: no settings.
+
+    Returns:
+        The tick prefix and suffix settings and ``labelalias``, to merge into the axis layout.
+    """
+    if not aliases:
+        return {}
+    return {"tickprefix": TICK_MARK, "showtickprefix": "first", "ticksuffix": TICK_MARK, "showticksuffix": "last",
+            "labelalias": {f"{TICK_MARK}{k}{TICK_MARK}": v for k, v in aliases.items()}}
 
 
 def panel_title(text: str, x: float, y: float) -> dict:

@@ -1,4 +1,4 @@
-"""Attention: one head's pattern with token labels, a hoverable text view, and image-patch overlays."""
+"""Attention: one head's pattern with token labels, a clickable text view, and image-patch overlays."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from attnlab.dashboard.summaries import attention_matrix, grid_values, real_posi
 from attnlab.dashboard.viewstate import as_list, sync_url
 from attnlab.dashboard.widgets import (HIDDEN, as_int, control, graph, head_options, keep, layer_options, message_area,
                                        page_header, provenance, radio, require_traces, shown_if, token_axis_labels,
-                                       token_options)
+                                       token_options, token_piece_hover)
 from attnlab.viz.attention import (COLOUR_SCALES, LONG_INPUT, attention_heatmap, patch_overlay,
                                    resolve_scale, token_text_view)
 from attnlab.viz.style import message_figure, stamp
@@ -30,15 +30,17 @@ SCALE_HELP = (f"auto: fixed 0-1 up to {LONG_INPUT} tokens, per-head max above (a
               "over the colour bar; log shows weights from 1e-4 up.")
 SINK_HELP = ("Hide the first real token's column: attention sinks (Xiao et al. 2024, §3) put most of the weight there, "
              "and that one column sets the colour range for all the rest.")
+FOCUS_HELP = ("The token the text view focuses: click a token there or a heatmap row, or choose it here (keyboard: "
+              "Tab here, type to search, Enter).")
 sync_url(ids.ATTN_URL, {"layer": ids.ATTN_LAYER, "head": ids.ATTN_HEAD, "scale": ids.ATTN_SCALE, "sink": ids.ATTN_SINK})
 
 
 def layout(layer=None, head=None, scale=None, sink=None, **_query) -> html.Div:
     """Layer, head and colour-scale selectors (initial values from the query), the heatmap, text and image views."""
     return html.Div([
-        page_header("Attention", "Pick a layer and a head. Hover a token in the text view to see what it attends "
-                                 "to and what attends to it; click a heatmap row to focus that query. Zoom the "
-                                 "heatmap (drag a box) to read every token label."),
+        page_header("Attention", "Pick a layer and a head. Click a token in the text view (or a heatmap row, or "
+                                 "choose it under Focus token) to see what it attends to and what attends to it; "
+                                 "hover shows the whole token. Zoom the heatmap (drag a box) to read every label."),
         dcc.Store(id=ids.ATTN_URL),
         html.Div([control("Layer", radio(ids.ATTN_LAYER, value=as_int(layer))),
                   control("Head", radio(ids.ATTN_HEAD, value=as_int(head))),
@@ -50,7 +52,10 @@ def layout(layer=None, head=None, scale=None, sink=None, **_query) -> html.Div:
         message_area(ids.ATTN_MESSAGE),
         html.Div([html.Button("Download the matrix (.npy)", id=ids.ATTN_DATA_BUTTON, className="button button-quiet",
                               n_clicks=0), dcc.Download(id=ids.ATTN_DATA)], className="export"),
-        dcc.Store(id=ids.ATTN_FOCUS), dcc.Store(id=ids.ATTN_DRAWN),
+        dcc.Store(id=ids.ATTN_DRAWN),
+        html.Div([control("Focus token", dcc.Dropdown(id=ids.ATTN_FOCUS, clearable=False,
+                                                      placeholder="the model's output token"),
+                          help=FOCUS_HELP)], className="controls"),
         html.Div([html.Div([graph(ids.ATTN_HEATMAP, "attention pattern heatmap"), graph(ids.ATTN_TEXT, "text view")],
                            className="two-columns"),
                   html.Div([html.H2("Attention over the image"),
@@ -95,12 +100,13 @@ def heatmap(run_id, trace, item, layer, head, scale="auto", sink=()):
     if layer is None or head is None:
         return message_figure("no layer chosen"), message("This trace captured no layers.", "note")
     matrix, real, source = _matrix(data, run, trace, layer, head, item or 0)
-    labels = token_axis_labels(header["tokens"][item or 0], real)
+    tokens = header["tokens"][item or 0]
+    labels = token_axis_labels(tokens, real)
     note = None if source == "pattern" else message(
         "No pattern was stored; the map is recomputed as softmax(q·k/√d) from the stored queries and keys.", "note")
     scale = resolve_scale(scale, len(labels))
     figure = attention_heatmap(matrix, labels, f"layer {layer}, head {head}", scale=scale,
-                               exclude_first=SINK in (sink or []))
+                               exclude_first=SINK in (sink or []), hover_labels=token_piece_hover(tokens, real))
     figure.layout.meta = {"view": {"run": run_id, "trace": trace, "item": item or 0, "layer": layer, "head": head}}
     return stamp(figure, *provenance(run_id, run, trace, item or 0, layer=layer, head=head, scale=scale)), note
 
@@ -129,13 +135,30 @@ def download_matrix(_n, drawn):
     return dcc.send_bytes(buffer.getvalue(), f"{name}.npy")
 
 
-@callback(Output(ids.ATTN_FOCUS, "data"), Input(ids.ATTN_TEXT, "hoverData"), Input(ids.ATTN_HEATMAP, "clickData"),
-          State(ids.ATTN_FOCUS, "data"))
-def focus(hover, click, current):
+@callback(Output(ids.ATTN_FOCUS, "options"), Input(ids.RUN, "value"), Input(ids.TRACE, "value"),
+          Input(ids.ITEM, "value"))
+@guarded([], report=False)
+def focus_options(run_id, trace, item):
+    """The text tokens one can focus (word first, the raw piece on hover), for keyboard use."""
+    data = current_data()
+    run = data.run(run_id)
+    if not run.manifest["traces"]:
+        return []
+    header = trace_header(run, trace)
+    patches = {n for s in image_segments(header, item or 0) for n in range(s.start, s.end)}
+    real = [int(n) for n in real_positions(data, run, trace, item or 0) if int(n) not in patches]
+    return token_options(header, item or 0, real)
+
+
+@callback(Output(ids.ATTN_FOCUS, "value"), Input(ids.ATTN_TEXT, "clickData"), Input(ids.ATTN_HEATMAP, "clickData"),
+          State(ids.ATTN_FOCUS, "value"))
+def focus(text_click, click, current):
+    """The focused position: the clicked text-view cell (``customdata[0]``) or heatmap row (``"position:..."``);
+    hovering only shows a token. Image cells (position ``-1``) keep the current focus."""
     # returns the current focus rather than PreventUpdate, which would block the text view's first draw
     try:
         if ctx.triggered_id == ids.ATTN_TEXT:
-            position = int(hover["points"][0]["customdata"])
+            position = int(text_click["points"][0]["customdata"][0])
         elif ctx.triggered_id == ids.ATTN_HEATMAP:
             position = int(str(click["points"][0]["y"]).split(":", 1)[0])
         else:
@@ -145,7 +168,7 @@ def focus(hover, click, current):
     return position if position >= 0 else current
 
 
-@callback(Output(ids.ATTN_TEXT, "figure"), Input(ids.ATTN_DRAWN, "data"), Input(ids.ATTN_FOCUS, "data"))
+@callback(Output(ids.ATTN_TEXT, "figure"), Input(ids.ATTN_DRAWN, "data"), Input(ids.ATTN_FOCUS, "value"))
 def text_view_of_heatmap(drawn, position):
     """The text view of the head the heatmap shows (``drawn``: its ``layout.meta.view``)."""
     if not drawn:
@@ -156,6 +179,8 @@ def text_view_of_heatmap(drawn, position):
 @guarded(lambda: message_figure("no text view"), report=False)
 def text_view(run_id, trace, item, layer, head, position):
     """What the focused token attends to and what attends to it, as token cells."""
+    from attnlab.hooks.segments import word_of_pieces  # imports torch: not at page load
+
     try:
         data = current_data()
         run = data.run(run_id)
@@ -168,8 +193,10 @@ def text_view(run_id, trace, item, layer, head, position):
     if position not in text:
         position = text[-1] if meta_of(header).causal else text[0]
     cells = text_cells(header, item or 0, matrix, real, position)
+    words = word_of_pieces(list(header["tokens"][item or 0]))
+    cell_words = [words[n] if n >= 0 else t for t, n in zip(cells["tokens"], cells["positions"])]
     figure = token_text_view(cells["tokens"], cells["positions"], np.asarray(cells["attends_to"]),
-                             np.asarray(cells["attended_by"]), cells["focus"], per_row=12 if len(text) <= 96 else 20)
+                             np.asarray(cells["attended_by"]), cells["focus"], words=cell_words)
     return stamp(figure, *provenance(run_id, run, trace, item or 0, layer=layer, head=head, view="text"))
 
 

@@ -14,7 +14,7 @@ from attnlab.dashboard.errors import guarded, message
 from attnlab.dashboard.summaries import grid_values, real_positions
 from attnlab.dashboard.viewstate import as_list, sync_url, wanted
 from attnlab.dashboard.widgets import (HIDDEN, control, graph, message_area, page_header, provenance,
-                                       radio, require_traces)
+                                       radio, require_traces, token_options)
 from attnlab.viz.attention import patch_overlay
 from attnlab.viz.style import message_figure, stamp
 from attnlab.viz.relevance import relevance_bar
@@ -79,7 +79,7 @@ def positions(run_id, trace, item, current, requested=None):
     header = trace_header(run, trace)
     real = real_positions(data, run, trace, item or 0)
     # values index the item's real tokens, which is what the probes take
-    options = [{"label": f"{int(n)}: {header['tokens'][item or 0][int(n)]}", "value": i} for i, n in enumerate(real)]
+    options = token_options(header, item or 0, real, by_index=True)
     meta = meta_of(header)
     pooled = " (this model's pooling)" if meta.pooling == "mean" else ""
     options.append({"label": f"mean of all tokens{pooled}", "value": "mean"})

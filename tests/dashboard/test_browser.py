@@ -457,16 +457,30 @@ for (const row of t.z) { for (const v of row) { if (v === null || Number.isNaN(v
 return {x: Array.from(t.x), y: Array.from(t.y), zmin: t.zmin, zmax: t.zmax, top: top, lit: lit / n,
         litFixed: litFixed / n, colorbar: t.colorbar.title.text, title: gd.layout.title.text,
         subtitle: gd.layout.title.subtitle ? gd.layout.title.subtitle.text : '',
-        filename: gd._context.toImageButtonOptions.filename};
+        filename: gd._context.toImageButtonOptions.filename, aliases: gd.layout.yaxis.labelalias || {}};
 """
 #: Zoom the heatmap to categories [a, b] on both axes; resolves with the tick labels drawn after the redraw.
 ZOOM_TICKS = """
 const [a, b, done] = arguments;
 const gd = document.querySelector('#attn-heatmap .js-plotly-plot');
 Plotly.relayout(gd, {'xaxis.range': [a - 0.5, b + 0.5], 'yaxis.range': [b + 0.5, a - 0.5]}).then(() => {
-  const texts = (sel) => Array.from(gd.querySelectorAll(sel)).map((e) => e.textContent);
+  const texts = (sel) => Array.from(gd.querySelectorAll(sel)).map((e) => e.textContent.replace(/\u200b/g, ''));
   done({x: texts('.xtick text'), y: texts('.ytick text')});
 });
+"""
+
+
+#: Hover heatmap cell (column a, the row of the b-th hover alias); resolves with the hover box's text, the row's
+#: category label and the drawn y tick texts.
+HOVER_LABEL = """
+const [a, b, done] = arguments;
+const gd = document.querySelector('#attn-heatmap .js-plotly-plot');
+const label = Object.keys(gd.layout.yaxis.labelalias)[b].replace(/\u200b/g, '');
+const row = gd._fullData[0].y.indexOf(label);
+Plotly.Fx.hover(gd, {xval: a, yval: row});
+setTimeout(() => done({hover: Array.from(gd.querySelectorAll('.hoverlayer text')).map((e) => e.textContent).join(' '),
+                       label: label, ticks: Array.from(gd.querySelectorAll('.ytick text')).map((e) => e.textContent)}),
+           300);
 """
 
 
@@ -518,7 +532,11 @@ def test_long_input_heatmap_is_readable_and_fast(browser, server):
     assert len(state["x"]) == len(state["y"]) == LONG_TOKENS and len(set(state["y"])) == LONG_TOKENS
     assert "per-head max" in state["colorbar"] and state["zmax"] == pytest.approx(state["top"]) and state["top"] < 1
     assert state["lit"] > max(0.02, 10 * state["litFixed"])  # cells that show colour, against the fixed scale
-    assert any("(" in label and "##" in label for label in state["y"])  # a word piece also names its word
+    assert not [label for label in state["y"] if "##" in label]  # word pieces show their word ...
+    hovered = d.execute_async_script(HOVER_LABEL, 0, next(i for i, v in enumerate(state["aliases"].values())
+                                                          if "##" in v))
+    assert "(piece ##" in hovered["hover"] and hovered["label"] in state["y"]  # ... and hover names the raw piece
+    assert len(hovered["ticks"]) > 2 and not [t for t in hovered["ticks"] if "(piece" in t]  # the axis keeps words
     click(d, f"#{ids.ATTN_SINK} input[value='hide-first']")
     WebDriverWait(d, 30).until(lambda drv: len(drv.execute_script(HEATMAP_STATE)["x"]) == LONG_TOKENS - 1)
     hidden = d.execute_script(HEATMAP_STATE)
@@ -527,6 +545,39 @@ def test_long_input_heatmap_is_readable_and_fast(browser, server):
     assert set(hidden["x"][200:210]) <= set(ticks["x"]), ticks  # zoomed to 10 tokens, every label is drawn
     assert set(hidden["y"][200:210]) <= set(ticks["y"]), ticks
     shot(d, "attention-long")
+    assert not console_errors(d)
+
+
+#: The text view: each cell's position (customdata[0]) and the focus named in the first panel's title.
+TEXT_STATE = """
+const gd = document.querySelector('#attn-text .js-plotly-plot');
+if (!gd || !gd._fullData || !gd._fullData.length || gd.classList.contains('dash-graph--pending')) return null;
+return {positions: Array.from(gd._fullData[0].customdata).map((c) => c[0]),
+        title: gd.layout.annotations[0].text, cmax: gd._fullData[0].marker.cmax};
+"""
+
+
+def test_a_click_on_a_text_view_token_focuses_it(browser, server):
+    """Hovering a token only shows it; a click (or the keyboard's Focus token list) makes it the focus."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    d = browser
+    d.get(server + "/attention?run=0:minilm&layer=2&head=3")
+    graph(d, ids.ATTN_HEATMAP, title="layer 2, head 3")
+    graph(d, ids.ATTN_TEXT)
+    before = WebDriverWait(d, 30).until(lambda drv: drv.execute_script(TEXT_STATE))
+    assert "(position 0)" in before["title"]
+    cells = d.find_elements(By.CSS_SELECTOR, "#attn-text .trace.bars .point path")
+    ActionChains(d).move_to_element(cells[5]).perform()  # a hover does not refocus
+    time.sleep(1.0)
+    assert "(position 0)" in d.execute_script(TEXT_STATE)["title"]
+    ActionChains(d).move_to_element(cells[5]).click().perform()
+    target = before["positions"][5]
+    after = WebDriverWait(d, 30).until(lambda drv: (lambda s: s if s and f"(position {target})" in s["title"]
+                                                    else False)(drv.execute_script(TEXT_STATE)))
+    assert after["cmax"] != before["cmax"]  # the colour range follows the focused row
+    choose_option(d, ids.ATTN_FOCUS, "3")  # the Focus token list (keyboard-operable) sets the focus too
+    WebDriverWait(d, 30).until(lambda drv: "(position 3)" in (drv.execute_script(TEXT_STATE) or {}).get("title", ""))
     assert not console_errors(d)
 
 
@@ -690,8 +741,3 @@ def test_no_red_error_box_on_any_page_for_any_demo_run(browser, server, demo_roo
                 found[(run_id, path)] = errors
     assert not found
     assert not console_errors(d)
-
-
-
-
-

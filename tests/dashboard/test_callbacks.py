@@ -151,13 +151,13 @@ def test_head_statistics_from_a_stored_pattern_equal_the_kernel_statistics(ctx, 
 def test_attention_text_view_and_image_overlay(ctx):
     attention = page("attention")
     text = attention.text_view("0:minilm", "main", 0, 2, 3, 4)
-    assert len(text.data) == 2 and points(text) > 0
+    assert [t.type for t in text.data] == ["bar", "bar", "scatter", "scatter"] and points(text) > 0
     assert "position 4" in text.layout.annotations[0].text
     # an LVLM's image span is one cell holding the focus's whole attention to the patches: the row still sums to 1
     text = attention.text_view("0:toy-llava", "main", 0, 1, 2, None)
-    row = np.asarray(text.data[0].z, dtype=float)
-    labels = [t for line in text.data[0].text for t in line]
-    assert row[np.isfinite(row)].sum() == pytest.approx(1.0, abs=1e-5)
+    row = np.asarray(text.data[0].marker.color, dtype=float)
+    labels = list(text.data[0].text)
+    assert row.sum() == pytest.approx(1.0, abs=1e-5) and text.data[0].marker.cmax == pytest.approx(row.max())
     assert labels.count("img 4×4") == 1 and "<image>" not in labels
     options, query, style = attention.query_options("0:toy-llava", "main", 0, None)
     assert style == {} and query == options[-1]["value"]  # causal: the last prompt token
@@ -165,6 +165,49 @@ def test_attention_text_view_and_image_overlay(ctx):
     assert any(isinstance(t, go.Image) for t in overlay.data)
     assert np.asarray(overlay.data[-1].z).shape == (4, 4)
     assert attention.query_options("0:minilm", "main", 0, None)[2] == {"display": "none"}
+
+
+def _trigger(prop: str) -> None:
+    """Make ``prop`` (``"id.property"``) the input that fired the next callback called by hand."""
+    from dash._callback_context import context_value
+    from dash._utils import AttributeDict
+
+    context_value.set(AttributeDict(triggered_inputs=[{"prop_id": prop, "value": 1}]))
+
+
+def test_a_click_on_a_token_refocuses_the_text_view(ctx):
+    attention = page("attention")
+    before = attention.text_view("0:minilm", "main", 0, 2, 3, None)
+    first = before.data[0]
+    assert "position 0" in before.layout.annotations[0].text  # an encoder focuses its first token
+    _trigger(f"{ids.ATTN_TEXT}.clickData")
+    click = {"points": [{"customdata": list(first.customdata[5]), "curveNumber": 0, "pointNumber": 5}]}
+    position = attention.focus(click, None, 0)
+    assert position == first.customdata[5][0] == 5
+    after = attention.text_view("0:minilm", "main", 0, 2, 3, position)
+    assert "position 5" in after.layout.annotations[0].text
+    row = np.asarray(after.data[0].marker.color, dtype=float)
+    assert not np.allclose(row, np.asarray(first.marker.color, dtype=float))  # token 5's row, not token 0's
+    assert after.data[0].marker.cmax == pytest.approx(row.max())  # the colour scale follows the focused row
+    shape = after.layout.shapes[0]
+    assert shape.x0 == pytest.approx(after.data[0].base[5]) and shape.y0 == after.data[0].y[5] - 0.5
+    _trigger(f"{ids.ATTN_TEXT}.clickData")
+    assert attention.focus({"points": [{"customdata": [-1, 0.5]}]}, None, 5) == 5  # an image cell keeps the focus
+    _trigger(f"{ids.ATTN_HEATMAP}.clickData")
+    assert attention.focus(None, {"points": [{"y": "7:playing", "x": "2:a"}]}, 5) == 7  # a word-first row label
+
+
+def test_token_labels_are_word_first_with_the_raw_piece_on_hover():
+    from attnlab.dashboard.widgets import token_axis_labels, token_options, token_piece_hover
+
+    tokens = ["[CLS]", "play", "##ing", "now", "[SEP]"]
+    assert token_axis_labels(tokens, range(5)) == ["0:[CLS]", "1:playing", "2:playing", "3:now", "4:[SEP]"]
+    assert token_piece_hover(tokens, range(5)) == {"1:playing": "1:playing (piece play)",
+                                                    "2:playing": "2:playing (piece ##ing)"}
+    options = token_options({"tokens": [tokens]}, 0, [1, 2, 3], by_index=True)
+    assert [o["label"] for o in options] == ["1: playing", "2: playing", "3: now"]
+    assert [o["value"] for o in options] == [0, 1, 2] and options[1]["title"] == "word piece ##ing"
+    assert "title" not in options[2]
 
 
 def test_flow_rollout_and_flow(ctx):

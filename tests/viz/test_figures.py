@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from attnlab.viz.attention import attention_heatmap, colour_range, compare_attention, patch_overlay, resolve_scale, token_text_view
+from attnlab.viz.attention import (CELL_PAD, LINE_CHARS, attention_heatmap, colour_range, compare_attention,
+                                   patch_overlay, resolve_scale, text_length, token_text_view)
 from attnlab.viz.circuits import circuit_figure
 from attnlab.viz.evals import eval_bars
 from attnlab.viz.qk import qk_small_multiples
@@ -22,17 +23,72 @@ def test_attention_heatmap_is_on_the_fixed_scale_with_queries_down():
     assert fig.layout.title.text == "layer 0, head 1"
 
 
-def test_text_view_wraps_tokens_and_marks_the_focus():
-    tokens = [f"t{i}" for i in range(14)]
-    row = np.linspace(0, 1, 14)
-    fig = token_text_view(tokens, list(range(100, 114)), row, row[::-1], focus=13, per_row=6)
-    top, bottom = fig.data
-    z = np.asarray(top.z, dtype=float)
-    assert z.shape == (3, 6) and np.isnan(z[2, 2:]).all()
-    assert z[2, 1] == pytest.approx(1.0) and np.asarray(bottom.z, dtype=float)[0, 0] == pytest.approx(1.0)
-    assert top.customdata[2][1] == 113 and top.customdata[2][2] == -1  # padding cells are not focusable
-    focus = fig.layout.shapes[0]
-    assert (focus.x0, focus.y0) == (0.5, 1.5) and "t13" in fig.layout.annotations[0].text
+def _cells(trace) -> list[tuple[int, float, float, str]]:
+    """``(line, left, right, text)`` of each text-view cell."""
+    return [(int(y), float(b), float(b) + float(w), t) for y, b, w, t in zip(trace.y, trace.base, trace.x, trace.text)]
+
+
+def test_text_view_at_400_tokens_keeps_every_label_whole_and_apart():
+    rng = np.random.default_rng(0)
+    pieces = ["the", "##ing", "[CLS]", "internationalization", "<s>", "\n", " a", "x" * 30, "supercalifragilistic"]
+    tokens = [pieces[i] for i in rng.integers(0, len(pieces), 400)]
+    tokens[17] = "y" * 120  # longer than a line: cut in its cell, whole on hover
+    row = rng.dirichlet(np.ones(400)) / 3  # a long input's weights: all far below 1
+    col = rng.random(400) * 0.2
+    fig = token_text_view(tokens, list(range(1000, 1400)), row, col, focus=250)
+    top, bottom, top_text, _ = fig.data
+    assert list(top_text.text) == list(top.text) and top_text.mode == "text"
+    np.testing.assert_allclose(top_text.x, [b + w / 2 for b, w in zip(top.base, top.x)])  # centred in its cell
+    for trace in (top, bottom):
+        cells = _cells(trace)
+        assert len(cells) == 400
+        for (line, left, right, text), nxt in zip(cells, cells[1:] + [None]):
+            assert 0 <= left and right <= LINE_CHARS
+            assert right - left >= text_length(text) + CELL_PAD  # the text fits its cell in a monospace font
+            if nxt is not None and nxt[0] == line:
+                assert nxt[1] >= right  # the next cell on the line starts after this one ends
+            elif nxt is not None:
+                assert nxt[0] == line + 1
+        assert cells[-1][0] > 20  # wrapped onto many lines (the old grid drew 20 fixed cells a row)
+    # whole tokens: no cell is cut below a whole line, and the hover names every token in full
+    assert [i for i, t in enumerate(top.text) if t.endswith("…")] == [17]  # only the token longer than a line
+    assert all(h.startswith(t.replace("<", "&lt;").replace(">", "&gt;").replace("\n", "↵"))
+               for h, t in zip(top.hovertext, tokens))
+    assert "y" * 120 in top.hovertext[17] and top.text[17].endswith("…")
+    # each panel's colour runs from 0 to its own largest value (the focused row's max), and shows its scale
+    assert top.marker.cmin == 0 and top.marker.cmax == pytest.approx(row.max(), rel=1e-6)
+    assert bottom.marker.cmax == pytest.approx(col.max(), rel=1e-6) and row.max() < 0.2
+    np.testing.assert_allclose(np.asarray(top.marker.color, dtype=float), row, rtol=1e-6)
+    assert top.marker.showscale and bottom.marker.showscale and "row max" in top.marker.colorbar.title.text
+    assert [c[0] for c in top.customdata[:3]] == [1000, 1001, 1002]  # what a click reports
+    line, left, right, _ = _cells(top)[250]
+    shape = fig.layout.shapes[0]
+    assert (shape.x0, shape.x1, shape.y0, shape.y1) == (left, right, line - 0.5, line + 0.5)
+    assert "position 1250" in fig.layout.annotations[0].text and "click" in fig.layout.title.text
+
+
+def test_text_view_hover_names_the_word_and_image_cells_are_not_focusable():
+    tokens, words = ["[CLS]", "play", "##ing", "img 4×4"], ["[CLS]", "playing", "playing", "img 4×4"]
+    fig = token_text_view(tokens, [0, 1, 2, -1], np.array([0.1, 0.2, 0.3, 0.4]), np.zeros(4), focus=2,
+                          words=words)
+    top = fig.data[0]
+    assert top.text == ("[CLS]", "play", "##ing", "img 4×4")
+    assert top.hovertext[2] == "##ing (word playing)<br>position 2" and "position" not in top.hovertext[3]
+    assert top.customdata[3][0] == -1 and top.customdata[2][1] == pytest.approx(0.3)
+    assert len({line for line, *_ in _cells(top)}) == 1  # four short tokens share one line
+    assert fig.data[1].marker.cmax > 0  # an all-zero column still has a valid colour range
+
+
+def test_heatmap_hover_names_the_raw_piece_while_the_axes_keep_the_word():
+    labels = ["0:[CLS]", "1:playing", "2:playing"]
+    fig = attention_heatmap(np.eye(3), labels, "t", hover_labels={"2:playing": "2:playing (piece ##ing)"})
+    for axis in (fig.layout.xaxis, fig.layout.yaxis):
+        # hover labels get the prefix and the suffix, a tick (but a lone one) never both: aliases reach hover only
+        assert axis.labelalias == {"\u200b2:playing\u200b": "2:playing (piece ##ing)"}
+        assert (axis.tickprefix, axis.showtickprefix, axis.ticksuffix, axis.showticksuffix) == \
+            ("\u200b", "first", "\u200b", "last")
+    assert list(fig.data[0].y) == labels
+    assert attention_heatmap(np.eye(3), labels, "t").layout.xaxis.labelalias is None
 
 
 def test_patch_overlay_paints_the_grid_over_the_image():

@@ -68,3 +68,29 @@ def test_vhd_heatmap(vit_trace, text_trace):
     assert len(fig.data) == 1 and isinstance(fig.data[0], go.Heatmap)
     assert (len(fig.data[0].z), len(fig.data[0].z[0])) == (3, 2)
     assert axis_titles(fig) == ("head", "layer")
+
+
+def test_relevance_bar_labels_words_and_says_what_red_means(text_trace):
+    text_trace.tokens[0][1:] = ["play", "##ing"]
+    result = attention_rollout(text_trace)
+    bar = relevance_bar(result)
+    trace = bar.data[0]
+    assert list(trace.x) == ["0:[CLS]", "1:playing", "2:playing"]  # word first
+    assert trace.customdata[2] == "##ing (piece of playing)" and trace.customdata[0] == "[CLS]"  # raw piece on hover
+    assert "%{customdata}" in trace.hovertemplate
+    out = int(result.positions[0])
+    red = [i for i, c in enumerate(trace.marker.color) if c == "#d62728"]
+    assert red == [out]
+    note = bar.layout.annotations[0].text
+    assert "red: the output token" in note and trace.x[out] in note
+    pooled = relevance_bar(attention_rollout(text_trace, position="mean"))
+    assert "#d62728" not in pooled.data[0].marker.color and not pooled.layout.annotations  # no red bar, no note
+
+
+def test_artifact_map_legend_names_the_red_marks(vit_trace):
+    result = high_norm_tokens(vit_trace, threshold=30.0)
+    grid = artifact_map(result)
+    marks = grid.data[1]
+    assert marks.marker.color == "red" and marks.marker.symbol == "x"
+    assert grid.layout.showlegend and marks.showlegend is not False
+    assert marks.name == "high-norm artifact (norm above 30.0)"

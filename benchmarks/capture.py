@@ -102,12 +102,23 @@ def mode_calls(model, ids: torch.Tensor, modes, tl_bridge=None) -> dict[str, tup
             rec.trace()
         return call
 
+    def bridge_stats() -> Capture:
+        """Every statistic, or all but lse on a bridge whose hook_attn_scores carries the weights (BERT, OPT)."""
+        try:
+            bridge_captured(Capture(stats=True))()
+            return Capture(stats=True)
+        except ValueError as err:
+            if "not its scores" not in str(err):
+                raise
+            print("bridge: no scores at hook_attn_scores, tl_stats without lse", flush=True)
+            return Capture(stats=("entropy", "max", "received"))
+
     table = {"plain": (lambda: model(input_ids=ids), mods), "stats": (captured(Capture(stats=True)), mods),
              "pattern": (captured(Capture(pattern=True, budget_bytes=BIG_BUDGET)), mods),
              "hf_attn": (lambda: eager(input_ids=ids, output_attentions=True),
                          attention_modules(eager) if eager is not None else []),
              "tl_cache": (lambda: tl_bridge.run_with_cache(ids), []),
-             "tl_stats": (bridge_captured(Capture(stats=True)), []),
+             "tl_stats": (bridge_captured(bridge_stats()) if "tl_stats" in modes else None, []),
              "tl_pattern": (bridge_captured(Capture(pattern=True, budget_bytes=BIG_BUDGET)), [])}
     return {m: table[m] for m in modes}
 

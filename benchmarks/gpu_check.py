@@ -16,7 +16,11 @@ On one CUDA GPU (H100-class, under 8 minutes) it
    SDPA forward, stats capture and full patterns (each to the CPU, and kept on the GPU), HF ``output_attentions``, the
    Trace's shape, and each output's error against a float32 run of the same model (capture may add at most half
    again the error SDPA and HF eager have themselves in that dtype);
-6. prints one JSON line (``ok`` true only when every stage ran and every gate held) and exits 0 or 1.
+6. sweeps the kernel's tiles and launch options (``Sizes.tile_configs``: block_m, block_n, num_warps, num_stages) at
+   8k tokens in bf16, with and without statistics: time, TFLOP/s and float64 errors per config, the fastest
+   correct config of each (informational, for ``kernels/triton_attention._block_sizes`` on this chip; the shipped
+   tiles must stay within the error gate);
+7. prints one JSON line (``ok`` true only when every stage ran and every gate held) and exits 0 or 1.
 
 ``--dry-run`` runs the same stages on the CPU at tiny sizes: Triton under its interpreter, FlexAttention
 through ``torch.compile(backend="eager")``, pytest ``--collect-only`` for the kernel tests, perf_counter for
@@ -57,11 +61,16 @@ class Sizes:
     model: dict = field(default_factory=dict)  # GPT2Config overrides; {} is GPT-2 small
     capture_batch: tuple[int, int] = (8, 1024)
     kernels_deadline_s: float = 330.0  # after this many seconds the kernel benchmark skips what is left
+    tile_n: int = 8192  # the tile sweep's length (batch 16k / N, causal, first dtype)
+    tile_configs: tuple[tuple[int, int, int, int], ...] = (  # (block_m, block_n, num_warps, num_stages)
+        (64, 32, 4, 2), (64, 64, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 128, 4, 2))
+    tiles_budget_s: float = 90.0  # past this the sweep stops and marks the configs left
     flex_budget_s: float = 120.0  # FlexAttention compiles once per (length, dtype); past this it is left out
 
 
 DRY = Sizes(lengths=(80,), heads=2, dim=32, tokens_per_batch=256, long_n=256, long_rows=8,
-            model=dict(n_layer=2, n_head=2, n_embd=64, n_positions=64), capture_batch=(2, 32))
+            model=dict(n_layer=2, n_head=2, n_embd=64, n_positions=64), capture_batch=(2, 32), tile_n=64,
+            tile_configs=((16, 16, 4, 2), (32, 16, 8, 3)))
 
 
 class CheckFailed(RuntimeError):
@@ -249,6 +258,57 @@ def bench_kernels(sizes: Sizes, meter: Meter, dry_run: bool, deadline: float) ->
     return results
 
 
+def tile_sweep(sizes: Sizes, meter: Meter, dry_run: bool) -> dict:
+    """attnlab's Triton kernel with every statistic, and without, under each ``(block_m, block_n, num_warps,
+    num_stages)`` of ``sizes.tile_configs`` at ``tile_n`` tokens: time, and the statistics' errors against float64
+    (a config that does not compile or is wrong is reported, never silently used). Informational: it gates
+    nothing, and tells the next change to ``kernels/triton_attention._block_sizes`` what each tile costs."""
+    import torch
+
+    from attnlab.kernels.api import attention
+    from attnlab.kernels.triton_attention import triton_attention
+
+    n, dtype = sizes.tile_n, getattr(torch, sizes.dtypes[0])
+    b = max(1, sizes.tokens_per_batch // n)
+    q, k, v, sets = _inputs(b, sizes.heads, n, sizes.dim, dtype, meter.device, seed=2)
+    ref = oracle64(q[0], k[0], v[0], {name: m[0] for name, m in sets.items()}, causal=True)
+    flops = 4 * b * sizes.heads * n * n * sizes.dim / 2
+    plain = dict(causal=True, key_mask=None, attn_mask=None, scale=None, layer_plan=None, query_sets={})
+    found: dict = {"n": n, "batch": b, "dtype": sizes.dtypes[0], "configs": {}}
+    began = time.perf_counter()
+    for bm, bn, warps, stages in sizes.tile_configs:
+        name = f"{bm}x{bn}/w{warps}/s{stages}"
+        if time.perf_counter() - began > sizes.tiles_budget_s:
+            found["configs"][name] = {"skipped": "budget"}
+            continue
+        tiles = dict(block_m=bm, block_n=bn, num_warps=warps, num_stages=stages)
+        try:
+            def with_stats():
+                return triton_attention(q, k, v, key_sets=sets, stats=STATS, **plain, **tiles)
+
+            def without():
+                return triton_attention(q, k, v, key_sets={}, stats=(), **plain, **tiles)
+
+            out, st = with_stats()
+            errors = stat_errors(out, st, ref)
+            row = {"stats_ms": float(f"{meter.median_s(with_stats, reps=2 if dry_run else 5) * 1e3:.4g}"),
+                   "plain_ms": float(f"{meter.median_s(without, reps=2 if dry_run else 5) * 1e3:.4g}"),
+                   "over_gate": over_gate({e: float(f"{x:.3g}") for e, x in errors.items()})}
+            row["stats_tflops"] = float(f"{flops / row['stats_ms'] / 1e9:.4g}")
+            row["plain_tflops"] = float(f"{flops / row['plain_ms'] / 1e9:.4g}")
+        except Exception as err:  # out of shared memory, a compile error: recorded with the config
+            row = {"error": f"{type(err).__name__}: {err}"[:300]}
+        found["configs"][name] = row
+        print(f"tiles {name}: {json.dumps(row)}", file=sys.stderr, flush=True)
+    timed = {c: r for c, r in found["configs"].items() if "stats_ms" in r and not r["over_gate"]}
+    if timed:
+        found["best_stats"] = min(timed, key=lambda c: timed[c]["stats_ms"])
+        found["best_plain"] = min(timed, key=lambda c: timed[c]["plain_ms"])
+    default = attention(q, k, v, causal=True, stats=STATS, key_sets=sets, impl="triton")  # the shipped tiles
+    found["over_gate"] = [f"default tiles: {g}" for g in over_gate(stat_errors(*default, ref))]
+    return found
+
+
 def long_case(sizes: Sizes, meter: Meter) -> dict:
     """Stats-only attention at ``long_n`` tokens, batch 1: time, memory, row identities, float64 rows."""
     import torch
@@ -366,7 +426,8 @@ def run(args: argparse.Namespace) -> dict:
     meter = Meter(torch.device("cpu" if args.dry_run else "cuda"))
     stages = {"tests": lambda: kernel_tests(args.dry_run, timeout_s=240),
               "kernels": lambda: bench_kernels(sizes, meter, args.dry_run, deadline),
-              "long": lambda: long_case(sizes, meter), "capture": lambda: capture_check(sizes, meter)}
+              "long": lambda: long_case(sizes, meter), "capture": lambda: capture_check(sizes, meter),
+              "tiles": lambda: tile_sweep(sizes, meter, args.dry_run)}
     failures = []
     for name, stage in stages.items():
         if name in args.skip:
@@ -403,7 +464,7 @@ def _stage_failures(name: str, result: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true", help="all stages on the CPU at tiny sizes")
-    parser.add_argument("--skip", nargs="+", default=[], choices=("tests", "kernels", "long", "capture"),
+    parser.add_argument("--skip", nargs="+", default=[], choices=("tests", "kernels", "long", "capture", "tiles"),
                         help="stages to leave out (the check then reports ok=false)")
     args = parser.parse_args(argv)
     try:

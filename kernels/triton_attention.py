@@ -161,6 +161,7 @@ def triton_attention(
     key_sets: dict[str, torch.Tensor], query_sets: dict[str, torch.Tensor], stats: tuple[str, ...],
     block_m: int | None = None, block_n: int | None = None, received_queries: torch.Tensor | None = None,
     window: int | None = None, softcap: float | None = None, bias: torch.Tensor | None = None,
+    num_warps: int | None = None, num_stages: int | None = None,
 ) -> tuple[torch.Tensor, Stats]:
     """Fused attention with a layer plan and one-pass statistics; semantics of ``reference_attention``.
 
@@ -177,6 +178,8 @@ def triton_attention(
         received_queries: ``[B, Q]`` bool, the query rows ``received`` sums over, or None (all).
         window: with ``causal``, each query sees only its last ``window`` keys; softcap: ``cap * tanh(s / cap)``;
         bias: ``[B|1, H|1, Q, K]`` float added to the scores (see ``kernels.attention``).
+        num_warps, num_stages: Triton launch options of both kernels (``None``: Triton's defaults), for tuning on a
+            GPU (``benchmarks/gpu_check.py``'s tile sweep); the interpreter ignores them.
 
     Returns:
         ``(out [B, H, Q, dv] in q's dtype, Stats)`` with float32 statistics.
@@ -198,7 +201,8 @@ def triton_attention(
     mass = torch.empty(bsz, n_heads, n_q, pa.nsp, device=q.device, dtype=torch.float32) if pa.n_sets else rows
     flags = dict(CAUSAL=causal, HAS_KEYMASK=key_mask is not None, HAS_ATTN=attn_mask is not None,
                  SOFTCAP=softcap is not None, HAS_BIAS=bias is not None, HAS_WINDOW=window is not None,
-                 HAS_RW=pa.has_rw, UPCAST=INTERPRET, BLOCK_M=bm, BLOCK_N=bn, BLOCK_DK=bdk)
+                 HAS_RW=pa.has_rw, UPCAST=INTERPRET, BLOCK_M=bm, BLOCK_N=bn, BLOCK_DK=bdk,
+                 **{n: v for n, v in (("num_warps", num_warps), ("num_stages", num_stages)) if v is not None})
     terms = (scale * LOG2E, (softcap or 1.0) * LOG2E, window or 0)
     attention_fwd_kernel[(-(-n_q // bm), bsz * n_heads)](
         q, k, v, out, km, span, pa.part, pa.sets, am, bias_t, pa.qrow, pa.factor, pa.head_scale, rows, mass,

@@ -68,6 +68,10 @@ def test_dry_run_runs_every_stage_on_the_cpu():
     assert set(cap["time_x"]) == {"plain", "stats", "stats_on_device", "pattern", "pattern_on_device", "hf_attn"}
     assert set(cap["output_vs_float32"]) == {"plain", "stats", "hf_attn"} and cap["over_gate"] == []
     assert report["tests"]["ok"] and "output_tail" not in report["tests"]
+    tiles = report["tiles"]
+    assert set(tiles["configs"]) == {"16x16/w4/s2", "32x16/w8/s3"} and tiles["over_gate"] == []
+    assert all(row["over_gate"] == [] and row["stats_ms"] > 0 for row in tiles["configs"].values())
+    assert tiles["best_stats"] in tiles["configs"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")

@@ -302,7 +302,9 @@ def attention_rows(c: _Call, r0: int, r1: int) -> tuple[torch.Tensor, dict[str, 
     row: dict[str, torch.Tensor] = {"lse": torch.where(dead, float("-inf"), top + neg_log_max)[..., 0]}
     if c.rw is None:  # statistics of the applied rows straight from the softmax
         if "entropy" in c.stats:  # H = -sum p log p = -log(p_max) - sum p d
-            row["entropy"] = torch.where(dead, 0.0, neg_log_max - torch.linalg.vecdot(p, d)[..., None])[..., 0]
+            # (B, H, q, 1); in place on d (no longer needed), so no block-sized temporary (vecdot makes one)
+            p_dot_d = ((p * d) if c.grad else d.mul_(p)).sum(-1, keepdim=True)
+            row["entropy"] = torch.where(dead, 0.0, neg_log_max - p_dot_d)[..., 0]
         if "max" in c.stats:
             row["max"] = p_max[..., 0]
         if "received" in c.stats:

@@ -16,6 +16,7 @@ RUNS_TABLE = "runs-table"
 RUNS_DETAIL = "runs-detail"
 RUNS_TIMINGS = "runs-timings"
 RUNS_MESSAGE = "runs-message"
+RUNS_TRACES_TABLE = "runs-traces-table"  # DataTable: the selected Run's traces
 
 # -- Heads ----------------------------------------------------------------------------------------
 HEADS_STAT = "heads-stat"
@@ -26,6 +27,8 @@ HEADS_MESSAGE = "heads-message"
 HEADS_URL = "heads-url"
 HEADS_BODY = "heads-body"
 HEADS_WANTED = "heads-wanted"
+HEADS_CONTROLS = "heads-controls"  # the control bar, hidden with the body
+HEADS_STAT_HELP = "heads-stat-help"  # the "?" of the chosen statistic
 
 # -- Attention ------------------------------------------------------------------------------------
 ATTN_LAYER = "attn-layer"
@@ -40,6 +43,7 @@ ATTN_MESSAGE = "attn-message"
 ATTN_SCALE = "attn-scale"  # colour scale of the heatmap
 ATTN_SINK = "attn-sink"  # checklist: hide the first token's column
 ATTN_BODY = "attn-body"  # the views, hidden when the Run cannot fill them
+ATTN_CONTROLS = "attn-controls"  # the control bar, hidden with the body
 ATTN_URL = "attn-url"  # dcc.Store written by the URL sync
 ATTN_DATA_BUTTON = "attn-data-button"  # "download the matrix (.npy)"
 ATTN_DATA = "attn-data"  # dcc.Download of the head's attention matrix
@@ -56,6 +60,7 @@ FLOW_GRID = "flow-grid"
 FLOW_GRID_BOX = "flow-grid-box"
 FLOW_MESSAGE = "flow-message"
 FLOW_BODY = "flow-body"
+FLOW_CONTROLS = "flow-controls"
 FLOW_URL = "flow-url"
 FLOW_WANTED = "flow-wanted"  # dcc.Store: dropdown values the URL asked for (a Dropdown drops values before its options)
 
@@ -72,6 +77,8 @@ SINKS_SUMMARY = "sinks-summary"
 SINKS_NORMS_BOX = "sinks-norms-box"
 SINKS_MESSAGE = "sinks-message"
 SINKS_BODY = "sinks-body"
+SINKS_CONTROLS = "sinks-controls"
+SINKS_MASSIVE_BOX = "sinks-massive-box"  # the massive-activation plot, hidden without layer outputs
 SINKS_NORMS_SECTION = "sinks-norms-section"
 SINKS_NORMS_NOTE = "sinks-norms-note"
 SINKS_URL = "sinks-url"
@@ -88,6 +95,7 @@ QK_TOKEN = "qk-token"
 QK_MESSAGE = "qk-message"
 QK_URL = "qk-url"
 QK_BODY = "qk-body"
+QK_CONTROLS = "qk-controls"
 
 # -- Circuits -------------------------------------------------------------------------------------
 CIRCUITS_MIN = "circuits-min-strength"
@@ -98,6 +106,7 @@ CIRCUITS_READOUT = "circuits-readout"
 CIRCUITS_PATCHING_BOX = "circuits-patching-box"
 CIRCUITS_URL = "circuits-url"
 CIRCUITS_BODY = "circuits-body"
+CIRCUITS_CONTROLS = "circuits-controls"
 
 # -- Interventions & evals ------------------------------------------------------------------------
 IV_BASELINE = "iv-baseline"
@@ -106,6 +115,7 @@ IV_LAYER = "iv-layer"
 IV_HEAD = "iv-head"
 IV_MAPS = "iv-maps"
 IV_ANSWERS = "iv-answers"
+IV_ANSWERS_TABLE = "iv-answers-table"
 IV_EVAL = "iv-eval"
 IV_METRIC = "iv-metric"
 IV_EVAL_CHART = "iv-eval-chart"

@@ -45,9 +45,11 @@ clientside_callback(
     prevent_initial_call=True)
 
 
-def control(label: str, component, help: str | None = None) -> html.Div:
-    """A labelled control, with a help popover when ``help`` is given."""
-    title = [label, help_tip(help)] if help else label
+def control(label: str, component, help: str | None = None, help_id: str | None = None) -> html.Div:
+    """A labelled control, with a help popover when ``help`` is given (the texts: :mod:`.help_texts`);
+    ``help_id`` names a container around the popover, for a callback that swaps it (a :func:`help_tip`)."""
+    tip = help_tip(help) if help else None
+    title = [label, html.Span(tip, id=help_id) if help_id else tip] if tip else label
     return html.Div([html.Label(title, htmlFor=getattr(component, "id", None), className="control-label"), component],
                     className="control")
 
@@ -199,11 +201,13 @@ def timing_bars(timings: dict[str, float]) -> html.Div:
                                                     **{"aria-label": "seconds per phase"})])
 
 
-def require_traces(run, what: str) -> None:
-    """:class:`NotAvailable` (shown as a note, not an error) when ``run`` holds result tables only."""
+def require_traces(run, what: str, capture: str | None = None) -> None:
+    """:class:`NotAvailable` (shown as a note, not an error) when ``run`` holds result tables only; the note names
+    the ``--capture`` fields that would feed the view (``"pattern"``), when given."""
     if not run.manifest["traces"]:
+        option = f" --capture {capture}" if capture else ""
         raise NotAvailable(f"This Run holds result tables only (no traces); {what} needs a captured trace: "
-                           "make one with `attnlab capture`.")
+                           f"make one with `attnlab capture{option}`.")
 
 
 def shown_if(available: bool) -> dict:

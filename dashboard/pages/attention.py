@@ -12,12 +12,13 @@ from attnlab.dashboard.analyses import NotAvailable
 from attnlab.dashboard.app import current_data
 from attnlab.dashboard.data import image_segments, trace_header
 from attnlab.dashboard.errors import guarded, message
+from attnlab.dashboard.help_texts import CONTROLS as HELP
 from attnlab.dashboard.summaries import attention_matrix, grid_values, real_positions, text_cells
 from attnlab.dashboard.viewstate import as_list, sync_url
 from attnlab.dashboard.widgets import (HIDDEN, as_int, control, graph, head_options, keep, layer_options, message_area,
                                        page_header, provenance, radio, require_traces, shown_if, token_axis_labels,
                                        token_options, token_piece_hover)
-from attnlab.viz.attention import (COLOUR_SCALES, LONG_INPUT, attention_heatmap, patch_overlay,
+from attnlab.viz.attention import (COLOUR_SCALES, attention_heatmap, patch_overlay,
                                    resolve_scale, token_text_view)
 from attnlab.viz.style import message_figure, stamp
 
@@ -25,13 +26,6 @@ dash.register_page(__name__, path="/attention", name="Attention", title="attnlab
 
 SCALES = [{"label": "auto", "value": "auto"}] + [{"label": v, "value": k} for k, v in COLOUR_SCALES.items()]
 SINK = "hide-first"
-SCALE_HELP = (f"auto: fixed 0-1 up to {LONG_INPUT} tokens, per-head max above (a long input's mean weight is 1/N, "
-              "so a fixed scale is uniformly dark). Per-head max and the 99th percentile stretch one head's weights "
-              "over the colour bar; log shows weights from 1e-4 up.")
-SINK_HELP = ("Hide the first real token's column: attention sinks (Xiao et al. 2024, §3) put most of the weight there, "
-             "and that one column sets the colour range for all the rest.")
-FOCUS_HELP = ("The token the text view focuses: click a token there or a heatmap row, or choose it here (keyboard: "
-              "Tab here, type to search, Enter).")
 sync_url(ids.ATTN_URL, {"layer": ids.ATTN_LAYER, "head": ids.ATTN_HEAD, "scale": ids.ATTN_SCALE, "sink": ids.ATTN_SINK})
 
 
@@ -42,40 +36,63 @@ def layout(layer=None, head=None, scale=None, sink=None, **_query) -> html.Div:
                                  "choose it under Focus token) to see what it attends to and what attends to it; "
                                  "hover shows the whole token. Zoom the heatmap (drag a box) to read every label."),
         dcc.Store(id=ids.ATTN_URL),
-        html.Div([control("Layer", radio(ids.ATTN_LAYER, value=as_int(layer))),
-                  control("Head", radio(ids.ATTN_HEAD, value=as_int(head))),
+        html.Div([control("Layer", radio(ids.ATTN_LAYER, value=as_int(layer)), help=HELP[ids.ATTN_LAYER]),
+                  control("Head", radio(ids.ATTN_HEAD, value=as_int(head)), help=HELP[ids.ATTN_HEAD]),
                   control("Colour scale", radio(ids.ATTN_SCALE, SCALES, scale if scale in COLOUR_SCALES else "auto"),
-                          help=SCALE_HELP),
+                          help=HELP[ids.ATTN_SCALE]),
                   control("Sink column", dcc.Checklist(id=ids.ATTN_SINK, inline=True, value=as_list(sink), options=[
-                      {"label": "hide the first token's column", "value": SINK}]), help=SINK_HELP)],
-                 className="controls"),
+                      {"label": "hide the first token's column", "value": SINK}]), help=HELP[ids.ATTN_SINK])],
+                 className="controls", id=ids.ATTN_CONTROLS),
         message_area(ids.ATTN_MESSAGE),
-        html.Div([html.Button("Download the matrix (.npy)", id=ids.ATTN_DATA_BUTTON, className="button button-quiet",
-                              n_clicks=0), dcc.Download(id=ids.ATTN_DATA)], className="export"),
         dcc.Store(id=ids.ATTN_DRAWN),
-        html.Div([control("Focus token", dcc.Dropdown(id=ids.ATTN_FOCUS, clearable=False,
-                                                      placeholder="the model's output token"),
-                          help=FOCUS_HELP)], className="controls"),
-        html.Div([html.Div([graph(ids.ATTN_HEATMAP, "attention pattern heatmap"), graph(ids.ATTN_TEXT, "text view")],
-                           className="two-columns"),
-                  html.Div([html.H2("Attention over the image"),
-                            control("Query token", dcc.Dropdown(id=ids.ATTN_QUERY, clearable=False)),
-                            graph(ids.ATTN_IMAGE, "attention painted over the image patches")],
-                           id=ids.ATTN_IMAGE_BOX, style=HIDDEN)], id=ids.ATTN_BODY),
+        html.Div([
+            html.Div([html.Button("Download the matrix (.npy)", id=ids.ATTN_DATA_BUTTON,
+                                  className="button button-quiet", n_clicks=0), dcc.Download(id=ids.ATTN_DATA)],
+                     className="export"),
+            html.Div([control("Focus token", dcc.Dropdown(id=ids.ATTN_FOCUS, clearable=False,
+                                                          placeholder="the model's output token"),
+                              help=HELP[ids.ATTN_FOCUS])], className="controls"),
+            html.Div([graph(ids.ATTN_HEATMAP, "attention pattern heatmap"), graph(ids.ATTN_TEXT, "text view")],
+                     className="two-columns"),
+            html.Div([html.H2("Attention over the image"),
+                      control("Query token", dcc.Dropdown(id=ids.ATTN_QUERY, clearable=False),
+                              help=HELP[ids.ATTN_QUERY]),
+                      graph(ids.ATTN_IMAGE, "attention painted over the image patches")],
+                     id=ids.ATTN_IMAGE_BOX, style=HIDDEN)], id=ids.ATTN_BODY),
     ])
 
 
+@callback(Output(ids.ATTN_CONTROLS, "style"), Output(ids.ATTN_BODY, "style"), Input(ids.RUN, "value"),
+          Input(ids.TRACE, "value"))
+@guarded(HIDDEN, HIDDEN, report=False)
+def availability(run_id, trace):
+    """The control bar and the views, hidden for a Run without traces or a trace with neither patterns nor queries
+    and keys (the heatmap's note says what capture would fill them)."""
+    data = current_data()
+    run = data.run(run_id)
+    shown = shown_if(bool(run.manifest["traces"]) and _drawable(data, run, trace))
+    return shown, shown
+
+
+def _drawable(data, run, trace) -> bool:
+    """Whether some captured layer of the trace stored attention patterns, or queries and keys."""
+    return any(data.has_field(run, trace, layer, "pattern")
+               or (data.has_field(run, trace, layer, "q") and data.has_field(run, trace, layer, "k"))
+               for layer in trace_header(run, trace)["layers"])
+
+
 @callback(Output(ids.ATTN_LAYER, "options"), Output(ids.ATTN_LAYER, "value"), Output(ids.ATTN_HEAD, "options"),
-          Output(ids.ATTN_HEAD, "value"), Output(ids.ATTN_BODY, "style"), Input(ids.RUN, "value"),
-          Input(ids.TRACE, "value"), State(ids.ATTN_LAYER, "value"), State(ids.ATTN_HEAD, "value"))
-@guarded([], None, [], None, HIDDEN, report=False)
+          Output(ids.ATTN_HEAD, "value"), Input(ids.RUN, "value"), Input(ids.TRACE, "value"),
+          State(ids.ATTN_LAYER, "value"), State(ids.ATTN_HEAD, "value"))
+@guarded([], None, [], None, report=False)
 def selectors(run_id, trace, layer, head):
+    """The trace's captured layers and its model's heads; a layer or head the new Run also has stays."""
     run = current_data().run(run_id)
     if not run.manifest["traces"]:
-        return [], None, [], None, HIDDEN
+        return [], None, [], None
     header = trace_header(run, trace)
     layers, heads = layer_options(header), head_options(header)
-    return layers, keep(layer, layers), heads, keep(head, heads), shown_if(bool(layers))
+    return layers, keep(layer, layers), heads, keep(head, heads)
 
 
 def _matrix(data, run, trace, layer, head, item):
@@ -95,7 +112,7 @@ def _matrix(data, run, trace, layer, head, item):
 def heatmap(run_id, trace, item, layer, head, scale="auto", sink=()):
     data = current_data()
     run = data.run(run_id)
-    require_traces(run, "the attention view")
+    require_traces(run, "the attention view", "pattern")
     header = trace_header(run, trace)  # a Run without this trace is explained in the message
     if layer is None or head is None:
         return message_figure("no layer chosen"), message("This trace captured no layers.", "note")

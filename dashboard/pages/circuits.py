@@ -11,6 +11,8 @@ from attnlab.dashboard import ids
 from attnlab.dashboard.analyses import circuit_edges
 from attnlab.dashboard.app import current_data
 from attnlab.dashboard.errors import guarded, message
+from attnlab.dashboard.help_texts import CONTROLS as HELP
+from attnlab.dashboard.help_texts import VIEWS
 from attnlab.dashboard.summaries import head_statistic
 from attnlab.dashboard.viewstate import sync_url
 from attnlab.dashboard.widgets import (HIDDEN, control, graph, help_tip, message_area, page_header, provenance,
@@ -23,13 +25,6 @@ from attnlab.viz.style import head_grid, message_figure, stamp
 dash.register_page(__name__, path="/circuits", name="Circuits", title="attnlab · Circuits", order=6)
 
 
-STRENGTH_HELP = ("Edge strength: the upstream head's mean share of all upstream heads' absolute contributions to the "
-                 "signal the downstream head reads, over its firings (Franco & Crovella 2024, sparse attention "
-                 "decomposition). Embeddings and MLPs are not in that denominator: the edge table's share_of_all "
-                 "is the share among every writer. Blue: written at the key token; orange: at the query token.")
-PATCHING_HELP = ("Patching effect: (patched − corrupted) / (clean − corrupted) of the logit difference when one "
-                 "head's output is patched between the clean and corrupted prompts (Wang et al. 2022, §3): 0 is as "
-                 "corrupted, 1 as clean; click a head to open it.")
 sync_url(ids.CIRCUITS_URL, {"min_strength": ids.CIRCUITS_MIN})
 
 
@@ -47,22 +42,24 @@ def layout(min_strength=None, **_query) -> html.Div:
         html.Div([control("Minimum edge strength", dcc.Slider(id=ids.CIRCUITS_MIN, min=0, max=1, step=0.01,
                                                              value=value, tooltip={"always_visible": True,
                                                                                    "placement": "bottom"}),
-                          help=STRENGTH_HELP),
+                          help=HELP[ids.CIRCUITS_MIN]),
                   html.Div(id=ids.CIRCUITS_READOUT, className="readout", **{"aria-live": "polite"})],
-                 className="controls"),
+                 className="controls", id=ids.CIRCUITS_CONTROLS),
         message_area(ids.CIRCUITS_MESSAGE),
         html.Div([html.Div(graph(ids.CIRCUITS_GRAPH, "head communication graph"), id=ids.CIRCUITS_BODY),
-                  html.Div([html.P(["Patching effect per head ", help_tip(PATCHING_HELP)], className="note"),
+                  html.Div([html.P(["Patching effect per head ", help_tip(VIEWS["patching"])], className="note"),
                             graph(ids.CIRCUITS_PATCHING, "activation patching effect per head")],
                            id=ids.CIRCUITS_PATCHING_BOX)], className="two-columns"),
     ])
 
 
-@callback(Output(ids.CIRCUITS_BODY, "style"), Input(ids.RUN, "value"))
-@guarded(HIDDEN, report=False)
-def body(run_id):
-    """The graph is hidden when the Run stores no circuits table (the message says how to add one)."""
-    return shown_if(bool(current_data().run(run_id).results_of(CircuitGraph.table_name)))
+@callback(Output(ids.CIRCUITS_CONTROLS, "style"), Output(ids.CIRCUITS_BODY, "style"), Input(ids.RUN, "value"))
+@guarded(HIDDEN, HIDDEN, report=False)
+def availability(run_id):
+    """The strength slider and the graph, hidden when the Run stores no circuits table (the message says how to
+    add one)."""
+    shown = shown_if(bool(current_data().run(run_id).results_of(CircuitGraph.table_name)))
+    return shown, shown
 
 
 @callback(Output(ids.CIRCUITS_MIN, "min"), Output(ids.CIRCUITS_MIN, "max"), Output(ids.CIRCUITS_MIN, "marks"),

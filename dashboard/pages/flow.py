@@ -7,14 +7,16 @@ from dash import Input, Output, State, callback, dcc, html
 
 from attnlab.core.trace_files import meta_of
 from attnlab.dashboard import ids
-from attnlab.dashboard.analyses import relevance
+from attnlab.dashboard.analyses import NotAvailable, relevance, require_probe
 from attnlab.dashboard.app import current_data
 from attnlab.dashboard.data import image_segments, trace_header
 from attnlab.dashboard.errors import guarded, message
+from attnlab.dashboard.help_texts import CONTROLS as HELP
 from attnlab.dashboard.summaries import grid_values, real_positions
 from attnlab.dashboard.viewstate import as_list, sync_url, wanted
 from attnlab.dashboard.widgets import (HIDDEN, control, graph, message_area, page_header, provenance,
                                        radio, require_traces, token_options)
+from attnlab.probes.registry import capture_for
 from attnlab.viz.attention import patch_overlay
 from attnlab.viz.style import message_figure, stamp
 from attnlab.viz.relevance import relevance_bar
@@ -24,11 +26,6 @@ dash.register_page(__name__, path="/flow", name="Flow", title="attnlab · Flow",
 METHODS = [{"label": "rollout", "value": "rollout"}, {"label": "flow (max-flow)", "value": "flow"}]
 FUSIONS = [{"label": f, "value": f} for f in ("mean", "max", "min")]
 RECEPTIVE = "receptive-field"
-METHOD_HELP = ("Rollout multiplies the layers' attention (with the residual) down the stack; flow takes the maximum "
-               "flow through the attention graph (Abnar & Zuidema 2020, §3).")
-RECEPTIVE_HELP = ("On a causal model early tokens are seen by every later row, so rollout and flow favour them; "
-                  "Abnar & Zuidema (2020, conclusion) suggest normalising by the receptive field. Here relevance "
-                  "is divided by what uniform attention over each query's visible keys gives, then renormalised.")
 sync_url(ids.FLOW_URL, {"method": ids.FLOW_METHOD, "fusion": ids.FLOW_FUSION, "discard": ids.FLOW_DISCARD,
                         "options": ids.FLOW_OPTIONS, "position": ids.FLOW_POSITION})
 
@@ -46,17 +43,18 @@ def layout(method=None, fusion=None, discard=None, options=None, position=None, 
         dcc.Store(id=ids.FLOW_URL), dcc.Store(id=ids.FLOW_WANTED, data={"position": position}),
         html.Div([
             control("Method", radio(ids.FLOW_METHOD, METHODS, method if method in ("rollout", "flow") else "rollout"),
-                    help=METHOD_HELP),
+                    help=HELP[ids.FLOW_METHOD]),
             control("Head fusion", radio(ids.FLOW_FUSION, FUSIONS, fusion if fusion in ("mean", "max", "min")
-                                         else "mean")),
+                                         else "mean"), help=HELP[ids.FLOW_FUSION]),
             control("Discard weakest (rollout)", dcc.Slider(id=ids.FLOW_DISCARD, min=0, max=0.9, step=0.1,
-                                                           value=discard, marks={0: "0", 0.5: "0.5", 0.9: "0.9"})),
+                                                           value=discard, marks={0: "0", 0.5: "0.5", 0.9: "0.9"}),
+                    help=HELP[ids.FLOW_DISCARD]),
             control("Residual options", dcc.Checklist(id=ids.FLOW_OPTIONS, inline=True, value=as_list(options),
                                                       options=[{"label": "receptive-field normalisation (causal "
                                                                          "models, rollout)", "value": RECEPTIVE}]),
-                    help=RECEPTIVE_HELP),
-            control("Output token", dcc.Dropdown(id=ids.FLOW_POSITION, clearable=False)),
-        ], className="controls"),
+                    help=HELP[ids.FLOW_OPTIONS]),
+            control("Output token", dcc.Dropdown(id=ids.FLOW_POSITION, clearable=False), help=HELP[ids.FLOW_POSITION]),
+        ], className="controls", id=ids.FLOW_CONTROLS),
         message_area(ids.FLOW_MESSAGE),
         html.Div([graph(ids.FLOW_BAR, "relevance of each input token"),
                   html.Div(graph(ids.FLOW_GRID, "relevance on the image patch grid"), id=ids.FLOW_GRID_BOX)],
@@ -64,10 +62,25 @@ def layout(method=None, fusion=None, discard=None, options=None, position=None, 
     ])
 
 
-@callback(Output(ids.FLOW_POSITION, "options"), Output(ids.FLOW_POSITION, "value"), Output(ids.FLOW_BODY, "style"),
+@callback(Output(ids.FLOW_CONTROLS, "style"), Output(ids.FLOW_BODY, "style"), Input(ids.RUN, "value"),
+          Input(ids.TRACE, "value"))
+@guarded(HIDDEN, HIDDEN, report=False)
+def availability(run_id, trace):
+    """The control bar and the views, hidden for a Run of result tables only or a trace without attention patterns
+    (the bar chart's note says what capture would fill them)."""
+    run = current_data().run(run_id)
+    try:
+        require_traces(run, "attention rollout and flow")
+        require_probe(run, trace, "rollout")
+    except NotAvailable:
+        return HIDDEN, HIDDEN
+    return {}, {}
+
+
+@callback(Output(ids.FLOW_POSITION, "options"), Output(ids.FLOW_POSITION, "value"),
           Input(ids.RUN, "value"), Input(ids.TRACE, "value"), Input(ids.ITEM, "value"), State(ids.FLOW_POSITION, "value"),
           State(ids.FLOW_WANTED, "data"))
-@guarded([], None, HIDDEN, report=False)
+@guarded([], None, report=False)
 def positions(run_id, trace, item, current, requested=None):
     """Output-token options, then the mean-pooled output (labelled as the model's pooling when its sentence-transformers
     config says so); a Run switch resets the choice to the model's output token (the last real token
@@ -75,7 +88,7 @@ def positions(run_id, trace, item, current, requested=None):
     data = current_data()
     run = data.run(run_id)
     if not run.manifest["traces"]:
-        return [], None, HIDDEN
+        return [], None
     header = trace_header(run, trace)
     real = real_positions(data, run, trace, item or 0)
     # values index the item's real tokens, which is what the probes take
@@ -84,7 +97,7 @@ def positions(run_id, trace, item, current, requested=None):
     pooled = " (this model's pooling)" if meta.pooling == "mean" else ""
     options.append({"label": f"mean of all tokens{pooled}", "value": "mean"})
     default = len(real) - 1 if meta.causal else 0
-    return options, wanted(current, options, (requested or {}).get("position"), default), {}
+    return options, wanted(current, options, (requested or {}).get("position"), default)
 
 
 @callback(Output(ids.FLOW_BAR, "figure"), Output(ids.FLOW_GRID, "figure"), Output(ids.FLOW_GRID_BOX, "style"),
@@ -96,7 +109,7 @@ def positions(run_id, trace, item, current, requested=None):
 def show(run_id, trace, item, method, fusion, discard, options, position):
     data = current_data()
     run = data.run(run_id)
-    require_traces(run, "attention rollout and flow")
+    require_traces(run, "attention rollout and flow", capture_for(["rollout"]))
     header = trace_header(run, trace)
     item = item or 0
     causal = meta_of(header).causal

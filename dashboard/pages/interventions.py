@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dash
 import numpy as np
+import pandas as pd
 from dash import Input, Output, State, callback, dcc, html
 
 from attnlab.dashboard import ids
@@ -11,10 +12,13 @@ from attnlab.dashboard.analyses import answers, eval_metrics, eval_summary, meth
 from attnlab.dashboard.app import current_data
 from attnlab.dashboard.data import trace_header
 from attnlab.dashboard.errors import explain, guarded, message
+from attnlab.dashboard.help_texts import CONTROLS as HELP
+from attnlab.dashboard.help_texts import VIEWS
 from attnlab.dashboard.summaries import attention_matrix
 from attnlab.dashboard.viewstate import sync_url, wanted
-from attnlab.dashboard.widgets import (as_int, control, graph, head_options, keep, layer_options, message_area,
-                                       page_header, provenance, radio, table, table_data, token_axis_labels)
+from attnlab.dashboard.widgets import (as_int, control, graph, head_options, help_tip, keep, layer_options,
+                                       message_area, page_header, provenance, radio, table, table_data,
+                                       token_axis_labels)
 from attnlab.jobs.compare import SUMMARY_TABLE
 from attnlab.viz.attention import compare_attention
 from attnlab.viz.evals import eval_bars
@@ -31,25 +35,26 @@ sync_url(ids.IV_URL, {"baseline": ids.IV_BASELINE, "method": ids.IV_METHOD, "lay
 def layout(baseline=None, method=None, layer=None, head=None, eval=None, metric=None, **_query) -> html.Div:
     """Run pickers, layer/head selectors, the side-by-side maps and answers, and the eval tables (initial values
     from the query)."""
-    import pandas as pd
-
     return html.Div([
         page_header("Interventions & evals", "A baseline Run and the same inputs under an intervention Plan, side by "
                                              "side; below, POPE and CHAIR results of eval Runs."),
         dcc.Store(id=ids.IV_URL),
         dcc.Store(id=ids.IV_WANTED, data={"baseline": baseline, "method": method, "eval": eval, "metric": metric}),
-        html.Div([control("Baseline Run", dcc.Dropdown(id=ids.IV_BASELINE)),
-                  control("Method Run (same model and tokens)", dcc.Dropdown(id=ids.IV_METHOD))],
+        html.Div([control("Baseline Run", dcc.Dropdown(id=ids.IV_BASELINE), help=HELP[ids.IV_BASELINE]),
+                  control("Method Run (same model and tokens)", dcc.Dropdown(id=ids.IV_METHOD),
+                          help=HELP[ids.IV_METHOD])],
                  className="controls"),
-        html.Div([control("Layer", radio(ids.IV_LAYER, value=as_int(layer))),
-                  control("Head", radio(ids.IV_HEAD, value=as_int(head)))], className="controls"),
+        html.Div([control("Layer", radio(ids.IV_LAYER, value=as_int(layer)), help=HELP[ids.IV_LAYER]),
+                  control("Head", radio(ids.IV_HEAD, value=as_int(head)), help=HELP[ids.IV_HEAD])],
+                 className="controls"),
         message_area(ids.IV_MESSAGE),
         graph(ids.IV_MAPS, "baseline and method attention side by side"),
         html.Div(id=ids.IV_ANSWERS),
         html.H2("Evaluations"),
-        html.Div([control("Eval Run", dcc.Dropdown(id=ids.IV_EVAL)),
-                  control("Metric", dcc.Dropdown(id=ids.IV_METRIC, clearable=False))],
+        html.Div([control("Eval Run", dcc.Dropdown(id=ids.IV_EVAL), help=HELP[ids.IV_EVAL]),
+                  control("Metric", dcc.Dropdown(id=ids.IV_METRIC, clearable=False), help=HELP[ids.IV_METRIC])],
                  className="controls"),
+        html.P(["POPE ", help_tip(VIEWS["pope"]), " · CHAIR ", help_tip(VIEWS["chair"])], className="note"),
         html.Div([graph(ids.IV_EVAL_CHART, "eval metric by method"),
                   table(ids.IV_EVAL_TABLE, pd.DataFrame())], className="two-columns"),
         html.H2("What each method chose"),
@@ -162,14 +167,18 @@ def compare(base_id, method_id, item, layer, head):
     return figure, _answers(answers(base), answers(method)), note
 
 
+#: long prompts and answers wrap instead of widening the table.
+WRAP = [{"if": {"column_id": c}, "whiteSpace": "normal", "height": "auto"} for c in ("prompt", "baseline", "method")]
+
+
 def _answers(base: dict, method: dict):
+    """The generated answers of both Runs, one row per prompt, as a table that exports CSV."""
     if not base and not method:
         return None
     prompts = list(dict.fromkeys([*base, *method]))
-    rows = [html.Tr([html.Td(p), html.Td(base.get(p, "—")), html.Td(method.get(p, "—"))]) for p in prompts]
-    return html.Div([html.H2("Answers"), html.Table([html.Thead(html.Tr([html.Th("prompt"), html.Th("baseline"),
-                                                                        html.Th("method")])), html.Tbody(rows)],
-                                                    className="plain")])
+    frame = pd.DataFrame({"prompt": prompts, "baseline": [base.get(p, "—") for p in prompts],
+                          "method": [method.get(p, "—") for p in prompts]})
+    return html.Div([html.H2("Answers"), table(ids.IV_ANSWERS_TABLE, frame, style_cell_conditional=WRAP)])
 
 
 @callback(Output(ids.IV_METRIC, "options"), Output(ids.IV_METRIC, "value"), Output(ids.IV_EVAL_TABLE, "data"),

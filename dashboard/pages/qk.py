@@ -11,9 +11,11 @@ from attnlab.dashboard.analyses import qk_head, qk_heads, qk_layers, token_atten
 from attnlab.dashboard.app import current_data
 from attnlab.dashboard.data import trace_header
 from attnlab.dashboard.errors import guarded
+from attnlab.dashboard.help_texts import CONTROLS as HELP
 from attnlab.dashboard.viewstate import sync_url
 from attnlab.dashboard.widgets import (HIDDEN, as_int, control, graph, keep, message_area, page_header, provenance,
                                        radio, require_traces, shown_if, token_axis_labels)
+from attnlab.probes.registry import capture_for
 from attnlab.viz.attention import token_bar
 from attnlab.viz.qk import qk_small_multiples
 from attnlab.viz.style import message_figure, stamp
@@ -28,13 +30,6 @@ METHODS = [{"label": "PCA", "value": "pca"}, {"label": "t-SNE", "value": "tsne"}
            {"label": "UMAP (slow first time)", "value": "umap"}]
 
 
-LAYOUT_HELP = ("How faithful the picture is: queries and keys share one space where distance tracks the attention "
-               "logit q·k (Yeh et al. 2023: keys are translated and scaled, which leaves every softmax unchanged), "
-               "then are projected to 2-D, which keeps only part of that geometry. PCA is linear and stable; t-SNE "
-               "and UMAP keep neighbourhoods, not distances. Each panel's ρ is the Spearman correlation of distance in "
-               "that picture with the logit: clearly negative, the picture shows the head's attention; near 0 or "
-               "positive, it does not. The head's title adds how often the nearest key is the most attended one. "
-               "Click a point: the bar chart shows the true weights.")
 sync_url(ids.QK_URL, {"layer": ids.QK_LAYER, "head": ids.QK_HEAD, "colour": ids.QK_COLOUR,
                       "projection": ids.QK_METHOD})
 
@@ -47,11 +42,12 @@ def layout(layer=None, head=None, colour=None, projection=None, **_query) -> htm
                                     "large attention logit (AttentionViz, Yeh et al. 2023). Click a point to see that "
                                     "token's attention."),
         dcc.Store(id=ids.QK_URL),
-        html.Div([control("Layer", radio(ids.QK_LAYER, value=as_int(layer))),
-                  control("Head", radio(ids.QK_HEAD, value=as_int(head))),
-                  control("Colour by", radio(ids.QK_COLOUR, COLOURS, keep(colour, COLOURS, "kind"))),
+        html.Div([control("Layer", radio(ids.QK_LAYER, value=as_int(layer)), help=HELP[ids.QK_LAYER]),
+                  control("Head", radio(ids.QK_HEAD, value=as_int(head)), help=HELP[ids.QK_HEAD]),
+                  control("Colour by", radio(ids.QK_COLOUR, COLOURS, keep(colour, COLOURS, "kind")),
+                          help=HELP[ids.QK_COLOUR]),
                   control("Projection (one head)", radio(ids.QK_METHOD, METHODS, keep(projection, METHODS, "pca")),
-                          help=LAYOUT_HELP)], className="controls"),
+                          help=HELP[ids.QK_METHOD])], className="controls", id=ids.QK_CONTROLS),
         message_area(ids.QK_MESSAGE),
         html.Div([html.Div([graph(ids.QK_DETAIL, "one head's joint query-key embedding"),
                             graph(ids.QK_TOKEN, "attention of the clicked token")], className="two-columns"),
@@ -59,19 +55,30 @@ def layout(layer=None, head=None, colour=None, projection=None, **_query) -> htm
     ])
 
 
+@callback(Output(ids.QK_CONTROLS, "style"), Output(ids.QK_BODY, "style"), Input(ids.RUN, "value"),
+          Input(ids.TRACE, "value"))
+@guarded(HIDDEN, HIDDEN, report=False)
+def availability(run_id, trace):
+    """The control bar and the views, hidden (the message says why) when no layer stored queries and keys."""
+    data = current_data()
+    run = data.run(run_id)
+    shown = shown_if(bool(run.manifest["traces"]) and bool(qk_layers(data, run, trace)))
+    return shown, shown
+
+
 @callback(Output(ids.QK_LAYER, "options"), Output(ids.QK_LAYER, "value"), Output(ids.QK_HEAD, "options"),
-          Output(ids.QK_HEAD, "value"), Output(ids.QK_BODY, "style"), Input(ids.RUN, "value"),
-          Input(ids.TRACE, "value"), State(ids.QK_LAYER, "value"), State(ids.QK_HEAD, "value"))
-@guarded([], None, [], None, HIDDEN, report=False)
+          Output(ids.QK_HEAD, "value"), Input(ids.RUN, "value"), Input(ids.TRACE, "value"),
+          State(ids.QK_LAYER, "value"), State(ids.QK_HEAD, "value"))
+@guarded([], None, [], None, report=False)
 def selectors(run_id, trace, layer, head):
-    """Layers with queries and keys; the views are hidden (the message says why) when there are none."""
+    """Layers with queries and keys and the model's heads; a layer or head the new Run also has stays."""
     data = current_data()
     run = data.run(run_id)
     if not run.manifest["traces"]:
-        return [], None, [], None, HIDDEN
+        return [], None, [], None
     layers = [{"label": str(i), "value": i} for i in qk_layers(data, run, trace)]
     heads = [{"label": str(h), "value": h} for h in range(meta_of(trace_header(run, trace)).n_heads)]
-    return layers, keep(layer, layers), heads, keep(head, heads), shown_if(bool(layers))
+    return layers, keep(layer, layers), heads, keep(head, heads)
 
 
 @callback(Output(ids.QK_GRID, "figure"), Output(ids.QK_MESSAGE, "children"), Input(ids.RUN, "value"),
@@ -80,7 +87,7 @@ def selectors(run_id, trace, layer, head):
 def small_multiples(run_id, trace, layer, colour):
     data = current_data()
     run = data.run(run_id)
-    require_traces(run, "the QK embedding")
+    require_traces(run, "the QK embedding", capture_for(["qk-embed"]))
     if layer is None:
         return message_figure("QK embedding not available in this Run"), _missing()
     result = qk_heads(data, run, trace, layer)

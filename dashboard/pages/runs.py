@@ -99,17 +99,18 @@ def _inputs(inputs: dict) -> html.Div:
 
 
 def _traces(run) -> html.Div:
+    """The Run's traces, one row each (shape, items, token lengths, segments, what was captured), as a table that
+    exports CSV."""
     rows = []
     for name, header in run.manifest["traces"].items():
         meta = header["meta"]
         lengths = sorted({len(t) for t in header["tokens"]})
         kinds = sorted({s["kind"] for segs in header["segments"] for s in segs})
-        rows.append(html.Tr([html.Td(name), html.Td(f"{meta['n_layers']} x {meta['n_heads']}"),
-                             html.Td(str(len(header["tokens"]))), html.Td("–".join(map(str, [lengths[0], lengths[-1]]))
-                                                                          if len(lengths) > 1 else str(lengths[0])),
-                             html.Td(", ".join(kinds)), html.Td(", ".join(meta["captured"])),
-                             html.Td(_short(header["layers"]))]))
-    head = html.Tr([html.Th(c) for c in ("trace", "layers x heads", "items", "tokens", "segments", "captured",
-                                         "captured layers")])
-    return html.Div([html.H3("Traces"), html.Table([html.Thead(head), html.Tbody(rows)], className="plain")
-                     if rows else html.P("This Run holds result tables only.")])
+        rows.append({"trace": name, "layers x heads": f"{meta['n_layers']} x {meta['n_heads']}",
+                     "items": len(header["tokens"]),
+                     "tokens": f"{lengths[0]}–{lengths[-1]}" if len(lengths) > 1 else str(lengths[0]),
+                     "segments": ", ".join(kinds), "captured": ", ".join(meta["captured"]),
+                     "captured layers": _short(header["layers"])})
+    if not rows:
+        return html.Div([html.H3("Traces"), html.P("This Run holds result tables only.")])
+    return html.Div([html.H3("Traces"), table(ids.RUNS_TRACES_TABLE, pd.DataFrame(rows), page_size=10)])

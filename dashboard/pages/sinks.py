@@ -10,12 +10,15 @@ from dash import Input, Output, State, callback, dcc, html
 
 from attnlab.core.trace_files import segments_of
 from attnlab.dashboard import ids
-from attnlab.dashboard.analyses import NotAvailable, massive, registers, sinks
+from attnlab.dashboard.analyses import NotAvailable, massive, registers, require_probe, sinks
 from attnlab.dashboard.app import current_data
 from attnlab.dashboard.errors import explain, guarded, message
+from attnlab.dashboard.help_texts import CONTROLS as HELP
+from attnlab.dashboard.help_texts import VIEWS
 from attnlab.dashboard.viewstate import run_switched, sync_url, wanted
-from attnlab.dashboard.widgets import (HIDDEN, as_int, control, graph, keep, message_area, page_header, provenance,
-                                       radio, require_traces, table, table_data)
+from attnlab.dashboard.widgets import (HIDDEN, as_int, control, graph, help_tip, keep, message_area, page_header,
+                                       provenance, radio, require_traces, shown_if, table, table_data)
+from attnlab.probes.registry import capture_for
 from attnlab.probes.sinks import RULE_LABELS
 from attnlab.probes.sinks import RULES as SINK_RULES
 from attnlab.viz.registers import register_norm_map
@@ -29,10 +32,6 @@ RULES = [{"label": RULE_LABELS[rule], "value": rule} for rule in SINK_RULES]  # 
 SUMMARY_COLUMNS = ["position", "token", "category", "n_heads", "n_layers", "mean_mass"]
 
 
-RULE_HELP = ("A key is a sink when its column mean over the rows that can see it is large. ACT (Yu et al. 2024, §3): "
-             "above 0.1, the released code's absolute cut-off, which flags every token of a short input. Relative: "
-             "above 5/N, five times the uniform weight 1/N. The default asks for both, so it means the same at "
-             "every length.")
 sync_url(ids.SINKS_URL, {"rule": ids.SINKS_RULE, "norm_layer": ids.SINKS_LAYER, "compare": ids.SINKS_COMPARE})
 
 
@@ -43,20 +42,23 @@ def layout(rule=None, norm_layer=None, compare=None, **_query) -> html.Div:
                                          "activations, and high-norm patch tokens in vision transformers."),
         dcc.Store(id=ids.SINKS_URL), dcc.Store(id=ids.SINKS_WANTED, data={"compare": compare}),
         html.Div([control("Sink rule", radio(ids.SINKS_RULE, RULES, rule if rule in SINK_RULES else SINK_RULES[0]),
-                          help=RULE_HELP)], className="controls"),
+                          help=HELP[ids.SINKS_RULE])], className="controls", id=ids.SINKS_CONTROLS),
         message_area(ids.SINKS_MESSAGE),
         html.Div([
             html.Div([graph(ids.SINKS_HEATMAP, "sink mass per head"),
                       html.Div([html.H2("Sink tokens"), table(ids.SINKS_TABLE, pd.DataFrame(columns=SUMMARY_COLUMNS))])],
                      className="two-columns"),
-            html.Div([graph(ids.SINKS_MASSIVE, "largest activations per layer"), html.Div(id=ids.SINKS_SUMMARY)],
+            html.Div([html.Div(graph(ids.SINKS_MASSIVE, "largest activations per layer"), id=ids.SINKS_MASSIVE_BOX),
+                      html.Div([html.H2(["Massive activations", help_tip(VIEWS["massive"])]),
+                                html.Div(id=ids.SINKS_SUMMARY)])],
                      className="two-columns")], id=ids.SINKS_BODY),
-        html.H2("High-norm tokens on the patch grid"),
+        html.H2(["High-norm tokens on the patch grid", help_tip(VIEWS["registers"])]),
         html.P(id=ids.SINKS_NORMS_NOTE, className="note"),
         html.Div([
             html.Div([control("Layer", dcc.Slider(id=ids.SINKS_LAYER, min=0, max=1, step=1,
-                                                  value=as_int(norm_layer, 1))),
-                      control("Compare with", dcc.Dropdown(id=ids.SINKS_COMPARE, placeholder="another vision Run"))],
+                                                  value=as_int(norm_layer, 1)), help=HELP[ids.SINKS_LAYER]),
+                      control("Compare with", dcc.Dropdown(id=ids.SINKS_COMPARE, placeholder="another vision Run"),
+                              help=HELP[ids.SINKS_COMPARE])],
                      className="controls"),
             html.Div([graph(ids.SINKS_NORMS, "token norms of this Run"),
                       graph(ids.SINKS_NORMS_OTHER, "token norms of the other Run")], className="two-columns",
@@ -71,7 +73,7 @@ def layout(rule=None, norm_layer=None, compare=None, **_query) -> html.Div:
 def show_sinks(run_id, trace, item, rule):
     data = current_data()
     run = data.run(run_id)
-    require_traces(run, "the sink view")
+    require_traces(run, "the sink view", capture_for(["sinks"]))
     result = sinks(data, run, trace, rule or SINK_RULES[0], item or 0)
     summary = result.token_summary()[SUMMARY_COLUMNS].sort_values("n_heads", ascending=False)
     rows, columns = table_data(summary)
@@ -79,20 +81,22 @@ def show_sinks(run_id, trace, item, rule):
     return figure, rows, columns, None
 
 
-@callback(Output(ids.SINKS_MASSIVE, "figure"), Output(ids.SINKS_SUMMARY, "children"),
-          Input(ids.RUN, "value"), Input(ids.TRACE, "value"), Input(ids.ITEM, "value"))
-@guarded(lambda: message_figure("no layer outputs captured"))
+@callback(Output(ids.SINKS_MASSIVE, "figure"), Output(ids.SINKS_MASSIVE_BOX, "style"),
+          Output(ids.SINKS_SUMMARY, "children"), Input(ids.RUN, "value"), Input(ids.TRACE, "value"),
+          Input(ids.ITEM, "value"))
+@guarded(lambda: message_figure("no layer outputs captured"), HIDDEN)
 def show_massive(run_id, trace, item):
+    """The largest activations per layer beside a summary; without layer outputs the plot gives way to one line
+    naming the capture that adds them."""
     data = current_data()
     run = data.run(run_id)
     try:
-        require_traces(run, "the massive-activation view")
+        require_traces(run, "the massive-activation view", capture_for(["massive"]))
         result = massive(data, run, trace, item or 0)
     except NotAvailable as err:  # one line instead of an empty figure
-        return message_figure(""), message(str(err), "note")
+        return message_figure(""), HIDDEN, message(str(err), "note")
     frame = result.to_frame()
-    lines = [html.H2("Massive activations"),
-             html.P(f"Relative test only: |h| ≥ {result.ratio:g} × the layer's median |h| (the paper's absolute "
+    lines = [html.P(f"Relative test only: |h| ≥ {result.ratio:g} × the layer's median |h| (the paper's absolute "
                     "floor of 100 is meant for 7B-scale models).")]
     if frame.empty:
         lines.append(html.P("None in this item."))
@@ -101,23 +105,43 @@ def show_massive(run_id, trace, item):
         tokens = ", ".join(sorted({f"{p}:{t}" for p, t in zip(frame["position"], frame["token"])}))
         lines += [html.P(["Dimensions: ", html.Code(dims)]), html.P(["Tokens: ", html.Code(tokens)])]
     figure = massive_activation_plot(result, batch=0)
-    return stamp(figure, *provenance(run_id, run, trace, item or 0)), lines
+    return stamp(figure, *provenance(run_id, run, trace, item or 0)), {}, lines
+
+
+@callback(Output(ids.SINKS_CONTROLS, "style"), Output(ids.SINKS_BODY, "style"), Input(ids.RUN, "value"),
+          Input(ids.TRACE, "value"))
+@guarded(HIDDEN, HIDDEN, report=False)
+def availability(run_id, trace):
+    """The sink rule (hidden unless the trace feeds the sink probe) and the sink and massive-activation views
+    (hidden unless it feeds one of them); the views' notes say what capture would fill them."""
+    run = current_data().run(run_id)
+    feeds = {probe: _feeds(run, trace, probe) for probe in ("sinks", "massive")}
+    return shown_if(feeds["sinks"]), shown_if(any(feeds.values()))
+
+
+def _feeds(run, trace, probe: str) -> bool:
+    """Whether ``run`` holds traces and ``trace`` captured what ``probe`` reads."""
+    try:
+        require_traces(run, probe)
+        require_probe(run, trace, probe)
+    except NotAvailable:
+        return False
+    return True
 
 
 @callback(Output(ids.SINKS_COMPARE, "options"), Output(ids.SINKS_COMPARE, "value"), Output(ids.SINKS_LAYER, "max"),
           Output(ids.SINKS_LAYER, "value"), Output(ids.SINKS_LAYER, "marks"), Output(ids.SINKS_NORMS_SECTION, "style"),
-          Output(ids.SINKS_NORMS_NOTE, "children"), Output(ids.SINKS_BODY, "style"),
+          Output(ids.SINKS_NORMS_NOTE, "children"),
           Input(ids.RUN, "value"), Input(ids.TRACE, "value"), State(ids.SINKS_COMPARE, "value"),
           State(ids.SINKS_LAYER, "value"), State(ids.SINKS_WANTED, "data"))
-@guarded([], None, 1, 1, {}, HIDDEN, "", {}, report=False)
+@guarded([], None, 1, 1, {}, HIDDEN, "", report=False)
 def compare_options(run_id, trace, current, layer=None, requested=None):
     """The Runs to compare patch norms with, and the layer slider. A Run switch picks the new Run's register
     counterpart (or none); a Run without patch tokens and layer outputs hides the section with one line."""
     data = current_data()
     run = data.run(run_id)
-    body = {} if run.manifest["traces"] else HIDDEN
     if _vision_trace(run) is None:
-        return [], None, 1, 1, {}, HIDDEN, NORMS_NEED, body
+        return [], None, 1, 1, {}, HIDDEN, NORMS_NEED
     options = [{"label": ref.label, "value": ref.run_id} for ref in data.runs()
                if ref.run_id != run_id and _vision_trace(data.run(ref.run_id)) is not None]
     layers = run.manifest["traces"].get(trace, {}).get("layers", [])
@@ -125,7 +149,7 @@ def compare_options(run_id, trace, current, layer=None, requested=None):
     marks = {i: str(layer) for i, layer in enumerate(layers)}
     value = wanted(current, options, (requested or {}).get("compare"), _counterpart(data, run, options))
     index = max(n - 1, 0) if run_switched() or layer is None or not 0 <= int(layer) < n else int(layer)
-    return options, value, max(n - 1, 0), index, marks, {}, None, body
+    return options, value, max(n - 1, 0), index, marks, {}, None
 
 
 NORMS_NEED = ("Patch-grid norms need image patches and layer outputs: they appear for a vision Run captured with "

@@ -329,10 +329,8 @@ def test_every_page_in_a_browser(browser, server):
     radio.send_keys(Keys.ARROW_RIGHT)  # keyboard: the next head
     graph(d, ids.ATTN_HEATMAP, title=f"layer {layer}, head {(head + 1) % 12}")
     before = graph(d, ids.ATTN_TEXT)
-    d.execute_script("""const gd = document.querySelector('#attn-text .js-plotly-plot');
-                        gd.emit('plotly_hover', {points: [{customdata: 3, curveNumber: 0}]});""")
-    WebDriverWait(d, 30).until(lambda drv: "position 3" in drv.execute_script(
-        "return document.querySelector('#attn-text .js-plotly-plot').layout.annotations[0].text"))
+    choose_option(d, ids.ATTN_FOCUS, "3")  # hover only informs; a click or the Focus token list refocuses
+    WebDriverWait(d, 30).until(lambda drv: "(position 3)" in (drv.execute_script(TEXT_STATE) or {}).get("title", ""))
     assert before["n"] > 0
     shot(d, "attention")
     assert not console_errors(d)
@@ -641,6 +639,33 @@ def test_a_run_switch_resets_each_page(browser, server, demo_root):
     listed = WebDriverWait(d, 30).until(lambda drv: [e.get_attribute("value") for e in drv.find_elements(
         By.XPATH, "//div[contains(@class, 'dash-dropdown-options')]//input")])
     assert listed == ["0:toy-llava-first-to-image"]  # same model and tokens, never the baseline itself
+
+    # Attention and QK: a layer and head the new Run lacks (toy-gpt has 3 layers x 4 heads) become its first ones
+    d.get(server + "/attention?run=0:minilm&layer=5&head=11")
+    graph(d, ids.ATTN_HEATMAP, title="layer 5, head 11")
+    choose_option(d, ids.RUN, "0:toy-gpt")
+    wait_query(d, run="0:toy-gpt", layer=0, head=0)
+    graph(d, ids.ATTN_HEATMAP, title="layer 0, head 0")
+    offered = [[e.get_attribute("value") for e in d.find_elements(By.CSS_SELECTOR, f"#{gid} input")]
+               for gid in (ids.ATTN_LAYER, ids.ATTN_HEAD)]
+    assert offered == [["0", "1", "2"], ["0", "1", "2", "3"]]
+    d.get(server + "/qk?run=0:minilm&layer=5&head=11")
+    graph(d, ids.QK_DETAIL, title="layer 5, head 11")
+    choose_option(d, ids.RUN, "0:toy-gpt")
+    wait_query(d, run="0:toy-gpt", layer=0, head=0)
+    graph(d, ids.QK_DETAIL, title="layer 0, head 0")
+    graph(d, ids.QK_GRID, title="layer 0")
+
+    # Heads: a statistic the new Run lacks gives way to entropy; a Run of result tables hides the bar and the grid
+    d.get(server + "/heads?run=0:toy-gpt-tables&stat=patching")
+    graph(d, ids.HEADS_GRID, title="patching effect")
+    choose_option(d, ids.RUN, "0:minilm")
+    wait_query(d, run="0:minilm", stat="entropy")
+    graph(d, ids.HEADS_GRID, title="entropy")
+    choose_option(d, ids.RUN, "0:eval-compare")
+    WebDriverWait(d, 30).until(lambda drv: not drv.find_element(By.ID, ids.HEADS_CONTROLS).is_displayed()
+                               and not drv.find_element(By.ID, ids.HEADS_BODY).is_displayed()
+                               and "--capture stats" in drv.find_element(By.ID, ids.HEADS_MESSAGE).text)
     assert not console_errors(d)
 
 

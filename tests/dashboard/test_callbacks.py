@@ -212,8 +212,8 @@ def test_token_labels_are_word_first_with_the_raw_piece_on_hover():
 
 def test_flow_rollout_and_flow(ctx):
     flow = page("flow")
-    options, position, body = flow.positions("0:toy-vit", "main", 0, None)
-    assert position == 0 and body == {}
+    options, position = flow.positions("0:toy-vit", "main", 0, None)
+    assert position == 0 and flow.availability("0:toy-vit", "main") == ({}, {})
     for method in ("rollout", "flow"):
         bar, grid, style, note = flow.show("0:toy-vit", "main", 0, method, "mean", 0.0, [], position)
         relevance = np.asarray(bar.data[0].y, dtype=float)
@@ -234,9 +234,9 @@ def test_sinks_massive_and_registers(ctx):
     figure, rows, columns, note = sinks.show_sinks("0:minilm", "main", 0, "act")
     assert points(figure) == 6 * 12 and note is None and rows
     assert rows[0]["token"] == "[CLS]"
-    plot, summary = sinks.show_massive("0:minilm", "main", 0)
-    assert points(plot) > 0 and summary
-    options, other, top, value, marks, section, note, body = sinks.compare_options("0:toy-vit", "main", None)
+    plot, box, summary = sinks.show_massive("0:minilm", "main", 0)
+    assert points(plot) > 0 and box == {} and summary
+    options, other, top, value, marks, section, note = sinks.compare_options("0:toy-vit", "main", None)
     assert other == "0:toy-vit-reg" and section == {} and note is None  # the counterpart with registers
     mine, theirs = sinks.show_norms("0:toy-vit", "main", 0, value, other)
     assert "without registers" in mine.layout.title.text and "with registers" in theirs.layout.title.text
@@ -246,9 +246,9 @@ def test_sinks_massive_and_registers(ctx):
 
 def test_qk_views(ctx, demo_root):
     qk = page("qk")
-    layers, layer, heads, head, body = qk.selectors("0:minilm", "main", None, None)
-    assert layer == 0 and len(heads) == 12 and body == {}
-    assert qk.selectors("0:eval-compare", None, None, None)[-1] == {"display": "none"}  # results only: hidden
+    layers, layer, heads, head = qk.selectors("0:minilm", "main", None, None)
+    assert layer == 0 and len(heads) == 12 and qk.availability("0:minilm", "main") == ({}, {})
+    assert qk.availability("0:eval-compare", None) == ({"display": "none"},) * 2  # results only: hidden
     grid, note = qk.small_multiples("0:minilm", "main", 1, "segment")
     assert note is None and len({t.xaxis for t in grid.data}) == 12
     # every panel and the open head say how faithful their picture is (the probe's own numbers)
@@ -273,8 +273,11 @@ def test_circuits_not_available_without_tables(ctx):
     circuits = page("circuits")
     figure, readout, note = circuits.show_graph("0:minilm", 0.2)
     assert is_message(note, "note") and "not available in this Run" in note.children
-    assert circuits.body("0:minilm") == {"display": "none"} and circuits.body("0:toy-gpt") == {}
-    assert page("heads").body("0:eval-compare") == {"display": "none"} and page("heads").body("0:minilm") == {}
+    assert circuits.availability("0:minilm") == ({"display": "none"},) * 2
+    assert circuits.availability("0:toy-gpt") == ({}, {})
+    heads = page("heads")
+    assert heads.availability("0:eval-compare", None) == ({"display": "none"},) * 2
+    assert heads.availability("0:minilm", "main") == ({}, {})
     figure, style = circuits.show_patching("0:minilm", 0)
     assert style == {"display": "none"}
 
@@ -319,6 +322,45 @@ def test_interventions_pair_maps_answers_and_evals(ctx):
     assert {t.name for t in chart.data} == {"baseline", "act"}
     figure, answers, note = iv.compare("0:minilm", "0:toy-gpt", 0, 0, 0)
     assert is_message(note) and "different tokens" in note.children
+
+
+def _table(component, table_id: str):
+    """The DataTable ``table_id`` inside a callback's output."""
+    from dash import dash_table
+
+    found = [c for c in _walk(component) if isinstance(c, dash_table.DataTable) and c.id == table_id]
+    assert len(found) == 1, table_id
+    return found[0]
+
+
+def test_answers_and_traces_are_tables_that_export_csv(ctx):
+    """The Interventions answers and the Runs page's traces are DataTables (sortable, with a CSV export) holding
+    each Run's own values: one row per prompt with both Runs' answers, one row per trace with what it captured."""
+    from attnlab.dashboard.analyses import answers
+    from attnlab.dashboard.app import current_data
+
+    data = current_data()
+    base, method = "0:toy-llava", "0:toy-llava-first-to-image"
+    _, shown, _ = page("interventions").compare(base, method, 0, 1, 1)
+    table = _table(shown, ids.IV_ANSWERS_TABLE)
+    assert table.export_format == "csv" and [c["id"] for c in table.columns] == ["prompt", "baseline", "method"]
+    said = answers(data.run(base)), answers(data.run(method))
+    expected = {p: (said[0].get(p, "—"), said[1].get(p, "—")) for p in {*said[0], *said[1]}}
+    assert expected and {r["prompt"]: (r["baseline"], r["method"]) for r in table.data} == expected
+    detail, _, _ = page("runs").show_run("0:toy-llava")
+    table = _table(html_div(detail), ids.RUNS_TRACES_TABLE)
+    traces = data.run("0:toy-llava").manifest["traces"]
+    assert table.export_format == "csv" and [r["trace"] for r in table.data] == list(traces)
+    assert [r["captured"] for r in table.data] == [", ".join(t["meta"]["captured"]) for t in traces.values()]
+    detail, _, _ = page("runs").show_run("0:eval-compare")
+    assert "result tables only" in json.dumps(detail, default=lambda c: c.to_plotly_json())
+
+
+def html_div(children):
+    """Children wrapped in one Div, so :func:`_walk` reaches them all."""
+    from dash import html
+
+    return html.Div(children)
 
 
 def test_errors_become_messages_not_traces(ctx):
@@ -426,18 +468,18 @@ def _page_outputs(run_id: str) -> dict:
     options, stat, _ = heads.stat_options(run_id, trace, None)
     out["heads"] = heads.show_grid(run_id, trace, 0, stat)
     attention = page("attention")
-    _, layer, _, head, _ = attention.selectors(run_id, trace, None, None)
+    _, layer, _, head = attention.selectors(run_id, trace, None, None)
     out["attention"] = [attention.heatmap(run_id, trace, 0, layer, head, "auto", []),
                         attention.text_view(run_id, trace, 0, layer, head, None),
                         attention.query_options(run_id, trace, 0, None)]
     flow = page("flow")
-    _, position, _ = flow.positions(run_id, trace, 0, None)
+    _, position = flow.positions(run_id, trace, 0, None)
     out["flow"] = flow.show(run_id, trace, 0, "rollout", "mean", 0.0, [], position)
     sinks = page("sinks")
     compare = sinks.compare_options(run_id, trace, None)
     out["sinks"] = [sinks.show_sinks(run_id, trace, 0, "act"), sinks.show_massive(run_id, trace, 0), compare]
     qk = page("qk")
-    _, qk_layer, _, qk_head, _ = qk.selectors(run_id, trace, None, None)
+    _, qk_layer, _, qk_head = qk.selectors(run_id, trace, None, None)
     out["qk"] = [qk.small_multiples(run_id, trace, qk_layer, "kind"),
                  qk.detail(run_id, trace, qk_layer, qk_head, "kind", "pca")]
     circuits = page("circuits")
@@ -465,18 +507,18 @@ def test_no_page_shows_an_error_box_for_any_demo_run(ctx):
 
 def test_a_run_switch_resets_run_specific_controls(ctx, monkeypatch):
     flow, sinks, iv = page("flow"), page("sinks"), page("interventions")
-    options, kept, _ = flow.positions("0:toy-gpt", "main", 0, 0)
+    options, kept = flow.positions("0:toy-gpt", "main", 0, 0)
     assert kept == 0  # without a Run switch the current value stays
-    options, asked, _ = flow.positions("0:toy-gpt", "main", 0, None, {"position": "2"})
+    options, asked = flow.positions("0:toy-gpt", "main", 0, None, {"position": "2"})
     assert asked == 2  # a page load takes the URL's value (the Dropdown itself drops it before its options exist)
     from attnlab.dashboard import viewstate
 
     monkeypatch.setattr(viewstate, "run_switched", lambda: True)
     monkeypatch.setattr(sinks, "run_switched", lambda: True)
-    options, position, _ = flow.positions("0:toy-gpt", "main", 0, 0)
+    options, position = flow.positions("0:toy-gpt", "main", 0, 0)
     assert position == len(options) - 2  # a causal model's output token is its last real token, not <bos>
     assert options[-1] == {"label": "mean of all tokens", "value": "mean"}  # then the mean-pooled output
-    options, position, _ = flow.positions("0:minilm", "main", 0, 5)
+    options, position = flow.positions("0:minilm", "main", 0, 5)
     assert position == 0  # an encoder's: [CLS]
     assert options[-1] == {"label": "mean of all tokens (this model's pooling)", "value": "mean"}
     _, other, *_ = sinks.compare_options("0:toy-vit-reg", "main", "0:toy-llava")

@@ -53,7 +53,7 @@ def test_user_run_shows_its_saved_circuits_and_patching(ctx, gpt_run):
     run_id = f"0:{gpt_run.name}"
     run = Run.open(gpt_run)
     circuits = page("circuits")
-    assert circuits.body(run_id) == {}  # shown: the Run holds a circuits table
+    assert circuits.availability(run_id) == ({}, {})  # shown: the Run holds a circuits table
     edges = run.result("my-edges")
     assert len(edges)  # toy-gpt's induction and IOI heads read earlier heads
     *_, weakest = circuits.strength_range(run_id, None)

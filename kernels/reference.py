@@ -90,6 +90,13 @@ def reweight_rows(
     Returns:
         ``[B, H, q, K]`` reweighted rows.
     """
+    if query_rows is not None:  # only the rows some item's query set holds are computed (VAR: the text after the
+        rows = query_rows.any(0).nonzero().flatten()  # image, a few of the prompt's rows at prefill) (r,)
+        if rows.numel() == 0:
+            return p
+        if rows.numel() < p.shape[2]:
+            sub = reweight_rows(p.index_select(2, rows), rw, key_sets, query_rows.index_select(1, rows))
+            return p.index_copy(2, rows, sub)
     n_heads = p.shape[1]
     src = _per_head(key_sets[rw.source].to(torch.bool))  # (B, 1|H, K)
     tgt = ~src if rw.target is None else _per_head(key_sets[rw.target].to(torch.bool)) & ~src  # (B, 1|H, K)

@@ -56,6 +56,9 @@ VIEWS = {
     "patching": "Patching effect: (patched − corrupted) / (clean − corrupted) of the logit difference when one head's "
                 "output is patched between the clean and corrupted prompts (Wang et al. 2022): 0 is as "
                 "corrupted, 1 as clean; click a head to open it.",
+    "minimap": f"The whole pattern of an input over {LONG_INPUT} tokens, each block coloured by its largest weight "
+               "(so a single strong weight stays visible) on the heatmap's per-head max scale; the red box is the "
+               "window the heatmap shows. Click a place to zoom the heatmap to the tokens around it.",
     "statistic": "What colours the grid: one number per head for this item. The \"?\" describes the statistic chosen.",
 }
 

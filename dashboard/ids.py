@@ -47,7 +47,11 @@ ATTN_CONTROLS = "attn-controls"  # the control bar, hidden with the body
 ATTN_URL = "attn-url"  # dcc.Store written by the URL sync
 ATTN_DATA_BUTTON = "attn-data-button"  # "download the matrix (.npy)"
 ATTN_DATA = "attn-data"  # dcc.Download of the head's attention matrix
-ATTN_DRAWN = "attn-drawn"  # dcc.Store: the view the heatmap shows (run, trace, item, layer, head), set in the browser
+# dcc.Store: the view the heatmap shows (run, trace, item, layer, head, sink, scale), set in the browser
+ATTN_DRAWN = "attn-drawn"
+ATTN_MINIMAP = "attn-minimap"  # the overview of a long input's whole pattern; a click zooms the heatmap
+ATTN_MINIMAP_BOX = "attn-minimap-box"  # the minimap and its title, hidden up to LONG_INPUT tokens
+ATTN_MINIMAP_SHAPE = "attn-minimap-shape"  # dcc.Store: [Q, K] of the matrix the heatmap and minimap draw
 
 # -- Flow -----------------------------------------------------------------------------------------
 FLOW_METHOD = "flow-method"

@@ -99,6 +99,91 @@ def attention_heatmap(pattern: np.ndarray, labels: list[str], title: str, *, sca
                                            "scaleanchor": "x", "scaleratio": 1}}})
 
 
+#: The minimap's most blocks per axis, and the window (tokens per axis) a click on it zooms the heatmap to.
+MINIMAP_CELLS = 96
+ZOOM_TOKENS = 40
+
+
+def max_pool(matrix: np.ndarray, cells: int = MINIMAP_CELLS) -> tuple[np.ndarray, int, int]:
+    """``matrix`` cut into blocks of ``bq x bk`` cells, each block its largest value (a lone strong weight stays).
+
+    Args:
+        matrix: ``[Q, K]`` values.
+        cells: the most blocks per axis; ``bq = ceil(Q / cells)``, ``bk = ceil(K / cells)``.
+
+    Returns:
+        ``(pooled, bq, bk)``: ``pooled`` is ``[ceil(Q / bq), ceil(K / bk)]``; block ``(i, j)`` covers rows
+        ``i*bq .. (i+1)*bq - 1`` and columns ``j*bk .. (j+1)*bk - 1`` (the last ones may be shorter).
+    """
+    matrix = np.asarray(matrix, dtype=np.float32)
+    bq, bk = (max(1, math.ceil(n / max(cells, 1))) for n in matrix.shape)
+    rows = np.maximum.reduceat(matrix, np.arange(0, matrix.shape[0], bq), axis=0)
+    return np.maximum.reduceat(rows, np.arange(0, matrix.shape[1], bk), axis=1), bq, bk
+
+
+def view_rectangle(view) -> dict:
+    """The minimap's outline of the window the heatmap shows.
+
+    Args:
+        view: ``((x0, x1), (y0, y1))`` axis ranges of the heatmap (token indices, in any order); an axis given as
+            ``None`` is shown whole (the outline spans that axis's domain).
+
+    Returns:
+        A ``rect`` layout shape on the minimap's axes.
+    """
+    (xs, ys) = view
+    shape = {"type": "rect", "line": {"color": "red", "width": 2}, "fillcolor": "rgba(0,0,0,0)"}
+    for axis, span in (("x", xs), ("y", ys)):
+        if span is None:
+            shape.update({f"{axis}ref": f"{axis} domain", f"{axis}0": 0, f"{axis}1": 1})
+        else:
+            shape.update({f"{axis}ref": axis, f"{axis}0": float(min(span)), f"{axis}1": float(max(span))})
+    return shape
+
+
+def attention_minimap(matrix: np.ndarray, view=None, cells: int = MINIMAP_CELLS) -> go.Figure:
+    """An overview of one head's whole pattern for long inputs, to see where to zoom the heatmap.
+
+    Args:
+        matrix: ``[Q, K]`` the attention the heatmap draws (same rows and columns).
+        view: ``((x0, x1), (y0, y1))`` the key and query index ranges the heatmap shows, outlined in red
+            (:func:`view_rectangle`); ``None``: no outline.
+        cells: the most blocks per axis (:func:`max_pool`).
+
+    Returns:
+        One heatmap of the block maxima, coloured 0 to the matrix's largest value (the heatmap's per-head max);
+        both axes in token indices (cell ``i`` spans ``i - 0.5 .. i + 0.5``, as on the heatmap), equal scales,
+        no tick labels, queries from the top.
+    """
+    matrix = np.asarray(matrix, dtype=np.float32)
+    pooled, bq, bk = max_pool(matrix, cells)
+    z, colours = colour_range(pooled, "max")
+    n_q, n_k = matrix.shape
+    axis = {"showticklabels": False, "ticks": "", "showgrid": False, "zeroline": False, "fixedrange": True,
+            "constrain": "domain"}
+    return go.Figure({"data": [{
+        "type": "heatmap", "z": z, "x": (np.arange(pooled.shape[1]) * bk + (bk - 1) / 2).tolist(),
+        "y": (np.arange(pooled.shape[0]) * bq + (bq - 1) / 2).tolist(), **colours, "showscale": False,
+        "hovertemplate": f"queries ~%{{y:.0f}}, keys ~%{{x:.0f}} ({bq}x{bk} block)<br>largest weight %{{z:.4f}}"
+                         "<extra></extra>"}], "layout": {
+        "title": layout_title("overview: click to zoom the heatmap there", 12), "height": 320,
+        "margin": {**MARGIN, "l": 30, "r": 30, "b": 30}, "shapes": [view_rectangle(view)] if view else [],
+        "xaxis": {**axis, "range": [-0.5, n_k - 0.5], "title": {"text": "key"}},
+        "yaxis": {**axis, "range": [n_q - 0.5, -0.5], "title": {"text": "query"}, "scaleanchor": "x",
+                  "scaleratio": 1}}})
+
+
+def zoom_window(centre: float, n: int, size: int = ZOOM_TOKENS) -> list[float]:
+    """The axis range of a window of ``size`` tokens centred on ``centre``, moved to fit in ``[0, n)``.
+
+    Returns:
+        ``[start - 0.5, end - 0.5]``: the window shows tokens ``start .. end - 1`` (``end - start = min(size, n)``).
+    """
+    start = int(round(centre)) - size // 2
+    start = max(0, min(start, n - size))
+    return [start - 0.5, min(start + size, n) - 0.5]
+
+
 #: The text view's line width, in characters of its monospace font: at 11 px (~6.6 px a character) a line fits
 #: a half-width column of 480 px or more; in a narrower one plotly shrinks the text inside each cell to fit.
 LINE_CHARS = 72

@@ -13,13 +13,14 @@ from attnlab.dashboard.app import current_data
 from attnlab.dashboard.data import image_segments, trace_header
 from attnlab.dashboard.errors import guarded, message
 from attnlab.dashboard.help_texts import CONTROLS as HELP
+from attnlab.dashboard.help_texts import VIEWS
 from attnlab.dashboard.summaries import attention_matrix, grid_values, real_positions, text_cells
 from attnlab.dashboard.viewstate import as_list, sync_url
-from attnlab.dashboard.widgets import (HIDDEN, as_int, control, graph, head_options, keep, layer_options, message_area,
-                                       page_header, provenance, radio, require_traces, shown_if, token_axis_labels,
-                                       token_options, token_piece_hover)
-from attnlab.viz.attention import (COLOUR_SCALES, attention_heatmap, patch_overlay,
-                                   resolve_scale, token_text_view)
+from attnlab.dashboard.widgets import (HIDDEN, as_int, control, graph, head_options, help_tip, keep, layer_options,
+                                       message_area, page_header, provenance, radio, require_traces, shown_if,
+                                       token_axis_labels, token_options, token_piece_hover)
+from attnlab.viz.attention import (COLOUR_SCALES, LONG_INPUT, attention_heatmap, attention_minimap, patch_overlay,
+                                   resolve_scale, token_text_view, view_rectangle, zoom_window)
 from attnlab.viz.style import message_figure, stamp
 
 dash.register_page(__name__, path="/attention", name="Attention", title="attnlab · Attention", order=2)
@@ -52,7 +53,13 @@ def layout(layer=None, head=None, scale=None, sink=None, **_query) -> html.Div:
             html.Div([control("Focus token", dcc.Dropdown(id=ids.ATTN_FOCUS, clearable=False,
                                                           placeholder="the model's output token"),
                               help=HELP[ids.ATTN_FOCUS])], className="controls"),
-            html.Div([graph(ids.ATTN_HEATMAP, "attention pattern heatmap"), graph(ids.ATTN_TEXT, "text view")],
+            html.Div([html.Div([graph(ids.ATTN_HEATMAP, "attention pattern heatmap"),
+                                html.Div([html.P(["Overview of the whole pattern ", help_tip(VIEWS["minimap"])],
+                                                 className="note"),
+                                          graph(ids.ATTN_MINIMAP, "minimap: the whole pattern, click to zoom"),
+                                          dcc.Store(id=ids.ATTN_MINIMAP_SHAPE)],
+                                         id=ids.ATTN_MINIMAP_BOX, style=HIDDEN)]),
+                      graph(ids.ATTN_TEXT, "text view")],
                      className="two-columns"),
             html.Div([html.H2("Attention over the image"),
                       control("Query token", dcc.Dropdown(id=ids.ATTN_QUERY, clearable=False),
@@ -124,15 +131,99 @@ def heatmap(run_id, trace, item, layer, head, scale="auto", sink=()):
     scale = resolve_scale(scale, len(labels))
     figure = attention_heatmap(matrix, labels, f"layer {layer}, head {head}", scale=scale,
                                exclude_first=SINK in (sink or []), hover_labels=token_piece_hover(tokens, real))
-    figure.layout.meta = {"view": {"run": run_id, "trace": trace, "item": item or 0, "layer": layer, "head": head}}
+    figure.layout.meta = {"view": {"run": run_id, "trace": trace, "item": item or 0, "layer": layer, "head": head,
+                                   "sink": SINK in (sink or []), "scale": scale}}
     return stamp(figure, *provenance(run_id, run, trace, item or 0, layer=layer, head=head, scale=scale)), note
 
 
-# The text view follows the heatmap instead of the selectors: its request leaves once the heatmap's figure has
-# arrived, so the browser draws the heatmap first (at 400 tokens each drawing takes ~150-300 ms of the one thread).
+# The text view and the minimap follow the heatmap instead of the selectors: their requests leave once the heatmap's
+# figure has arrived, so the browser draws the heatmap first (at 400 tokens each drawing takes ~150-300 ms of the one
+# thread). A patch of the heatmap (a zoom from the minimap) leaves the view as it was, so nothing else is redrawn;
+# every full redraw names a different view (the scale and sink column included), which resets the minimap's outline.
 dash.clientside_callback(
-    "function(fig) { const m = fig && fig.layout && fig.layout.meta; return (m && m.view) || null; }",
-    Output(ids.ATTN_DRAWN, "data"), Input(ids.ATTN_HEATMAP, "figure"))
+    """function(fig, current) {
+        const m = fig && fig.layout && fig.layout.meta, view = (m && m.view) || null;
+        return JSON.stringify(view) === JSON.stringify(current) ? window.dash_clientside.no_update : view;
+    }""",
+    Output(ids.ATTN_DRAWN, "data"), Input(ids.ATTN_HEATMAP, "figure"), State(ids.ATTN_DRAWN, "data"))
+
+
+@callback(Output(ids.ATTN_MINIMAP, "figure"), Output(ids.ATTN_MINIMAP_BOX, "style"),
+          Output(ids.ATTN_MINIMAP_SHAPE, "data"), Input(ids.ATTN_DRAWN, "data"))
+@guarded(lambda: message_figure("no overview"), HIDDEN, None, report=False)
+def minimap(drawn):
+    """The overview of the matrix the heatmap draws (``drawn``: its ``layout.meta.view``), shown only above
+    :data:`LONG_INPUT` tokens; it follows the heatmap, so the heatmap is drawn first."""
+    if not drawn:
+        return dash.no_update, HIDDEN, None
+    data = current_data()
+    run = data.run(drawn["run"])
+    matrix, real, _ = _matrix(data, run, drawn["trace"], drawn["layer"], drawn["head"], drawn["item"])
+    if len(real) <= LONG_INPUT:
+        return dash.no_update, HIDDEN, None
+    if drawn.get("sink") and matrix.shape[-1] > 1:
+        matrix = matrix[:, 1:]  # the heatmap's columns: the minimap's coordinates are the heatmap's
+    figure = attention_minimap(matrix)
+    figure = stamp(figure, *provenance(drawn["run"], run, drawn["trace"], drawn["item"], layer=drawn["layer"],
+                                       head=drawn["head"], view="overview"))
+    return figure, {}, list(matrix.shape)
+
+
+def relayout_view(relayout: dict | None):
+    """The window a heatmap's ``relayoutData`` shows, as :func:`attnlab.viz.attention.view_rectangle` takes it.
+
+    Returns:
+        ``((x0, x1) | None, (y0, y1) | None)`` (``None``: that axis whole, after a zoom-out or autorange), or
+        ``None`` when the event changed neither axis (a resize).
+    """
+    if not relayout:
+        return None
+    spans, touched = [], False
+    for axis in ("xaxis", "yaxis"):
+        span = relayout.get(f"{axis}.range")
+        if span is None and f"{axis}.range[0]" in relayout and f"{axis}.range[1]" in relayout:
+            span = (relayout[f"{axis}.range[0]"], relayout[f"{axis}.range[1]"])
+        touched = touched or span is not None or f"{axis}.autorange" in relayout
+        spans.append(tuple(float(v) for v in span) if span is not None else None)
+    return tuple(spans) if touched else None
+
+
+@callback(Output(ids.ATTN_MINIMAP, "figure", allow_duplicate=True), Input(ids.ATTN_HEATMAP, "relayoutData"),
+          State(ids.ATTN_MINIMAP_SHAPE, "data"), prevent_initial_call=True)
+def minimap_follows_zoom(relayout, shape):
+    """The minimap's outline moved to the heatmap's zoom (a patch: the minimap is not redrawn)."""
+    view = relayout_view(relayout)
+    if not shape or view is None:
+        raise dash.exceptions.PreventUpdate
+    patch = dash.Patch()
+    patch["layout"]["shapes"] = [view_rectangle(view)] if any(v is not None for v in view) else []
+    return patch
+
+
+@callback(Output(ids.ATTN_HEATMAP, "figure", allow_duplicate=True),
+          Output(ids.ATTN_MINIMAP, "figure", allow_duplicate=True), Input(ids.ATTN_MINIMAP, "clickData"),
+          State(ids.ATTN_MINIMAP_SHAPE, "data"), prevent_initial_call=True)
+def zoom_to_minimap_click(click, shape):
+    """A click on the minimap zooms the heatmap to :data:`~attnlab.viz.attention.ZOOM_TOKENS` tokens around it
+    (patches of the axis ranges, so the big figure is not sent again) and moves the minimap's outline there.
+
+    Args:
+        click: the minimap's ``clickData`` (``points[0]``: ``x`` key index, ``y`` query index).
+        shape: ``[Q, K]`` of the matrix drawn.
+    """
+    try:
+        x, y = float(click["points"][0]["x"]), float(click["points"][0]["y"])
+        n_q, n_k = int(shape[0]), int(shape[1])
+    except (TypeError, KeyError, IndexError, ValueError):
+        raise dash.exceptions.PreventUpdate
+    xs, ys = zoom_window(x, n_k), zoom_window(y, n_q)
+    heatmap_patch, minimap_patch = dash.Patch(), dash.Patch()
+    heatmap_patch["layout"]["xaxis"]["range"] = xs
+    heatmap_patch["layout"]["xaxis"]["autorange"] = False
+    heatmap_patch["layout"]["yaxis"]["range"] = ys[::-1]  # queries from the top
+    heatmap_patch["layout"]["yaxis"]["autorange"] = False
+    minimap_patch["layout"]["shapes"] = [view_rectangle((xs, ys))]
+    return heatmap_patch, minimap_patch
 
 
 @callback(Output(ids.ATTN_DATA, "data"), Input(ids.ATTN_DATA_BUTTON, "n_clicks"), State(ids.ATTN_DRAWN, "data"),

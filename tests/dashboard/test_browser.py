@@ -546,6 +546,50 @@ def test_long_input_heatmap_is_readable_and_fast(browser, server):
     assert not console_errors(d)
 
 
+#: The minimap box's visibility, its outline and the heatmap's drawn key range.
+MINIMAP_STATE = """
+const box = document.getElementById('attn-minimap-box');
+const gd = document.querySelector('#attn-minimap .js-plotly-plot');
+const heat = document.querySelector('#attn-heatmap .js-plotly-plot');
+const drawn = !!(gd && gd._fullData && gd._fullData.length);
+return {shown: !!box && box.offsetParent !== null, drawn: drawn,
+        shapes: drawn ? (gd.layout.shapes || []).map((s) => [s.x0, s.x1, s.y0, s.y1]) : [],
+        x: heat && heat._fullLayout ? Array.from(heat._fullLayout.xaxis.range) : null};
+"""
+
+
+def test_a_click_on_the_minimap_zooms_the_long_heatmap(browser, server):
+    """400 tokens: the overview shows under the heatmap, a click on it zooms the heatmap to ~40 tokens around the
+    clicked place and outlines that window; a short item has no overview."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    d = browser
+    d.get(server + "/attention?run=1:minilm-long&layer=0&head=0")
+    graph(d, ids.ATTN_HEATMAP, title="layer 0, head 0", timeout=90)
+    graph(d, ids.ATTN_MINIMAP)
+    before = WebDriverWait(d, 30).until(lambda drv: (lambda s: s if s["shown"] and s["drawn"] else False)(
+        drv.execute_script(MINIMAP_STATE)))
+    assert before["x"] == pytest.approx([-0.5, LONG_TOKENS - 0.5]) and not before["shapes"]
+    drag = d.find_element(By.CSS_SELECTOR, "#attn-minimap .nsewdrag")
+    d.execute_script("arguments[0].scrollIntoView({block: 'center'})", drag)
+    ActionChains(d).move_to_element(drag).pause(0.5).click().perform()  # the middle: around token 200
+    after = WebDriverWait(d, 30).until(lambda drv: (lambda s: s if s["shapes"] and s["x"][1] - s["x"][0] < 60
+                                                    else False)(drv.execute_script(MINIMAP_STATE)))
+    assert after["x"][1] - after["x"][0] == pytest.approx(40)
+    assert abs((after["x"][0] + after["x"][1]) / 2 - LONG_TOKENS / 2) < 25
+    assert after["shapes"][0][:2] == pytest.approx(after["x"])  # the outline is the window shown
+    d.execute_async_script(ZOOM_TICKS, 300, 349)  # a zoom on the heatmap itself moves the outline too
+    zoomed = WebDriverWait(d, 30).until(lambda drv: (lambda s: s if s["shapes"] and s["shapes"][0][0] == 299.5
+                                                     else False)(drv.execute_script(MINIMAP_STATE)))
+    assert zoomed["shapes"][0] == pytest.approx([299.5, 349.5, 299.5, 349.5])
+    shot(d, "attention-minimap")
+    d.get(server + "/attention?run=0:minilm&layer=2&head=3")
+    graph(d, ids.ATTN_HEATMAP, title="layer 2, head 3")
+    graph(d, ids.ATTN_TEXT)
+    assert not d.execute_script(MINIMAP_STATE)["shown"]
+    assert not console_errors(d)
+
+
 #: The text view: each cell's position (customdata[0]) and the focus named in the first panel's title.
 TEXT_STATE = """
 const gd = document.querySelector('#attn-text .js-plotly-plot');

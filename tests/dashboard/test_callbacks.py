@@ -614,3 +614,73 @@ def test_interventions_page_shows_what_each_method_chose(ctx, demo_root):
     assert "round(L/32)" in by_method["vhr"]["rule"] and by_method["baseline"]["layers"] == "-"
     assert by_method["act"]["layers"] == ", ".join(str(i) for i in plans["act"]["layers"])
     assert page("interventions").plans_table(None) == ([], [])
+
+
+@pytest.fixture
+def long_run(tmp_path, app):
+    """An app context over one hand-built Run of 150 tokens (above the 100-token minimap threshold), with one
+    strong weight per row at a known place; yields its id and ``[n, n]`` pattern of layer 0, head 1."""
+    import torch
+    from flask import Flask
+
+    from attnlab.core.runs import RunInfo, save_run
+    from attnlab.core.trace import LayerRecord, Trace, TraceMeta
+    from attnlab.dashboard.data import EXTENSION_KEY, DashboardData
+
+    n, heads = 150, 2
+    pattern = torch.softmax(torch.randn(1, heads, n, n, generator=torch.Generator().manual_seed(0)), -1)
+    meta = TraceMeta("m", "bert", 1, heads, 4, 8, False, captured=("pattern",))
+    trace = Trace([[f"w{i}" for i in range(n)]], [[]], {0: LayerRecord(pattern=pattern)}, meta,
+                  torch.ones(1, n, dtype=torch.bool))
+    save_run(tmp_path / "long", {"main": trace}, RunInfo(model={"name": "m"}))
+    server = Flask("long-run")
+    server.extensions[EXTENSION_KEY] = DashboardData([tmp_path])
+    with server.app_context():
+        yield server.extensions[EXTENSION_KEY].runs()[0].run_id, pattern[0, 1].numpy()
+
+
+def test_minimap_shows_for_long_items_only(ctx, long_run):
+    """Hidden for the demo's short MiniLM item; above 100 tokens it draws the matrix the heatmap draws (the sink
+    column dropped when hidden), coloured 0 to its max, and reports the shape the click window is clipped to."""
+    attention = page("attention")
+    with ctx.server.app_context():
+        short = {"run": "0:minilm", "trace": "main", "item": 0, "layer": 2, "head": 3, "sink": False}
+        assert attention.minimap(short)[1:] == ({"display": "none"}, None)
+    run_id, matrix = long_run
+    drawn = {"run": run_id, "trace": "main", "item": 0, "layer": 0, "head": 1, "sink": False}
+    figure, style, shape = attention.minimap(drawn)
+    assert style == {} and shape == [150, 150] and not figure.layout.shapes
+    assert np.asarray(figure.data[0].z).shape == (75, 75)  # blocks of 2: at most 96 per axis
+    assert figure.data[0].zmax == pytest.approx(matrix.max(), rel=1e-6)
+    assert "layer 0 · head 1" in figure.layout.title.subtitle.text
+    figure, style, shape = attention.minimap({**drawn, "sink": True})
+    assert shape == [150, 149] and figure.data[0].zmax == pytest.approx(matrix[:, 1:].max(), rel=1e-6)
+    assert attention.minimap(None)[1] == {"display": "none"}
+
+
+def test_a_minimap_click_zooms_the_heatmap_by_patch(ctx):
+    """A click at (x, y) patches only the heatmap's axis ranges: a 40-token window centred there, moved inside
+    [0, n); the minimap's outline moves there, and follows a zoom made on the heatmap itself."""
+    import dash
+
+    attention = page("attention")
+    heatmap, outline = attention.zoom_to_minimap_click({"points": [{"x": 200.0, "y": 102.0}]}, [400, 399])
+    assert isinstance(heatmap, dash.Patch) and isinstance(outline, dash.Patch)
+    ops = {tuple(op["location"]): op["params"]["value"] for op in heatmap.to_plotly_json()["operations"]}
+    assert ops == {("layout", "xaxis", "range"): [179.5, 219.5], ("layout", "xaxis", "autorange"): False,
+                   ("layout", "yaxis", "range"): [121.5, 81.5], ("layout", "yaxis", "autorange"): False}
+    (rect,) = outline.to_plotly_json()["operations"][0]["params"]["value"]
+    assert (rect["x0"], rect["x1"], rect["y0"], rect["y1"]) == (179.5, 219.5, 81.5, 121.5)
+    heatmap, _ = attention.zoom_to_minimap_click({"points": [{"x": 397.0, "y": 2.0}]}, [400, 399])
+    ops = {tuple(op["location"]): op["params"]["value"] for op in heatmap.to_plotly_json()["operations"]}
+    assert ops[("layout", "xaxis", "range")] == [358.5, 398.5]  # clipped at the last key (399 columns)
+    assert ops[("layout", "yaxis", "range")] == [39.5, -0.5]  # and at the first query
+    with pytest.raises(dash.exceptions.PreventUpdate):
+        attention.zoom_to_minimap_click(None, [400, 400])
+    zoom = {"xaxis.range[0]": 10.5, "xaxis.range[1]": 30.5, "yaxis.range[0]": 30.5, "yaxis.range[1]": 10.5}
+    (rect,) = attention.minimap_follows_zoom(zoom, [400, 400]).to_plotly_json()["operations"][0]["params"]["value"]
+    assert (rect["x0"], rect["x1"], rect["y0"], rect["y1"]) == (10.5, 30.5, 10.5, 30.5)
+    reset = attention.minimap_follows_zoom({"xaxis.autorange": True, "yaxis.autorange": True}, [400, 400])
+    assert reset.to_plotly_json()["operations"][0]["params"]["value"] == []  # zoomed out: no outline
+    with pytest.raises(dash.exceptions.PreventUpdate):
+        attention.minimap_follows_zoom({"autosize": True}, [400, 400])  # a resize moves nothing

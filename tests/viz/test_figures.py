@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from attnlab.viz.attention import (CELL_PAD, LINE_CHARS, attention_heatmap, colour_range, compare_attention,
-                                   patch_overlay, resolve_scale, text_length, token_text_view)
+from attnlab.viz.attention import (CELL_PAD, LINE_CHARS, attention_heatmap, attention_minimap, colour_range,
+                                   compare_attention, max_pool, patch_overlay, resolve_scale, text_length,
+                                   token_text_view, zoom_window)
 from attnlab.viz.circuits import circuit_figure
 from attnlab.viz.evals import eval_bars
 from attnlab.viz.qk import qk_small_multiples
@@ -238,3 +239,52 @@ def test_circuit_edges_have_arrows_from_writer_to_reader():
     fig = circuit_figure(edges, 2, 2, min_strength=0.3)
     arrows = [(a.ax, a.ay, a.x, a.y) for a in fig.layout.annotations if a.showarrow]
     assert sorted(arrows) == [(0, 0, 1, 1), (0, 1, 1, 0)]  # tail at the writer (layer 0), head at the reader
+
+
+def _block_maxima(matrix: np.ndarray, size: int) -> np.ndarray:
+    """The oracle: each ``size x size`` block's maximum by explicit loops (the last blocks may be shorter)."""
+    n_q, n_k = matrix.shape
+    return np.array([[matrix[i:i + size, j:j + size].max() for j in range(0, n_k, size)]
+                     for i in range(0, n_q, size)])
+
+
+def test_minimap_max_pooling_keeps_each_blocks_maximum():
+    rng = np.random.default_rng(0)
+    m = rng.random((10, 10)) * 0.1
+    m[3, 6] = 0.9  # one strong weight: it must colour its whole block, not be averaged away
+    pooled, bq, bk = max_pool(m, 5)
+    assert (bq, bk) == (2, 2) and pooled.shape == (5, 5)
+    np.testing.assert_allclose(pooled, _block_maxima(m, 2), rtol=1e-6)
+    assert pooled[1, 3] == pytest.approx(0.9)
+    by_hand = np.arange(49, dtype=float).reshape(7, 7)  # 7 into at most 3 blocks of 3: rows 0-2, 3-5, 6
+    pooled, bq, bk = max_pool(by_hand, 3)
+    np.testing.assert_array_equal(pooled, [[16, 19, 20], [37, 40, 41], [44, 47, 48]])
+    wide = rng.random((13, 11))  # not square, neither divisible: blocks of 5 and 4
+    pooled, bq, bk = max_pool(wide, 3)
+    assert (bq, bk) == (5, 4) and pooled.shape == (3, 3)
+    np.testing.assert_allclose(pooled, [[wide[i:i + 5, j:j + 4].max() for j in (0, 4, 8)] for i in (0, 5, 10)])
+    assert max_pool(m, 96)[0].shape == (10, 10)  # a small matrix stays whole
+
+
+def test_minimap_outlines_the_view_on_the_per_head_max_scale():
+    rng = np.random.default_rng(1)
+    m = rng.dirichlet(np.ones(400), size=400) / 2  # a long input's weights, all far below 1
+    fig = attention_minimap(m, view=((100.5, 139.5), (59.5, 20.5)))
+    trace = fig.data[0]
+    assert np.asarray(trace.z).shape == (80, 80)  # 400 in blocks of 5: at most 96 per axis
+    np.testing.assert_allclose(np.asarray(trace.z), _block_maxima(m, 5), rtol=1e-6)
+    assert (trace.zmin, trace.zmax) == (0, pytest.approx(m.max()))  # the heatmap's per-head max rule
+    assert list(trace.x[:2]) == [2.0, 7.0] and trace.y[-1] == 397.0  # block centres, in token indices
+    (rect,) = fig.layout.shapes
+    assert (rect.type, rect.xref, rect.yref) == ("rect", "x", "y")
+    assert (rect.x0, rect.x1, rect.y0, rect.y1) == (100.5, 139.5, 20.5, 59.5)
+    x, y = fig.layout.xaxis, fig.layout.yaxis
+    assert tuple(x.range) == (-0.5, 399.5) and tuple(y.range) == (399.5, -0.5)  # the whole matrix, queries down
+    assert (y.scaleanchor, y.scaleratio) == ("x", 1) and not x.showticklabels and not y.showticklabels
+    assert not attention_minimap(m).layout.shapes  # no view, no outline
+
+
+def test_zoom_window_is_centred_and_stays_inside():
+    assert zoom_window(200, 400) == [179.5, 219.5]  # tokens 180-219
+    assert zoom_window(3, 400) == [-0.5, 39.5] and zoom_window(398, 400) == [359.5, 399.5]
+    assert zoom_window(5, 12) == [-0.5, 11.5]  # fewer tokens than the window: all of them

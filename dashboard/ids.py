@@ -36,6 +36,7 @@ ATTN_HEAD = "attn-head"
 ATTN_HEATMAP = "attn-heatmap"
 ATTN_TEXT = "attn-text"
 ATTN_FOCUS = "attn-focus"  # dcc.Dropdown: the focused token position (set by clicks too)
+ATTN_WANTED = "attn-wanted"  # dcc.Store: the view the URL asked for (the focus token, kept until its options exist)
 ATTN_QUERY = "attn-query"  # query token for the image overlay
 ATTN_IMAGE = "attn-image"
 ATTN_IMAGE_BOX = "attn-image-box"

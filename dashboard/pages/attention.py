@@ -15,7 +15,7 @@ from attnlab.dashboard.errors import guarded, message
 from attnlab.dashboard.help_texts import CONTROLS as HELP
 from attnlab.dashboard.help_texts import VIEWS
 from attnlab.dashboard.summaries import attention_matrix, grid_values, real_positions, text_cells
-from attnlab.dashboard.viewstate import as_list, sync_url
+from attnlab.dashboard.viewstate import as_list, sync_url, wanted
 from attnlab.dashboard.widgets import (HIDDEN, as_int, control, graph, head_options, help_tip, keep, layer_options,
                                        message_area, page_header, provenance, radio, require_traces, shown_if,
                                        token_axis_labels, token_options, token_piece_hover)
@@ -27,16 +27,17 @@ dash.register_page(__name__, path="/attention", name="Attention", title="attnlab
 
 SCALES = [{"label": "auto", "value": "auto"}] + [{"label": v, "value": k} for k, v in COLOUR_SCALES.items()]
 SINK = "hide-first"
-sync_url(ids.ATTN_URL, {"layer": ids.ATTN_LAYER, "head": ids.ATTN_HEAD, "scale": ids.ATTN_SCALE, "sink": ids.ATTN_SINK})
+sync_url(ids.ATTN_URL, {"layer": ids.ATTN_LAYER, "head": ids.ATTN_HEAD, "scale": ids.ATTN_SCALE, "sink": ids.ATTN_SINK,
+                        "focus": ids.ATTN_FOCUS})
 
 
-def layout(layer=None, head=None, scale=None, sink=None, **_query) -> html.Div:
+def layout(layer=None, head=None, scale=None, sink=None, focus=None, **_query) -> html.Div:
     """Layer, head and colour-scale selectors (initial values from the query), the heatmap, text and image views."""
     return html.Div([
         page_header("Attention", "Pick a layer and a head. Click a token in the text view (or a heatmap row, or "
                                  "choose it under Focus token) to see what it attends to and what attends to it; "
                                  "hover shows the whole token. Zoom the heatmap (drag a box) to read every label."),
-        dcc.Store(id=ids.ATTN_URL),
+        dcc.Store(id=ids.ATTN_URL), dcc.Store(id=ids.ATTN_WANTED, data={"focus": focus}),
         html.Div([control("Layer", radio(ids.ATTN_LAYER, value=as_int(layer)), help=HELP[ids.ATTN_LAYER]),
                   control("Head", radio(ids.ATTN_HEAD, value=as_int(head)), help=HELP[ids.ATTN_HEAD]),
                   control("Colour scale", radio(ids.ATTN_SCALE, SCALES, scale if scale in COLOUR_SCALES else "auto"),
@@ -243,27 +244,30 @@ def download_matrix(_n, drawn):
     return dcc.send_bytes(buffer.getvalue(), f"{name}.npy")
 
 
-@callback(Output(ids.ATTN_FOCUS, "options"), Input(ids.RUN, "value"), Input(ids.TRACE, "value"),
-          Input(ids.ITEM, "value"))
-@guarded([], report=False)
-def focus_options(run_id, trace, item):
-    """The text tokens one can focus (word first, the raw piece on hover), for keyboard use."""
+@callback(Output(ids.ATTN_FOCUS, "options"), Output(ids.ATTN_FOCUS, "value", allow_duplicate=True),
+          Input(ids.RUN, "value"), Input(ids.TRACE, "value"), Input(ids.ITEM, "value"),
+          State(ids.ATTN_FOCUS, "value"), State(ids.ATTN_WANTED, "data"), prevent_initial_call="initial_duplicate")
+@guarded([], None, report=False)
+def focus_options(run_id, trace, item, current=None, requested=None):
+    """The text tokens one can focus (word first, the raw piece on hover), for keyboard use, and the focus: kept
+    while it is one of them, else the URL's ``focus``, else none (the output token); a Run switch clears it."""
     data = current_data()
     run = data.run(run_id)
     if not run.manifest["traces"]:
-        return []
+        return [], None
     header = trace_header(run, trace)
     patches = {n for s in image_segments(header, item or 0) for n in range(s.start, s.end)}
     real = [int(n) for n in real_positions(data, run, trace, item or 0) if int(n) not in patches]
-    return token_options(header, item or 0, real)
+    options = token_options(header, item or 0, real)
+    return options, wanted(current, options, (requested or {}).get("focus"), None)
 
 
 @callback(Output(ids.ATTN_FOCUS, "value"), Input(ids.ATTN_TEXT, "clickData"), Input(ids.ATTN_HEATMAP, "clickData"),
-          State(ids.ATTN_FOCUS, "value"))
+          State(ids.ATTN_FOCUS, "value"), prevent_initial_call=True)
 def focus(text_click, click, current):
     """The focused position: the clicked text-view cell (``customdata[0]``) or heatmap row (``"position:..."``);
     hovering only shows a token. Image cells (position ``-1``) keep the current focus."""
-    # returns the current focus rather than PreventUpdate, which would block the text view's first draw
+    # runs on clicks only (focus_options sets the focus a page opens with, from the URL)
     try:
         if ctx.triggered_id == ids.ATTN_TEXT:
             position = int(text_click["points"][0]["customdata"][0])

@@ -620,6 +620,10 @@ def test_a_click_on_a_text_view_token_focuses_it(browser, server):
     assert after["cmax"] != before["cmax"]  # the colour range follows the focused row
     choose_option(d, ids.ATTN_FOCUS, "3")  # the Focus token list (keyboard-operable) sets the focus too
     WebDriverWait(d, 30).until(lambda drv: "(position 3)" in (drv.execute_script(TEXT_STATE) or {}).get("title", ""))
+    wait_query(d, run="0:minilm", layer=2, head=3, focus=3)  # the focus is in the address
+    d.refresh()  # and a reload (or the copied address) opens on it
+    graph(d, ids.ATTN_TEXT)
+    WebDriverWait(d, 30).until(lambda drv: "(position 3)" in (drv.execute_script(TEXT_STATE) or {}).get("title", ""))
     assert not console_errors(d)
 
 

@@ -684,3 +684,14 @@ def test_a_minimap_click_zooms_the_heatmap_by_patch(ctx):
     assert reset.to_plotly_json()["operations"][0]["params"]["value"] == []  # zoomed out: no outline
     with pytest.raises(dash.exceptions.PreventUpdate):
         attention.minimap_follows_zoom({"autosize": True}, [400, 400])  # a resize moves nothing
+
+
+def test_the_focus_token_comes_from_the_url_when_it_is_a_token_of_the_item(ctx):
+    """The Attention page opens focused where the URL says (?focus=N) when N is one of the item's text tokens,
+    keeps a valid current focus, and falls back to none (the output token) for a position that is not a token."""
+    focus_options = page("attention").focus_options
+    options, value = focus_options("0:minilm", "main", 0, None, {"focus": "3"})
+    assert value == 3 and 3 in [o["value"] for o in options]
+    assert focus_options("0:minilm", "main", 0, 5, {"focus": "3"})[1] == 5  # the current focus wins
+    assert focus_options("0:minilm", "main", 0, None, {"focus": "9999"})[1] is None
+    assert focus_options("0:eval-compare", "main", 0, None, {"focus": "3"}) == ([], None)

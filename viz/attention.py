@@ -344,24 +344,27 @@ def patch_overlay(image_uri: str | None, grid: np.ndarray, title: str, *, value_
 
 
 def token_bar(labels: list[str], weights: np.ndarray, title: str, *, highlight: int | None = None,
-              axis_title: str = "attention") -> go.Figure:
-    """Bars of one value per token (e.g. a token's attention row); ``highlight`` marks one bar in red."""
+              axis_title: str = "attention", hover_labels: dict[str, str] | None = None) -> go.Figure:
+    """Bars of one value per token (e.g. a token's attention row); ``highlight`` marks one bar in red;
+    ``hover_labels`` as in :func:`attention_heatmap` (a word piece's raw form on hover)."""
     colours = ["#d62728" if i == highlight else QUERY_COLOUR for i in range(len(labels))]
     legend = " (red: the token itself)" if highlight is not None else ""
     return go.Figure({"data": [{"type": "bar", "x": labels, "y": weights, "marker": {"color": colours},
                                 "hovertemplate": "%{x}<br>" + axis_title + " %{y:.3f}<extra></extra>"}], "layout": {
         "title": layout_title(title + legend), "margin": {**MARGIN, "b": 100}, "height": 340,
-        "xaxis": {"title": {"text": "token"}, "tickangle": -60, "type": "category"},
+        "xaxis": {"title": {"text": "token"}, "tickangle": -60, "type": "category", **hover_aliases(hover_labels)},
         "yaxis": {"title": {"text": axis_title}}}})
 
 
-def compare_attention(base: np.ndarray, method: np.ndarray, labels: list[str], titles: tuple[str, str]) -> go.Figure:
+def compare_attention(base: np.ndarray, method: np.ndarray, labels: list[str], titles: tuple[str, str],
+                      hover_labels: dict[str, str] | None = None) -> go.Figure:
     """Baseline and method attention side by side, and their difference (method - baseline).
 
     Args:
         base, method: ``[Q, K]`` attention of the same tokens.
         labels: token labels.
         titles: the two panels' titles.
+        hover_labels: as in :func:`attention_heatmap` (a word piece's raw form on hover, the axes keep ``labels``).
 
     Returns:
         Three heatmaps: baseline, method (fixed attention scale) and the difference (``RdBu`` around 0); every
@@ -382,9 +385,9 @@ def compare_attention(base: np.ndarray, method: np.ndarray, labels: list[str], t
     for i, domain in enumerate(domains):
         n = "" if i == 0 else str(i + 1)
         layout[f"xaxis{n}"] = {"domain": domain, "anchor": f"y{n}", "type": "category", "tickangle": -60,
-                               "tickfont": {"size": 9}}
+                               "tickfont": {"size": 9}, **hover_aliases(hover_labels)}
         layout[f"yaxis{n}"] = {"domain": [0, 0.92], "anchor": f"x{n}", "type": "category", "autorange": "reversed",
-                               "showticklabels": i == 0, "tickfont": {"size": 9}}
+                               "showticklabels": i == 0, "tickfont": {"size": 9}, **hover_aliases(hover_labels)}
     names = (*titles, "difference (method - baseline)")
     layout.update({"margin": {**MARGIN, "l": 100, "b": 100}, "height": 460,
                    "annotations": [panel_title(t, sum(d) / 2, 0.93) for t, d in zip(names, domains)]})

@@ -28,16 +28,16 @@ dash.register_page(__name__, path="/attention", name="Attention", title="attnlab
 SCALES = [{"label": "auto", "value": "auto"}] + [{"label": v, "value": k} for k, v in COLOUR_SCALES.items()]
 SINK = "hide-first"
 sync_url(ids.ATTN_URL, {"layer": ids.ATTN_LAYER, "head": ids.ATTN_HEAD, "scale": ids.ATTN_SCALE, "sink": ids.ATTN_SINK,
-                        "focus": ids.ATTN_FOCUS})
+                        "focus": ids.ATTN_FOCUS, "query": ids.ATTN_QUERY})
 
 
-def layout(layer=None, head=None, scale=None, sink=None, focus=None, **_query) -> html.Div:
+def layout(layer=None, head=None, scale=None, sink=None, focus=None, query=None, **_query) -> html.Div:
     """Layer, head and colour-scale selectors (initial values from the query), the heatmap, text and image views."""
     return html.Div([
         page_header("Attention", "Pick a layer and a head. Click a token in the text view (or a heatmap row, or "
                                  "choose it under Focus token) to see what it attends to and what attends to it; "
                                  "hover shows the whole token. Zoom the heatmap (drag a box) to read every label."),
-        dcc.Store(id=ids.ATTN_URL), dcc.Store(id=ids.ATTN_WANTED, data={"focus": focus}),
+        dcc.Store(id=ids.ATTN_URL), dcc.Store(id=ids.ATTN_WANTED, data={"focus": focus, "query": query}),
         html.Div([control("Layer", radio(ids.ATTN_LAYER, value=as_int(layer)), help=HELP[ids.ATTN_LAYER]),
                   control("Head", radio(ids.ATTN_HEAD, value=as_int(head)), help=HELP[ids.ATTN_HEAD]),
                   control("Colour scale", radio(ids.ATTN_SCALE, SCALES, scale if scale in COLOUR_SCALES else "auto"),
@@ -313,9 +313,12 @@ def text_view(run_id, trace, item, layer, head, position):
 
 
 @callback(Output(ids.ATTN_QUERY, "options"), Output(ids.ATTN_QUERY, "value"), Output(ids.ATTN_IMAGE_BOX, "style"),
-          Input(ids.RUN, "value"), Input(ids.TRACE, "value"), Input(ids.ITEM, "value"), State(ids.ATTN_QUERY, "value"))
+          Input(ids.RUN, "value"), Input(ids.TRACE, "value"), Input(ids.ITEM, "value"), State(ids.ATTN_QUERY, "value"),
+          State(ids.ATTN_WANTED, "data"))
 @guarded([], None, HIDDEN, report=False)
-def query_options(run_id, trace, item, current):
+def query_options(run_id, trace, item, current, requested=None):
+    """The text tokens whose attention the image overlay paints, and the one chosen: kept while valid, else the
+    URL's ``query``, else the output token (the last for a causal model); hidden for an item without an image."""
     try:
         data = current_data()
         run = data.run(run_id)
@@ -328,7 +331,7 @@ def query_options(run_id, trace, item, current):
         return [], None, HIDDEN
     options = token_options(header, item or 0, [n for n in real if n not in images])
     default = options[-1]["value"] if meta_of(header).causal and options else (options[0]["value"] if options else None)
-    return options, keep(current, options, default), {}
+    return options, wanted(current, options, (requested or {}).get("query"), default), {}
 
 
 @callback(Output(ids.ATTN_IMAGE, "figure"), Input(ids.RUN, "value"), Input(ids.TRACE, "value"),

@@ -18,7 +18,7 @@ from attnlab.dashboard.summaries import attention_matrix
 from attnlab.dashboard.viewstate import sync_url, wanted
 from attnlab.dashboard.widgets import (as_int, control, graph, head_options, help_tip, keep, layer_options,
                                        message_area, page_header, provenance, radio, table, table_data,
-                                       token_axis_labels)
+                                       token_axis_labels, token_piece_hover)
 from attnlab.jobs.compare import SUMMARY_TABLE
 from attnlab.viz.attention import compare_attention
 from attnlab.viz.evals import eval_bars
@@ -158,7 +158,8 @@ def compare(base_id, method_id, item, layer, head):
     b, _, _ = attention_matrix(data, method, "main", layer, head, item)
     tokens = trace_header(base, "main")["tokens"][item]
     plan = (method.info.plan or {}).get("name", "no plan")
-    figure = compare_attention(a, b, token_axis_labels(tokens, real), (f"baseline ({base_id})", f"method: {plan}"))
+    figure = compare_attention(a, b, token_axis_labels(tokens, real), (f"baseline ({base_id})", f"method: {plan}"),
+                               hover_labels=token_piece_hover(tokens, real))
     stamp(figure, *provenance(f"{base_id} vs {method_id}", base, "main", item, layer=layer, head=head))
     note = None
     change = float(np.abs(b - a).sum(-1).mean() / 2)

@@ -14,7 +14,8 @@ from attnlab.dashboard.errors import guarded
 from attnlab.dashboard.help_texts import CONTROLS as HELP
 from attnlab.dashboard.viewstate import sync_url
 from attnlab.dashboard.widgets import (HIDDEN, as_int, control, graph, keep, message_area, page_header, provenance,
-                                       radio, require_traces, shown_if, token_axis_labels)
+                                       radio, require_traces, shown_if, token_axis_labels,
+                                       token_piece_hover)
 from attnlab.probes.registry import capture_for
 from attnlab.viz.attention import token_bar
 from attnlab.viz.qk import qk_small_multiples
@@ -145,5 +146,6 @@ def token_view(click, run_id, trace, layer, head):
     labels = token_axis_labels(tokens, real)
     verb = "attends to" if kind == "query" else "is attended by"
     highlight = int(list(real).index(int(position)))
-    figure = token_bar(labels, weights, f"{position}:{token} (item {item}) {verb}", highlight=highlight)
+    figure = token_bar(labels, weights, f"{position}:{token} (item {item}) {verb}", highlight=highlight,
+                       hover_labels=token_piece_hover(tokens, real))
     return stamp(figure, *provenance(run_id, run, trace, int(item), layer=layer, head=head, token=position))

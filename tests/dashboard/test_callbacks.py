@@ -695,3 +695,15 @@ def test_the_focus_token_comes_from_the_url_when_it_is_a_token_of_the_item(ctx):
     assert focus_options("0:minilm", "main", 0, 5, {"focus": "3"})[1] == 5  # the current focus wins
     assert focus_options("0:minilm", "main", 0, None, {"focus": "9999"})[1] is None
     assert focus_options("0:eval-compare", "main", 0, None, {"focus": "3"}) == ([], None)
+
+
+def test_the_image_overlays_query_token_comes_from_the_url(ctx):
+    """The LVLM's image overlay opens on the URL's ?query=N when N is one of its text tokens; otherwise on the
+    output token (the last text token of the causal model); an item without an image hides the overlay."""
+    query_options = page("attention").query_options
+    options, default, style = query_options("0:toy-llava", "main", 0, None, {})
+    values = [o["value"] for o in options]
+    assert style == {} and default == values[-1] and len(values) > 2
+    assert query_options("0:toy-llava", "main", 0, None, {"query": str(values[1])})[1] == values[1]
+    assert query_options("0:toy-llava", "main", 0, None, {"query": "99999"})[1] == default
+    assert query_options("0:minilm", "main", 0, None, {"query": "3"}) == ([], None, {"display": "none"})

@@ -288,3 +288,22 @@ def test_zoom_window_is_centred_and_stays_inside():
     assert zoom_window(200, 400) == [179.5, 219.5]  # tokens 180-219
     assert zoom_window(3, 400) == [-0.5, 39.5] and zoom_window(398, 400) == [359.5, 399.5]
     assert zoom_window(5, 12) == [-0.5, 11.5]  # fewer tokens than the window: all of them
+
+
+def test_comparison_and_token_bars_show_the_raw_piece_on_hover_only():
+    """Word-first labels keep the axes; a word piece's raw form reaches the hover (labelalias keyed by the marked
+    label) on every axis of the Interventions comparison and on the QK token bars."""
+    from attnlab.viz.attention import compare_attention, token_bar
+    from attnlab.viz.style import TICK_MARK
+
+    labels = ["0:the", "1:playing", "2:playing"]
+    pieces = {"1:playing": "1:playing (piece play)", "2:playing": "2:playing (piece ##ing)"}
+    fig = compare_attention(np.eye(3), np.eye(3) * 0.5, labels, ("a", "b"), hover_labels=pieces)
+    for axis in ("xaxis", "yaxis", "xaxis2", "yaxis2", "xaxis3", "yaxis3"):
+        alias = fig.layout[axis].labelalias
+        assert alias == {f"{TICK_MARK}{k}{TICK_MARK}": v for k, v in pieces.items()}, axis
+        assert fig.layout[axis].showtickprefix == "first" and fig.layout[axis].showticksuffix == "last"
+    assert list(fig.data[0].x) == labels  # the axes keep the word-first labels
+    bar = token_bar(labels, np.array([0.2, 0.5, 0.3]), "t", hover_labels=pieces)
+    assert bar.layout.xaxis.labelalias == {f"{TICK_MARK}{k}{TICK_MARK}": v for k, v in pieces.items()}
+    assert "labelalias" not in token_bar(labels, np.array([0.2, 0.5, 0.3]), "t").layout.xaxis.to_plotly_json()

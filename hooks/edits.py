@@ -90,6 +90,7 @@ class Edits:
         record_z: filled with ``{layer: z [B, N, H, d_head]}`` as the pass computes it (after edits).
         record_qkv: filled with ``{layer: {"q"|"k"|"v": [B, N, H, d_head]}}``.
         record_mlp: filled with ``{layer: [B, N, d_model]}``.
+        record_layers: the layers the three ``record_*`` fill; ``None`` for every layer.
     """
 
     z: dict | None = None
@@ -100,6 +101,11 @@ class Edits:
     record_z: dict | None = None
     record_qkv: dict | None = None
     record_mlp: dict | None = None
+    record_layers: frozenset[int] | None = None
+
+    def records(self, layer: int) -> bool:
+        """Whether recordings are kept at ``layer``."""
+        return self.record_layers is None or layer in self.record_layers
 
 
 def _write(current: torch.Tensor, values: torch.Tensor, heads: torch.Tensor, positions) -> torch.Tensor:
@@ -119,17 +125,18 @@ def _hf_hooks(model: nn.Module, edits: Edits, handles: list) -> None:
                 z = _write(z, *edits.z[layer], edits.positions)
             if edits.transform_z and layer in edits.transform_z:
                 z = edits.transform_z[layer](z)
-            if edits.record_z is not None:
+            if edits.record_z is not None and edits.records(layer):
                 edits.record_z[layer] = z.detach().clone()
             return (z.reshape(x.shape),) + tuple(args[1:])
 
+        records = edits.records(layer)
         if edits.z and layer in edits.z or edits.transform_z and layer in edits.transform_z or \
-                edits.record_z is not None:
+                edits.record_z is not None and records:
             handles.append(site.out_proj.register_forward_pre_hook(pre))
-        if edits.qkv and layer in edits.qkv or edits.record_qkv is not None:
+        if edits.qkv and layer in edits.qkv or edits.record_qkv is not None and records:
             handles += [module.register_forward_hook(lambda m, _a, out, layer=layer, site=site: _qkv_hook(
                 m, out, layer, site, edits)) for module in {id(m): m for m, _ in site.qkv.values()}.values()]
-        if edits.mlp and layer in edits.mlp or edits.record_mlp is not None:
+        if edits.mlp and layer in edits.mlp or edits.record_mlp is not None and records:
             handles.append(site.mlp.register_forward_hook(
                 lambda _m, _a, out, layer=layer: _mlp_hook(out, layer, edits)))
 
@@ -145,7 +152,7 @@ def _qkv_hook(module, out: torch.Tensor, layer: int, site: LayerSites, edits: Ed
         if edits.qkv and name in edits.qkv.get(layer, {}):
             part = _write(part, *edits.qkv[layer][name], edits.positions)
             out[..., cols] = part.reshape(*out.shape[:-1], -1)
-        if edits.record_qkv is not None:
+        if edits.record_qkv is not None and edits.records(layer):
             edits.record_qkv.setdefault(layer, {})[name] = part.detach().clone()
     return out
 
@@ -153,7 +160,7 @@ def _qkv_hook(module, out: torch.Tensor, layer: int, site: LayerSites, edits: Ed
 def _mlp_hook(out: torch.Tensor, layer: int, edits: Edits):
     if edits.mlp and layer in edits.mlp:
         out = edits.mlp[layer].to(out.dtype)
-    if edits.record_mlp is not None:
+    if edits.record_mlp is not None and edits.records(layer):
         edits.record_mlp[layer] = out.detach().clone()
     return out
 
@@ -167,7 +174,7 @@ def _tl_hooks(model: nn.Module, edits: Edits) -> list:
         def fn(z, hook, layer=layer):
             if edits.z and layer in edits.z:
                 z = _write(z, *edits.z[layer], edits.positions)
-            if edits.record_z is not None:
+            if edits.record_z is not None and edits.records(layer):
                 edits.record_z[layer] = z.detach().clone()
             return z
 

@@ -31,24 +31,25 @@ from functools import partial
 import torch
 
 from attnlab.hooks.edits import Edits, edited
-from attnlab.hooks.inputs import on_model_device, prepare_inputs, tokenizer_of, without_image
+from attnlab.hooks.inputs import on_model_device, prepare_inputs, without_image
 from attnlab.kernels.plan import Plan
 from attnlab.probes.vhd import vhr_layer_heads, vhr_layers
 
 from .heads import scale_heads_plan
 
 
-def text_only_inputs(processor, prompt: str) -> dict:
-    """The prompt with the image placeholder removed, tokenised for the language model alone."""
-    return dict(tokenizer_of(processor)([without_image(prompt)], return_tensors="pt"))
+def text_only_inputs(processor, spec, prompt: str) -> dict:
+    """The prompt with the image placeholder removed, tokenised for the language model alone (``input_ids [1, N]``
+    ...): :func:`~attnlab.hooks.inputs.prepare_inputs` without images."""
+    return prepare_inputs(processor, spec, [without_image(prompt)], [])
 
 
-def text_only_head_outputs(model, processor, prompt: str, layers) -> dict[int, torch.Tensor]:
-    """``{layer: [H, d_head]}`` each layer's head outputs (before ``W_O``) at the last token of ``prompt`` without
-    its image: the second term of VHD (He et al. 2025, Eq. 4)."""
-    record = Edits(record_z={})
+def text_only_head_outputs(model, processor, spec, prompt: str, layers) -> dict[int, torch.Tensor]:
+    """``{layer: [H, d_head]}`` each of ``layers``' head outputs (before ``W_O``) at the last token of ``prompt``
+    without its image: the second term of VHD (He et al. 2025, Eq. 4). Only ``layers`` are recorded."""
+    record = Edits(record_z={}, record_layers=frozenset(layers))
     with torch.no_grad(), edited(model, record):
-        model(**on_model_device(text_only_inputs(processor, prompt), model))
+        model(**on_model_device(text_only_inputs(processor, spec, prompt), model))
     return {layer: record.record_z[layer][0, -1] for layer in layers}
 
 
@@ -78,7 +79,7 @@ def vhr_reinforced(model, processor, spec, prompt: str, inputs: dict, *, alpha: 
     layers = vhr_layers(spec.n_layers) if layers is None else tuple(layers)
     if inputs["input_ids"].shape[0] != 1:
         raise ValueError(f"VHR chooses heads per input; give one prompt at a time (got {inputs['input_ids'].shape[0]})")
-    text = text_only_head_outputs(model, processor, prompt, layers)
+    text = text_only_head_outputs(model, processor, spec, prompt, layers)
     n_prompt = inputs["input_ids"].shape[1]
     chosen: dict[int, dict] = {}
     scales: dict[int, torch.Tensor] = {}

@@ -89,6 +89,16 @@ def test_patching_nothing_leaves_the_corrupted_logits(gpt2):
     assert torch.equal(run(gpt2, CORRUPT, Edits()), plain)
 
 
+def test_record_layers_keeps_only_those_layers_and_the_same_values(gpt2):
+    every = Edits(record_z={}, record_qkv={}, record_mlp={})
+    run(gpt2, CLEAN, every)
+    some = Edits(record_z={}, record_qkv={}, record_mlp={}, record_layers=frozenset({1}))
+    run(gpt2, CLEAN, some)
+    assert len(every.record_z) > 1 and set(some.record_z) == set(some.record_qkv) == set(some.record_mlp) == {1}
+    assert torch.equal(some.record_z[1], every.record_z[1]) and torch.equal(some.record_mlp[1], every.record_mlp[1])
+    assert all(torch.equal(some.record_qkv[1][n], every.record_qkv[1][n]) for n in "qkv")
+
+
 def test_recorded_z_is_what_attach_captures(gpt2):
     rec = Edits(record_z={})
     run(gpt2, CLEAN, rec)

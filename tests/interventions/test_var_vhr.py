@@ -138,7 +138,7 @@ def test_vhr_chooses_heads_layer_by_layer_inside_the_image_pass():
     layers = vhr_layers(spec.n_layers)
     assert layers == (1, 4, 5, 6, 7)  # a proper subset of the 8 layers
     text: dict = {}
-    _o_proj_z(model, text_only_inputs(processor, prompt), {}, text)
+    _o_proj_z(model, text_only_inputs(processor, spec, prompt), {}, text)
     scale, want = {}, {}
     for layer in layers:
         seen: dict = {}

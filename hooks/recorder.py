@@ -16,7 +16,7 @@ from attnlab.core.capture import Capture, ModelShape
 from attnlab.core.trace import LayerRecord, Segment, Trace, TraceMeta
 from attnlab.kernels.api import attention
 from attnlab.kernels.plan import Plan
-from attnlab.kernels.reference import pattern_stats
+from attnlab.kernels.reference import pattern_stats, softmax_row_stats
 
 #: ``fn(layer, hidden_in [B, N, d] or None, static_sets {name: [B, K]}, preview=..., token_mask=[B, N])
 #: -> {name: [B, K] bool}``.
@@ -213,9 +213,10 @@ class Recorder:
         p = pattern.float()
         real_queries = self._real_queries(st, p.shape[2], None, p.device)  # (B, Q) or None
 
-        def received() -> torch.Tensor:  # (B, H, K), real query rows only
-            rows = p if real_queries is None else p * real_queries[:, None, :, None].to(p.dtype)
-            return rows.sum(-2)
+        def received() -> torch.Tensor:  # (B, H, K), real query rows only: one matrix-vector product per head
+            if real_queries is None:
+                return p.sum(-2)
+            return (real_queries[:, None, None, :].to(p.dtype) @ p)[..., 0, :]
 
         key_sets = self._key_sets(stack, layer, p.shape[-1], p.device, received) if stats else {}
         has_scores = not torch.equal(scores, pattern)  # TransformerLens' generic AttentionBridge hands the weights
@@ -227,17 +228,18 @@ class Recorder:
         fast = has_scores and ("lse" in stats or "entropy" in stats)
         found = pattern_stats(p, tuple(n for n in stats if n in ("max", "mass") or (n == "entropy" and not fast)),
                               key_sets)
-        if fast:
-            # From what the model computed, without a pass of exp or log over the map (each ~10x these): at the
-            # row's largest weight p = exp(s - lse), so lse = max s - log(max p); entropy = lse - sum_k p s.
+        if fast:  # from what the model computed, without a pass of exp or log over the map (each ~10x these)
             s = scores.float()
             if torch.isneginf(s).any():
                 s = s.clamp_min(torch.finfo(s.dtype).min)  # 0 * -inf would be NaN; 0 * min is 0
-            lse = s.amax(-1) - (found["max"] if "max" in found else p.amax(-1)).log()  # (B, H, Q)
+            top = s.amax(-1)  # (B, H, Q)
+            p_dot_d = torch.linalg.vecdot(p, s - top[..., None]) if "entropy" in stats else None
+            lse, entropy = softmax_row_stats(top, found["max"] if "max" in found else p.amax(-1),
+                                             top <= torch.finfo(s.dtype).min / 2, p_dot_d)
             if "lse" in stats:
                 found["lse"] = lse
-            if "entropy" in stats:
-                found["entropy"] = lse - torch.linalg.vecdot(p, s)
+            if entropy is not None:
+                found["entropy"] = entropy
         if "received" in stats:
             found["received"] = received()
         self._record_layer(st, layer, pattern if cap.pattern else None, found, q, k, out)

@@ -242,6 +242,29 @@ def block_scores(c: _Call, r0: int, r1: int, lo: int, hi: int) -> torch.Tensor:
     return s
 
 
+def softmax_row_stats(top: torch.Tensor, p_max: torch.Tensor, dead: torch.Tensor, p_dot_d: torch.Tensor | None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(lse, entropy)`` of softmax rows from what the softmax already gave, without a pass of ``exp``/``log``.
+
+    At a row's largest weight ``p_max = exp(top - lse)``, so ``lse = top - log p_max``; with ``d = s - top``,
+    ``-log p_j = -log p_max - d_j``, so the entropy ``H = -sum_j p_j log p_j = -log p_max - sum_j p_j d_j``.
+    The one derivation of both, for the kernels' torch path and for maps a model computed itself (bridges).
+
+    Args:
+        top: ``[...]`` each row's largest (scaled, masked) score.
+        p_max: ``[...]`` each row's largest weight.
+        dead: ``[...]`` bool, rows with nothing to attend to (``lse = -inf``, entropy 0).
+        p_dot_d: ``[...]`` ``sum_j p_j (s_j - top)``, or ``None`` when the entropy is not wanted.
+
+    Returns:
+        ``(lse [...], entropy [...] or None)``.
+    """
+    neg_log_max = -p_max.log()  # +inf on dead rows, which the where()s replace
+    lse = torch.where(dead, float("-inf"), top + neg_log_max)
+    entropy = None if p_dot_d is None else torch.where(dead, 0.0, neg_log_max - p_dot_d)
+    return lse, entropy
+
+
 def _softmax_rows(s: torch.Tensor, buf: torch.Tensor | None, grad: bool = False
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Softmax of masked scores ``s`` ``[B, H, q, w]`` and what the statistics need: ``(p, d, top, p_max, dead)``.
@@ -304,14 +327,15 @@ def attention_rows(c: _Call, r0: int, r1: int) -> tuple[torch.Tensor, dict[str, 
     s = block_scores(c, r0, r1, lo, hi)  # (B, H, q, w)
     buf = c.workspace(1, s.shape) if c.rw is None and not c.want_pattern else None  # p is not kept: reuse memory
     p, d, top, p_max, dead = _softmax_rows(s, buf, c.grad)
-    # at a row's largest weight p = exp(top - lse): lse = top - log(p_max), and -log p_j = -log(p_max) - d_j
-    neg_log_max = -p_max.log()  # (B, H, q, 1); +inf on dead rows, which every where() below replaces
-    row: dict[str, torch.Tensor] = {"lse": torch.where(dead, float("-inf"), top + neg_log_max)[..., 0]}
+    p_dot_d = None
+    if c.rw is None and "entropy" in c.stats:
+        # (B, H, q); in place on d (no longer needed), so no block-sized temporary (vecdot makes one)
+        p_dot_d = ((p * d) if c.grad else d.mul_(p)).sum(-1)
+    lse, entropy = softmax_row_stats(top[..., 0], p_max[..., 0], dead[..., 0], p_dot_d)
+    row: dict[str, torch.Tensor] = {"lse": lse}
     if c.rw is None:  # statistics of the applied rows straight from the softmax
-        if "entropy" in c.stats:  # H = -sum p log p = -log(p_max) - sum p d
-            # (B, H, q, 1); in place on d (no longer needed), so no block-sized temporary (vecdot makes one)
-            p_dot_d = ((p * d) if c.grad else d.mul_(p)).sum(-1, keepdim=True)
-            row["entropy"] = torch.where(dead, 0.0, neg_log_max - p_dot_d)[..., 0]
+        if entropy is not None:
+            row["entropy"] = entropy
         if "max" in c.stats:
             row["max"] = p_max[..., 0]
         if "received" in c.stats:

@@ -206,3 +206,22 @@ def test_gradients_match_textbook(case: Case, impl: str):
     for name, g, w in zip("qkvb", got_grads, want_grads):
         w = torch.where(torch.isfinite(w), w, 0.0).double()  # a -inf bias entry: no gradient in either
         assert torch.allclose(g.double(), w, atol=2e-5, rtol=1e-4), (name, (g.double() - w).abs().max())
+
+
+def test_softmax_row_stats_equal_the_textbook_and_zero_dead_rows():
+    from attnlab.kernels.reference import softmax_row_stats
+
+    gen = torch.Generator().manual_seed(3)
+    s = torch.randn(2, 3, 5, 7, generator=gen, dtype=torch.float64) * 4
+    s[0, 1, 2] = torch.finfo(torch.float64).min  # a row that sees no key
+    top = s.amax(-1)
+    dead = top <= torch.finfo(torch.float64).min / 2
+    p = torch.softmax(s, -1).masked_fill(dead[..., None], 0.0)
+    lse, entropy = softmax_row_stats(top, p.amax(-1), dead, torch.linalg.vecdot(p, s - top[..., None]))
+    want_lse = torch.logsumexp(s, -1)
+    want_entropy = -(p * p.log()).nan_to_num().sum(-1)  # textbook -sum p log p
+    live = ~dead
+    torch.testing.assert_close(lse[live], want_lse[live], rtol=0, atol=1e-12)
+    torch.testing.assert_close(entropy[live], want_entropy[live], rtol=0, atol=1e-12)
+    assert lse[0, 1, 2] == float("-inf") and entropy[0, 1, 2] == 0
+    assert softmax_row_stats(top, p.amax(-1), dead, None)[1] is None

@@ -12,7 +12,8 @@ methods run in a rotating order, so load changes hit every method alike. Time is
 printed beside it. Ratios are medians over the questions of (method time / baseline time on the same question).
 
 A method that finds nothing to act on (VAR without sink dimensions, ACT without a calibrated head) runs the plain
-model; ``var:dims`` times VAR made to act (``--var-dims``), detecting sinks at every layer of its rule.
+model; ``var:dims`` times VAR made to act: with the sink dimensions ``--var-dims``, by default the two where VAR's
+``phi`` peaks on the warm-up input, and the benchmark checks that it then finds visual sinks (it stops otherwise).
 
 Usage: ``python benchmarks/interventions.py [--model toy-llava-deep] [--questions 12] [--max-new-tokens 3]``.
 The last line is one JSON object.
@@ -49,9 +50,10 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=12, help="timed questions (after one warm-up each)")
     parser.add_argument("--max-new-tokens", type=int, default=3)
     parser.add_argument("--methods", nargs="+", default=["baseline", "var", "act", "vhr"])
-    parser.add_argument("--var-dims", type=int, nargs="*", default=[0, 1],
+    parser.add_argument("--var-dims", type=int, nargs="*", default=None,
                         help="also time VAR run with these sink dimensions (a model without massive activations gives "
-                             "VAR none, and VAR then runs the plain model: this row is the cost of VAR acting)")
+                             "VAR none, and VAR then runs the plain model: this row is the cost of VAR acting); by "
+                             "default the two where phi peaks on the warm-up input; give the flag alone to skip it")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -62,7 +64,12 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="attnlab-bench-interventions-"))
     calibration = toy_dataset(loaded[2], folder, split="calibration")
     inputs = _inputs(loaded, toy_dataset(loaded[2], folder, split="test"), args.questions + 1)
-    methods, setup = _build_methods(loaded, args, calibration)
+    methods, setup = _build_methods(loaded, args, calibration, inputs[0])
+    if "var:dims" in methods:
+        acted, rule = acting_layers(loaded, methods["var:dims"], *inputs[0], args.max_new_tokens)
+        print(f"var:dims: visual sinks at {acted} of VAR's {rule} layers on the warm-up input", flush=True)
+        if not acted:
+            raise SystemExit("var:dims found no visual sink, so it would time VAR doing nothing; give --var-dims")
     cpu, wall = _time_answers(loaded, methods, inputs, args.max_new_tokens)
     _report(args, cpu, wall, setup)
 
@@ -81,7 +88,7 @@ def _inputs(loaded, test, n: int) -> list:
             for q in questions]
 
 
-def _build_methods(loaded, args, calibration) -> tuple[dict, dict]:
+def _build_methods(loaded, args, calibration, warm_up: tuple) -> tuple[dict, dict]:
     """``({name: method}, {name: set-up seconds})``, VAR with forced sink dimensions added as ``var:dims``."""
     from attnlab.interventions.methods import build_method
 
@@ -91,13 +98,42 @@ def _build_methods(loaded, args, calibration) -> tuple[dict, dict]:
         methods[name] = build_method(name, loaded, calibration=calibration)
         setup[name] = {"cpu_s": time.thread_time() - c0, "wall_s": time.perf_counter() - w0}
         print(f"{name}: set-up (calibration, head search) {setup[name]['cpu_s']:.1f} s CPU", flush=True)
-    if args.var_dims:
+    if args.var_dims != []:
         from attnlab.interventions.var import var_method
 
         model, processor, spec = loaded
-        methods["var:dims"] = var_method(model, processor, spec, sink_dims=tuple(args.var_dims))
+        dims = tuple(args.var_dims) if args.var_dims else _largest_phi_dims(loaded, warm_up)
+        methods["var:dims"] = var_method(model, processor, spec, sink_dims=dims)
         setup["var:dims"] = {"cpu_s": 0.0, "wall_s": 0.0}
+        print(f"var:dims: sink dimensions {list(dims)}", flush=True)
     return methods, setup
+
+
+def _largest_phi_dims(loaded, warm_up: tuple, n: int = 2) -> tuple[int, ...]:
+    """The ``n`` residual dimensions where VAR's ``phi`` (:func:`attnlab.probes.visual_sinks.sink_score`) peaks on the
+    warm-up input over every layer: the dimensions that make VAR find sinks on a model without massive activations."""
+    from attnlab.core.capture import Capture
+    from attnlab.hooks.inputs import capture_trace
+    from attnlab.probes.visual_sinks import sink_score
+
+    model, processor, spec = loaded
+    image, prompt = warm_up
+    trace = capture_trace(model, processor, spec, Capture(resid=True), [prompt], [image])
+    hidden = torch.stack([trace.resid_in(layer)[0] for layer in range(spec.n_layers)]).float().numpy()  # (L, N, d)
+    peak = [float(sink_score(hidden, (dim,)).max()) for dim in range(hidden.shape[-1])]
+    return tuple(sorted(range(len(peak)), key=lambda dim: -peak[dim])[:n])
+
+
+def acting_layers(loaded, method, image, prompt: str, max_new_tokens: int) -> tuple[int, int]:
+    """``(layers where VAR found a visual sink, layers of its rule)`` on one answer: whether it acted."""
+    model, processor, spec = loaded
+    from attnlab.evals.answer import generate_answer
+
+    steering = method.steering_for(image, prompt)
+    generate_answer(model, processor, spec, image, prompt, max_new_tokens=max_new_tokens, **steering)
+    sets = steering.get("key_set_fn")
+    caches = {} if sets is None else sets.cache
+    return sum(bool(sinks.any()) for sinks, _ in caches.values()), len(method.plan.layers)
 
 
 def _time_answers(loaded, methods: dict, inputs: list, max_new_tokens: int) -> tuple[dict, dict]:

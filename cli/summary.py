@@ -17,7 +17,7 @@ def run_summary(run: Run) -> dict:
         traces[name] = {
             "family": meta["family"], "n_layers": meta["n_layers"], "n_heads": meta["n_heads"],
             "d_head": meta["d_head"], "causal": meta["causal"], "captured": meta["captured"],
-            "probes": runnable(meta["captured"]),
+            "probes": runnable(meta["captured"], cross=header.get("key_tokens") is not None),
             "layers_captured": header["layers"],
             "tokens_per_item": [len([t for t, s in zip(toks, _kinds(segs, len(toks))) if s != "pad"])
                                 for toks, segs in zip(header["tokens"], header["segments"])],

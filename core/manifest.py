@@ -105,6 +105,9 @@ class TraceHeader(_Strict):
     segments: list[list[SegmentEntry]]
     meta: MetaEntry
     layers: list[int]
+    #: a cross-attention trace's key side (another sequence's tokens); absent for self-attention
+    key_tokens: list[list[str]] | None = None
+    key_segments: list[list[SegmentEntry]] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "TraceHeader":
@@ -237,6 +240,8 @@ def check_shapes(name: str, header: dict, shapes: dict[str, tuple[int, ...]]) ->
     batch = len(header["tokens"])
     n_tok = len(header["tokens"][0]) if batch else 0
     heads = header["meta"]["n_heads"]
+    keys = header.get("key_tokens")
+    n_key = (len(keys[0]) if keys else 0) if keys is not None else n_tok  # cross-attention: keys are another sequence
     for key, shape in shapes.items():
         field = key.split(".", 2)[2] if key.startswith("layer.") else key
         if not shape or shape[0] != batch:
@@ -246,6 +251,9 @@ def check_shapes(name: str, header: dict, shapes: dict[str, tuple[int, ...]]) ->
             raise RunFormatError(f"trace {name}: {key} has {shape[1] if len(shape) > 1 else 0} heads; "
                                  f"the manifest says {heads}")
         positions = (shape[2:4] if field == "pattern" else shape[2:3]) if per_head else shape[1:2]
-        if any(n != n_tok for n in positions):
-            raise RunFormatError(f"trace {name}: {key} spans {max(positions)} positions but the manifest lists "
-                                 f"{n_tok} tokens per item")
+        expected = {"pattern": (n_tok, n_key), "k": (n_key,), "stats.received": (n_key,), "key_mask": (n_key,)}
+        want = expected.get(field, (n_tok,) * len(positions))
+        for n, w in zip(positions, want):
+            if n != w:
+                raise RunFormatError(f"trace {name}: {key} spans {n} positions but the manifest lists {w} tokens "
+                                     "per item")

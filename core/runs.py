@@ -19,7 +19,7 @@ import torch
 
 from .atomic import atomic_file, replace_directory, write_text_atomic
 from .manifest import SCHEMA, SCHEMA_VERSION, Manifest, RunFormatError, check_name, inside, read_manifest, run_kind
-from .trace import Trace
+from .trace import NESTED_TRACES, Trace
 from .trace_files import load_trace, read_tensor, tensor_shapes
 
 __all__ = ["SCHEMA", "SCHEMA_VERSION", "Run", "RunFormatError", "RunInfo", "run_kind", "save_run", "write_results"]
@@ -48,22 +48,30 @@ class RunInfo:
 
 def _trace_entries(trace: Trace, name: str) -> list[tuple[str, Trace]]:
     out = [(name, trace)]
-    if trace.vision is not None:
-        out.append((f"{name}.vision", trace.vision))
+    for nested in NESTED_TRACES:
+        if getattr(trace, nested) is not None:
+            out.append((f"{name}.{nested}", getattr(trace, nested)))
     return out
 
 
 def _trace_header(trace: Trace) -> dict:
-    return {
+    header = {
         "tokens": trace.tokens,
         "segments": [[asdict(s) for s in segs] for segs in trace.segments],
         "meta": asdict(trace.meta),
         "layers": sorted(trace.layers),
     }
+    if trace.is_cross:  # cross-attention: the keys are another sequence's tokens
+        keys = trace.key_side()
+        header["key_tokens"] = keys.tokens
+        header["key_segments"] = [[asdict(s) for s in segs] for segs in keys.segments]
+    return header
 
 
 def _trace_tensors(trace: Trace) -> dict[str, torch.Tensor]:
     tensors = {"token_mask": trace.token_mask.to(torch.bool)}
+    if trace.key_mask is not None:
+        tensors["key_mask"] = trace.key_mask.to(torch.bool)
     if trace.embeddings is not None:
         tensors["embeddings"] = trace.embeddings
     for i, rec in trace.layers.items():
@@ -78,7 +86,8 @@ def save_run(path: str | Path, traces: dict[str, Trace], info: RunInfo, results:
 
     Args:
         path: the Run directory to create.
-        traces: ``{name: Trace}``; a Trace's vision tower is stored as ``<name>.vision``.
+        traces: ``{name: Trace}``; a Trace's nested Traces (vision tower, encoder, cross-attention) are stored as
+            ``<name>.vision``, ``<name>.encoder``, ``<name>.cross``.
         info: manifest fields.
         results: ``{name: DataFrame}`` result tables.
         overwrite: replace an existing capture Run (see :func:`attnlab.core.atomic.check_replaceable`: never a
@@ -135,7 +144,7 @@ class Run:
 
     @property
     def trace_names(self) -> list[str]:
-        """Names of the stored Traces (vision towers appear as ``<name>.vision``)."""
+        """Names of the stored Traces (nested ones appear as ``<name>.vision``, ``<name>.encoder``, ...)."""
         return list(self.manifest["traces"])
 
     @property
@@ -179,13 +188,15 @@ class Run:
         """Load one Trace, or only part of it: some ``layers``, some ``fields`` (``pattern``, ``q``, ``k``,
         ``head_out``, ``resid``, ``stats`` or ``stats.<name>``), one batch ``item`` (batch size 1).
 
-        Only what is asked for is read (:func:`attnlab.core.trace_files.load_trace`). The vision tower's Trace
-        rides along as ``trace.vision`` (whole) unless ``with_vision`` is false or a part was asked for.
+        Only what is asked for is read (:func:`attnlab.core.trace_files.load_trace`). The nested Traces (vision
+        tower, encoder, cross-attention) ride along as ``trace.vision``, ``trace.encoder``, ``trace.cross``
+        (whole) unless ``with_vision`` is false or a part was asked for.
         """
         trace = load_trace(self.trace_file(name), name, self.header(name), layers=layers, fields=fields, item=item)
-        vision = f"{name}.vision"
-        if with_vision and fields is None and item is None and vision in self.manifest["traces"]:
-            trace.vision = self.trace(vision)
+        if with_vision and fields is None and item is None:
+            for nested in NESTED_TRACES:
+                if f"{name}.{nested}" in self.manifest["traces"]:
+                    setattr(trace, nested, self.trace(f"{name}.{nested}"))
         return trace
 
     def result(self, name: str) -> pd.DataFrame:

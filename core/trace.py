@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-SEGMENT_KINDS = ("text", "image", "special", "system", "register", "pad")
+SEGMENT_KINDS = ("text", "image", "special", "system", "register", "pad", "audio")
 
 #: Per-query statistics, each ``[B, H, Q]``; ``mass.<set>`` keys follow the same shape.
 ROW_STATS = ("lse", "entropy", "max")
@@ -22,6 +22,12 @@ KEY_STATS = ("received",)
 STAT_NAMES = ROW_STATS + KEY_STATS
 #: ``LayerRecord`` tensor fields besides ``stats``, with the axes that run over tokens (N).
 LAYER_FIELDS = {"pattern": (2, 3), "q": (2,), "k": (2,), "head_out": (2,), "resid": (1,)}
+#: The axes of ``LAYER_FIELDS`` (and of the per-key statistics) that run over keys: in a cross-attention Trace they
+#: run over the key side's tokens (``key_tokens``), the others over the queries' (``tokens``).
+KEY_AXES = {"pattern": (3,), "k": (2,), "stats.received": (-1,)}
+#: Traces nested in a main Trace, each stored as ``<name>.<nested>`` in a Run: an image tower (``vision``), an
+#: encoder-decoder model's encoder self-attention (``encoder``) and its decoder's cross-attention (``cross``).
+NESTED_TRACES = ("vision", "encoder", "cross")
 
 
 def real_positions_of(token_mask: torch.Tensor, batch: int) -> torch.Tensor:
@@ -72,7 +78,8 @@ class Segment:
     """A labelled span ``[start, end)`` of token positions in one batch item.
 
     Attributes:
-        kind: one of ``SEGMENT_KINDS`` (``text``, ``image``, ``special``, ``system``, ``register``, ``pad``).
+        kind: one of ``SEGMENT_KINDS`` (``text``, ``image``, ``special``, ``system``, ``register``, ``pad``,
+            ``audio``: a speech encoder's frames).
         start: first position (inclusive).
         end: last position (exclusive).
         grid: ``(rows, cols)`` of the image patch grid, for image spans; ``rows * cols == end - start``.
@@ -188,6 +195,15 @@ class Trace:
         token_mask: ``[B, N]`` bool, ``True`` for real (non-padding) tokens.
         embeddings: ``[B, N, d_model]`` hidden state entering layer 0, when ``resid`` was captured.
         vision: for vision-language models, the vision tower's own Trace (its tokens are patches).
+        encoder: for encoder-decoder models (T5, BART, Whisper), the encoder's self-attention Trace; the main
+            Trace is then the decoder's self-attention.
+        cross: for encoder-decoder models, the decoder's cross-attention Trace: queries are the decoder's tokens
+            (``tokens``, ``token_mask``), keys the encoder's (``key_tokens``, ``key_mask``); patterns
+            ``[B, H, Q, K]``.
+        key_tokens: ``key_tokens[b][k]`` the key side's token strings, for a cross-attention Trace; ``None`` when
+            keys are the queries (self-attention).
+        key_segments: the key side's segments (``None``: as ``segments``).
+        key_mask: ``[B, K]`` bool, the key side's real tokens (``None``: as ``token_mask``).
     """
 
     tokens: list[list[str]]
@@ -197,6 +213,11 @@ class Trace:
     token_mask: torch.Tensor
     embeddings: torch.Tensor | None = None
     vision: "Trace | None" = None
+    encoder: "Trace | None" = None
+    cross: "Trace | None" = None
+    key_tokens: list[list[str]] | None = None
+    key_segments: list[list[Segment]] | None = None
+    key_mask: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -207,6 +228,30 @@ class Trace:
     def n_tokens(self) -> int:
         """N, the padded sequence length."""
         return int(self.token_mask.shape[1])
+
+    @property
+    def is_cross(self) -> bool:
+        """Whether keys come from another token sequence than queries (cross-attention)."""
+        return self.key_mask is not None
+
+    def key_side(self) -> "Trace":
+        """The keys' tokens, segments and mask as a Trace without layers (this Trace itself for self-attention).
+
+        Probes that describe keys (sinks, token categories) read them from here, so one code path serves self-
+        and cross-attention.
+        """
+        if not self.is_cross:
+            return self
+        segments = self.key_segments if self.key_segments is not None else [[] for _ in self.key_tokens or []]
+        return Trace(list(self.key_tokens or []), segments, {}, self.meta, self.key_mask)
+
+    def require_self_attention(self, probe: str) -> None:
+        """Raise a ValueError for probes that chain square ``[Q = K]`` maps over layers (rollout, flow)."""
+        if self.is_cross:
+            raise ValueError(f"{probe} needs self-attention (queries and keys the same tokens), but this is a "
+                             f"cross-attention Trace ({self.meta.family} decoder queries over encoder keys, patterns "
+                             f"[B, H, {self.n_tokens}, {int(self.key_mask.shape[1])}]); run {probe} on the "
+                             "encoder's Trace (trace.encoder) or the decoder's (the main Trace) instead")
 
     def layer(self, index: int) -> LayerRecord:
         """The record of a captured layer; raises a ValueError naming the captured layers otherwise."""
@@ -268,50 +313,70 @@ class Trace:
             keep_padding: keep the padded length and positions (a view sharing storage). By default every
                 token axis (``N``, ``Q``, ``K``) keeps the item's real tokens only, positions shift by the
                 padding before them, and ``pad`` segments are dropped: for a padded batch this is what
-                capturing the input alone records (within float tolerance).
+                capturing the input alone records (within float tolerance). A cross-attention Trace cuts its
+                key axes by ``key_mask``.
 
         Returns:
-            A :class:`Trace`; its ``vision`` Trace is the same item of the vision tower when that holds one
-            image per batch item.
+            A :class:`Trace`; its nested Traces (``vision``, ``encoder``, ``cross``) are the same item of theirs
+            when they hold one per batch item.
 
         Raises:
             ValueError: an index outside the batch; real tokens that are not one contiguous span; a vision
                 tower whose batch differs from this Trace's.
         """
         b = self._check_item(index)
-        real = self.real_positions(b)  # (n,)
-        start, stop = (int(real[0]), int(real[-1]) + 1) if real.numel() else (0, 0)
-        if keep_padding:
-            start, stop = 0, self.n_tokens
-        elif stop - start != real.numel():
-            raise ValueError(f"Batch item {b}'s real tokens are not one contiguous span; use keep_padding=True")
-        vision = None
-        if self.vision is not None:
-            if self.vision.batch_size != self.batch_size:
-                raise ValueError(f"The vision tower holds {self.vision.batch_size} images for {self.batch_size} "
-                                 "items, so its item cannot be matched; read trace.vision directly")
-            vision = self.vision.item(b, keep_padding=keep_padding)
-        n = self.n_tokens
+        start, stop = self._real_span(self.token_mask, b, keep_padding)
+        kstart, kstop = self._real_span(self.key_mask, b, keep_padding) if self.is_cross else (start, stop)
+        nested = {}
+        for name in NESTED_TRACES:
+            sub = getattr(self, name)
+            if sub is not None and sub.batch_size != self.batch_size:
+                raise ValueError(f"The {name} Trace holds {sub.batch_size} items for {self.batch_size}, so its item "
+                                 f"cannot be matched; read trace.{name} directly")
+            nested[name] = None if sub is None else sub.item(b, keep_padding=keep_padding)
+        n, nk = self.n_tokens, (int(self.key_mask.shape[1]) if self.is_cross else self.n_tokens)
 
-        def take(t: torch.Tensor | None, axes) -> torch.Tensor | None:
+        def take(t: torch.Tensor | None, name: str, axes) -> torch.Tensor | None:
             if t is None:
                 return None
             t = t[b : b + 1]
+            keys = KEY_AXES.get(name, ()) if self.is_cross else ()
             for ax in axes:
-                if t.shape[ax] == n:
-                    t = t.narrow(ax, start, stop - start)
+                first, last, size = (kstart, kstop, nk) if ax in keys else (start, stop, n)
+                if t.shape[ax] == size:
+                    t = t.narrow(ax, first, last - first)
             return t
 
         layers = {}
         for i, rec in self.layers.items():
-            new = LayerRecord(**{name: take(getattr(rec, name), axes) for name, axes in LAYER_FIELDS.items()})
-            new.stats = {name: take(value, (-1,)) for name, value in rec.stats.items()}
+            new = LayerRecord(**{name: take(getattr(rec, name), name, axes) for name, axes in LAYER_FIELDS.items()})
+            new.stats = {name: take(value, f"stats.{name}", (-1,)) for name, value in rec.stats.items()}
             layers[i] = new
-        segments = [replace(s, start=s.start - start, end=s.end - start) for s in self.segments[b]
-                    if keep_padding or (s.kind != "pad" and s.start >= start and s.end <= stop)]
-        return Trace(tokens=[list(self.tokens[b][start:stop])], segments=[segments], layers=layers, meta=self.meta,
-                     token_mask=self.token_mask[b : b + 1, start:stop], embeddings=take(self.embeddings, (1,)),
-                     vision=vision)
+        keys = {}
+        if self.is_cross:
+            key_segs = self.key_side().segments[b]
+            keys = dict(key_tokens=[list(self.key_tokens[b][kstart:kstop])],
+                        key_segments=[self._shift(key_segs, kstart, kstop, keep_padding)],
+                        key_mask=self.key_mask[b : b + 1, kstart:kstop])
+        return Trace(tokens=[list(self.tokens[b][start:stop])],
+                     segments=[self._shift(self.segments[b], start, stop, keep_padding)], layers=layers,
+                     meta=self.meta, token_mask=self.token_mask[b : b + 1, start:stop],
+                     embeddings=take(self.embeddings, "embeddings", (1,)), **nested, **keys)
+
+    def _real_span(self, mask: torch.Tensor, b: int, keep_padding: bool) -> tuple[int, int]:
+        """``[start, stop)`` of item ``b``'s real tokens in ``mask`` ``[B, N]`` (everything with ``keep_padding``)."""
+        if keep_padding:
+            return 0, int(mask.shape[1])
+        real = real_positions_of(mask, b)  # (n,)
+        start, stop = (int(real[0]), int(real[-1]) + 1) if real.numel() else (0, 0)
+        if stop - start != real.numel():
+            raise ValueError(f"Batch item {b}'s real tokens are not one contiguous span; use keep_padding=True")
+        return start, stop
+
+    @staticmethod
+    def _shift(segments: list[Segment], start: int, stop: int, keep_padding: bool) -> list[Segment]:
+        return [replace(s, start=s.start - start, end=s.end - start) for s in segments
+                if keep_padding or (s.kind != "pad" and s.start >= start and s.end <= stop)]
 
     def with_layers(self, layers: dict[int, LayerRecord]) -> "Trace":
         """A copy of this Trace holding other layer records."""

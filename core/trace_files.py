@@ -2,8 +2,9 @@
 
 One reader for every consumer: :meth:`attnlab.core.runs.Run.trace` builds Traces with it, and the dashboard reads
 single tensors, items and heads through the same functions (with its cache in front). A trace file is a
-safetensors file whose keys are ``layer.{i}.{field}``, ``token_mask`` and ``embeddings``; its header in the
-manifest holds the tokens, segments, meta and captured layers.
+safetensors file whose keys are ``layer.{i}.{field}``, ``token_mask``, ``embeddings`` and, for cross-attention,
+``key_mask``; its header in the manifest holds the tokens, segments, meta and captured layers (and the keys'
+``key_tokens`` and ``key_segments``).
 """
 
 from __future__ import annotations
@@ -130,6 +131,13 @@ def _build(file: Path, header: dict, shapes: dict, layers, fields, item: int | N
                                                if key.startswith(prefix) and wanted_field(key[len(prefix):], fields)})
     embeddings = get("embeddings") if "embeddings" in shapes and (fields is None or "resid" in fields) else None
     tokens, segments = header["tokens"], segments_of(header)
+    keys = {}
+    if header.get("key_tokens") is not None:  # a cross-attention Trace: keys are another sequence's tokens
+        keys = dict(key_tokens=header["key_tokens"], key_segments=segments_of({"segments": header["key_segments"]}),
+                    key_mask=get("key_mask"))
     if item is not None:
         tokens, segments = tokens[item:item + 1], segments[item:item + 1]
-    return Trace(tokens, segments, records, meta_of(header), get("token_mask"), embeddings)
+        if keys:
+            keys["key_tokens"], keys["key_segments"] = (keys["key_tokens"][item:item + 1],
+                                                        keys["key_segments"][item:item + 1])
+    return Trace(tokens, segments, records, meta_of(header), get("token_mask"), embeddings, **keys)

@@ -4,13 +4,16 @@ Inside ``attach`` every config of the model is switched to the ``"attnlab"`` imp
 attention module is told (through a private attribute) which stack and layer it is; both are undone
 on exit, also when the forward raises. The function itself is stateless: modules without a site, or
 layers that need nothing, fall through to SDPA so the outputs stay those of the plain model.
+
+An encoder-decoder model (T5, BART, Whisper) gives three Traces: the decoder's self-attention (the main one),
+``trace.encoder`` and ``trace.cross`` (decoder queries over encoder keys); see :class:`EncoderDecoderPasses`.
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -18,7 +21,9 @@ from torch import nn
 from .hf_stacks import Stack, find_stacks, kernel_score_terms, main_stack, stack_meta
 from .module_adapters import adapted
 from .recorder import Recorder
-from .segments import text_segments, text_tokens, vision_layout
+from attnlab.core.trace import Segment
+
+from .segments import merged_patch_layout, text_segments, text_tokens, vision_layout
 
 IMPL_NAME = "attnlab"
 SITE_ATTR = "_attnlab_site"
@@ -116,7 +121,14 @@ class VisionPasses:
     rec: Recorder
     pending: dict
 
-    def start(self, stack: Stack, pixel_values: torch.Tensor | None) -> None:
+    def start(self, stack: Stack, pixel_values: torch.Tensor | None, grid_thw: torch.Tensor | None = None) -> None:
+        if grid_thw is not None and getattr(stack.config, "temporal_patch_size", None) is not None:
+            # Qwen2-VL: the images come packed, ``[n_patches, C*T*P*P]``, with each one's (t, h, w) patch grid
+            merge = int(getattr(stack.config, "spatial_merge_size", 1) or 1)
+            tokens, segments, mask = merged_patch_layout([tuple(g) for g in grid_thw.tolist()], merge)
+            self.rec.begin_pass(stack.name, tokens, segments, mask)
+            self.rec.stacks[stack.name].passes[-1].slots = mask
+            return
         if pixel_values is None or pixel_values.dim() != 4:
             shape = None if pixel_values is None else tuple(pixel_values.shape)
             raise ValueError(f"attnlab capture of the {stack.name!r} stack ({stack.prefix}) needs pixel_values "
@@ -158,16 +170,84 @@ def _check_recorded(rec: Recorder, before: dict[str, int]) -> None:
                                "AttentionInterface (see docs/models.md)")
 
 
-def _text_pass(rec: Recorder, model: nn.Module, tokenizer, args: tuple, kwargs: dict) -> None:
+def _text_pass(rec: Recorder, model: nn.Module, tokenizer, args: tuple, kwargs: dict, stack: str = "main") -> None:
     input_ids = _input(args, kwargs, "input_ids")
     if input_ids is None:
-        raise ValueError("attnlab capture needs input_ids (inputs_embeds alone carry no token identities)")
+        what = "decoder_input_ids" if stack == "main" and "encoder" in rec.stacks else "input_ids"
+        raise ValueError(f"attnlab capture needs {what} (inputs_embeds alone carry no token identities)")
     mask = kwargs.get("attention_mask")
     token_mask = torch.ones_like(input_ids, dtype=torch.bool) if mask is None or mask.dim() != 2 else mask.bool()
     token_mask = token_mask[:, -input_ids.shape[1]:]
     image_id = getattr(model.config, "image_token_id", None) or getattr(model.config, "image_token_index", None)
     segs = text_segments(input_ids.cpu(), token_mask.cpu(), _special_ids(model, tokenizer) - {image_id}, image_id)
-    rec.begin_pass("main", text_tokens(input_ids, tokenizer), segs, token_mask.cpu())
+    rec.begin_pass(stack, text_tokens(input_ids, tokenizer), segs, token_mask.cpu())
+
+
+def _by_name(module: nn.Module, args: tuple, kwargs: dict) -> dict:
+    """A forward call's arguments ``{name: value}``, positional ones named by ``module.forward``'s signature."""
+    import inspect
+
+    names = [n for n, p in inspect.signature(module.forward).parameters.items()
+             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return {**dict(zip(names, args)), **kwargs}
+
+
+@dataclass
+class EncoderDecoderPasses:
+    """Starts the Trace passes of an encoder-decoder's stacks (Vaswani et al., 2017): ``encoder`` when the encoder
+    runs, ``main`` (decoder self-attention) and ``cross`` when the decoder runs.
+
+    The encoder's tokens are its ``input_ids`` (T5, BART) or, for a speech encoder reading ``input_features``
+    (Whisper), its frames ``frame 0, frame 1, ...``, whose count the first block's input tells. Cross-attention's
+    queries are the decoder's tokens and its keys the encoder's latest pass (its padding mask included); when the
+    encoder did not run inside ``attach`` (``encoder_outputs`` given), the keys are ``enc 0, enc 1, ...``.
+    """
+
+    rec: Recorder
+    model: nn.Module
+    tokenizer: object
+    pending: int | None = None  # batch size of input_features waiting for the first encoder block
+
+    def encoder_start(self, runner: nn.Module, args: tuple, kwargs: dict) -> None:
+        kwargs = _by_name(runner, args, kwargs)  # Whisper's encoder takes input_features first, T5's input_ids
+        args = ()
+        if kwargs.get("input_ids") is not None:
+            _text_pass(self.rec, self.model, self.tokenizer, args, kwargs, stack="encoder")
+            return
+        features = _input(args, kwargs, "input_features")
+        if features is None:
+            raise ValueError("attnlab capture of an encoder-decoder's encoder needs input_ids (text) or "
+                             "input_features (speech); inputs_embeds alone carry no token identities")
+        self.pending = features.shape[0]
+
+    def first_block(self, stack: Stack, hidden: torch.Tensor) -> None:
+        if stack.name != "encoder" or self.pending is None:
+            return
+        batch, n_frames = self.pending, hidden.shape[1]
+        self.pending = None
+        tokens = [[f"frame {i}" for i in range(n_frames)] for _ in range(batch)]
+        segments = [[Segment("audio", 0, n_frames, label="audio")] for _ in range(batch)]
+        self.rec.begin_pass("encoder", tokens, segments, torch.ones(batch, n_frames, dtype=torch.bool))
+
+    def decoder_start(self, runner: nn.Module, args: tuple, kwargs: dict) -> None:
+        kwargs = _by_name(runner, args, kwargs)
+        _text_pass(self.rec, self.model, self.tokenizer, (), kwargs, stack="main")
+        queries = self.rec.stacks["main"].passes[-1]
+        self.rec.begin_pass("cross", queries.tokens, queries.segments, queries.token_mask, keys=self._keys(kwargs))
+
+    def _keys(self, kwargs: dict) -> tuple:
+        """``(tokens, segments, token_mask [B, K])`` of the encoder tokens the decoder attends to."""
+        encoder = self.rec.stacks["encoder"].passes
+        hidden = kwargs.get("encoder_hidden_states")
+        if encoder and (hidden is None or encoder[-1].token_mask.shape[1] == hidden.shape[1]):
+            return encoder[-1].tokens, encoder[-1].segments, encoder[-1].token_mask
+        if hidden is None:
+            raise ValueError("attnlab capture of cross-attention needs the decoder's encoder_hidden_states; run the "
+                             "whole encoder-decoder model (or its generate) inside attach")
+        batch, n_keys = hidden.shape[:2]
+        mask = kwargs.get("encoder_attention_mask")
+        mask = torch.ones(batch, n_keys, dtype=torch.bool) if mask is None or mask.dim() != 2 else mask.bool().cpu()
+        return [[f"enc {i}" for i in range(n_keys)] for _ in range(batch)], [[] for _ in range(batch)], mask
 
 
 @contextlib.contextmanager
@@ -183,6 +263,7 @@ def attach_hf(model: nn.Module, rec: Recorder, tokenizer=None, model_id: str | N
     saved = {key: cfg._attn_implementation_internal for key, cfg in configs.items()}
     handles, sited = [], []
     vision = VisionPasses(rec, {})
+    encdec = EncoderDecoderPasses(rec, model, tokenizer) if any(s.role == "cross" for s in stacks) else None
     try:
         for cfg in configs.values():
             cfg._attn_implementation_internal = IMPL_NAME
@@ -191,6 +272,8 @@ def attach_hf(model: nn.Module, rec: Recorder, tokenizer=None, model_id: str | N
 
         def top_hook(_mod, args, kwargs):
             before.update({name: len(st.passes) for name, st in rec.stacks.items()})
+            if encdec is not None:  # the encoder's and decoder's own hooks start their passes
+                return
             if main.vision:
                 vision.start(main, _input(args, kwargs, "pixel_values"))
             else:
@@ -199,11 +282,21 @@ def attach_hf(model: nn.Module, rec: Recorder, tokenizer=None, model_id: str | N
         handles.append(model.register_forward_pre_hook(top_hook, with_kwargs=True))
         handles.append(model.register_forward_hook(lambda *_: _check_recorded(rec, before)))
         for stack in stacks:
-            if stack.name != "main":
+            if stack.vision and stack.name != "main":
                 owner = model.get_submodule(stack.owner) if stack.owner else model
                 handles.append(owner.register_forward_pre_hook(
-                    lambda _m, a, kw, s=stack: vision.start(s, _input(a, kw, "pixel_values")), with_kwargs=True))
-            handles += _site_stack(model, rec, stack, vision, sited)
+                    lambda _m, a, kw, s=stack: vision.start(s, _input(a, kw, "pixel_values"),
+                                                            _input(a, kw, "grid_thw", 1)), with_kwargs=True))
+            if encdec is not None and stack.role == "self":
+                start = encdec.encoder_start if stack.name == "encoder" else encdec.decoder_start
+                handles.append(model.get_submodule(stack.runner).register_forward_pre_hook(
+                    lambda m, a, kw, f=start: f(m, a, kw), with_kwargs=True))
+            if stack.vision:
+                n_distill = _n_distill(model, stack)
+                first: Callable | None = lambda st, h, n=n_distill: vision.first_block(st, n, h)  # noqa: E731
+            else:
+                first = encdec.first_block if encdec is not None else None
+            handles += _site_stack(model, rec, stack, first, sited)
         with adapted(sited):
             yield rec
     finally:
@@ -216,21 +309,26 @@ def attach_hf(model: nn.Module, rec: Recorder, tokenizer=None, model_id: str | N
             cfg._attn_implementation_internal = saved[key]
 
 
-def _site_stack(model: nn.Module, rec: Recorder, stack: Stack, vision: VisionPasses, sited: list) -> list:
-    """Tell each attention module of ``stack`` its site and hook its blocks; returns the hook handles."""
+def _site_stack(model: nn.Module, rec: Recorder, stack: Stack, first_block: Callable | None, sited: list) -> list:
+    """Tell each attention module of ``stack`` its site and hook its blocks; returns the hook handles.
+
+    ``first_block(stack, hidden [B, N, d])`` runs before the first block (a pass that starts once its token count
+    is known). A cross-attention stack shares its blocks with the decoder's self-attention, which records them.
+    """
     handles = []
-    n_distill = _n_distill(model, stack) if stack.vision else 0
 
     def block_in(_m, args, kwargs, layer):
         hidden = _input(args, kwargs, "hidden_states")
-        if layer == min(stack.attn_names) and stack.vision:
-            vision.first_block(stack, n_distill, hidden)
+        if layer == min(stack.attn_names) and first_block is not None:
+            first_block(stack, hidden)
         rec.block_input(stack.name, layer, hidden)
 
     for layer, attn_name in stack.attn_names.items():
         module = model.get_submodule(attn_name)
         setattr(module, SITE_ATTR, Site(rec, stack.name, layer))
         sited.append(module)
+        if stack.role == "cross":
+            continue
         block = model.get_submodule(f"{stack.prefix}.{layer}")
         handles.append(block.register_forward_pre_hook(
             lambda _m, a, kw, i=layer: block_in(_m, a, kw, i), with_kwargs=True))

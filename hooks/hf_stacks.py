@@ -5,6 +5,10 @@ its scores to transformers' ``AttentionInterface`` (where attnlab registers its 
 that compute them inside and that :mod:`attnlab.hooks.module_adapters` rewrites to hand them over, and needs no
 score term attnlab's kernels lack. Anything else is refused when ``attach`` starts, naming the module and
 the reason, instead of producing a Trace with missing or wrong layers.
+
+Encoder-decoder models (T5, BART, Whisper) hold three stacks: the encoder's self-attention (``encoder``), the
+decoder's self-attention (``main``) and the decoder's cross-attention (``cross``). A decoder block holds one module
+of each role, so modules are grouped by block list and role.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from .pooling import sentence_pooling
 
 #: the leftmost numbered part of a module name is its block index (T5 nests a numbered list inside each block)
 _LAYER_RE = re.compile(r"^(.*?)\.(\d+)\.(.+)$")
+#: the last name part of a cross-attention module: T5's ``EncDecAttention``, BART's and Whisper's ``encoder_attn``
+_CROSS_NAMES = ("encdecattention", "encoder_attn", "crossattention", "cross_attn")
 
 
 @dataclass
@@ -30,13 +36,15 @@ class Stack:
     """An attention stack found in a model: ``prefix.{i}`` are its blocks.
 
     Attributes:
-        name: ``main`` (the stack plans and ``Capture.layers`` refer to) or ``vision`` (an LVLM's or
-            CLIP's image tower).
+        name: ``main`` (the stack plans and ``Capture.layers`` refer to; an encoder-decoder's decoder
+            self-attention), ``vision`` (an LVLM's or CLIP's image tower), ``encoder`` (an encoder-decoder's
+            encoder) or ``cross`` (its decoder's cross-attention).
         prefix: dotted name of the block list (``model.layers``, ``vision_model.encoder.layers``).
         attn_names: layer index -> dotted name of the attention module.
         config: the attention modules' config.
         owner: dotted name of the deepest ``PreTrainedModel`` holding the stack (``""``: the model).
         vision: whether the stack reads ``pixel_values`` (patch tokens) rather than ``input_ids``.
+        role: ``self`` or ``cross`` (queries from the stack's tokens, keys from the encoder's).
     """
 
     name: str
@@ -45,6 +53,12 @@ class Stack:
     config: object
     owner: str
     vision: bool = False
+    role: str = "self"
+
+    @property
+    def runner(self) -> str:
+        """Dotted name of the module whose forward runs the block list (T5's ``encoder``, BART's ``model.decoder``)."""
+        return self.prefix.rpartition(".")[0]
 
 
 def refuse(module: str, cls: str, reason: str) -> ValueError:
@@ -109,52 +123,60 @@ def _check_capturable(model: nn.Module, name: str, module: nn.Module) -> None:
     if getattr(cfg, "alibi", False) and "bias" not in terms:
         raise refuse(name, cls.__name__, "ALiBi position biases (alibi=True) reach the attention function as an "
                      "additive mask, which attnlab's kernels do not take yet")
-    if getattr(cfg, "temporal_patch_size", None) is not None:
-        raise refuse(name, cls.__name__, "video-style patch embedding with a variable number of image tokens and "
-                     "multimodal RoPE positions (Qwen2-VL type) is not mapped to Trace segments yet")
 
 
-def _refuse_encoder_decoder(model: nn.Module) -> None:
-    """Refuse a model with cross-attention (an encoder-decoder); an encoder alone (T5EncoderModel) is captured."""
-    modules = [(n, m) for n, m in model.named_modules() if _is_attention_module(m)]
-    cross = [(n, m) for n, m in modules if "cross" in (n + type(m).__name__).lower() or "encoder_attn" in n]
-    if not cross:
-        return
-    name, module = cross[0]
-    raise refuse(name, type(module).__name__, f"{model.config.model_type} is an encoder-decoder model; its encoder, "
-                 "decoder and cross-attention stacks are not captured as separate Traces yet")
+def is_cross_attention(name: str, module: nn.Module) -> bool:
+    """Whether an attention module attends from one sequence to another (an encoder-decoder's cross-attention)."""
+    return name.rpartition(".")[2].lower() in _CROSS_NAMES or "CrossAttention" in type(module).__name__
+
+
+def _name_encoder_decoder(model: nn.Module, stacks: list[Stack]) -> None:
+    """Name the stacks of a model with cross-attention ``encoder``, ``main`` (decoder) and ``cross``, or refuse it."""
+    cross = [s for s in stacks if s.role == "cross"]
+    selfs = [s for s in stacks if s.role == "self"]
+    decoder = [s for s in selfs if cross and s.prefix == cross[0].prefix]
+    encoder = [s for s in selfs if not decoder or s is not decoder[0]]
+    if len(cross) != 1 or len(decoder) != 1 or len(encoder) != 1 or encoder[0].vision:
+        name = cross[0].attn_names[min(cross[0].attn_names)]
+        module = model.get_submodule(name)
+        raise refuse(name, type(module).__name__, f"{model.config.model_type} has cross-attention but not one text or "
+                     "audio encoder stack and one decoder stack holding it (encoder-decoder models such as T5, BART "
+                     "and Whisper are captured)")
+    encoder[0].name, decoder[0].name, cross[0].name = "encoder", "main", "cross"
 
 
 def find_stacks(model: nn.Module) -> list[Stack]:
-    """Attention stacks of a HF model: innermost ``*Attention`` modules grouped by their block-list prefix.
+    """Attention stacks of a HF model: innermost ``*Attention`` modules grouped by block-list prefix and role.
 
     Raises:
-        ValueError: an attention module attnlab cannot capture (naming it and why), an encoder-decoder
-            model, or no attention stack at all.
+        ValueError: an attention module attnlab cannot capture (naming it and why), cross-attention outside an
+            encoder-decoder, or no attention stack at all.
     """
-    _refuse_encoder_decoder(model)
     found = {name: m for name, m in model.named_modules() if _is_attention_module(m)}
     inner = {n: m for n, m in found.items() if not any(o != n and o.startswith(n + ".") for o in found)}
-    grouped: dict[str, dict[int, str]] = {}
-    configs: dict[str, object] = {}
+    grouped: dict[tuple[str, str], dict[int, str]] = {}
+    configs: dict[tuple[str, str], object] = {}
     for name, module in inner.items():
         match = _LAYER_RE.match(name)
         if not match:
             continue
         _check_capturable(model, name, module)
-        prefix, idx = match.group(1), int(match.group(2))
-        if idx in grouped.get(prefix, {}):
-            raise refuse(name, type(module).__name__, f"block {prefix}.{idx} holds a second attention module "
-                         f"({grouped[prefix][idx]}); stacks of stages with several attention blocks each are not "
+        group = (match.group(1), "cross" if is_cross_attention(name, module) else "self")
+        idx = int(match.group(2))
+        if idx in grouped.get(group, {}):
+            raise refuse(name, type(module).__name__, f"block {group[0]}.{idx} holds a second attention module "
+                         f"({grouped[group][idx]}); stacks of stages with several attention blocks each are not "
                          "mapped to layers yet")
-        grouped.setdefault(prefix, {})[idx] = name
-        configs[prefix] = getattr(module, "config", None) or model.config
+        grouped.setdefault(group, {})[idx] = name
+        configs[group] = getattr(module, "config", None) or model.config
     stacks = []
-    for prefix, names in grouped.items():
-        vision = is_vision_config(configs[prefix]) or "vision" in prefix.lower() or "visual" in prefix.lower()
-        stacks.append(Stack("vision" if vision else "main", prefix, names, configs[prefix],
-                            _owner_of(model, prefix), vision))
-    if len(stacks) == 1:
+    for (prefix, role), names in grouped.items():
+        vision = is_vision_config(configs[prefix, role]) or "vision" in prefix.lower() or "visual" in prefix.lower()
+        stacks.append(Stack("vision" if vision else "main", prefix, names, configs[prefix, role],
+                            _owner_of(model, prefix), vision, role))
+    if any(s.role == "cross" for s in stacks):
+        _name_encoder_decoder(model, stacks)
+    elif len(stacks) == 1:
         stacks[0].name = "main"
     if not stacks:
         raise ValueError(f"No attention layers found in {type(model).__name__}; attnlab captures Hugging Face models "
@@ -185,13 +207,22 @@ def main_stack(model: nn.Module) -> Stack:
 def stack_meta(model: nn.Module, stack: Stack, model_id: str) -> TraceMeta:
     """TraceMeta of a stack from its attention config."""
     cfg = stack.config
-    n_heads = cfg.num_attention_heads
-    d_model = cfg.hidden_size
-    d_head = getattr(cfg, "head_dim", None) or d_model // n_heads
     first = model.get_submodule(stack.attn_names[min(stack.attn_names)])
+    # BART's decoder may have other head counts than its encoder and T5's d_kv need not be d_model / heads: the
+    # module's own numbers come first, the config's after.
+    n_heads = _first_int(first, ("num_heads", "n_heads")) or cfg.num_attention_heads
+    d_model = _first_int(first, ("embed_dim", "dim")) or cfg.hidden_size  # Qwen2-VL's hidden_size is the merger's
+    d_head = (_first_int(first, ("head_dim", "key_value_proj_dim")) or getattr(cfg, "head_dim", None)
+              or d_model // n_heads)
     causal = bool(getattr(first, "is_causal", False))
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")
     family = model.config.model_type if stack.name == "main" else cfg.model_type
     pooling = sentence_pooling(getattr(model, "name_or_path", "")) if stack.name == "main" else ""
     return TraceMeta(model=model_id, family=family, n_layers=len(stack.attn_names), n_heads=n_heads,
                      d_head=d_head, d_model=d_model, causal=causal, dtype=dtype, backend="hf", pooling=pooling)
+
+
+def _first_int(obj, names: tuple[str, ...]) -> int | None:
+    """The first of ``names`` that ``obj`` holds as an int, or ``None``."""
+    values = [getattr(obj, n, None) for n in names]
+    return next((v for v in values if isinstance(v, int) and not isinstance(v, bool)), None)

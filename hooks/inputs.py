@@ -48,12 +48,17 @@ def prepare_inputs(processor, spec, texts: list[str], images: list | None = None
             encoder such as CLIP (which embeds texts and images separately).
 
     Returns:
-        Keyword arguments for ``model(**inputs)``.
+        Keyword arguments for ``model(**inputs)``; for a text encoder-decoder (T5, BART) also the decoder's
+        (:func:`decoder_inputs`).
     """
     images = list(images or [])
     check_request(spec.name, spec.modality, texts, images)
     if spec.modality == "text":
-        return dict(processor(texts, return_tensors="pt", padding=True))
+        inputs = dict(processor(texts, return_tensors="pt", padding=True))
+        start = getattr(spec, "decoder_start_token_id", None)
+        if start is not None:  # an encoder-decoder (T5, BART): the decoder reads the text too
+            inputs.update(decoder_inputs(inputs["input_ids"], inputs.get("attention_mask"), start))
+        return inputs
     if spec.modality == "vision":
         if processor is None:
             raise ValueError(f"{spec.path} has no processor_config.json or preprocessor_config.json; save an image "
@@ -65,6 +70,31 @@ def prepare_inputs(processor, spec, texts: list[str], images: list | None = None
         return dict(tokenizer_of(processor)(texts, return_tensors="pt", padding=True))
     prompts = [t if IMAGE_PLACEHOLDER in t else f"{IMAGE_PLACEHOLDER} {t}" for t in texts]
     return dict(processor(images=images, text=prompts, return_tensors="pt", padding=True))
+
+
+def decoder_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, start_id: int) -> dict:
+    """Teacher-forced decoder inputs of an encoder-decoder reading its own input back (as when the input is the
+    training target): each item's real tokens shifted right by one behind ``start_id`` (the model's
+    ``decoder_start_token_id``), its last real token dropped, at the same padded positions.
+
+    Args:
+        input_ids: ``[B, N]`` the encoder's tokens; attention_mask: ``[B, N]`` its real tokens (``None``: all).
+        start_id: the decoder's first token.
+
+    Returns:
+        ``{"decoder_input_ids": [B, N], "decoder_attention_mask": [B, N]}``.
+
+    Example:
+        >>> decoder_inputs(torch.tensor([[5, 6, 7]]), None, 1)["decoder_input_ids"]
+        tensor([[1, 5, 6]])
+    """
+    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+    dec = input_ids.clone()
+    for b in range(input_ids.shape[0]):
+        real = torch.nonzero(mask[b], as_tuple=False).flatten()  # (n,)
+        shifted = torch.cat([input_ids.new_tensor([start_id]), input_ids[b, real][:-1]])
+        dec[b, real] = shifted
+    return {"decoder_input_ids": dec, "decoder_attention_mask": mask.clone()}
 
 
 def max_positions(model: torch.nn.Module) -> int | None:
@@ -114,6 +144,11 @@ def default_device() -> torch.device:
 
 def check_request(name: str, modality: str, texts: list[str], images: list) -> None:
     """Validate texts/images against a model's modality before anything is loaded or run."""
+    if modality == "audio":
+        raise ValueError(f"{name} is a speech model reading audio features (Whisper type); the CLI takes no audio "
+                         "input yet. Capture it from Python: attach(model, capture) around model(input_features=..., "
+                         "decoder_input_ids=...), input_features from the processor saved with the model "
+                         "(see docs/models.md)")
     if modality in ("text", "vision-language", "text-image") and (not texts or any(not t.strip() for t in texts)):
         raise ValueError("Give a non-empty --text (empty prompts cannot be captured)")
     if modality == "text" and images:

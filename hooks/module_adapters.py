@@ -12,6 +12,10 @@ adapter is tested against the module's own eager attention (``tests/zoo/test_cov
 - ``BloomAttention`` (BLOOM, BigScience 2022): ALiBi (Press et al., 2022), ``alibi [B*H, 1, K]``, is added to the
   scaled scores inside the module; here it joins the additive mask, whose finite part reaches the kernels as
   their ``bias`` term (as Falcon's ALiBi does).
+- ``VisionAttention`` (Qwen2-VL's vision tower, Wang et al., 2024): every image of a batch is packed into one
+  sequence ``[S, D]`` and the module attends within each image (``cu_seqlens``), one call per image. Here the
+  images become the rows of one padded batch ``[n_images, H, n_max, d]`` with padded keys masked, so attnlab sees
+  one call per layer and the vision Trace has one item per image (:func:`pack_images`).
 """
 
 from __future__ import annotations
@@ -101,13 +105,67 @@ def deberta_v2_attention_forward(self, hidden_states: torch.Tensor, attention_ma
     return out.reshape(batch, q_len, -1), pattern
 
 
-#: attention class name -> the ``forward`` attnlab runs in its place
-ADAPTERS = {"BloomAttention": bloom_attention_forward, "DisentangledSelfAttention": deberta_v2_attention_forward}
+def pack_images(cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """``[n_images, n_max]`` bool: which slots of a padded per-image batch hold one of a packed sequence's tokens.
+
+    ``cu_seqlens`` ``[n_images + 1]`` are the images' start offsets in the packed sequence (and its length); in
+    row-major order the True slots are the packed tokens in their order, so ``padded[slots] = packed`` fills it.
+    """
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]  # (n_images,)
+    n_max = int(lengths.max()) if lengths.numel() else 0
+    return torch.arange(n_max, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def qwen2_vl_vision_attention_forward(self, hidden_states: torch.Tensor, cu_seqlens: torch.Tensor,
+                                      position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+                                      max_seqlen: int | None = None, **kwargs) -> torch.Tensor:
+    """Qwen2-VL's ``VisionAttention.forward`` through attnlab's attention function, one call for every image.
+
+    hidden_states ``[S, D]`` (the batch's images packed), cu_seqlens ``[n_images + 1]``, position_embeddings
+    (cos, sin) ``[S, d]``. The images are padded into ``[n_images, H, n_max, d]``; each attends over its own
+    tokens (padded keys masked), as the module's per-image calls do.
+
+    Returns:
+        ``[S, D]`` as the module's own forward.
+    """
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb_vision
+
+    from .hf import attnlab_attention_forward
+
+    seq = hidden_states.shape[0]
+    q, k, v = self.qkv(hidden_states).reshape(seq, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)  # (S, H, d)
+    cos, sin = position_embeddings
+    q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
+    slots = pack_images(cu_seqlens)  # (n_images, n_max)
+
+    def padded(x: torch.Tensor) -> torch.Tensor:  # (S, H, d) -> (n_images, H, n_max, d)
+        out = x.new_zeros(*slots.shape, *x.shape[1:])
+        out[slots] = x
+        return out.transpose(1, 2)
+
+    allowed = slots[:, None, None, :].expand(-1, 1, slots.shape[1], -1)  # (n_images, 1, n_max, n_max)
+    out, _ = attnlab_attention_forward(self, padded(q), padded(k), padded(v), allowed, scaling=self.scaling,
+                                       dropout=0.0, is_causal=False)  # (n_images, n_max, H, d)
+    return self.proj(out[slots].reshape(seq, -1))
+
+
+#: ``model_type.ClassName`` of an attention module -> the ``forward`` attnlab runs in its place
+ADAPTERS = {"bloom.BloomAttention": bloom_attention_forward,
+            "deberta_v2.DisentangledSelfAttention": deberta_v2_attention_forward,
+            "qwen2_vl.VisionAttention": qwen2_vl_vision_attention_forward}
+
+
+def adapter_key(cls: type) -> str | None:
+    """``model_type.ClassName`` of a transformers attention class (``qwen2_vl.VisionAttention``), else ``None``."""
+    parts = cls.__module__.split(".")
+    if parts[:2] != ["transformers", "models"] or len(parts) < 4:
+        return None
+    return f"{parts[2]}.{cls.__name__}"
 
 
 def has_adapter(cls: type) -> bool:
     """Whether attnlab rewrites ``cls.forward`` to call its attention function (see :data:`ADAPTERS`)."""
-    return cls.__module__.startswith("transformers.models") and cls.__name__ in ADAPTERS
+    return adapter_key(cls) in ADAPTERS
 
 
 @contextlib.contextmanager
@@ -119,7 +177,7 @@ def adapted(modules: list[nn.Module]) -> Iterator[None]:
         for module in modules:
             if has_adapter(type(module)):
                 saved.append((module, module.__dict__.get("forward")))
-                module.forward = types.MethodType(ADAPTERS[type(module).__name__], module)
+                module.forward = types.MethodType(ADAPTERS[adapter_key(type(module))], module)
         yield
     finally:
         for module, own in saved:

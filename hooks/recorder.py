@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from attnlab.core.capture import Capture, ModelShape
-from attnlab.core.trace import LayerRecord, Segment, Trace, TraceMeta
+from attnlab.core.trace import NESTED_TRACES, LayerRecord, Segment, Trace, TraceMeta
 from attnlab.kernels.api import attention
 from attnlab.kernels.plan import Plan
 from attnlab.kernels.reference import pattern_stats, softmax_row_stats
@@ -34,6 +34,25 @@ class Pass:
     embeddings: torch.Tensor | None = None
     #: ``{(n_queries, device): [B, Q] bool or None}``: the real query rows, computed once per pass, not per layer.
     real_rows: dict = field(default_factory=dict)
+    #: cross-attention: the keys' ``(tokens, segments, token_mask [B, K])``, another sequence's; ``None``: the queries'
+    keys: tuple | None = None
+    #: ``[B, N]`` bool for a stack that runs its items packed into one sequence ``[S, d]`` (Qwen2-VL's vision
+    #: tower): where each packed token sits in the padded batch; ``None`` for a batched stack
+    slots: torch.Tensor | None = None
+
+    def batched(self, hidden: torch.Tensor) -> torch.Tensor:
+        """A block's hidden state as ``[B, N, d]``: a packed ``[S, d]`` is padded into the batch with zeros."""
+        if self.slots is None or hidden.dim() != 2:
+            return hidden
+        out = hidden.new_zeros(*self.slots.shape, hidden.shape[-1])
+        out[self.slots.to(hidden.device)] = hidden
+        return out
+
+    def key_side(self) -> Trace:
+        """The pass's keys as a Trace without layers (see :meth:`attnlab.core.trace.Trace.key_side`)."""
+        if self.keys is None:
+            return Trace(self.tokens, self.segments, {}, None, self.token_mask)
+        return Trace(*self.keys[:2], {}, None, self.keys[2])
 
 
 @dataclass
@@ -81,16 +100,20 @@ class Recorder:
             self.main = name
 
     def begin_pass(self, stack: str, tokens: list[list[str]], segments: list[list[Segment]],
-                   token_mask: torch.Tensor) -> None:
-        """Start a forward call of ``stack``; checks the memory budget before anything runs."""
+                   token_mask: torch.Tensor, keys: tuple | None = None) -> None:
+        """Start a forward call of ``stack``; checks the memory budget before anything runs.
+
+        ``keys``: for cross-attention, the key side's ``(tokens, segments, token_mask [B, K])``.
+        """
         st = self.stacks[stack]
         if not st.passes:
             m = st.meta
             shape = ModelShape(m.n_layers, m.n_heads, m.d_head, m.d_model)
             # Capture.layers index the main stack; other stacks (a vision tower) record every layer.
             cap = self.capture if stack == self.main else replace(self.capture, layers=None)
-            cap.check_budget(shape, batch=len(tokens), n_tokens=int(token_mask.shape[1]))
-        st.passes.append(Pass(tokens=tokens, segments=segments, token_mask=token_mask))
+            n_tokens = max(int(token_mask.shape[1]), int(keys[2].shape[1]) if keys is not None else 0)
+            cap.check_budget(shape, batch=len(tokens), n_tokens=n_tokens)
+        st.passes.append(Pass(tokens=tokens, segments=segments, token_mask=token_mask, keys=keys))
         st.block_input.clear()
 
     # -- what the backends call -------------------------------------------------------------------
@@ -138,13 +161,13 @@ class Recorder:
         """The segment key sets of the stack's first pass plus the user's, ``{name: [B, N_prompt] bool}``."""
         if st.static_sets is None:
             first = st.passes[0]
-            prompt = Trace(first.tokens, first.segments, {}, st.meta, first.token_mask)
+            prompt = first.key_side()  # a cross-attention stack's keys are the encoder's tokens
             sets = {}
             for kind in self.capture.key_sets:
                 mask = prompt.key_set(kind)  # (B, N_prompt)
                 if kind == "text" or mask.any():
                     sets[kind] = mask
-            for name, mask in self.extra_key_sets.items():
+            for name, mask in self.extra_key_sets.items() if first.keys is None else ():  # user sets index queries
                 sets[name] = mask.to(torch.bool)
             st.static_sets = sets
         return st.static_sets
@@ -281,6 +304,7 @@ class Recorder:
         st = self.stacks.get(stack)
         if st is None or not st.passes:
             return
+        hidden = st.passes[-1].batched(hidden)
         if self.key_set_fn is not None and stack == self.main:
             st.block_input[layer] = hidden.detach()
         if layer == 0 and self.capture.resid:
@@ -291,23 +315,26 @@ class Recorder:
         st = self.stacks.get(stack)
         if st is None or not st.passes or not self.capture.resid or layer not in st.layers:
             return
-        self._record(stack, layer, "resid", hidden)
+        self._record(stack, layer, "resid", st.passes[-1].batched(hidden))
 
     # -- results ------------------------------------------------------------------------------------
     def traces(self, stack: str | None = None) -> list[Trace]:
         """Every forward call of a stack (the main one by default) as a Trace, in call order."""
         st = self.stacks[stack or self.main]
-        return [Trace(p.tokens, p.segments, p.layers, st.meta, p.token_mask, p.embeddings) for p in st.passes]
+        return [Trace(p.tokens, p.segments, p.layers, st.meta, p.token_mask, p.embeddings,
+                      **(dict(zip(("key_tokens", "key_segments", "key_mask"), p.keys)) if p.keys else {}))
+                for p in st.passes]
 
     def trace(self) -> Trace:
-        """The first forward call (the prefill, when generating), with the vision tower's Trace attached."""
+        """The first forward call (the prefill, when generating), with the other stacks' first Traces nested by
+        their names (``vision``; ``encoder`` and ``cross`` of an encoder-decoder model)."""
         main = self.traces()
         if not main:
             raise RuntimeError("Nothing was recorded: call the model inside the `with attach(...)` block first")
         out = main[0]
         for name in self.stacks:
-            if name != self.main and self.stacks[name].passes:
-                out.vision = self.traces(name)[0]
+            if name != self.main and name in NESTED_TRACES and self.stacks[name].passes:
+                setattr(out, name, self.traces(name)[0])
         return out
 
 

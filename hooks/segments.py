@@ -125,6 +125,31 @@ def vision_layout(batch: int, n_tokens: int, grid: tuple[int, int], n_registers:
     return [list(tokens) for _ in range(batch)], [list(segs) for _ in range(batch)]
 
 
+def merged_patch_layout(grid_thw: list[tuple[int, int, int]], merge: int
+                        ) -> tuple[list[list[str]], list[list[Segment]], torch.Tensor]:
+    """Tokens, segments and token mask ``[n_images, n_max]`` of a Qwen2-VL-type vision tower (Wang et al., 2024), one
+    item per image.
+
+    Each image's ``t x h x w`` patches come in the patch merger's order: ``merge x merge`` windows in raster order,
+    each window's patches in raster order. Tokens name each patch's place in the image, ``patch(row,col)`` (with
+    ``t<i>`` in front for more than one frame); the image span has no ``grid``, since its order is not raster.
+    """
+    tokens, segments = [], []
+    for t, h, w in grid_thw:
+        names = [f"{f't{ti} ' if t > 1 else ''}patch({hb * merge + dh},{wb * merge + dw})"
+                 for ti in range(t) for hb in range(h // merge) for wb in range(w // merge)
+                 for dh in range(merge) for dw in range(merge)]
+        tokens.append(names)
+        segments.append([Segment("image", 0, len(names), label=f"image {len(tokens) - 1} ({h}x{w} patches)")])
+    n_max = max((len(names) for names in tokens), default=0)
+    mask = torch.tensor([[i < len(names) for i in range(n_max)] for names in tokens], dtype=torch.bool)
+    for names, segs in zip(tokens, segments):
+        if len(names) < n_max:
+            segs.append(Segment("pad", len(names), n_max))
+            names += ["[PAD]"] * (n_max - len(names))
+    return tokens, segments, mask
+
+
 def is_punctuation(token: str) -> bool:
     """True for tokens made only of punctuation (after stripping sub-word markers)."""
     core = token.replace("Ġ", "").replace("▁", "").replace("##", "").strip()

@@ -142,6 +142,7 @@ def attention_flow(
         1.0
     """
     trace.require("pattern", "attention_flow")
+    trace.require_self_attention("attention_flow")
     layers = select_layers(trace, layers, "pattern", "attention_flow")
     mask = token_mask(trace)
     bsz, n_tok = mask.shape

@@ -68,6 +68,7 @@ def repeat_period(tokens: list[str]) -> int:
 
 def _patterns(trace: Trace, probe: str) -> list[torch.Tensor]:
     trace.require("pattern", probe)
+    trace.require_self_attention(probe)  # stripes (i, i - 1), (i, i - period + 1) index one sequence
     return [trace.layer(i).pattern.double() for i in range(trace.meta.n_layers)]  # each (B, H, Q, K)
 
 
@@ -93,6 +94,7 @@ def induction_scores(trace: Trace, period: int | None = None) -> HeadScores:
     Returns:
         :class:`HeadScores` (``kind="induction"``).
     """
+    trace.require_self_attention("induction_scores")
     pairs = []
     for b, toks in enumerate(trace.tokens):
         real = trace.real_positions(b).tolist()  # left or right padding

@@ -41,6 +41,7 @@ class ProbeSpec:
         generic: ``attnlab probe NAME RUN`` runs it with its defaults; otherwise a command of its own collects its
             options.
         summary: one line for listings.
+        square: it reads self-attention maps (queries and keys one sequence), so cross-attention Traces are refused.
     """
 
     name: str
@@ -50,6 +51,7 @@ class ProbeSpec:
     model: bool = False
     generic: bool = True
     summary: str = ""
+    square: bool = False
 
     def missing(self, captured: Iterable[str]) -> list[str]:
         """The needs ``captured`` does not meet (``"pattern|stats"`` for an unmet alternative)."""
@@ -59,15 +61,19 @@ class ProbeSpec:
 
 
 REGISTRY: dict[str, ProbeSpec] = {spec.name: spec for spec in (
-    ProbeSpec("rollout", attention_rollout, ("pattern",), summary="attention rollout (Abnar & Zuidema 2020)"),
-    ProbeSpec("flow", attention_flow, ("pattern",), summary="attention flow as max-flow (Abnar & Zuidema 2020)"),
+    ProbeSpec("rollout", attention_rollout, ("pattern",), summary="attention rollout (Abnar & Zuidema 2020)",
+              square=True),
+    ProbeSpec("flow", attention_flow, ("pattern",), summary="attention flow as max-flow (Abnar & Zuidema 2020)",
+              square=True),
     ProbeSpec("sinks", sink_tokens, (("pattern", "stats"),), summary="attention sink tokens (Xiao et al. 2024)"),
     ProbeSpec("massive", massive_activations, ("resid",), summary="massive activations (Sun et al. 2024)"),
     ProbeSpec("visual-sinks", visual_sinks, ("resid",),
               summary="visual sink tokens of an LVLM (Kang et al. 2025); pattern adds the image-centric heads"),
     ProbeSpec("registers", high_norm_tokens, ("resid",), summary="high-norm artifact tokens (Darcet et al. 2024)"),
-    ProbeSpec("induction", induction_scores, ("pattern",), summary="induction score per head (Olsson et al. 2022)"),
-    ProbeSpec("previous-token", previous_token_scores, ("pattern",), summary="previous-token score per head"),
+    ProbeSpec("induction", induction_scores, ("pattern",), summary="induction score per head (Olsson et al. 2022)",
+              square=True),
+    ProbeSpec("previous-token", previous_token_scores, ("pattern",), summary="previous-token score per head",
+              square=True),
     ProbeSpec("vhd", head_divergence, ("head_out",), traces=2, generic=False,
               summary="vision-aware head divergence, with vs without the image"),
     ProbeSpec("qk-embed", embed_all_heads, ("qk",), generic=False,
@@ -111,10 +117,11 @@ def capture_for(names: Iterable[str]) -> str:
     return ",".join(chosen)
 
 
-def runnable(captured: Iterable[str]) -> list[str]:
-    """Names of the probes whose needs ``captured`` (a Trace's captured fields) meets, in registry order."""
+def runnable(captured: Iterable[str], cross: bool = False) -> list[str]:
+    """Names of the probes whose needs ``captured`` (a Trace's captured fields) meets, in registry order; with
+    ``cross`` (a cross-attention Trace) not those that read self-attention maps."""
     captured = set(captured)
-    return [name for name, spec in REGISTRY.items() if not spec.missing(captured)]
+    return [name for name, spec in REGISTRY.items() if not spec.missing(captured) and not (cross and spec.square)]
 
 
 def run_probe(name: str, trace: Trace, other: Trace | None = None, **options) -> ProbeResult:

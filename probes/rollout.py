@@ -136,6 +136,7 @@ def attention_rollout(
         >>> result.relevance[0].argmax(), result.grids(0)[0].values.shape  # doctest: +SKIP
     """
     trace.require("pattern", "attention_rollout")
+    trace.require_self_attention("attention_rollout")
     layers = select_layers(trace, layers, "pattern", "attention_rollout")
     mask = token_mask(trace)
     bsz, n_tok = mask.shape

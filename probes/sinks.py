@@ -28,6 +28,10 @@ real query rows).
 Inputs: the full ``pattern`` when captured, or the ``stats["received"]`` column sums. Both are read
 over real query rows only (the kernels leave padding rows out of ``received``), so a padded item
 scores exactly what it scores captured alone, with left or right padding.
+
+Cross-attention (an encoder-decoder's ``trace.cross``): keys are the encoder's tokens and queries the decoder's,
+so sinks, ``N`` and the token categories are the encoder's (``trace.key_side()``), and every real decoder query
+sees every real key.
 """
 
 from __future__ import annotations
@@ -112,15 +116,18 @@ def _visibility(mask: np.ndarray, query_rows: np.ndarray, causal: bool) -> np.nd
     return vis
 
 
-def _column_stats(trace: Trace, layer: int, mask: np.ndarray, source: str):
-    """``(column sums [B, H, K], visible-query counts [B, 1, K], attending rows [B, 1, 1])`` for one layer."""
+def _column_stats(trace: Trace, layer: int, rows: np.ndarray, mask: np.ndarray, source: str):
+    """``(column sums [B, H, K], visible-query counts [B, 1, K], attending rows [B, 1, 1])`` for one layer.
+
+    ``rows`` ``[B, Q]``: the real queries; ``mask`` ``[B, K]``: the real keys (the same for self-attention).
+    """
     rec = trace.layers[layer]
     if source == "pattern":
         pattern = to_numpy(rec.pattern)  # (B, H, Q, K)
-        colsum = (pattern * mask[:, None, :, None]).sum(axis=2)  # (B, H, K)
+        colsum = (pattern * rows[:, None, :, None]).sum(axis=2)  # (B, H, K)
     else:
         colsum = to_numpy(rec.stats["received"])  # (B, H, K) already summed over real query rows only
-    vis = _visibility(mask, mask, trace.meta.causal)  # (B, Q, K)
+    vis = _visibility(mask, rows, trace.meta.causal and not trace.is_cross)  # (B, Q, K)
     count = vis.sum(axis=1)[:, None, :]  # (B, 1, K)
     live = vis.any(axis=2).sum(axis=1)[:, None, None]  # (B, 1, 1)
     return colsum * mask[:, None, :], count, live
@@ -205,11 +212,12 @@ def sink_tokens(
     """
     check_rule(rule)
     source, chosen = _pick_source(trace, layers)
-    mask = token_mask(trace)
+    keys = trace.key_side()  # the trace itself, or a cross-attention Trace's encoder tokens
+    rows, mask = token_mask(trace), token_mask(keys)  # (B, Q), (B, K)
     n_real = mask.sum(axis=1)[:, None, None]  # (B, 1, 1)
     scores, masses, eligible = [], [], []
     for i in chosen:
-        colsum, count, live = _column_stats(trace, i, mask, source)
+        colsum, count, live = _column_stats(trace, i, rows, mask, source)
         scores.append(np.where(count > 0, colsum / np.maximum(count, 1), 0.0))  # (B, H, K)
         masses.append(colsum / np.maximum(live, 1))  # (B, H, K)
         eligible.append((count >= max(min_queries, 1)) & mask[:, None, :])  # (B, 1, K)
@@ -220,6 +228,6 @@ def sink_tokens(
         is_sink = _drop_first(is_sink)
     return SinkResult(
         scores=score, mass=np.stack(masses) * mask[None, :, None, :], is_sink=is_sink, layers=chosen,
-        tokens=[list(t) for t in trace.tokens], categories=[token_categories(trace, b) for b in range(len(mask))],
+        tokens=[list(t) for t in keys.tokens], categories=[token_categories(keys, b) for b in range(len(mask))],
         rule=rule, threshold=float(threshold), alpha=float(alpha), hidden=hidden, source=source,
     )

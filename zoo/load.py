@@ -8,9 +8,11 @@ from pathlib import Path
 
 from .minilm import minilm_dir
 from .pretrained import load_pretrained
+from .patch_merge_processor import PatchMergeProcessor, is_patch_merge_checkpoint
 
-#: modalities :func:`peek` tells apart from a checkpoint's config (``text-image``: a dual encoder such as CLIP)
-MODALITIES = ("text", "vision", "vision-language", "text-image")
+#: modalities :func:`peek` tells apart from a checkpoint's config (``text-image``: a dual encoder such as CLIP;
+#: ``audio``: a speech encoder-decoder such as Whisper, reading ``input_features``)
+MODALITIES = ("text", "vision", "vision-language", "text-image", "audio")
 MODELS_DOC = "docs/models.md"
 
 
@@ -28,6 +30,9 @@ class ModelSpec:
         causal: whether the main stack is causal.
         image_token_id: LVLM image placeholder id (image tokens sit where it appears), else ``None``.
         path: the checkpoint directory.
+        decoder_start_token_id: an encoder-decoder's (T5, BART, Whisper) first decoder token, which
+            :func:`attnlab.hooks.inputs.prepare_inputs` puts before the teacher-forced decoder input; ``None`` for
+            other models.
     """
 
     name: str
@@ -38,6 +43,7 @@ class ModelSpec:
     causal: bool
     image_token_id: int | None
     path: str
+    decoder_start_token_id: int | None = None
 
 
 def _zoo_dirs() -> dict[str, Path]:
@@ -81,6 +87,8 @@ def modality_of(cfg: dict) -> str:
         return "text-image"
     if cfg.get("patch_size") is not None and "vocab_size" not in cfg:
         return "vision"
+    if cfg.get("num_mel_bins") is not None:  # a speech model (Whisper) reads log-mel input_features
+        return "audio"
     return "text"
 
 
@@ -123,8 +131,10 @@ def spec_of(model, name: str, path: str | Path = "", modality: str | None = None
     if modality == "vision-language":
         image_id = cfg.get("image_token_id")
         image_id = image_id if image_id is not None else cfg.get("image_token_index")
+    start = cfg.get("decoder_start_token_id") if cfg.get("is_encoder_decoder") else None
     return ModelSpec(name=name, family=cfg.get("model_type", ""), modality=modality, n_layers=meta.n_layers,
-                     n_heads=meta.n_heads, causal=meta.causal, image_token_id=image_id, path=str(path))
+                     n_heads=meta.n_heads, causal=meta.causal, image_token_id=image_id, path=str(path),
+                     decoder_start_token_id=start if isinstance(start, int) else None)
 
 
 def _load_processor(modality: str, path: Path):
@@ -132,6 +142,10 @@ def _load_processor(modality: str, path: Path):
 
     if modality == "text":
         return tf.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if modality == "audio":  # WhisperProcessor: the feature extractor and the decoder's tokenizer
+        return tf.AutoProcessor.from_pretrained(path, local_files_only=True)
+    if modality == "vision-language" and is_patch_merge_checkpoint(path):  # Qwen2-VL: no video stack needed
+        return PatchMergeProcessor.from_pretrained(path)
     if modality != "vision":
         return tf.AutoProcessor.from_pretrained(path, local_files_only=True, backend="pil")
     # transformers 5 saves processor_config.json; older checkpoints carry preprocessor_config.json.
@@ -160,8 +174,8 @@ def load(name_or_path: str):
         name_or_path: a zoo name (``minilm``, ``toy-gpt``, ...) or a local Hugging Face directory.
 
     Returns:
-        ``(model, processor, spec)``: the model in eval mode, its tokenizer (text models), image
-        processor (vision models, ``None`` when none was saved) or processor (LVLMs, CLIP), and a
+        ``(model, processor, spec)``: the model in eval mode, its tokenizer (text models, T5, BART), image
+        processor (vision models, ``None`` when none was saved) or processor (LVLMs, CLIP, Whisper), and a
         :class:`ModelSpec`.
 
     Raises:

@@ -24,7 +24,7 @@ def test_bloom_runs_the_adapter_inside_attach_only():
     with torch.no_grad():
         before = model(input_ids=ids).logits
         with attach(model, Capture(stats=True)) as rec:
-            assert attn.forward.__func__ is ADAPTERS["BloomAttention"]
+            assert attn.forward.__func__ is ADAPTERS["bloom.BloomAttention"]
             model(input_ids=ids)
         assert "forward" not in attn.__dict__ and rec.trace().meta.causal
         with pytest.raises(RuntimeError, match="inside"):

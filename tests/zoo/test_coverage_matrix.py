@@ -80,21 +80,6 @@ REFUSED = {  # architecture -> (model class, config factory, what the refusal mu
                      r"\(FalconAttention\): ALiBi position biases \(alibi=True\)"),
     "gemma2-softcap": ("Gemma2ForCausalLM", lambda: tf.Gemma2Config(**T, **GQA, head_dim=8),
                        r"'model\.layers\.0\.self_attn' \(Gemma2Attention\): attention logit soft-capping"),
-    "t5": ("T5ForConditionalGeneration", lambda: tf.T5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=64,
-                                                             num_layers=2, num_heads=4, **IDS),
-           r"\(T5LayerCrossAttention\): t5 is an encoder-decoder model"),
-    "bart": ("BartForConditionalGeneration", lambda: tf.BartConfig(
-        vocab_size=100, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64, **IDS),
-        r"'model\.decoder\.layers\.0\.encoder_attn' \(BartAttention\): bart is an encoder-decoder model"),
-    "whisper": ("WhisperForConditionalGeneration", lambda: tf.WhisperConfig(
-        vocab_size=100, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=8, max_source_positions=16,
-        max_target_positions=16, decoder_start_token_id=1, **IDS), r"whisper is an encoder-decoder model"),
-    "qwen2_vl": ("Qwen2VLForConditionalGeneration", lambda: tf.Qwen2VLConfig(
-        text_config=dict(**T, **GQA, rope_scaling=dict(type="mrope", mrope_section=[1, 1, 2])),
-        vision_config=dict(depth=2, embed_dim=32, num_heads=4, hidden_size=32, mlp_ratio=2, patch_size=8)),
-        r"video-style patch embedding"),
 }
 REFUSED["t5-encoder"] = ("T5EncoderModel", lambda: tf.T5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=64,
                                                                 num_layers=2, num_heads=4, **IDS),
@@ -104,8 +89,18 @@ REFUSED["t5-encoder"] = ("T5EncoderModel", lambda: tf.T5Config(vocab_size=100, d
 for _arch, _term in (("gemma2-softcap", "softcap"), ("falcon-alibi", "bias"), ("t5-encoder", "bias")):
     if _term in kernel_score_terms():
         TEXT[_arch] = REFUSED.pop(_arch)[:2]
-MULTI = ("clip", "llava", "paligemma")
-CAPTURED = [*TEXT, *VISION, *MULTI]
+# Stays refused (a planted positive for the refusal path): an image encoder-decoder, whose cross-attention has no
+# text or audio encoder stack to take its keys from.
+REFUSED["vision-encoder-decoder"] = ("VisionEncoderDecoderModel", lambda: tf.VisionEncoderDecoderConfig.from_encoder_decoder_configs(
+    tf.ViTConfig(**V), tf.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=64, is_decoder=True,
+                                     add_cross_attention=True, **IDS)),
+    r"'decoder\.transformer\.h\.0\.crossattention' \(GPT2Attention\): vision-encoder-decoder has cross-attention but")
+MULTI = ("clip", "llava", "paligemma", "qwen2_vl")  # qwen2_vl: tests/zoo/test_qwen2_vl.py has its vision tower
+#: encoder-decoders (zoo/tiny.py): three Traces each, the decoder's (main), trace.encoder and trace.cross
+ENCODER_DECODER = ("t5", "bart")
+#: speech encoder-decoders: captured through the Python API (tests/zoo/test_encoder_decoder.py); the CLI has no audio
+AUDIO = ("whisper",)
+CAPTURED = [*TEXT, *VISION, *MULTI, *ENCODER_DECODER]
 
 
 def image(seed: int) -> Image.Image:
@@ -113,8 +108,8 @@ def image(seed: int) -> Image.Image:
 
 
 def _save_multi(arch: str, path):
-    if arch == "llava":
-        return save_tiny("llava", path)
+    if arch in ("llava", "qwen2_vl"):
+        return save_tiny(arch, path)
     proc_img = _image_processor(32)
     if arch == "clip":
         cfg = tf.CLIPConfig(text_config=dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -140,6 +135,8 @@ def save_arch(arch: str, path):
     torch.manual_seed(0)
     if arch in MULTI:
         return _save_multi(arch, path)
+    if arch in ENCODER_DECODER or arch in AUDIO:
+        return save_tiny(arch, path)
     cls_name, make = (TEXT.get(arch) or VISION.get(arch) or REFUSED[arch][:2])
     model = getattr(tf, cls_name)(make()).eval()
     model.save_pretrained(path)
@@ -202,6 +199,8 @@ def eager_attentions(path, cls, inputs) -> dict[str, tuple]:
         out = eager(**inputs, output_attentions=True)
     if getattr(out, "text_model_output", None) is not None:  # CLIP: a text stack and an image stack
         return {"main": out.text_model_output.attentions, "vision": out.vision_model_output.attentions}
+    if getattr(out, "encoder_attentions", None) is not None:  # an encoder-decoder: the decoder's is the main stack
+        return {"main": out.decoder_attentions, "encoder": out.encoder_attentions, "cross": out.cross_attentions}
     return {"main": out.attentions}
 
 
@@ -228,8 +227,9 @@ def test_cli_capture_matches_hf_eager_and_outputs_are_unchanged(arch, ckpt, imag
     assert_patterns_match(trace, reference["main"])
     real_rows = trace.token_mask[:, None, :, None]  # (B, 1, Q, 1): padded query rows carry no meaning
     assert trace.meta.causal == all(bool((ref.triu(1) * real_rows == 0).all()) for ref in reference["main"])
-    if "vision" in reference:
-        assert_patterns_match(trace.vision, reference["vision"])
+    for nested in ("vision", "encoder", "cross"):
+        if nested in reference:
+            assert_patterns_match(getattr(trace, nested), reference[nested])
     assert not any(ch in tok for row in trace.tokens for tok in row for ch in "ĠĊ▁")
 
     with torch.no_grad():
@@ -286,7 +286,7 @@ def test_docs_models_lists_every_architecture_of_the_matrix():
 
     text = (Path(__file__).resolve().parents[2] / "docs" / "models.md").read_text()
     captured, refused = text.split("### Refused")
-    for arch in CAPTURED:
+    for arch in [*CAPTURED, *AUDIO]:
         assert f"\n| {arch} |" in captured, arch
     for arch in REFUSED:
         assert f"\n| {arch.split('-')[0] if arch != 'deberta-v2' else arch}" in refused, arch

@@ -75,9 +75,9 @@ def capture_estimate(model, spec, capture: Capture, inputs: dict) -> str:
 
 
 def run_capture(model_name: str, texts: list[str], images: list[str], capture: Capture, out: Path,
-                overwrite: bool = False) -> Path:
+                overwrite: bool = False, audio: list[str] = ()) -> Path:
     """Load a model, capture one batch and save it as a Run; returns the Run directory."""
-    from attnlab.hooks.inputs import check_request, load_images, prepare_inputs, trace_inputs
+    from attnlab.hooks.inputs import check_request, load_audio, load_images, prepare_inputs, trace_inputs
     from attnlab.zoo import load, peek
 
     if out.exists() and not overwrite:
@@ -86,16 +86,21 @@ def run_capture(model_name: str, texts: list[str], images: list[str], capture: C
     if overwrite:
         check_replaceable(out, "capture", run_kind)  # before the model is loaded; save_run checks again
     name, _, _, modality = peek(model_name)
-    check_request(name, modality, texts, images)
+    check_request(name, modality, texts, images, list(audio))
     t0 = time.perf_counter()
     pil = load_images(images)
     model, processor, spec = load(model_name)
+    waves = []
+    if audio:  # read at the rate, and within the window, of the model's own feature extractor
+        extractor = processor.feature_extractor
+        waves = load_audio(audio, extractor.sampling_rate, getattr(extractor, "chunk_length", None))
     t1 = time.perf_counter()
-    inputs = prepare_inputs(processor, spec, texts, pil)  # tokenized once, for the estimate and the pass
+    inputs = prepare_inputs(processor, spec, texts, pil, waves)  # tokenized once, for the estimate and the pass
     typer.echo(capture_estimate(model, spec, capture, inputs), err=True)
     trace = trace_inputs(model, processor, spec, capture, inputs, progress=True)
     t2 = time.perf_counter()
-    info = RunInfo(model=asdict(spec), inputs={"texts": texts, "images": [str(p) for p in images]},
+    info = RunInfo(model=asdict(spec), inputs={"texts": texts, "images": [str(p) for p in images],
+                                               **({"audio": [str(p) for p in audio]} if audio else {})},
                    capture={k: v for k, v in asdict(capture).items()},
                    timings={"load": t1 - t0, "forward": t2 - t1})
     path = save_run(out, {"main": trace}, info, overwrite=overwrite)
@@ -129,6 +134,9 @@ def _register_capture(app: typer.Typer) -> None:
         text_file: list[Path] = typer.Option([], "--text-file", help="a UTF-8 file whose whole content is one prompt "
                                              "(long inputs: a shell argument holds at most 128 KiB); repeatable"),
         image: list[str] = typer.Option([], "--image", help="image file; repeat for a batch"),
+        audio: list[str] = typer.Option([], "--audio", help="recording for a speech model (Whisper type): a PCM .wav "
+                                        "at the model's sampling rate or a .npy waveform; repeat for a batch, with "
+                                        "an optional --text per recording for the decoder"),
         what: str = typer.Option(None, "--capture", help="comma list of pattern,stats,qk,head_out,resid "
                                  "(default pattern,stats; stats with --dataset)"),
         probes: str = typer.Option(None, "--for", help="comma list of probes to capture for (e.g. sinks,rollout): "
@@ -148,8 +156,9 @@ def _register_capture(app: typer.Typer) -> None:
         """Capture attention from a model into a Run directory (one batch, or statistics over a --dataset)."""
         what = _with_probe_needs(what, probes)
         if dataset is not None:
-            if image:
-                raise ValueError("With --dataset the images come from the dataset; use --image-dir for relative paths")
+            if image or audio:
+                raise ValueError("With --dataset the inputs come from the dataset; drop --image/--audio (use "
+                                 "--image-dir for relative image paths; datasets of recordings are not supported)")
             run_dataset_capture(model, dataset, image_dir, text[0] if text else None, what or "stats",
                                 parse_layers(layers), budget_gb, batch_size, sample, seed, bins, out, overwrite,
                                 workers=workers)
@@ -158,7 +167,7 @@ def _register_capture(app: typer.Typer) -> None:
             raise ValueError("--workers needs --dataset (a single batch runs in one process)")
         text = list(text) + [read_prompt_file(f) for f in text_file]
         cap = Capture.parse(what or "pattern,stats", layers=parse_layers(layers), budget_bytes=int(budget_gb * 2**30))
-        path = run_capture(model, text, image, cap, out, overwrite)
+        path = run_capture(model, text, image, cap, out, overwrite, audio)
         typer.echo(f"wrote {path}")
 
 

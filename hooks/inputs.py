@@ -31,28 +31,83 @@ def load_images(paths: list[str | Path]):
     return images
 
 
+def load_audio(paths: list[str | Path], sampling_rate: int, max_seconds: float | None = None) -> list:
+    """Read mono float waveforms ``[n_samples]`` (float32 in [-1, 1]) for a speech model's feature extractor.
+
+    A ``.wav`` file must be PCM (8-, 16- or 32-bit) at ``sampling_rate``; its channels are averaged. A ``.npy``
+    file holds one 1-D float array, taken to be at ``sampling_rate`` already.
+
+    Raises:
+        ValueError: a missing or unreadable file, another sampling rate (naming both rates and the fix), or a
+            recording longer than the model's window ``max_seconds`` (which the feature extractor would cut).
+    """
+    import wave
+
+    import numpy as np
+
+    waves = []
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            raise ValueError(f"Audio file {path} does not exist")
+        if path.suffix.lower() == ".npy":
+            samples = np.load(path, allow_pickle=False)
+            if samples.ndim != 1 or not np.issubdtype(samples.dtype, np.floating):
+                raise ValueError(f"Audio file {path} must hold one 1-D float array (got {samples.dtype} "
+                                 f"{samples.shape})")
+            samples = samples.astype(np.float32)
+        else:
+            try:
+                with wave.open(str(path), "rb") as wav:
+                    rate, width, channels = wav.getframerate(), wav.getsampwidth(), wav.getnchannels()
+                    raw = wav.readframes(wav.getnframes())
+            except (wave.Error, EOFError, OSError) as err:
+                raise ValueError(f"Audio file {path} is not a PCM .wav file ({err}); give a .wav or a .npy "
+                                 "waveform") from err
+            if rate != sampling_rate:
+                raise ValueError(f"Audio file {path} is sampled at {rate} Hz but the model's feature extractor "
+                                 f"reads {sampling_rate} Hz; resample it (e.g. sox in.wav -r {sampling_rate} out.wav)")
+            if width not in (1, 2, 4):
+                raise ValueError(f"Audio file {path} has {8 * width}-bit samples; give 8-, 16- or 32-bit PCM")
+            ints = np.frombuffer(raw, dtype={1: np.uint8, 2: np.int16, 4: np.int32}[width]).astype(np.float64)
+            if width == 1:  # 8-bit PCM is unsigned, centred on 128
+                ints = ints - 128.0
+            samples = (ints.reshape(-1, channels).mean(axis=1) / float(2 ** (8 * width - 1))).astype(np.float32)
+        if max_seconds is not None and samples.shape[0] > max_seconds * sampling_rate:
+            raise ValueError(f"Audio file {path} lasts {samples.shape[0] / sampling_rate:.2f} s, longer than the "
+                             f"model's {max_seconds:g} s window; cut it into pieces of at most {max_seconds:g} s")
+        waves.append(samples)
+    return waves
+
+
 def without_image(prompt: str) -> str:
     """An LVLM prompt with its image placeholder removed: the prompt of the text-only pass (VHD, VHR)."""
     return prompt.replace(IMAGE_PLACEHOLDER, " ").strip()
 
 
-def prepare_inputs(processor, spec, texts: list[str], images: list | None = None) -> dict[str, torch.Tensor]:
+def prepare_inputs(processor, spec, texts: list[str], images: list | None = None,
+                   audio: list | None = None) -> dict[str, torch.Tensor]:
     """Model inputs for a spec's modality.
 
     Args:
         processor: tokenizer, image processor or LLaVA processor from :func:`attnlab.zoo.load`.
         spec: the :class:`~attnlab.zoo.load.ModelSpec`.
-        texts: prompts (text, vision-language and text-image models); each non-empty.
+        texts: prompts (text, vision-language and text-image models); each non-empty. For a speech model, the
+            decoder's text, one per recording (optional).
         images: PIL images (vision, vision-language and text-image models); one per text for LVLMs (or none, for
             a text-only pass of the language model: prompts without the image placeholder), any number for a dual
             encoder such as CLIP (which embeds texts and images separately).
+        audio: waveforms ``[n_samples]`` at the feature extractor's rate (:func:`load_audio`), for a speech model.
 
     Returns:
-        Keyword arguments for ``model(**inputs)``; for a text encoder-decoder (T5, BART) also the decoder's
+        Keyword arguments for ``model(**inputs)``; for an encoder-decoder (T5, BART, Whisper) also the decoder's
         (:func:`decoder_inputs`).
     """
     images = list(images or [])
-    check_request(spec.name, spec.modality, texts, images)
+    audio = list(audio or [])
+    check_request(spec.name, spec.modality, texts, images, audio)
+    if spec.modality == "audio":
+        return speech_inputs(processor, spec, texts, audio)
     if spec.modality == "text":
         inputs = dict(processor(texts, return_tensors="pt", padding=True))
         start = getattr(spec, "decoder_start_token_id", None)
@@ -70,6 +125,22 @@ def prepare_inputs(processor, spec, texts: list[str], images: list | None = None
         return dict(tokenizer_of(processor)(texts, return_tensors="pt", padding=True))
     prompts = [t if IMAGE_PLACEHOLDER in t else f"{IMAGE_PLACEHOLDER} {t}" for t in texts]
     return dict(processor(images=images, text=prompts, return_tensors="pt", padding=True))
+
+
+def speech_inputs(processor, spec, texts: list[str], audio: list) -> dict[str, torch.Tensor]:
+    """A speech encoder-decoder's inputs (Whisper): ``input_features [B, n_mels, frames]`` from the waveforms, and
+    the decoder's tokens: each text teacher-forced behind the start token (:func:`decoder_inputs`), or the start
+    token alone without texts."""
+    features = processor.feature_extractor(audio, sampling_rate=processor.feature_extractor.sampling_rate,
+                                           return_tensors="pt")
+    inputs = {"input_features": features["input_features"]}
+    start = spec.decoder_start_token_id
+    if texts:
+        tokens = processor.tokenizer(texts, return_tensors="pt", padding=True)
+        inputs.update(decoder_inputs(tokens["input_ids"], tokens.get("attention_mask"), start))
+    else:
+        inputs["decoder_input_ids"] = torch.full((len(audio), 1), start, dtype=torch.long)
+    return inputs
 
 
 def decoder_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, start_id: int) -> dict:
@@ -142,13 +213,20 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
-def check_request(name: str, modality: str, texts: list[str], images: list) -> None:
-    """Validate texts/images against a model's modality before anything is loaded or run."""
+def check_request(name: str, modality: str, texts: list[str], images: list, audio: list = ()) -> None:
+    """Validate texts/images/audio against a model's modality before anything is loaded or run."""
     if modality == "audio":
-        raise ValueError(f"{name} is a speech model reading audio features (Whisper type); the CLI takes no audio "
-                         "input yet. Capture it from Python: attach(model, capture) around model(input_features=..., "
-                         "decoder_input_ids=...), input_features from the processor saved with the model "
-                         "(see docs/models.md)")
+        if not audio:
+            raise ValueError(f"{name} is a speech model (Whisper type): give --audio FILE (.wav or .npy), one per "
+                             "recording, and optionally one --text per recording for its decoder")
+        if images:
+            raise ValueError(f"{name} is a speech model; drop --image")
+        if texts and len(texts) != len(audio):
+            raise ValueError(f"Give one --text per --audio for {name}'s decoder, or none (got {len(texts)} texts, "
+                             f"{len(audio)} recordings)")
+        return
+    if audio:
+        raise ValueError(f"{name} takes no audio; drop --audio or choose a speech model (Whisper type)")
     if modality in ("text", "vision-language", "text-image") and (not texts or any(not t.strip() for t in texts)):
         raise ValueError("Give a non-empty --text (empty prompts cannot be captured)")
     if modality == "text" and images:

@@ -31,3 +31,23 @@ def test_lvlm_prompt_naming_an_image_needs_one(llava):
     _, proc, spec = llava
     with pytest.raises(ValueError, match=r"holds <image> but no --image was given"):
         prepare_inputs(proc, spec, ["<image> is there a cat ?"], [])
+
+
+def test_load_audio_reads_pcm_wav_channels_and_widths_as_floats(tmp_path):
+    import numpy as np
+    from scipy.io import wavfile
+
+    from attnlab.hooks.inputs import load_audio
+
+    left = np.array([0, 16384, -16384, 32767], dtype=np.int16)
+    right = np.array([0, -16384, 16384, -32768], dtype=np.int16)
+    wavfile.write(tmp_path / "stereo.wav", 8000, np.stack([left, right], axis=1))
+    wavfile.write(tmp_path / "u8.wav", 8000, np.array([128, 255, 0, 192], dtype=np.uint8))
+    stereo, u8 = load_audio([tmp_path / "stereo.wav", tmp_path / "u8.wav"], 8000)
+    np.testing.assert_allclose(stereo, (left.astype(float) + right) / 2 / 32768, atol=1e-7)  # channels averaged
+    np.testing.assert_allclose(u8, [0, 127 / 128, -1, 0.5], atol=1e-7)  # 8-bit PCM is unsigned around 128
+    with pytest.raises(ValueError, match="does not exist"):
+        load_audio([tmp_path / "missing.wav"], 8000)
+    (tmp_path / "text.wav").write_text("not audio")
+    with pytest.raises(ValueError, match="not a PCM .wav"):
+        load_audio([tmp_path / "text.wav"], 8000)

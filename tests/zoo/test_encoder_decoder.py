@@ -166,6 +166,25 @@ def test_a_padded_batch_gives_each_item_what_it_gives_alone(family, side, tiny):
         tok.padding_side = "right"
 
 
+def test_a_whisper_batch_gives_each_recording_what_it_gives_alone(tiny):
+    """Recordings of different lengths (the extractor pads each to the window) and decoder texts of different
+    lengths (right-padded): every stack of each item equals the recording captured alone."""
+    model, proc, spec = tiny("whisper")
+    waves = [np.random.RandomState(i).randn(16000 - 5000 * i).astype(np.float32) * 0.3 for i in range(2)]
+    texts = ["the cat sat on the mat", "a dog"]
+    batch, _ = _capture(model, proc, "whisper", prepare_inputs(proc, spec, texts, audio=waves))
+    for b in range(2):
+        alone, _ = _capture(model, proc, "whisper", prepare_inputs(proc, spec, texts[b:b + 1], audio=waves[b:b + 1]))
+        item = batch.item(b)
+        for name in STACKS:
+            got, want = _nested(item, name), _nested(alone, name)
+            assert got.tokens == want.tokens, name
+            for i in want.layers:
+                assert (got.layer(i).pattern - want.layer(i).pattern).abs().max() <= 1e-5, (name, i)
+                for stat, value in want.layer(i).stats.items():
+                    assert (got.layer(i).stats[stat] - value).abs().max() <= 1e-5, (name, i, stat)
+
+
 def test_runs_keep_the_key_side(tiny, tmp_path):
     model, tok, spec = tiny("t5")
     trace, _ = _capture(model, tok, "t5", prepare_inputs(tok, spec, TEXTS))
@@ -215,11 +234,54 @@ def test_generation_is_unchanged_and_each_step_is_a_pass(family, tiny):
     assert all(t.layer(0).pattern.shape[-2:] == (1, n_keys) for t in rec.traces("cross"))
 
 
-def test_cli_refuses_speech_models_naming_the_python_route(tiny, tmp_path):
-    path = tiny("whisper")[2].path
-    result = CliRunner().invoke(app, ["capture", "--model", path, "--text", "a cat", "--out", str(tmp_path / "r")])
-    assert result.exit_code == 2 and "speech model" in result.output and "input_features" in result.output
-    assert not (tmp_path / "r").exists()
+def test_cli_captures_speech_from_wav_and_npy_files_as_eager_does(tiny, tmp_path):
+    """``--audio``: a 16-bit PCM .wav (written by scipy, an independent writer) and a .npy waveform; the decoder reads
+    each --text teacher-forced. Oracle: HF eager on features the model's own extractor makes from the same samples."""
+    from scipy.io import wavfile
+
+    model, proc, spec = tiny("whisper")
+    rng = np.random.RandomState(0)
+    pcm = (rng.randn(12000) * 6000).clip(-32768, 32767).astype(np.int16)
+    wavfile.write(tmp_path / "a.wav", 16000, pcm)
+    wave_b = rng.randn(9000).astype(np.float32) * 0.2
+    np.save(tmp_path / "b.npy", wave_b)
+    args = ["capture", "--model", spec.path, "--audio", str(tmp_path / "a.wav"), "--audio", str(tmp_path / "b.npy"),
+            "--text", "the cat", "--text", "a dog is red", "--out", str(tmp_path / "run")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    trace = Run.open(tmp_path / "run").trace("main")
+    features = proc.feature_extractor([pcm.astype(np.float32) / 32768.0, wave_b], sampling_rate=16000,
+                                      return_tensors="pt").input_features
+    inputs = dict(input_features=features,
+                  **decoder_inputs(*proc.tokenizer(["the cat", "a dog is red"], return_tensors="pt",
+                                                   padding=True).values(), spec.decoder_start_token_id))
+    eager = _eager(model, inputs)
+    for name, field in STACKS.items():
+        assert _max_diff(_nested(trace, name), getattr(eager, field)) <= 1e-5, name
+    assert trace.encoder.tokens[0][:2] == ["frame 0", "frame 1"]
+
+
+def test_cli_speech_input_errors_name_the_flag_and_the_fix(tiny, tmp_path):
+    from scipy.io import wavfile
+
+    spec = tiny("whisper")[2]
+    run = tmp_path / "r"
+
+    def fails(*args) -> str:
+        result = CliRunner().invoke(app, ["capture", "--model", spec.path, *args, "--out", str(run)])
+        assert result.exit_code == 2 and not run.exists(), result.output
+        return result.output
+
+    assert "give --audio FILE" in fails("--text", "a cat")
+    wavfile.write(tmp_path / "slow.wav", 8000, np.zeros(800, dtype=np.int16))
+    assert "8000 Hz" in fails("--audio", str(tmp_path / "slow.wav")) and "16000 Hz" in fails(
+        "--audio", str(tmp_path / "slow.wav"))
+    np.save(tmp_path / "long.npy", np.zeros(3 * 16000, dtype=np.float32))  # the tiny model's window is 1 s
+    assert "longer than the model's 1 s window" in fails("--audio", str(tmp_path / "long.npy"))
+    assert "one --text per --audio" in fails("--audio", str(tmp_path / "long.npy"), "--text", "a", "--text", "b")
+    assert "takes no audio" in CliRunner().invoke(app, ["capture", "--model", tiny("t5")[2].path, "--text", "a cat",
+                                                        "--audio", str(tmp_path / "long.npy"), "--out",
+                                                        str(run)]).output
 
 
 def test_decoder_inputs_shift_each_item_behind_the_start_token():

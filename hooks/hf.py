@@ -179,8 +179,19 @@ def _text_pass(rec: Recorder, model: nn.Module, tokenizer, args: tuple, kwargs: 
     token_mask = torch.ones_like(input_ids, dtype=torch.bool) if mask is None or mask.dim() != 2 else mask.bool()
     token_mask = token_mask[:, -input_ids.shape[1]:]
     image_id = getattr(model.config, "image_token_id", None) or getattr(model.config, "image_token_index", None)
-    segs = text_segments(input_ids.cpu(), token_mask.cpu(), _special_ids(model, tokenizer) - {image_id}, image_id)
+    segs = text_segments(input_ids.cpu(), token_mask.cpu(), _special_ids(model, tokenizer) - {image_id}, image_id,
+                         merged_image_grids(model, kwargs.get("image_grid_thw")))
     rec.begin_pass(stack, text_tokens(input_ids, tokenizer), segs, token_mask.cpu())
+
+
+def merged_image_grids(model: nn.Module, grid_thw: torch.Tensor | None) -> list[tuple[int, int]] | None:
+    """Each image's grid of language-model image tokens, ``(h / m, w / m)`` after a Qwen2-VL-type ``m x m`` patch
+    merger, from ``image_grid_thw`` ``[n_images, 3]``; ``None`` for other models (one frame per image assumed)."""
+    vision = getattr(model.config, "vision_config", None)
+    merge = getattr(vision, "spatial_merge_size", None)
+    if grid_thw is None or not merge:
+        return None
+    return [(int(h) // merge, int(w) // merge) for _, h, w in grid_thw.tolist()]
 
 
 def _by_name(module: nn.Module, args: tuple, kwargs: dict) -> dict:

@@ -61,7 +61,8 @@ def square_grid(n: int) -> tuple[int, int] | None:
 
 
 def text_segments(input_ids: torch.Tensor, token_mask: torch.Tensor, special_ids: set[int],
-                  image_token_id: int | None = None, image_grid: tuple[int, int] | None = None) -> list[list[Segment]]:
+                  image_token_id: int | None = None,
+                  image_grid: tuple[int, int] | list[tuple[int, int]] | None = None) -> list[list[Segment]]:
     """Segments of token-id sequences: ``special`` ids, ``image`` placeholder runs, ``pad`` and ``text``.
 
     Args:
@@ -69,8 +70,10 @@ def text_segments(input_ids: torch.Tensor, token_mask: torch.Tensor, special_ids
         token_mask: ``[B, N]`` bool, False for padding.
         special_ids: ids of special tokens (BOS, [CLS], [SEP], ...).
         image_token_id: id of the LVLM image placeholder, whose runs become image spans.
-        image_grid: patch grid of each image span; a square grid is inferred when ``None``.
+        image_grid: patch grid of each image span, or one grid per image span in reading order (batch item, then
+            position) when images differ in shape (Qwen2-VL); a square grid is inferred when ``None``.
     """
+    grids = list(image_grid) if isinstance(image_grid, list) else None
     out = []
     for row, live in zip(input_ids.tolist(), token_mask.tolist()):
         kinds = []
@@ -86,7 +89,10 @@ def text_segments(input_ids: torch.Tensor, token_mask: torch.Tensor, special_ids
         segs = []
         for kind in ("text", "special", "image", "pad"):
             for idx, (s, e) in enumerate(_runs([k == kind for k in kinds])):
-                grid = (image_grid or square_grid(e - s)) if kind == "image" else None
+                grid = None
+                if kind == "image":
+                    own = (grids.pop(0) if grids else None) if grids is not None else image_grid
+                    grid = own or square_grid(e - s)
                 if grid is not None and grid[0] * grid[1] != e - s:
                     grid = square_grid(e - s)
                 label = f"image {idx}" if kind == "image" else ""

@@ -90,6 +90,7 @@ def test_capture_equals_hf_eager_on_both_stacks_and_leaves_logits_unchanged(qwen
         assert (pattern[rows] - ref[rows]).abs().max() <= 1e-5
     image_seg = [next(s for s in segs if s.kind == "image") for segs in trace.segments]
     assert [s.end - s.start for s in image_seg] == [6, 4]  # the variable image token counts, as segments
+    assert [s.grid for s in image_seg] == [(2, 3), (2, 2)]  # each image's merged grid, from image_grid_thw
     # the vision Trace: one item per image, padded to the larger; each image attends within itself only
     vt = trace.vision
     assert vt.token_mask.sum(1).tolist() == [24, 16] and vt.meta.n_layers == 2 and vt.meta.d_model == 32

@@ -12,6 +12,11 @@ a key at position ``k`` is seen by fewer queries, so late keys have small shares
 Padding: the query means use real queries only, at any batch size, and so does ``received`` (the recorder
 passes the real query rows to the kernels, which leave padding rows out of the column sums).
 
+Cross-attention (an encoder-decoder's ``trace.cross``): queries are the decoder's tokens and keys the encoder's, so
+every per-query quantity (row statistics, ``mass.<set>``, the share's denominator) runs over the query side
+(``token_mask``) and every per-key one (``received``, its shares, peak position and histogram) over the key side
+(:meth:`~attnlab.core.trace.Trace.key_side`, ``key_mask``).
+
 Dimension vocabulary: B batch, L captured layers, H heads, Q queries, K keys, N tokens, d_head.
 """
 
@@ -71,11 +76,15 @@ def item_statistics(trace: Trace, key_sets: tuple[str, ...]) -> dict[str, np.nda
 
 
 def received_share(trace: Trace, received: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Share of each item's attention each key receives, ``[B, H, K]``, and which keys are real ``[B, 1, K]``."""
-    live = trace.token_mask.bool()  # (B, N)
-    n_real = live.sum(-1).clamp(min=1).float()  # (B,)
+    """Share of each item's attention each key receives, ``[B, H, K]``, and which keys are real ``[B, 1, K]``.
+
+    The share divides by the item's real queries (``token_mask``); the keys are the key side's (``key_mask`` for a
+    cross-attention Trace, ``token_mask`` otherwise).
+    """
+    n_real = trace.token_mask.bool().sum(-1).clamp(min=1).float()  # (B,) real queries
+    keys = trace.key_side().token_mask.bool()  # (B, K) real keys
     share = received.float() / n_real[:, None, None]  # (B, H, K)
-    return share, live[:, None, : received.shape[-1]]
+    return share, keys[:, None, : received.shape[-1]]
 
 
 def layer_received_shares(trace: Trace) -> tuple[np.ndarray, np.ndarray]:
@@ -97,7 +106,15 @@ def qk_tokens(trace: Trace, item_index: list[int]) -> tuple[np.ndarray, np.ndarr
 
     Returns:
         ``(ids [T], payload [T, L, 2, H, d_head])`` with ``payload[:, :, 0]`` the queries and ``[:, :, 1]`` the keys.
+
+    Raises:
+        ValueError: for a cross-attention Trace, whose queries (decoder tokens) and keys (encoder tokens) belong to
+            different tokens and so cannot be paired per token.
     """
+    if trace.is_cross:
+        raise ValueError("qk_tokens pairs each token's query with its key, but in a cross-attention Trace queries are "
+                         f"the decoder's tokens and keys the encoder's ({trace.meta.family}); sample the encoder's "
+                         "(trace.encoder) or the decoder's (the main Trace) self-attention instead")
     live = trace.token_mask.bool()  # (B, N)
     if live.shape[1] >= TOKEN_ID_STRIDE:
         raise ValueError(f"Inputs of {live.shape[1]} tokens exceed the sample's id space ({TOKEN_ID_STRIDE} "

@@ -10,6 +10,12 @@ received-attention shares and, with ``qk``, the batch's entrants into the rank's
 vectors; then it appends one fsynced progress row for the batch. A batch is done when its row exists; a rerun
 skips done batches of every shard and recomputes only the rest. :mod:`attnlab.core.capture_merge` turns the
 batch files into the Run's tables.
+
+Each array is stored per tower: ``main`` (the model's own, for an encoder-decoder the decoder's self-attention) and
+every nested Trace present (:data:`~attnlab.core.trace.NESTED_TRACES`: a vision tower ``vision``, an
+encoder-decoder's ``encoder`` and ``cross``). A cross-attention tower's per-key arrays (received shares, their
+histogram, the peak position) run over the encoder's tokens; it has no query/key sample, since its queries and keys
+belong to different tokens.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from attnlab.core.datasets import Dataset
 from attnlab.core.distributed import Shard
 from attnlab.core.item_stats import item_statistics, layer_received_shares, qk_tokens
 from attnlab.core.reduce import Histogram, Reservoir
+from attnlab.core.trace import NESTED_TRACES, Trace
 from attnlab.core.shards import read_rows, shard_dir
 from attnlab.hooks.inputs import capture_trace, load_images
 
@@ -141,7 +148,7 @@ def capture_batch(loaded, items, capture: Capture, edges: np.ndarray, samples: d
     texts = [it.text for it in items if it.text]
     images = load_images([it.image for it in items if it.image]) if any(it.image for it in items) else []
     trace = capture_trace(model, processor, spec, capture, texts, images)
-    towers = {"main": trace, **({"vision": trace.vision} if trace.vision is not None else {})}
+    towers = batch_towers(trace)
     arrays: dict[str, np.ndarray] = {"items": np.array([it.index for it in items], dtype=np.int64)}
     for tower, tr in towers.items():
         for name, value in item_statistics(tr, capture.key_sets).items():
@@ -151,12 +158,19 @@ def capture_batch(loaded, items, capture: Capture, edges: np.ndarray, samples: d
         hist = Histogram(edges, shares.shape[:2])
         hist.update(shares, valid)
         arrays.update({f"{tower}.hist.{k}": v for k, v in hist.state().items() if k != "edges"})
-        if capture.qk:
+        if capture.qk and not tr.is_cross:  # a cross-attention token has a query or a key, not both
             ids, payload = qk_tokens(tr, [it.index for it in items])  # (T,), (T, L, 2, H, d)
             sample = samples.setdefault(tower, Reservoir(settings.sample_size, settings.seed, payload.shape[1:]))
             kept = sample.update(ids, payload)
             arrays[f"{tower}.qk.ids"], arrays[f"{tower}.qk.payload"] = ids[kept], payload[kept]
     return arrays, trace.token_mask.sum(-1).tolist()
+
+
+def batch_towers(trace: Trace) -> dict[str, Trace]:
+    """The towers a batch file stores: ``main`` and each nested Trace present (:data:`NESTED_TRACES`: ``vision``,
+    ``encoder``, ``cross``), by name."""
+    nested = {name: getattr(trace, name) for name in NESTED_TRACES}
+    return {"main": trace, **{name: sub for name, sub in nested.items() if sub is not None}}
 
 
 def _resume_samples(folder: Path, settings: DatasetCaptureSettings) -> dict[str, Reservoir]:

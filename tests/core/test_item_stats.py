@@ -52,3 +52,37 @@ def test_received_shares_and_qk_tokens(padded_trace):
     rec = trace.layers[max(trace.layers)]
     np.testing.assert_array_equal(payload[-1, -1, 0], rec.q[b - 40, :, n].numpy())
     np.testing.assert_array_equal(payload[-1, -1, 1], rec.k[b - 40, :, n].numpy())
+
+
+def _cross_trace():
+    """A cross-attention Trace whose key side differs from its query side: item 0 has 2 real queries (left padding)
+    of 3 and 4 real keys; item 1 has 3 real queries and 2 real keys of 4, the padded key 2 holding the largest value."""
+    from attnlab.core.trace import LayerRecord, Segment, Trace, TraceMeta
+
+    meta = TraceMeta(model="toy", family="toy", n_layers=1, n_heads=2, d_head=4, d_model=8, causal=False,
+                     captured=("stats", "qk"))
+    received = torch.tensor([[[0.2, 1.1, 0.4, 0.3], [0.5, 0.5, 0.6, 0.4]],
+                             [[1.0, 2.0, 9.0, 0.0], [2.5, 0.5, 7.0, 0.0]]])  # (B, H, K)
+    entropy = torch.tensor([[[9.0, 1.0, 2.0], [9.0, 3.0, 5.0]], [[1.0, 2.0, 3.0], [0.0, 0.0, 6.0]]])  # (B, H, Q)
+    rec = LayerRecord(q=torch.randn(2, 2, 3, 4), k=torch.randn(2, 2, 4, 4),
+                      stats={"entropy": entropy, "received": received})
+    return Trace(tokens=[["<pad>", "a", "b"], ["c", "d", "e"]], segments=[[Segment("pad", 0, 1)], []],
+                 layers={0: rec}, meta=meta, token_mask=torch.tensor([[False, True, True], [True, True, True]]),
+                 key_tokens=[["w", "x", "y", "z"], ["u", "v", "<pad>", "<pad>"]],
+                 key_segments=[[Segment("text", 0, 4)], [Segment("text", 0, 2), Segment("pad", 2, 4)]],
+                 key_mask=torch.tensor([[True, True, True, True], [True, True, False, False]]))
+
+
+def test_cross_attention_means_queries_and_keys_over_their_own_sides():
+    trace = _cross_trace()
+    got = item_statistics(trace, ())
+    # per query: mean over the real queries (2 for item 0, 3 for item 1)
+    np.testing.assert_allclose(got["entropy"][:, 0], [[1.5, 4.0], [2.0, 2.0]], atol=1e-6)
+    # per key: received / real queries, peak over the real keys only (item 1's padded key 2 is left out)
+    np.testing.assert_allclose(got["received_peak"][:, 0], [[1.1 / 2, 0.6 / 2], [2.0 / 3, 2.5 / 3]], atol=1e-6)
+    np.testing.assert_array_equal(got["received_peak_position"][:, 0], [[1, 2], [1, 0]])
+    shares, valid = layer_received_shares(trace)  # (L, H, B, K), (L, 1, B, K)
+    assert shares.shape == (1, 2, 2, 4)
+    np.testing.assert_array_equal(valid[0, 0], trace.key_mask.numpy())
+    with pytest.raises(ValueError, match="cross-attention"):
+        qk_tokens(trace, [0, 1])

@@ -123,12 +123,15 @@ def run_dataset_capture(model: str, dataset: Path, image_dir: Path | None, promp
 
 
 def dataset_budget(run) -> list[dict] | None:
-    """Per layer of the main tower: mean over heads and inputs of each statistic (for ``attnlab info``)."""
+    """Per tower and layer: mean over heads and inputs of each statistic (for ``attnlab info``); the ``tower``
+    column only when the Run has more than ``main`` (an LVLM's ``vision``, an encoder-decoder's ``encoder`` and
+    ``cross``)."""
     if "layer_stats" not in run.manifest.get("results", []):
         return None
-    table = run.result("layer_stats")
-    main = table[table["tower"] == "main"].drop(columns=["tower", "head", "n_items"])
-    cols = [c for c in main.columns if c.startswith("mass.") or c == "entropy"]
-    grouped = main.groupby("layer")[cols].mean().reset_index()
-    return [{"layer": int(r["layer"]), **{c.replace("mass.", "mass on "): float(r[c]) for c in cols}}
+    table = run.result("layer_stats").drop(columns=["head", "n_items"])
+    cols = [c for c in table.columns if c.startswith("mass.") or c == "entropy"]
+    towers = list(dict.fromkeys(table["tower"]))  # main first, as stored
+    grouped = table.groupby(["tower", "layer"], sort=False)[cols].mean().reset_index()
+    return [{**({"tower": r["tower"]} if len(towers) > 1 else {}), "layer": int(r["layer"]),
+             **{c.replace("mass.", "mass on "): float(r[c]) for c in cols}}
             for _, r in grouped.iterrows()]

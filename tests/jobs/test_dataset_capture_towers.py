@@ -70,3 +70,17 @@ def test_cross_histogram_counts_the_encoder_keys(t5_run, alone):
 
     sample = load_file(str(t5_run.path / "reductions" / "qk_sample.safetensors"))
     assert {k.split(".")[0] for k in sample} == {"main", "encoder"}  # cross-attention has no per-token q/k pair
+
+
+def test_info_summarises_every_tower_by_layer(t5_run):
+    from attnlab.cli.dataset_cmd import dataset_budget
+
+    rows = dataset_budget(t5_run)
+    table = t5_run.result("layer_stats")
+    assert sorted((r["tower"], r["layer"]) for r in rows) == sorted((t, i) for t in ("main", "encoder", "cross")
+                                                                     for i in (0, 1))
+    for row in rows:  # each is the mean over heads of the stored per-head means
+        heads = table[(table["tower"] == row["tower"]) & (table["layer"] == row["layer"])]
+        assert row["entropy"] == pytest.approx(heads["entropy"].mean(), abs=1e-9)
+    result = CliRunner().invoke(app, ["info", str(t5_run.path)])
+    assert result.exit_code == 0 and "cross" in result.output and "encoder" in result.output

@@ -46,10 +46,16 @@ def dataset_kind(path: Path) -> str | None:
 
 def check_dataset_out(model, dataset, image_dir, prompt, what, layers, budget_gb, batch_size, sample_size, seed,
                       bins, out: Path, overwrite: bool) -> None:
-    """Before any model is loaded: ``--out`` is writable, and is new, a dataset capture to resume, or (with
-    ``--overwrite``) a dataset capture that may be replaced; never a user's folder or another kind of Run."""
+    """Before any model is loaded or folder made: the dataset fits the model's modality (read from its
+    ``config.json``), and ``--out`` is writable, and is new, a dataset capture to resume, or (with ``--overwrite``) a
+    dataset capture that may be replaced; never a user's folder or another kind of Run."""
     from attnlab.core.atomic import check_replaceable
+    from attnlab.core.datasets import load_dataset
+    from attnlab.jobs.dataset_capture import check_dataset
+    from attnlab.zoo import peek
 
+    name, _, _, modality = peek(model)
+    check_dataset(name, modality, load_dataset(dataset, image_dir, prompt))
     check_writable(out)
     if overwrite:
         check_replaceable(out, "dataset", dataset_kind)
@@ -84,7 +90,7 @@ def run_dataset_capture(model: str, dataset: Path, image_dir: Path | None, promp
     from attnlab.core.capture_merge import merge_capture
     from attnlab.core.datasets import load_dataset
     from attnlab.core.runs import RunInfo
-    from attnlab.jobs.dataset_capture import DatasetCaptureSettings, capture_shard, check_dataset
+    from attnlab.jobs.dataset_capture import DatasetCaptureSettings, capture_shard
     from attnlab.hooks.inputs import default_device
     from attnlab.zoo import load, peek
 
@@ -92,14 +98,13 @@ def run_dataset_capture(model: str, dataset: Path, image_dir: Path | None, promp
         raise ValueError("--batch-size and --sample must be at least 1")
     cap = dataset_capture_options(what, layers, budget_gb)
     data = load_dataset(dataset, image_dir, prompt)
-    name = peek(model)[0]
+    name = peek(model)[0]  # the dataset's fit with the model was checked before the lock (check_dataset_out)
     if shard is None or shard.is_main:
         _prepare_out(out, overwrite)
     if shard is not None:
         shard.barrier()  # rank 0 has made the folder; every rank loads its model now
     t0 = time.perf_counter()
     loaded = load(model)
-    check_dataset(loaded[2], data)
     loaded[0].to(default_device())  # this rank's GPU on a CUDA machine (one per LOCAL_RANK); the CPU otherwise
     t1 = time.perf_counter()
     settings = DatasetCaptureSettings(name, str(dataset), data.kind, len(data.items),

@@ -76,21 +76,25 @@ class DatasetCaptureSettings:
         return math.ceil(self.n_items / self.batch_size)
 
 
-def check_dataset(spec, data: Dataset) -> None:
-    """Fail before any work when the dataset does not fit the model's modality."""
+def check_dataset(name: str, modality: str, data: Dataset) -> None:
+    """Fail before any work (before the model loads or the Run folder is made) when the dataset does not fit the
+    model's ``modality`` (:func:`attnlab.zoo.peek` gives it from ``config.json``)."""
     has_text, has_images = data.modalities()
-    if spec.modality == "text" and has_images:
-        raise ValueError(f"{spec.name} is a text-only model but {data.path} has images; "
+    if modality == "audio":
+        raise ValueError(f"{name} is a speech model; dataset capture reads texts and images, not recordings yet: "
+                         "capture recordings in batches with `attnlab capture --audio FILE ...`")
+    if modality == "text" and has_images:
+        raise ValueError(f"{name} is a text-only model but {data.path} has images; "
                          "choose a vision(-language) model")
-    if spec.modality == "vision" and has_text:
-        raise ValueError(f"{spec.name} is a vision model; drop the prompts (or --text) from the dataset")
-    if spec.modality in ("vision-language", "text-image"):  # an LVLM, or a dual encoder such as CLIP
+    if modality == "vision" and has_text:
+        raise ValueError(f"{name} is a vision model; drop the prompts (or --text) from the dataset")
+    if modality in ("vision-language", "text-image"):  # an LVLM, or a dual encoder such as CLIP
         lacking = [it for it in data.items if not (it.text and it.image)]
         if lacking:
-            raise ValueError(f"{spec.name} needs a prompt and an image per input; item {lacking[0].index} of "
+            raise ValueError(f"{name} needs a prompt and an image per input; item {lacking[0].index} of "
                              f"{data.path} lacks one (for an image folder give --text PROMPT)")
-    elif spec.modality == "text" and not all(it.text for it in data.items):
-        raise ValueError(f"{spec.name} needs a prompt per input; {data.path} has an input without text")
+    elif modality == "text" and not all(it.text for it in data.items):
+        raise ValueError(f"{name} needs a prompt per input; {data.path} has an input without text")
 
 
 def capture_shard(loaded, data: Dataset, capture: Capture, settings: DatasetCaptureSettings, out: Path,

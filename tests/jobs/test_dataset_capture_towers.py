@@ -84,3 +84,21 @@ def test_info_summarises_every_tower_by_layer(t5_run):
         assert row["entropy"] == pytest.approx(heads["entropy"].mean(), abs=1e-9)
     result = CliRunner().invoke(app, ["info", str(t5_run.path)])
     assert result.exit_code == 0 and "cross" in result.output and "encoder" in result.output
+
+
+def test_a_speech_model_dataset_is_refused_before_any_work(tiny_dir, tmp_path):
+    data = tmp_path / "prompts.txt"
+    data.write_text("a cat\n")
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["capture", "--model", str(tiny_dir("whisper")), "--dataset", str(data), "--out",
+                                   str(out)])
+    assert res.exit_code == 2 and "speech model" in res.output and "--audio" in res.output and not out.exists()
+    # refused before anything is replaced: --overwrite over an earlier capture leaves it whole
+    ok = CliRunner().invoke(app, ["capture", "--model", str(tiny_dir("t5")), "--dataset", str(data), "--out", str(out)])
+    assert ok.exit_code == 0, ok.output
+    before = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    res = CliRunner().invoke(app, ["capture", "--model", str(tiny_dir("whisper")), "--dataset", str(data), "--out",
+                                   str(out), "--overwrite"])
+    assert res.exit_code == 2 and "speech model" in res.output
+    assert sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file()) == before
+    assert len(Run.open(out).result("item_stats")) > 0

@@ -21,7 +21,7 @@ from attnlab.probes.registers import high_norm_tokens
 from attnlab.probes.rollout import attention_rollout
 from attnlab.probes.sinks import sink_tokens
 
-from .data import DashboardData, trace_header
+from .data import DashboardData, is_cross, trace_header
 
 
 class NotAvailable(ValueError):
@@ -30,9 +30,18 @@ class NotAvailable(ValueError):
 
 def require_probe(run, trace: str, probe: str) -> None:
     """:class:`NotAvailable` unless the trace captured what the registry says ``probe`` reads
-    (:meth:`~attnlab.probes.registry.ProbeSpec.missing`), naming the capture option that adds it."""
+    (:meth:`~attnlab.probes.registry.ProbeSpec.missing`), naming the capture option that adds it, and, for a probe
+    of square self-attention maps (``square``: rollout, flow, induction), unless it is a self-attention trace,
+    naming the Run's traces to pick instead."""
     spec = get_spec(probe)
-    captured = meta_of(trace_header(run, trace)).captured
+    header = trace_header(run, trace)
+    if spec.square and is_cross(header):
+        others = [name for name in run.trace_names if not is_cross(run.header(name))]
+        instead = " or ".join(others) if others else "a self-attention trace"
+        raise NotAvailable(f"{spec.summary[:1].upper()}{spec.summary[1:]} needs self-attention (queries and keys the "
+                           f"same tokens), but {trace} is cross-attention (decoder queries over encoder keys); "
+                           f"pick the trace {instead} instead.")
+    captured = meta_of(header).captured
     lacking = spec.missing(captured)
     if lacking:
         raise NotAvailable(f"{spec.summary[:1].upper()}{spec.summary[1:]} needs {' and '.join(lacking)} captured; "
@@ -210,12 +219,16 @@ def answers(run) -> dict:
 
 def token_attention(data: DashboardData, run, trace: str, layer: int, head: int, item: int, position: int,
                     kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """A token's attention: its row (``kind="query"``: what it attends to) or column (``"key"``: what
-    attends to it), over the item's real tokens; ``(weights, positions)``."""
-    from .summaries import attention_matrix
+    """A token's attention: its row (``kind="query"``: what it attends to, over the item's real keys) or column
+    (``"key"``: what attends to it, over the real queries); ``(weights, positions)``, the positions on the other
+    axis (a cross-attention trace's keys are the encoder's tokens: label them with ``axis_labels(..., "key")``)."""
+    from .summaries import attention_matrix, real_positions
 
+    if kind not in ("query", "key"):
+        raise ValueError(f"Unknown token kind {kind!r}; choose query or key")
     matrix, real, _ = attention_matrix(data, run, trace, layer, head, item)
-    where = np.flatnonzero(real == int(position))
+    keys = real_positions(data, run, trace, item, "key")
+    where = np.flatnonzero((real if kind == "query" else keys) == int(position))
     if not where.size:
-        raise ValueError(f"Position {position} is not a real token of item {item}")
-    return (matrix[where[0]] if kind == "query" else matrix[:, where[0]]), real
+        raise ValueError(f"Position {position} is not a real {kind} token of item {item}")
+    return (matrix[where[0]], keys) if kind == "query" else (matrix[:, where[0]], real)

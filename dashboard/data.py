@@ -306,11 +306,47 @@ def trace_header(run: Run, trace: str) -> dict:
     return run.header(trace)
 
 
-def token_labels(header: dict, item: int) -> list[str]:
-    """``"position:token"`` labels of one batch item (unique, so plotly keeps every tick)."""
-    return [f"{n}:{tok}" for n, tok in enumerate(header["tokens"][item])]
+#: The two token axes of an attention map ``[Q, K]``: its rows (queries) and its columns (keys).
+AXES = ("query", "key")
 
 
-def image_segments(header: dict, item: int) -> list[Segment]:
-    """Image spans with a patch grid of one batch item."""
-    return [s for s in segments_of(header)[item] if s.kind == "image" and s.grid]
+def is_cross(header: dict) -> bool:
+    """Whether a trace header is a cross-attention trace's (keys another sequence's tokens: ``key_tokens``)."""
+    return header.get("key_tokens") is not None
+
+
+def axis_side(header: dict, axis: str) -> dict:
+    """The tokens along one axis of a trace's attention maps, as a self-attention header.
+
+    The one place the dashboard decides which tokens label an axis: the queries are the trace's ``tokens``; the
+    keys are too, except in a cross-attention trace (``main.cross``), whose keys are the encoder's ``key_tokens``
+    and ``key_segments`` (as :meth:`attnlab.core.trace.Trace.key_side`).
+
+    Args:
+        header: the trace header (:func:`trace_header`).
+        axis: ``"query"`` or ``"key"``.
+
+    Returns:
+        The header with ``tokens`` and ``segments`` of that side, without ``key_*`` entries, and ``mask``: the name
+        of the stored ``[B, N]`` real-token mask of that side (``token_mask`` or ``key_mask``).
+
+    Raises:
+        ValueError: an axis other than ``query`` or ``key``.
+    """
+    if axis not in AXES:
+        raise ValueError(f"Unknown token axis {axis!r}; choose one of {AXES}")
+    side = {k: v for k, v in header.items() if not k.startswith("key_")}
+    if axis == "key" and is_cross(header):
+        segments = header.get("key_segments") or [[] for _ in header["key_tokens"]]
+        return {**side, "tokens": header["key_tokens"], "segments": segments, "mask": "key_mask"}
+    return {**side, "mask": "token_mask"}
+
+
+def token_labels(header: dict, item: int, axis: str = "query") -> list[str]:
+    """``"position:token"`` labels of one batch item's tokens along ``axis`` (unique, so plotly keeps every tick)."""
+    return [f"{n}:{tok}" for n, tok in enumerate(axis_side(header, axis)["tokens"][item])]
+
+
+def image_segments(header: dict, item: int, axis: str = "query") -> list[Segment]:
+    """Image spans with a patch grid of one batch item, among the tokens along ``axis``."""
+    return [s for s in segments_of(axis_side(header, axis))[item] if s.kind == "image" and s.grid]

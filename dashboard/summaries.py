@@ -19,7 +19,7 @@ from attnlab.kernels.reference import pattern_stats
 from attnlab.probes.results import result_from_table
 from attnlab.probes.vhd import VHDResult
 
-from .data import DashboardData, trace_header
+from .data import DashboardData, axis_side, is_cross, trace_header
 
 #: statistic -> label shown in the selector and on the colour bar.
 STAT_LABELS = {
@@ -47,10 +47,12 @@ RESULT_STATS = {
 MASS_STATS = tuple(kind for kind in DEFAULT_KEY_SETS if kind != "text")
 
 
-def real_positions(data: DashboardData, run, trace: str, item: int) -> np.ndarray:
-    """Positions of the real (non-padding) tokens of one batch item (:func:`attnlab.core.trace.real_positions_of`)."""
-    check_item(trace_header(run, trace), item)
-    return real_positions_of(data.tensor(run, trace, "token_mask"), item).numpy()
+def real_positions(data: DashboardData, run, trace: str, item: int, axis: str = "query") -> np.ndarray:
+    """Positions of the real (non-padding) tokens of one batch item (:func:`attnlab.core.trace.real_positions_of`)
+    along ``axis``: the queries, or the keys (a cross-attention trace's encoder tokens, :func:`axis_side`)."""
+    header = trace_header(run, trace)
+    check_item(header, item)
+    return real_positions_of(data.tensor(run, trace, axis_side(header, axis)["mask"]), item).numpy()
 
 
 def check_item(header: dict, item: int) -> None:
@@ -72,7 +74,7 @@ def head_stat_options(data: DashboardData, run, trace: str) -> list[dict]:
     """The statistics this Run can colour the head grid by, as dropdown options."""
     fields = _captured(data, run, trace)
     has_pattern = "pattern" in fields
-    kinds = {s.kind for segs in segments_of(trace_header(run, trace)) for s in segs}
+    kinds = {s.kind for segs in segments_of(axis_side(trace_header(run, trace), "key")) for s in segs}
     out = []
     if has_pattern or "stats.entropy" in fields:
         out.append("entropy")
@@ -142,9 +144,11 @@ def _row_stat(data, run, trace, layer, stat, item) -> np.ndarray:
 
 
 def _key_set(data, run, trace, item, kind) -> np.ndarray:
-    """``[N]`` bool key set of one item, by the Trace's own definition (left padding moves ``first``)."""
-    token_mask = data.tensor(run, trace, "token_mask")[item:item + 1]  # (1, N)
-    return key_set_mask(token_mask, [segments_of(trace_header(run, trace))[item]], kind)[0].numpy()
+    """``[K]`` bool key set of one item, by the Trace's own definition (left padding moves ``first``), over the
+    keys (a cross-attention trace's encoder tokens)."""
+    keys = axis_side(trace_header(run, trace), "key")
+    key_mask = data.tensor(run, trace, keys["mask"])[item:item + 1]  # (1, K)
+    return key_set_mask(key_mask, [segments_of(keys)[item]], kind)[0].numpy()
 
 
 def _result_grid(run, stat, item) -> tuple[np.ndarray, list[int]]:
@@ -164,11 +168,13 @@ def _result_grid(run, stat, item) -> tuple[np.ndarray, list[int]]:
 
 def attention_matrix(data: DashboardData, run, trace: str, layer: int, head: int,
                      item: int) -> tuple[np.ndarray, np.ndarray, str]:
-    """One head's attention over an item's real tokens: ``([n, n] matrix, positions, source)``.
+    """One head's attention over an item's real tokens: ``([q, k] matrix, query positions, source)``.
 
-    The stored pattern when captured; otherwise recomputed as ``softmax(q k^T / sqrt(d_head))`` from the
-    stored queries and keys (causal mask for decoders), which is what the model applied unless a Plan
-    changed the weights after the softmax.
+    Rows are the real queries, columns the real keys: the same tokens for self-attention, the encoder's for a
+    cross-attention trace (their positions: ``real_positions(..., axis="key")``). The stored pattern when
+    captured; otherwise recomputed as ``softmax(q k^T / sqrt(d_head))`` from the stored queries and keys (causal
+    mask for decoders' self-attention), which is what the model applied unless a Plan changed the weights after
+    the softmax.
     """
     return data.cached(run, ("attention", trace, int(layer), int(head), int(item)),
                        lambda: _attention_matrix(data, run, trace, int(layer), int(head), int(item)))
@@ -181,14 +187,15 @@ def _attention_matrix(data, run, trace, layer, head, item):
         raise ValueError(f"Layer {layer} was not captured in this trace; captured layers: {header['layers']}")
     if not 0 <= head < meta.n_heads:
         raise ValueError(f"Head {head} is outside the {meta.n_heads} heads of this model")
-    real = real_positions(data, run, trace, item)
+    real, keys = real_positions(data, run, trace, item), real_positions(data, run, trace, item, "key")
     if data.has_field(run, trace, layer, "pattern"):
         pattern = data.layer_part(run, trace, layer, "pattern", item, head).float().numpy()  # (Q, K)
-        return pattern[np.ix_(real, real)], real, "pattern"
+        return pattern[np.ix_(real, keys)], real, "pattern"
     if data.has_field(run, trace, layer, "q") and data.has_field(run, trace, layer, "k"):
-        q = data.layer_part(run, trace, layer, "q", item, head).float()[real]  # (n, d); the kernels work in float32
-        k = data.layer_part(run, trace, layer, "k", item, head).float()[real]  # (n, d)
-        _, st = attention(q[None, None], k[None, None], k.new_zeros(1, 1, len(real), 1), causal=meta.causal,
+        q = data.layer_part(run, trace, layer, "q", item, head).float()[real]  # (q, d); the kernels work in float32
+        k = data.layer_part(run, trace, layer, "k", item, head).float()[keys]  # (k, d)
+        causal = meta.causal and not is_cross(header)  # cross-attention sees every encoder token
+        _, st = attention(q[None, None], k[None, None], k.new_zeros(1, 1, len(keys), 1), causal=causal,
                           impl="eager", return_pattern=True)
         return st.pattern[0, 0].numpy(), real, "q·k"
     raise ValueError("This trace stored neither attention patterns nor queries and keys; capture with "
@@ -207,8 +214,9 @@ def grid_values(header: dict, item: int, values: np.ndarray, positions: np.ndarr
     return full[seg.start:seg.end].reshape(seg.grid), seg.label or "image"
 
 
-def text_cells(header: dict, item: int, matrix: np.ndarray, real: np.ndarray, focus: int) -> dict:
-    """What the text view draws for a focused token: one cell per text token, one per image span.
+def text_cells(header: dict, item: int, matrix: np.ndarray, real: np.ndarray, focus: int,
+               keys: np.ndarray | None = None) -> dict:
+    """What the text view draws for a focused query: one cell per text token, one per image span.
 
     An image span becomes a single cell: its value is the attention the focus pays to all its patches
     (summed) and the mean attention its patches pay to the focus; its position is ``-1`` (not focusable).
@@ -216,31 +224,48 @@ def text_cells(header: dict, item: int, matrix: np.ndarray, real: np.ndarray, fo
     Args:
         header: the trace header.
         item: batch item.
-        matrix: ``[n, n]`` attention over the item's real tokens.
-        real: ``[n]`` their positions.
-        focus: the focused position (must not be an image patch).
+        matrix: ``[q, k]`` attention over the item's real queries and keys.
+        real: ``[q]`` the queries' positions.
+        focus: the focused query position (must not be an image patch).
+        keys: ``[k]`` the keys' positions, for a cross-attention trace (keys the encoder's tokens,
+            :func:`attnlab.dashboard.data.axis_side`); ``None``: the keys are the queries.
 
     Returns:
-        ``tokens``, ``positions``, ``attends_to``, ``attended_by`` and ``focus`` (index into the cells).
+        ``tokens``, ``positions``, ``attends_to``, ``attended_by`` and ``focus`` (index into the cells). With
+        ``keys``: ``attends_to`` runs over the key cells ``keys`` (``tokens``, ``positions``, ``outline``: the
+        key the focus attends to most) and ``attended_by`` is the attention each query pays to that key.
     """
+    index = {int(n): i for i, n in enumerate(real)}
+    row = matrix[index[focus]]  # (k,)
+    queries = _cells(header, item, real)
+    out = {"tokens": [c[0] for c in queries], "positions": [c[1] for c in queries],
+           "focus": next((i for i, c in enumerate(queries) if c[1] == focus), 0)}
+    if keys is None:
+        col = matrix[:, index[focus]]  # (q,)
+        return {**out, "attends_to": [float(row[m].sum()) for _, _, m in queries],
+                "attended_by": [float(col[m].mean()) for _, _, m in queries]}
+    key_cells = _cells(axis_side(header, "key"), item, keys)
+    attends_to = [float(row[m].sum()) for _, _, m in key_cells]
+    outline = int(np.argmax(attends_to))
+    col = matrix[:, key_cells[outline][2]].mean(axis=1)  # (q,)
+    return {**out, "attends_to": attends_to, "attended_by": [float(col[m].mean()) for _, _, m in queries],
+            "keys": {"tokens": [c[0] for c in key_cells], "positions": [c[1] for c in key_cells], "outline": outline}}
+
+
+def _cells(header: dict, item: int, positions: np.ndarray) -> list[tuple[str, int, list[int]]]:
+    """``(token, position, members)`` of each text-view cell over ``positions`` ``[n]`` (a side's real tokens):
+    a text token is itself; an image span is one cell ``img RxC`` at position ``-1``; ``members`` index
+    ``positions``."""
     tokens = header["tokens"][item]
     spans = {s.start: s for s in segments_of(header)[item] if s.kind == "image" and s.grid}
     inside = {n for s in spans.values() for n in range(s.start, s.end)}
-    index = {int(n): i for i, n in enumerate(real)}
-    row, col = matrix[index[focus]], matrix[:, index[focus]]
-    cells = {"tokens": [], "positions": [], "attends_to": [], "attended_by": [], "focus": 0}
-    for n in real:
-        n = int(n)
+    index = {int(n): i for i, n in enumerate(positions)}
+    cells = []
+    for n in (int(p) for p in positions):
         if n in spans:
-            patches = [index[p] for p in range(spans[n].start, spans[n].end) if p in index]
             rows, cols = spans[n].grid
-            values = (float(row[patches].sum()), float(col[patches].mean()), f"img {rows}×{cols}", -1)
-        elif n in inside:
-            continue
-        else:
-            values = (float(row[index[n]]), float(col[index[n]]), tokens[n], n)
-        if n == focus:
-            cells["focus"] = len(cells["tokens"])
-        for key, value in zip(("attends_to", "attended_by", "tokens", "positions"), values):
-            cells[key].append(value)
+            cells.append((f"img {rows}×{cols}", -1,
+                          [index[p] for p in range(spans[n].start, spans[n].end) if p in index]))
+        elif n not in inside:
+            cells.append((tokens[n], n, [index[n]]))
     return cells

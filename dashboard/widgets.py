@@ -7,6 +7,7 @@ from dash import MATCH, Input, Output, State, clientside_callback, dash_table, d
 
 from attnlab.core.trace_files import meta_of
 from .analyses import NotAvailable
+from .data import axis_side
 
 HIDDEN = {"display": "none"}
 
@@ -163,7 +164,26 @@ def token_piece_hover(tokens: list[str], positions) -> dict[str, str]:
             if label.split(":", 1)[1] != tokens[int(n)]}
 
 
-def token_options(header: dict, item: int, positions, *, by_index: bool = False) -> list[dict]:
+def axis_labels(header: dict, item: int, positions, axis: str) -> tuple[list[str], dict[str, str]]:
+    """Labels of the tokens at ``positions`` along one axis of a trace's attention maps, and their hover aliases.
+
+    Every view that labels queries or keys goes through here, so a cross-attention trace's keys are labelled
+    with the encoder's tokens (:func:`attnlab.dashboard.data.axis_side`) and its queries with the decoder's.
+
+    Args:
+        header: the trace header.
+        item: batch item.
+        positions: ``[n]`` real positions along that axis.
+        axis: ``"query"`` (rows) or ``"key"`` (columns).
+
+    Returns:
+        ``(labels, hover)``: :func:`token_axis_labels` and :func:`token_piece_hover` of that side's tokens.
+    """
+    tokens = axis_side(header, axis)["tokens"][item]
+    return token_axis_labels(tokens, positions), token_piece_hover(tokens, positions)
+
+
+def token_options(header: dict, item: int, positions, *, by_index: bool = False, axis: str = "query") -> list[dict]:
     """Dropdown options for the real tokens of an item, word first (:func:`token_axis_labels`); a piece of a
     split word names its raw piece in the option's hover (``title``).
 
@@ -172,8 +192,9 @@ def token_options(header: dict, item: int, positions, *, by_index: bool = False)
         item: batch item.
         positions: the positions to offer.
         by_index: ``value`` is the index into ``positions`` (what the probes take) rather than the position.
+        axis: the side the positions are on (:func:`attnlab.dashboard.data.axis_side`); the queries by default.
     """
-    tokens = header["tokens"][item]
+    tokens = axis_side(header, axis)["tokens"][item]
     pieces = token_piece_hover(tokens, positions)
     options = []
     for i, (n, label) in enumerate(zip(positions, token_axis_labels(tokens, positions))):

@@ -61,7 +61,9 @@ def colour_range(values: np.ndarray, scale: str) -> tuple[np.ndarray, dict]:
 
 
 def attention_heatmap(pattern: np.ndarray, labels: list[str], title: str, *, scale: str | None = "fixed",
-                      exclude_first: bool = False, hover_labels: dict[str, str] | None = None) -> go.Figure:
+                      exclude_first: bool = False, hover_labels: dict[str, str] | None = None,
+                      key_labels: list[str] | None = None,
+                      key_hover_labels: dict[str, str] | None = None) -> go.Figure:
     """One head's attention pattern with token labels on both axes, in square cells.
 
     Every token keeps its label: the axes thin their ticks to what fits and show more as one zooms in, and
@@ -69,33 +71,44 @@ def attention_heatmap(pattern: np.ndarray, labels: list[str], title: str, *, sca
 
     Args:
         pattern: ``[Q, K]`` post-softmax attention of the real tokens.
-        labels: ``"position:token"`` of those tokens (unique).
+        labels: ``[Q]`` ``"position:token"`` of the query tokens (unique); the keys' too unless ``key_labels``.
         title: figure title.
         scale: one of :data:`COLOUR_SCALES`, or ``auto``/``None`` (:func:`resolve_scale`).
         exclude_first: drop the first token's key column, whose sink weight (Xiao et al. 2024, §3) would
             otherwise set the colour range for all the rest.
         hover_labels: ``{label: text}`` shown on hover in place of some labels (a word piece's raw form);
             the axes keep ``labels`` (:func:`attnlab.viz.style.hover_aliases`).
+        key_labels: ``[K]`` labels of the key tokens when they are another sequence's (cross-attention: the
+            encoder's tokens, the queries the decoder's); ``None``: the keys are the queries.
+        key_hover_labels: as ``hover_labels``, for ``key_labels``.
 
     Returns:
-        A heatmap (queries as rows, first at the top).
+        A heatmap (queries as rows, first at the top; keys as columns).
+
+    Raises:
+        ValueError: labels that do not match the pattern's ``[Q, K]``.
     """
-    keys = labels
+    keys, key_hover = (labels, hover_labels) if key_labels is None else (key_labels, key_hover_labels)
+    if (len(labels), len(keys)) != np.shape(pattern):
+        raise ValueError(f"The pattern is {list(pattern.shape)} (queries x keys) but got {len(labels)} query and "
+                         f"{len(keys)} key labels; give one label per row and column (key_labels for cross-attention)")
     if exclude_first and pattern.shape[-1] > 1:
-        pattern, keys = pattern[:, 1:], labels[1:]
-    scale = resolve_scale(scale, len(labels))
+        pattern, keys = pattern[:, 1:], keys[1:]
+    scale = resolve_scale(scale, max(len(labels), len(keys)))
     z, colours = colour_range(pattern, scale)
     # the colour bar inside the paper, at a fixed place: outside it, its tick labels (whose width changes with the
     # range) push the margin, and plotly then draws everything a second time
     colours["colorbar"] = {**colours["colorbar"], "x": 0.9, "xanchor": "left", "thickness": 14}
     value = "log10 attention" if scale == "log" else "attention"
-    axis = {"type": "category", "tickfont": {"size": 10}, "constrain": "domain", **hover_aliases(hover_labels)}
+    axis = {"type": "category", "tickfont": {"size": 10}, "constrain": "domain"}
     return go.Figure({"data": [{"type": "heatmap", "z": z, "x": keys, "y": labels, **colours,
                                 "hovertemplate": "query %{y}<br>key %{x}<br>" + value + " %{z:.4f}<extra></extra>"}],
                       "layout": {"title": layout_title(title), "margin": {**MARGIN, "l": 120, "b": 120, "t": 70},
                                  "height": 760 if len(labels) > 40 else max(420, 14 * len(labels) + 200),
-                                 "xaxis": {**axis, "title": {"text": "key"}, "tickangle": -60, "domain": [0, 0.86]},
-                                 "yaxis": {**axis, "title": {"text": "query"}, "autorange": "reversed",
+                                 "xaxis": {**axis, **hover_aliases(key_hover), "title": {"text": "key"},
+                                           "tickangle": -60, "domain": [0, 0.86]},
+                                 "yaxis": {**axis, **hover_aliases(hover_labels), "title": {"text": "query"},
+                                           "autorange": "reversed",
                                            "scaleanchor": "x", "scaleratio": 1}}})
 
 
@@ -236,7 +249,7 @@ def token_lines(widths: list[float], line: float = LINE_CHARS) -> tuple[list[int
 
 
 def token_text_view(tokens: list[str], positions: list[int], attends_to: np.ndarray, attended_by: np.ndarray,
-                    focus: int, words: list[str] | None = None) -> go.Figure:
+                    focus: int, words: list[str] | None = None, *, keys: dict | None = None) -> go.Figure:
     """The text as coloured token cells (bertviz, circuitsvis): what the focused token attends to (top) and
     what attends to it (bottom).
 
@@ -247,64 +260,83 @@ def token_text_view(tokens: list[str], positions: list[int], attends_to: np.ndar
     hovering shows the whole token, its word and its weight.
 
     Args:
-        tokens: ``[n]`` token strings of the cells.
+        tokens: ``[n]`` token strings of the cells (the queries').
         positions: ``[n]`` their positions in the sequence (``-1``: a cell one cannot focus, an image span).
-        attends_to: ``[n]`` the focused token's attention row.
-        attended_by: ``[n]`` the attention every token pays to the focused one (its column).
+        attends_to: ``[n]`` the focused token's attention row (``[k]`` over ``keys`` when given).
+        attended_by: ``[n]`` the attention every token pays to the focused one (its column); with ``keys``, the
+            attention every query pays to the key ``keys["outline"]``.
         focus: index into ``tokens`` of the focused token.
         words: ``[n]`` the word each token belongs to (shown on hover where it differs from the token).
+        keys: for cross-attention, where keys are another sequence's tokens: ``tokens``, ``positions``, ``words``
+            (each ``[k]``) of the top panel's cells and ``outline``, the index of the key the bottom panel is about.
+            Key cells cannot be clicked to focus (``customdata[0]`` is ``-1``): the focus is a query.
 
     Returns:
         Two horizontal bar traces (one cell a bar: ``base`` its left edge, ``x`` its width, ``y`` its line,
-        ``text`` its label), then the labels of each as a text scatter; the focused cell is outlined in red.
+        ``text`` its label), then the labels of each as a text scatter; the focused cell (with ``keys``: the
+        outlined key, and the focused query) is outlined in red.
     """
+    name = escape_markup(tokens[focus]).replace("\n", "↵")
+    if keys is None:
+        top = (tokens, positions, words, focus, True)
+        titles = (f"what {name} (position {positions[focus]}) attends to", f"what attends to {name}")
+    else:
+        top = (keys["tokens"], keys["positions"], keys.get("words"), keys["outline"], False)
+        key = escape_markup(keys["tokens"][keys["outline"]]).replace("\n", "↵")
+        titles = (f"what {name} (position {positions[focus]}) attends to, over the keys",
+                  f"what attends to key {key} (the one {name} attends to most); click a query to focus it")
+    domains = ([0.54, 0.94], [0.0, 0.40])
+    panels = [_text_panel(*top[:3], attends_to, top[3], top[4], 1, domains[0], "row max"),
+              _text_panel(tokens, positions, words, attended_by, focus, True, 2, domains[1],
+                          "column max")]
+    lines = max(p["lines"] for p in panels)
+    hidden = {"visible": False, "fixedrange": True}
+    x = {**hidden, "range": [0, LINE_CHARS], "domain": [0, 1]}
+    y = {**hidden, "range": [lines - 0.5, -0.5]}
+    return go.Figure({"data": [p["bar"] for p in panels] + [p["labels"] for p in panels], "layout": {
+        "title": layout_title("text view: click a token to focus it (red outline)", 13),
+        "margin": {**MARGIN, "l": 10, "t": 60}, "height": 150 + 46 * lines, "shapes": [p["shape"] for p in panels],
+        "bargap": 0, "plot_bgcolor": "white",
+        "xaxis": {**x, "anchor": "y"}, "yaxis": {**y, "domain": domains[0], "anchor": "x"},
+        "xaxis2": {**x, "anchor": "y2"}, "yaxis2": {**y, "domain": domains[1], "anchor": "x2"},
+        "annotations": [panel_title(titles[0], 0.5, domains[0][1]), panel_title(titles[1], 0.5, domains[1][1])]}})
+
+
+def _text_panel(tokens: list[str], positions: list[int], words: list[str] | None, values: np.ndarray, outline: int,
+                clickable: bool, panel: int, domain: list[float], what: str) -> dict:
+    """One panel of :func:`token_text_view`: ``bar`` (the cells, coloured by ``values`` ``[n]``), ``labels`` (their
+    text), ``shape`` (the red outline of cell ``outline``) and ``lines`` (how many lines the cells wrap onto)."""
     shown = [cell_text(t) for t in tokens]
     widths = [text_length(t) + CELL_PAD for t in shown]
     rows, starts = token_lines(widths)
-    lines = rows[-1] + 1 if rows else 1
     hover = []
     for token, word, n in zip(tokens, words or tokens, positions):
         name = escape_markup(token).replace("\n", "↵")
         extra = f" (word {escape_markup(word)})" if word != token else ""
         hover.append(f"{name}{extra}<br>position {n}" if n >= 0 else f"{name} (all its patches)")
-    name = escape_markup(tokens[focus]).replace("\n", "↵")
-    domains = ([0.54, 0.94], [0.0, 0.40])
-    data, labels, shapes = [], [], []
-    for panel, (values, what, domain) in enumerate(((attends_to, "row max", domains[0]),
-                                                     (attended_by, "column max", domains[1])), start=1):
-        values = np.asarray(values, dtype=np.float32)
-        _, colours = colour_range(values, "max")
-        axes = {"xaxis": "x" if panel == 1 else "x2", "yaxis": "y" if panel == 1 else "y2"}
-        data.append({
-            "type": "bar", "orientation": "h", "base": starts, "x": widths, "y": rows, "width": 0.86,
-            "text": shown, "textposition": "none", "hovertext": hover, "customdata": [[int(n), float(v)] for n, v in zip(positions, values)],
-            "hovertemplate": "%{hovertext}<br>attention %{customdata[1]:.4f}<extra></extra>", "showlegend": False,
-            "marker": {"color": values, "colorscale": colours["colorscale"], "cmin": 0.0, "cmax": colours["zmax"],
-                       "showscale": True, "line": {"width": 0},
-                       "colorbar": {"title": {"text": f"attention<br>(0 to {what})", "font": {"size": 11}},
-                                    "len": 0.4, "y": domain[0], "yanchor": "bottom", "thickness": 12}},
-            **axes})
-        # the labels as a text-only scatter over the cells: bars with inside text measure and fit each label,
-        # ~4x slower to draw at 400 tokens; dark text on the light (high) end of Viridis, white on the rest
-        top = max(colours["zmax"], 1e-9)
-        labels.append({"type": "scatter", "mode": "text", "x": [b + w / 2 for b, w in zip(starts, widths)], "y": rows,
-                       "text": shown, "hoverinfo": "skip", "showlegend": False, "cliponaxis": False,
-                       "textfont": {**TEXT_FONT, "color": ["#111" if v / top > 0.6 else "#fff" for v in values]},
-                       **axes})
-        shapes.append({"type": "rect", "x0": starts[focus], "x1": starts[focus] + widths[focus],
-                       "y0": rows[focus] - 0.5, "y1": rows[focus] + 0.5, "xref": axes["xaxis"], "yref": axes["yaxis"],
-                       "line": {"color": "red", "width": 3}})
-    hidden = {"visible": False, "fixedrange": True}
-    x = {**hidden, "range": [0, LINE_CHARS], "domain": [0, 1]}
-    y = {**hidden, "range": [lines - 0.5, -0.5]}
-    return go.Figure({"data": data + labels, "layout": {
-        "title": layout_title("text view: click a token to focus it (red outline)", 13),
-        "margin": {**MARGIN, "l": 10, "t": 60}, "height": 150 + 46 * lines, "shapes": shapes,
-        "bargap": 0, "plot_bgcolor": "white",
-        "xaxis": {**x, "anchor": "y"}, "yaxis": {**y, "domain": domains[0], "anchor": "x"},
-        "xaxis2": {**x, "anchor": "y2"}, "yaxis2": {**y, "domain": domains[1], "anchor": "x2"},
-        "annotations": [panel_title(f"what {name} (position {positions[focus]}) attends to", 0.5, domains[0][1]),
-                        panel_title(f"what attends to {name}", 0.5, domains[1][1])]}})
+    values = np.asarray(values, dtype=np.float32)
+    _, colours = colour_range(values, "max")
+    axes = {"xaxis": "x" if panel == 1 else "x2", "yaxis": "y" if panel == 1 else "y2"}
+    clicks = [int(n) if clickable else -1 for n in positions]
+    bar = {"type": "bar", "orientation": "h", "base": starts, "x": widths, "y": rows, "width": 0.86,
+           "text": shown, "textposition": "none", "hovertext": hover,
+           "customdata": [[c, float(v)] for c, v in zip(clicks, values)],
+           "hovertemplate": "%{hovertext}<br>attention %{customdata[1]:.4f}<extra></extra>", "showlegend": False,
+           "marker": {"color": values, "colorscale": colours["colorscale"], "cmin": 0.0, "cmax": colours["zmax"],
+                      "showscale": True, "line": {"width": 0},
+                      "colorbar": {"title": {"text": f"attention<br>(0 to {what})", "font": {"size": 11}},
+                                   "len": 0.4, "y": domain[0], "yanchor": "bottom", "thickness": 12}},
+           **axes}
+    # the labels as a text-only scatter over the cells: bars with inside text measure and fit each label,
+    # ~4x slower to draw at 400 tokens; dark text on the light (high) end of Viridis, white on the rest
+    top = max(colours["zmax"], 1e-9)
+    labels = {"type": "scatter", "mode": "text", "x": [b + w / 2 for b, w in zip(starts, widths)], "y": rows,
+              "text": shown, "hoverinfo": "skip", "showlegend": False, "cliponaxis": False,
+              "textfont": {**TEXT_FONT, "color": ["#111" if v / top > 0.6 else "#fff" for v in values]}, **axes}
+    shape = {"type": "rect", "x0": starts[outline], "x1": starts[outline] + widths[outline],
+             "y0": rows[outline] - 0.5, "y1": rows[outline] + 0.5, "xref": axes["xaxis"], "yref": axes["yaxis"],
+             "line": {"color": "red", "width": 3}}
+    return {"bar": bar, "labels": labels, "shape": shape, "lines": (rows[-1] + 1) if rows else 1}
 
 
 def patch_overlay(image_uri: str | None, grid: np.ndarray, title: str, *, value_label: str = "attention",

@@ -10,15 +10,15 @@ from attnlab.core.trace_files import meta_of
 from attnlab.dashboard import ids
 from attnlab.dashboard.analyses import NotAvailable
 from attnlab.dashboard.app import current_data
-from attnlab.dashboard.data import image_segments, trace_header
+from attnlab.dashboard.data import axis_side, image_segments, is_cross, trace_header
 from attnlab.dashboard.errors import guarded, message
 from attnlab.dashboard.help_texts import CONTROLS as HELP
 from attnlab.dashboard.help_texts import VIEWS
 from attnlab.dashboard.summaries import attention_matrix, grid_values, real_positions, text_cells
 from attnlab.dashboard.viewstate import as_list, sync_url, wanted
-from attnlab.dashboard.widgets import (HIDDEN, as_int, control, graph, head_options, help_tip, keep, layer_options,
-                                       message_area, page_header, provenance, radio, require_traces, shown_if,
-                                       token_axis_labels, token_options, token_piece_hover)
+from attnlab.dashboard.widgets import (HIDDEN, as_int, axis_labels, control, graph, head_options, help_tip, keep,
+                                       layer_options, message_area, page_header, provenance, radio, require_traces,
+                                       shown_if, token_options)
 from attnlab.viz.attention import (COLOUR_SCALES, LONG_INPUT, attention_heatmap, attention_minimap, patch_overlay,
                                    resolve_scale, token_text_view, view_rectangle, zoom_window)
 from attnlab.viz.style import message_figure, stamp
@@ -125,13 +125,14 @@ def heatmap(run_id, trace, item, layer, head, scale="auto", sink=()):
     if layer is None or head is None:
         return message_figure("no layer chosen"), message("This trace captured no layers.", "note")
     matrix, real, source = _matrix(data, run, trace, layer, head, item or 0)
-    tokens = header["tokens"][item or 0]
-    labels = token_axis_labels(tokens, real)
+    labels, hover = axis_labels(header, item or 0, real, "query")
+    key_labels, key_hover = axis_labels(header, item or 0, real_positions(data, run, trace, item or 0, "key"), "key")
     note = None if source == "pattern" else message(
         "No pattern was stored; the map is recomputed as softmax(q·k/√d) from the stored queries and keys.", "note")
-    scale = resolve_scale(scale, len(labels))
+    scale = resolve_scale(scale, max(matrix.shape))
     figure = attention_heatmap(matrix, labels, f"layer {layer}, head {head}", scale=scale,
-                               exclude_first=SINK in (sink or []), hover_labels=token_piece_hover(tokens, real))
+                               exclude_first=SINK in (sink or []), hover_labels=hover, key_labels=key_labels,
+                               key_hover_labels=key_hover)
     figure.layout.meta = {"view": {"run": run_id, "trace": trace, "item": item or 0, "layer": layer, "head": head,
                                    "sink": SINK in (sink or []), "scale": scale}}
     return stamp(figure, *provenance(run_id, run, trace, item or 0, layer=layer, head=head, scale=scale)), note
@@ -159,8 +160,8 @@ def minimap(drawn):
         return dash.no_update, HIDDEN, None
     data = current_data()
     run = data.run(drawn["run"])
-    matrix, real, _ = _matrix(data, run, drawn["trace"], drawn["layer"], drawn["head"], drawn["item"])
-    if len(real) <= LONG_INPUT:
+    matrix, _, _ = _matrix(data, run, drawn["trace"], drawn["layer"], drawn["head"], drawn["item"])
+    if max(matrix.shape) <= LONG_INPUT:
         return dash.no_update, HIDDEN, None
     if drawn.get("sink") and matrix.shape[-1] > 1:
         matrix = matrix[:, 1:]  # the heatmap's columns: the minimap's coordinates are the heatmap's
@@ -230,7 +231,8 @@ def zoom_to_minimap_click(click, shape):
 @callback(Output(ids.ATTN_DATA, "data"), Input(ids.ATTN_DATA_BUTTON, "n_clicks"), State(ids.ATTN_DRAWN, "data"),
           prevent_initial_call=True)
 def download_matrix(_n, drawn):
-    """The shown head's ``[n, n]`` attention over the real tokens as ``.npy`` (float32), named like the figure."""
+    """The shown head's ``[q, k]`` attention over the real queries and keys as ``.npy`` (float32), named like the
+    figure."""
     import io
 
     if not drawn:
@@ -239,7 +241,7 @@ def download_matrix(_n, drawn):
     run = data.run(drawn["run"])
     matrix, _, _ = _matrix(data, run, drawn["trace"], drawn["layer"], drawn["head"], drawn["item"])
     buffer = io.BytesIO()
-    np.save(buffer, np.asarray(matrix, dtype=np.float32))  # (n, n) queries x keys
+    np.save(buffer, np.asarray(matrix, dtype=np.float32))  # (q, k) queries x keys
     _, name = provenance(drawn["run"], run, drawn["trace"], drawn["item"], layer=drawn["layer"], head=drawn["head"])
     return dcc.send_bytes(buffer.getvalue(), f"{name}.npy")
 
@@ -250,7 +252,8 @@ def download_matrix(_n, drawn):
 @guarded([], None, report=False)
 def focus_options(run_id, trace, item, current=None, requested=None):
     """The text tokens one can focus (word first, the raw piece on hover), for keyboard use, and the focus: kept
-    while it is one of them, else the URL's ``focus``, else none (the output token); a Run switch clears it."""
+    while it is one of them, else the URL's ``focus``, else none (the output token); a Run switch clears it. The
+    focus is a query (a heatmap row): a cross-attention trace offers its decoder tokens."""
     data = current_data()
     run = data.run(run_id)
     if not run.manifest["traces"]:
@@ -290,9 +293,8 @@ def text_view_of_heatmap(drawn, position):
 
 @guarded(lambda: message_figure("no text view"), report=False)
 def text_view(run_id, trace, item, layer, head, position):
-    """What the focused token attends to and what attends to it, as token cells."""
-    from attnlab.hooks.segments import word_of_pieces  # imports torch: not at page load
-
+    """What the focused query attends to and what attends to it, as token cells; a cross-attention trace's key
+    panel shows the encoder's tokens (:func:`~attnlab.dashboard.summaries.text_cells`)."""
     try:
         data = current_data()
         run = data.run(run_id)
@@ -303,13 +305,24 @@ def text_view(run_id, trace, item, layer, head, position):
     patches = {n for s in image_segments(header, item or 0) for n in range(s.start, s.end)}
     text = [int(n) for n in real if int(n) not in patches]
     if position not in text:
-        position = text[-1] if meta_of(header).causal else text[0]
-    cells = text_cells(header, item or 0, matrix, real, position)
-    words = word_of_pieces(list(header["tokens"][item or 0]))
-    cell_words = [words[n] if n >= 0 else t for t, n in zip(cells["tokens"], cells["positions"])]
+        position = text[-1] if meta_of(header).causal or is_cross(header) else text[0]  # the output token
+    keys = real_positions(data, run, trace, item or 0, "key") if is_cross(header) else None
+    cells = text_cells(header, item or 0, matrix, real, position, keys=keys)
+    key_cells = cells.get("keys")
+    if key_cells is not None:
+        key_cells = {**key_cells, "words": _cell_words(header, item or 0, key_cells, "key")}
     figure = token_text_view(cells["tokens"], cells["positions"], np.asarray(cells["attends_to"]),
-                             np.asarray(cells["attended_by"]), cells["focus"], words=cell_words)
+                             np.asarray(cells["attended_by"]), cells["focus"],
+                             words=_cell_words(header, item or 0, cells, "query"), keys=key_cells)
     return stamp(figure, *provenance(run_id, run, trace, item or 0, layer=layer, head=head, view="text"))
+
+
+def _cell_words(header: dict, item: int, cells: dict, axis: str) -> list[str]:
+    """The word each text-view cell's token belongs to (an image cell: its own label), along ``axis``."""
+    from attnlab.hooks.segments import word_of_pieces  # imports torch: not at page load
+
+    words = word_of_pieces(list(axis_side(header, axis)["tokens"][item]))
+    return [words[n] if n >= 0 else t for t, n in zip(cells["tokens"], cells["positions"])]
 
 
 @callback(Output(ids.ATTN_QUERY, "options"), Output(ids.ATTN_QUERY, "value"), Output(ids.ATTN_IMAGE_BOX, "style"),
@@ -318,18 +331,19 @@ def text_view(run_id, trace, item, layer, head, position):
 @guarded([], None, HIDDEN, report=False)
 def query_options(run_id, trace, item, current, requested=None):
     """The text tokens whose attention the image overlay paints, and the one chosen: kept while valid, else the
-    URL's ``query``, else the output token (the last for a causal model); hidden for an item without an image."""
+    URL's ``query``, else the output token (the last for a causal model); hidden for an item whose keys hold no
+    image (a cross-attention trace's keys are the encoder's tokens)."""
     try:
         data = current_data()
         run = data.run(run_id)
         header = trace_header(run, trace)
-        images = {n for s in image_segments(header, item or 0) for n in range(s.start, s.end)}
+        patches = {n for s in image_segments(header, item or 0) for n in range(s.start, s.end)}
         real = real_positions(data, run, trace, item or 0)
     except (ValueError, TypeError):  # the heatmap callback reports the cause
         return [], None, HIDDEN
-    if not images:
+    if not image_segments(header, item or 0, "key"):
         return [], None, HIDDEN
-    options = token_options(header, item or 0, [n for n in real if n not in images])
+    options = token_options(header, item or 0, [n for n in real if n not in patches])
     default = options[-1]["value"] if meta_of(header).causal and options else (options[0]["value"] if options else None)
     return options, wanted(current, options, (requested or {}).get("query"), default), {}
 
@@ -343,15 +357,16 @@ def image_view(run_id, trace, item, layer, head, query):
         data = current_data()
         run = data.run(run_id)
         header = trace_header(run, trace)
-        if query is None or not image_segments(header, item or 0):
+        if query is None or not image_segments(header, item or 0, "key"):
             return dash.no_update  # the box is hidden: redrawing it would only cost time
         matrix, real, _ = attention_matrix(data, run, trace, layer, head, item or 0)
+        keys = real_positions(data, run, trace, item or 0, "key")
     except (ValueError, TypeError):  # the heatmap callback reports the cause
         return message_figure("no attention to paint")
     row = np.flatnonzero(real == query)
     if not row.size:
         return message_figure("pick a query token")
-    grid, label = grid_values(header, item or 0, matrix[row[0]], real)
+    grid, label = grid_values(axis_side(header, "key"), item or 0, matrix[row[0]], keys)
     token = header["tokens"][item or 0][query]
     figure = patch_overlay(data.image_uri(run, item or 0), grid, f"attention of {query}:{token} to {label} patches")
     return stamp(figure, *provenance(run_id, run, trace, item or 0, layer=layer, head=head, query=query))

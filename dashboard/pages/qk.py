@@ -9,13 +9,12 @@ from attnlab.core.trace_files import meta_of
 from attnlab.dashboard import ids
 from attnlab.dashboard.analyses import qk_head, qk_heads, qk_layers, token_attention
 from attnlab.dashboard.app import current_data
-from attnlab.dashboard.data import trace_header
+from attnlab.dashboard.data import is_cross, trace_header
 from attnlab.dashboard.errors import guarded
 from attnlab.dashboard.help_texts import CONTROLS as HELP
 from attnlab.dashboard.viewstate import sync_url
-from attnlab.dashboard.widgets import (HIDDEN, as_int, control, graph, keep, message_area, page_header, provenance,
-                                       radio, require_traces, shown_if, token_axis_labels,
-                                       token_piece_hover)
+from attnlab.dashboard.widgets import (HIDDEN, as_int, axis_labels, control, graph, keep, message_area, page_header,
+                                       provenance, radio, require_traces, shown_if)
 from attnlab.probes.registry import capture_for
 from attnlab.viz.attention import token_bar
 from attnlab.viz.qk import qk_small_multiples
@@ -142,10 +141,12 @@ def token_view(click, run_id, trace, layer, head):
     data = current_data()
     run = data.run(run_id)
     weights, real = token_attention(data, run, trace, layer, head, int(item), int(position), str(kind))
-    tokens = trace_header(run, trace)["tokens"][int(item)]
-    labels = token_axis_labels(tokens, real)
+    header = trace_header(run, trace)
+    other = "key" if kind == "query" else "query"  # the bars are the other side's tokens
+    labels, hover = axis_labels(header, int(item), real, other)
     verb = "attends to" if kind == "query" else "is attended by"
-    highlight = int(list(real).index(int(position)))
+    # the token itself is among the bars only in self-attention
+    highlight = int(list(real).index(int(position))) if not is_cross(header) and int(position) in real else None
     figure = token_bar(labels, weights, f"{position}:{token} (item {item}) {verb}", highlight=highlight,
-                       hover_labels=token_piece_hover(tokens, real))
+                       hover_labels=hover)
     return stamp(figure, *provenance(run_id, run, trace, int(item), layer=layer, head=head, token=position))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from attnlab.viz.attention import (CELL_PAD, LINE_CHARS, attention_heatmap, attention_minimap, colour_range,
                                    compare_attention, max_pool, patch_overlay, resolve_scale, text_length,
@@ -307,3 +308,46 @@ def test_comparison_and_token_bars_show_the_raw_piece_on_hover_only():
     bar = token_bar(labels, np.array([0.2, 0.5, 0.3]), "t", hover_labels=pieces)
     assert bar.layout.xaxis.labelalias == {f"{TICK_MARK}{k}{TICK_MARK}": v for k, v in pieces.items()}
     assert "labelalias" not in token_bar(labels, np.array([0.2, 0.5, 0.3]), "t").layout.xaxis.to_plotly_json()
+
+
+def test_cross_attention_heatmap_labels_keys_apart_from_queries():
+    """A cross-attention map ``[Q, K]`` (decoder queries x encoder keys) keeps each side's labels and hovers."""
+    pattern = np.array([[0.5, 0.25, 0.25], [0.1, 0.8, 0.1]])  # (Q=2, K=3)
+    queries, keys = ["0:<bos>", "1:der"], ["0:the", "1:play", "2:playing"]
+    fig = attention_heatmap(pattern, queries, "t", key_labels=keys, hover_labels={"1:der": "1:der (piece ▁der)"},
+                            key_hover_labels={"2:playing": "2:playing (piece ##ing)"})
+    heat = fig.data[0]
+    assert list(heat.x) == keys and list(heat.y) == queries
+    np.testing.assert_allclose(np.asarray(heat.z), pattern, rtol=1e-6)
+    assert list(fig.layout.xaxis.labelalias.values()) == ["2:playing (piece ##ing)"]
+    assert list(fig.layout.yaxis.labelalias.values()) == ["1:der (piece ▁der)"]
+    assert list(attention_heatmap(pattern, queries, "t", key_labels=keys, exclude_first=True).data[0].x) == keys[1:]
+    with pytest.raises(ValueError, match="key_labels for cross-attention"):
+        attention_heatmap(pattern, queries, "t")  # keys labelled with the queries: the old mistake
+
+
+def test_cross_text_view_draws_key_cells_that_do_not_refocus():
+    row, col = np.array([0.2, 0.7, 0.1]), np.array([0.6, 0.3])
+    keys = {"tokens": ["the", "cat", "sat"], "positions": [0, 1, 2], "outline": 1}
+    fig = token_text_view(["<bos>", "der"], [0, 1], row, col, focus=1, keys=keys)
+    top, bottom = fig.data[:2]
+    assert list(top.text) == ["the", "cat", "sat"] and list(bottom.text) == ["&lt;bos&gt;", "der"]
+    assert [c[0] for c in top.customdata] == [-1, -1, -1] and [c[0] for c in bottom.customdata] == [0, 1]
+    np.testing.assert_allclose([c[1] for c in top.customdata], row)
+    outline = fig.layout.shapes[0]
+    assert (outline.x0, outline.x1) == (top.base[1], top.base[1] + top.x[1])  # the key the bottom panel is about
+    assert "cat" in fig.layout.annotations[1].text and "der" in fig.layout.annotations[0].text
+
+
+def test_head_pattern_of_a_cross_trace_labels_columns_with_the_key_side():
+    from attnlab.core.trace import LayerRecord, Trace, TraceMeta
+    from attnlab.viz.patterns import head_pattern
+
+    pattern = torch.softmax(torch.randn(1, 1, 2, 4), -1)  # (B, H, Q, K): the last key is padding
+    meta = TraceMeta(model="m", family="t5", n_layers=1, n_heads=1, d_head=2, d_model=2, causal=False)
+    trace = Trace([["<bos>", "a"]], [[]], {0: LayerRecord(pattern=pattern)}, meta, torch.ones(1, 2, dtype=torch.bool),
+                  key_tokens=[["x", "y", "z", "<pad>"]], key_segments=[[]],
+                  key_mask=torch.tensor([[True, True, True, False]]))
+    heat = head_pattern(trace, 0, 0).data[0]
+    assert list(heat.x) == ["0:x", "1:y", "2:z"] and list(heat.y) == ["0:<bos>", "1:a"]
+    np.testing.assert_allclose(np.asarray(heat.z), pattern[0, 0, :, :3].numpy(), rtol=1e-6)

@@ -77,6 +77,8 @@ class MetaEntry(_Strict):
     dtype: str = "float32"
     backend: str = "hf"
     pooling: str = ""
+    score_scale: float | None = None
+    score_terms: list[str] = []
 
 
 class SegmentEntry(_Strict):

@@ -168,6 +168,10 @@ class TraceMeta:
         backend: ``hf``, ``transformer_lens`` or ``torch``.
         pooling: how the model pools token states into its sentence output (``mean``, ``cls``, ``last``, ...),
             read from a sentence-transformers config beside the checkpoint; ``""`` when unknown.
+        score_scale: the factor the model applied to ``q . k`` (``None``: ``1 / sqrt(d_head)``, or not recorded).
+        score_terms: what the model's scores held besides ``score_scale * q . k`` and the causal and padding
+            masks (``bias``: ALiBi or a relative position bias; ``softcap``; ``mask``: another mask, such as a
+            sliding window), so a map rebuilt from stored queries and keys would differ from the one applied.
     """
 
     model: str
@@ -181,6 +185,8 @@ class TraceMeta:
     dtype: str = "float32"
     backend: str = "hf"
     pooling: str = ""
+    score_scale: float | None = None
+    score_terms: tuple[str, ...] = ()
 
 
 @dataclass

@@ -30,7 +30,8 @@ def segments_of(header: dict) -> list[list[Segment]]:
 
 def meta_of(header: dict) -> TraceMeta:
     """The TraceMeta of a trace header."""
-    return TraceMeta(**{**header["meta"], "captured": tuple(header["meta"]["captured"])})
+    meta = header["meta"]
+    return TraceMeta(**{**meta, "captured": tuple(meta["captured"]), "score_terms": tuple(meta.get("score_terms", ()))})
 
 
 @contextlib.contextmanager

@@ -166,15 +166,22 @@ def _result_grid(run, stat, item) -> tuple[np.ndarray, list[int]]:
     return np.asarray(grid, float)[keep], [layers[i] for i in keep]
 
 
+#: what each of ``TraceMeta.score_terms`` is, for messages
+SCORE_TERM_NAMES_TEXT = ("bias: a position bias such as ALiBi or T5's relative bias; softcap: logit soft-capping; "
+                         "mask: a mask beyond causality and padding, such as a sliding window")
+
+
 def attention_matrix(data: DashboardData, run, trace: str, layer: int, head: int,
                      item: int) -> tuple[np.ndarray, np.ndarray, str]:
     """One head's attention over an item's real tokens: ``([q, k] matrix, query positions, source)``.
 
     Rows are the real queries, columns the real keys: the same tokens for self-attention, the encoder's for a
     cross-attention trace (their positions: ``real_positions(..., axis="key")``). The stored pattern when
-    captured; otherwise recomputed as ``softmax(q k^T / sqrt(d_head))`` from the stored queries and keys (causal
-    mask for decoders' self-attention), which is what the model applied unless a Plan changed the weights after
-    the softmax.
+    captured; otherwise recomputed as ``softmax(score_scale * q k^T)`` from the stored queries and keys (causal
+    mask for decoders' self-attention; ``1 / sqrt(d_head)`` when the Run predates ``TraceMeta.score_scale``), which
+    is what the model applied unless a Plan changed the weights after the softmax. A model whose scores hold more
+    (``TraceMeta.score_terms``: a position bias, soft-capping, a sliding window) is refused: its map needs the
+    pattern.
     """
     return data.cached(run, ("attention", trace, int(layer), int(head), int(item)),
                        lambda: _attention_matrix(data, run, trace, int(layer), int(head), int(item)))
@@ -192,11 +199,15 @@ def _attention_matrix(data, run, trace, layer, head, item):
         pattern = data.layer_part(run, trace, layer, "pattern", item, head).float().numpy()  # (Q, K)
         return pattern[np.ix_(real, keys)], real, "pattern"
     if data.has_field(run, trace, layer, "q") and data.has_field(run, trace, layer, "k"):
+        if meta.score_terms:
+            raise ValueError(f"This model's attention scores hold {' and '.join(meta.score_terms)} besides q·k "
+                             f"({SCORE_TERM_NAMES_TEXT}), so the map cannot be rebuilt from the stored queries and "
+                             "keys; capture with --capture pattern to see it")
         q = data.layer_part(run, trace, layer, "q", item, head).float()[real]  # (q, d); the kernels work in float32
         k = data.layer_part(run, trace, layer, "k", item, head).float()[keys]  # (k, d)
         causal = meta.causal and not is_cross(header)  # cross-attention sees every encoder token
         _, st = attention(q[None, None], k[None, None], k.new_zeros(1, 1, len(keys), 1), causal=causal,
-                          impl="eager", return_pattern=True)
+                          scale=meta.score_scale, impl="eager", return_pattern=True)
         return st.pattern[0, 0].numpy(), real, "q·k"
     raise ValueError("This trace stored neither attention patterns nor queries and keys; capture with "
                      "Capture(pattern=True) or Capture(qk=True) to see attention maps")

@@ -214,8 +214,49 @@ class Recorder:
                              return_pattern=want_pattern or return_pattern,
                              received_queries=real_queries if "received" in stats else None, **terms)
         if record:
+            self._note_scores(st, q, k, scale, attn_mask, real_queries, **terms)
             self._record_layer(st, layer, stt.pattern if want_pattern else None, stt.as_dict(), q, k, out)
         return out, stt.pattern
+
+    def _note_scores(self, st: StackState, q: torch.Tensor, k: torch.Tensor, scale: float | None,
+                     attn_mask: torch.Tensor | None, real_queries: torch.Tensor | None,
+                     softcap: float | None = None, bias: torch.Tensor | None = None) -> None:
+        """Record in the stack's meta how its scores relate to ``q . k`` (:attr:`TraceMeta.score_scale`,
+        :attr:`TraceMeta.score_terms`), so that whoever rebuilds a map from stored queries and keys knows whether
+        it can (masks are compared only when queries and keys are captured). q ``[B, H, Q, d]``, k ``[B, Hkv, K, d]``, attn_mask ``[1|B, 1|H, Q, K]`` bool or ``None``."""
+        meta = st.meta
+        meta.score_scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
+        if not self.capture.qk:  # only a map rebuilt from stored queries and keys needs the terms
+            return
+        terms = set(meta.score_terms)
+        if softcap is not None:
+            terms.add("softcap")
+        if bias is not None and "bias" not in terms:  # a bias that is zero wherever attending is allowed adds nothing
+            finite = bias > torch.finfo(bias.dtype).min / 2
+            if bool((bias[finite] != 0).any()):
+                terms.add("bias")
+        if attn_mask is not None and "mask" not in terms and self._other_mask(st, attn_mask, q.shape[2], k.shape[2],
+                                                                              real_queries):
+            terms.add("mask")
+        meta.score_terms = tuple(sorted(terms))
+
+    @staticmethod
+    def _other_mask(st: StackState, attn_mask: torch.Tensor, n_q: int, n_k: int,
+                    real_queries: torch.Tensor | None) -> bool:
+        """Whether ``attn_mask`` hides pairs on real query rows that causality and key padding do not (a sliding
+        window, a prefix-LM's image block); only checked at prefill, where the pass's masks cover every key."""
+        current = st.passes[-1]
+        keys = current.keys[2] if current.keys is not None else current.token_mask  # (B, K)
+        if keys.shape[1] != n_k:
+            return False
+        allowed = keys.to(attn_mask.device, torch.bool)[:, None, :].expand(-1, n_q, -1)  # (B, Q, K)
+        if st.meta.causal and current.keys is None:
+            allowed = allowed & torch.ones(n_q, n_k, dtype=torch.bool, device=attn_mask.device).tril(n_k - n_q)
+        given = attn_mask.to(torch.bool).expand(allowed.shape[0], -1, n_q, n_k)  # (B, 1|H, Q, K)
+        differs = given != allowed[:, None]
+        if real_queries is not None:
+            differs = differs & real_queries.to(differs.device)[:, None, :, None]
+        return bool(differs.any())
 
     def observe(self, stack: str, layer: int, pattern: torch.Tensor, scores: torch.Tensor,
                 q: torch.Tensor | None = None, k: torch.Tensor | None = None, out: torch.Tensor | None = None) -> None:

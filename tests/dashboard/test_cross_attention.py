@@ -106,19 +106,28 @@ def test_self_attention_traces_of_the_same_run_stay_square(cross_app, trace):
         assert list(heat.x) == list(heat.y) == _labels(sub.tokens[0], sub.token_mask[0])
 
 
-def test_cross_recomputed_from_queries_and_keys_is_not_causal(cross_app, t5_root):
-    """Without a stored pattern the map is softmax(q·k/√d) (what the page's note says) over every encoder key: no
-    causal mask, keys on the columns. (T5 itself neither scales its scores nor, here, equals this map: the Trace
-    does not record a model's softmax scale; see the report.)"""
+def test_cross_recomputed_from_queries_and_keys_is_the_map_the_model_applied(cross_app, t5_root):
+    """Without a stored pattern the map is rebuilt as softmax(score_scale * q·k) over every encoder key (no causal
+    mask, keys on the columns). T5 does not scale its scores (score_scale 1, Raffel et al. 2020), and its
+    cross-attention has no position bias, so the rebuilt map equals the pattern the same input's other Run stored;
+    its self-attention adds a relative position bias, so rebuilding it is refused, naming the bias."""
     attention = page("attention")
     cross = Run.open(t5_root / "t5-qk").trace("main").cross
+    assert cross.meta.score_scale == 1.0 and cross.meta.score_terms == ()
     figure, note = attention.heatmap("0:t5-qk", "main.cross", 0, 1, 3, "fixed", [])
     assert "recomputed" in note.children
-    q = cross.layer(1).q[0, 3].float()[_real(cross.token_mask[0])]  # (q, d)
-    k = cross.layer(1).k[0, 3].float()[_real(cross.key_mask[0])]  # (k, d)
-    oracle = torch.softmax(q @ k.T / q.shape[-1] ** 0.5, -1).numpy()  # (q, k), every key visible
-    np.testing.assert_allclose(np.asarray(figure.data[0].z, dtype=float), oracle, atol=1e-6)
+    stored = Run.open(t5_root / "t5").trace("main").cross
+    applied = stored.layer(1).pattern[0, 3][_real(stored.token_mask[0])][:, _real(stored.key_mask[0])]  # (q, k)
+    np.testing.assert_allclose(np.asarray(figure.data[0].z, dtype=float), applied.numpy(), atol=1e-5)
     assert list(figure.data[0].x) == _labels(cross.key_tokens[0], cross.key_mask[0])
+    encoder = Run.open(t5_root / "t5-qk").trace("main").encoder
+    assert encoder.meta.score_terms == ("bias",)
+    from attnlab.dashboard.data import DashboardData
+    from attnlab.dashboard.summaries import attention_matrix
+
+    with pytest.raises(ValueError, match="hold bias besides q·k"):
+        data = DashboardData([t5_root])
+        attention_matrix(data, data.run("0:t5-qk"), "main.encoder", 1, 3, 0)
 
 
 def test_cross_text_view_shows_encoder_keys_and_decoder_queries(cross_app, trace):

@@ -322,3 +322,19 @@ def test_patch_refuses_every_encoder_and_runs_on_a_decoder(arch, ckpt):
     else:
         assert result.exit_code == 2 and "patch needs a causal language model" in result.output
         assert "bidirectional" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("arch,terms", [("gpt2", ()), ("llama", ()), ("bert", ()), ("mistral", ("mask",)),
+                                        ("gemma2-softcap", ("softcap",)), ("bloom", ("bias",))])
+def test_meta_says_what_the_scores_hold_besides_q_dot_k(arch, terms, ckpt):
+    """A map rebuilt from stored q and k is the applied one only for plain scaled scores: the Trace records the
+    scale and names the rest (Mistral's window of 4 over the 8-token text, Gemma 2's soft-capping, BLOOM's ALiBi).
+    The oracle for the scale is the model's own attention module (its ``scaling``), for the rest the config."""
+    model, proc, spec = load(str(ckpt(arch)))
+    with torch.no_grad(), attach(model, Capture(qk=True), tokenizer=tokenizer_of(proc)) as rec:
+        model(**api_inputs(spec, proc))
+    meta = rec.trace().meta
+    assert meta.score_terms == terms
+    module = next(m for m in model.modules() if type(m).__name__.endswith("Attention"))
+    want = getattr(module, "scaling", None) or getattr(module, "inv_norm_factor", None) or meta.d_head ** -0.5
+    assert meta.score_scale == pytest.approx(float(want), rel=1e-6)

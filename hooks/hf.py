@@ -184,6 +184,20 @@ def _text_pass(rec: Recorder, model: nn.Module, tokenizer, args: tuple, kwargs: 
     rec.begin_pass(stack, text_tokens(input_ids, tokenizer), segs, token_mask.cpu())
 
 
+def entry_module(model: nn.Module, prefix: str, argument: str) -> nn.Module | None:
+    """The innermost module above the block list ``prefix`` whose ``forward`` takes ``argument`` (``input_ids``,
+    ``pixel_values``): where a tower called on its own receives its inputs (CLIP's ``text_model``); ``None`` when
+    only the model itself takes it."""
+    import inspect
+
+    parts = prefix.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        module = model.get_submodule(".".join(parts[:cut]))
+        if argument in inspect.signature(module.forward).parameters:
+            return module
+    return None
+
+
 def merged_image_grids(model: nn.Module, grid_thw: torch.Tensor | None) -> list[tuple[int, int]] | None:
     """Each image's grid of language-model image tokens, ``(h / m, w / m)`` after a Qwen2-VL-type ``m x m`` patch
     merger, from ``image_grid_thw`` ``[n_images, 3]``; ``None`` for other models (one frame per image assumed)."""
@@ -281,7 +295,10 @@ def attach_hf(model: nn.Module, rec: Recorder, tokenizer=None, model_id: str | N
         main = next(s for s in stacks if s.name == "main")
         before: dict[str, int] = {}
 
+        inside = {"top": False}  # whether the model's own forward is running (its hook started the main pass)
+
         def top_hook(_mod, args, kwargs):
+            inside["top"] = True
             before.update({name: len(st.passes) for name, st in rec.stacks.items()})
             if encdec is not None:  # the encoder's and decoder's own hooks start their passes
                 return
@@ -290,11 +307,21 @@ def attach_hf(model: nn.Module, rec: Recorder, tokenizer=None, model_id: str | N
             else:
                 _text_pass(rec, model, tokenizer, args, kwargs)
 
+        def top_done(*_):
+            inside["top"] = False
+            _check_recorded(rec, before)
+
         handles.append(model.register_forward_pre_hook(top_hook, with_kwargs=True))
-        handles.append(model.register_forward_hook(lambda *_: _check_recorded(rec, before)))
+        handles.append(model.register_forward_hook(top_done, always_call=True))
+        text_entry = entry_module(model, main.prefix, "input_ids") if encdec is None and not main.vision else None
+        if text_entry is not None:  # a tower called on its own (CLIP's get_text_features) starts the main pass
+            handles.append(text_entry.register_forward_pre_hook(
+                lambda m, a, kw: None if inside["top"] else _text_pass(rec, model, tokenizer, (), _by_name(m, a, kw)),
+                with_kwargs=True))
         for stack in stacks:
             if stack.vision and stack.name != "main":
-                owner = model.get_submodule(stack.owner) if stack.owner else model
+                owner = model.get_submodule(stack.owner) if stack.owner else (
+                    entry_module(model, stack.prefix, "pixel_values") or model)
                 handles.append(owner.register_forward_pre_hook(
                     lambda _m, a, kw, s=stack: vision.start(s, _input(a, kw, "pixel_values"),
                                                             _input(a, kw, "grid_thw", 1)), with_kwargs=True))

@@ -119,7 +119,11 @@ def prepare_inputs(processor, spec, texts: list[str], images: list | None = None
             raise ValueError(f"{spec.path} has no processor_config.json or preprocessor_config.json; save an image "
                              "processor with the model (processor.save_pretrained(path))")
         return dict(processor(images=images, return_tensors="pt"))
-    if spec.modality == "text-image":
+    if spec.modality == "text-image":  # a dual encoder: texts, images or both
+        if not images:
+            return dict(tokenizer_of(processor)(texts, return_tensors="pt", padding=True))
+        if not texts:
+            return dict(processor.image_processor(images=images, return_tensors="pt"))
         return dict(processor(text=texts, images=images, return_tensors="pt", padding=True))
     if not images:  # an LVLM's language model on the prompts alone
         return dict(tokenizer_of(processor)(texts, return_tensors="pt", padding=True))
@@ -227,7 +231,9 @@ def check_request(name: str, modality: str, texts: list[str], images: list, audi
         return
     if audio:
         raise ValueError(f"{name} takes no audio; drop --audio or choose a speech model (Whisper type)")
-    if modality in ("text", "vision-language", "text-image") and (not texts or any(not t.strip() for t in texts)):
+    if modality == "text-image" and not (texts or images):
+        raise ValueError(f"{name} embeds texts and images: give --text, --image or both")
+    if any(not t.strip() for t in texts) or (modality in ("text", "vision-language") and not texts):
         raise ValueError("Give a non-empty --text (empty prompts cannot be captured)")
     if modality == "text" and images:
         raise ValueError(f"{name} is a text-only model; drop --image or choose a vision(-language) model")
@@ -237,7 +243,7 @@ def check_request(name: str, modality: str, texts: list[str], images: list, audi
         if any(IMAGE_PLACEHOLDER in t for t in texts):
             raise ValueError(f"A prompt holds {IMAGE_PLACEHOLDER} but no --image was given; give one --image per "
                              f"--text, or drop {IMAGE_PLACEHOLDER} for a text-only pass of {name}")
-    elif modality != "text" and not images:
+    elif modality not in ("text", "text-image") and not images:
         raise ValueError(f"{name} takes images; give at least one --image")
     if modality == "vision-language" and images and len(images) != len(texts):
         raise ValueError(f"Give one --image per --text for {name} (got {len(images)} images, {len(texts)} texts)")
@@ -271,7 +277,12 @@ def trace_inputs(model, processor, spec, capture: Capture, inputs: dict, plan: P
     inputs = on_model_device(inputs, model)
     ids = inputs.get("input_ids")
     long = progress and ids is not None and ids.shape[-1] >= LONG_INPUT_TOKENS
+    run, tower = model, None
+    if spec.modality == "text-image" and ("input_ids" not in inputs or "pixel_values" not in inputs):
+        # a dual encoder (CLIP) on texts alone or images alone runs that tower only
+        run, tower = ((model.get_text_features, None) if "input_ids" in inputs else
+                      (model.get_image_features, "vision"))
     with torch.no_grad(), attach(model, capture, plan, tokenizer=tokenizer_of(processor), impl=impl,
                                  model_id=spec.name) as rec, layer_progress(model, "capturing", enabled=long):
-        model(**inputs)
-    return rec.trace()
+        run(**inputs)
+    return rec.trace() if tower is None else rec.traces(tower)[0]

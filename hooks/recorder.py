@@ -371,6 +371,10 @@ class Recorder:
         their names (``vision``; ``encoder`` and ``cross`` of an encoder-decoder model)."""
         main = self.traces()
         if not main:
+            ran = [name for name, st in self.stacks.items() if st.passes]
+            if ran:  # a tower called on its own (CLIP's get_image_features)
+                raise RuntimeError(f"Only the {ran} stack(s) ran, not the main one ({self.main!r}): read "
+                                   f"rec.traces({ran[0]!r}) for what they recorded")
             raise RuntimeError("Nothing was recorded: call the model inside the `with attach(...)` block first")
         out = main[0]
         for name in self.stacks:

@@ -338,3 +338,25 @@ def test_meta_says_what_the_scores_hold_besides_q_dot_k(arch, terms, ckpt):
     module = next(m for m in model.modules() if type(m).__name__.endswith("Attention"))
     want = getattr(module, "scaling", None) or getattr(module, "inv_norm_factor", None) or meta.d_head ** -0.5
     assert meta.score_scale == pytest.approx(float(want), rel=1e-6)
+
+
+@pytest.mark.parametrize("side", ["text", "image"])
+def test_full_clip_captures_texts_alone_or_images_alone(side, ckpt, image_files, tmp_path):
+    """A dual encoder takes text, images or both: ``--text`` alone runs the text tower (``get_text_features``),
+    ``--image`` alone the image tower, each compared with that tower's eager ``output_attentions``."""
+    path = ckpt("clip")
+    model, proc, _ = load(str(path))
+    args = cli_args("text", image_files) if side == "text" else ["--image", str(image_files[0])]
+    result = CliRunner().invoke(app, ["capture", "--model", str(path), *args, "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    trace = Run.open(tmp_path / "run").trace("main")
+    eager = type(model).from_pretrained(path, attn_implementation="eager").eval()
+    with torch.no_grad():
+        if side == "text":
+            tokens = tokenizer_of(proc)(TEXTS, return_tensors="pt", padding=True)
+            reference = eager.text_model(**tokens, output_attentions=True).attentions
+        else:
+            pixels = proc.image_processor(images=[image(0)], return_tensors="pt").pixel_values
+            reference = eager.vision_model(pixel_values=pixels, output_attentions=True).attentions
+    assert_patterns_match(trace, reference)
+    assert (trace.tokens[0][0] == "patch(0,0)" or trace.tokens[0][0] == "[CLS]") == (side == "image")

@@ -19,6 +19,8 @@ from .stats import Stats
 #: Score of a masked pair. Finite, so ``p * (s - max)`` is ``0 * finite = 0`` rather than NaN, and far below
 #: any real score; a row whose max stays at this level has nothing to attend to (treated as fully masked).
 MASKED = -1.0e30
+#: Rows x keys of one head's map from which key-set masses are matrix-vector products (:func:`_masses`).
+MV_MIN_ELEMENTS = 1 << 14
 
 
 def _expand_kv(x: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -35,8 +37,14 @@ def _per_head(mask: torch.Tensor) -> torch.Tensor:
 def _masses(p: torch.Tensor, columns: list[torch.Tensor]) -> torch.Tensor:
     """Mass of rows ``p`` ``[B, H, q, K]`` on each key set (``[B, K]`` or ``[B, H, K]``) -> ``[B, H, q, n]``.
 
-    One matmul for every set instead of a masked sum each: the sets ride along as extra columns.
+    Sets shared by the heads of a large map take one matrix-vector product per item and set (on the CPU 0.55 ms
+    for a 12 x 512 x 512 map, against 3.6 ms for the batched matmul with a handful of columns, which runs as a
+    slow skinny GEMM); per-head sets and small maps (a decoding row) ride along as the columns of one matmul.
     """
+    if p.dim() == 4 and all(c.dim() == 2 for c in columns) and p.shape[2] * p.shape[3] >= MV_MIN_ELEMENTS:
+        sets = torch.stack([c.to(p.dtype) for c in columns], dim=-1)  # (B, K, n)
+        return torch.stack([torch.stack([p[b] @ sets[b, :, i] for i in range(sets.shape[-1])], dim=-1)
+                            for b in range(p.shape[0])])  # (B, H, q, n)
     cols = torch.broadcast_tensors(*[_per_head(c).to(p.dtype) for c in columns])  # each (B, 1|H, K)
     return p @ torch.stack(cols, dim=-1)  # (B, H, q, n)
 
@@ -47,7 +55,10 @@ def row_entropy(p: torch.Tensor, clamp: bool = False) -> torch.Tensor:
     ``clamp`` drops negative weights first (a reweighting factor > 1 can push some below 0; they add nothing).
     """
     pos = p.clamp_min(0.0) if clamp else p
-    return torch.special.entr(pos).sum(-1)  # -x log x, one pass (xlogy's x * log(x) took 1.3x as long on CPU)
+    # -sum x log x as log, multiply and sum over one temporary, in place: 4.6 ms on a 12 x 512 x 512 map on CPU,
+    # against 8.1 ms for special.entr (branching per element) and 9.9 ms for xlogy. x = 0 gives 0 * log(tiny) = 0.
+    logs = pos.clamp_min(torch.finfo(pos.dtype).tiny).log_()
+    return -logs.mul_(pos).sum(-1)
 
 
 def pattern_stats(p: torch.Tensor, stats: tuple[str, ...], key_sets: dict[str, torch.Tensor] | None = None

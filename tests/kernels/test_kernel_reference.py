@@ -225,3 +225,22 @@ def test_softmax_row_stats_equal_the_textbook_and_zero_dead_rows():
     torch.testing.assert_close(entropy[live], want_entropy[live], rtol=0, atol=1e-12)
     assert lse[0, 1, 2] == float("-inf") and entropy[0, 1, 2] == 0
     assert softmax_row_stats(top, p.amax(-1), dead, None)[1] is None
+
+
+@pytest.mark.parametrize("n_rows", [3, 200])  # small maps: one matmul; large: a matrix-vector product per set
+def test_pattern_masses_equal_masked_sums(n_rows):
+    from attnlab.kernels.reference import MV_MIN_ELEMENTS, pattern_stats
+
+    gen = torch.Generator().manual_seed(5)
+    p = torch.softmax(torch.randn(2, 3, n_rows, 100, generator=gen), -1)
+    sets = {"a": torch.rand(2, 100, generator=gen) > 0.5, "first": torch.zeros(2, 100, dtype=torch.bool),
+            "per_head": torch.rand(2, 3, 100, generator=gen) > 0.7}
+    sets["first"][:, 0] = True
+    shared = {k: v for k, v in sets.items() if v.dim() == 2}
+    for given in (shared, sets):  # shared sets alone take the matrix-vector route on the large map
+        got = pattern_stats(p, ("mass",), given)
+        for name, mask in given.items():
+            m = mask[:, None, None, :] if mask.dim() == 2 else mask[:, :, None, :]
+            want = (p.double() * m).sum(-1)  # hand masked sum, float64
+            torch.testing.assert_close(got[f"mass.{name}"].double(), want, rtol=0, atol=1e-6)
+    assert (n_rows * 100 >= MV_MIN_ELEMENTS) == (n_rows == 200)

@@ -22,7 +22,7 @@ _OWNERS = {
     "attention_heatmap": "attention",
     "compare_attention": "attention",
     "patch_overlay": "attention",
-    "token_text_view": "attention",
+    "token_text_view": "text_view",
     "token_bar": "attention",
     "head_grid": "style",
     "stamp": "style",
@@ -47,7 +47,8 @@ _OWNERS = {
 __all__ = sorted(_OWNERS)
 
 if TYPE_CHECKING:  # static tools and IDEs see the real objects
-    from .attention import attention_heatmap, compare_attention, patch_overlay, token_bar, token_text_view
+    from .attention import attention_heatmap, compare_attention, patch_overlay, token_bar
+    from .text_view import token_text_view
     from .circuits import circuit_figure, circuit_graph_figure, patching_heatmap
     from .evals import eval_bars
     from .massive import massive_activation_plot

@@ -20,7 +20,8 @@ from attnlab.dashboard.widgets import (HIDDEN, as_int, axis_labels, control, gra
                                        layer_options, message_area, page_header, provenance, radio, require_traces,
                                        shown_if, token_options)
 from attnlab.viz.attention import (COLOUR_SCALES, LONG_INPUT, attention_heatmap, attention_minimap, patch_overlay,
-                                   resolve_scale, token_text_view, view_rectangle, zoom_window)
+                                   resolve_scale, view_rectangle, zoom_window)
+from attnlab.viz.text_view import token_text_view
 from attnlab.viz.style import message_figure, stamp
 
 dash.register_page(__name__, path="/attention", name="Attention", title="attnlab · Attention", order=2)

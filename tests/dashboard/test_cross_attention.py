@@ -131,7 +131,7 @@ def test_cross_recomputed_from_queries_and_keys_is_the_map_the_model_applied(cro
 
 
 def test_cross_text_view_shows_encoder_keys_and_decoder_queries(cross_app, trace):
-    from attnlab.viz.attention import cell_text
+    from attnlab.viz.text_view import cell_text
 
     attention = page("attention")
     cross = trace.cross

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from attnlab.viz.attention import (CELL_PAD, LINE_CHARS, attention_heatmap, attention_minimap, colour_range,
-                                   compare_attention, max_pool, patch_overlay, resolve_scale, text_length,
-                                   token_text_view, zoom_window)
+from attnlab.viz.attention import (attention_heatmap, attention_minimap, colour_range, compare_attention, max_pool,
+                                   patch_overlay, resolve_scale, zoom_window)
+from attnlab.viz.text_view import CELL_PAD, LINE_CHARS, text_length, token_text_view
 from attnlab.viz.circuits import circuit_figure
 from attnlab.viz.evals import eval_bars
 from attnlab.viz.qk import qk_small_multiples

@@ -292,43 +292,8 @@ def attach_hf(model: nn.Module, rec: Recorder, tokenizer=None, model_id: str | N
     try:
         for cfg in configs.values():
             cfg._attn_implementation_internal = IMPL_NAME
-        main = next(s for s in stacks if s.name == "main")
-        before: dict[str, int] = {}
-
-        inside = {"top": False}  # whether the model's own forward is running (its hook started the main pass)
-
-        def top_hook(_mod, args, kwargs):
-            inside["top"] = True
-            before.update({name: len(st.passes) for name, st in rec.stacks.items()})
-            if encdec is not None:  # the encoder's and decoder's own hooks start their passes
-                return
-            if main.vision:
-                vision.start(main, _input(args, kwargs, "pixel_values"))
-            else:
-                _text_pass(rec, model, tokenizer, args, kwargs)
-
-        def top_done(*_):
-            inside["top"] = False
-            _check_recorded(rec, before)
-
-        handles.append(model.register_forward_pre_hook(top_hook, with_kwargs=True))
-        handles.append(model.register_forward_hook(top_done, always_call=True))
-        text_entry = entry_module(model, main.prefix, "input_ids") if encdec is None and not main.vision else None
-        if text_entry is not None:  # a tower called on its own (CLIP's get_text_features) starts the main pass
-            handles.append(text_entry.register_forward_pre_hook(
-                lambda m, a, kw: None if inside["top"] else _text_pass(rec, model, tokenizer, (), _by_name(m, a, kw)),
-                with_kwargs=True))
+        handles += _pass_starters(model, rec, tokenizer, stacks, vision, encdec)
         for stack in stacks:
-            if stack.vision and stack.name != "main":
-                owner = model.get_submodule(stack.owner) if stack.owner else (
-                    entry_module(model, stack.prefix, "pixel_values") or model)
-                handles.append(owner.register_forward_pre_hook(
-                    lambda _m, a, kw, s=stack: vision.start(s, _input(a, kw, "pixel_values"),
-                                                            _input(a, kw, "grid_thw", 1)), with_kwargs=True))
-            if encdec is not None and stack.role == "self":
-                start = encdec.encoder_start if stack.name == "encoder" else encdec.decoder_start
-                handles.append(model.get_submodule(stack.runner).register_forward_pre_hook(
-                    lambda m, a, kw, f=start: f(m, a, kw), with_kwargs=True))
             if stack.vision:
                 n_distill = _n_distill(model, stack)
                 first: Callable | None = lambda st, h, n=n_distill: vision.first_block(st, n, h)  # noqa: E731
@@ -345,6 +310,53 @@ def attach_hf(model: nn.Module, rec: Recorder, tokenizer=None, model_id: str | N
                 delattr(module, SITE_ATTR)
         for key, cfg in configs.items():
             cfg._attn_implementation_internal = saved[key]
+
+
+def _pass_starters(model: nn.Module, rec: Recorder, tokenizer, stacks: list[Stack], vision: VisionPasses,
+                   encdec: "EncoderDecoderPasses | None") -> list:
+    """The hooks that start each stack's pass where its inputs arrive; returns their handles.
+
+    The model's own forward starts the main pass (and, after it, checks that attention reached attnlab); a tower
+    called on its own (CLIP's ``get_text_features``) starts it at its entry module; image towers at their owner;
+    an encoder-decoder's encoder and decoder at their own ``forward``.
+    """
+    main = next(s for s in stacks if s.name == "main")
+    before: dict[str, int] = {}
+    inside = {"top": False}  # whether the model's own forward is running (its hook started the main pass)
+
+    def top_hook(_mod, args, kwargs):
+        inside["top"] = True
+        before.update({name: len(st.passes) for name, st in rec.stacks.items()})
+        if encdec is not None:  # the encoder's and decoder's own hooks start their passes
+            return
+        if main.vision:
+            vision.start(main, _input(args, kwargs, "pixel_values"))
+        else:
+            _text_pass(rec, model, tokenizer, args, kwargs)
+
+    def top_done(*_):
+        inside["top"] = False
+        _check_recorded(rec, before)
+
+    handles = [model.register_forward_pre_hook(top_hook, with_kwargs=True),
+               model.register_forward_hook(top_done, always_call=True)]
+    text_entry = entry_module(model, main.prefix, "input_ids") if encdec is None and not main.vision else None
+    if text_entry is not None:
+        handles.append(text_entry.register_forward_pre_hook(
+            lambda m, a, kw: None if inside["top"] else _text_pass(rec, model, tokenizer, (), _by_name(m, a, kw)),
+            with_kwargs=True))
+    for stack in stacks:
+        if stack.vision and stack.name != "main":
+            owner = model.get_submodule(stack.owner) if stack.owner else (
+                entry_module(model, stack.prefix, "pixel_values") or model)
+            handles.append(owner.register_forward_pre_hook(
+                lambda _m, a, kw, s=stack: vision.start(s, _input(a, kw, "pixel_values"), _input(a, kw, "grid_thw", 1)),
+                with_kwargs=True))
+        if encdec is not None and stack.role == "self":
+            start = encdec.encoder_start if stack.name == "encoder" else encdec.decoder_start
+            handles.append(model.get_submodule(stack.runner).register_forward_pre_hook(
+                lambda m, a, kw, f=start: f(m, a, kw), with_kwargs=True))
+    return handles
 
 
 def _site_stack(model: nn.Module, rec: Recorder, stack: Stack, first_block: Callable | None, sited: list) -> list:

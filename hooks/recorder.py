@@ -18,6 +18,8 @@ from attnlab.kernels.api import attention
 from attnlab.kernels.plan import Plan
 from attnlab.kernels.reference import pattern_stats, softmax_row_stats
 
+from .bridge_scores import scores_reproduce, top_and_spread
+
 #: ``fn(layer, hidden_in [B, N, d] or None, static_sets {name: [B, K]}, preview=..., token_mask=[B, N])
 #: -> {name: [B, K] bool}``.
 KeySetFn = Callable[[int, "torch.Tensor | None", dict], dict]
@@ -259,7 +261,8 @@ class Recorder:
         return bool(differs.any())
 
     def observe(self, stack: str, layer: int, pattern: torch.Tensor, scores: torch.Tensor,
-                q: torch.Tensor | None = None, k: torch.Tensor | None = None, out: torch.Tensor | None = None) -> None:
+                q: torch.Tensor | None = None, k: torch.Tensor | None = None, out: torch.Tensor | None = None,
+                score_qk: tuple | None = None) -> None:
         """Record a layer whose attention the model computed itself (a TransformerLens bridge's hook points), with
         the statistics the kernels would emit, computed from its pattern and scores by the same definitions
         (:func:`attnlab.kernels.reference.pattern_stats` for ``max`` and the masses).
@@ -268,6 +271,9 @@ class Recorder:
             pattern: ``[B, H, Q, K]`` the applied attention; scores: ``[B, H, Q, K]`` the scaled scores, masked
                 pairs at the dtype's minimum or ``-inf`` (for ``lse``).
             q, k: ``[B, H|Hkv, Q|K, d]`` when ``qk`` is captured; out: ``[B, H, Q, d]`` when ``head_out`` is.
+            score_qk: ``(q [B, H, Q, d], k [B, Hkv, K, d], scale)`` the bridge's queries and keys, for a bridge that
+                hands weights as its scores: ``lse`` and the entropy then come from them when they reproduce the
+                weights (:mod:`attnlab.hooks.bridge_scores`); they are not recorded.
         """
         st = self.stacks[stack]
         cap = self.capture
@@ -286,27 +292,22 @@ class Recorder:
         # TransformerLens' generic AttentionBridge hands the weights to the scores' hook: one query row tells (a whole
         # map compare cost 1.5 ms a layer at 12 x 512 x 512); scores equal to weights on a whole row do not occur
         has_scores = not torch.equal(scores[..., :1, :], pattern[..., :1, :])
-        if "lse" in stats and not has_scores:
+        rows = None
+        if "lse" in stats or "entropy" in stats:  # from what the model computed, no pass of exp or log over the map
+            rows = _score_rows(p, scores) if has_scores else _weight_rows(p, score_qk)
+        if "lse" in stats and rows is None:
             raise ValueError(f"Layer {layer} of this model hands its attention weights, not its scores, to the hook "
-                             "for scores (TransformerLens' generic AttentionBridge does), so the log-sum-exp cannot "
-                             "be read off it; capture the other statistics (Capture(stats=('entropy', 'max', "
-                             "'received'))) or attach() to the Hugging Face model for lse")
-        fast = has_scores and ("lse" in stats or "entropy" in stats)
-        found = pattern_stats(p, tuple(n for n in stats if n in ("max", "mass") or (n == "entropy" and not fast)),
-                              key_sets)
-        if fast:  # from what the model computed, without a pass of exp or log over the map (each ~10x these)
-            s = scores.float()
-            if torch.isneginf(s).any():
-                s = s.clamp_min(torch.finfo(s.dtype).min)  # 0 * -inf would be NaN; 0 * min is 0
-            top = s.amax(-1)  # (B, H, Q)
-            # (B, H, Q): one temporary, multiplied in place (vecdot took 3x as long on a 12 x 512 x 512 map on CPU)
-            p_dot_d = (s - top[..., None]).mul_(p).sum(-1) if "entropy" in stats else None
-            lse, entropy = softmax_row_stats(top, found["max"] if "max" in found else p.amax(-1),
-                                             top <= torch.finfo(s.dtype).min / 2, p_dot_d)
-            if "lse" in stats:
-                found["lse"] = lse
-            if entropy is not None:
-                found["entropy"] = entropy
+                             "for scores (TransformerLens' generic AttentionBridge does), and its hook_q and hook_k do "
+                             "not reproduce them, so the log-sum-exp cannot be read off it; capture the other "
+                             "statistics (Capture(stats=('entropy', 'max', 'received'))) or attach() to the Hugging "
+                             "Face model for lse")
+        found = pattern_stats(p, tuple(n for n in stats if n == "mass" or (n == "max" and rows is None)
+                                       or (n == "entropy" and rows is None)), key_sets)
+        if rows is not None:
+            top, p_max, dead, p_dot_d = rows
+            lse, entropy = softmax_row_stats(top, p_max, dead, p_dot_d if "entropy" in stats else None)
+            found.update({name: value for name, value in (("lse", lse), ("entropy", entropy), ("max", p_max))
+                          if name in stats})
         if "received" in stats:
             found["received"] = received()
         self._record_layer(st, layer, pattern if cap.pattern else None, found, q, k, out)
@@ -384,6 +385,30 @@ class Recorder:
             if name != self.main and name in NESTED_TRACES and self.stacks[name].passes:
                 setattr(out, name, self.traces(name)[0])
         return out
+
+
+def _score_rows(p: torch.Tensor, scores: torch.Tensor) -> tuple:
+    """``(top, p_max, dead, sum p (s - top))`` ``[B, H, Q]`` each, of weights ``p`` and the scores ``[B, H, Q, K]``
+    behind them (masked pairs at the dtype's minimum or ``-inf``)."""
+    s = scores.float()
+    if torch.isneginf(s).any():
+        s = s.clamp_min(torch.finfo(s.dtype).min)  # 0 * -inf would be NaN; 0 * min is 0
+    top = s.amax(-1)  # (B, H, Q)
+    # one temporary, multiplied in place (vecdot took 3x as long on a 12 x 512 x 512 map on CPU)
+    return top, p.amax(-1), top <= torch.finfo(s.dtype).min / 2, (s - top[..., None]).mul_(p).sum(-1)
+
+
+def _weight_rows(p: torch.Tensor, score_qk: tuple | None) -> tuple | None:
+    """The same terms as :func:`_score_rows` from the queries and keys behind weights ``p``, or ``None`` when there
+    are none or they do not reproduce the weights (:mod:`attnlab.hooks.bridge_scores`)."""
+    if score_qk is None:
+        return None
+    q, k, scale = score_qk
+    k = k.repeat_interleave(p.shape[1] // k.shape[1], dim=1)  # (B, H, K, d)
+    if not scores_reproduce(p, q, k, scale):
+        return None
+    top, p_max, spread = top_and_spread(p, q, k, scale)
+    return top, p_max, p_max <= 0, spread
 
 
 def _fit_sets(sets: dict[str, torch.Tensor], n_keys: int, device) -> dict[str, torch.Tensor]:

@@ -247,12 +247,18 @@ def _attention_hooks(rec: Recorder, site: LayerSite) -> list[tuple[str, HookFn]]
             (prefix + "hook_attn_scores", stash_mask), (prefix + "hook_z", patch_z)]
 
 
-def _reading_hooks(rec: Recorder, layer: int, qk_hooks: tuple[str, str] | None) -> list[tuple[str, HookFn]]:
+def _reading_hooks(rec: Recorder, layer: int, qk_hooks: tuple[str, str] | None,
+                   probe: tuple[str, str, float] | None = None) -> list[tuple[str, HookFn]]:
     """TL hooks that record one layer from what the bridge computed: pattern, scores, ``z`` and (``qk_hooks``,
     when queries and keys are captured) the q and k that reach the softmax. Bridges fire these in different orders
-    (OPT's ``hook_pattern`` comes after ``hook_z``), so the layer is recorded once all of them have arrived."""
+    (OPT's ``hook_pattern`` comes after ``hook_z``), so the layer is recorded once all of them have arrived.
+
+    ``probe``: ``(q_hook, k_hook, scale)`` of a bridge whose scores' hook carries the weights, read only to derive
+    ``lse`` and the entropy (``Recorder.observe``'s ``score_qk``), never recorded as the Trace's q and k.
+    """
     prefix = f"blocks.{layer}.attn."
     scratch = LayerScratch()
+    qk_hooks = qk_hooks or (probe[:2] if probe else None)
     wanted = {"pattern", "scores", *(("z",) if rec.capture.head_out else ()), *(("q", "k") if qk_hooks else ())}
 
     def keep(name: str) -> HookFn:
@@ -265,7 +271,10 @@ def _reading_hooks(rec: Recorder, layer: int, qk_hooks: tuple[str, str] | None) 
                 k = scratch.k.transpose(1, 2) if scratch.k is not None else None  # (B, Hkv, K, d)
                 z = scratch.z.transpose(1, 2) if scratch.z is not None else None  # (B, H, Q, d)
                 try:
-                    rec.observe("main", layer, scratch.pattern, scratch.scores, q=q, k=k, out=z)
+                    if probe is not None:
+                        rec.observe("main", layer, scratch.pattern, scratch.scores, out=z, score_qk=(q, k, probe[2]))
+                    else:
+                        rec.observe("main", layer, scratch.pattern, scratch.scores, q=q, k=k, out=z)
                 finally:
                     scratch.clear()
 
@@ -277,6 +286,17 @@ def _reading_hooks(rec: Recorder, layer: int, qk_hooks: tuple[str, str] | None) 
     if qk_hooks:
         hooks += [(prefix + qk_hooks[0], keep("q")), (prefix + qk_hooks[1], keep("k"))]
     return hooks
+
+
+def _weights_probe(bridge: nn.Module, layer: int, rec: Recorder) -> tuple[str, str, float] | None:
+    """``(q_hook, k_hook, scale)`` for a generic attention bridge (one whose scores' hook may carry the weights) when
+    ``lse`` or the entropy is captured and it has ``hook_q``/``hook_k``; ``None`` otherwise."""
+    attn = bridge.blocks[layer].attn
+    wanted = {"lse", "entropy"} & set(rec.capture.stat_names)
+    names = (f"blocks.{layer}.attn.hook_q", f"blocks.{layer}.attn.hook_k")
+    if not wanted or not isinstance(attention_source(attn), str) or not all(n in bridge.hook_dict for n in names):
+        return None
+    return "hook_q", "hook_k", _scale(attn, layer)
 
 
 def _resid_hooks(rec: Recorder, n_layers: int) -> list[tuple[str, HookFn]]:
@@ -312,7 +332,7 @@ def attach_tl(model: nn.Module, rec: Recorder, tokenizer=None, model_id: str | N
                          _reading_hooks(rec, site.layer, (site.q_hook, site.k_hook)))
     elif _routes_attention(rec):
         for layer in range(int(model.cfg.n_layers)):
-            hooks.extend(_reading_hooks(rec, layer, None))
+            hooks.extend(_reading_hooks(rec, layer, None, _weights_probe(model, layer, rec)))
     handle = model.original_model.register_forward_pre_hook(
         lambda _m, args, kwargs: _begin_pass(rec, model, tokenizer, args, kwargs), with_kwargs=True)
     try:

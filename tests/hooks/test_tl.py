@@ -176,6 +176,27 @@ def _tiny_bridge(family: str, root) -> tuple[nn.Module, nn.Module]:
     return hf, bridge_mod.TransformerBridge.boot_transformers(str(path), device="cpu")
 
 
+def test_weights_give_lse_only_when_their_queries_and_keys_reproduce_them():
+    """The derivation behind a generic bridge's lse, against the textbook: with the scores' own q and k it gives
+    logsumexp and -sum p log p; with a position bias the q.k map lacks (a planted mismatch) it refuses."""
+    from attnlab.hooks.recorder import _weight_rows
+    from attnlab.kernels.reference import softmax_row_stats
+
+    gen = torch.Generator().manual_seed(2)
+    q, k = torch.randn(2, 3, 5, 8, generator=gen), torch.randn(2, 3, 7, 8, generator=gen)
+    scale = 8 ** -0.5
+    s = (scale * q @ k.transpose(-1, -2)).double()
+    s[1, :, :, 5:] = float("-inf")  # item 1's last two keys are padding
+    p = torch.softmax(s, -1).float()
+    top, p_max, dead, spread = _weight_rows(p, (q, k, scale))
+    lse, entropy = softmax_row_stats(top, p_max, dead, spread)
+    torch.testing.assert_close(lse.double(), torch.logsumexp(s, -1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(entropy.double(), -(torch.softmax(s, -1) * torch.log_softmax(s, -1)).nan_to_num().sum(-1),
+                               atol=1e-5, rtol=0)
+    biased = torch.softmax(s + torch.arange(7.0, dtype=torch.float64) * 0.3, -1).float()  # ALiBi-like, not in q.k
+    assert _weight_rows(biased, (q, k, scale)) is None and _weight_rows(p, None) is None
+
+
 @pytest.mark.parametrize("family", ["gpt_neox", "phi3", "opt"])
 def test_bridges_without_qk_hook_points_capture_from_their_own_attention(family, tmp_path, monkeypatch):
     """GPT-NeoX, Phi-3 and OPT bridges (whose hook_q/hook_k are not what reaches the softmax) capture patterns,
@@ -186,8 +207,9 @@ def test_bridges_without_qk_hook_points_capture_from_their_own_attention(family,
 
     hf, bridge = _tiny_bridge(family, tmp_path)
     ids = IDS[:, 1:]
-    # OPT's generic AttentionBridge hands the weights to hook_attn_scores: no lse there, said by name
-    stats = ("entropy", "max", "received") if family == "opt" else True
+    # OPT's generic AttentionBridge hands the weights to hook_attn_scores; its lse and entropy come from its hook_q
+    # and hook_k, which reproduce those weights (hooks/bridge_scores.py)
+    stats = True
     with torch.no_grad():
         ref = hf(ids, output_attentions=True)
         with attach(hf, Capture(stats=stats)) as hf_rec:
@@ -197,10 +219,6 @@ def test_bridges_without_qk_hook_points_capture_from_their_own_attention(family,
             m.setattr(recorder_mod.Recorder, "attend", lambda *a, **k: pytest.fail("attention computed twice"))
             with attach(bridge, Capture(pattern=True, stats=stats, head_out=True)) as rec:
                 logits = bridge(ids)
-            if family == "opt":
-                with pytest.raises(ValueError, match="hands its attention weights, not its scores"):
-                    with attach(bridge, Capture(stats=True)):
-                        bridge(ids)
     torch.testing.assert_close(logits, base, atol=0, rtol=0)
     trace, want = rec.trace(), hf_rec.trace()
     assert sorted(trace.layers) == [0, 1] and trace.meta.causal
@@ -217,3 +235,23 @@ def test_bridges_without_qk_hook_points_capture_from_their_own_attention(family,
     with pytest.raises(ValueError, match="which a plan needs"):
         with attach(bridge, plan=HEAD0_OFF):
             pass
+
+
+def test_minilm_bridge_gives_every_statistic_equal_to_the_hf_backend():
+    """MiniLM's BERT bridge hands weights to hook_attn_scores; lse and the entropy come from its hook_q/hook_k and
+    equal what attnlab's kernels give on the Hugging Face model (the real pretrained weights)."""
+    from attnlab.zoo import load
+    from attnlab.zoo.minilm import minilm_dir
+
+    bridge = bridge_mod.TransformerBridge.boot_transformers(str(minilm_dir()), device="cpu")
+    model, tok, _ = load("minilm")
+    ids = tok(["The cat sat on the mat, and the dog watched it."], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        with attach(bridge, Capture(stats=True)) as got:
+            bridge(ids)
+        with attach(model, Capture(stats=True), tokenizer=tok) as want:
+            model(input_ids=ids)
+    for layer in range(6):
+        for name in ("lse", "entropy", "max", "received"):
+            torch.testing.assert_close(got.trace().layer(layer).stats[name], want.trace().layer(layer).stats[name],
+                                       atol=1e-5, rtol=1e-5, msg=f"layer {layer} {name}")

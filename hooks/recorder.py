@@ -18,7 +18,7 @@ from attnlab.kernels.api import attention
 from attnlab.kernels.plan import Plan
 from attnlab.kernels.reference import pattern_stats, softmax_row_stats
 
-from .bridge_scores import scores_reproduce, top_and_spread
+from .bridge_scores import score_rows, weight_rows
 
 #: ``fn(layer, hidden_in [B, N, d] or None, static_sets {name: [B, K]}, preview=..., token_mask=[B, N])
 #: -> {name: [B, K] bool}``.
@@ -294,7 +294,7 @@ class Recorder:
         has_scores = not torch.equal(scores[..., :1, :], pattern[..., :1, :])
         rows = None
         if "lse" in stats or "entropy" in stats:  # from what the model computed, no pass of exp or log over the map
-            rows = _score_rows(p, scores) if has_scores else _weight_rows(p, score_qk)
+            rows = score_rows(p, scores) if has_scores else weight_rows(p, score_qk)
         if "lse" in stats and rows is None:
             raise ValueError(f"Layer {layer} of this model hands its attention weights, not its scores, to the hook "
                              "for scores (TransformerLens' generic AttentionBridge does), and its hook_q and hook_k do "
@@ -385,30 +385,6 @@ class Recorder:
             if name != self.main and name in NESTED_TRACES and self.stacks[name].passes:
                 setattr(out, name, self.traces(name)[0])
         return out
-
-
-def _score_rows(p: torch.Tensor, scores: torch.Tensor) -> tuple:
-    """``(top, p_max, dead, sum p (s - top))`` ``[B, H, Q]`` each, of weights ``p`` and the scores ``[B, H, Q, K]``
-    behind them (masked pairs at the dtype's minimum or ``-inf``)."""
-    s = scores.float()
-    if torch.isneginf(s).any():
-        s = s.clamp_min(torch.finfo(s.dtype).min)  # 0 * -inf would be NaN; 0 * min is 0
-    top = s.amax(-1)  # (B, H, Q)
-    # one temporary, multiplied in place (vecdot took 3x as long on a 12 x 512 x 512 map on CPU)
-    return top, p.amax(-1), top <= torch.finfo(s.dtype).min / 2, (s - top[..., None]).mul_(p).sum(-1)
-
-
-def _weight_rows(p: torch.Tensor, score_qk: tuple | None) -> tuple | None:
-    """The same terms as :func:`_score_rows` from the queries and keys behind weights ``p``, or ``None`` when there
-    are none or they do not reproduce the weights (:mod:`attnlab.hooks.bridge_scores`)."""
-    if score_qk is None:
-        return None
-    q, k, scale = score_qk
-    k = k.repeat_interleave(p.shape[1] // k.shape[1], dim=1)  # (B, H, K, d)
-    if not scores_reproduce(p, q, k, scale):
-        return None
-    top, p_max, spread = top_and_spread(p, q, k, scale)
-    return top, p_max, p_max <= 0, spread
 
 
 def _fit_sets(sets: dict[str, torch.Tensor], n_keys: int, device) -> dict[str, torch.Tensor]:

@@ -179,7 +179,7 @@ def _tiny_bridge(family: str, root) -> tuple[nn.Module, nn.Module]:
 def test_weights_give_lse_only_when_their_queries_and_keys_reproduce_them():
     """The derivation behind a generic bridge's lse, against the textbook: with the scores' own q and k it gives
     logsumexp and -sum p log p; with a position bias the q.k map lacks (a planted mismatch) it refuses."""
-    from attnlab.hooks.recorder import _weight_rows
+    from attnlab.hooks.bridge_scores import weight_rows
     from attnlab.kernels.reference import softmax_row_stats
 
     gen = torch.Generator().manual_seed(2)
@@ -188,13 +188,13 @@ def test_weights_give_lse_only_when_their_queries_and_keys_reproduce_them():
     s = (scale * q @ k.transpose(-1, -2)).double()
     s[1, :, :, 5:] = float("-inf")  # item 1's last two keys are padding
     p = torch.softmax(s, -1).float()
-    top, p_max, dead, spread = _weight_rows(p, (q, k, scale))
+    top, p_max, dead, spread = weight_rows(p, (q, k, scale))
     lse, entropy = softmax_row_stats(top, p_max, dead, spread)
     torch.testing.assert_close(lse.double(), torch.logsumexp(s, -1), atol=1e-5, rtol=0)
     torch.testing.assert_close(entropy.double(), -(torch.softmax(s, -1) * torch.log_softmax(s, -1)).nan_to_num().sum(-1),
                                atol=1e-5, rtol=0)
     biased = torch.softmax(s + torch.arange(7.0, dtype=torch.float64) * 0.3, -1).float()  # ALiBi-like, not in q.k
-    assert _weight_rows(biased, (q, k, scale)) is None and _weight_rows(p, None) is None
+    assert weight_rows(biased, (q, k, scale)) is None and weight_rows(p, None) is None
 
 
 @pytest.mark.parametrize("family", ["gpt_neox", "phi3", "opt"])

@@ -12,6 +12,7 @@ An encoder-decoder model (T5, BART, Whisper) gives three Traces: the decoder's s
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -188,8 +189,6 @@ def entry_module(model: nn.Module, prefix: str, argument: str) -> nn.Module | No
     """The innermost module above the block list ``prefix`` whose ``forward`` takes ``argument`` (``input_ids``,
     ``pixel_values``): where a tower called on its own receives its inputs (CLIP's ``text_model``); ``None`` when
     only the model itself takes it."""
-    import inspect
-
     parts = prefix.split(".")
     for cut in range(len(parts) - 1, 0, -1):
         module = model.get_submodule(".".join(parts[:cut]))
@@ -210,8 +209,6 @@ def merged_image_grids(model: nn.Module, grid_thw: torch.Tensor | None) -> list[
 
 def _by_name(module: nn.Module, args: tuple, kwargs: dict) -> dict:
     """A forward call's arguments ``{name: value}``, positional ones named by ``module.forward``'s signature."""
-    import inspect
-
     names = [n for n, p in inspect.signature(module.forward).parameters.items()
              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     return {**dict(zip(names, args)), **kwargs}

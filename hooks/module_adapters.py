@@ -116,6 +116,14 @@ def pack_images(cu_seqlens: torch.Tensor) -> torch.Tensor:
     return torch.arange(n_max, device=lengths.device)[None, :] < lengths[:, None]
 
 
+def scatter_packed(x: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """A packed sequence ``[S, ...]`` padded into its batch ``[B, N, ...]`` (zeros where ``slots`` ``[B, N]`` is
+    False; :func:`pack_images`)."""
+    out = x.new_zeros(*slots.shape, *x.shape[1:])
+    out[slots.to(x.device)] = x
+    return out
+
+
 def qwen2_vl_vision_attention_forward(self, hidden_states: torch.Tensor, cu_seqlens: torch.Tensor,
                                       position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
                                       max_seqlen: int | None = None, **kwargs) -> torch.Tensor:
@@ -138,14 +146,10 @@ def qwen2_vl_vision_attention_forward(self, hidden_states: torch.Tensor, cu_seql
     q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
     slots = pack_images(cu_seqlens)  # (n_images, n_max)
 
-    def padded(x: torch.Tensor) -> torch.Tensor:  # (S, H, d) -> (n_images, H, n_max, d)
-        out = x.new_zeros(*slots.shape, *x.shape[1:])
-        out[slots] = x
-        return out.transpose(1, 2)
-
+    q, k, v = (scatter_packed(x, slots).transpose(1, 2) for x in (q, k, v))  # each (n_images, H, n_max, d)
     allowed = slots[:, None, None, :].expand(-1, 1, slots.shape[1], -1)  # (n_images, 1, n_max, n_max)
-    out, _ = attnlab_attention_forward(self, padded(q), padded(k), padded(v), allowed, scaling=self.scaling,
-                                       dropout=0.0, is_causal=False)  # (n_images, n_max, H, d)
+    out, _ = attnlab_attention_forward(self, q, k, v, allowed, scaling=self.scaling, dropout=0.0,
+                                       is_causal=False)  # (n_images, n_max, H, d)
     return self.proj(out[slots].reshape(seq, -1))
 
 

@@ -16,9 +16,10 @@ from attnlab.core.capture import Capture, ModelShape
 from attnlab.core.trace import NESTED_TRACES, LayerRecord, Segment, Trace, TraceMeta
 from attnlab.kernels.api import attention
 from attnlab.kernels.plan import Plan
-from attnlab.kernels.reference import pattern_stats, softmax_row_stats
+from attnlab.kernels.reference import pattern_stats, positional_mask, softmax_row_stats
 
 from .bridge_scores import score_rows, weight_rows
+from .module_adapters import scatter_packed
 
 #: ``fn(layer, hidden_in [B, N, d] or None, static_sets {name: [B, K]}, preview=..., token_mask=[B, N])
 #: -> {name: [B, K] bool}``.
@@ -44,11 +45,7 @@ class Pass:
 
     def batched(self, hidden: torch.Tensor) -> torch.Tensor:
         """A block's hidden state as ``[B, N, d]``: a packed ``[S, d]`` is padded into the batch with zeros."""
-        if self.slots is None or hidden.dim() != 2:
-            return hidden
-        out = hidden.new_zeros(*self.slots.shape, hidden.shape[-1])
-        out[self.slots.to(hidden.device)] = hidden
-        return out
+        return hidden if self.slots is None or hidden.dim() != 2 else scatter_packed(hidden, self.slots)
 
     def key_side(self) -> Trace:
         """The pass's keys as a Trace without layers (see :meth:`attnlab.core.trace.Trace.key_side`)."""
@@ -251,9 +248,9 @@ class Recorder:
         keys = current.keys[2] if current.keys is not None else current.token_mask  # (B, K)
         if keys.shape[1] != n_k:
             return False
-        allowed = keys.to(attn_mask.device, torch.bool)[:, None, :].expand(-1, n_q, -1)  # (B, Q, K)
-        if st.meta.causal and current.keys is None:
-            allowed = allowed & torch.ones(n_q, n_k, dtype=torch.bool, device=attn_mask.device).tril(n_k - n_q)
+        causal = st.meta.causal and current.keys is None
+        allowed = (keys.to(attn_mask.device, torch.bool)[:, None, :]  # (B, Q, K): key padding, then causality
+                   & positional_mask(0, n_q, 0, n_k, n_q, n_k, causal, None, attn_mask.device))
         given = attn_mask.to(torch.bool).expand(allowed.shape[0], -1, n_q, n_k)  # (B, 1|H, Q, K)
         differs = given != allowed[:, None]
         if real_queries is not None:

@@ -187,6 +187,7 @@ class _Call:
         self.grad = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (q, k, v, bias))
         self._buffers: dict[int, torch.Tensor] = {}
+        self.h0, self.h1 = 0, q.shape[1]  # the heads the current block computes (see reference_attention)
         if self.key_mask is not None:  # padding no batch row can see is never computed
             real = self.key_mask.any(0).nonzero()
             self.key_span = (int(real[0]), int(real[-1]) + 1) if len(real) else (0, 0)
@@ -205,6 +206,10 @@ class _Call:
             buf = self._buffers[index] = torch.empty(max(size, math.prod(shape[:3]) * width), device=self.v.device)
         return buf[:size].view(shape)
 
+    def heads(self, t: torch.Tensor | None) -> torch.Tensor | None:
+        """``t`` ``[B, H|1, ...]`` cut to the heads of the current block (a shared head axis of 1 stays whole)."""
+        return t if t is None or t.shape[1] == 1 else t[:, self.h0:self.h1]
+
     def keys(self, r0: int, r1: int) -> tuple[int, int]:
         """Key columns ``[lo, hi)`` computed for rows ``r0:r1``."""
         lo, hi = visible_keys(r0, r1, self.n_q, self.n_k, self.causal, self.window)
@@ -222,13 +227,13 @@ def block_scores(c: _Call, r0: int, r1: int, lo: int, hi: int) -> torch.Tensor:
     Only the columns near the diagonal and the window's edge get the positional mask: the columns
     between them are visible to every row of the block.
     """
-    qb, kb = c.q[:, :, r0:r1].float() * c.scale, c.k[:, :, lo:hi]
+    qb, kb = c.q[:, c.h0:c.h1, r0:r1].float() * c.scale, c.k[:, c.h0:c.h1, lo:hi]
     s = torch.matmul(qb, kb.transpose(-1, -2), out=c.workspace(0, qb.shape[:3] + (hi - lo,)))  # (B, H, q, w)
     if c.softcap is not None:  # Gemma 2: cap * tanh(s / cap), before any bias or mask
         s = torch.tanh(s / c.softcap) * c.softcap if c.grad else s.div_(c.softcap).tanh_().mul_(c.softcap)
     if c.bias is not None:  # a -inf bias entry masks its pair
-        s = (s + c.bias[:, :, r0:r1, lo:hi]).clamp_min(MASKED) if c.grad else s.add_(
-            c.bias[:, :, r0:r1, lo:hi]).clamp_min_(MASKED)
+        bias = c.heads(c.bias)[:, :, r0:r1, lo:hi]
+        s = (s + bias).clamp_min(MASKED) if c.grad else s.add_(bias).clamp_min_(MASKED)
     off = c.n_k - c.n_q
     edges = []
     if c.causal:
@@ -249,7 +254,7 @@ def block_scores(c: _Call, r0: int, r1: int, lo: int, hi: int) -> torch.Tensor:
         if not bool(km.all()):
             s = _hide(c, s, ~km[:, None, None, :])  # (B, 1, 1, w)
     if c.attn_mask is not None:
-        s = _hide(c, s, ~c.attn_mask[:, :, r0:r1, lo:hi])
+        s = _hide(c, s, ~c.heads(c.attn_mask)[:, :, r0:r1, lo:hi])
     return s
 
 
@@ -303,7 +308,7 @@ def _weigh_values(c: _Call, w: torch.Tensor, lo: int, hi: int, row: dict) -> tor
     mass on each set in ``row["mass"]`` ``[B, H, q, n]``.
     """
     values = c.v if c.v_mass is None else c.v_mass
-    both = w @ values[:, :, lo:hi]  # (B, H, q, dv [+ n])
+    both = w @ values[:, c.h0:c.h1, lo:hi]  # (B, h, q, dv [+ n])
     dv = c.v.shape[3]
     if c.v_mass is not None:
         row["mass"] = both[..., dv:]
@@ -331,7 +336,7 @@ def attention_rows(c: _Call, r0: int, r1: int) -> tuple[torch.Tensor, dict[str, 
         block's column sums over the keys ``lo:hi`` it computed) with ``keys``, the tensor ``[lo, hi]``.
     """
     lo, hi = c.keys(r0, r1)
-    bsz, n_heads = c.q.shape[:2]
+    bsz, n_heads = c.q.shape[0], c.h1 - c.h0
     if hi <= lo:  # no row of the block may see any key
         pattern = c.v.new_zeros(bsz, n_heads, r1 - r0, c.n_k) if c.want_pattern else None
         return c.v.new_zeros(bsz, n_heads, r1 - r0, c.v.shape[3]), _empty_rows(c, r1 - r0), pattern
@@ -358,7 +363,7 @@ def attention_rows(c: _Call, r0: int, r1: int) -> tuple[torch.Tensor, dict[str, 
         p = reweight_rows(p, c.rw, {n: m[..., lo:hi] for n, m in c.key_sets.items()}, q_rows)
         out = _normalised_stats(c, p, lo, hi, r0, r1, row)
     if c.head_scale is not None:
-        out = out * c.head_scale
+        out = out * c.heads(c.head_scale)
     row["keys"] = torch.tensor([lo, hi])
     pattern = None
     if c.want_pattern:  # the rows over every key; padding copies, so a block that spans them all is kept as is
@@ -368,7 +373,7 @@ def attention_rows(c: _Call, r0: int, r1: int) -> tuple[torch.Tensor, dict[str, 
 
 def _empty_rows(c: _Call, n: int) -> dict[str, torch.Tensor]:
     """Statistics of ``n`` rows that see no key: lse -inf, entropy, max and mass 0, no received mass."""
-    shape = (c.q.shape[0], c.q.shape[1], n)
+    shape = (c.q.shape[0], c.h1 - c.h0, n)
     row = {"lse": c.v.new_full(shape, float("-inf")), "entropy": c.v.new_zeros(shape), "max": c.v.new_zeros(shape),
            "mass": c.v.new_zeros(*shape, len(c.key_sets))}
     return row
@@ -380,8 +385,13 @@ def reference_attention(
     key_sets: dict[str, torch.Tensor], query_sets: dict[str, torch.Tensor], stats: tuple[str, ...],
     block_q: int | None, return_pattern: bool = False, received_queries: torch.Tensor | None = None,
     window: int | None = None, softcap: float | None = None, bias: torch.Tensor | None = None,
+    block_heads: int | None = None,
 ) -> tuple[torch.Tensor, Stats]:
-    """Blockwise (``block_q`` rows at a time) or eager (``block_q=None``) attention; see ``kernels.attention``."""
+    """Blockwise (``block_q`` rows of ``block_heads`` heads at a time) or eager (``block_q=None``) attention.
+
+    See ``kernels.attention``. A reweighting plan (per-head factors) and a returned pattern keep every head in
+    each block.
+    """
     c = _Call(q, k, v, causal=causal, window=window, key_mask=key_mask, attn_mask=attn_mask, scale=scale,
               softcap=softcap, bias=bias, layer_plan=layer_plan, key_sets=key_sets, query_sets=query_sets,
               stats=stats, received_queries=received_queries, want_pattern=return_pattern)
@@ -391,17 +401,21 @@ def reference_attention(
     mass = torch.empty(bsz, n_heads, n_q, len(key_sets), device=q.device) if "mass" in stats else None
     received = torch.zeros(bsz, n_heads, c.n_k, device=q.device) if "received" in stats else None  # (B, H, K)
     step = n_q if block_q is None else max(1, block_q)
+    group = n_heads if block_heads is None or c.rw is not None or return_pattern else max(1, block_heads)
     pattern = None
-    for r0 in range(0, n_q, step):
-        r1 = min(n_q, r0 + step)
-        out[:, :, r0:r1], row, pattern = attention_rows(c, r0, r1)
-        for name, t in rows.items():
-            t[:, :, r0:r1] = row[name]
-        if mass is not None and key_sets:
-            mass[:, :, r0:r1] = row["mass"]
-        if received is not None and "received" in row:
-            lo, hi = row["keys"].tolist()
-            received[..., lo:hi] += row["received"]
+    for h0 in range(0, n_heads, group):
+        c.h0, c.h1 = h0, min(n_heads, h0 + group)
+        heads = slice(c.h0, c.h1)
+        for r0 in range(0, n_q, step):
+            r1 = min(n_q, r0 + step)
+            out[:, heads, r0:r1], row, pattern = attention_rows(c, r0, r1)
+            for name, t in rows.items():
+                t[:, heads, r0:r1] = row[name]
+            if mass is not None and key_sets:
+                mass[:, heads, r0:r1] = row["mass"]
+            if received is not None and "received" in row:
+                lo, hi = row["keys"].tolist()
+                received[:, heads, lo:hi] += row["received"]
     result = Stats(lse=rows.get("lse"), entropy=rows.get("entropy"), max=rows.get("max"),
                    mass={n: mass[..., i].contiguous() for i, n in enumerate(key_sets)} if mass is not None else {},
                    received=received, pattern=pattern)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnlab.kernels.api import attention, resolve_impl
-
+from attnlab.kernels.api import (GEMM_ROWS, REGROUP_BELOW_ROWS, attention, default_block_q, default_blocks,
+                                 resolve_impl, working_bytes)
 from attnlab.kernels.plan import Gate, LayerPlan, Plan, Reweight
 
 
@@ -39,6 +39,8 @@ BAD_CALLS = [
     ("impl", lambda q, k, v: attention(q, k, v, impl="cuda"), ValueError, "Unknown attention impl"),
     ("pattern", lambda q, k, v: attention(q, k, v, impl="torch", return_pattern=True), ValueError, "needs impl='eager'"),
     ("block_q", lambda q, k, v: attention(q, k, v, block_q=0), ValueError, "block_q must be a positive int"),
+    ("block_heads", lambda q, k, v: attention(q, k, v, block_q=2, block_heads=True), ValueError,
+     "block_heads must be a positive int"),
     ("model plan", lambda q, k, v: attention(q, k, v, plan=Plan({0: LayerPlan(head_scale=(0.0, 1.0))})),
      TypeError, r"plan.for_layer\(layer_index\)"),
     ("head_scale", lambda q, k, v: attention(q, k, v, plan=LayerPlan(head_scale=(1.0,))), ValueError,
@@ -106,3 +108,18 @@ def test_per_head_key_sets_match_each_head_alone():
             assert torch.allclose(out[:, h:h + 1], ref, atol=1e-6)
             assert torch.allclose(st.entropy[:, h:h + 1], rst.entropy, atol=1e-6)
             assert torch.allclose(st.mass["s"][:, h:h + 1], rst.mass["s"], atol=1e-6)
+
+
+@pytest.mark.parametrize("heads, n, d_v", [(12, 512, 64), (12, 2048, 64), (12, 8192, 64), (12, 32768, 64),
+                                          (12, 512, 32), (32, 4096, 128), (1, 8192, 64)])
+def test_default_blocks_regroup_long_inputs_within_the_same_memory(heads, n, d_v):
+    """Long inputs trade heads for rows (GEMMs of >= GEMM_ROWS rows) without a larger block than every head of
+    default_block_q's rows; short inputs keep every head; working_bytes counts the blocks actually used."""
+    rows_all = default_block_q(1, heads, n, n, d_v)
+    rows, group = default_blocks(1, heads, n, n, d_v)
+    assert group * rows <= heads * rows_all  # never more score elements per block than the memory bound allows
+    if rows_all >= REGROUP_BELOW_ROWS or heads == 1:
+        assert (rows, group) == (rows_all, heads)
+    else:
+        assert rows >= GEMM_ROWS and group < heads
+    assert working_bytes(1, heads, n, n, d_v) == 4 * (heads * n * d_v + 2 * group * min(n, rows) * n)

@@ -12,12 +12,14 @@ from kernel_cases import (CASES, PLAN_KINDS, Case, assert_matches, check_hand_ex
 from attnlab.kernels.api import attention
 
 
-@pytest.mark.parametrize("impl", ["eager", "torch"])
+@pytest.mark.parametrize("impl", ["eager", "torch", "torch-1-head"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_matches_textbook(case: Case, impl: str):
     q, k, v, kw = make_inputs(case)
     want_out, want_stats = textbook_attention(q, k, v, **kw)
-    out, st = attention(q, k, v, impl=impl, block_q=3, **kw)  # block_q=3: several ragged row blocks
+    # block_q=3: several ragged row blocks; torch-1-head: each block holds one head (how long inputs run)
+    heads = 1 if impl == "torch-1-head" else None
+    out, st = attention(q, k, v, impl=impl.split("-")[0], block_q=3, block_heads=heads, **kw)
     assert out.dtype == q.dtype and out.shape == want_out.shape
     assert_matches(out, st.as_dict(), want_out, want_stats, case.dtype, f"{case.name}/{impl}")
 
@@ -65,15 +67,17 @@ def test_reweighting_matches_hand_computation(impl: str):
 @given(
     b=st.integers(1, 2), hkv=st.integers(1, 2), group=st.integers(1, 2), n_q=st.integers(1, 17),
     n_k=st.integers(1, 17), d=st.integers(1, 9), causal=st.booleans(), block_q=st.integers(1, 8),
+    block_heads=st.sampled_from([None, 1, 3]),
     key_mask=st.sampled_from([None, "random", "empty_batch"]), attn_mask=st.sampled_from([None, "random", "rows"]),
     plan=st.sampled_from(PLAN_KINDS), seed=st.integers(0, 2**31 - 1),
 )
-def test_blockwise_torch_matches_eager(b, hkv, group, n_q, n_k, d, causal, block_q, key_mask, attn_mask, plan, seed):
+def test_blockwise_torch_matches_eager(b, hkv, group, n_q, n_k, d, causal, block_q, block_heads, key_mask, attn_mask,
+                                       plan, seed):
     case = Case("h", b=b, h=hkv * group, hkv=hkv, q=n_q, k=n_k, d=d, causal=causal, key_mask=key_mask,
                 attn_mask=attn_mask, plan=plan, seed=seed)
     q, k, v, kw = make_inputs(case)
     want_out, want = attention(q, k, v, impl="eager", **kw)
-    out, got = attention(q, k, v, impl="torch", block_q=block_q, **kw)
+    out, got = attention(q, k, v, impl="torch", block_q=block_q, block_heads=block_heads, **kw)
     assert_matches(out, got.as_dict(), want_out, want.as_dict(), "float32", "torch vs eager")
 
 
@@ -159,15 +163,15 @@ def test_keys_padded_in_every_batch_row_are_never_read(impl: str):
 @given(n_q=st.integers(1, 12), n_k=st.integers(1, 12), causal=st.booleans(), window=st.sampled_from([None, 1, 2, 5]),
        softcap=st.sampled_from([None, 0.5, 3.0]), bias=st.sampled_from([None, "alibi", "t5", "t5_inf"]),
        plan=st.sampled_from(PLAN_KINDS), sets=st.sampled_from(["random", "per_head"]), block_q=st.integers(1, 5),
-       seed=st.integers(0, 2**31 - 1))
-def test_score_terms_match_textbook(n_q, n_k, causal, window, softcap, bias, plan, sets, block_q, seed):
+       block_heads=st.sampled_from([None, 1, 3]), seed=st.integers(0, 2**31 - 1))
+def test_score_terms_match_textbook(n_q, n_k, causal, window, softcap, bias, plan, sets, block_q, block_heads, seed):
     """Windows, soft-capping, biases and per-head key sets on both paths, against the float64 textbook."""
     case = Case("h", h=4, hkv=2, q=n_q, k=n_k, d=6, causal=causal or window is not None, window=window,
                 softcap=softcap, bias=bias, plan=plan, sets=sets, seed=seed)
     q, k, v, kw = make_inputs(case)
     want_out, want = textbook_attention(q, k, v, **kw)
     for impl in ("eager", "torch"):
-        out, got = attention(q, k, v, impl=impl, block_q=block_q, **kw)
+        out, got = attention(q, k, v, impl=impl, block_q=block_q, block_heads=block_heads, **kw)
         assert_matches(out, got.as_dict(), want_out, want, "float32", f"{impl} vs textbook")
 
 

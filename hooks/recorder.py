@@ -301,8 +301,8 @@ class Recorder:
         found = pattern_stats(p, tuple(n for n in stats if n == "mass" or (n == "max" and rows is None)
                                        or (n == "entropy" and rows is None)), key_sets)
         if rows is not None:
-            top, p_max, dead, p_dot_d = rows
-            lse, entropy = softmax_row_stats(top, p_max, dead, p_dot_d if "entropy" in stats else None)
+            anchor, p_anchor, dead, p_dot_d, p_max = rows
+            lse, entropy = softmax_row_stats(anchor, p_anchor, dead, p_dot_d if "entropy" in stats else None)
             found.update({name: value for name, value in (("lse", lse), ("entropy", entropy), ("max", p_max))
                           if name in stats})
         if "received" in stats:

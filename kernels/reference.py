@@ -264,11 +264,13 @@ def softmax_row_stats(top: torch.Tensor, p_max: torch.Tensor, dead: torch.Tensor
 
     At a row's largest weight ``p_max = exp(top - lse)``, so ``lse = top - log p_max``; with ``d = s - top``,
     ``-log p_j = -log p_max - d_j``, so the entropy ``H = -sum_j p_j log p_j = -log p_max - sum_j p_j d_j``.
-    The one derivation of both, for the kernels' torch path and for maps a model computed itself (bridges).
+    The same holds at any key the row weighs (an anchor: ``top`` its score, ``p_max`` its weight), which bridges use
+    to skip the row argmax. The one derivation of both, for the kernels' torch path and for maps a model computed
+    itself (bridges).
 
     Args:
-        top: ``[...]`` each row's largest (scaled, masked) score.
-        p_max: ``[...]`` each row's largest weight.
+        top: ``[...]`` each row's largest (scaled, masked) score, or its anchor's score.
+        p_max: ``[...]`` each row's largest weight, or its anchor's weight.
         dead: ``[...]`` bool, rows with nothing to attend to (``lse = -inf``, entropy 0).
         p_dot_d: ``[...]`` ``sum_j p_j (s_j - top)``, or ``None`` when the entropy is not wanted.
 
@@ -354,9 +356,10 @@ def attention_rows(c: _Call, r0: int, r1: int) -> tuple[torch.Tensor, dict[str, 
             row["entropy"] = entropy
         if "max" in c.stats:
             row["max"] = p_max[..., 0]
-        if "received" in c.stats:
-            row["received"] = (p.sum(-2) if c.received_rows is None else
-                               (c.received_rows[:, None, r0:r1, None].to(p.dtype).transpose(-1, -2) @ p)[..., 0, :])
+        if "received" in c.stats:  # column sums as a matrix-vector product: half the time of p.sum(-2) on the CPU
+            rows = (p.new_ones(1, 1, 1, r1 - r0) if c.received_rows is None else
+                    c.received_rows[:, None, None, r0:r1].to(p.dtype))  # (B|1, 1, 1, q)
+            row["received"] = (rows @ p)[..., 0, :]  # (B, h, w)
         out = _weigh_values(c, p, lo, hi, row)
     else:
         q_rows = None if c.q_set is None else c.q_set[:, r0:r1]

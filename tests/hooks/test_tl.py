@@ -178,7 +178,9 @@ def _tiny_bridge(family: str, root) -> tuple[nn.Module, nn.Module]:
 
 def test_weights_give_lse_only_when_their_queries_and_keys_reproduce_them():
     """The derivation behind a generic bridge's lse, against the textbook: with the scores' own q and k it gives
-    logsumexp and -sum p log p; with a position bias the q.k map lacks (a planted mismatch) it refuses."""
+    logsumexp, -sum p log p and the row maxima, with left and right padding and a row whose anchor key weighs
+    under float32's normal range (its largest weight is used instead); with a position bias the q.k map lacks (a
+    planted mismatch) it refuses."""
     from attnlab.hooks.bridge_scores import weight_rows
     from attnlab.kernels.reference import softmax_row_stats
 
@@ -187,9 +189,13 @@ def test_weights_give_lse_only_when_their_queries_and_keys_reproduce_them():
     scale = 8 ** -0.5
     s = (scale * q @ k.transpose(-1, -2)).double()
     s[1, :, :, 5:] = float("-inf")  # item 1's last two keys are padding
+    s[0, :, :, :2] = float("-inf")  # item 0's first two are (left padding): its anchor is key 2
+    s[0, 1, 3, 2] -= 120.0  # there it weighs ~1e-53 on one row: that row falls back to its largest weight
     p = torch.softmax(s, -1).float()
-    top, p_max, dead, spread = weight_rows(p, (q, k, scale))
-    lse, entropy = softmax_row_stats(top, p_max, dead, spread)
+    assert p[0, 1, 3, 2] == 0
+    anchor, p_anchor, dead, spread, p_max = weight_rows(p, (q, k, scale))
+    torch.testing.assert_close(p_max, p.amax(-1), atol=0, rtol=0)
+    lse, entropy = softmax_row_stats(anchor, p_anchor, dead, spread)
     torch.testing.assert_close(lse.double(), torch.logsumexp(s, -1), atol=1e-5, rtol=0)
     torch.testing.assert_close(entropy.double(), -(torch.softmax(s, -1) * torch.log_softmax(s, -1)).nan_to_num().sum(-1),
                                atol=1e-5, rtol=0)

@@ -9,16 +9,20 @@ from hypothesis import strategies as st
 from kernel_cases import (CASES, PLAN_KINDS, Case, assert_matches, check_hand_example, hand_example, make_inputs,
                           textbook_attention)
 
+from attnlab.kernels import reference
 from attnlab.kernels.api import attention
 
 
-@pytest.mark.parametrize("impl", ["eager", "torch", "torch-1-head"])
+@pytest.mark.parametrize("impl", ["eager", "torch", "torch-1-head", "torch-key-tiles"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
-def test_matches_textbook(case: Case, impl: str):
+def test_matches_textbook(case: Case, impl: str, monkeypatch):
     q, k, v, kw = make_inputs(case)
     want_out, want_stats = textbook_attention(q, k, v, **kw)
-    # block_q=3: several ragged row blocks; torch-1-head: each block holds one head (how long inputs run)
+    # block_q=3: several ragged row blocks; torch-1-head: each block holds one head (how long inputs run);
+    # torch-key-tiles: rows over more than 4 keys go in ragged tiles of 4, merged (how blocks over 8k keys run)
     heads = 1 if impl == "torch-1-head" else None
+    if impl == "torch-key-tiles":
+        monkeypatch.setattr(reference, "KEY_TILE", 4)
     out, st = attention(q, k, v, impl=impl.split("-")[0], block_q=3, block_heads=heads, **kw)
     assert out.dtype == q.dtype and out.shape == want_out.shape
     assert_matches(out, st.as_dict(), want_out, want_stats, case.dtype, f"{case.name}/{impl}")
@@ -67,17 +71,19 @@ def test_reweighting_matches_hand_computation(impl: str):
 @given(
     b=st.integers(1, 2), hkv=st.integers(1, 2), group=st.integers(1, 2), n_q=st.integers(1, 17),
     n_k=st.integers(1, 17), d=st.integers(1, 9), causal=st.booleans(), block_q=st.integers(1, 8),
-    block_heads=st.sampled_from([None, 1, 3]),
+    block_heads=st.sampled_from([None, 1, 3]), key_tile=st.sampled_from([1, 3, 8192]),
     key_mask=st.sampled_from([None, "random", "empty_batch"]), attn_mask=st.sampled_from([None, "random", "rows"]),
     plan=st.sampled_from(PLAN_KINDS), seed=st.integers(0, 2**31 - 1),
 )
-def test_blockwise_torch_matches_eager(b, hkv, group, n_q, n_k, d, causal, block_q, block_heads, key_mask, attn_mask,
-                                       plan, seed):
+def test_blockwise_torch_matches_eager(b, hkv, group, n_q, n_k, d, causal, block_q, block_heads, key_tile, key_mask,
+                                       attn_mask, plan, seed):
     case = Case("h", b=b, h=hkv * group, hkv=hkv, q=n_q, k=n_k, d=d, causal=causal, key_mask=key_mask,
                 attn_mask=attn_mask, plan=plan, seed=seed)
     q, k, v, kw = make_inputs(case)
     want_out, want = attention(q, k, v, impl="eager", **kw)
-    out, got = attention(q, k, v, impl="torch", block_q=block_q, block_heads=block_heads, **kw)
+    with pytest.MonkeyPatch.context() as patch:  # rows wider than key_tile go in merged key tiles
+        patch.setattr(reference, "KEY_TILE", key_tile)
+        out, got = attention(q, k, v, impl="torch", block_q=block_q, block_heads=block_heads, **kw)
     assert_matches(out, got.as_dict(), want_out, want.as_dict(), "float32", "torch vs eager")
 
 

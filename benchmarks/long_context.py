@@ -16,13 +16,14 @@ heap or allocator caches; time and memory in separate children):
 * memory exponent: the least-squares slope of log(extra memory) against log(N) over the sizes run
   (1 = linear, 2 = a materialised map).
 
-Measured on the 2-core CPU dev box, 1 thread, busy with other jobs (CPU-second ratios stats/SDPA; extra memory):
-4k 2.50x / 2.84x (full / causal), 8k 2.84x / 2.42x, 16k 2.87x / 3.07x, 32k 2.83x / 2.64x; extra memory
-1.6-1.9x SDPA's, fitted exponent 0.94 (full) and 0.93 (causal) against SDPA's 1.01. After the rows went through
-torch's softmax kernel instead of ``torch.exp`` (2026-12-04, 19:30 UTC; ``--sizes 4096 8192``): 4k 2.31x / 2.10x,
-8k 2.29x / 2.18x, extra memory 1.79-1.87x SDPA's. The 1.5x time target is still not met: SDPA's fused CPU kernel
-runs QK^T, softmax and PV in cache-sized tiles, while the blockwise path pays two separate matmuls, the softmax
-and five cheap passes (two row maxima, the shift, the entropy product and its sum) over each block.
+Measured on the 2-core CPU dev box, 1 thread (2026-12-05, full run, every size; CPU-second ratios stats/SDPA,
+full / causal): 4k 1.36x / 1.34x, 8k 1.32x / 1.30x, 16k 1.44x / 1.38x, 32k 1.39x / 1.45x; extra memory 1.27-1.91x
+SDPA's (largest at 4k causal), fitted exponent 0.84 (full) and 0.82 (causal) against SDPA's 1.01 and 1.00. The
+targets (at most 1.5x SDPA's time at 16k and 32k, extra memory at most 2x SDPA's and linear) are met. What got
+there, in order: causal and window block skipping; rows through torch's softmax kernel (2.1-2.3x); blocks of one
+head and 128-192 rows instead of ~25 rows over every head, for GEMMs at full speed (1.3-1.4x up to 8k, but 1.6x at
+32k, where a 128-row block leaves the cache); key tiles of 8k merged by their share of each row's mass (32k: 1.4x).
+Before (2026-12-04): 4k 2.31x / 2.10x, 8k 2.29x / 2.18x.
 
 Usage: ``python benchmarks/long_context.py [--sizes 4096 8192 16384 32768] [--threads 1] [--repeats 2]``.
 Sizes above 8k take minutes. The last line printed is one JSON object with every measurement and ratio.

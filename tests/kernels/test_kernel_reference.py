@@ -254,3 +254,19 @@ def test_pattern_masses_equal_masked_sums(n_rows):
             want = (p.double() * m).sum(-1)  # hand masked sum, float64
             torch.testing.assert_close(got[f"mass.{name}"].double(), want, rtol=0, atol=1e-6)
     assert (n_rows * 100 >= MV_MIN_ELEMENTS) == (n_rows == 200)
+
+
+@pytest.mark.parametrize("impl", ["eager", "torch"])
+@pytest.mark.parametrize("pad", ["left_pad", "empty_batch"])
+def test_padding_given_as_attn_mask_equals_the_key_mask(impl: str, pad: str):
+    """HF models pass padding as a [B, 1, Q, K] mask, the same for every query; the kernels take it as a key mask
+    (added to the scores, keys no row sees skipped): the same output and statistics as the key mask itself and the
+    textbook, with and without causality."""
+    for causal in (False, True):
+        case = Case("pad", key_mask=pad, plan="reweight_target", causal=causal, q=30, k=30, seed=33)
+        q, k, v, kw = make_inputs(case)
+        want_out, want = textbook_attention(q, k, v, **kw)
+        as_mask = {**kw, "key_mask": None,
+                   "attn_mask": kw["key_mask"][:, None, None, :].expand(-1, 1, q.shape[2], -1)}  # (B, 1, Q, K)
+        out, got = attention(q, k, v, impl=impl, block_q=7, **as_mask)
+        assert_matches(out, got.as_dict(), want_out, want, "float32", f"attn_mask padding/{impl}/{causal}")

@@ -48,10 +48,11 @@ def default_block_q(batch: int, heads: int, n_q: int, n_keys: int, d_v: int) -> 
 #: 25 rows 46-52 GFLOP/s, 64 rows 65-71, 128 rows 77-81 (SDPA's fused kernel: 83). Long inputs leave the
 #: memory bound only ~25 rows for all heads at once, so their blocks take fewer heads and more rows.
 GEMM_ROWS = 128
-#: Below this many rows over every head a block is regrouped (:func:`default_blocks`). Above it, the extra blocks
-#: and the causal waste of taller blocks cost more than the faster GEMMs save (12 heads, d 64, causal: 512 keys,
-#: 85 rows x 12 heads 1.12x SDPA against 145 x 7 1.28x; 1k 1.23x against 1.29x; 2k, 25 rows: 1.48x against 1.39x).
-REGROUP_BELOW_ROWS = 32
+#: Keys from which a block with fewer than ``GEMM_ROWS`` rows over every head is regrouped (:func:`default_blocks`).
+#: Below it the extra blocks and the causal waste of taller blocks cost more than the faster GEMMs save (12 heads,
+#: d 64, causal: 512 keys, 85 rows x 12 heads 1.12x SDPA against 145 x 7 1.28x; 1k 1.23x against 1.29x; 2k, 25
+#: rows: 1.48x against 1.39x).
+REGROUP_MIN_KEYS = 2048
 #: Score elements per block (6 MiB float32) past which a block falls out of cache: at 8k keys, one head,
 #: non-causal, 128 or 200 rows gave 1.35-1.37x SDPA and 300 rows (or 2 heads x 150) 1.47-1.54x.
 BLOCK_CACHE_ELEMENTS = 3 << 19
@@ -61,13 +62,13 @@ def default_blocks(batch: int, heads: int, n_q: int, n_keys: int, d_v: int) -> t
     """``(rows, heads)`` per block on the torch path: the same score elements as :func:`default_block_q`'s rows
     over every head, regrouped into fewer heads with more rows where that leaves too few rows for fast GEMMs.
 
-    With ``rows >= REGROUP_BELOW_ROWS`` (short inputs) every head goes in each block. Otherwise the block holds
-    ``rows x heads`` head-rows (no more memory than before), capped near :data:`BLOCK_CACHE_ELEMENTS` but never
-    below ``GEMM_ROWS`` rows, split into as many heads as keep ``GEMM_ROWS`` rows each. E.g. 12 heads, d 64:
-    2k keys -> 150 rows x 2 heads, 8k -> 192 x 1, 16k and more -> 128 x 1.
+    With ``rows >= GEMM_ROWS`` or fewer than ``REGROUP_MIN_KEYS`` keys every head goes in each block. Otherwise
+    the block holds ``rows x heads`` head-rows (no more memory than before), capped near
+    :data:`BLOCK_CACHE_ELEMENTS` but never below ``GEMM_ROWS`` rows, split into as many heads as keep ``GEMM_ROWS``
+    rows each. E.g. 12 heads, d 64: 2k keys -> 150 rows x 2 heads, 8k -> 192 x 1, 16k and more -> 128 x 1.
     """
     rows = default_block_q(batch, heads, n_q, n_keys, d_v)
-    if rows >= REGROUP_BELOW_ROWS or rows >= n_q or heads == 1:
+    if rows >= GEMM_ROWS or n_keys < REGROUP_MIN_KEYS or rows >= n_q or heads == 1:
         return rows, heads
     cache_rows = BLOCK_CACHE_ELEMENTS // max(1, batch * n_keys)
     head_rows = min(rows * heads, max(GEMM_ROWS, cache_rows))

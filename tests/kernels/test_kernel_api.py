@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnlab.kernels.api import (GEMM_ROWS, REGROUP_BELOW_ROWS, attention, default_block_q, default_blocks,
+from attnlab.kernels.api import (GEMM_ROWS, REGROUP_MIN_KEYS, attention, default_block_q, default_blocks,
                                  resolve_impl, working_bytes)
 from attnlab.kernels.plan import Gate, LayerPlan, Plan, Reweight
 
@@ -111,14 +111,15 @@ def test_per_head_key_sets_match_each_head_alone():
 
 
 @pytest.mark.parametrize("heads, n, d_v", [(12, 512, 64), (12, 2048, 64), (12, 8192, 64), (12, 32768, 64),
-                                          (12, 512, 32), (32, 4096, 128), (1, 8192, 64)])
+                                          (12, 512, 32), (32, 4096, 128), (1, 8192, 64), (4, 4096, 64),
+                                          (4, 2048, 64)])
 def test_default_blocks_regroup_long_inputs_within_the_same_memory(heads, n, d_v):
     """Long inputs trade heads for rows (GEMMs of >= GEMM_ROWS rows) without a larger block than every head of
     default_block_q's rows; short inputs keep every head; working_bytes counts the blocks actually used."""
     rows_all = default_block_q(1, heads, n, n, d_v)
     rows, group = default_blocks(1, heads, n, n, d_v)
     assert group * rows <= heads * rows_all  # never more score elements per block than the memory bound allows
-    if rows_all >= REGROUP_BELOW_ROWS or heads == 1:
+    if rows_all >= GEMM_ROWS or n < REGROUP_MIN_KEYS or heads == 1:
         assert (rows, group) == (rows_all, heads)
     else:
         assert rows >= GEMM_ROWS and group < heads

@@ -266,6 +266,7 @@ def attention(
     return reference_attention(
         q, k, v, causal=causal, key_mask=key_mask, attn_mask=attn_mask, scale=scale, layer_plan=plan,
         key_sets=key_sets, query_sets=query_sets, stats=stats,
-        block_q=None if chosen == "eager" else block_q, block_heads=block_heads, return_pattern=return_pattern,
+        block_q=None if chosen == "eager" else block_q, block_heads=None if chosen == "eager" else block_heads,
+        return_pattern=return_pattern,
         received_queries=received_queries, **terms,
     )

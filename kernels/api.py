@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .plan import LayerPlan
-from .reference import reference_attention
+from .reference import KEY_TILE, reference_attention
 from .stats import Stats, check_stat_names
 
 IMPLS = ("auto", "eager", "torch", "triton")
@@ -77,15 +77,17 @@ def default_blocks(batch: int, heads: int, n_q: int, n_keys: int, d_v: int) -> t
 
 
 def working_bytes(batch: int, heads: int, n_q: int, n_keys: int, d_v: int, pattern: bool = False) -> int:
-    """Bytes one attention call on the torch path holds beyond its inputs: the float32 output and the two
-    score-block buffers of :func:`default_block_q` rows, or the whole ``[B, H, Q, K]`` map when ``pattern``.
+    """Bytes one attention call on the torch path holds beyond its inputs (no reweighting plan): the float32 output
+    and the block buffers of :func:`default_blocks`' shape (the weights over every key the block sees, the scores
+    over one key tile of :data:`~attnlab.kernels.reference.KEY_TILE`), or the whole ``[B, H, Q, K]`` map when
+    ``pattern``.
 
     Linear in the length unless the pattern is asked for: this is the estimate ``attnlab capture`` prints.
     """
     if pattern:
         return 4 * batch * heads * (n_q * d_v + n_q * n_keys)
     rows, group = default_blocks(batch, heads, n_q, n_keys, d_v)
-    return 4 * batch * (heads * n_q * d_v + 2 * group * min(n_q, rows) * n_keys)
+    return 4 * batch * (heads * n_q * d_v + group * min(n_q, rows) * (n_keys + min(n_keys, KEY_TILE)))
 
 
 def _check_mask(name: str, mask: torch.Tensor, shape: tuple[int, ...], device: torch.device) -> None:

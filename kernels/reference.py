@@ -212,8 +212,15 @@ class _Call:
         buf = self._buffers.get(index)
         if buf is None or buf.numel() < size:  # the first block asks for the widest span or close to it
             width = self.keys(0, self.n_q)[1] - self.keys(0, self.n_q)[0]
+            if index == 0 and self.tiles(width):  # scores are computed a key tile at a time
+                width = KEY_TILE
             buf = self._buffers[index] = torch.empty(max(size, math.prod(shape[:3]) * width), device=self.v.device)
         return buf[:size].view(shape)
+
+    def tiles(self, width: int) -> bool:
+        """Whether rows over ``width`` keys go in key tiles (:func:`_key_tiled_rows`): plain rows (no reweighting),
+        no pattern to return, no graph to build, more than :data:`KEY_TILE` keys."""
+        return self.rw is None and not self.want_pattern and not self.grad and width > KEY_TILE
 
     def heads(self, t: torch.Tensor | None) -> torch.Tensor | None:
         """``t`` ``[B, H|1, ...]`` cut to the heads of the current block (a shared head axis of 1 stays whole)."""
@@ -233,6 +240,11 @@ def _additive(allowed: torch.Tensor) -> torch.Tensor:
     12 x 512 x 512 block, 0.20 against 3.5 ms for a padding mask.
     """
     return torch.zeros(allowed.shape, device=allowed.device).masked_fill_(~allowed, MASKED)
+
+
+def _add(c: _Call, s: torch.Tensor, terms: torch.Tensor) -> torch.Tensor:
+    """``s + terms``: in place, or out of place when the pass builds a graph."""
+    return s + terms if c.grad else s.add_(terms)
 
 
 def _hide(c: _Call, s: torch.Tensor, hide: torch.Tensor) -> torch.Tensor:
@@ -265,14 +277,13 @@ def block_scores(c: _Call, r0: int, r1: int, lo: int, hi: int) -> torch.Tensor:
             if c.grad:  # out of place: the mask widened to the block
                 hide = torch.zeros(s.shape[-2:], device=s.device)  # (q, w)
                 hide[:, c0 - lo:c1 - lo] = _additive(ok)
-                s = s + hide
+                s = _add(c, s, hide)
             else:  # in place on the columns it touches
                 s[..., c0 - lo:c1 - lo].add_(_additive(ok))
     if c.key_mask is not None:
         km = c.key_mask[:, lo:hi]  # (B, w)
         if not bool(km.all()):
-            hide = _additive(km)[:, None, None, :]  # (B, 1, 1, w)
-            s = s + hide if c.grad else s.add_(hide)
+            s = _add(c, s, _additive(km)[:, None, None, :])  # (B, 1, 1, w)
     if c.attn_mask is not None:
         s = _hide(c, s, ~c.heads(c.attn_mask)[:, :, r0:r1, lo:hi])
     return s
@@ -320,7 +331,10 @@ def _softmax_rows(s: torch.Tensor, buf: torch.Tensor | None, grad: bool = False,
     ``p_max`` is ``None``.
     """
     top = s.amax(-1, keepdim=True)  # (B, H, q, 1)
-    d = s if not shift else s - top if grad else s.sub_(top)
+    if not shift:
+        d = s
+    else:
+        d = s - top if grad else s.sub_(top)
     p = torch.softmax(d, -1) if buf is None or grad else torch.softmax(d, -1, out=buf)
     dead = top <= MASKED / 2
     if bool(dead.any()):
@@ -349,8 +363,7 @@ def _normalised_stats(c: _Call, p: torch.Tensor, lo: int, hi: int, r0: int, r1: 
     if "max" in c.stats:
         row["max"] = p.amax(-1)
     if "received" in c.stats:
-        kept = p if c.received_rows is None else p * c.received_rows[:, None, r0:r1, None].to(p.dtype)
-        row["received"] = kept.sum(-2)  # (B, H, w)
+        row["received"] = _column_sums(c, p, r0, r1)  # (B, h, w)
     return _weigh_values(c, p, lo, hi, row)
 
 
@@ -442,7 +455,7 @@ def attention_rows(c: _Call, r0: int, r1: int) -> tuple[torch.Tensor, dict[str, 
         pattern = c.v.new_zeros(bsz, n_heads, r1 - r0, c.n_k) if c.want_pattern else None
         return c.v.new_zeros(bsz, n_heads, r1 - r0, c.v.shape[3]), _empty_rows(c, r1 - r0), pattern
     pattern = None
-    if c.rw is None and not c.want_pattern and not c.grad and hi - lo > KEY_TILE:
+    if c.tiles(hi - lo):
         out, row = _key_tiled_rows(c, r0, r1, lo, hi)
     else:
         buf = c.workspace(1, (bsz, n_heads, r1 - r0, hi - lo)) if c.rw is None and not c.want_pattern else None

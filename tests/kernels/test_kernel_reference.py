@@ -270,3 +270,15 @@ def test_padding_given_as_attn_mask_equals_the_key_mask(impl: str, pad: str):
                    "attn_mask": kw["key_mask"][:, None, None, :].expand(-1, 1, q.shape[2], -1)}  # (B, 1, Q, K)
         out, got = attention(q, k, v, impl=impl, block_q=7, **as_mask)
         assert_matches(out, got.as_dict(), want_out, want, "float32", f"attn_mask padding/{impl}/{causal}")
+
+
+def test_key_tiled_rows_hold_scores_for_one_tile_only(monkeypatch):
+    """Past KEY_TILE keys the scores are computed a tile at a time, so their buffer holds one tile; the weights'
+    buffer holds every key the block sees (their column sums need the final normaliser)."""
+    monkeypatch.setattr(reference, "KEY_TILE", 4)
+    q, k, v = (torch.randn(1, 2, 10, 3, generator=torch.Generator().manual_seed(s)) for s in range(3))
+    c = reference._Call(q, k, v, causal=False, window=None, key_mask=None, attn_mask=None, scale=None, softcap=None,
+                        bias=None, layer_plan=None, key_sets={}, query_sets={}, stats=("lse",),
+                        received_queries=None, want_pattern=False)
+    reference.attention_rows(c, 0, 5)
+    assert c._buffers[0].numel() == 1 * 2 * 5 * 4 and c._buffers[1].numel() == 1 * 2 * 5 * 10

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from .fused import fused_attention
 from .plan import LayerPlan
 from .reference import KEY_TILE, reference_attention
 from .stats import Stats, check_stat_names
@@ -218,7 +219,9 @@ def attention(
         query_sets: ``{name: [B, Q] bool}`` named query sets for the plan.
         impl: ``auto`` (Triton on CUDA, torch elsewhere), ``eager``, ``torch`` or ``triton``.
         return_pattern: also return the ``[B, Hq, Q, K]`` pattern (eager only, materialises it).
-        block_q: query rows per block on the torch path; None sizes blocks by :func:`default_blocks`.
+        block_q: query rows per block on the torch path; None sizes blocks by :func:`default_blocks`, or, when no
+            statistic and no pattern is asked (and no ``softcap``), runs torch's fused kernel with the plan applied
+            around it (:mod:`attnlab.kernels.fused`).
         block_heads: heads per block on the torch path (with ``block_q``); None: every head, or with
             ``block_q=None`` what :func:`default_blocks` picks. A reweighting plan keeps every head in a block.
         received_queries: ``[B, Q]`` bool, the query rows ``received`` sums over (``None``: all). Padding rows
@@ -253,9 +256,14 @@ def attention(
     for name, size in (("block_q", block_q), ("block_heads", block_heads)):
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
             raise ValueError(f"{name} must be a positive int or None; got {size!r}")
+    chosen = resolve_impl(impl, q.device)
+    if chosen == "torch" and not stats and not return_pattern and softcap is None and block_q is None:
+        # nothing but the output is asked: torch's fused kernel, the plan applied around it (kernels.fused)
+        return fused_attention(q, k, v, causal=causal, key_mask=key_mask, attn_mask=attn_mask, scale=scale,
+                               layer_plan=plan, key_sets=key_sets, query_sets=query_sets, window=window,
+                               bias=bias), Stats()
     if block_q is None:
         block_q, block_heads = default_blocks(q.shape[0], q.shape[1], q.shape[2], k.shape[2], v.shape[3])
-    chosen = resolve_impl(impl, q.device)
     if return_pattern and chosen != "eager":
         raise ValueError("return_pattern=True needs impl='eager' (the only path that materialises the pattern)")
     terms = dict(window=window, softcap=None if softcap is None else float(softcap), bias=bias)

@@ -110,30 +110,44 @@ def reweight_rows(
         if rows.numel() < p.shape[2]:
             sub = reweight_rows(p.index_select(2, rows), rw, key_sets, query_rows.index_select(1, rows))
             return p.index_copy(2, rows, sub)
-    n_heads = p.shape[1]
     src = _per_head(key_sets[rw.source].to(torch.bool))  # (B, 1|H, K)
     tgt = ~src if rw.target is None else _per_head(key_sets[rw.target].to(torch.bool)) & ~src  # (B, 1|H, K)
     gate = rw.gate
     cols = [src, tgt] + ([] if gate is None else [key_sets[gate.within]] + ([key_sets[gate.part]] if gate.part else []))
-    masses = _masses(p, cols)  # (B, H, q, 2..4)
+    a_eff, boost = reweight_factors(_masses(p, cols), rw, p.shape[1], query_rows)  # (B, H, q) each
+    # each key's weight is one of (1, a, boost) by its partition: one gather instead of nested wheres
+    weights = torch.stack([torch.ones_like(a_eff), a_eff, boost], dim=-1)  # (B, H, q, 3)
+    part = (src.long() + 2 * tgt.long())[:, :, None, :].expand(p.shape)  # (B, H, q, K) view, 0 rest/1 S/2 T
+    return p * torch.gather(weights, -1, part)
+
+
+def reweight_factors(masses: torch.Tensor, rw: Reweight, n_heads: int, query_rows: torch.Tensor | None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's factors ``(a_eff, boost)`` ``[B, H, q]`` on the source and on the target of a :class:`Reweight`:
+    ``(a, 1 + (1 - a) m_S / m_T)`` where the row is reweighted, ``(1, 1)`` where it is left alone (``m_T = 0``, the
+    gate fails, or the row is outside ``query_rows``). The one owner of the formula, for every torch route.
+
+    Args:
+        masses: ``[B, H, q, 2..4]`` the unmodified rows' mass on the source, the target minus the source, and the
+            gate's ``within`` and ``part`` sets when it has them.
+        rw: the reweighting; n_heads: ``H``.
+        query_rows: ``[B, q]`` bool rows the reweighting may touch, or ``None`` for all.
+    """
     m_s, m_t = masses[..., 0], masses[..., 1]  # (B, H, q)
-    a = torch.tensor(rw.factors(n_heads), dtype=p.dtype, device=p.device)[None, :, None]  # (1, H, 1)
+    a = torch.tensor(rw.factors(n_heads), dtype=masses.dtype, device=masses.device)[None, :, None]  # (1, H, 1)
     apply = m_t > 0
     if query_rows is not None:
         apply = apply & query_rows[:, None, :]
+    gate = rw.gate
     if gate is not None:
         within = masses[..., 2]
         ok = within >= gate.min_mass
         if gate.part is not None:
             ok = ok & (masses[..., 3] >= gate.min_share * within) & (within > 0)
         apply = apply & ok
-    ones = torch.ones_like(m_s)
-    a_eff = torch.where(apply, a.expand_as(m_s), ones)  # (B, H, q)
-    boost = torch.where(apply, 1 + (1 - a_eff) * m_s / m_t.clamp_min(torch.finfo(p.dtype).tiny), ones)  # (B, H, q)
-    # each key's weight is one of (1, a, boost) by its partition: one gather instead of nested wheres
-    weights = torch.stack([ones, a_eff, boost], dim=-1)  # (B, H, q, 3)
-    part = (src.long() + 2 * tgt.long())[:, :, None, :].expand(p.shape)  # (B, H, q, K) view, 0 rest/1 S/2 T
-    return p * torch.gather(weights, -1, part)
+    a_eff = torch.where(apply, a, 1.0)  # (B, H, q)
+    boost = torch.where(apply, 1 + (1 - a) * m_s / m_t.clamp_min(torch.finfo(masses.dtype).tiny), 1.0)
+    return a_eff, boost
 
 
 def visible_keys(r0: int, r1: int, n_q: int, n_k: int, causal: bool, window: int | None) -> tuple[int, int]:

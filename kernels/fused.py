@@ -1,0 +1,114 @@
+"""Attention that asks for no statistic, on torch's fused kernel, with a layer plan applied around it.
+
+A model generating under an intervention (VAR, ACT, head masking) needs the output and nothing else: no weights,
+no statistic. Then the torch path hands the masked softmax to ``torch.nn.functional.scaled_dot_product_attention``
+(one fused op, ~10 us for a decoding row, where the blockwise path's two dozen small ops cost ~150 us) and
+applies the plan around it:
+
+* head scaling multiplies each head's output;
+* a :class:`~attnlab.kernels.plan.Reweight` multiplies each row's weights on three disjoint key partitions
+  (the rest, the source ``S``, the target ``T \\ S``) by ``(1, a, boost)``. Since
+  ``sum_j c_j p_j v_j = sum_parts c_part sum_{j in part} p_j v_j``, one kernel call over the values split by
+  partition, ``[v 1_rest | v 1_S | v 1_T | 1_S 1_T 1_within 1_part]``, gives each partition's output and, from the
+  0/1 columns, the row masses that ``boost`` and the gate need (:func:`~attnlab.kernels.reference.reweight_factors`).
+
+The eager path is this route's oracle (``tests/kernels``); calls that ask for statistics, a pattern, a soft cap
+or explicit blocks take the blockwise path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+
+from .plan import LayerPlan, Reweight
+from .reference import MASKED, _additive, _expand_kv, positional_mask, reweight_rows
+
+
+def _allowed(n_q: int, n_k: int, *, causal: bool, window: int | None, key_mask: torch.Tensor | None,
+             attn_mask: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    """``[B|1, 1|H, Q, K]`` bool pairs a row may attend to, or ``None`` when every pair is allowed."""
+    allowed = None
+    if (causal and n_q > 1) or window is not None:
+        allowed = positional_mask(0, n_q, 0, n_k, n_q, n_k, causal, window, device)[None, None]  # (1, 1, Q, K)
+    if key_mask is not None and not bool(key_mask.all()):
+        keys = key_mask.to(torch.bool)[:, None, None, :]  # (B, 1, 1, K)
+        allowed = keys if allowed is None else allowed & keys
+    if attn_mask is not None:
+        allowed = attn_mask.to(torch.bool) if allowed is None else allowed & attn_mask.to(torch.bool)
+    return allowed
+
+
+def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
+                    key_mask: torch.Tensor | None, attn_mask: torch.Tensor | None, scale: float | None,
+                    layer_plan: LayerPlan | None, key_sets: dict[str, torch.Tensor],
+                    query_sets: dict[str, torch.Tensor], window: int | None = None,
+                    bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention output ``[B, H, Q, dv]`` (q's dtype) under ``layer_plan``, computed in float32 by torch's fused
+    kernel; arguments as in :func:`attnlab.kernels.attention` (no statistic, no soft cap). Rows with nothing to
+    attend to give 0, as on every attnlab path."""
+    n_heads, n_q, n_k = q.shape[1], q.shape[2], k.shape[2]
+    qf = q.float()
+    kf, vf = _expand_kv(k.float(), n_heads), _expand_kv(v.float(), n_heads)  # (B, H, K, d)
+    allowed = _allowed(n_q, n_k, causal=causal, window=window, key_mask=key_mask, attn_mask=attn_mask,
+                       device=q.device)
+    # a causal square with no other mask: the fused kernel's own causal path (no mask tensor to read)
+    plain_causal = causal and n_q == n_k and window is None and bias is None and allowed is not None and \
+        allowed.shape[:2] == (1, 1) and attn_mask is None and (key_mask is None or bool(key_mask.all()))
+    if bias is not None:  # float terms: the bias (its -inf entries made finite) plus MASKED where not allowed
+        mask = bias.float().clamp_min(MASKED)
+        mask = mask if allowed is None else mask + _additive(allowed)
+        dead = mask.amax(-1, keepdim=True) <= MASKED / 2  # (B|1, 1|H, Q, 1)
+    else:
+        mask = allowed
+        dead = None if allowed is None or plain_causal else ~allowed.any(-1, keepdim=True)
+    rw = None if layer_plan is None else layer_plan.reweight
+    factors = () if rw is None else rw.factors(n_heads)
+    heads = [h for h, f in enumerate(factors) if f != 1.0]  # heads the reweighting changes (ACT: the calibrated)
+    q_rows = None if not heads or not rw.queries else query_sets[rw.queries].to(torch.bool)  # (B, Q)
+    rows = None if q_rows is None else q_rows.any(0).nonzero().flatten()  # rows some item reweights (r,)
+    if heads and len(heads) == n_heads and (rows is None or rows.numel() == n_q):
+        out = _reweighted(qf, kf, vf, mask, scale, rw, key_sets, q_rows)  # every row of every head
+    else:
+        out = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=None if plain_causal else mask, scale=scale,
+                                             is_causal=plain_causal)  # (B, H, Q, dv)
+        if heads and (rows is None or rows.numel()):  # e.g. VAR at prefill: the text after the image
+            rows = torch.arange(n_q, device=q.device) if rows is None else rows
+            hs = torch.tensor(heads, device=q.device)
+            sub = _subset(mask, hs, rows, n_heads, n_q)
+            sets = {name: m if m.dim() == 2 else m.index_select(1, hs) for name, m in key_sets.items()}
+            part = replace(rw, factor=tuple(factors[h] for h in heads))
+            out = out.clone() if out.requires_grad else out  # the kernel's output is saved for its backward
+            out[:, hs[:, None], rows[None, :]] = _reweighted(
+                qf.index_select(1, hs).index_select(2, rows), kf.index_select(1, hs), vf.index_select(1, hs), sub,
+                scale, part, sets, None if q_rows is None else q_rows.index_select(1, rows))
+    if dead is not None and bool(dead.any()):
+        out = out.masked_fill(dead, 0.0)
+    if layer_plan is not None and layer_plan.head_scale is not None:
+        out = out * torch.tensor(layer_plan.head_scale, dtype=out.dtype, device=out.device)[None, :, None, None]
+    return out.to(q.dtype)
+
+
+def _subset(mask: torch.Tensor | None, heads: torch.Tensor, rows: torch.Tensor, n_heads: int, n_q: int
+            ) -> torch.Tensor | None:
+    """``mask`` ``[B|1, 1|H, 1|Q, K]`` cut to ``heads`` and ``rows`` (axes of size 1 stay whole)."""
+    if mask is None:
+        return None
+    if mask.shape[1] == n_heads and n_heads > 1:
+        mask = mask.index_select(1, heads)
+    return mask.index_select(2, rows) if mask.shape[2] == n_q and n_q > 1 else mask
+
+
+def _reweighted(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float | None,
+                rw: Reweight, key_sets: dict[str, torch.Tensor], q_rows: torch.Tensor | None) -> torch.Tensor:
+    """Rows ``q`` ``[B, H, r, d]`` attending to ``k``, ``v`` ``[B, H, K, d|dv]`` (float32) under ``rw``, their weights
+    computed and reweighted explicitly (:func:`~attnlab.kernels.reference.reweight_rows`) -> ``[B, H, r, dv]``.
+    ``mask`` ``[B|1, 1|H, 1|r, K]`` (bool, or float terms) or ``None``; ``q_rows`` ``[B, r]`` bool or ``None``. Rows
+    with nothing to attend to come out as the mean of the values; the caller zeroes them."""
+    s = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5 if scale is None else scale)  # (B, H, r, K)
+    if mask is not None:
+        s = s.add_(mask if mask.is_floating_point() else _additive(mask))
+    p = reweight_rows(torch.softmax(s, -1), rw, key_sets, q_rows)  # (B, H, r, K)
+    return p @ v

@@ -5,18 +5,21 @@ time per answer, VHR at most 2x (it needs a text-only pass per question to score
 search cost is reported apart, once per model.
 
 How it is measured: one process, torch on one intra-op thread. Every method answers the same POPE questions of the
-model's held-out calibration split (the eval CLI's own path: ``steering_for`` then
-:func:`attnlab.evals.answer.generate_answer`), after one untimed warm-up answer each; question by question the
-methods run in a rotating order, so load changes hit every method alike. Time is the thread's CPU time
-(``time.thread_time``; on a shared 2-core machine wall time mostly measures the scheduler) with the wall-clock ratio
-printed beside it. Ratios are medians over the questions of (method time / baseline time on the same question).
+model's test split the way the eval CLI does (``steering_for`` then :func:`attnlab.evals.answer.generate_answers`,
+``--batch-size`` questions per padded generation, by default the CLI's
+:data:`~attnlab.jobs.EVAL_BATCH_SIZE`), after one untimed warm-up batch each; batch by batch the methods run in a
+rotating order, so load changes hit every method alike. Time per answer is the batch's thread CPU time
+(``time.thread_time``; on a shared 2-core machine wall time mostly measures the scheduler) over its size, with the
+wall-clock ratio printed beside it; each (method, batch) runs ``--repeats`` times and the fastest run counts (single
+runs of one batch spread by +-20% here, their minimum by about 3%). Ratios are medians over the batches of (method
+time / baseline time on the same batch). ``--batch-size 1`` measures answering one question at a time.
 
 A method that finds nothing to act on (VAR without sink dimensions, ACT without a calibrated head) runs the plain
 model; ``var:dims`` times VAR made to act: with the sink dimensions ``--var-dims``, by default the two where VAR's
 ``phi`` peaks on the warm-up input, and the benchmark checks that it then finds visual sinks (it stops otherwise).
 
-Usage: ``python benchmarks/interventions.py [--model toy-llava-deep] [--questions 12] [--max-new-tokens 3]``.
-The last line is one JSON object.
+Usage: ``python benchmarks/interventions.py [--model toy-llava-deep] [--batches 6] [--batch-size 32] [--repeats 3]
+[--max-new-tokens 3]``. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -33,21 +36,29 @@ import torch
 TARGETS = {"var": 1.1, "var:dims": 1.1, "act": 1.1, "vhr": 2.0}
 
 
-def _answer(loaded, method, image, prompt: str, max_new_tokens: int) -> tuple[str, float, float]:
-    """One answer under ``method``: ``(answer, thread CPU seconds, wall seconds)``."""
-    from attnlab.evals.answer import generate_answer
+def _answer(loaded, method, batch: list, max_new_tokens: int) -> tuple[list[str], float, float]:
+    """One padded generation of ``batch`` (``[(image, prompt), ...]``) under ``method``: ``(answers, thread CPU
+    seconds per answer, wall seconds per answer)``."""
+    from attnlab.evals.answer import generate_answers
 
     model, processor, spec = loaded
+    images, prompts = [image for image, _ in batch], [prompt for _, prompt in batch]
     c0, w0 = time.thread_time(), time.perf_counter()
-    answer = generate_answer(model, processor, spec, image, prompt, max_new_tokens=max_new_tokens,
-                             **method.steering_for(image, prompt))
-    return answer, time.thread_time() - c0, time.perf_counter() - w0
+    answers = generate_answers(model, processor, spec, images, prompts, max_new_tokens=max_new_tokens,
+                               batch_size=len(batch), **method.steering_for(images, prompts))
+    return answers, (time.thread_time() - c0) / len(batch), (time.perf_counter() - w0) / len(batch)
 
 
 def main() -> None:
+    from attnlab.jobs import EVAL_BATCH_SIZE
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="toy-llava-deep")
-    parser.add_argument("--questions", type=int, default=12, help="timed questions (after one warm-up each)")
+    parser.add_argument("--batches", type=int, default=6, help="timed batches per method (after one warm-up each)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs of each (method, batch); the least disturbed (fastest) one counts")
+    parser.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE,
+                        help="questions per padded generation (the eval CLI's --batch-size; 1: one at a time)")
     parser.add_argument("--max-new-tokens", type=int, default=3)
     parser.add_argument("--methods", nargs="+", default=["baseline", "var", "act", "vhr"])
     parser.add_argument("--var-dims", type=int, nargs="*", default=None,
@@ -63,14 +74,15 @@ def main() -> None:
     loaded = load(args.model)
     folder = Path(tempfile.mkdtemp(prefix="attnlab-bench-interventions-"))
     calibration = toy_dataset(loaded[2], folder, split="calibration")
-    inputs = _inputs(loaded, toy_dataset(loaded[2], folder, split="test"), args.questions + 1)
+    inputs = _inputs(loaded, toy_dataset(loaded[2], folder, split="test"), (args.batches + 1) * args.batch_size)
+    batches = [inputs[b:b + args.batch_size] for b in range(0, len(inputs), args.batch_size)]
     methods, setup = _build_methods(loaded, args, calibration, inputs[0])
     if "var:dims" in methods:
         acted, rule = acting_layers(loaded, methods["var:dims"], *inputs[0], args.max_new_tokens)
         print(f"var:dims: visual sinks at {acted} of VAR's {rule} layers on the warm-up input", flush=True)
         if not acted:
             raise SystemExit("var:dims found no visual sink, so it would time VAR doing nothing; give --var-dims")
-    cpu, wall = _time_answers(loaded, methods, inputs, args.max_new_tokens)
+    cpu, wall = _time_answers(loaded, methods, batches, args.max_new_tokens, args.repeats)
     _report(args, cpu, wall, setup)
 
 
@@ -129,37 +141,41 @@ def acting_layers(loaded, method, image, prompt: str, max_new_tokens: int) -> tu
     model, processor, spec = loaded
     from attnlab.evals.answer import generate_answer
 
-    steering = method.steering_for(image, prompt)
+    steering = method.steering_for([image], [prompt])
     generate_answer(model, processor, spec, image, prompt, max_new_tokens=max_new_tokens, **steering)
     sets = steering.get("key_set_fn")
     caches = {} if sets is None else sets.cache
     return sum(bool(sinks.any()) for sinks, _ in caches.values()), len(method.plan.layers)
 
 
-def _time_answers(loaded, methods: dict, inputs: list, max_new_tokens: int) -> tuple[dict, dict]:
-    """Thread-CPU and wall seconds per answer of every method, the methods interleaved in a rotating order on the
-    same questions after one warm-up answer each (the first input)."""
-    warm_image, warm_prompt = inputs[0]
+def _time_answers(loaded, methods: dict, batches: list, max_new_tokens: int, repeats: int) -> tuple[dict, dict]:
+    """Thread-CPU and wall seconds per answer of every method on each batch: the least of ``repeats`` runs, the
+    methods interleaved in a rotating order on the same batches after one warm-up batch each (the first)."""
     for method in methods.values():
-        _answer(loaded, method, warm_image, warm_prompt, max_new_tokens)
+        _answer(loaded, method, batches[0], max_new_tokens)
     cpu = {name: [] for name in methods}
     wall = {name: [] for name in methods}
     names = list(methods)
-    for i, (image, prompt) in enumerate(inputs[1:]):
-        for name in names[i % len(names):] + names[: i % len(names)]:
-            _, c, w = _answer(loaded, methods[name], image, prompt, max_new_tokens)
-            cpu[name].append(c)
-            wall[name].append(w)
+    for i, batch in enumerate(batches[1:]):
+        runs = {name: [] for name in methods}
+        for r in range(repeats):
+            k = (i * repeats + r) % len(names)
+            for name in names[k:] + names[:k]:
+                runs[name].append(_answer(loaded, methods[name], batch, max_new_tokens)[1:])
+        for name, times in runs.items():
+            cpu[name].append(min(c for c, _ in times))
+            wall[name].append(min(w for _, w in times))
     return cpu, wall
 
 
 def _report(args, cpu: dict, wall: dict, setup: dict) -> None:
-    """Print each method's median time and its median ratio to the baseline on the same question, then JSON."""
+    """Print each method's median time per answer and its median ratio to the baseline on the same batch, then
+    JSON."""
     base_cpu, base_wall = cpu["baseline"], wall["baseline"]
-    result = {"model": args.model, "questions": args.questions, "max_new_tokens": args.max_new_tokens,
-              "baseline_ms": 1000 * statistics.median(base_cpu), "methods": {}}
-    print(f"\n{args.model}: {args.questions} questions, median per answer (thread CPU), ratio to the baseline "
-          "on the same question")
+    result = {"model": args.model, "batches": args.batches, "batch_size": args.batch_size, "repeats": args.repeats,
+              "max_new_tokens": args.max_new_tokens, "baseline_ms": 1000 * statistics.median(base_cpu), "methods": {}}
+    print(f"\n{args.model}: {args.batches} batches of {args.batch_size} questions, median per answer (thread CPU), "
+          "ratio to the baseline on the same batch")
     for name in cpu:
         ratio = statistics.median(c / b for c, b in zip(cpu[name], base_cpu))
         wall_ratio = statistics.median(c / b for c, b in zip(wall[name], base_wall))

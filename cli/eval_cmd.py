@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from attnlab.jobs import EVAL_BATCH_SIZE
+
 from .common import check_writable, emit_json, friendly, holds_only
 from .workers import WORKERS_HELP, with_workers
 
@@ -110,10 +112,12 @@ class EvalRequest:
     caption_tokens: int = 32
     calibration: Path | None = None
     calibration_images: Path | None = None
+    batch_size: int = EVAL_BATCH_SIZE
     as_json: bool = False
 
     def binding(self) -> dict:
-        """The settings that fix every row of an eval Run's tables; a finished Run accepts only the same again."""
+        """The settings that fix every row of an eval Run's tables; a finished Run accepts only the same again. The
+        batch size is not one: a padded batch gives each item its answer alone (it is recorded beside them)."""
         def where(p):
             return str(Path(p).resolve()) if p is not None else None
 
@@ -135,7 +139,7 @@ def _check_request(request: EvalRequest, out: Path) -> None:
     from attnlab.core.runs import Run, run_kind
 
     for flag, value in (("--limit", request.limit), ("--max-new-tokens", request.max_new_tokens),
-                        ("--caption-tokens", request.caption_tokens)):
+                        ("--caption-tokens", request.caption_tokens), ("--batch-size", request.batch_size)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be a positive integer, got {value}")
     bound = request.binding()
@@ -179,7 +183,8 @@ def _run(request: EvalRequest, out: Path, shard=None) -> None:
     summary, tables, info = run_comparison(loaded, names, data, out, calibration=calib, chair=chair,
                                            pope=task != "chair", pope_limit=limit, chair_limit=limit,
                                            max_new_tokens=request.max_new_tokens,
-                                           caption_tokens=request.caption_tokens, shard=shard, task=task,
+                                           caption_tokens=request.caption_tokens, shard=shard,
+                                           batch_size=request.batch_size, task=task,
                                            command=request.binding())
     if shard is not None and not shard.is_main:
         return  # every rank holds the merged tables; rank 0 writes the Run
@@ -213,6 +218,8 @@ OUT_HELP = "eval Run directory (resumes an interrupted eval with the same settin
 CALIB_HELP = ("POPE-format JSONL that ACT searches its heads on and VAR detects sink dimensions from; must not share "
               "questions with the test set (default: the zoo card's calibration split)")
 CALIB_IMAGES_HELP = "image folder of the --calibration questions (default: --images)"
+BATCH_HELP = ("items answered in one padded generation: larger batches share each generation's fixed costs "
+              "(each item still gets the answer it gets alone); lower it if memory runs short")
 
 
 @eval_app.command("pope")
@@ -225,11 +232,12 @@ def pope(model: str = typer.Option(..., "--model"), questions: Path = typer.Opti
          calibration: Path = typer.Option(None, "--calibration", help=CALIB_HELP),
          calibration_images: Path = typer.Option(None, "--calibration-images", help=CALIB_IMAGES_HELP),
          workers: int = typer.Option(1, "--workers", help=WORKERS_HELP),
+         batch_size: int = typer.Option(EVAL_BATCH_SIZE, "--batch-size", help=BATCH_HELP),
          as_json: bool = typer.Option(False, "--json")):
     """POPE accuracy/precision/recall/F1/yes-ratio; without --questions, all three toy-world splits."""
     _run(EvalRequest("pope", model, method, questions=questions, images=images, split=split, limit=limit,
                      max_new_tokens=max_new_tokens, calibration=calibration, calibration_images=calibration_images,
-                     as_json=as_json), out, workers=workers)
+                     batch_size=batch_size, as_json=as_json), out, workers=workers)
 
 
 @eval_app.command("chair")
@@ -241,11 +249,13 @@ def chair(model: str = typer.Option(..., "--model"), annotations: Path = typer.O
           calibration: Path = typer.Option(None, "--calibration", help=CALIB_HELP),
           calibration_images: Path = typer.Option(None, "--calibration-images", help=CALIB_IMAGES_HELP),
           workers: int = typer.Option(1, "--workers", help=WORKERS_HELP),
+          batch_size: int = typer.Option(EVAL_BATCH_SIZE, "--batch-size", help=BATCH_HELP),
           as_json: bool = typer.Option(False, "--json")):
     """Captions scored with CHAIR_s, CHAIR_i, recall and length; without --annotations, the toy world."""
     _run(EvalRequest("chair", model, method, images=images, annotations=annotations, limit=limit,
                      max_new_tokens=max_new_tokens, caption_tokens=max_new_tokens, calibration=calibration,
-                     calibration_images=calibration_images, as_json=as_json), out, workers=workers)
+                     calibration_images=calibration_images, batch_size=batch_size, as_json=as_json), out,
+         workers=workers)
 
 
 @eval_app.command("compare")
@@ -260,10 +270,11 @@ def compare(model: str = typer.Option(..., "--model"),
             calibration: Path = typer.Option(None, "--calibration", help=CALIB_HELP),
             calibration_images: Path = typer.Option(None, "--calibration-images", help=CALIB_IMAGES_HELP),
             workers: int = typer.Option(1, "--workers", help=WORKERS_HELP),
+            batch_size: int = typer.Option(EVAL_BATCH_SIZE, "--batch-size", help=BATCH_HELP),
             as_json: bool = typer.Option(False, "--json")):
     """Baseline vs every method on the same POPE questions and CHAIR images: paired bootstrap CIs, McNemar's
-    test, and median per-item time ratios (after a warm-up item)."""
+    test, and median per-item time ratios (after a warm-up batch)."""
     _run(EvalRequest("compare", model, method, questions=questions, images=images, annotations=annotations,
                      limit=limit, max_new_tokens=max_new_tokens, caption_tokens=caption_tokens,
-                     calibration=calibration, calibration_images=calibration_images, as_json=as_json),
-         out, workers=workers)
+                     calibration=calibration, calibration_images=calibration_images, batch_size=batch_size,
+                     as_json=as_json), out, workers=workers)

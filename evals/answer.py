@@ -52,14 +52,16 @@ def _after_image(ids: torch.Tensor, image_token_id: int) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def left_padding(tokenizer):
-    """Pad on the left inside the block (batched decoding appends after the last position), restoring the side after."""
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
+def padding_side(tokenizer, side: str):
+    """Pad on ``side`` inside the block, restoring the tokenizer's own side after: ``left`` for batched decoding
+    (it appends after each row's last position), ``right`` for a plain forward pass of a padded batch (each row's
+    positions count from its first token, as when it runs alone)."""
+    saved = tokenizer.padding_side
+    tokenizer.padding_side = side
     try:
         yield tokenizer
     finally:
-        tokenizer.padding_side = side
+        tokenizer.padding_side = saved
 
 
 def generate_answers(model, processor, spec, images: Sequence, prompts: Sequence[str], *, max_new_tokens: int,
@@ -80,8 +82,9 @@ def generate_answers(model, processor, spec, images: Sequence, prompts: Sequence
         key_set_fn: dynamic key sets for the plan (e.g. VAR's sinks).
         query_after_image: give the plan the query set ``after_image`` (each row's positions after its last image
             token, so the plan acts on the text that reads the image).
-        around: ``around(inputs)`` -> a context manager entered around each batch's generation, given the batch's
-            prepared inputs (``input_ids [B, N]`` ...): interventions that act on what the pass computes (VHR).
+        around: ``around(inputs, prompts)`` -> a context manager entered around each batch's generation, given the
+            batch's prepared inputs (``input_ids [B, N]`` ..., padded on the left) and its prompts: interventions
+            that act on what the pass computes (VHR).
         batch_size: prompts per ``generate`` call.
 
     Returns:
@@ -98,7 +101,7 @@ def generate_answers(model, processor, spec, images: Sequence, prompts: Sequence
         ends["eos_token_id"] = tok.eos_token_id
     answers: list[str] = []
     for i in range(0, len(prompts), batch_size):
-        with left_padding(tok):
+        with padding_side(tok, "left"):
             inputs = on_model_device(prepare_inputs(processor, spec, list(prompts[i:i + batch_size]),
                                                     list(images[i:i + batch_size])), model)
         extra = {}
@@ -106,7 +109,8 @@ def generate_answers(model, processor, spec, images: Sequence, prompts: Sequence
             extra["after_image"] = _after_image(inputs["input_ids"], spec.image_token_id)
         ctx = attach(model, plan=plan, tokenizer=tok, key_sets=extra, key_set_fn=key_set_fn) if plan is not None \
             else contextlib.nullcontext()
-        with torch.no_grad(), around(inputs) if around is not None else contextlib.nullcontext(), ctx:
+        steer = around(inputs, list(prompts[i:i + batch_size])) if around is not None else contextlib.nullcontext()
+        with torch.no_grad(), steer, ctx:
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, **ends)  # (B, N + new)
         new = out[:, inputs["input_ids"].shape[1]:]
         answers += [tidy(t) for t in tok.batch_decode(new, skip_special_tokens=True)]

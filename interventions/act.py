@@ -118,9 +118,9 @@ class ACTMethod:
     search: dict
     sinks: ACTSinks = field(default_factory=ACTSinks)
 
-    def steering_for(self, image=None, prompt=None) -> dict:
-        """:func:`~attnlab.evals.answer.generate_answer`'s keyword arguments for one input: the Plan and fresh sink
-        sets; ``{}`` (the plain model) when no head was calibrated."""
+    def steering_for(self, images=None, prompts=None) -> dict:
+        """:func:`~attnlab.evals.answer.generate_answers`' keyword arguments for a batch of inputs: the Plan and fresh
+        sink sets (each row's own, found at its prefill); ``{}`` (the plain model) when no head was calibrated."""
         if not self.heads:
             return {}
         return {"plan": self.plan, "key_set_fn": self.sinks.fresh()}

@@ -1,5 +1,6 @@
-"""Evaluation methods by name: each gives, per input, how to steer the answer (``steering_for(image, prompt)``:
-:func:`~attnlab.evals.answer.generate_answer`'s ``plan``, dynamic ``key_set_fn`` or ``around`` context).
+"""Evaluation methods by name: each gives, per batch of inputs, how to steer the answers
+(``steering_for(images, prompts)``: :func:`~attnlab.evals.answer.generate_answers`' ``plan``, dynamic ``key_set_fn``
+or ``around`` context).
 
 ``baseline`` runs the plain model; ``mask:SPEC`` masks the listed heads (``attnlab.interventions.heads``);
 ``vhr``, ``var`` and ``act`` build their Plans from probe results (see their modules).
@@ -24,8 +25,8 @@ class StaticMethod:
     plan: Plan | None
     key_set_fn: object = None
 
-    def steering_for(self, image=None, prompt=None) -> dict:
-        """:func:`~attnlab.evals.answer.generate_answer`'s keyword arguments for one input (``{}``: the plain
+    def steering_for(self, images=None, prompts=None) -> dict:
+        """:func:`~attnlab.evals.answer.generate_answers`' keyword arguments for a batch of inputs (``{}``: the plain
         model)."""
         return {} if self.plan is None else {"plan": self.plan, "key_set_fn": self.key_set_fn}
 

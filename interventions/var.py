@@ -135,10 +135,10 @@ class VARMethod:
     sink_dims: tuple[int, ...]
     tau: float = 20.0
 
-    def steering_for(self, image=None, prompt=None) -> dict:
-        """:func:`~attnlab.evals.answer.generate_answer`'s keyword arguments for one input: the Plan and fresh sink
-        sets; ``{}`` (the plain model) without sink dimensions, where no token can be a sink and VAR is the
-        identity."""
+    def steering_for(self, images=None, prompts=None) -> dict:
+        """:func:`~attnlab.evals.answer.generate_answers`' keyword arguments for a batch of inputs: the Plan and fresh
+        sink sets (each row's own, found at its prefill); ``{}`` (the plain model) without sink dimensions, where no
+        token can be a sink and VAR is the identity."""
         if not self.sink_dims:
             return {}
         return {"plan": self.plan, "key_set_fn": SinkSets(self.sink_dims, self.tau)}

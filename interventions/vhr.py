@@ -30,72 +30,86 @@ from functools import partial
 
 import torch
 
-from attnlab.hooks.edits import Edits, edited
-from attnlab.hooks.inputs import on_model_device, prepare_inputs, without_image
+from attnlab.evals.answer import padding_side
+from attnlab.hooks.edits import Edits, edited, last_positions
+from attnlab.hooks.inputs import on_model_device, prepare_inputs, tokenizer_of, without_image
 from attnlab.kernels.plan import Plan
 from attnlab.probes.vhd import vhr_layer_heads, vhr_layers
 
 from .heads import scale_heads_plan
 
 
-def text_only_inputs(processor, spec, prompt: str) -> dict:
-    """The prompt with the image placeholder removed, tokenised for the language model alone (``input_ids [1, N]``
-    ...): :func:`~attnlab.hooks.inputs.prepare_inputs` without images."""
-    return prepare_inputs(processor, spec, [without_image(prompt)], [])
+def text_only_inputs(processor, spec, prompts: list[str]) -> dict:
+    """The prompts with the image placeholder removed, tokenised for the language model alone (``input_ids [B, N]``
+    ..., padded on the right, so each row's positions are those it has alone): :func:`~attnlab.hooks.inputs.
+    prepare_inputs` without images."""
+    with padding_side(tokenizer_of(processor), "right"):
+        return prepare_inputs(processor, spec, [without_image(p) for p in prompts], [])
 
 
-def text_only_head_outputs(model, processor, spec, prompt: str, layers) -> dict[int, torch.Tensor]:
-    """``{layer: [H, d_head]}`` each of ``layers``' head outputs (before ``W_O``) at the last token of ``prompt``
-    without its image: the second term of VHD (He et al. 2025, Eq. 4). Only ``layers`` are recorded."""
+def text_only_head_outputs(model, processor, spec, prompts: list[str], layers) -> dict[int, torch.Tensor]:
+    """``{layer: [B, H, d_head]}`` each of ``layers``' head outputs (before ``W_O``) at the last real token of each
+    prompt without its image: the second term of VHD (He et al. 2025, Eq. 4). One batched pass; only ``layers`` are
+    recorded."""
+    inputs = text_only_inputs(processor, spec, prompts)
+    last = last_positions(inputs)  # (B,)
     record = Edits(record_z={}, record_layers=frozenset(layers))
     with torch.no_grad(), edited(model, record):
-        model(**on_model_device(text_only_inputs(processor, spec, prompt), model))
-    return {layer: record.record_z[layer][0, -1] for layer in layers}
+        model(**on_model_device(inputs, model))
+    rows = torch.arange(len(prompts))
+    return {layer: record.record_z[layer][rows, last.to(record.record_z[layer].device)] for layer in layers}
 
 
 @contextlib.contextmanager
-def vhr_reinforced(model, processor, spec, prompt: str, inputs: dict, *, alpha: float = 2.0,
-                   layers: tuple[int, ...] | None = None) -> Iterator[dict]:
-    """Inside the block, ``model``'s passes over ``inputs`` (one prompt with its image: a prefill, then decoding
-    steps) run VHR.
+def vhr_reinforced(model, processor, spec, prompts: list[str], inputs: dict, *, alpha: float = 2.0,
+                   layers: tuple[int, ...] | None = None) -> Iterator[list[dict]]:
+    """Inside the block, ``model``'s passes over ``inputs`` (the prompts with their images: a prefill, then decoding
+    steps) run VHR, each item with its own heads.
 
-    At the first pass (the prefill), each layer of ``layers`` takes its heads' outputs at the last position, their
-    VHD against the text-only pass (:func:`text_only_head_outputs`, run on entry) and ``TA``, picks heads with
-    :func:`~attnlab.probes.vhd.vhr_layer_heads`, and multiplies them by ``alpha`` before ``W_O`` (at every position,
-    as the head-scaling Plan of :func:`vhr_plan` does); later layers see the reinforced stream. Later passes
-    (decoding) scale the same heads, so the cached keys and values stay consistent.
+    At the first pass (the prefill), each layer of ``layers`` takes each item's head outputs at its last real
+    position, their VHD against the text-only pass (:func:`text_only_head_outputs`, one batched pass on entry) and
+    ``TA``, picks the item's heads with :func:`~attnlab.probes.vhd.vhr_layer_heads`, and multiplies them by
+    ``alpha`` before ``W_O`` (at every position, as the head-scaling Plan of :func:`vhr_plan` does); later layers
+    see the reinforced stream. Later passes (decoding) scale the same heads, so the cached keys and values stay
+    consistent. A padded batch gives each item the heads and answer it gets alone.
 
     Args:
         model, processor, spec: a LLaVA-type model from :func:`attnlab.zoo.load`.
-        prompt: the prompt (with ``<image>``); inputs: its prepared inputs (``input_ids [1, N]`` ...).
+        prompts: the prompts (with ``<image>``), one per row of ``inputs``: their prepared inputs
+            (``input_ids [B, N]`` ..., either padding side).
         alpha: reinforcement factor (2 in the paper); layers: ``L_r`` (default :func:`vhr_layers`).
 
     Yields:
-        ``{layer: {"heads": (...), "outliers": (...)}}``, filled by the prefill.
+        One ``{layer: {"heads": (...), "outliers": (...)}}`` per prompt, filled by the prefill.
 
     Raises:
-        ValueError: a batch of more than one prompt (the heads are chosen per input).
+        ValueError: when the prompts and the rows of ``inputs`` differ in number.
     """
     layers = vhr_layers(spec.n_layers) if layers is None else tuple(layers)
-    if inputs["input_ids"].shape[0] != 1:
-        raise ValueError(f"VHR chooses heads per input; give one prompt at a time (got {inputs['input_ids'].shape[0]})")
-    text = text_only_head_outputs(model, processor, spec, prompt, layers)
-    n_prompt = inputs["input_ids"].shape[1]
-    chosen: dict[int, dict] = {}
+    n_items, n_prompt = inputs["input_ids"].shape
+    if len(prompts) != n_items:
+        raise ValueError(f"VHR chooses heads per input: give one prompt per row of inputs (got {len(prompts)} "
+                         f"prompts for {n_items} rows)")
+    text = text_only_head_outputs(model, processor, spec, prompts, layers)
+    last = last_positions(inputs)  # (B,)
+    chosen: list[dict[int, dict]] = [{} for _ in prompts]
     scales: dict[int, torch.Tensor] = {}
 
-    def reinforce(z: torch.Tensor, layer: int) -> torch.Tensor:  # z (1, N, H, d_head)
+    def reinforce(z: torch.Tensor, layer: int) -> torch.Tensor:  # z (B, N, H, d_head)
         if layer in scales:  # a decoding step: the heads chosen at the prefill
-            return z * scales[layer][None, None, :, None]
+            return z * scales[layer][:, None, :, None]
         if z.shape[1] != n_prompt:
             raise ValueError(f"VHR's first pass must be the prefill of its {n_prompt} tokens; got {z.shape[1]}")
-        t = text[layer].to(z.device, torch.float32)  # (H, d_head)
-        vhd = (z[0, -1].float() - t).norm(dim=-1)  # (H,)
-        heads, outliers = vhr_layer_heads(vhd.cpu().numpy(), t.pow(2).sum(-1).cpu().numpy())
-        chosen[layer] = {"heads": heads, "outliers": outliers}
-        scales[layer] = torch.ones(z.shape[2], dtype=z.dtype, device=z.device)
-        scales[layer][list(heads)] = alpha
-        return z * scales[layer][None, None, :, None]
+        t = text[layer].to(z.device, torch.float32)  # (B, H, d_head)
+        here = z[torch.arange(n_items, device=z.device), last.to(z.device)].float()  # (B, H, d_head)
+        vhd = (here - t).norm(dim=-1).cpu().numpy()  # (B, H)
+        norms = t.pow(2).sum(-1).cpu().numpy()  # (B, H)
+        scales[layer] = torch.ones(n_items, z.shape[2], dtype=z.dtype, device=z.device)  # (B, H)
+        for item in range(n_items):
+            heads, outliers = vhr_layer_heads(vhd[item], norms[item])
+            chosen[item][layer] = {"heads": heads, "outliers": outliers}
+            scales[layer][item, list(heads)] = alpha
+        return z * scales[layer][:, None, :, None]
 
     with edited(model, Edits(transform_z={layer: partial(reinforce, layer=layer) for layer in layers})):
         yield chosen
@@ -117,9 +131,10 @@ def vhr_plan(model, processor, spec, image, prompt: str, *, alpha: float = 2.0,
         ``(plan, {"heads": {layer: heads}, "outliers": {layer: heads}})``.
     """
     inputs = on_model_device(prepare_inputs(processor, spec, [prompt], [image]), model)
-    with torch.no_grad(), vhr_reinforced(model, processor, spec, prompt, inputs, alpha=alpha,
-                                         layers=layers) as chosen:
+    with torch.no_grad(), vhr_reinforced(model, processor, spec, [prompt], inputs, alpha=alpha,
+                                         layers=layers) as per_item:
         model(**inputs)
+    chosen = per_item[0]
     heads = [(layer, h) for layer, c in chosen.items() for h in c["heads"]]
     return (scale_heads_plan(heads, spec.n_heads, alpha, name="vhr"),
             {"heads": {layer: c["heads"] for layer, c in chosen.items()},
@@ -143,18 +158,21 @@ class VHRMethod:
     def __post_init__(self) -> None:
         self.chosen: dict[str, dict[int, tuple[int, ...]]] = {}  # input digest -> {layer: heads}
 
-    def steering_for(self, image, prompt) -> dict:
-        """:func:`~attnlab.evals.answer.generate_answer`'s keyword arguments for one input: ``around``, which runs
-        the generation under :func:`vhr_reinforced`."""
-        # Keyed by the input, so a repeated input (the eval's untimed warm-up item) is counted once.
-        digest = hashlib.sha1(image.tobytes() + prompt.encode()).hexdigest()
+    def steering_for(self, images=None, prompts=None) -> dict:
+        """:func:`~attnlab.evals.answer.generate_answers`' keyword arguments for a batch of inputs: ``around``, which
+        runs each generation under :func:`vhr_reinforced` and remembers each input's heads."""
 
         @contextlib.contextmanager
-        def around(inputs):
-            with vhr_reinforced(self.model, self.processor, self.spec, prompt, inputs, alpha=self.alpha,
+        def around(inputs, batch_prompts):
+            with vhr_reinforced(self.model, self.processor, self.spec, batch_prompts, inputs, alpha=self.alpha,
                                 layers=self.layers) as chosen:
                 yield
-            self.chosen[digest] = {layer: c["heads"] for layer, c in chosen.items()}
+            for row, prompt in enumerate(batch_prompts):
+                # keyed by the input (its pixels and prompt), so a repeated input (the eval's untimed warm-up
+                # batch) is counted once
+                pixels = inputs["pixel_values"][row].detach().cpu().numpy().tobytes()
+                digest = hashlib.sha1(pixels + prompt.encode()).hexdigest()
+                self.chosen[digest] = {layer: c["heads"] for layer, c in chosen[row].items()}
 
         return {"around": around}
 

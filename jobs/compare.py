@@ -18,6 +18,7 @@ from attnlab.evals.pope import check_images, load_pope_questions
 from attnlab.evals.significance import Bootstrap, significance_table
 from attnlab.interventions.methods import build_method
 
+from . import EVAL_BATCH_SIZE
 from .chair_eval import ChairUnit, run_chair_unit
 from .pope_eval import PopeUnit, run_pope_unit
 
@@ -26,12 +27,12 @@ SUMMARY_TABLE = "summary"
 
 
 def pope_table(loaded, methods: dict, data: BenchmarkFiles, out: Path, model_name: str, limit: int | None,
-               max_new_tokens: int, progress: bool = True,
-               shard=None) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[tuple[str, str], pd.DataFrame]]:
+               max_new_tokens: int, progress: bool = True, shard=None, batch_size: int = EVAL_BATCH_SIZE
+               ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[tuple[str, str], pd.DataFrame]]:
     """Every method on every split.
 
     With ``shard`` (a :class:`~attnlab.core.distributed.Shard`), this rank answers its share of every unit and
-    every rank returns the merged tables.
+    every rank returns the merged tables. Questions go ``batch_size`` at a time.
 
     Returns:
         ``(metrics, predictions, by_unit)``: one metrics row per (split, method) with total ``seconds``, the
@@ -44,7 +45,8 @@ def pope_table(loaded, methods: dict, data: BenchmarkFiles, out: Path, model_nam
         check_images(questions, Path(data.images))
         for name, state in methods.items():
             unit = PopeUnit(model_name, name, split, str(file), data.images, limit, max_new_tokens)
-            outcome = run_pope_unit(unit, questions, loaded, state, out, progress, shard=shard)
+            outcome = run_pope_unit(unit, questions, loaded, state, out, progress, shard=shard,
+                                    batch_size=batch_size)
             rows.append({"task": "pope", "split": split, "method": name, **_pope_fields(outcome.metrics),
                          "seconds": outcome.seconds, "item_s_median": outcome.median_seconds})
             predictions[f"predictions-{unit.name}"] = by_unit[(split, name)] = outcome.predictions
@@ -53,8 +55,10 @@ def pope_table(loaded, methods: dict, data: BenchmarkFiles, out: Path, model_nam
 
 def chair_table(loaded, methods: dict, data: BenchmarkFiles, chair: ChairData, out: Path, model_name: str,
                 limit: int | None, max_new_tokens: int, progress: bool = True,
-                shard=None) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
-    """Every method's captions scored with CHAIR on the annotated images (``shard``: as in :func:`pope_table`).
+                shard=None, batch_size: int = EVAL_BATCH_SIZE
+                ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
+    """Every method's captions scored with CHAIR on the annotated images (``shard``, ``batch_size``: as in
+    :func:`pope_table`).
 
     Returns:
         ``(metrics, captions, by_method)``: one metrics row per method (times as in :func:`pope_table`), the
@@ -64,7 +68,8 @@ def chair_table(loaded, methods: dict, data: BenchmarkFiles, chair: ChairData, o
     rows, captions, by_method = [], {}, {}
     for name, state in methods.items():
         unit = ChairUnit(model_name, name, data.annotations, data.images, limit, max_new_tokens)
-        outcome = run_chair_unit(unit, images, chair.truth, synonyms, loaded, state, out, progress, shard=shard)
+        outcome = run_chair_unit(unit, images, chair.truth, synonyms, loaded, state, out, progress, shard=shard,
+                                 batch_size=batch_size)
         m = outcome.metrics
         rows.append({"task": "chair", "split": "captions", "method": name, "chair_s": m.chair_s, "chair_i": m.chair_i,
                      "recall": m.recall, "mean_length": m.mean_length, "n": m.n_captions, "seconds": outcome.seconds,
@@ -75,10 +80,10 @@ def chair_table(loaded, methods: dict, data: BenchmarkFiles, chair: ChairData, o
 
 def compare_methods(loaded, methods: dict, data: BenchmarkFiles, out: Path, *, pope: bool = True,
                     chair: ChairData | None, pope_limit: int | None, chair_limit: int | None, max_new_tokens: int,
-                    caption_tokens: int, progress: bool = True, shard=None,
+                    caption_tokens: int, progress: bool = True, shard=None, batch_size: int = EVAL_BATCH_SIZE,
                     bootstrap: Bootstrap = Bootstrap()) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """Every method on the POPE splits of ``data`` (unless ``pope=False``) and, when ``chair`` is given, on its
-    CHAIR images, and each method's paired difference from ``baseline``.
+    CHAIR images, and each method's paired difference from ``baseline``; items go ``batch_size`` at a time.
 
     Returns:
         ``(summary, tables)``: one row per (task, split, method) with metrics, total seconds, the median
@@ -90,12 +95,14 @@ def compare_methods(loaded, methods: dict, data: BenchmarkFiles, out: Path, *, p
     frames, tables, pope_units, chair_units = [], {}, {}, {}
     if pope and data.pope:
         frame, predictions, pope_units = pope_table(loaded, methods, data, out, loaded[2].name, pope_limit,
-                                                    max_new_tokens, progress=progress, shard=shard)
+                                                    max_new_tokens, progress=progress, shard=shard,
+                                                    batch_size=batch_size)
         frames.append(frame)
         tables.update(predictions)
     if chair is not None:
         frame, captions, chair_units = chair_table(loaded, methods, data, chair, out, loaded[2].name, chair_limit,
-                                                   caption_tokens, progress=progress, shard=shard)
+                                                   caption_tokens, progress=progress, shard=shard,
+                                                   batch_size=batch_size)
         frames.append(frame)
         tables.update(captions)
     significance = significance_table(pope_units, chair_units, settings=bootstrap)
@@ -134,7 +141,7 @@ def _with_time_ratio(frame: pd.DataFrame, group: list[str]) -> pd.DataFrame:
 
 def run_comparison(loaded, names: list[str], data, out: Path, *, calibration, chair, pope: bool = True,
                    pope_limit: int | None, chair_limit: int | None, max_new_tokens: int, caption_tokens: int,
-                   progress: bool = True, shard=None, **info_fields):
+                   progress: bool = True, shard=None, batch_size: int = EVAL_BATCH_SIZE, **info_fields):
     """Build each named method and run them all on the same items: the one eval pipeline of the CLI and the demo.
 
     Args:
@@ -143,7 +150,7 @@ def run_comparison(loaded, names: list[str], data, out: Path, *, calibration, ch
         data: the test :class:`~attnlab.evals.benchmark.BenchmarkFiles`; ``calibration`` the files ACT and VAR calibrate on.
         out: the eval's working folder (progress logs).
         chair: prepared CHAIR data or ``None``; ``pope``: run the POPE splits.
-        pope_limit, chair_limit, max_new_tokens, caption_tokens, progress, shard: as in
+        pope_limit, chair_limit, max_new_tokens, caption_tokens, progress, shard, batch_size: as in
             :func:`compare_methods`.
         info_fields: extra manifest fields (``task``, ``command``, ``demo_version`` ...).
 
@@ -156,9 +163,10 @@ def run_comparison(loaded, names: list[str], data, out: Path, *, calibration, ch
     setup = time.perf_counter() - t0
     summary, tables = compare_methods(loaded, states, data, out, pope=pope, chair=chair, pope_limit=pope_limit,
                                       chair_limit=chair_limit, max_new_tokens=max_new_tokens,
-                                      caption_tokens=caption_tokens, progress=progress, shard=shard)
+                                      caption_tokens=caption_tokens, progress=progress, shard=shard,
+                                      batch_size=batch_size)
     info = comparison_info(loaded, states, data, calibration, setup, limit=pope_limit, max_new_tokens=max_new_tokens,
-                           caption_tokens=caption_tokens, **info_fields)
+                           caption_tokens=caption_tokens, batch_size=batch_size, **info_fields)
     return summary, tables, info
 
 

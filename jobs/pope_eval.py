@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from attnlab.evals.answer import format_prompt, generate_answer, prompt_templates
+from attnlab.evals.answer import format_prompt, prompt_templates
 from attnlab.evals.pope import PopeMetrics, PopeQuestion, parse_pope_answer, pope_metrics
 
-from .sharded import run_items, unit_name
+from . import EVAL_BATCH_SIZE
+from .answering import answer_batch
+from .sharded import run_item_batches, unit_name
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,9 @@ class PopeUnit:
         images: image directory.
         limit: first N questions only (``None``: all).
         max_new_tokens: answer length cap.
+
+    The batch size is not among them: a padded batch gives each question the answer it gets alone, so a resume may
+    batch differently (after running out of memory, say); each row records the batch it was answered in.
     """
 
     model: str
@@ -53,46 +57,50 @@ class PopeOutcome:
     median_seconds: float
 
 
-def answer_question(q: PopeQuestion, unit: PopeUnit, loaded, method_state, template: str) -> dict:
-    """Answer one question under the method; returns its progress row (answer, parsed prediction, seconds)."""
+def answer_questions(batch: list[PopeQuestion], unit: PopeUnit, loaded, method_state, template: str) -> list[dict]:
+    """Answer a batch of questions under the method in one padded generation; returns their progress rows (answer,
+    parsed prediction, ``seconds``: the batch's time over its size, and ``batch``: its size)."""
     from PIL import Image
 
-    model, processor, spec = loaded
-    image = Image.open(Path(unit.images) / q.image).convert("RGB")
-    prompt = format_prompt(processor, template, q.text)
-    t0 = time.perf_counter()
-    answer = generate_answer(model, processor, spec, image, prompt, max_new_tokens=unit.max_new_tokens,
-                             **method_state.steering_for(image, prompt))
-    return {"question_id": q.question_id, "image": q.image, "text": q.text, "label": q.label, "answer": answer,
-            "prediction": parse_pope_answer(answer), "seconds": time.perf_counter() - t0}
+    images = [Image.open(Path(unit.images) / q.image).convert("RGB") for q in batch]
+    prompts = [format_prompt(loaded[1], template, q.text) for q in batch]
+    answers, seconds = answer_batch(loaded, method_state, images, prompts, unit.max_new_tokens)
+    return [{"question_id": q.question_id, "image": q.image, "text": q.text, "label": q.label, "answer": answer,
+             "prediction": parse_pope_answer(answer), "seconds": seconds, "batch": len(batch)}
+            for q, answer in zip(batch, answers)]
 
 
 def pope_outcome(unit: PopeUnit, rows: list[dict]) -> PopeOutcome:
-    """Metrics over the rows of every question (in question order); total and median seconds per question."""
+    """Metrics over the rows of every question (in question order); total and median seconds per question (a
+    batch's time shared by its questions)."""
     frame = pd.DataFrame(rows)
     metrics = pope_metrics(frame["label"].tolist(), frame["prediction"].tolist())
     return PopeOutcome(unit, metrics, frame, float(frame["seconds"].sum()), float(frame["seconds"].median()))
 
 
 def run_pope_unit(unit: PopeUnit, questions: list[PopeQuestion], loaded, method_state, out: Path,
-                  progress_bar: bool = True, shard=None) -> PopeOutcome:
+                  progress_bar: bool = True, shard=None, batch_size: int = EVAL_BATCH_SIZE) -> PopeOutcome:
     """Answer every question not yet done, append each answer durably, and return metrics over all.
 
     Args:
         unit: the unit settings.
         questions: the (limited) questions of the split.
         loaded: ``(model, processor, spec)``.
-        method_state: object with ``steering_for(image, prompt) -> generate_answer's keyword arguments`` (see ``interventions.methods``).
+        method_state: object with ``steering_for(images, prompts) -> generate_answers' keyword arguments`` (see
+            ``interventions.methods``).
         out: the eval Run directory.
         progress_bar: show a tqdm bar.
         shard: this rank's :class:`~attnlab.core.distributed.Shard` in a job of several workers (it answers
             its share of the questions, see :func:`attnlab.jobs.sharded.run_items`), or ``None``.
+        batch_size: questions per padded generation.
 
-    The first question this process answers is answered once more, untimed, before timing starts (warm-up:
-    kernel compilation, allocator and cache growth), so per-question seconds measure the steady state.
+    Questions go ``batch_size`` at a time (:func:`~attnlab.jobs.sharded.run_item_batches`). The first batch
+    this process answers is answered once more, untimed, before timing starts (warm-up: kernel compilation, allocator
+    and cache growth), so per-question seconds measure the steady state.
     """
     template = prompt_templates(loaded[2])["pope"]
-    rows = run_items(out, unit.name, asdict(unit), "question_id", [q.question_id for q in questions],
-                     lambda i: answer_question(questions[i], unit, loaded, method_state, template),
-                     shard=shard, progress_bar=progress_bar, warm_up=True)
+    rows = run_item_batches(out, unit.name, asdict(unit), "question_id", [q.question_id for q in questions],
+                            lambda batch: answer_questions([questions[i] for i in batch], unit, loaded, method_state,
+                                                           template),
+                            batch_size=batch_size, shard=shard, progress_bar=progress_bar, warm_up=True)
     return pope_outcome(unit, rows)

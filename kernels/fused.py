@@ -2,18 +2,20 @@
 
 A model generating under an intervention (VAR, ACT, head masking) needs the output and nothing else: no weights,
 no statistic. Then the torch path hands the masked softmax to ``torch.nn.functional.scaled_dot_product_attention``
-(one fused op, ~10 us for a decoding row, where the blockwise path's two dozen small ops cost ~150 us) and
+(one fused op: ~10 us for a decoding row on the CPU, where the blockwise path's two dozen small ops cost ~150 us) and
 applies the plan around it:
 
 * head scaling multiplies each head's output;
-* a :class:`~attnlab.kernels.plan.Reweight` multiplies each row's weights on three disjoint key partitions
-  (the rest, the source ``S``, the target ``T \\ S``) by ``(1, a, boost)``. Since
-  ``sum_j c_j p_j v_j = sum_parts c_part sum_{j in part} p_j v_j``, one kernel call over the values split by
-  partition, ``[v 1_rest | v 1_S | v 1_T | 1_S 1_T 1_within 1_part]``, gives each partition's output and, from the
-  0/1 columns, the row masses that ``boost`` and the gate need (:func:`~attnlab.kernels.reference.reweight_factors`).
+* a :class:`~attnlab.kernels.plan.Reweight` needs each row's weights, so the rows and heads it may change are
+  computed explicitly, reweighted by :func:`~attnlab.kernels.reference.reweight_rows` (the blockwise path's own
+  function), and written over the fused kernel's output; every other row and head is the fused kernel's. A
+  reweighting limited to a query set (VAR: the text after the image, a few rows of a prompt) or to some heads (ACT:
+  its calibrated heads, the other factors being 1) thus costs little beyond the plain call.
 
-The eager path is this route's oracle (``tests/kernels``); calls that ask for statistics, a pattern, a soft cap
-or explicit blocks take the blockwise path.
+Masks are the same on both sides: causality and windows (query ``i`` at position ``i + K - Q``), padding, any
+``attn_mask`` and an additive ``bias``; a row with nothing to attend to gives 0, as on every attnlab path. The eager
+path and the float64 textbook are this route's oracles (``tests/kernels/test_kernel_fused.py``); calls that ask for
+statistics, a pattern, a soft cap or explicit blocks take the blockwise path.
 """
 
 from __future__ import annotations
@@ -78,12 +80,14 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
             rows = torch.arange(n_q, device=q.device) if rows is None else rows
             hs = torch.tensor(heads, device=q.device)
             sub = _subset(mask, hs, rows, n_heads, n_q)
-            sets = {name: m if m.dim() == 2 else m.index_select(1, hs) for name, m in key_sets.items()}
-            part = replace(rw, factor=tuple(factors[h] for h in heads))
+            if len(heads) < n_heads:  # keys, values, per-head sets and factors of the reweighted heads only
+                qf, kf, vf = qf.index_select(1, hs), kf.index_select(1, hs), vf.index_select(1, hs)
+                key_sets = {name: m if m.dim() == 2 else m.index_select(1, hs) for name, m in key_sets.items()}
+                rw = replace(rw, factor=tuple(factors[h] for h in heads))
             out = out.clone() if out.requires_grad else out  # the kernel's output is saved for its backward
             out[:, hs[:, None], rows[None, :]] = _reweighted(
-                qf.index_select(1, hs).index_select(2, rows), kf.index_select(1, hs), vf.index_select(1, hs), sub,
-                scale, part, sets, None if q_rows is None else q_rows.index_select(1, rows))
+                qf.index_select(2, rows), kf, vf, sub, scale, rw, key_sets,
+                None if q_rows is None else q_rows.index_select(1, rows))
     if dead is not None and bool(dead.any()):
         out = out.masked_fill(dead, 0.0)
     if layer_plan is not None and layer_plan.head_scale is not None:
@@ -96,7 +100,7 @@ def _subset(mask: torch.Tensor | None, heads: torch.Tensor, rows: torch.Tensor, 
     """``mask`` ``[B|1, 1|H, 1|Q, K]`` cut to ``heads`` and ``rows`` (axes of size 1 stay whole)."""
     if mask is None:
         return None
-    if mask.shape[1] == n_heads and n_heads > 1:
+    if mask.shape[1] == n_heads and len(heads) < n_heads:
         mask = mask.index_select(1, heads)
     return mask.index_select(2, rows) if mask.shape[2] == n_q and n_q > 1 else mask
 
@@ -110,5 +114,7 @@ def _reweighted(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.T
     s = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5 if scale is None else scale)  # (B, H, r, K)
     if mask is not None:
         s = s.add_(mask if mask.is_floating_point() else _additive(mask))
-    p = reweight_rows(torch.softmax(s, -1), rw, key_sets, q_rows)  # (B, H, r, K)
+    p = torch.softmax(s, -1)
+    del s  # freed before the reweighting's temporary is made, which then reuses its memory
+    p = reweight_rows(p, rw, key_sets, q_rows, inplace=not p.requires_grad)  # (B, H, r, K)
     return p @ v

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from attnlab.cli.main import app
@@ -62,22 +63,39 @@ def test_identity_plan_gives_baseline_answers(world, tiny_dir):
 
 
 def test_resume_redoes_nothing(world, tiny_dir, tmp_path, monkeypatch):
-    import attnlab.jobs.pope_eval as pope_eval
+    """Batches of two: an interrupted eval resumes with the questions it had not recorded, batched again."""
+    import attnlab.jobs.answering as answering
 
     calls = []
-    real = pope_eval.generate_answer
-    monkeypatch.setattr(pope_eval, "generate_answer", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = answering.generate_answers
+    monkeypatch.setattr(answering, "generate_answers", lambda *a, **k: calls.append(len(a[4])) or real(*a, **k))
     args = ["eval", "pope", "--model", str(tiny_dir("llava")), "--questions", str(world / "pope_random.jsonl"),
-            "--images", str(world / "images"), "--max-new-tokens", "1", "--out", str(tmp_path / "e"), "--json"]
+            "--images", str(world / "images"), "--max-new-tokens", "1", "--batch-size", "2", "--out",
+            str(tmp_path / "e"), "--json"]
     first = json.loads(invoke(args).stdout)["table"][0]
-    n = len(calls)
     progress = tmp_path / "e" / "progress" / "pope-pope_random-baseline.jsonl"
     lines = progress.read_text().splitlines()
+    assert calls == [2] + [min(2, len(lines) - i) for i in range(0, len(lines), 2)]  # warm-up batch, then all
+    calls.clear()
     progress.write_text("\n".join(lines[:2]) + "\n" + lines[2][:10])  # interrupted mid-write
     (tmp_path / "e" / "manifest.json").unlink()
     second = json.loads(invoke(args).stdout)["table"][0]
-    assert len(calls) - n == len(lines) - 2 + 1  # the rest, plus one untimed warm-up of the first of them
+    left = len(lines) - 2
+    assert sum(calls) == left + min(2, left) and max(calls) == 2  # the rest, plus an untimed warm-up batch of them
     assert first["accuracy"] == second["accuracy"]
+    # out of memory: the fix the error names (a smaller --batch-size) resumes the same unfinished Run
+    progress.write_text("\n".join(lines[:3]) + "\n")
+    (tmp_path / "e" / "manifest.json").unlink()
+    monkeypatch.setattr(answering, "generate_answers", lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError()))
+    oom = invoke(args)
+    assert oom.exit_code != 0 and "smaller --batch-size" in str(oom.exception or "") + oom.stderr
+    assert len(progress.read_text().splitlines()) == 3  # nothing recorded was lost
+    monkeypatch.setattr(answering, "generate_answers", real)
+    smaller = [a if a != "2" else "1" for a in args]
+    third = json.loads(invoke(smaller).stdout)["table"][0]
+    assert third["accuracy"] == first["accuracy"]
+    rows = [json.loads(line) for line in progress.read_text().splitlines()]
+    assert [r["batch"] for r in rows[3:]] == [1] * (len(lines) - 3)  # each row says the batch it was answered in
 
 
 def test_bad_inputs(world, tiny_dir, tmp_path):

@@ -70,7 +70,7 @@ def test_eval_methods_record_their_layers_and_count_a_repeated_input_once(tiny_d
         from attnlab.evals.answer import generate_answer
 
         generate_answer(model, processor, spec, image, "is there a cat ?", max_new_tokens=2,
-                        **vhr.steering_for(image, "is there a cat ?"))
+                        **vhr.steering_for([image], ["is there a cat ?"]))
     record = vhr.describe()
     assert record["inputs"] == 1 and record["layers"] == list(vhr_layers(spec.n_layers))
     assert all(int(name.split(".")[0]) in record["layers"] for name in record["head_frequency"])

@@ -138,7 +138,7 @@ def test_vhr_chooses_heads_layer_by_layer_inside_the_image_pass():
     layers = vhr_layers(spec.n_layers)
     assert layers == (1, 4, 5, 6, 7)  # a proper subset of the 8 layers
     text: dict = {}
-    _o_proj_z(model, text_only_inputs(processor, spec, prompt), {}, text)
+    _o_proj_z(model, text_only_inputs(processor, spec, [prompt]), {}, text)
     scale, want = {}, {}
     for layer in layers:
         seen: dict = {}
@@ -149,9 +149,9 @@ def test_vhr_chooses_heads_layer_by_layer_inside_the_image_pass():
         scale[layer][list(want[layer])] = 2.0
     want_logits = _o_proj_z(model, inputs, scale, {})
 
-    with torch.no_grad(), vhr_reinforced(model, processor, spec, prompt, inputs) as chosen:
+    with torch.no_grad(), vhr_reinforced(model, processor, spec, [prompt], inputs) as chosen:
         got_logits = model(**inputs).logits
-    assert {layer: c["heads"] for layer, c in chosen.items()} == want
+    assert {layer: c["heads"] for layer, c in chosen[0].items()} == want
     assert all(0 < len(h) < spec.n_heads for h in want.values())
     torch.testing.assert_close(got_logits, want_logits, rtol=1e-4, atol=1e-4)
     plan, picked = vhr_plan(model, processor, spec, image, prompt)
@@ -164,3 +164,27 @@ def test_vhr_chooses_heads_layer_by_layer_inside_the_image_pass():
     once = {layer: vhr_layer_heads((seen[layer][-1] - text[layer][-1]).norm(dim=-1).numpy(),
                                    text[layer][-1].pow(2).sum(-1).numpy())[0] for layer in layers}
     assert once != want  # on this input the order matters: one unreinforced pass picks other heads (layer 6)
+
+
+def test_vhr_in_a_padded_batch_gives_each_input_its_heads_and_answer_alone():
+    """The eval answers in batches: prompts of different lengths padded together (left for the image pass, right for
+    the batched text-only pass) must give each input the heads and the answer it gets alone."""
+    from PIL import Image
+
+    from attnlab.evals.answer import generate_answers
+    from attnlab.interventions.vhr import VHRMethod
+    from attnlab.zoo import load
+
+    model, processor, spec = load("toy-llava-deep")
+    images = [Image.new("RGB", (64, 64), c) for c in ((40, 160, 60), (200, 30, 30), (20, 20, 220))]
+    prompts = ["<image>\nIs there a red square in the image? Answer yes or no.",
+               "<image>\nIs there a circle?",
+               "<image>\nPlease describe this image in detail."]
+    batched, alone = VHRMethod(model, processor, spec), VHRMethod(model, processor, spec)
+    together = generate_answers(model, processor, spec, images, prompts, max_new_tokens=4, batch_size=3,
+                                **batched.steering_for(images, prompts))
+    one_by_one = [generate_answers(model, processor, spec, [im], [p], max_new_tokens=4,
+                                   **alone.steering_for([im], [p]))[0] for im, p in zip(images, prompts)]
+    assert together == one_by_one
+    assert len(alone.chosen) == 3 and batched.chosen == alone.chosen
+    assert len({str(heads) for heads in alone.chosen.values()}) > 1  # the inputs differ in their heads

@@ -101,12 +101,12 @@ def test_vhd_on_toy_llava_finds_vision_aware_heads():
     prompt = "Is there a red circle in the image?"
     with_image = capture_trace(model, proc, spec, Capture(head_out=True), [prompt], [image])
     with torch.no_grad(), attach(model, Capture(head_out=True), tokenizer=tokenizer_of(proc)) as rec:
-        model(**text_only_inputs(proc, spec, prompt))
+        model(**text_only_inputs(proc, spec, [prompt]))
     result = head_divergence(with_image, rec.trace())
     vhd = result.vhd[:, 0]  # (L, H)
     # Oracle: He et al.'s Eq. 4 on the head outputs Hugging Face's own attention computes (o_proj inputs).
     img = o_proj_inputs(model, on_model_device(prepare_inputs(proc, spec, [prompt], [image]), model))
-    txt = o_proj_inputs(model, text_only_inputs(proc, spec, prompt))
+    txt = o_proj_inputs(model, text_only_inputs(proc, spec, [prompt]))
     ref = np.stack([(a - b).view(spec.n_heads, -1).norm(dim=-1).numpy() for a, b in zip(img, txt)])  # (L, H)
     assert vhd.shape == ref.shape == (spec.n_layers, spec.n_heads)
     np.testing.assert_allclose(vhd, ref, rtol=1e-4, atol=1e-4)

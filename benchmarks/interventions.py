@@ -18,7 +18,7 @@ A method that finds nothing to act on (VAR without sink dimensions, ACT without 
 model; ``var:dims`` times VAR made to act: with the sink dimensions ``--var-dims``, by default the two where VAR's
 ``phi`` peaks on the warm-up input, and the benchmark checks that it then finds visual sinks (it stops otherwise).
 
-Usage: ``python benchmarks/interventions.py [--model toy-llava-deep] [--batches 6] [--batch-size 32] [--repeats 3]
+Usage: ``python benchmarks/interventions.py [--model toy-llava-deep] [--batches 8] [--batch-size 32] [--repeats 5]
 [--max-new-tokens 3]``. The last line is one JSON object.
 """
 
@@ -54,8 +54,8 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="toy-llava-deep")
-    parser.add_argument("--batches", type=int, default=6, help="timed batches per method (after one warm-up each)")
-    parser.add_argument("--repeats", type=int, default=3,
+    parser.add_argument("--batches", type=int, default=8, help="timed batches per method (after one warm-up each)")
+    parser.add_argument("--repeats", type=int, default=5,
                         help="runs of each (method, batch); the least disturbed (fastest) one counts")
     parser.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE,
                         help="questions per padded generation (the eval CLI's --batch-size; 1: one at a time)")

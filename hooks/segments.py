@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import string
 
@@ -21,14 +22,11 @@ def text_tokens(input_ids: torch.Tensor, tokenizer) -> list[list[str]]:
     if tokenizer is None:
         return [[f"#{i}" for i in row] for row in ids]
     special = set(getattr(tokenizer, "all_special_tokens", ()))
-    cache: dict[str, str] = {}
-    out = []
-    for row in ids:
-        toks = tokenizer.convert_ids_to_tokens(row)
-        # An id the tokenizer does not know (a model vocabulary larger than its tokenizer's) keeps its number.
-        out.append([f"#{i}" if tok is None else tok if tok in special
-                    else cache.setdefault(tok, readable_token(tok, tokenizer)) for i, tok in zip(row, toks)])
-    return out
+    distinct = sorted({i for row in ids for i in row})  # each id converted once, not once per position
+    # An id the tokenizer does not know (a model vocabulary larger than its tokenizer's) keeps its number.
+    shown = {i: f"#{i}" if tok is None else tok if tok in special else readable_token(tok, tokenizer)
+             for i, tok in zip(distinct, tokenizer.convert_ids_to_tokens(distinct))}
+    return [[shown[i] for i in row] for row in ids]
 
 
 def readable_token(token: str, tokenizer) -> str:
@@ -40,18 +38,6 @@ def readable_token(token: str, tokenizer) -> str:
     except (TypeError, ValueError, KeyError, AttributeError):
         return token
     return token if not text or "\ufffd" in text else text
-
-
-def _runs(flags: list[bool]) -> list[tuple[int, int]]:
-    """Maximal ``[start, end)`` runs of True."""
-    runs, start = [], None
-    for i, flag in enumerate(flags + [False]):
-        if flag and start is None:
-            start = i
-        elif not flag and start is not None:
-            runs.append((start, i))
-            start = None
-    return runs
 
 
 def square_grid(n: int) -> tuple[int, int] | None:
@@ -86,18 +72,19 @@ def text_segments(input_ids: torch.Tensor, token_mask: torch.Tensor, special_ids
                 kinds.append("special")
             else:
                 kinds.append("text")
-        segs = []
-        for kind in ("text", "special", "image", "pad"):
-            for idx, (s, e) in enumerate(_runs([k == kind for k in kinds])):
-                grid = None
-                if kind == "image":
-                    own = (grids.pop(0) if grids else None) if grids is not None else image_grid
-                    grid = own or square_grid(e - s)
-                if grid is not None and grid[0] * grid[1] != e - s:
-                    grid = square_grid(e - s)
-                label = f"image {idx}" if kind == "image" else ""
-                segs.append(Segment(kind, s, e, grid=grid, label=label))
-        out.append(sorted(segs, key=lambda seg: seg.start))
+        segs, start, n_images = [], 0, 0
+        for kind, run in itertools.groupby(kinds):  # maximal runs of one kind, in position order
+            end = start + sum(1 for _ in run)
+            grid, label = None, ""
+            if kind == "image":
+                own = (grids.pop(0) if grids else None) if grids is not None else image_grid
+                grid = own or square_grid(end - start)
+                if grid is not None and grid[0] * grid[1] != end - start:
+                    grid = square_grid(end - start)
+                label, n_images = f"image {n_images}", n_images + 1
+            segs.append(Segment(kind, start, end, grid=grid, label=label))
+            start = end
+        out.append(segs)
     return out
 
 

@@ -73,6 +73,20 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
     rows = None if q_rows is None else q_rows.any(0).nonzero().flatten()  # rows some item reweights (r,)
     if heads and len(heads) == n_heads and (rows is None or rows.numel() == n_q):
         out = _reweighted(qf, kf, vf, mask, scale, rw, key_sets, q_rows)  # every row of every head
+    elif heads and len(heads) == n_heads and rows.numel():  # VAR at prefill: the rows after the image, every head
+        out = qf.new_empty(*qf.shape[:3], vf.shape[-1])  # (B, H, Q, dv)
+        kept = torch.ones(n_q, dtype=torch.bool, device=q.device)
+        kept[rows] = False
+        kept = kept.nonzero().flatten()  # (Q - r,) the rows the fused kernel computes
+        if plain_causal and int(kept[-1]) == kept.numel() - 1:  # a prefix of a causal square: a smaller square
+            n = kept.numel()
+            out[:, :, :n] = F.scaled_dot_product_attention(qf[:, :, :n], kf[:, :, :n], vf[:, :, :n], scale=scale,
+                                                           is_causal=True)
+        elif kept.numel():
+            out[:, :, kept] = F.scaled_dot_product_attention(qf.index_select(2, kept), kf, vf, scale=scale,
+                                                             attn_mask=_subset(mask, None, kept, n_heads, n_q))
+        out[:, :, rows] = _reweighted(qf.index_select(2, rows), kf, vf, _subset(mask, None, rows, n_heads, n_q),
+                                      scale, rw, key_sets, q_rows.index_select(1, rows))
     else:
         out = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=None if plain_causal else mask, scale=scale,
                                              is_causal=plain_causal)  # (B, H, Q, dv)
@@ -95,12 +109,12 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
     return out.to(q.dtype)
 
 
-def _subset(mask: torch.Tensor | None, heads: torch.Tensor, rows: torch.Tensor, n_heads: int, n_q: int
+def _subset(mask: torch.Tensor | None, heads: torch.Tensor | None, rows: torch.Tensor, n_heads: int, n_q: int
             ) -> torch.Tensor | None:
-    """``mask`` ``[B|1, 1|H, 1|Q, K]`` cut to ``heads`` and ``rows`` (axes of size 1 stay whole)."""
+    """``mask`` ``[B|1, 1|H, 1|Q, K]`` cut to ``heads`` (``None``: all) and ``rows`` (axes of size 1 stay whole)."""
     if mask is None:
         return None
-    if mask.shape[1] == n_heads and len(heads) < n_heads:
+    if heads is not None and mask.shape[1] == n_heads and len(heads) < n_heads:
         mask = mask.index_select(1, heads)
     return mask.index_select(2, rows) if mask.shape[2] == n_q and n_q > 1 else mask
 

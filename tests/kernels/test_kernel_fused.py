@@ -74,8 +74,8 @@ def _decoding_inputs(heads: int = 4, batch: int = 3, n_q: int = 9, n_k: int = 20
 @pytest.mark.parametrize("queries", [None, "late"])
 def test_rows_and_heads_left_alone_come_from_the_plain_kernel(factors, queries):
     """A reweighting restricted to some rows (VAR at prefill) or some heads (ACT's calibrated heads) computes those
-    explicitly and takes every other row and head from the plain call: the textbook holds on both, and the untouched
-    rows and heads equal the plan-free call."""
+    explicitly and every other row and head with the fused kernel: the textbook holds on both, the untouched heads
+    are the plan-free call's bit for bit, and the untouched rows equal it (the kernel computes them apart)."""
     q, k, v, sets, qsets = _decoding_inputs()
     plan = LayerPlan(reweight=Reweight("sink", factors, target="image", queries=queries,
                                        gate=Gate("image", 0.05)))
@@ -87,7 +87,7 @@ def test_rows_and_heads_left_alone_come_from_the_plain_kernel(factors, queries):
     kept_heads = [h for h, f in enumerate(factors) if f == 1.0]
     torch.testing.assert_close(out[:, kept_heads], plain[:, kept_heads], rtol=0, atol=0)
     if queries:
-        torch.testing.assert_close(out[:, :, :-3], plain[:, :, :-3], rtol=0, atol=0)  # no item reweights these rows
+        torch.testing.assert_close(out[:, :, :-3], plain[:, :, :-3])  # no item reweights these rows
         torch.testing.assert_close(out[2], plain[2])  # item 2 reweights none: computed explicitly, unchanged
         assert not torch.allclose(out[0, 1, -3:], plain[0, 1, -3:])  # the plan does act on the rows it holds
 
@@ -122,3 +122,27 @@ def test_fused_route_propagates_gradients():
         grads.append([t.grad for t in leaves])
     for got, want in zip(*grads):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("n_q, n_k, suffix", [(12, 12, True), (12, 12, False), (5, 12, True)])
+def test_rows_after_the_image_split_from_the_rest(n_q, n_k, suffix):
+    """VAR at prefill reweights every head on the rows after the image: the other rows go to the fused kernel alone
+    (a smaller causal square when they are a prefix of one, else with their mask rows), matching the textbook."""
+    gen = torch.Generator().manual_seed(4)
+    q = torch.randn(2, 3, n_q, 8, generator=gen)
+    k, v = torch.randn(2, 2, 3, n_k, 8, generator=gen)
+    late = torch.zeros(2, n_q, dtype=torch.bool)
+    if suffix:
+        late[0, -3:], late[1, -2:] = True, True
+    else:
+        late[:, 1], late[1, 3] = True, True
+    sets = {"sink": torch.zeros(2, n_k, dtype=torch.bool), "image": torch.zeros(2, n_k, dtype=torch.bool)}
+    sets["sink"][:, 0], sets["image"][:, 1:4] = True, True
+    plan = LayerPlan(reweight=Reweight("sink", 0.4, target="image", queries="late"))
+    kw = dict(causal=True, key_mask=None, attn_mask=None, scale=None, plan=plan, key_sets=sets,
+              query_sets={"late": late})
+    want, _ = textbook_attention(q, k, v, **kw)
+    out, _ = attention(q, k, v, impl="torch", **{**kw, "stats": ()})
+    assert_matches(out, {}, want, {}, "float32", "split rows")
+    plain, _ = attention(q, k, v, impl="torch", causal=True)
+    assert (out - plain).abs().amax() > 1e-3  # the plan acts on its rows

@@ -198,10 +198,17 @@ class Recorder:
         terms = {name: t for name, t in (("softcap", softcap), ("bias", bias)) if t is not None}
 
         def preview() -> torch.Tensor:
-            _, plain = attention(q, k, v, causal=causal, key_mask=key_mask, attn_mask=attn_mask, scale=scale,
-                                 stats=("received",), **terms, impl="torch" if self.impl == "eager" else self.impl,
+            # only the heads the plan reweights: the other heads' sets change nothing (ACT: its calibrated heads)
+            heads = _reweighted_heads(lplan, q.shape[1])
+            sub = _head_subset(heads, q, k, v, attn_mask, terms)
+            _, plain = attention(*sub[:3], causal=causal, key_mask=key_mask, attn_mask=sub[3], scale=scale,
+                                 stats=("received",), **sub[4], impl="torch" if self.impl == "eager" else self.impl,
                                  received_queries=real_queries)
-            return plain.received  # (B, H, K)
+            if heads is None:
+                return plain.received  # (B, H, K)
+            received = plain.received.new_zeros(q.shape[0], q.shape[1], k.shape[2])
+            received[:, heads] = plain.received
+            return received  # (B, H, K), zero on the heads left alone
 
         key_sets = self._key_sets(stack, layer, k.shape[2], k.device, preview) if (stats or lplan is not None) else {}
         query_sets = ({name: m[:, -q.shape[2]:] for name, m in key_sets.items() if m.dim() == 2}
@@ -398,3 +405,27 @@ def _fit_keys(mask: torch.Tensor, n_keys: int, fill: bool = False) -> torch.Tens
     if n > n_keys:
         return mask[..., :n_keys]
     return torch.cat([mask, mask.new_full((*mask.shape[:-1], n_keys - n), fill)], dim=-1)
+
+
+def _reweighted_heads(plan, n_heads: int) -> list[int] | None:
+    """The heads a layer plan's reweighting changes (factor != 1), or ``None`` for all of them (or no plan)."""
+    if plan is None or plan.reweight is None:
+        return None
+    heads = [h for h, f in enumerate(plan.reweight.factors(n_heads)) if f != 1.0]
+    return None if len(heads) == n_heads else heads
+
+
+def _head_subset(heads: list[int] | None, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 attn_mask: torch.Tensor | None, terms: dict) -> tuple:
+    """``(q, k, v, attn_mask, terms)`` cut to the query ``heads`` (``None``: unchanged): q ``[B, H, Q, d]``, k/v
+    ``[B, Hkv, K, d]`` (each kept query head's key/value head, for grouped-query attention), a per-head mask or bias
+    ``[B|1, H, Q, K]``."""
+    if heads is None:
+        return q, k, v, attn_mask, terms
+    n_heads = q.shape[1]
+    index = torch.tensor(heads, device=q.device)
+    kv = torch.tensor([h // (n_heads // k.shape[1]) for h in heads], device=k.device)
+    per_head = lambda t: t if t is None or t.dim() < 2 or t.shape[1] == 1 else t.index_select(1, index)  # noqa: E731
+    terms = {name: per_head(t) if name == "bias" else t for name, t in terms.items()}
+    return q.index_select(1, index), k.index_select(1, kv), v.index_select(1, kv), per_head(attn_mask), terms
+

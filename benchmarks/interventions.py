@@ -18,8 +18,8 @@ A method that finds nothing to act on (VAR without sink dimensions, ACT without 
 model; ``var:dims`` times VAR made to act: with the sink dimensions ``--var-dims``, by default the two where VAR's
 ``phi`` peaks on the warm-up input, and the benchmark checks that it then finds visual sinks (it stops otherwise).
 
-Usage: ``python benchmarks/interventions.py [--model toy-llava-deep] [--batches 8] [--batch-size 32] [--repeats 5]
-[--max-new-tokens 3]``. The last line is one JSON object.
+Usage: ``python benchmarks/interventions.py [--model toy-llava-deep] [--task pope|caption] [--batches 8]
+[--batch-size 32] [--repeats 5] [--max-new-tokens N]``. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -59,13 +59,18 @@ def main() -> None:
                         help="runs of each (method, batch); the least disturbed (fastest) one counts")
     parser.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE,
                         help="questions per padded generation (the eval CLI's --batch-size; 1: one at a time)")
-    parser.add_argument("--max-new-tokens", type=int, default=3)
+    parser.add_argument("--task", choices=("pope", "caption"), default="pope",
+                        help="POPE questions (short answers) or CHAIR's captions of the test images (long answers)")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="answer length cap (default: 3 for POPE, 28 for captions, as docs/evals.md runs them)")
     parser.add_argument("--methods", nargs="+", default=["baseline", "var", "act", "vhr"])
     parser.add_argument("--var-dims", type=int, nargs="*", default=None,
                         help="also time VAR run with these sink dimensions (a model without massive activations gives "
                              "VAR none, and VAR then runs the plain model: this row is the cost of VAR acting); by "
                              "default the two where phi peaks on the warm-up input; give the flag alone to skip it")
     args = parser.parse_args()
+    if args.max_new_tokens is None:
+        args.max_new_tokens = 28 if args.task == "caption" else 3
     torch.set_num_threads(1)
 
     from attnlab.zoo import load
@@ -74,7 +79,8 @@ def main() -> None:
     loaded = load(args.model)
     folder = Path(tempfile.mkdtemp(prefix="attnlab-bench-interventions-"))
     calibration = toy_dataset(loaded[2], folder, split="calibration")
-    inputs = _inputs(loaded, toy_dataset(loaded[2], folder, split="test"), (args.batches + 1) * args.batch_size)
+    inputs = _inputs(loaded, toy_dataset(loaded[2], folder, split="test"), (args.batches + 1) * args.batch_size,
+                     args.task)
     batches = [inputs[b:b + args.batch_size] for b in range(0, len(inputs), args.batch_size)]
     methods, setup = _build_methods(loaded, args, calibration, inputs[0])
     if "var:dims" in methods:
@@ -86,14 +92,19 @@ def main() -> None:
     _report(args, cpu, wall, setup)
 
 
-def _inputs(loaded, test, n: int) -> list:
-    """``(image, prompt)`` of the first ``n`` POPE random questions of the toy world's test split."""
+def _inputs(loaded, test, n: int, task: str = "pope") -> list:
+    """``(image, prompt)`` of the first ``n`` POPE random questions of the toy world's test split (``task="pope"``),
+    or of its first ``n`` images with the caption prompt CHAIR scores (``task="caption"``)."""
     from PIL import Image
 
     from attnlab.evals.answer import format_prompt, prompt_templates
     from attnlab.evals.pope import load_pope_questions
 
     _, processor, spec = loaded
+    if task == "caption":
+        prompt = format_prompt(processor, prompt_templates(spec)["caption"])
+        files = sorted(Path(test.images).iterdir())[:n]
+        return [(Image.open(f).convert("RGB"), prompt) for f in files]
     template = prompt_templates(spec)["pope"]
     questions = load_pope_questions(test.pope["random"])[:n]
     return [(Image.open(Path(test.images) / q.image).convert("RGB"), format_prompt(processor, template, q.text))
@@ -172,9 +183,10 @@ def _report(args, cpu: dict, wall: dict, setup: dict) -> None:
     """Print each method's median time per answer and its median ratio to the baseline on the same batch, then
     JSON."""
     base_cpu, base_wall = cpu["baseline"], wall["baseline"]
-    result = {"model": args.model, "batches": args.batches, "batch_size": args.batch_size, "repeats": args.repeats,
+    result = {"model": args.model, "task": args.task, "batches": args.batches, "batch_size": args.batch_size, "repeats": args.repeats,
               "max_new_tokens": args.max_new_tokens, "baseline_ms": 1000 * statistics.median(base_cpu), "methods": {}}
-    print(f"\n{args.model}: {args.batches} batches of {args.batch_size} questions, median per answer (thread CPU), "
+    print(f"\n{args.model}, {args.task}: {args.batches} batches of {args.batch_size}, {args.max_new_tokens} new tokens at "
+          "most, median per answer (thread CPU), "
           "ratio to the baseline on the same batch")
     for name in cpu:
         ratio = statistics.median(c / b for c, b in zip(cpu[name], base_cpu))

@@ -24,7 +24,7 @@ from .module_adapters import adapted
 from .recorder import Recorder
 from attnlab.core.trace import Segment
 
-from .segments import merged_patch_layout, text_segments, text_tokens, vision_layout
+from .segments import Deferred, merged_patch_layout, text_segments, text_tokens, vision_layout
 
 IMPL_NAME = "attnlab"
 SITE_ATTR = "_attnlab_site"
@@ -180,9 +180,19 @@ def _text_pass(rec: Recorder, model: nn.Module, tokenizer, args: tuple, kwargs: 
     token_mask = torch.ones_like(input_ids, dtype=torch.bool) if mask is None or mask.dim() != 2 else mask.bool()
     token_mask = token_mask[:, -input_ids.shape[1]:]
     image_id = getattr(model.config, "image_token_id", None) or getattr(model.config, "image_token_index", None)
-    segs = text_segments(input_ids.cpu(), token_mask.cpu(), _special_ids(model, tokenizer) - {image_id}, image_id,
-                         merged_image_grids(model, kwargs.get("image_grid_thw")))
-    rec.begin_pass(stack, text_tokens(input_ids, tokenizer), segs, token_mask.cpu())
+    ids, token_mask = input_ids.cpu(), token_mask.cpu()
+    grids = merged_image_grids(model, kwargs.get("image_grid_thw"))
+
+    def tokens() -> list[list[str]]:
+        return text_tokens(ids, tokenizer)
+
+    def segments() -> list[list[Segment]]:
+        return text_segments(ids, token_mask, _special_ids(model, tokenizer) - {image_id}, image_id, grids)
+
+    if rec.capture.captured or not rec.stacks[stack].passes:  # read by the Trace, or the key sets of the first pass
+        rec.begin_pass(stack, tokens(), segments(), token_mask)
+    else:  # a later pass of a generation that only steers attention: computed if anyone asks
+        rec.begin_pass(stack, Deferred(tokens), Deferred(segments), token_mask)
 
 
 def entry_module(model: nn.Module, prefix: str, argument: str) -> nn.Module | None:

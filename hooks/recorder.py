@@ -404,7 +404,7 @@ def _fit_keys(mask: torch.Tensor, n_keys: int, fill: bool = False) -> torch.Tens
         return mask
     if n > n_keys:
         return mask[..., :n_keys]
-    return torch.cat([mask, mask.new_full((*mask.shape[:-1], n_keys - n), fill)], dim=-1)
+    return torch.nn.functional.pad(mask, (0, n_keys - n), value=fill)
 
 
 def _reweighted_heads(plan, n_heads: int) -> list[int] | None:

@@ -91,7 +91,8 @@ def run_chair_unit(unit: ChairUnit, images: list[tuple[int, str]], ground_truth:
     """
     prompt = format_prompt(loaded[1], prompt_templates(loaded[2])["caption"])
     rows = run_item_batches(out, unit.name, asdict(unit), "image_id", [i for i, _ in images],
-                            lambda batch: caption_images([images[k] for k in batch], unit, loaded, method_state, prompt),
+                            lambda batch: caption_images([images[k] for k in batch], unit, loaded, method_state,
+                                                         prompt),
                             batch_size=batch_size, shard=shard, progress_bar=progress_bar, warm_up=True)
     frame = pd.DataFrame(rows)
     metrics = chair_metrics(dict(zip(frame["image_id"], frame["caption"])), ground_truth, synonyms)

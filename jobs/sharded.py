@@ -2,11 +2,11 @@
 
 :func:`run_item_batches` (and :func:`run_items`, one item at a time) is the loop behind
 :func:`attnlab.jobs.pope_eval.run_pope_unit`, :func:`attnlab.jobs.chair_eval.run_chair_unit` and
-:func:`attnlab.jobs.dataset_capture.capture_shard`. An eval in one process keeps ``RUN/progress/<unit>.jsonl``; in a job of ``W`` ranks, rank ``r`` answers the items ``i`` with
-``i % W == r`` and appends them to ``RUN/shards/rank-r-of-W/progress/<unit>.jsonl`` (see
-:mod:`attnlab.core.shards`). Items finished by any earlier run (any number of workers) are skipped. After a barrier
-every rank reads all shards and returns the rows in item order, so metrics are computed from exactly the rows a
-one-process run would have.
+:func:`attnlab.jobs.dataset_capture.capture_shard`. An eval in one process keeps ``RUN/progress/<unit>.jsonl``; in a
+job of ``W`` ranks, rank ``r`` answers the items ``i`` with ``i % W == r`` and appends them to
+``RUN/shards/rank-r-of-W/progress/<unit>.jsonl`` (see :mod:`attnlab.core.shards`). Items finished by any earlier run
+(any number of workers) are skipped. After a barrier every rank reads all shards and returns the rows in item order,
+so metrics are computed from exactly the rows a one-process run would have.
 """
 
 from __future__ import annotations

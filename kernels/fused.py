@@ -90,18 +90,26 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
     else:
         out = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=None if plain_causal else mask, scale=scale,
                                              is_causal=plain_causal)  # (B, H, Q, dv)
-        if heads and (rows is None or rows.numel()):  # e.g. VAR at prefill: the text after the image
+        if heads and (rows is None or rows.numel()):  # e.g. ACT: its calibrated heads, on every row
+            every_row = rows is None or rows.numel() == n_q
             rows = torch.arange(n_q, device=q.device) if rows is None else rows
-            hs = torch.tensor(heads, device=q.device)
-            sub = _subset(mask, hs, rows, n_heads, n_q)
+            # a run of heads is a view (ACT's one calibrated head, decoding: no copies), other subsets an index
+            run = heads == list(range(heads[0], heads[-1] + 1))
+            hs = slice(heads[0], heads[-1] + 1) if run else torch.tensor(heads, device=q.device)
+            sub = _subset(mask, hs, None if every_row else rows, n_heads, n_q)
             if len(heads) < n_heads:  # keys, values, per-head sets and factors of the reweighted heads only
-                qf, kf, vf = qf.index_select(1, hs), kf.index_select(1, hs), vf.index_select(1, hs)
-                key_sets = {name: m if m.dim() == 2 else m.index_select(1, hs) for name, m in key_sets.items()}
+                pick = (lambda t: t[:, hs]) if run else (lambda t: t.index_select(1, hs))  # noqa: E731
+                qf, kf, vf = pick(qf), pick(kf), pick(vf)
+                key_sets = {name: m if m.dim() == 2 else pick(m) for name, m in key_sets.items()}
                 rw = replace(rw, factor=tuple(factors[h] for h in heads))
             out = out.clone() if out.requires_grad else out  # the kernel's output is saved for its backward
-            out[:, hs[:, None], rows[None, :]] = _reweighted(
-                qf.index_select(2, rows), kf, vf, sub, scale, rw, key_sets,
-                None if q_rows is None else q_rows.index_select(1, rows))
+            part = _reweighted(qf if every_row else qf.index_select(2, rows), kf, vf, sub, scale, rw, key_sets,
+                               None if q_rows is None or every_row and bool(q_rows.all()) else
+                               q_rows if every_row else q_rows.index_select(1, rows))
+            if run or every_row:
+                out[:, hs, slice(None) if every_row else rows] = part
+            else:
+                out[:, hs[:, None], rows[None, :]] = part
     if dead is not None and bool(dead.any()):
         out = out.masked_fill(dead, 0.0)
     if layer_plan is not None and layer_plan.head_scale is not None:
@@ -109,14 +117,15 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
     return out.to(q.dtype)
 
 
-def _subset(mask: torch.Tensor | None, heads: torch.Tensor | None, rows: torch.Tensor, n_heads: int, n_q: int
-            ) -> torch.Tensor | None:
-    """``mask`` ``[B|1, 1|H, 1|Q, K]`` cut to ``heads`` (``None``: all) and ``rows`` (axes of size 1 stay whole)."""
+def _subset(mask: torch.Tensor | None, heads: torch.Tensor | slice | None, rows: torch.Tensor | None, n_heads: int,
+            n_q: int) -> torch.Tensor | None:
+    """``mask`` ``[B|1, 1|H, 1|Q, K]`` cut to ``heads`` (an index or a slice; ``None``: all) and ``rows`` (``None``:
+    all); axes of size 1 stay whole."""
     if mask is None:
         return None
-    if heads is not None and mask.shape[1] == n_heads and len(heads) < n_heads:
-        mask = mask.index_select(1, heads)
-    return mask.index_select(2, rows) if mask.shape[2] == n_q and n_q > 1 else mask
+    if heads is not None and mask.shape[1] == n_heads and n_heads > 1:
+        mask = mask[:, heads] if isinstance(heads, slice) else mask.index_select(1, heads)
+    return mask.index_select(2, rows) if rows is not None and mask.shape[2] == n_q and n_q > 1 else mask
 
 
 def _reweighted(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float | None,

@@ -60,3 +60,24 @@ def test_decoding_passes_fit_the_cached_sets_to_the_growing_keys(tiny_dir):
             # a decoding row is one real query whose weights sum to one
             torch.testing.assert_close(stats["received"].sum(-1), torch.ones(stats["received"].shape[:2]),
                                        atol=1e-5, rtol=0)
+
+
+def test_later_passes_of_a_steering_only_generation_give_their_tokens_when_asked(tiny_dir):
+    """Steering without capturing computes a decoding step's token strings and segments only if they are read: read,
+    they are those of the step's own tokens (the first pass's are computed at once, for the key sets)."""
+    from attnlab.hooks.segments import Deferred, text_segments, text_tokens
+    from attnlab.kernels.plan import LayerPlan, Plan
+
+    model, tok, spec = load(str(tiny_dir("gpt2")))
+    inputs = prepare_inputs(tok, spec, TEXTS[:1])
+    plan = Plan({0: LayerPlan(head_scale=(0.5,) * spec.n_heads)})
+    with torch.no_grad(), attach(model, plan=plan, tokenizer=tok) as rec:
+        out = model.generate(**inputs, max_new_tokens=3, do_sample=False, pad_token_id=tok.eos_token_id)
+    passes = rec.stacks[rec.main].passes
+    assert len(passes) == 3 and not isinstance(passes[0].tokens, Deferred)
+    assert all(isinstance(p.tokens, Deferred) and p.tokens._items is None for p in passes[1:])
+    new = out[:, inputs["input_ids"].shape[1]:]
+    for step, p in enumerate(passes[1:]):
+        ids = new[:, step:step + 1]
+        assert list(p.tokens) == text_tokens(ids, tok)
+        assert list(p.segments) == text_segments(ids, torch.ones_like(ids, dtype=torch.bool), set(tok.all_special_ids))

@@ -69,3 +69,13 @@ def test_word_pieces_join_into_the_words_the_tokenizer_decodes(minilm):
 def test_an_id_outside_the_tokenizer_keeps_its_number(minilm):
     _, tok, _ = minilm
     assert text_tokens(torch.tensor([[101, len(tok) + 7]]), tok) == [["[CLS]", f"#{len(tok) + 7}"]]
+
+
+def test_deferred_is_computed_once_on_first_use():
+    from attnlab.hooks.segments import Deferred
+
+    calls = []
+    lazy = Deferred(lambda: calls.append(1) or [["a", "b"], ["c"]])
+    assert calls == []
+    assert len(lazy) == 2 and lazy[0] == ["a", "b"] and list(lazy) == [["a", "b"], ["c"]] and lazy == [["a", "b"], ["c"]]
+    assert calls == [1]

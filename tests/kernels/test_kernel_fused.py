@@ -70,7 +70,7 @@ def _decoding_inputs(heads: int = 4, batch: int = 3, n_q: int = 9, n_k: int = 20
     return q, k, v, {"sink": sink, "image": image}, {"late": late}
 
 
-@pytest.mark.parametrize("factors", [(0.3, 0.3, 0.3, 0.3), (1.0, 0.2, 1.0, 0.0)])
+@pytest.mark.parametrize("factors", [(0.3, 0.3, 0.3, 0.3), (1.0, 0.2, 1.0, 0.0), (1.0, 0.3, 0.5, 1.0)])
 @pytest.mark.parametrize("queries", [None, "late"])
 def test_rows_and_heads_left_alone_come_from_the_plain_kernel(factors, queries):
     """A reweighting restricted to some rows (VAR at prefill) or some heads (ACT's calibrated heads) computes those

@@ -411,7 +411,7 @@ def _reweighted_heads(plan, n_heads: int) -> list[int] | None:
     """The heads a layer plan's reweighting changes (factor != 1), or ``None`` for all of them (or no plan)."""
     if plan is None or plan.reweight is None:
         return None
-    heads = [h for h, f in enumerate(plan.reweight.factors(n_heads)) if f != 1.0]
+    heads = list(plan.reweight.changed_heads(n_heads))
     return None if len(heads) == n_heads else heads
 
 

@@ -67,8 +67,7 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
         mask = allowed
         dead = None if allowed is None or plain_causal else ~allowed.any(-1, keepdim=True)
     rw = None if layer_plan is None else layer_plan.reweight
-    factors = () if rw is None else rw.factors(n_heads)
-    heads = [h for h, f in enumerate(factors) if f != 1.0]  # heads the reweighting changes (ACT: the calibrated)
+    heads = [] if rw is None else list(rw.changed_heads(n_heads))
     q_rows = None if not heads or not rw.queries else query_sets[rw.queries].to(torch.bool)  # (B, Q)
     rows = None if q_rows is None else q_rows.any(0).nonzero().flatten()  # rows some item reweights (r,)
     if heads and len(heads) == n_heads and (rows is None or rows.numel() == n_q):
@@ -101,6 +100,7 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
                 pick = (lambda t: t[:, hs]) if run else (lambda t: t.index_select(1, hs))  # noqa: E731
                 qf, kf, vf = pick(qf), pick(kf), pick(vf)
                 key_sets = {name: m if m.dim() == 2 else pick(m) for name, m in key_sets.items()}
+                factors = rw.factors(n_heads)
                 rw = replace(rw, factor=tuple(factors[h] for h in heads))
             out = out.clone() if out.requires_grad else out  # the kernel's output is saved for its backward
             part = _reweighted(qf if every_row else qf.index_select(2, rows), kf, vf, sub, scale, rw, key_sets,

@@ -67,6 +67,11 @@ class Reweight:
             raise ValueError(f"Reweight factor has {len(self.factor)} values for {n_heads} heads")
         return tuple(float(f) for f in self.factor)
 
+    def changed_heads(self, n_heads: int) -> tuple[int, ...]:
+        """The heads whose factor is not 1, the only ones the reweighting can change (ACT: its calibrated heads);
+        empty when it changes nothing."""
+        return tuple(h for h, f in enumerate(self.factors(n_heads)) if f != 1.0)
+
 
 @dataclass(frozen=True)
 class LayerPlan:

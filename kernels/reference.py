@@ -200,7 +200,7 @@ class _Call:
             self.attn_mask = None
         rw = layer_plan.reweight if layer_plan is not None else None
         # factors of 1 change nothing: such a plan takes the plain path and reproduces the baseline bit for bit
-        self.rw = None if rw is None or all(f == 1.0 for f in rw.factors(q.shape[1])) else rw
+        self.rw = None if rw is None or not rw.changed_heads(q.shape[1]) else rw
         self.head_scale = None if layer_plan is None or layer_plan.head_scale is None else torch.tensor(
             layer_plan.head_scale, dtype=torch.float32, device=q.device)[None, :, None, None]  # (1, H, 1, 1)
         self.key_sets, self.stats, self.want_pattern = key_sets, stats, want_pattern

@@ -66,7 +66,7 @@ def _u8(mask: torch.Tensor) -> torch.Tensor:
 def _active_reweight(layer_plan: LayerPlan | None, n_heads: int) -> Reweight | None:
     """The plan's reweighting, or None when it cannot change anything (all factors 1)."""
     rw = None if layer_plan is None else layer_plan.reweight
-    if rw is None or all(f == 1.0 for f in rw.factors(n_heads)):
+    if rw is None or not rw.changed_heads(n_heads):
         return None
     return rw
 

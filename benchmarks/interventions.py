@@ -5,8 +5,8 @@ time per answer, VHR at most 2x (it needs a text-only pass per question to score
 search cost is reported apart, once per model.
 
 How it is measured: one process, torch on one intra-op thread. Every method answers the same POPE questions of the
-model's test split the way the eval CLI does (``steering_for`` then :func:`attnlab.evals.answer.generate_answers`,
-``--batch-size`` questions per padded generation, by default the CLI's
+model's test split the way the eval CLI does (:func:`attnlab.jobs.answering.answer_batch`: ``steering_for``, then
+:func:`attnlab.evals.answer.generate_answers` with ``--batch-size`` questions per padded generation, by default the CLI's
 :data:`~attnlab.jobs.EVAL_BATCH_SIZE`), after one untimed warm-up batch each; batch by batch the methods run in a
 rotating order, so load changes hit every method alike. Time per answer is the batch's thread CPU time
 (``time.thread_time``; on a shared 2-core machine wall time mostly measures the scheduler) over its size, with the
@@ -37,16 +37,15 @@ TARGETS = {"var": 1.1, "var:dims": 1.1, "act": 1.1, "vhr": 2.0}
 
 
 def _answer(loaded, method, batch: list, max_new_tokens: int) -> tuple[list[str], float, float]:
-    """One padded generation of ``batch`` (``[(image, prompt), ...]``) under ``method``: ``(answers, thread CPU
-    seconds per answer, wall seconds per answer)``."""
-    from attnlab.evals.answer import generate_answers
+    """One padded generation of ``batch`` (``[(image, prompt), ...]``) under ``method``, through the eval's own
+    :func:`attnlab.jobs.answering.answer_batch`: ``(answers, thread CPU seconds per answer, wall seconds per
+    answer)``."""
+    from attnlab.jobs.answering import answer_batch
 
-    model, processor, spec = loaded
     images, prompts = [image for image, _ in batch], [prompt for _, prompt in batch]
-    c0, w0 = time.thread_time(), time.perf_counter()
-    answers = generate_answers(model, processor, spec, images, prompts, max_new_tokens=max_new_tokens,
-                               batch_size=len(batch), **method.steering_for(images, prompts))
-    return answers, (time.thread_time() - c0) / len(batch), (time.perf_counter() - w0) / len(batch)
+    c0 = time.thread_time()
+    answers, wall = answer_batch(loaded, method, images, prompts, max_new_tokens)
+    return answers, (time.thread_time() - c0) / len(batch), wall
 
 
 def main() -> None:

@@ -5,9 +5,9 @@ time per answer, VHR at most 2x (it needs a text-only pass per question to score
 search cost is reported apart, once per model.
 
 How it is measured: one process, torch on one intra-op thread. Every method answers the same POPE questions of the
-model's test split the way the eval CLI does (:func:`attnlab.jobs.answering.answer_batch`: ``steering_for``, then
-:func:`attnlab.evals.answer.generate_answers` with ``--batch-size`` questions per padded generation, by default the CLI's
-:data:`~attnlab.jobs.EVAL_BATCH_SIZE`), after one untimed warm-up batch each; batch by batch the methods run in a
+model's test split the way the eval CLI does (:func:`attnlab.jobs.answering.answer_batch`: ``steering_for``,
+then :func:`attnlab.evals.answer.generate_answers` with ``--batch-size`` questions per padded generation, by default
+the CLI's :data:`~attnlab.jobs.EVAL_BATCH_SIZE`), after one untimed warm-up batch each; batch by batch the methods run in a
 rotating order, so load changes hit every method alike. Time per answer is the batch's thread CPU time
 (``time.thread_time``; on a shared 2-core machine wall time mostly measures the scheduler) over its size, with the
 wall-clock ratio printed beside it; each (method, batch) runs ``--repeats`` times and the fastest run counts (single

@@ -5,10 +5,10 @@ time per answer, VHR at most 2x (it needs a text-only pass per question to score
 search cost is reported apart, once per model.
 
 How it is measured: one process, torch on one intra-op thread. Every method answers the same POPE questions of the
-model's test split the way the eval CLI does (:func:`attnlab.jobs.answering.answer_batch`: ``steering_for``,
-then :func:`attnlab.evals.answer.generate_answers` with ``--batch-size`` questions per padded generation, by default
-the CLI's :data:`~attnlab.jobs.EVAL_BATCH_SIZE`), after one untimed warm-up batch each; batch by batch the methods run in a
-rotating order, so load changes hit every method alike. Time per answer is the batch's thread CPU time
+model's test split the way the eval CLI does (:func:`attnlab.jobs.answering.answer_batch`: ``steering_for``, then
+:func:`attnlab.evals.answer.generate_answers` with ``--batch-size`` questions per padded generation, by default the
+CLI's :data:`~attnlab.jobs.EVAL_BATCH_SIZE`), after one untimed warm-up batch each; batch by batch the methods run in
+a rotating order, so load changes hit every method alike. Time per answer is the batch's thread CPU time
 (``time.thread_time``; on a shared 2-core machine wall time mostly measures the scheduler) over its size, with the
 wall-clock ratio printed beside it; each (method, batch) runs ``--repeats`` times and the fastest run counts (single
 runs of one batch spread by +-20% here, their minimum by about 3%). Ratios are medians over the batches of (method
@@ -18,8 +18,8 @@ A method that finds nothing to act on (VAR without sink dimensions, ACT without 
 model; ``var:dims`` times VAR made to act: with the sink dimensions ``--var-dims``, by default the two where VAR's
 ``phi`` peaks on the warm-up input, and the benchmark checks that it then finds visual sinks (it stops otherwise).
 
-Usage: ``python benchmarks/interventions.py [--model toy-llava-deep] [--task pope|caption] [--batches 8]
-[--batch-size 32] [--repeats 5] [--max-new-tokens N]``. The last line is one JSON object.
+Usage: ``python benchmarks/interventions.py [--model toy-llava-deep] [--task pope|caption] [--batches 8] [--batch-size
+32] [--repeats 5] [--max-new-tokens N]``. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -182,11 +182,11 @@ def _report(args, cpu: dict, wall: dict, setup: dict) -> None:
     """Print each method's median time per answer and its median ratio to the baseline on the same batch, then
     JSON."""
     base_cpu, base_wall = cpu["baseline"], wall["baseline"]
-    result = {"model": args.model, "task": args.task, "batches": args.batches, "batch_size": args.batch_size, "repeats": args.repeats,
-              "max_new_tokens": args.max_new_tokens, "baseline_ms": 1000 * statistics.median(base_cpu), "methods": {}}
-    print(f"\n{args.model}, {args.task}: {args.batches} batches of {args.batch_size}, {args.max_new_tokens} new tokens at "
-          "most, median per answer (thread CPU), "
-          "ratio to the baseline on the same batch")
+    result = {"model": args.model, "task": args.task, "batches": args.batches, "batch_size": args.batch_size,
+              "repeats": args.repeats, "max_new_tokens": args.max_new_tokens,
+              "baseline_ms": 1000 * statistics.median(base_cpu), "methods": {}}
+    print(f"\n{args.model}, {args.task}: {args.batches} batches of {args.batch_size}, {args.max_new_tokens} new tokens "
+          "at most, median per answer (thread CPU), ratio to the baseline on the same batch")
     for name in cpu:
         ratio = statistics.median(c / b for c, b in zip(cpu[name], base_cpu))
         wall_ratio = statistics.median(c / b for c, b in zip(wall[name], base_wall))

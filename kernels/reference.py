@@ -44,7 +44,7 @@ def _masses(p: torch.Tensor, columns: list[torch.Tensor]) -> torch.Tensor:
     slow skinny GEMM); per-head sets and small maps (a decoding row) ride along as the columns of one matmul.
     """
     if p.dim() == 4 and all(c.dim() == 2 for c in columns):
-        sets = torch.stack([c.to(p.dtype) for c in columns], dim=-1)  # (B, K, n)
+        sets = torch.stack(columns, dim=-1).to(p.dtype)  # (B, K, n)
         if p.shape[2] * p.shape[3] >= MV_MIN_ELEMENTS:
             return torch.stack([torch.stack([p[b] @ sets[b, :, i] for i in range(sets.shape[-1])], dim=-1)
                                 for b in range(p.shape[0])])  # (B, H, q, n)
@@ -53,8 +53,8 @@ def _masses(p: torch.Tensor, columns: list[torch.Tensor]) -> torch.Tensor:
         # heads, 0.19 folded, 0.04 transposed)
         rows = p.reshape(p.shape[0], -1, p.shape[3]).transpose(1, 2)  # (B, K, H q)
         return (sets.transpose(1, 2) @ rows).transpose(1, 2).reshape(*p.shape[:3], sets.shape[-1])
-    cols = torch.broadcast_tensors(*[_per_head(c).to(p.dtype) for c in columns])  # each (B, 1|H, K)
-    return (torch.stack(cols, dim=-2) @ p.transpose(-1, -2)).transpose(-1, -2)  # (B, H, q, n), transposed as above
+    cols = torch.broadcast_tensors(*[_per_head(c) for c in columns])  # each (B, 1|H, K)
+    return (torch.stack(cols, dim=-2).to(p.dtype) @ p.transpose(-1, -2)).transpose(-1, -2)  # (B, H, q, n), as above
 
 
 def row_entropy(p: torch.Tensor, clamp: bool = False) -> torch.Tensor:
@@ -118,23 +118,26 @@ def reweight_rows(
         if rows.numel() < p.shape[2]:
             sub = reweight_rows(p.index_select(2, rows), rw, key_sets, query_rows.index_select(1, rows), inplace=True)
             return p.index_copy_(2, rows, sub) if inplace else p.index_copy(2, rows, sub)
-    src = _per_head(key_sets[rw.source].to(torch.bool))  # (B, 1|H, K)
-    tgt = ~src if rw.target is None else _per_head(key_sets[rw.target].to(torch.bool)) & ~src  # (B, 1|H, K)
+    src = key_sets[rw.source].to(torch.bool)  # (B, K) or (B, H, K)
+    tgt = ~src if rw.target is None else key_sets[rw.target].to(torch.bool)
+    if tgt.dim() != src.dim():  # one set per item beside one per head: both per head
+        src, tgt = _per_head(src), _per_head(tgt)
+    tgt = tgt & ~src  # (B, K) or (B, H, K)
     gate = rw.gate
     cols = [src, tgt] + ([] if gate is None else [key_sets[gate.within]] + ([key_sets[gate.part]] if gate.part else []))
-    a_eff, boost = reweight_factors(_masses(p, cols), rw, p.shape[1], query_rows)  # (B, H, q) each
-    # each key's weight is one of (1, a, boost) by its partition: one gather instead of nested wheres
-    weights = torch.stack([torch.ones_like(a_eff), a_eff, boost], dim=-1)  # (B, H, q, 3)
-    part = (src.long() + 2 * tgt.long())[:, :, None, :].expand(p.shape)  # (B, H, q, K) view, 0 rest/1 S/2 T
-    factors = torch.gather(weights, -1, part)  # (B, H, q, K)
+    d_src, d_tgt = reweight_factors(_masses(p, cols), rw, p.shape[1], query_rows)  # (B, H, q) each
+    # each key's factor 1 + d_S [j in S] + d_T [j in T], built in three ops over the rows
+    factors = d_src[..., None] * _per_head(src)[:, :, None, :]  # (B, H, q, K)
+    factors.addcmul_(d_tgt[..., None], _per_head(tgt)[:, :, None, :]).add_(1.0)
     return p.mul_(factors) if inplace else p * factors
 
 
 def reweight_factors(masses: torch.Tensor, rw: Reweight, n_heads: int, query_rows: torch.Tensor | None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each row's factors ``(a_eff, boost)`` ``[B, H, q]`` on the source and on the target of a :class:`Reweight`:
-    ``(a, 1 + (1 - a) m_S / m_T)`` where the row is reweighted, ``(1, 1)`` where it is left alone (``m_T = 0``, the
-    gate fails, or the row is outside ``query_rows``). The one owner of the formula, for every torch route.
+    """Each row's factors on the source and on the target of a :class:`Reweight`, less 1: ``(d_S, d_T)``
+    ``[B, H, q]``, ``(a - 1, (1 - a) m_S / m_T)`` where the row is reweighted, ``(0, 0)`` where it is left alone
+    (``m_T = 0``, the gate fails, or the row is outside ``query_rows``). The one owner of the formula, for every
+    torch route.
 
     Args:
         masses: ``[B, H, q, 2..4]`` the unmodified rows' mass on the source, the target minus the source, and the
@@ -143,20 +146,24 @@ def reweight_factors(masses: torch.Tensor, rw: Reweight, n_heads: int, query_row
         query_rows: ``[B, q]`` bool rows the reweighting may touch, or ``None`` for all.
     """
     m_s, m_t = masses[..., 0], masses[..., 1]  # (B, H, q)
-    a = torch.tensor(rw.factors(n_heads), dtype=masses.dtype, device=masses.device)[None, :, None]  # (1, H, 1)
     apply = m_t > 0
     if query_rows is not None:
-        apply = apply & query_rows[:, None, :]
+        apply &= query_rows[:, None, :]
     gate = rw.gate
     if gate is not None:
         within = masses[..., 2]
-        ok = within >= gate.min_mass
+        apply &= within >= gate.min_mass
         if gate.part is not None:
-            ok = ok & (masses[..., 3] >= gate.min_share * within) & (within > 0)
-        apply = apply & ok
-    a_eff = torch.where(apply, a, 1.0)  # (B, H, q)
-    boost = torch.where(apply, 1 + (1 - a) * m_s / m_t.clamp_min(torch.finfo(masses.dtype).tiny), 1.0)
-    return a_eff, boost
+            apply &= masses[..., 3] >= gate.min_share * within
+            if gate.min_mass <= 0:  # otherwise implied by the mass test
+                apply &= within > 0
+    factors = rw.factors(n_heads)
+    if len(set(factors)) == 1:  # one factor for every head (VAR): a scalar, no tensor to build per call
+        d_src = apply.to(masses.dtype).mul_(factors[0] - 1.0)
+    else:
+        d_src = apply * torch.tensor([f - 1.0 for f in factors], dtype=masses.dtype, device=masses.device)[:, None]
+    d_tgt = (d_src * m_s).div_(m_t.clamp_min(torch.finfo(masses.dtype).tiny)).neg_()  # (1 - a) m_S / m_T
+    return d_src, d_tgt
 
 
 def visible_keys(r0: int, r1: int, n_q: int, n_k: int, causal: bool, window: int | None) -> tuple[int, int]:

@@ -211,8 +211,15 @@ class Recorder:
             return received  # (B, H, K), zero on the heads left alone
 
         key_sets = self._key_sets(stack, layer, k.shape[2], k.device, preview) if (stats or lplan is not None) else {}
-        query_sets = ({name: m[:, -q.shape[2]:] for name, m in key_sets.items() if m.dim() == 2}
-                      if lplan is not None else {})
+        n_q = q.shape[2]
+        if lplan is not None and not stats:  # nothing recorded: the kernel reads (and checks) the plan's sets only
+            rw = lplan.reweight
+            queries = () if rw is None or not rw.queries else (rw.queries,)
+            query_sets = {name: key_sets[name][:, -n_q:] for name in queries if name in key_sets}
+            key_sets = {} if rw is None else {name: key_sets[name] for name in rw.key_set_names() if name in key_sets}
+        else:
+            query_sets = ({name: m[:, -n_q:] for name, m in key_sets.items() if m.dim() == 2}
+                          if lplan is not None else {})
         want_pattern = record and cap.pattern
         impl = "eager" if (want_pattern or return_pattern) else self.impl
         out, stt = attention(q, k, v, causal=causal, key_mask=key_mask, attn_mask=attn_mask, scale=scale,

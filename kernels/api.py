@@ -176,8 +176,7 @@ def _check_plan(plan, n_heads: int, key_sets: dict, query_sets: dict) -> None:
     factors = rw.factors(n_heads)  # raises on a wrong per-head length
     if any(not f >= 0 for f in factors):
         raise ValueError(f"Reweight factors must be >= 0 (a multiplies attention probabilities); got {factors}")
-    needed = {rw.source, rw.target, *(() if rw.gate is None else (rw.gate.within, rw.gate.part))} - {None}
-    missing = needed - key_sets.keys()
+    missing = set(rw.key_set_names()) - key_sets.keys()
     if missing:
         raise ValueError(f"The plan reweights key sets {sorted(missing)} that were not passed in key_sets")
     if rw.queries and rw.queries not in query_sets:

@@ -67,6 +67,12 @@ class Reweight:
             raise ValueError(f"Reweight factor has {len(self.factor)} values for {n_heads} heads")
         return tuple(float(f) for f in self.factor)
 
+    def key_set_names(self) -> tuple[str, ...]:
+        """The key sets the reweighting reads: its source, target and gate sets (the names it needs passed)."""
+        gate = () if self.gate is None else (self.gate.within, self.gate.part)
+        names = (self.source, self.target, *gate)
+        return tuple(dict.fromkeys(name for name in names if name is not None))
+
     def changed_heads(self, n_heads: int) -> tuple[int, ...]:
         """The heads whose factor is not 1, the only ones the reweighting can change (ACT: its calibrated heads);
         empty when it changes nothing."""

@@ -25,6 +25,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
+from . import cpu_rows
 from .plan import LayerPlan, Reweight
 from .reference import MASKED, _additive, _expand_kv, positional_mask, reweight_rows
 
@@ -69,6 +70,8 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
     rw = None if layer_plan is None else layer_plan.reweight
     heads = [] if rw is None else list(rw.changed_heads(n_heads))
     q_rows = None if not heads or not rw.queries else query_sets[rw.queries].to(torch.bool)  # (B, Q)
+    if q_rows is not None and bool(q_rows.all()):  # every row of every item (decoding): no row set to apply
+        q_rows = None
     rows = None if q_rows is None else q_rows.any(0).nonzero().flatten()  # rows some item reweights (r,)
     if heads and len(heads) == n_heads and (rows is None or rows.numel() == n_q):
         out = _reweighted(qf, kf, vf, mask, scale, rw, key_sets, q_rows)  # every row of every head
@@ -133,8 +136,14 @@ def _reweighted(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.T
     """Rows ``q`` ``[B, H, r, d]`` attending to ``k``, ``v`` ``[B, H, K, d|dv]`` (float32) under ``rw``, their weights
     computed and reweighted explicitly (:func:`~attnlab.kernels.reference.reweight_rows`) -> ``[B, H, r, dv]``.
     ``mask`` ``[B|1, 1|H, 1|r, K]`` (bool, or float terms) or ``None``; ``q_rows`` ``[B, r]`` bool or ``None``. Rows
-    with nothing to attend to come out as the mean of the values; the caller zeroes them."""
-    s = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5 if scale is None else scale)  # (B, H, r, K)
+    with nothing to attend to come out as the mean of the values (0 from the compiled kernel); the caller zeroes
+    them. Without a gradient to keep, the compiled CPU kernel (:mod:`~attnlab.kernels.cpu_rows`) does it all in one
+    call where it applies."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    out = cpu_rows.reweighted_rows(q, k, v, mask, scale, rw, key_sets, q_rows)
+    if out is not None:
+        return out
+    s = torch.matmul(q, k.transpose(-1, -2)).mul_(scale)  # (B, H, r, K)
     if mask is not None:
         s = s.add_(mask if mask.is_floating_point() else _additive(mask))
     p = torch.softmax(s, -1)

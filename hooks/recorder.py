@@ -66,6 +66,9 @@ class StackState:
     #: ``{(n_keys, device): {name: [B, K]}}``: they depend on the prompt alone, so every layer reuses them.
     static_sets: dict[str, torch.Tensor] | None = None
     fitted_sets: dict = field(default_factory=dict)
+    #: dynamic key sets seen twice ``{(layer, name): (set [B, (H,) N], padded [B, (H,) capacity] on its device)}``:
+    #: while decoding, a layer's sets stay the same tensors as the keys grow, and each step reads a slice.
+    grown_sets: dict = field(default_factory=dict)
 
 
 class Recorder:
@@ -154,7 +157,8 @@ class Recorder:
             return dict(fitted)
         dynamic = self.key_set_fn(layer, st.block_input.get(layer), dict(sets), preview=preview,
                                   token_mask=first.token_mask)
-        return {**fitted, **_fit_sets(dynamic, n_keys, device)}
+        return {**fitted, **{name: _grown(st.grown_sets, (layer, name), mask, n_keys, device)
+                             for name, mask in dynamic.items()}}
 
     def _static_sets(self, st: StackState) -> dict[str, torch.Tensor]:
         """The segment key sets of the stack's first pass plus the user's, ``{name: [B, N_prompt] bool}``."""
@@ -400,8 +404,35 @@ class Recorder:
 
 def _fit_sets(sets: dict[str, torch.Tensor], n_keys: int, device) -> dict[str, torch.Tensor]:
     """Key sets fitted to ``n_keys`` keys on ``device``; generated tokens are text and follow the prompt."""
-    return {name: _fit_keys(mask, n_keys, fill=name == "text" or name.startswith("after_")).to(device)
-            for name, mask in sets.items()}
+    return {name: _fit_keys(mask, n_keys, fill=_generated_keys_in(name)).to(device) for name, mask in sets.items()}
+
+
+def _generated_keys_in(name: str) -> bool:
+    """Whether the key set ``name`` holds generated keys: they are text, and follow the prompt (``after_*``)."""
+    return name == "text" or name.startswith("after_")
+
+
+#: Keys a grown set holds beyond the first step that asks for it: the padding of about this many decoding steps.
+GROWN_SPARE_KEYS = 256
+
+
+def _grown(held: dict, key: tuple, mask: torch.Tensor, n_keys: int, device) -> torch.Tensor:
+    """``mask`` fitted to ``n_keys`` keys on ``device`` (as :func:`_fit_sets`), as a slice of a padded copy kept in
+    ``held[key]`` once the same tensor comes back: a decoding step then costs a view instead of a pad and a copy."""
+    fill = _generated_keys_in(key[1])
+    entry = held.get(key)
+    if entry is None or entry[0] is not mask:  # first sight of this tensor: fit it, and remember it
+        held[key] = (mask, None)
+        return _fit_keys(mask, n_keys, fill=fill).to(device)
+    n = mask.shape[-1]
+    if n >= n_keys:
+        return _fit_keys(mask, n_keys).to(device)
+    padded = entry[1]
+    if padded is None or padded.shape[-1] < n_keys or padded.device != torch.device(device):
+        padded = torch.full((*mask.shape[:-1], n_keys + GROWN_SPARE_KEYS), fill, dtype=torch.bool, device=device)
+        padded[..., :n] = mask
+        held[key] = (mask, padded)
+    return padded[..., :n_keys]
 
 
 def _fit_keys(mask: torch.Tensor, n_keys: int, fill: bool = False) -> torch.Tensor:

@@ -136,8 +136,8 @@ def reweighted_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     def key_set(name: str | None) -> tuple:
         if name not in fitted:
             m = key_sets[name].to(torch.bool)
-            m = _strided(m[:, None] if m.dim() == 2 else m, (bsz, n_heads, n_keys))
-            fitted[name] = (m, m.stride(0), m.stride(1))
+            m = m if m.stride(-1) == 1 else m.contiguous()
+            fitted[name] = (m, m.stride(0), 0 if m.dim() == 2 else m.stride(1))  # a per-item set: head stride 0
         return fitted[name]
 
     gate = rw.gate

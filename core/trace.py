@@ -66,11 +66,19 @@ def key_set_mask(token_mask: torch.Tensor, segments: list[list[Segment]], kind: 
         rows = torch.nonzero(first >= 0, as_tuple=False).flatten()
         mask[rows, first[rows]] = True
         return mask
-    for b, segs in enumerate(segments):
-        for seg in segs:
-            if seg.kind == kind:
-                mask[b, seg.start : seg.end] = True
-    return mask
+    n = mask.shape[-1]
+    spans = [(b, min(seg.start, n), min(seg.end, n)) for b, segs in enumerate(segments) for seg in segs
+             if seg.kind == kind]
+    if not spans:
+        return mask
+    # +1 where a span starts, -1 where it ends, running sums > 0 inside: four ops for any number of spans (one slice
+    # assignment per span cost 3 us each, 0.3 ms for the text spans of 32 prompts)
+    items, starts, ends = torch.tensor(spans, device=mask.device).unbind(-1)  # (n_spans,) each
+    edges = torch.zeros(mask.shape[0], n + 1, dtype=torch.int32, device=mask.device)
+    ones = torch.ones_like(items, dtype=torch.int32)
+    edges.index_put_((items, starts), ones, accumulate=True)
+    edges.index_put_((items, ends), -ones, accumulate=True)
+    return edges.cumsum(-1)[:, :n] > 0
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,20 @@ def test_first_key_set_is_the_first_real_token():
     assert trace.key_set("image")[2].int().tolist() == [0, 1, 1, 1, 1] and not trace.key_set("image")[:2].any()
 
 
+def test_key_sets_by_hand_with_adjacent_overlapping_and_empty_spans():
+    """Every span of the kind is in, nothing else: spans that touch, overlap, are empty, or run past the tokens."""
+    from attnlab.core.trace import key_set_mask
+
+    mask = torch.ones(3, 8, dtype=torch.bool)
+    segments = [[Segment("text", 0, 2), Segment("text", 2, 3), Segment("image", 3, 8)],  # touching text spans
+                [Segment("text", 1, 5), Segment("text", 3, 6), Segment("text", 7, 7)],  # overlap; an empty span
+                [Segment("image", 0, 8), Segment("text", 6, 10)]]  # a span past the 8 tokens
+    assert key_set_mask(mask, segments, "text").int().tolist() == [[1, 1, 1, 0, 0, 0, 0, 0], [0, 1, 1, 1, 1, 1, 0, 0],
+                                                                   [0, 0, 0, 0, 0, 0, 1, 1]]
+    assert key_set_mask(mask, segments, "image").int().tolist() == [[0, 0, 0, 1, 1, 1, 1, 1], [0] * 8, [1] * 8]
+    assert not key_set_mask(mask, segments, "register").any()
+
+
 def test_item_trims_padding_on_every_token_axis():
     trace = padded_trace()
     rec = trace.layers[0]

@@ -62,12 +62,11 @@ class StackState:
     layers: tuple[int, ...]
     passes: list[Pass] = field(default_factory=list)
     block_input: dict[int, torch.Tensor] = field(default_factory=dict)
-    #: the static key sets ``{name: [B, N_prompt] bool}`` of the first pass, and their fitted copies
-    #: ``{(n_keys, device): {name: [B, K]}}``: they depend on the prompt alone, so every layer reuses them.
+    #: the static key sets ``{name: [B, N_prompt] bool}`` of the first pass: they depend on the prompt alone.
     static_sets: dict[str, torch.Tensor] | None = None
-    fitted_sets: dict = field(default_factory=dict)
-    #: dynamic key sets seen twice ``{(layer, name): (set [B, (H,) N], padded [B, (H,) capacity] on its device)}``:
-    #: while decoding, a layer's sets stay the same tensors as the keys grow, and each step reads a slice.
+    #: key sets fitted to the growing keys of a generation, ``{(layer or None for a static set, name): (set
+    #: [B, (H,) N], padded copy [B, (H,) capacity] on its device, or None until the set comes back)}``: while
+    #: decoding the sets stay the same tensors as the keys grow, and each step reads a slice of the padded copy.
     grown_sets: dict = field(default_factory=dict)
 
 
@@ -141,20 +140,21 @@ class Recorder:
         setattr(rec, name, self._store(value))
 
     def _key_sets(self, stack: str, layer: int, n_keys: int, device: torch.device,
-                  preview: Callable[[], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                  preview: Callable[[], torch.Tensor] | None = None,
+                  names: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
         """Static key sets from the segments (padded with ``False`` for generated keys) plus dynamic ones.
 
         ``preview()`` returns the attention each key receives ``[B, H, K]`` without the plan, for dynamic key
-        sets that depend on the layer's own attention (ACT's sinks).
+        sets that depend on the layer's own attention (ACT's sinks). ``names``: the static sets to fit (``None``:
+        all of them); the dynamic ones are all returned.
         """
         st = self.stacks[stack]
         first = st.passes[0]
         sets = self._static_sets(st)
-        fitted = st.fitted_sets.get((n_keys, device))
-        if fitted is None:
-            fitted = st.fitted_sets[(n_keys, device)] = _fit_sets(sets, n_keys, device)
+        fitted = {name: _grown(st.grown_sets, (None, name), mask, n_keys, device) for name, mask in sets.items()
+                  if names is None or name in names}
         if self.key_set_fn is None or stack != self.main:
-            return dict(fitted)
+            return fitted
         dynamic = self.key_set_fn(layer, st.block_input.get(layer), dict(sets), preview=preview,
                                   token_mask=first.token_mask)
         return {**fitted, **{name: _grown(st.grown_sets, (layer, name), mask, n_keys, device)
@@ -214,14 +214,16 @@ class Recorder:
             received[:, heads] = plain.received
             return received  # (B, H, K), zero on the heads left alone
 
-        key_sets = self._key_sets(stack, layer, k.shape[2], k.device, preview) if (stats or lplan is not None) else {}
         n_q = q.shape[2]
         if lplan is not None and not stats:  # nothing recorded: the kernel reads (and checks) the plan's sets only
             rw = lplan.reweight
             queries = () if rw is None or not rw.queries else (rw.queries,)
+            reads = () if rw is None else rw.key_set_names()
+            key_sets = self._key_sets(stack, layer, k.shape[2], k.device, preview, names=reads + queries)
             query_sets = {name: key_sets[name][:, -n_q:] for name in queries if name in key_sets}
-            key_sets = {} if rw is None else {name: key_sets[name] for name in rw.key_set_names() if name in key_sets}
+            key_sets = {name: key_sets[name] for name in reads if name in key_sets}
         else:
+            key_sets = self._key_sets(stack, layer, k.shape[2], k.device, preview) if stats or lplan is not None else {}
             query_sets = ({name: m[:, -n_q:] for name, m in key_sets.items() if m.dim() == 2}
                           if lplan is not None else {})
         want_pattern = record and cap.pattern
@@ -402,11 +404,6 @@ class Recorder:
         return out
 
 
-def _fit_sets(sets: dict[str, torch.Tensor], n_keys: int, device) -> dict[str, torch.Tensor]:
-    """Key sets fitted to ``n_keys`` keys on ``device``; generated tokens are text and follow the prompt."""
-    return {name: _fit_keys(mask, n_keys, fill=_generated_keys_in(name)).to(device) for name, mask in sets.items()}
-
-
 def _generated_keys_in(name: str) -> bool:
     """Whether the key set ``name`` holds generated keys: they are text, and follow the prompt (``after_*``)."""
     return name == "text" or name.startswith("after_")
@@ -417,8 +414,9 @@ GROWN_SPARE_KEYS = 256
 
 
 def _grown(held: dict, key: tuple, mask: torch.Tensor, n_keys: int, device) -> torch.Tensor:
-    """``mask`` fitted to ``n_keys`` keys on ``device`` (as :func:`_fit_sets`), as a slice of a padded copy kept in
-    ``held[key]`` once the same tensor comes back: a decoding step then costs a view instead of a pad and a copy."""
+    """Key set ``mask`` ``[B, (H,) N]`` fitted to ``n_keys`` keys on ``device`` (padded with generated keys, which
+    belong to text and ``after_*`` sets, or trimmed), as a slice of a padded copy kept in ``held[key]`` once the same
+    tensor comes back: a decoding step then costs a view instead of a pad and a copy."""
     fill = _generated_keys_in(key[1])
     entry = held.get(key)
     if entry is None or entry[0] is not mask:  # first sight of this tensor: fit it, and remember it

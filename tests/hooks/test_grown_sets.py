@@ -1,5 +1,6 @@
-"""Dynamic key sets (VAR's sinks) fitted to the growing keys of a decoding run: the recorder keeps a padded copy of a
-set it sees twice and hands out slices; each slice equals the plain fit (pad with the set's fill, or trim)."""
+"""Key sets fitted to the growing keys of a decoding run (the static segment sets, and dynamic ones such as VAR's
+sinks): the recorder keeps a padded copy of a set it sees twice and hands out slices; each slice equals the plain
+fit (pad with the set's fill, or trim)."""
 
 from __future__ import annotations
 

@@ -27,6 +27,7 @@
 #include <string.h>
 
 #define MASKED (-1.0e30f)
+#define EXP_FLOOR (-87.0f) /* expf of anything lower is below FLT_MIN, a denormal or 0 */
 #define LANES 16 /* floats per accumulator chunk: one AVX-512 register, two AVX ones */
 
 /* q . k over D floats: LANES-wide partial sums, reduced once. */
@@ -79,24 +80,103 @@ static void dot16(const float *q, const float *k, long D, float *s) {
     memcpy(s, &total, sizeof total);
 }
 
-/* o[0:DV] = sum_j w[j] v[j, :], LANES output columns at a time held in registers. */
+/* o[0:DV] = sum_j w[j] v[j, :], 16 output columns at a time in four independent sums (keys j mod 4), so the
+ * multiply-adds do not wait on one another. */
 static void weigh_values(const float *w, const float *v, float *o, long K, long DV) {
     long c0 = 0;
-    for (; c0 + LANES <= DV; c0 += LANES) {
-        float acc[LANES] = {0.0f};
-        for (long j = 0; j < K; j++) {
-            const float wj = w[j];
+    for (; c0 + 16 <= DV; c0 += 16) {
+        v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        long j = 0;
+        for (; j + 4 <= K; j += 4) {
             const float *vj = v + j * DV + c0;
-#pragma omp simd
-            for (int u = 0; u < LANES; u++) acc[u] += wj * vj[u];
+            a0 += w[j] * load16(vj);
+            a1 += w[j + 1] * load16(vj + DV);
+            a2 += w[j + 2] * load16(vj + 2 * DV);
+            a3 += w[j + 3] * load16(vj + 3 * DV);
         }
-        memcpy(o + c0, acc, sizeof acc);
+        for (; j < K; j++) a0 += w[j] * load16(v + j * DV + c0);
+        const v16 total = (a0 + a1) + (a2 + a3);
+        memcpy(o + c0, &total, sizeof total);
     }
     for (long c = c0; c < DV; c++) {
         float acc = 0.0f;
         for (long j = 0; j < K; j++) acc += w[j] * v[j * DV + c];
         o[c] = acc;
     }
+}
+
+/* The 16 x 16 tile t (rows of 16 floats) transposed in place: four levels of two-vector shuffles; at level s, rows
+ * i and i + s trade their s-lane blocks (the block transpose [[A B] [C D]] -> [[A C] [B D]], then the same inside
+ * each block). */
+static void transpose16(v16 t[16]) {
+    static const i16 lo[4] = {{0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23},
+                              {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27},
+                              {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29},
+                              {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30}};
+    static const i16 hi[4] = {{8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31},
+                              {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31},
+                              {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31},
+                              {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31}};
+#pragma GCC unroll 4
+    for (int level = 0; level < 4; level++) {
+        const int s = 8 >> level;
+#pragma GCC unroll 8
+        for (int g = 0; g < 8; g++) {  /* the g-th row whose bit s is clear, and its partner i + s */
+            const int i = ((g & ~(s - 1)) << 1) | (g & (s - 1));
+            const v16 a = t[i], b = t[i + s];
+            t[i] = __builtin_shuffle(a, b, lo[level]);
+            t[i + s] = __builtin_shuffle(a, b, hi[level]);
+        }
+    }
+}
+
+/* kt[c * kp + j] = k[j * D + c]: a head's keys transposed into columns of kp floats, zero past the K keys, so
+ * that 16 keys' scores are D multiply-adds of one broadcast query element each (score_blocks). With D a multiple
+ * of 16 the keys go through transpose16 in 16 x 16 tiles (the last one zero-filled), else element by element. */
+static void transpose_keys(const float *k, float *kt, long K, long D, long kp) {
+    if (D % 16 == 0) {
+        for (long j0 = 0; j0 < kp; j0 += 16) {
+            const long n = K - j0 < 16 ? K - j0 : 16;  /* keys in this tile; the rest are zero */
+            for (long c0 = 0; c0 < D; c0 += 16) {
+                v16 t[16];
+                for (int u = 0; u < 16; u++) {
+                    const v16 zero = {0};
+                    t[u] = u < n ? load16(k + (j0 + u) * D + c0) : zero;
+                }
+                transpose16(t);
+                for (int u = 0; u < 16; u++) memcpy(kt + (c0 + u) * kp + j0, &t[u], sizeof(v16));
+            }
+        }
+        return;
+    }
+    for (long c = 0; c < D; c++) {
+        float *col = kt + c * kp;
+        for (long j = 0; j < K; j++) col[j] = k[j * D + c];
+        for (long j = K; j < kp; j++) col[j] = 0.0f;
+    }
+}
+
+/* s[0:16 n] = q . k[j] for the 16 n keys whose transposed columns start at kt (stride kp between head
+ * dimensions): n independent 16-key sums, so the multiply-adds of one block do not wait on one another. */
+static inline void score_blocks(const float *q, const float *kt, long D, long kp, float *s, const int n) {
+    v16 acc[4] = {{0}, {0}, {0}, {0}};
+    for (long c = 0; c < D; c++) {
+        const float qc = q[c];
+        const float *col = kt + c * kp;
+        for (int u = 0; u < n; u++) acc[u] += qc * load16(col + 16 * u);
+    }
+    memcpy(s, acc, sizeof(v16) * (size_t)n);
+}
+
+/* e[0:kp] = q . k[j] for every key of a head (transposed into kt), four blocks of 16 keys at a time. */
+static void scores(const float *q, const float *kt, long D, long kp, float *e) {
+    long j0 = 0;
+    for (; j0 + 64 <= kp; j0 += 64) score_blocks(q, kt + j0, D, kp, e + j0, 4);
+    if (j0 + 32 <= kp) {
+        score_blocks(q, kt + j0, D, kp, e + j0, 2);
+        j0 += 32;
+    }
+    if (j0 < kp) score_blocks(q, kt + j0, D, kp, e + j0, 1);
 }
 
 int attnlab_reweighted_rows(
@@ -111,15 +191,20 @@ int attnlab_reweighted_rows(
     const unsigned char *qrows, long qr_sb,
     const float *factor, float min_mass, float min_share)
 {
-    const long n = K > 0 ? K : 1;
-    float *e = (float *)malloc(sizeof(float) * (size_t)n);
-    unsigned char *ones = (unsigned char *)malloc((size_t)n);
-    if (e == NULL || ones == NULL) {
+    const long kp = ((K > 0 ? K : 1) + 15) / 16 * 16;  /* keys rounded up to whole 16-key blocks */
+    /* one row: q . k by the transpose-and-add tree (no transposed copy to pay for); several rows share a head's
+     * transposed keys, and each block of 16 scores is D broadcast multiply-adds */
+    const int transposed = R > 1;
+    float *e = (float *)malloc(sizeof(float) * (size_t)kp);
+    float *kt = transposed ? (float *)malloc(sizeof(float) * (size_t)(kp * D)) : NULL;
+    unsigned char *ones = (unsigned char *)malloc((size_t)kp);
+    if (e == NULL || ones == NULL || (transposed && kt == NULL)) {
         free(e);
+        free(kt);
         free(ones);
         return 1;
     }
-    memset(ones, 1, (size_t)n);
+    memset(ones, 1, (size_t)kp);
     for (long b = 0; b < B; b++) {
         for (long h = 0; h < H; h++) {
             const float *kb = k + (b * H + h) * K * D;
@@ -129,31 +214,53 @@ int attnlab_reweighted_rows(
             const unsigned char *w_set = within ? within + b * wi_sb + h * wi_sh : ones;
             const unsigned char *p_set = part ? part + b * pa_sb + h * pa_sh : ones;
             const float a = factor[h];
+            if (transposed) transpose_keys(kb, kt, K, D, kp);
             for (long i = 0; i < R; i++) {
                 const float *qr = q + ((b * H + h) * R + i) * D;
                 float *o = out + ((b * H + h) * R + i) * DV;
                 const unsigned char *al = allowed ? allowed + b * al_sb + h * al_sh + i * al_sr : NULL;
                 const float *te = terms ? terms + b * te_sb + h * te_sh + i * te_sr : NULL;
-                long j0 = 0;
-                if (D % 16 == 0)
-                    for (; j0 + 16 <= K; j0 += 16) dot16(qr, kb + j0 * D, D, e + j0);
-                for (long j = j0; j < K; j++) e[j] = dot(qr, kb + j * D, D);
-                float m = 2.0f * MASKED;
-                for (long j = 0; j < K; j++) {  /* scaled, masked and biased; m is the row's largest score */
-                    const float s = (al && !al[j]) ? MASKED : e[j] * scale + (te ? te[j] : 0.0f);
-                    e[j] = s;
-                    m = s > m ? s : m;
+                if (transposed) {
+                    scores(qr, kt, D, kp, e);
+                } else {
+                    long j0 = 0;
+                    if (D % 16 == 0)
+                        for (; j0 + 16 <= K; j0 += 16) dot16(qr, kb + j0 * D, D, e + j0);
+                    for (long j = j0; j < K; j++) e[j] = dot(qr, kb + j * D, D);
                 }
+                if (te) {  /* scaled and biased */
+#pragma omp simd
+                    for (long j = 0; j < K; j++) e[j] = e[j] * scale + te[j];
+                } else {
+#pragma omp simd
+                    for (long j = 0; j < K; j++) e[j] *= scale;
+                }
+                if (al) {  /* masked */
+#pragma omp simd
+                    for (long j = 0; j < K; j++) e[j] = al[j] ? e[j] : MASKED;
+                }
+                float m = 2.0f * MASKED;  /* the row's largest score */
+#pragma omp simd reduction(max : m)
+                for (long j = 0; j < K; j++) m = e[j] > m ? e[j] : m;
                 if (m <= 0.5f * MASKED) {  /* nothing to attend to */
                     memset(o, 0, sizeof(float) * (size_t)DV);
                     continue;
                 }
+                /* the weights, over whole 16-key blocks (the padding keys are masked) so that every expf is a
+                 * vector call; a score more than EXP_FLOOR below the row's largest gets weight 0 (its share would be
+                 * under 1e-38), which keeps masked keys off the vector expf's slow path for out-of-range inputs */
+                for (long j = K; j < kp; j++) e[j] = MASKED;
+#pragma omp simd
+                for (long j = 0; j < kp; j++) {
+                    const float x = e[j] - m;
+                    const float y = expf(x < EXP_FLOOR ? EXP_FLOOR : x);
+                    e[j] = x < EXP_FLOOR ? 0.0f : y;
+                }
                 float z = 0.0f, ms = 0.0f, mt = 0.0f, mw = 0.0f, mp = 0.0f;
 #pragma omp simd reduction(+ : z, ms, mt, mw, mp)
                 for (long j = 0; j < K; j++) {
-                    const float x = expf(e[j] - m);
+                    const float x = e[j];
                     const float in_s = s_set[j] ? 1.0f : 0.0f;
-                    e[j] = x;
                     z += x;
                     ms += x * in_s;
                     mt += t_set[j] ? x * (1.0f - in_s) : 0.0f;
@@ -183,6 +290,7 @@ int attnlab_reweighted_rows(
         }
     }
     free(e);
+    free(kt);
     free(ones);
     return 0;
 }

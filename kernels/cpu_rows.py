@@ -11,8 +11,9 @@ The C source ships with the package and is compiled once per process, at first u
 library built for one machine's CPU never runs on another's. Where no compiler works, or ``ATTNLAB_CPU_KERNEL=0``
 is set, :func:`reweighted_rows` returns ``None`` and the caller keeps its torch ops (one warning names the reason).
 
-The kernel is for decoding rows: calls with more than :data:`MAX_ROWS` rows per head, where torch's ops cost less,
-or more than :data:`MAX_WORK` multiply-adds, where torch's threads help (the kernel has one), keep the torch ops.
+It takes decoding rows (one per head) and prefill rows alike: one row goes through q . k by a transpose-and-add
+tree, several rows share each head's keys transposed once. Calls of more than :data:`MAX_WORK` multiply-adds, where
+torch's threads help (the kernel has one), keep the torch ops.
 Its oracles are the float64 textbook and the torch ops it replaces (``tests/kernels/test_kernel_cpu_rows.py``).
 """
 
@@ -32,12 +33,11 @@ import torch
 
 from .plan import Reweight
 
-#: Multiply-adds (``B H r K (d + dv)``) above which a call stays on torch's threaded ops: about 3 ms on one core.
+#: Multiply-adds (``B H r K (d + dv)``) above which a call stays on torch's threaded ops: about 1.6 ms of the kernel.
+#: One thread is the kernel's; torch's ops on two threads catch up near there (32 items x 8 heads x 90 keys, d = 16,
+#: 2026-12-05: 9 rows 0.68 against 0.89 ms, 32 rows 2.4 against 2.5 ms; on one thread 0.71 against 1.2-1.6 ms and
+#: 2.3 against 6.4 ms).
 MAX_WORK = 1 << 24
-#: Rows per head above which torch's ops win: their per-op cost is shared by the rows, the kernel's work is not.
-#: 32 items x 8 heads x 90 keys, d = 16, one thread (2026-12-05), kernel against torch ops: 1 row 239 against 509 us,
-#: 2 rows 417 against 479, 3 rows 421 against 601, 4 rows 553 against 540, 6 rows 1279 against 1014.
-MAX_ROWS = 3
 #: Compiler flags, best first. ``-ffast-math`` is given to the compile step only (vectorised ``expf`` from glibc's
 #: libmvec); the link step omits it, so loading the library does not switch the process to flush-to-zero.
 _BUILDS = (
@@ -101,7 +101,7 @@ def reweighted_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
                     ) -> torch.Tensor | None:
     """Rows ``q`` ``[B, H, r, d]`` attending to ``k`` ``[B, H, K, d]``, values ``v`` ``[B, H, K, dv]``, their weights
     reweighted by ``rw`` -> ``[B, H, r, dv]`` float32; ``None`` where the kernel does not apply (a tensor not a
-    float32 CPU tensor, a gradient wanted, more than :data:`MAX_ROWS` rows or :data:`MAX_WORK`, or no compiled
+    float32 CPU tensor, a gradient wanted, more than :data:`MAX_WORK` multiply-adds, or no compiled
     kernel).
 
     Args:
@@ -118,7 +118,7 @@ def reweighted_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     tensors = (q, k, v) + ((mask,) if mask is not None and mask.is_floating_point() else ())
     if any(t.device.type != "cpu" or t.dtype != torch.float32 or t.requires_grad for t in tensors):
         return None
-    if n_rows > MAX_ROWS or bsz * n_heads * n_rows * n_keys * (dim + dv) > MAX_WORK or not enabled():
+    if bsz * n_heads * n_rows * n_keys * (dim + dv) > MAX_WORK or not enabled():
         return None
     entry = _library()
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()

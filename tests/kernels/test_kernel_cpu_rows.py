@@ -66,14 +66,15 @@ def _check(q, k, v, *, mask, rw, sets, q_rows, scale=None):
 
 
 @settings(max_examples=120, deadline=None)
-@given(b=st.integers(1, 3), h=st.integers(1, 4), r=st.integers(1, cpu_rows.MAX_ROWS), n_k=st.integers(1, 40),
+@given(b=st.integers(1, 3), h=st.integers(1, 4), r=st.integers(1, 6), n_k=st.integers(1, 40),
        d=st.sampled_from([5, 16, 32]), dv=st.sampled_from([3, 16, 20]),
        mask=st.sampled_from([None, "keys", "rows", "heads", "terms"]), per_head=st.booleans(),
        target=st.sampled_from([None, "image_nonsink"]), gate=st.sampled_from([None, "within", "part"]),
        rows=st.booleans(), factor=st.sampled_from([0.0, 0.4, "per_head"]), seed=st.integers(0, 2**31 - 1))
 def test_kernel_matches_textbook_and_torch_ops(b, h, r, n_k, d, dv, mask, per_head, target, gate, rows, factor, seed):
-    """Random shapes (keys below, at and past the 16-key blocks of the dot products; head sizes that are and are not
-    multiples of 16), every mask form the fused route passes (bool per key, per row with dead rows, per head; float
+    """Random shapes (one row, through the transpose-and-add tree, and several rows, through each head's keys
+    transposed once; keys below, at and past the 16-key blocks and tiles; head sizes that are and are not multiples of
+    16), every mask form the fused route passes (bool per key, per row with dead rows, per head; float
     terms with masked pairs), per-item and per-head sets, every gate form, row sets and per-head factors."""
     q, k, v, gen = _inputs(b, h, r, n_k, d, dv, seed)
     sets = _sets(b, h, n_k, per_head, gen)
@@ -105,6 +106,25 @@ def test_a_decoding_batch_at_the_eval_size():
     assert (got - plain).abs().amax() > 1e-3  # the plan acted
 
 
+def test_a_prefill_batch_at_the_eval_size():
+    """VAR at prefill on the eval's shape: the 9 rows after the image of 32 items x 8 heads, d = 16, causal and left
+    padded, with scores so wide that many keys fall past the kernel's floor for expf (87 below the row's largest: its
+    weight is 0, where the textbook's is under 1e-38)."""
+    q, k, v, gen = _inputs(32, 8, 9, 70, 16, 16, seed=11)
+    keys = torch.ones(32, 70, dtype=torch.bool)
+    keys[:10, :6] = False  # left padding
+    causal = torch.ones(9, 70, dtype=torch.bool).tril(70 - 9)  # the prompt's last 9 rows
+    mask = keys[:, None, None, :] & causal[None, None]  # (B, 1, 9, K)
+    sets = _sets(32, 8, 70, False, gen)
+    rw = Reweight("sink", 0.6, target="image_nonsink", gate=Gate("image", 0.02, "image_nonsink", 0.5))
+    scores = (q * 8) @ k.transpose(-1, -2)
+    spread = scores.amax(-1) - scores.masked_fill(~mask, float("inf")).amin(-1)
+    assert (spread > 87).float().mean() > 0.5  # most rows reach past the floor
+    got = _check(q * 8, k, v, mask=mask, rw=rw, sets=sets, q_rows=None, scale=1.0)
+    plain = torch.nn.functional.scaled_dot_product_attention(q * 8, k, v, attn_mask=mask, scale=1.0)
+    assert (got - plain).abs().amax() > 1e-3  # the plan acted
+
+
 def test_a_hand_example():
     """One query over four keys with p = (0.1, 0.2, 0.3, 0.4), S = {0}, T = {0, 1, 2}, a = 0.5: m_S = 0.1,
     m_T\\S = 0.5, so the weights become (0.05, 0.22, 0.33, 0.4) (v = identity reads them out)."""
@@ -116,15 +136,17 @@ def test_a_hand_example():
 
 
 def test_calls_it_declines_return_none():
-    """Gradients, other dtypes, more rows than it wins on, and the kill switch leave the call to torch's ops."""
+    """Gradients, other dtypes, more work than one thread wins on, and the kill switch leave the call to torch's
+    ops."""
     q, k, v, gen = _inputs(2, 2, 1, 8, 16, 16, seed=1)
     sets = _sets(2, 2, 8, False, gen)
     rw = Reweight("sink", 0.5)
     assert cpu_rows.reweighted_rows(q, k, v, None, 0.25, rw, sets, None) is not None
     assert cpu_rows.reweighted_rows(q.requires_grad_(), k, v, None, 0.25, rw, sets, None) is None
     assert cpu_rows.reweighted_rows(q.detach().double(), k.double(), v.double(), None, 0.25, rw, sets, None) is None
-    many = torch.randn(2, 2, cpu_rows.MAX_ROWS + 1, 16)
-    assert cpu_rows.reweighted_rows(many, k, v, None, 0.25, rw, sets, None) is None
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cpu_rows, "MAX_WORK", 2 * 2 * 1 * 8 * 32 - 1)  # one multiply-add less than this call's
+        assert cpu_rows.reweighted_rows(q.detach(), k, v, None, 0.25, rw, sets, None) is None
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ATTNLAB_CPU_KERNEL", "0")
         assert not cpu_rows.enabled()

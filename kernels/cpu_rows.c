@@ -15,8 +15,9 @@
  * are its oracles in the tests. Built with -ffast-math for vectorised expf: scores must be finite (the caller clamps -inf
  * terms to -1e30, the masked score).
  *
- * Layouts: q [B, H, R, D], k [B, H, K, D], v [B, H, K, DV], out [B, H, R, DV], float32, contiguous. Masks, terms and
- * sets are read through strides in elements (0 for a broadcast axis), their last axis contiguous:
+ * Layouts: q [B, H, R, D], k [B, H, K, D], v [B, H, K, DV], float32, each head's rows contiguous and the batch and head
+ * axes read through strides in elements (a head slice of a wider tensor needs no copy); out [B, H, R, DV] contiguous.
+ * Masks, terms and sets are read through strides in elements (0 for a broadcast axis), their last axis contiguous:
  *   allowed [B, H, R, K] bytes (nonzero: may attend) or NULL;  terms [B, H, R, K] floats added to the scores (already
  *   >= -1e30) or NULL;  each set [B, H, K] bytes, NULL for none (tgt NULL: every key outside S);
  *   qrows [B, R] bytes or NULL (every row);  factor [H].
@@ -180,8 +181,8 @@ static void scores(const float *q, const float *kt, long D, long kp, float *e) {
 }
 
 int attnlab_reweighted_rows(
-    const float *q, const float *k, const float *v, float *out,
-    long B, long H, long R, long K, long D, long DV, float scale,
+    const float *q, long q_sb, long q_sh, const float *k, long k_sb, long k_sh, const float *v, long v_sb, long v_sh,
+    float *out, long B, long H, long R, long K, long D, long DV, float scale,
     const unsigned char *allowed, long al_sb, long al_sh, long al_sr,
     const float *terms, long te_sb, long te_sh, long te_sr,
     const unsigned char *src, long src_sb, long src_sh,
@@ -207,8 +208,8 @@ int attnlab_reweighted_rows(
     memset(ones, 1, (size_t)kp);
     for (long b = 0; b < B; b++) {
         for (long h = 0; h < H; h++) {
-            const float *kb = k + (b * H + h) * K * D;
-            const float *vb = v + (b * H + h) * K * DV;
+            const float *kb = k + b * k_sb + h * k_sh;
+            const float *vb = v + b * v_sb + h * v_sh;
             const unsigned char *s_set = src + b * src_sb + h * src_sh;
             const unsigned char *t_set = tgt ? tgt + b * tgt_sb + h * tgt_sh : ones;  /* NULL: every key (minus S) */
             const unsigned char *w_set = within ? within + b * wi_sb + h * wi_sh : ones;
@@ -216,7 +217,7 @@ int attnlab_reweighted_rows(
             const float a = factor[h];
             if (transposed) transpose_keys(kb, kt, K, D, kp);
             for (long i = 0; i < R; i++) {
-                const float *qr = q + ((b * H + h) * R + i) * D;
+                const float *qr = q + b * q_sb + h * q_sh + i * D;
                 float *o = out + ((b * H + h) * R + i) * DV;
                 const unsigned char *al = allowed ? allowed + b * al_sb + h * al_sh + i * al_sr : NULL;
                 const float *te = terms ? terms + b * te_sb + h * te_sh + i * te_sr : NULL;

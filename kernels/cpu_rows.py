@@ -45,7 +45,8 @@ _BUILDS = (
     (["-O3", "-fno-math-errno"], ["-lm"]),
 )
 _P, _L, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
-_ARGTYPES = [_P, _P, _P, _P, _L, _L, _L, _L, _L, _L, _F,  # q, k, v, out, B, H, R, K, D, DV, scale
+_ARGTYPES = [_P, _L, _L, _P, _L, _L, _P, _L, _L,  # q, k, v with their batch and head strides
+             _P, _L, _L, _L, _L, _L, _L, _F,  # out, B, H, R, K, D, DV, scale
              _P, _L, _L, _L, _P, _L, _L, _L,  # allowed and its strides, terms and theirs
              _P, _L, _L, _P, _L, _L, _P, _L, _L, _P, _L, _L,  # source, target, within, part sets with strides
              _P, _L, ctypes.POINTER(_F), _F, _F]  # query rows, factors, gate thresholds
@@ -96,6 +97,13 @@ def _strided(mask: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return out if out.stride(-1) == 1 else out.contiguous()
 
 
+def _heads_of_rows(t: torch.Tensor) -> torch.Tensor:
+    """``t`` ``[B, H, N, d]`` as the kernel reads it: each head's ``[N, d]`` rows contiguous, batch and head axes
+    through any strides (a head slice of a wider tensor is kept as it is); otherwise a contiguous copy."""
+    n, d = t.shape[-2:]
+    return t if t.stride(-1) == 1 and (t.stride(-2) == d or n == 1) else t.contiguous()
+
+
 def reweighted_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float,
                     rw: Reweight, key_sets: dict[str, torch.Tensor], q_rows: torch.Tensor | None
                     ) -> torch.Tensor | None:
@@ -121,7 +129,7 @@ def reweighted_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     if bsz * n_heads * n_rows * n_keys * (dim + dv) > MAX_WORK or not enabled():
         return None
     entry = _library()
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    q, k, v = _heads_of_rows(q), _heads_of_rows(k), _heads_of_rows(v)
     out = torch.empty(bsz, n_heads, n_rows, dv)
     full = (bsz, n_heads, n_rows, n_keys)
     allowed = terms = None
@@ -152,7 +160,8 @@ def reweighted_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     def strides(t: torch.Tensor | None) -> tuple[int, ...]:
         return (0, 0, 0) if t is None else t.stride()[:3]
 
-    status = entry(ptr(q), ptr(k), ptr(v), ptr(out), bsz, n_heads, n_rows, n_keys, dim, dv, float(scale),
+    status = entry(ptr(q), *q.stride()[:2], ptr(k), *k.stride()[:2], ptr(v), *v.stride()[:2], ptr(out),
+                   bsz, n_heads, n_rows, n_keys, dim, dv, float(scale),
                    ptr(allowed), *strides(allowed), ptr(terms), *strides(terms),
                    ptr(src[0]), *src[1:], ptr(tgt[0]), *tgt[1:], ptr(within[0]), *within[1:],
                    ptr(part[0]), *part[1:], ptr(rows), 0 if rows is None else rows.stride(0), factors,

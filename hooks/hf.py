@@ -189,9 +189,11 @@ def _text_pass(rec: Recorder, model: nn.Module, tokenizer, args: tuple, kwargs: 
     def segments() -> list[list[Segment]]:
         return text_segments(ids, token_mask, _special_ids(model, tokenizer) - {image_id}, image_id, grids)
 
-    if rec.capture.captured or not rec.stacks[stack].passes:  # read by the Trace, or the key sets of the first pass
+    if rec.capture.captured:  # read by the Trace
         rec.begin_pass(stack, tokens(), segments(), token_mask)
-    else:  # a later pass of a generation that only steers attention: computed if anyone asks
+    elif not rec.stacks[stack].passes:  # a generation that only steers attention: its key sets read the segments
+        rec.begin_pass(stack, Deferred(tokens), segments(), token_mask)
+    else:  # and its later passes: computed if anyone asks
         rec.begin_pass(stack, Deferred(tokens), Deferred(segments), token_mask)
 
 

@@ -8,7 +8,7 @@ Backends (Hugging Face, TransformerLens, plain torch) only translate their modul
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 
@@ -21,8 +21,8 @@ from attnlab.kernels.reference import pattern_stats, positional_mask, softmax_ro
 from .bridge_scores import score_rows, weight_rows
 from .module_adapters import scatter_packed
 
-#: ``fn(layer, hidden_in [B, N, d] or None, static_sets {name: [B, K]}, preview=..., token_mask=[B, N])
-#: -> {name: [B, K] bool}``.
+#: ``fn(layer, hidden_in [B, N, d] or None, static_sets {name: [B, K]} (a read-only mapping), preview=...,
+#: token_mask=[B, N]) -> {name: [B, K] bool}``.
 KeySetFn = Callable[[int, "torch.Tensor | None", dict], dict]
 
 
@@ -54,6 +54,48 @@ class Pass:
         return Trace(*self.keys[:2], {}, None, self.keys[2])
 
 
+class PromptSets(Mapping):
+    """The static key sets of a prompt, ``{name: [B, N] bool}``: each segment kind of ``kinds`` that occurs in it (and
+    ``text`` always), then the user's ``extra`` sets (which win over a kind of the same name). A set is made when first
+    read, so a generation that only steers attention pays for the few sets its plan reads (VAR: ``image``; ACT:
+    none), not for every kind the capture lists.
+
+    Args:
+        prompt: a Trace of the prompt's tokens (:meth:`Pass.key_side`); kinds: segment kinds; extra: ``{name: [B, N]}``.
+    """
+
+    def __init__(self, prompt: Trace, kinds: tuple[str, ...], extra: dict[str, torch.Tensor]) -> None:
+        self._prompt, self._kinds, self._extra = prompt, tuple(kinds), dict(extra)
+        self._masks: dict[str, torch.Tensor | None] = {}
+
+    def _mask(self, name: str) -> torch.Tensor | None:
+        """The set ``name``, or ``None`` when the prompt has none of it (a kind with no span, other than text)."""
+        if name not in self._masks:
+            mask = None
+            if name in self._extra:
+                mask = self._extra[name].to(torch.bool)
+            elif name in self._kinds:
+                mask = self._prompt.key_set(name)  # (B, N)
+                mask = mask if name == "text" or mask.any() else None
+            self._masks[name] = mask
+        return self._masks[name]
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        mask = self._mask(name)
+        if mask is None:
+            raise KeyError(name)
+        return mask
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self._mask(name) is not None
+
+    def __iter__(self):
+        return (name for name in dict.fromkeys((*self._kinds, *self._extra)) if self._mask(name) is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
 @dataclass
 class StackState:
     """One attention stack: its metadata, the layers to record and the passes so far."""
@@ -63,7 +105,7 @@ class StackState:
     passes: list[Pass] = field(default_factory=list)
     block_input: dict[int, torch.Tensor] = field(default_factory=dict)
     #: the static key sets ``{name: [B, N_prompt] bool}`` of the first pass: they depend on the prompt alone.
-    static_sets: dict[str, torch.Tensor] | None = None
+    static_sets: "PromptSets | None" = None
     #: key sets fitted to the growing keys of a generation, ``{(layer or None for a static set, name): (set
     #: [B, (H,) N], padded copy [B, (H,) capacity] on its device, or None until the set comes back)}``: while
     #: decoding the sets stay the same tensors as the keys grow, and each step reads a slice of the padded copy.
@@ -90,6 +132,9 @@ class Recorder:
         self.impl = impl
         self.stacks: dict[str, StackState] = {}
         self.main = "main"
+        #: whether anything is recorded (Capture is frozen), and each main-stack layer's plan, asked at every call
+        self._recording = bool(capture.captured)
+        self._layer_plans: dict[int, object] = {}
 
     # -- set-up -----------------------------------------------------------------------------------
     def add_stack(self, name: str, meta: TraceMeta, main: bool = False) -> None:
@@ -113,7 +158,7 @@ class Recorder:
             # Capture.layers index the main stack; other stacks (a vision tower) record every layer.
             cap = self.capture if stack == self.main else replace(self.capture, layers=None)
             n_tokens = max(int(token_mask.shape[1]), int(keys[2].shape[1]) if keys is not None else 0)
-            cap.check_budget(shape, batch=len(tokens), n_tokens=n_tokens)
+            cap.check_budget(shape, batch=int(token_mask.shape[0]), n_tokens=n_tokens)
         st.passes.append(Pass(tokens=tokens, segments=segments, token_mask=token_mask, keys=keys))
         st.block_input.clear()
 
@@ -127,9 +172,18 @@ class Recorder:
         st = self.stacks.get(stack)
         if st is None or not st.passes:
             return False
-        if layer in st.layers and self.capture.captured:
+        if layer in st.layers and self._recording:
             return True
-        return stack == self.main and self.plan is not None and self.plan.for_layer(layer) is not None
+        return self._layer_plan(stack, layer) is not None
+
+    def _layer_plan(self, stack: str, layer: int):
+        """The main stack's :class:`~attnlab.kernels.plan.LayerPlan` at ``layer`` (``None`` where it changes nothing, on
+        other stacks and without a plan), looked up once per layer: the Plan is frozen."""
+        if self.plan is None or stack != self.main:
+            return None
+        if layer not in self._layer_plans:
+            self._layer_plans[layer] = self.plan.for_layer(layer)
+        return self._layer_plans[layer]
 
     def _store(self, value: torch.Tensor) -> torch.Tensor:
         value = value.detach()
@@ -151,28 +205,22 @@ class Recorder:
         st = self.stacks[stack]
         first = st.passes[0]
         sets = self._static_sets(st)
-        fitted = {name: _grown(st.grown_sets, (None, name), mask, n_keys, device) for name, mask in sets.items()
-                  if names is None or name in names}
+        fitted = {name: _grown(st.grown_sets, (None, name), sets[name], n_keys, device)
+                  for name in (sets if names is None else names) if name in sets}
         if self.key_set_fn is None or stack != self.main:
             return fitted
-        dynamic = self.key_set_fn(layer, st.block_input.get(layer), dict(sets), preview=preview,
+        dynamic = self.key_set_fn(layer, st.block_input.get(layer), sets, preview=preview,
                                   token_mask=first.token_mask)
         return {**fitted, **{name: _grown(st.grown_sets, (layer, name), mask, n_keys, device)
                              for name, mask in dynamic.items()}}
 
-    def _static_sets(self, st: StackState) -> dict[str, torch.Tensor]:
-        """The segment key sets of the stack's first pass plus the user's, ``{name: [B, N_prompt] bool}``."""
+    def _static_sets(self, st: StackState) -> "PromptSets":
+        """The segment key sets of the stack's first pass plus the user's, ``{name: [B, N_prompt] bool}``, each made
+        when first read."""
         if st.static_sets is None:
             first = st.passes[0]
-            prompt = first.key_side()  # a cross-attention stack's keys are the encoder's tokens
-            sets = {}
-            for kind in self.capture.key_sets:
-                mask = prompt.key_set(kind)  # (B, N_prompt)
-                if kind == "text" or mask.any():
-                    sets[kind] = mask
-            for name, mask in self.extra_key_sets.items() if first.keys is None else ():  # user sets index queries
-                sets[name] = mask.to(torch.bool)
-            st.static_sets = sets
+            extra = self.extra_key_sets if first.keys is None else {}  # user sets index queries
+            st.static_sets = PromptSets(first.key_side(), self.capture.key_sets, extra)  # cross-attention: the keys'
         return st.static_sets
 
     def attend(self, stack: str, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
@@ -194,8 +242,8 @@ class Recorder:
         """
         st = self.stacks[stack]
         cap = self.capture
-        record = layer in st.layers and bool(cap.captured)
-        lplan = self.plan.for_layer(layer) if (self.plan is not None and stack == self.main) else None
+        record = layer in st.layers and self._recording
+        lplan = self._layer_plan(stack, layer)
         stats = cap.stat_names if record else ()
         stats = stats + ("mass",) if stats else stats
         real_queries = self._real_queries(st, q.shape[2], key_mask, q.device)  # (B, Q) or None

@@ -54,7 +54,12 @@ _ARGTYPES = [_P, _L, _L, _P, _L, _L, _P, _L, _L,  # q, k, v with their batch and
 
 def enabled() -> bool:
     """Whether the compiled kernel may be used: ``ATTNLAB_CPU_KERNEL`` unset or not ``0``, and the library builds."""
-    return os.environ.get("ATTNLAB_CPU_KERNEL", "1") != "0" and _library() is not None
+    return _entry() is not None
+
+
+def _entry():
+    """The compiled entry point, or ``None`` when ``ATTNLAB_CPU_KERNEL=0`` or the library does not build."""
+    return None if os.environ.get("ATTNLAB_CPU_KERNEL", "1") == "0" else _library()
 
 
 @functools.lru_cache(maxsize=1)
@@ -126,9 +131,9 @@ def reweighted_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     tensors = (q, k, v) + ((mask,) if mask is not None and mask.is_floating_point() else ())
     if any(t.device.type != "cpu" or t.dtype != torch.float32 or t.requires_grad for t in tensors):
         return None
-    if bsz * n_heads * n_rows * n_keys * (dim + dv) > MAX_WORK or not enabled():
+    entry = None if bsz * n_heads * n_rows * n_keys * (dim + dv) > MAX_WORK else _entry()
+    if entry is None:
         return None
-    entry = _library()
     q, k, v = _heads_of_rows(q), _heads_of_rows(k), _heads_of_rows(v)
     out = torch.empty(bsz, n_heads, n_rows, dv)
     full = (bsz, n_heads, n_rows, n_keys)

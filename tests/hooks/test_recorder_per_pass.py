@@ -64,7 +64,8 @@ def test_decoding_passes_fit_the_cached_sets_to_the_growing_keys(tiny_dir):
 
 def test_later_passes_of_a_steering_only_generation_give_their_tokens_when_asked(tiny_dir):
     """Steering without capturing computes a decoding step's token strings and segments only if they are read: read,
-    they are those of the step's own tokens (the first pass's are computed at once, for the key sets)."""
+    they are those of the step's own tokens (the first pass's segments are computed at once, for the key sets; its
+    token strings only if read)."""
     from attnlab.hooks.segments import Deferred, text_segments, text_tokens
     from attnlab.kernels.plan import LayerPlan, Plan
 
@@ -74,7 +75,9 @@ def test_later_passes_of_a_steering_only_generation_give_their_tokens_when_asked
     with torch.no_grad(), attach(model, plan=plan, tokenizer=tok) as rec:
         out = model.generate(**inputs, max_new_tokens=3, do_sample=False, pad_token_id=tok.eos_token_id)
     passes = rec.stacks[rec.main].passes
-    assert len(passes) == 3 and not isinstance(passes[0].tokens, Deferred)
+    assert len(passes) == 3 and not isinstance(passes[0].segments, Deferred)
+    assert isinstance(passes[0].tokens, Deferred) and passes[0].tokens._items is None
+    assert list(passes[0].tokens) == text_tokens(inputs["input_ids"], tok)
     assert all(isinstance(p.tokens, Deferred) and p.tokens._items is None for p in passes[1:])
     new = out[:, inputs["input_ids"].shape[1]:]
     for step, p in enumerate(passes[1:]):

@@ -103,6 +103,8 @@ class StackState:
     meta: TraceMeta
     layers: tuple[int, ...]
     passes: list[Pass] = field(default_factory=list)
+    #: ``{layer: [B, N, d]}`` the hidden state entering each layer that runs attnlab's attention with a key-set
+    #: function, held until that layer's call hands it over (a prefill's residual stream is not kept alive meanwhile)
     block_input: dict[int, torch.Tensor] = field(default_factory=dict)
     #: the static key sets ``{name: [B, N_prompt] bool}`` of the first pass: they depend on the prompt alone.
     static_sets: "PromptSets | None" = None
@@ -209,7 +211,7 @@ class Recorder:
                   for name in (sets if names is None else names) if name in sets}
         if self.key_set_fn is None or stack != self.main:
             return fitted
-        dynamic = self.key_set_fn(layer, st.block_input.get(layer), sets, preview=preview,
+        dynamic = self.key_set_fn(layer, st.block_input.pop(layer, None), sets, preview=preview,
                                   token_mask=first.token_mask)
         return {**fitted, **{name: _grown(st.grown_sets, (layer, name), mask, n_keys, device)
                              for name, mask in dynamic.items()}}
@@ -410,12 +412,13 @@ class Recorder:
         return None
 
     def block_input(self, stack: str, layer: int, hidden: torch.Tensor) -> None:
-        """Called with the hidden state ``[B, N, d]`` entering a block."""
+        """Called with the hidden state ``[B, N, d]`` entering a block; kept for the layer's key-set function when the
+        layer runs attnlab's attention."""
         st = self.stacks.get(stack)
         if st is None or not st.passes:
             return
         hidden = st.passes[-1].batched(hidden)
-        if self.key_set_fn is not None and stack == self.main:
+        if self.key_set_fn is not None and stack == self.main and self.wants(stack, layer):
             st.block_input[layer] = hidden.detach()
         if layer == 0 and self.capture.resid:
             st.passes[-1].embeddings = self._store(hidden)

@@ -84,3 +84,24 @@ def test_later_passes_of_a_steering_only_generation_give_their_tokens_when_asked
         ids = new[:, step:step + 1]
         assert list(p.tokens) == text_tokens(ids, tok)
         assert list(p.segments) == text_segments(ids, torch.ones_like(ids, dtype=torch.bool), set(tok.all_special_ids))
+
+
+def test_a_key_set_function_gets_each_planned_layers_input_and_nothing_is_held_after(tiny_dir):
+    """The hidden state entering a planned layer reaches the key-set function at that layer (the block's own input,
+    as HF's hidden_states report it) and is not kept once read; unplanned layers' inputs are never kept."""
+    from attnlab.kernels.plan import LayerPlan, Plan, Reweight
+
+    model, tok, spec = load(str(tiny_dir("gpt2")))
+    inputs = prepare_inputs(tok, spec, TEXTS)
+    plan = Plan({1: LayerPlan(reweight=Reweight("first", 0.5))})
+    seen = {}
+
+    def key_sets(layer, hidden, static, **_):
+        seen[layer] = hidden
+        return {}
+
+    with torch.no_grad(), attach(model, plan=plan, tokenizer=tok, key_set_fn=key_sets) as rec:
+        out = model(**inputs, output_hidden_states=True)
+        assert rec.stacks[rec.main].block_input == {}
+    assert list(seen) == [1]
+    torch.testing.assert_close(seen[1], out.hidden_states[1])

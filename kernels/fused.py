@@ -93,8 +93,7 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
         out = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=None if plain_causal else mask, scale=scale,
                                              is_causal=plain_causal)  # (B, H, Q, dv)
         if heads and (rows is None or rows.numel()):  # e.g. ACT: its calibrated heads, on every row
-            every_row = rows is None or rows.numel() == n_q
-            rows = torch.arange(n_q, device=q.device) if rows is None else rows
+            every_row = rows is None or rows.numel() == n_q  # else rows is the (r,) index of the rows to redo
             # a run of heads is a view (ACT's one calibrated head, decoding: no copies), other subsets an index
             run = heads == list(range(heads[0], heads[-1] + 1))
             hs = slice(heads[0], heads[-1] + 1) if run else torch.tensor(heads, device=q.device)

@@ -4,7 +4,9 @@
  * before the reweighting, so torch's fused kernel cannot compute them. In torch they cost about two dozen small ops
  * per call (scores, mask, softmax, key-set masses, factors, weighting, values), each ~5-15 us on a decoding row:
  * more than the fused kernel's whole call. Here each row is done in one loop nest: scores, softmax, the masses of
- * the unmodified row on the source, target and gate sets, the factors, and the weighted sum of values.
+ * the unmodified row on the source, target and gate sets, the factors, and the weighted sum of values. A call of
+ * several rows per head (VAR's rows after the image at prefill, ACT's head on every prefill row) transposes each
+ * head's keys once and reads them for every row.
  *
  * The formula is attnlab.kernels.plan.Reweight's (Kang et al. 2025 for VAR, Yu et al. 2024 for ACT): for a row p
  * with m_S = sum_{j in S} p_j and m_T = sum_{j in T \ S} p_j,

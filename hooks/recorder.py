@@ -198,7 +198,8 @@ class Recorder:
     def _key_sets(self, stack: str, layer: int, n_keys: int, device: torch.device,
                   preview: Callable[[], torch.Tensor] | None = None,
                   names: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
-        """Static key sets from the segments (padded with ``False`` for generated keys) plus dynamic ones.
+        """Static key sets from the segments plus dynamic ones, fitted to ``n_keys`` keys (generated keys belong to the
+        sets :func:`_generated_keys_in` names, text and ``after_*``, and to no other).
 
         ``preview()`` returns the attention each key receives ``[B, H, K]`` without the plan, for dynamic key
         sets that depend on the layer's own attention (ACT's sinks). ``names``: the static sets to fit (``None``:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 import string
 from collections.abc import Callable, Sequence
@@ -69,6 +68,10 @@ def square_grid(n: int) -> tuple[int, int] | None:
     return (r, r) if r * r == n and n > 0 else None
 
 
+#: The token kinds :func:`text_segments` tells apart, by code.
+_KINDS = ("pad", "image", "special", "text")
+
+
 def text_segments(input_ids: torch.Tensor, token_mask: torch.Tensor, special_ids: set[int],
                   image_token_id: int | None = None,
                   image_grid: tuple[int, int] | list[tuple[int, int]] | None = None) -> list[list[Segment]]:
@@ -83,21 +86,26 @@ def text_segments(input_ids: torch.Tensor, token_mask: torch.Tensor, special_ids
             position) when images differ in shape (Qwen2-VL); a square grid is inferred when ``None``.
     """
     grids = list(image_grid) if isinstance(image_grid, list) else None
+    live = token_mask.to(torch.bool)
+    code = torch.full(input_ids.shape, _KINDS.index("text"), dtype=torch.int8)  # (B, N) one code per token kind
+    special = sorted(i for i in special_ids if isinstance(i, int))
+    if special:
+        code[torch.isin(input_ids, torch.tensor(special, dtype=input_ids.dtype))] = _KINDS.index("special")
+    if image_token_id is not None:
+        code[input_ids == image_token_id] = _KINDS.index("image")
+    code[~live] = _KINDS.index("pad")
+    # maximal runs of one kind, in position order: a run starts where the kind changes
+    starts = torch.ones(code.shape, dtype=torch.bool)
+    starts[:, 1:] = code[:, 1:] != code[:, :-1]
+    n_tokens = code.shape[1]
+    runs: list[list[tuple[int, int]]] = [[] for _ in range(code.shape[0])]  # per row: (start, kind code)
+    for (row, start), kind in zip(starts.nonzero().tolist(), code[starts].tolist()):  # row-major order
+        runs[row].append((start, kind))
     out = []
-    for row, live in zip(input_ids.tolist(), token_mask.tolist()):
-        kinds = []
-        for tok, ok in zip(row, live):
-            if not ok:
-                kinds.append("pad")
-            elif image_token_id is not None and tok == image_token_id:
-                kinds.append("image")
-            elif tok in special_ids:
-                kinds.append("special")
-            else:
-                kinds.append("text")
-        segs, start, n_images = [], 0, 0
-        for kind, run in itertools.groupby(kinds):  # maximal runs of one kind, in position order
-            end = start + sum(1 for _ in run)
+    for row_runs in runs:
+        segs, n_images = [], 0
+        for (start, kind), end in zip(row_runs, [start for start, _ in row_runs[1:]] + [n_tokens]):
+            kind = _KINDS[kind]
             grid, label = None, ""
             if kind == "image":
                 own = (grids.pop(0) if grids else None) if grids is not None else image_grid
@@ -106,7 +114,6 @@ def text_segments(input_ids: torch.Tensor, token_mask: torch.Tensor, special_ids
                     grid = square_grid(end - start)
                 label, n_images = f"image {n_images}", n_images + 1
             segs.append(Segment(kind, start, end, grid=grid, label=label))
-            start = end
         out.append(segs)
     return out
 

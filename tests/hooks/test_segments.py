@@ -1,6 +1,8 @@
 """Token labels are readable: sub-word markers become the spaces and bytes they stand for."""
 
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from attnlab.hooks.segments import text_tokens
 
@@ -79,3 +81,40 @@ def test_deferred_is_computed_once_on_first_use():
     assert calls == []
     assert len(lazy) == 2 and lazy[0] == ["a", "b"] and list(lazy) == [["a", "b"], ["c"]] and lazy == [["a", "b"], ["c"]]
     assert calls == [1]
+
+
+def _segments_by_token(ids: list[list[int]], live: list[list[bool]], special: set[int], image: int | None) -> list:
+    """The definition, one token at a time: each token's kind (pad, then the image id, then a special id, else
+    text), and the segments are the maximal runs of one kind as ``(kind, start, end)``."""
+    out = []
+    for row, row_live in zip(ids, live):
+        kinds = ["pad" if not ok else "image" if tok == image else "special" if tok in special else "text"
+                 for tok, ok in zip(row, row_live)]
+        runs, start = [], 0
+        for i in range(1, len(kinds) + 1):
+            if i == len(kinds) or kinds[i] != kinds[start]:
+                runs.append((kinds[start], start, i))
+                start = i
+        out.append(runs)
+    return out
+
+
+@given(st.data())
+@settings(max_examples=200, deadline=None)
+def test_text_segments_are_the_maximal_runs_of_each_tokens_kind(data):
+    from attnlab.hooks.segments import text_segments
+
+    batch, n = data.draw(st.integers(1, 4)), data.draw(st.integers(0, 24))
+    ids = data.draw(st.lists(st.lists(st.integers(0, 5), min_size=n, max_size=n), min_size=batch, max_size=batch))
+    live = data.draw(st.lists(st.lists(st.booleans(), min_size=n, max_size=n), min_size=batch, max_size=batch))
+    special = data.draw(st.sets(st.integers(0, 5), max_size=3))
+    image = data.draw(st.sampled_from([None, 3]))
+    found = text_segments(torch.tensor(ids, dtype=torch.long).reshape(batch, n),
+                          torch.tensor(live, dtype=torch.bool).reshape(batch, n), special, image)
+    assert [[(s.kind, s.start, s.end) for s in row] for row in found] == _segments_by_token(ids, live, special, image)
+    for row in found:  # image spans are labelled in order, with a grid where the run is a square
+        images = [s for s in row if s.kind == "image"]
+        assert [s.label for s in images] == [f"image {i}" for i in range(len(images))]
+        for s in images:
+            side = int((s.end - s.start) ** 0.5)
+            assert s.grid == ((side, side) if side * side == s.end - s.start and side else None)

@@ -17,8 +17,9 @@
  * are its oracles in the tests. Built with -ffast-math for vectorised expf: scores must be finite (the caller clamps -inf
  * terms to -1e30, the masked score).
  *
- * Layouts: q [B, H, R, D], k [B, H, K, D], v [B, H, K, DV], float32, each head's rows contiguous and the batch and head
- * axes read through strides in elements (a head slice of a wider tensor needs no copy); out [B, H, R, DV] contiguous.
+ * Layouts: q [B, H, R, D], k [B, H, K, D], v [B, H, K, DV], float32, each row contiguous and the batch, head and row
+ * axes read through strides in elements (a head slice of a wider tensor, or a [B, N, H, D] projection seen as
+ * [B, H, N, D], needs no copy); out [B, H, R, DV] contiguous.
  * Masks, terms and sets are read through strides in elements (0 for a broadcast axis), their last axis contiguous:
  *   allowed [B, H, R, K] bytes (nonzero: may attend) or NULL;  terms [B, H, R, K] floats added to the scores (already
  *   >= -1e30) or NULL;  each set [B, H, K] bytes, NULL for none (tgt NULL: every key outside S);
@@ -56,13 +57,13 @@ static v16 load16(const float *p) {
     return x;
 }
 
-/* s[u] = q . k[u] for 16 keys k[0:16] (rows of D floats, D a multiple of 16): 16 lane-wise partial sums, then one
+/* s[u] = q . k[u] for 16 keys k[0:16] (rows of D floats k_sr apart, D a multiple of 16): 16 lane-wise partial sums, then one
  * transpose-and-add tree (four levels of two-vector shuffles) instead of a horizontal sum per key. */
-static void dot16(const float *q, const float *k, long D, float *s) {
+static void dot16(const float *q, const float *k, long D, long k_sr, float *s) {
     v16 acc[16];
     for (int u = 0; u < 16; u++) {
         v16 a = {0};
-        for (long c = 0; c < D; c += 16) a += load16(q + c) * load16(k + u * D + c);
+        for (long c = 0; c < D; c += 16) a += load16(q + c) * load16(k + u * k_sr + c);
         acc[u] = a;
     }
     const i16 lo1 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
@@ -83,27 +84,27 @@ static void dot16(const float *q, const float *k, long D, float *s) {
     memcpy(s, &total, sizeof total);
 }
 
-/* o[0:DV] = sum_j w[j] v[j, :], 16 output columns at a time in four independent sums (keys j mod 4), so the
+/* o[0:DV] = sum_j w[j] v[j, :] (value rows v_sr floats apart), 16 output columns at a time in four independent sums (keys j mod 4), so the
  * multiply-adds do not wait on one another. */
-static void weigh_values(const float *w, const float *v, float *o, long K, long DV) {
+static void weigh_values(const float *w, const float *v, long v_sr, float *o, long K, long DV) {
     long c0 = 0;
     for (; c0 + 16 <= DV; c0 += 16) {
         v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
         long j = 0;
         for (; j + 4 <= K; j += 4) {
-            const float *vj = v + j * DV + c0;
+            const float *vj = v + j * v_sr + c0;
             a0 += w[j] * load16(vj);
-            a1 += w[j + 1] * load16(vj + DV);
-            a2 += w[j + 2] * load16(vj + 2 * DV);
-            a3 += w[j + 3] * load16(vj + 3 * DV);
+            a1 += w[j + 1] * load16(vj + v_sr);
+            a2 += w[j + 2] * load16(vj + 2 * v_sr);
+            a3 += w[j + 3] * load16(vj + 3 * v_sr);
         }
-        for (; j < K; j++) a0 += w[j] * load16(v + j * DV + c0);
+        for (; j < K; j++) a0 += w[j] * load16(v + j * v_sr + c0);
         const v16 total = (a0 + a1) + (a2 + a3);
         memcpy(o + c0, &total, sizeof total);
     }
     for (long c = c0; c < DV; c++) {
         float acc = 0.0f;
-        for (long j = 0; j < K; j++) acc += w[j] * v[j * DV + c];
+        for (long j = 0; j < K; j++) acc += w[j] * v[j * v_sr + c];
         o[c] = acc;
     }
 }
@@ -133,10 +134,10 @@ static void transpose16(v16 t[16]) {
     }
 }
 
-/* kt[c * kp + j] = k[j * D + c]: a head's keys transposed into columns of kp floats, zero past the K keys, so
+/* kt[c * kp + j] = k[j * k_sr + c]: a head's keys transposed into columns of kp floats, zero past the K keys, so
  * that 16 keys' scores are D multiply-adds of one broadcast query element each (score_blocks). With D a multiple
  * of 16 the keys go through transpose16 in 16 x 16 tiles (the last one zero-filled), else element by element. */
-static void transpose_keys(const float *k, float *kt, long K, long D, long kp) {
+static void transpose_keys(const float *k, long k_sr, float *kt, long K, long D, long kp) {
     if (D % 16 == 0) {
         for (long j0 = 0; j0 < kp; j0 += 16) {
             const long n = K - j0 < 16 ? K - j0 : 16;  /* keys in this tile; the rest are zero */
@@ -144,7 +145,7 @@ static void transpose_keys(const float *k, float *kt, long K, long D, long kp) {
                 v16 t[16];
                 for (int u = 0; u < 16; u++) {
                     const v16 zero = {0};
-                    t[u] = u < n ? load16(k + (j0 + u) * D + c0) : zero;
+                    t[u] = u < n ? load16(k + (j0 + u) * k_sr + c0) : zero;
                 }
                 transpose16(t);
                 for (int u = 0; u < 16; u++) memcpy(kt + (c0 + u) * kp + j0, &t[u], sizeof(v16));
@@ -154,7 +155,7 @@ static void transpose_keys(const float *k, float *kt, long K, long D, long kp) {
     }
     for (long c = 0; c < D; c++) {
         float *col = kt + c * kp;
-        for (long j = 0; j < K; j++) col[j] = k[j * D + c];
+        for (long j = 0; j < K; j++) col[j] = k[j * k_sr + c];
         for (long j = K; j < kp; j++) col[j] = 0.0f;
     }
 }
@@ -183,7 +184,8 @@ static void scores(const float *q, const float *kt, long D, long kp, float *e) {
 }
 
 int attnlab_reweighted_rows(
-    const float *q, long q_sb, long q_sh, const float *k, long k_sb, long k_sh, const float *v, long v_sb, long v_sh,
+    const float *q, long q_sb, long q_sh, long q_sr, const float *k, long k_sb, long k_sh, long k_sr,
+    const float *v, long v_sb, long v_sh, long v_sr,
     float *out, long B, long H, long R, long K, long D, long DV, float scale,
     const unsigned char *allowed, long al_sb, long al_sh, long al_sr,
     const float *terms, long te_sb, long te_sh, long te_sr,
@@ -217,9 +219,9 @@ int attnlab_reweighted_rows(
             const unsigned char *w_set = within ? within + b * wi_sb + h * wi_sh : ones;
             const unsigned char *p_set = part ? part + b * pa_sb + h * pa_sh : ones;
             const float a = factor[h];
-            if (transposed) transpose_keys(kb, kt, K, D, kp);
+            if (transposed) transpose_keys(kb, k_sr, kt, K, D, kp);
             for (long i = 0; i < R; i++) {
-                const float *qr = q + b * q_sb + h * q_sh + i * D;
+                const float *qr = q + b * q_sb + h * q_sh + i * q_sr;
                 float *o = out + ((b * H + h) * R + i) * DV;
                 const unsigned char *al = allowed ? allowed + b * al_sb + h * al_sh + i * al_sr : NULL;
                 const float *te = terms ? terms + b * te_sb + h * te_sh + i * te_sr : NULL;
@@ -228,8 +230,8 @@ int attnlab_reweighted_rows(
                 } else {
                     long j0 = 0;
                     if (D % 16 == 0)
-                        for (; j0 + 16 <= K; j0 += 16) dot16(qr, kb + j0 * D, D, e + j0);
-                    for (long j = j0; j < K; j++) e[j] = dot(qr, kb + j * D, D);
+                        for (; j0 + 16 <= K; j0 += 16) dot16(qr, kb + j0 * k_sr, D, k_sr, e + j0);
+                    for (long j = j0; j < K; j++) e[j] = dot(qr, kb + j * k_sr, D);
                 }
                 if (te) {  /* scaled and biased */
 #pragma omp simd
@@ -288,7 +290,7 @@ int attnlab_reweighted_rows(
                     const float in_t = t_set[j] ? 1.0f - in_s : 0.0f;
                     e[j] *= inv * (1.0f + ds * in_s + dt * in_t);
                 }
-                weigh_values(e, vb, o, K, DV);
+                weigh_values(e, vb, v_sr, o, K, DV);
             }
         }
     }

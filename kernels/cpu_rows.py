@@ -45,7 +45,7 @@ _BUILDS = (
     (["-O3", "-fno-math-errno"], ["-lm"]),
 )
 _P, _L, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
-_ARGTYPES = [_P, _L, _L, _P, _L, _L, _P, _L, _L,  # q, k, v with their batch and head strides
+_ARGTYPES = [_P, _L, _L, _L, _P, _L, _L, _L, _P, _L, _L, _L,  # q, k, v with their batch, head and row strides
              _P, _L, _L, _L, _L, _L, _L, _F,  # out, B, H, R, K, D, DV, scale
              _P, _L, _L, _L, _P, _L, _L, _L,  # allowed and its strides, terms and theirs
              _P, _L, _L, _P, _L, _L, _P, _L, _L, _P, _L, _L,  # source, target, within, part sets with strides
@@ -102,11 +102,11 @@ def _strided(mask: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return out if out.stride(-1) == 1 else out.contiguous()
 
 
-def _heads_of_rows(t: torch.Tensor) -> torch.Tensor:
-    """``t`` ``[B, H, N, d]`` as the kernel reads it: each head's ``[N, d]`` rows contiguous, batch and head axes
-    through any strides (a head slice of a wider tensor is kept as it is); otherwise a contiguous copy."""
-    n, d = t.shape[-2:]
-    return t if t.stride(-1) == 1 and (t.stride(-2) == d or n == 1) else t.contiguous()
+def _rows_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """``t`` ``[B, H, N, d]`` as the kernel reads it: each row's ``d`` elements contiguous, the batch, head and row axes
+    through any strides (a head slice of a wider tensor, or a ``[B, N, H, d]`` projection seen as ``[B, H, N, d]``,
+    is kept as it is); otherwise a contiguous copy."""
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
 
 
 def reweighted_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float,
@@ -134,7 +134,7 @@ def reweighted_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     entry = None if bsz * n_heads * n_rows * n_keys * (dim + dv) > MAX_WORK else _entry()
     if entry is None:
         return None
-    q, k, v = _heads_of_rows(q), _heads_of_rows(k), _heads_of_rows(v)
+    q, k, v = _rows_contiguous(q), _rows_contiguous(k), _rows_contiguous(v)
     out = torch.empty(bsz, n_heads, n_rows, dv)
     full = (bsz, n_heads, n_rows, n_keys)
     allowed = terms = None
@@ -165,7 +165,7 @@ def reweighted_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     def strides(t: torch.Tensor | None) -> tuple[int, ...]:
         return (0, 0, 0) if t is None else t.stride()[:3]
 
-    status = entry(ptr(q), *q.stride()[:2], ptr(k), *k.stride()[:2], ptr(v), *v.stride()[:2], ptr(out),
+    status = entry(ptr(q), *q.stride()[:3], ptr(k), *k.stride()[:3], ptr(v), *v.stride()[:3], ptr(out),
                    bsz, n_heads, n_rows, n_keys, dim, dv, float(scale),
                    ptr(allowed), *strides(allowed), ptr(terms), *strides(terms),
                    ptr(src[0]), *src[1:], ptr(tgt[0]), *tgt[1:], ptr(within[0]), *within[1:],

@@ -70,20 +70,27 @@ def _check(q, k, v, *, mask, rw, sets, q_rows, scale=None):
        d=st.sampled_from([5, 16, 32]), dv=st.sampled_from([3, 16, 20]),
        mask=st.sampled_from([None, "keys", "rows", "heads", "terms"]), per_head=st.booleans(),
        target=st.sampled_from([None, "image_nonsink"]), gate=st.sampled_from([None, "within", "part"]),
-       rows=st.booleans(), factor=st.sampled_from([0.0, 0.4, "per_head"]), sliced=st.booleans(),
+       rows=st.booleans(), factor=st.sampled_from([0.0, 0.4, "per_head"]),
+       layout=st.sampled_from(["whole", "sliced", "tokens"]),
        seed=st.integers(0, 2**31 - 1))
 def test_kernel_matches_textbook_and_torch_ops(b, h, r, n_k, d, dv, mask, per_head, target, gate, rows, factor,
-                                               sliced, seed):
+                                               layout, seed):
     """Random shapes (one row, through the transpose-and-add tree, and several rows, through each head's keys
     transposed once; keys below, at and past the 16-key blocks and tiles; head sizes that are and are not multiples of
     16), every mask form the fused route passes (bool per key, per row with dead rows, per head; float
     terms with masked pairs), per-item and per-head sets, every gate form, row sets and per-head factors; queries, keys
-    and values whole or as head and batch slices of wider tensors (ACT's calibrated heads), read without a copy."""
+    and values whole, as head and batch slices of wider tensors (ACT's calibrated heads) or as ``[B, N, H, d]``
+    projections seen as ``[B, H, N, d]`` (a Hugging Face layer's values at prefill), the last two read without a copy."""
     q, k, v, gen = _inputs(b, h, r, n_k, d, dv, seed)
-    if sliced:  # the same values, as every other item and the last h of 2h heads of wider tensors
+    if layout == "sliced":  # the same values, as every other item and the last h of 2h heads of wider tensors
         q, k, v = (torch.randn(2 * b, 2 * h, *t.shape[2:], generator=gen).index_put_(
             (torch.arange(0, 2 * b, 2)[:, None], torch.arange(h, 2 * h)[None, :]), t)[::2, h:] for t in (q, k, v))
         assert k.storage_offset() > 0  # views into the wider tensors
+    if layout == "tokens":  # the same values, stored token-major: rows of one head are h * d apart
+        q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
+        assert h == 1 or n_k == 1 or not k.is_contiguous()
+    if layout != "whole":
+        assert all(cpu_rows._rows_contiguous(t) is t for t in (q, k, v))  # read in place
     sets = _sets(b, h, n_k, per_head, gen)
     masks = {
         None: None,

@@ -76,19 +76,27 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
     if heads and len(heads) == n_heads and (rows is None or rows.numel() == n_q):
         out = _reweighted(qf, kf, vf, mask, scale, rw, key_sets, q_rows)  # every row of every head
     elif heads and len(heads) == n_heads and rows.numel():  # VAR at prefill: the rows after the image, every head
-        out = qf.new_empty(*qf.shape[:3], vf.shape[-1])  # (B, H, Q, dv)
-        kept = torch.ones(n_q, dtype=torch.bool, device=q.device)
-        kept[rows] = False
-        kept = kept.nonzero().flatten()  # (Q - r,) the rows the fused kernel computes
-        if plain_causal and int(kept[-1]) == kept.numel() - 1:  # a prefix of a causal square: a smaller square
-            n = kept.numel()
-            out[:, :, :n] = F.scaled_dot_product_attention(qf[:, :, :n], kf[:, :, :n], vf[:, :, :n], scale=scale,
-                                                           is_causal=True)
-        elif kept.numel():
+        # (B, H, Q, dv) over a token-major buffer, the layout a model's attention hands back (no copy there)
+        out = qf.new_empty(qf.shape[0], n_q, n_heads, vf.shape[-1]).transpose(1, 2)
+        first = int(rows[0])
+        if first == n_q - rows.numel():  # the rows to redo are the last ones: the fused kernel computes a prefix
+            redo = slice(first, None)
+            if first and plain_causal:  # a prefix of a causal square: a smaller square
+                out[:, :, :first] = F.scaled_dot_product_attention(qf[:, :, :first], kf[:, :, :first],
+                                                                   vf[:, :, :first], scale=scale, is_causal=True)
+            elif first:
+                out[:, :, :first] = F.scaled_dot_product_attention(
+                    qf[:, :, :first], kf, vf, scale=scale, attn_mask=_subset(mask, None, slice(0, first), n_heads, n_q))
+        else:
+            redo = rows
+            kept = torch.ones(n_q, dtype=torch.bool, device=q.device)
+            kept[rows] = False
+            kept = kept.nonzero().flatten()  # (Q - r,) the rows the fused kernel computes
             out[:, :, kept] = F.scaled_dot_product_attention(qf.index_select(2, kept), kf, vf, scale=scale,
                                                              attn_mask=_subset(mask, None, kept, n_heads, n_q))
-        out[:, :, rows] = _reweighted(qf.index_select(2, rows), kf, vf, _subset(mask, None, rows, n_heads, n_q),
-                                      scale, rw, key_sets, q_rows.index_select(1, rows))
+        out[:, :, redo] = _reweighted(qf[:, :, redo] if isinstance(redo, slice) else qf.index_select(2, redo), kf, vf,
+                                      _subset(mask, None, redo, n_heads, n_q), scale, rw, key_sets,
+                                      q_rows[:, redo] if isinstance(redo, slice) else q_rows.index_select(1, redo))
     else:
         out = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=None if plain_causal else mask, scale=scale,
                                              is_causal=plain_causal)  # (B, H, Q, dv)
@@ -112,22 +120,24 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
                 out[:, hs, slice(None) if every_row else rows] = part
             else:
                 out[:, hs[:, None], rows[None, :]] = part
-    if dead is not None and bool(dead.any()):
-        out = out.masked_fill(dead, 0.0)
+    if dead is not None and bool(dead.any()):  # in place (keeping the layout) unless a gradient flows through it
+        out = out.masked_fill(dead, 0.0) if out.requires_grad else out.masked_fill_(dead, 0.0)
     if layer_plan is not None and layer_plan.head_scale is not None:
         out = out * torch.tensor(layer_plan.head_scale, dtype=out.dtype, device=out.device)[None, :, None, None]
     return out.to(q.dtype)
 
 
-def _subset(mask: torch.Tensor | None, heads: torch.Tensor | slice | None, rows: torch.Tensor | None, n_heads: int,
-            n_q: int) -> torch.Tensor | None:
-    """``mask`` ``[B|1, 1|H, 1|Q, K]`` cut to ``heads`` (an index or a slice; ``None``: all) and ``rows`` (``None``:
-    all); axes of size 1 stay whole."""
+def _subset(mask: torch.Tensor | None, heads: torch.Tensor | slice | None, rows: torch.Tensor | slice | None,
+            n_heads: int, n_q: int) -> torch.Tensor | None:
+    """``mask`` ``[B|1, 1|H, 1|Q, K]`` cut to ``heads`` and ``rows`` (each an index or a slice; ``None``: all); axes of
+    size 1 stay whole."""
     if mask is None:
         return None
     if heads is not None and mask.shape[1] == n_heads and n_heads > 1:
         mask = mask[:, heads] if isinstance(heads, slice) else mask.index_select(1, heads)
-    return mask.index_select(2, rows) if rows is not None and mask.shape[2] == n_q and n_q > 1 else mask
+    if rows is None or mask.shape[2] != n_q or n_q == 1:
+        return mask
+    return mask[:, :, rows] if isinstance(rows, slice) else mask.index_select(2, rows)
 
 
 def _reweighted(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float | None,

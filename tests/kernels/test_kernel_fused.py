@@ -146,3 +146,5 @@ def test_rows_after_the_image_split_from_the_rest(n_q, n_k, suffix):
     assert_matches(out, {}, want, {}, "float32", "split rows")
     plain, _ = attention(q, k, v, impl="torch", causal=True)
     assert (out - plain).abs().amax() > 1e-3  # the plan acts on its rows
+    # written token-major, the layout a model's attention hands back ([B, Q, H, dv]), which then needs no copy
+    assert out.transpose(1, 2).is_contiguous()

@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from .hf_stacks import Stack, find_stacks, kernel_score_terms, main_stack, stack_meta
+from .hf_stacks import Stack, find_stacks, forward_parameters, kernel_score_terms, main_stack, stack_meta
 from .module_adapters import adapted
 from .recorder import Recorder
 from attnlab.core.trace import Segment
@@ -204,7 +204,8 @@ def entry_module(model: nn.Module, prefix: str, argument: str) -> nn.Module | No
     parts = prefix.split(".")
     for cut in range(len(parts) - 1, 0, -1):
         module = model.get_submodule(".".join(parts[:cut]))
-        if argument in inspect.signature(module.forward).parameters:
+        own = "forward" in vars(module)  # an instance's own forward (a wrapper's) is read itself, else its class's
+        if argument in (inspect.signature(module.forward).parameters if own else forward_parameters(type(module))):
             return module
     return None
 
@@ -292,8 +293,8 @@ def attach_hf(model: nn.Module, rec: Recorder, tokenizer=None, model_id: str | N
     model_id = model_id or getattr(model.config, "_name_or_path", "") or type(model).__name__
     for stack in stacks:
         rec.add_stack(stack.name, stack_meta(model, stack, model_id), main=stack.name == "main")
-    configs = {id(m.config): m.config for m in model.modules()
-               if hasattr(m, "config") and hasattr(m.config, "_attn_implementation_internal")}
+    configs = {id(cfg): cfg for cfg in map(_config_of, model.modules())
+               if cfg is not None and hasattr(cfg, "_attn_implementation_internal")}
     saved = {key: cfg._attn_implementation_internal for key, cfg in configs.items()}
     handles, sited = [], []
     vision = VisionPasses(rec, {})
@@ -319,6 +320,14 @@ def attach_hf(model: nn.Module, rec: Recorder, tokenizer=None, model_id: str | N
                 delattr(module, SITE_ATTR)
         for key, cfg in configs.items():
             cfg._attn_implementation_internal = saved[key]
+
+
+def _config_of(module: nn.Module):
+    """``module.config``, or ``None``: read from the instance's attributes, where Hugging Face modules keep it (asking
+    each of a model's modules with ``hasattr`` raised and caught an AttributeError in most of them), else from a class
+    attribute such as a property."""
+    cfg = vars(module).get("config")
+    return cfg if cfg is not None or not hasattr(type(module), "config") else getattr(module, "config", None)
 
 
 def _pass_starters(model: nn.Module, rec: Recorder, tokenizer, stacks: list[Stack], vision: VisionPasses,

@@ -85,6 +85,12 @@ def kernel_score_terms() -> frozenset[str]:
     return frozenset(inspect.signature(attention).parameters) & {"softcap", "bias"}
 
 
+@functools.lru_cache(maxsize=None)
+def forward_parameters(cls: type) -> frozenset[str]:
+    """The parameter names of ``cls.forward`` (a fact of the class, read once per class, not once per module)."""
+    return frozenset(inspect.signature(cls.forward).parameters)
+
+
 def _is_attention_module(module: nn.Module) -> bool:
     cls = type(module)
     return cls.__module__.startswith("transformers.models") and cls.__name__.endswith("Attention")
@@ -101,7 +107,7 @@ def _why_not_interface(model: nn.Module, cls: type) -> str:
         return ("it adds ALiBi position biases (Press et al., 2022) to the scores inside the module, not through "
                 "transformers' AttentionInterface")
     relative_args = {"position_bias", "relative_pos", "rel_embeddings"}  # T5, DeBERTa
-    if getattr(cfg, "relative_attention", False) or relative_args & set(inspect.signature(cls.forward).parameters):
+    if getattr(cfg, "relative_attention", False) or relative_args & forward_parameters(cls):
         return ("it computes relative-position attention inside the module, not through transformers' "
                 "AttentionInterface")
     return "it computes attention itself instead of calling transformers' AttentionInterface, so attnlab never sees it"
@@ -117,7 +123,7 @@ def _check_capturable(model: nn.Module, name: str, module: nn.Module) -> None:
     if getattr(cfg, "attn_logit_softcapping", None) is not None and "softcap" not in terms:
         raise refuse(name, cls.__name__, f"attention logit soft-capping (attn_logit_softcapping="
                      f"{cfg.attn_logit_softcapping}) is not in attnlab's kernels yet")
-    if "position_bias" in inspect.signature(cls.forward).parameters and "bias" not in terms:
+    if "position_bias" in forward_parameters(cls) and "bias" not in terms:
         raise refuse(name, cls.__name__, "its relative position bias (Raffel et al., 2020) needs the kernels' "
                      "additive bias term, which they do not take yet")
     if getattr(cfg, "alibi", False) and "bias" not in terms:

@@ -175,3 +175,25 @@ def test_attention_that_bypasses_attnlab_raises_instead_of_an_empty_trace(monkey
     with pytest.raises(RuntimeError, match="No attention layer of the 'main' stack reached attnlab's attention"):
         with torch.no_grad(), attach(model, Capture(pattern=True, stats=True)):
             model(input_ids=torch.tensor([[5, 6, 7]]))
+
+
+def test_config_of_reads_instance_configs_and_class_properties():
+    """attach switches the attention implementation of every config a model's modules hold: a Hugging Face module's
+    own ``config`` attribute, and one a class serves through a property; a module without one gives ``None``."""
+    from transformers import LlamaConfig
+
+    from attnlab.hooks.hf import _config_of
+
+    cfg = LlamaConfig()
+    plain = torch.nn.Linear(2, 2)
+    held = torch.nn.Module()
+    held.config = cfg
+
+    class Served(torch.nn.Module):
+        @property
+        def config(self):
+            return cfg
+
+    assert _config_of(held) is cfg
+    assert _config_of(Served()) is cfg
+    assert _config_of(plain) is None

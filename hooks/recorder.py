@@ -255,7 +255,7 @@ class Recorder:
         def preview() -> torch.Tensor:
             # only the heads the plan reweights: the other heads' sets change nothing (ACT: its calibrated heads)
             heads = _reweighted_heads(lplan, q.shape[1])
-            sub = _head_subset(heads, q, k, v, attn_mask, terms)
+            sub = _head_subset(heads, q, k, v[..., :0], attn_mask, terms)  # values of width 0: no output to weigh
             _, plain = attention(*sub[:3], causal=causal, key_mask=key_mask, attn_mask=sub[3], scale=scale,
                                  stats=("received",), **sub[4], impl="torch" if self.impl == "eager" else self.impl,
                                  received_queries=real_queries)

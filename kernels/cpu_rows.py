@@ -128,49 +128,59 @@ def reweighted_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     """
     bsz, n_heads, n_rows, dim = q.shape
     n_keys, dv = k.shape[2], v.shape[3]
-    tensors = (q, k, v) + ((mask,) if mask is not None and mask.is_floating_point() else ())
-    if any(t.device.type != "cpu" or t.dtype != torch.float32 or t.requires_grad for t in tensors):
-        return None
+    terms_given = mask is not None and mask.is_floating_point()
+    for t in (q, k, v, mask) if terms_given else (q, k, v):
+        if t.dtype is not torch.float32 or t.requires_grad or t.device.type != "cpu":
+            return None
     entry = None if bsz * n_heads * n_rows * n_keys * (dim + dv) > MAX_WORK else _entry()
     if entry is None:
         return None
     q, k, v = _rows_contiguous(q), _rows_contiguous(k), _rows_contiguous(v)
     out = torch.empty(bsz, n_heads, n_rows, dv)
-    full = (bsz, n_heads, n_rows, n_keys)
     allowed = terms = None
-    if mask is not None:
-        if mask.is_floating_point():
-            terms = _strided(mask, full)
-        else:
-            allowed = _strided(mask.to(torch.bool), full)
-
-    fitted: dict[str | None, tuple] = {None: (None, 0, 0)}  # a set named twice (VAR's target and gate part) once
-
-    def key_set(name: str | None) -> tuple:
-        if name not in fitted:
-            m = key_sets[name].to(torch.bool)
-            m = m if m.stride(-1) == 1 else m.contiguous()
-            fitted[name] = (m, m.stride(0), 0 if m.dim() == 2 else m.stride(1))  # a per-item set: head stride 0
-        return fitted[name]
-
+    if terms_given:
+        terms = _strided(mask, (bsz, n_heads, n_rows, n_keys))
+    elif mask is not None:
+        allowed = _strided(mask.to(torch.bool), (bsz, n_heads, n_rows, n_keys))
     gate = rw.gate
-    src, tgt = key_set(rw.source), key_set(rw.target)
-    within, part = key_set(None if gate is None else gate.within), key_set(None if gate is None else gate.part)
+    fitted: dict[str | None, tuple] = {None: (None, 0, 0)}  # a set named twice (VAR's target and gate part) once
+    for name in (rw.source, rw.target) + ((None, None) if gate is None else (gate.within, gate.part)):
+        if name not in fitted:
+            fitted[name] = _key_set(key_sets[name])  # held until the call returns
+    src, tgt = fitted[rw.source], fitted[rw.target]
+    within, part = (fitted[None], fitted[None]) if gate is None else (fitted[gate.within], fitted[gate.part])
     rows = None if q_rows is None else q_rows.to(torch.bool).contiguous()
-    factors = (ctypes.c_float * n_heads)(*rw.factors(n_heads))
-
-    def ptr(t: torch.Tensor | None) -> int | None:
-        return None if t is None else t.data_ptr()
-
-    def strides(t: torch.Tensor | None) -> tuple[int, ...]:
-        return (0, 0, 0) if t is None else t.stride()[:3]
-
-    status = entry(ptr(q), *q.stride()[:3], ptr(k), *k.stride()[:3], ptr(v), *v.stride()[:3], ptr(out),
-                   bsz, n_heads, n_rows, n_keys, dim, dv, float(scale),
-                   ptr(allowed), *strides(allowed), ptr(terms), *strides(terms),
-                   ptr(src[0]), *src[1:], ptr(tgt[0]), *tgt[1:], ptr(within[0]), *within[1:],
-                   ptr(part[0]), *part[1:], ptr(rows), 0 if rows is None else rows.stride(0), factors,
+    status = entry(q.data_ptr(), *q.stride()[:3], k.data_ptr(), *k.stride()[:3], v.data_ptr(), *v.stride()[:3],
+                   out.data_ptr(), bsz, n_heads, n_rows, n_keys, dim, dv, float(scale),
+                   *_mask_argument(allowed), *_mask_argument(terms), *_set_argument(src), *_set_argument(tgt),
+                   *_set_argument(within), *_set_argument(part),
+                   None if rows is None else rows.data_ptr(), 0 if rows is None else rows.stride(0),
+                   _factor_array(rw.factors(n_heads)),
                    0.0 if gate is None else float(gate.min_mass), 0.0 if gate is None else float(gate.min_share))
     if status:
         raise MemoryError(f"attnlab's CPU kernel could not allocate {n_keys} keys of scratch")
     return out
+
+
+def _mask_argument(t: torch.Tensor | None) -> tuple:
+    """A mask or terms tensor ``[B, H, r, K]`` as the kernel takes it: its address and batch, head and row strides."""
+    return (None, 0, 0, 0) if t is None else (t.data_ptr(), *t.stride()[:3])
+
+
+def _key_set(mask: torch.Tensor) -> tuple:
+    """A key set ``[B, K]`` or ``[B, H, K]`` as the kernel reads it: ``(bool tensor with its last axis contiguous,
+    batch stride, head stride)``, the head stride 0 for a per-item set."""
+    m = mask if mask.dtype is torch.bool else mask.to(torch.bool)
+    m = m if m.stride(-1) == 1 else m.contiguous()
+    return m, m.stride(0), 0 if m.dim() == 2 else m.stride(1)
+
+
+def _set_argument(held: tuple) -> tuple:
+    """A :func:`_key_set` (or ``(None, 0, 0)``: no set) as the kernel's three arguments."""
+    return (None if held[0] is None else held[0].data_ptr(), *held[1:])
+
+
+@functools.lru_cache(maxsize=64)
+def _factor_array(factors: tuple[float, ...]):
+    """The per-head factors as the kernel's ``float[H]`` (made once per distinct plan, read-only in the kernel)."""
+    return (ctypes.c_float * len(factors))(*factors)

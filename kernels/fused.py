@@ -20,6 +20,7 @@ statistics, a pattern, a soft cap or explicit blocks take the blockwise path.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 
 import torch
@@ -68,7 +69,7 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
         mask = allowed
         dead = None if allowed is None or plain_causal else ~allowed.any(-1, keepdim=True)
     rw = None if layer_plan is None else layer_plan.reweight
-    heads = [] if rw is None else list(rw.changed_heads(n_heads))
+    heads = [] if rw is None else _changed_heads(rw, n_heads)
     q_rows = None if not heads or not rw.queries else query_sets[rw.queries].to(torch.bool)  # (B, Q)
     if q_rows is not None and bool(q_rows.all()):  # every row of every item (decoding): no row set to apply
         q_rows = None
@@ -110,8 +111,7 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
                 pick = (lambda t: t[:, hs]) if run else (lambda t: t.index_select(1, hs))  # noqa: E731
                 qf, kf, vf = pick(qf), pick(kf), pick(vf)
                 key_sets = {name: m if m.dim() == 2 else pick(m) for name, m in key_sets.items()}
-                factors = rw.factors(n_heads)
-                rw = replace(rw, factor=tuple(factors[h] for h in heads))
+                rw = _heads_reweight(rw, n_heads)
             out = out.clone() if out.requires_grad else out  # the kernel's output is saved for its backward
             part = _reweighted(qf if every_row else qf.index_select(2, rows), kf, vf, sub, scale, rw, key_sets,
                                None if q_rows is None or every_row and bool(q_rows.all()) else
@@ -125,6 +125,20 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
     if layer_plan is not None and layer_plan.head_scale is not None:
         out = out * torch.tensor(layer_plan.head_scale, dtype=out.dtype, device=out.device)[None, :, None, None]
     return out.to(q.dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _changed_heads(rw: Reweight, n_heads: int) -> list[int]:
+    """:meth:`Reweight.changed_heads` as a list, worked out once per (frozen) reweighting and head count: a decoding
+    step asks at every layer the plan reweights. Read-only."""
+    return list(rw.changed_heads(n_heads))
+
+
+@functools.lru_cache(maxsize=256)
+def _heads_reweight(rw: Reweight, n_heads: int) -> Reweight:
+    """``rw`` restricted to its changed heads (their factors, in order), for the explicit rows of those heads alone."""
+    factors = rw.factors(n_heads)
+    return replace(rw, factor=tuple(factors[h] for h in rw.changed_heads(n_heads)))
 
 
 def _subset(mask: torch.Tensor | None, heads: torch.Tensor | slice | None, rows: torch.Tensor | slice | None,

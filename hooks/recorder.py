@@ -14,7 +14,7 @@ import torch
 
 from attnlab.core.capture import Capture, ModelShape
 from attnlab.core.trace import NESTED_TRACES, LayerRecord, Segment, Trace, TraceMeta
-from attnlab.kernels.api import attention
+from attnlab.kernels.api import attention, run_attention
 from attnlab.kernels.plan import Plan
 from attnlab.kernels.reference import pattern_stats, positional_mask, softmax_row_stats
 
@@ -137,6 +137,8 @@ class Recorder:
         #: whether anything is recorded (Capture is frozen), and each main-stack layer's plan, asked at every call
         self._recording = bool(capture.captured)
         self._layer_plans: dict[int, object] = {}
+        #: ``(stack, layer)`` whose first attention call passed :func:`attnlab.kernels.attention`'s input checks
+        self._checked: set[tuple[str, int]] = set()
 
     # -- set-up -----------------------------------------------------------------------------------
     def add_stack(self, name: str, meta: TraceMeta, main: bool = False) -> None:
@@ -251,14 +253,17 @@ class Recorder:
         stats = stats + ("mass",) if stats else stats
         real_queries = self._real_queries(st, q.shape[2], key_mask, q.device)  # (B, Q) or None
         terms = {name: t for name, t in (("softcap", softcap), ("bias", bias)) if t is not None}
+        # the first call of each layer goes through attention()'s checks of its inputs (a plan naming a key set
+        # nobody supplies fails there, with its name); later calls (decoding steps) build the same inputs again
+        call = run_attention if (stack, layer) in self._checked else attention
 
         def preview() -> torch.Tensor:
             # only the heads the plan reweights: the other heads' sets change nothing (ACT: its calibrated heads)
             heads = _reweighted_heads(lplan, q.shape[1])
             sub = _head_subset(heads, q, k, v[..., :0], attn_mask, terms)  # values of width 0: no output to weigh
-            _, plain = attention(*sub[:3], causal=causal, key_mask=key_mask, attn_mask=sub[3], scale=scale,
-                                 stats=("received",), **sub[4], impl="torch" if self.impl == "eager" else self.impl,
-                                 received_queries=real_queries)
+            _, plain = call(*sub[:3], causal=causal, key_mask=key_mask, attn_mask=sub[3], scale=scale,
+                            stats=("received",), **sub[4], impl="torch" if self.impl == "eager" else self.impl,
+                            received_queries=real_queries)
             if heads is None:
                 return plain.received  # (B, H, K)
             received = plain.received.new_zeros(q.shape[0], q.shape[1], k.shape[2])
@@ -279,10 +284,11 @@ class Recorder:
                           if lplan is not None else {})
         want_pattern = record and cap.pattern
         impl = "eager" if (want_pattern or return_pattern) else self.impl
-        out, stt = attention(q, k, v, causal=causal, key_mask=key_mask, attn_mask=attn_mask, scale=scale,
-                             plan=lplan, stats=stats, key_sets=key_sets, query_sets=query_sets, impl=impl,
-                             return_pattern=want_pattern or return_pattern,
-                             received_queries=real_queries if "received" in stats else None, **terms)
+        out, stt = call(q, k, v, causal=causal, key_mask=key_mask, attn_mask=attn_mask, scale=scale, plan=lplan,
+                        stats=stats, key_sets=key_sets, query_sets=query_sets, impl=impl,
+                        return_pattern=want_pattern or return_pattern,
+                        received_queries=real_queries if "received" in stats else None, **terms)
+        self._checked.add((stack, layer))
         if record:
             self._note_scores(st, q, k, scale, attn_mask, real_queries, **terms)
             self._record_layer(st, layer, stt.pattern if want_pattern else None, stt.as_dict(), q, k, out)

@@ -255,6 +255,31 @@ def attention(
     for name, size in (("block_q", block_q), ("block_heads", block_heads)):
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
             raise ValueError(f"{name} must be a positive int or None; got {size!r}")
+    return run_attention(q, k, v, causal=causal, key_mask=key_mask, attn_mask=attn_mask, scale=scale, plan=plan,
+                         stats=stats, key_sets=key_sets, query_sets=query_sets, impl=impl,
+                         return_pattern=return_pattern, block_q=block_q, block_heads=block_heads,
+                         received_queries=received_queries, window=window, softcap=softcap, bias=bias)
+
+
+def run_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+    key_mask: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None, scale: float | None = None,
+    plan: LayerPlan | None = None, stats: tuple[str, ...] = (), key_sets: dict[str, torch.Tensor] | None = None,
+    query_sets: dict[str, torch.Tensor] | None = None, impl: str = "auto", return_pattern: bool = False,
+    block_q: int | None = None, block_heads: int | None = None, received_queries: torch.Tensor | None = None,
+    window: int | None = None, softcap: float | None = None, bias: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, Stats]:
+    """:func:`attention` without its checks of the inputs, which it has run: the route to a kernel and the call.
+
+    For callers whose inputs are well formed by construction: the recorder hands a model's own ``q``, ``k``, ``v``
+    and masks and the key sets it built, at every planned layer of every decoding step, where the checks cost
+    ~30 us a call. Arguments as in :func:`attention`, ``stats`` a tuple of known names.
+
+    Returns:
+        ``(out [B, Hq, Q, dv] in q's dtype, Stats)``.
+    """
+    key_sets = {} if key_sets is None else key_sets
+    query_sets = {} if query_sets is None else query_sets
     chosen = resolve_impl(impl, q.device)
     if chosen == "torch" and not stats and not return_pattern and softcap is None and block_q is None:
         # nothing but the output is asked: torch's fused kernel, the plan applied around it (kernels.fused)

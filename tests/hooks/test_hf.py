@@ -197,3 +197,25 @@ def test_config_of_reads_instance_configs_and_class_properties():
     assert _config_of(held) is cfg
     assert _config_of(Served()) is cfg
     assert _config_of(plain) is None
+
+
+def test_each_layer_checks_its_first_call_and_decoding_steps_skip_the_checks(tiny_dir, monkeypatch):
+    """attention()'s input checks run on the first call of each planned layer (a plan naming a key set nobody
+    supplies fails there, naming it); the decoding steps after it rebuild the same inputs and skip them."""
+    from attnlab.hooks import recorder
+    from attnlab.kernels.api import attention, run_attention
+    from attnlab.kernels.plan import Reweight
+
+    model, tok, spec = load(str(tiny_dir("llama")))
+    inputs = prepare_inputs(tok, spec, TEXTS[:1])
+    with torch.no_grad(), pytest.raises(ValueError, match=r"key sets \['nowhere'\] that were not passed"):
+        with attach(model, plan=Plan({1: LayerPlan(reweight=Reweight("nowhere", 0.5))}), tokenizer=tok):
+            model(**inputs)
+    checked, unchecked = [], []
+    monkeypatch.setattr(recorder, "attention", lambda *a, **k: checked.append(1) or attention(*a, **k))
+    monkeypatch.setattr(recorder, "run_attention", lambda *a, **k: unchecked.append(1) or run_attention(*a, **k))
+    plan = Plan({0: LayerPlan(head_scale=(0.5, 1.0, 1.0, 1.0)), 1: LayerPlan(head_scale=(1.0, 0.0, 1.0, 1.0))})
+    with torch.no_grad(), attach(model, plan=plan, tokenizer=tok):
+        model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert len(checked) == 2 and len(unchecked) == 2 * 3  # two layers: a prefill each, then 3 decoding steps
+

@@ -108,7 +108,8 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
             hs = slice(heads[0], heads[-1] + 1) if run else torch.tensor(heads, device=q.device)
             sub = _subset(mask, hs, None if every_row else rows, n_heads, n_q)
             if len(heads) < n_heads:  # keys, values, per-head sets and factors of the reweighted heads only
-                pick = (lambda t: t[:, hs]) if run else (lambda t: t.index_select(1, hs))  # noqa: E731
+                pick = (lambda t: t.narrow(1, heads[0], len(heads))) if run else (  # noqa: E731
+                    lambda t: t.index_select(1, hs))
                 qf, kf, vf = pick(qf), pick(kf), pick(vf)
                 key_sets = {name: m if m.dim() == 2 else pick(m) for name, m in key_sets.items()}
                 rw = _heads_reweight(rw, n_heads)
@@ -116,7 +117,9 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
             part = _reweighted(qf if every_row else qf.index_select(2, rows), kf, vf, sub, scale, rw, key_sets,
                                None if q_rows is None or every_row and bool(q_rows.all()) else
                                q_rows if every_row else q_rows.index_select(1, rows))
-            if run or every_row:
+            if run and every_row:
+                out.narrow(1, heads[0], len(heads)).copy_(part)
+            elif run or every_row:
                 out[:, hs, slice(None) if every_row else rows] = part
             else:
                 out[:, hs[:, None], rows[None, :]] = part
@@ -124,7 +127,7 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
         out = out.masked_fill(dead, 0.0) if out.requires_grad else out.masked_fill_(dead, 0.0)
     if layer_plan is not None and layer_plan.head_scale is not None:
         out = out * torch.tensor(layer_plan.head_scale, dtype=out.dtype, device=out.device)[None, :, None, None]
-    return out.to(q.dtype)
+    return out if out.dtype == q.dtype else out.to(q.dtype)
 
 
 @functools.lru_cache(maxsize=256)

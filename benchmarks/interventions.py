@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import resource
 import statistics
 import tempfile
 import time
@@ -37,16 +38,18 @@ import torch
 TARGETS = {"var": 1.1, "var:dims": 1.1, "act": 1.1, "vhr": 2.0}
 
 
-def _answer(loaded, method, batch: list, max_new_tokens: int) -> tuple[list[str], float, float]:
+def _answer(loaded, method, batch: list, max_new_tokens: int) -> tuple[list[str], float, float, float]:
     """One padded generation of ``batch`` (``[(image, prompt), ...]``) under ``method``, through the eval's own
     :func:`attnlab.jobs.answering.answer_batch`: ``(answers, thread CPU seconds per answer, wall seconds per
-    answer)``."""
+    answer, page faults per answer)``. Thread CPU time counts the kernel's time on the thread's page faults: the
+    fault count tells a run slowed by the allocator handing memory back and taking it again."""
     from attnlab.jobs.answering import answer_batch
 
     images, prompts = [image for image, _ in batch], [prompt for _, prompt in batch]
-    c0 = time.thread_time()
+    f0, c0 = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt, time.thread_time()
     answers, wall = answer_batch(loaded, method, images, prompts, max_new_tokens)
-    return answers, (time.thread_time() - c0) / len(batch), wall
+    cpu, faults = time.thread_time() - c0, resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - f0
+    return answers, cpu / len(batch), wall, faults / len(batch)
 
 
 def main() -> None:
@@ -89,8 +92,8 @@ def main() -> None:
         print(f"var:dims: visual sinks at {acted} of VAR's {rule} layers on the warm-up input", flush=True)
         if not acted:
             raise SystemExit("var:dims found no visual sink, so it would time VAR doing nothing; give --var-dims")
-    cpu, wall = _time_answers(loaded, methods, batches, args.max_new_tokens, args.repeats)
-    _report(args, cpu, wall, setup)
+    cpu, wall, faults = _time_answers(loaded, methods, batches, args.max_new_tokens, args.repeats)
+    _report(args, cpu, wall, faults, setup)
 
 
 def _inputs(loaded, test, n: int, task: str = "pope") -> list:
@@ -160,13 +163,16 @@ def acting_layers(loaded, method, image, prompt: str, max_new_tokens: int) -> tu
     return sum(bool(sinks.any()) for sinks, _ in caches.values()), len(method.plan.layers)
 
 
-def _time_answers(loaded, methods: dict, batches: list, max_new_tokens: int, repeats: int) -> tuple[dict, dict]:
-    """Thread-CPU and wall seconds per answer of every method on each batch: the least of ``repeats`` runs, the
-    methods interleaved in a rotating order on the same batches after one warm-up batch each (the first)."""
+def _time_answers(loaded, methods: dict, batches: list, max_new_tokens: int, repeats: int
+                  ) -> tuple[dict, dict, dict]:
+    """Thread-CPU and wall seconds per answer of every method on each batch (the least of ``repeats`` runs) and the
+    page faults per answer of its fastest run, the methods interleaved in a rotating order on the same batches after
+    one warm-up batch each (the first)."""
     for method in methods.values():
         _answer(loaded, method, batches[0], max_new_tokens)
     cpu = {name: [] for name in methods}
     wall = {name: [] for name in methods}
+    faults = {name: [] for name in methods}
     names = list(methods)
     for i, batch in enumerate(batches[1:]):
         runs = {name: [] for name in methods}
@@ -175,14 +181,15 @@ def _time_answers(loaded, methods: dict, batches: list, max_new_tokens: int, rep
             for name in names[k:] + names[:k]:
                 runs[name].append(_answer(loaded, methods[name], batch, max_new_tokens)[1:])
         for name, times in runs.items():
-            cpu[name].append(min(c for c, _ in times))
-            wall[name].append(min(w for _, w in times))
-    return cpu, wall
+            cpu[name].append(min(c for c, _, _ in times))
+            wall[name].append(min(w for _, w, _ in times))
+            faults[name].append(min(times)[2])  # the fastest run's
+    return cpu, wall, faults
 
 
-def _report(args, cpu: dict, wall: dict, setup: dict) -> None:
-    """Print each method's median time per answer and its median ratio to the baseline on the same batch, then
-    JSON."""
+def _report(args, cpu: dict, wall: dict, faults: dict, setup: dict) -> None:
+    """Print each method's median time per answer, its median ratio to the baseline on the same batch and its median
+    page faults per answer, then JSON."""
     base_cpu, base_wall = cpu["baseline"], wall["baseline"]
     result = {"model": args.model, "task": args.task, "batches": args.batches, "batch_size": args.batch_size,
               "repeats": args.repeats, "max_new_tokens": args.max_new_tokens,
@@ -196,9 +203,10 @@ def _report(args, cpu: dict, wall: dict, setup: dict) -> None:
         verdict = "" if target is None else ("meets" if ratio <= target else "MISSES") + f" <= {target}x"
         result["methods"][name] = {"ms": 1000 * statistics.median(cpu[name]), "ratio": ratio,
                                    "wall_ratio": wall_ratio, "target": target, "setup_cpu_s": setup[name]["cpu_s"],
-                                   "setup_wall_s": setup[name]["wall_s"]}
+                                   "setup_wall_s": setup[name]["wall_s"],
+                                   "page_faults": statistics.median(faults[name])}
         print(f"  {name:9s} {1000 * statistics.median(cpu[name]):8.1f} ms  {ratio:5.2f}x (wall {wall_ratio:5.2f}x)  "
-              f"set-up {setup[name]['cpu_s']:6.1f} s  {verdict}")
+              f"{statistics.median(faults[name]):6.0f} faults  set-up {setup[name]['cpu_s']:6.1f} s  {verdict}")
     print(json.dumps(result))
 
 

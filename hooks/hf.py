@@ -398,8 +398,11 @@ def _site_stack(model: nn.Module, rec: Recorder, stack: Stack, first_block: Call
         if stack.role == "cross":
             continue
         block = model.get_submodule(f"{stack.prefix}.{layer}")
-        handles.append(block.register_forward_pre_hook(
-            lambda _m, a, kw, i=layer: block_in(_m, a, kw, i), with_kwargs=True))
-        handles.append(block.register_forward_hook(
-            lambda _m, _a, out, i=layer: rec.block_output(stack.name, i, out[0] if isinstance(out, tuple) else out)))
+        # a hook on a block costs every call of it torch's slow path: only where something reads the hidden state
+        if rec.reads_block_inputs(stack.name) or (first_block is not None and layer == min(stack.attn_names)):
+            handles.append(block.register_forward_pre_hook(
+                lambda _m, a, kw, i=layer: block_in(_m, a, kw, i), with_kwargs=True))
+        if rec.capture.resid:
+            handles.append(block.register_forward_hook(
+                lambda _m, _a, out, i=layer: rec.block_output(stack.name, i, out[0] if isinstance(out, tuple) else out)))
     return handles

@@ -418,6 +418,12 @@ class Recorder:
             return key_mask[:, -n_q:]
         return None
 
+    def reads_block_inputs(self, stack: str) -> bool:
+        """Whether anything reads the hidden state entering ``stack``'s blocks: the residual stream captured (the
+        embeddings are the first block's input), or a key-set function on the main stack (VAR's sinks). A backend
+        hooks the blocks only then; :meth:`block_output` is read only when the residual stream is captured."""
+        return self.capture.resid or (self.key_set_fn is not None and stack == self.main)
+
     def block_input(self, stack: str, layer: int, hidden: torch.Tensor) -> None:
         """Called with the hidden state ``[B, N, d]`` entering a block; kept for the layer's key-set function when the
         layer runs attnlab's attention."""

@@ -219,3 +219,28 @@ def test_each_layer_checks_its_first_call_and_decoding_steps_skip_the_checks(tin
         model.generate(**inputs, max_new_tokens=4, do_sample=False)
     assert len(checked) == 2 and len(unchecked) == 2 * 3  # two layers: a prefill each, then 3 decoding steps
 
+
+
+def test_blocks_are_hooked_only_where_their_hidden_states_are_read(tiny_dir):
+    """A hook on a block sends every call of it down torch's slow path: attach hooks a block's input only for a
+    key-set function or the residual stream, its output only for the residual stream, and removes them after."""
+    model, tok, spec = load(str(tiny_dir("llama")))
+    blocks = list(model.model.layers)
+    plan = Plan({0: LayerPlan(head_scale=(0.5, 1.0, 1.0, 1.0))})
+
+    def hooks():
+        return [(len(b._forward_pre_hooks), len(b._forward_hooks)) for b in blocks]
+
+    with attach(model, plan=plan, tokenizer=tok):
+        assert hooks() == [(0, 0)] * len(blocks)
+    with attach(model, plan=plan, tokenizer=tok, key_set_fn=lambda *a, **k: {}):
+        assert hooks() == [(1, 0)] * len(blocks)
+    inputs = prepare_inputs(tok, spec, TEXTS[:1])
+    with attach(model, Capture(resid=True), tokenizer=tok) as rec:
+        assert hooks() == [(1, 1)] * len(blocks)
+        with torch.no_grad():
+            model(**inputs)
+    assert hooks() == [(0, 0)] * len(blocks)
+    with torch.no_grad():  # (transformers hooks the blocks itself to hand back hidden states)
+        hidden = model(**inputs, output_hidden_states=True).hidden_states  # (L + 1) x (B, N, d)
+    torch.testing.assert_close(rec.trace().resid_in(1), hidden[1])  # the hooks still read what they are for

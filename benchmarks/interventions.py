@@ -14,17 +14,24 @@ wall-clock ratio printed beside it; each (method, batch) runs ``--repeats`` time
 runs of one batch spread by +-20% here, their minimum by about 3%). Ratios are medians over the batches of (method
 time / baseline time on the same batch). ``--batch-size 1`` measures answering one question at a time.
 
+The heap is held steady (:func:`steady_heap`): by default glibc hands freed memory back to the system and a
+prefill faults it in again, 0 to 600 page faults per answer at random from run to run, which moved a batch's time by
+up to 20% and a ratio by up to 15% whichever method ran (2026-12-05, toy-llava-deep: per-batch ratios 0.92-1.16 with
+the default heap, 1.00-1.08 steady). Faults per answer are printed beside each method; ``--default-heap`` measures
+with glibc's defaults.
+
 A method that finds nothing to act on (VAR without sink dimensions, ACT without a calibrated head) runs the plain
 model; ``var:dims`` times VAR made to act: with the sink dimensions ``--var-dims``, by default the two where VAR's
 ``phi`` peaks on the warm-up input, and the benchmark checks that it then finds visual sinks (it stops otherwise).
 
 Usage: ``python benchmarks/interventions.py [--model toy-llava-deep] [--task pope|caption] [--batches 8] [--batch-size
-32] [--repeats 5] [--max-new-tokens N]``. The last line is one JSON object.
+32] [--repeats 5] [--max-new-tokens N] [--default-heap]``. The last line is one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import json
 import resource
@@ -36,6 +43,24 @@ from pathlib import Path
 import torch
 
 TARGETS = {"var": 1.1, "var:dims": 1.1, "act": 1.1, "vhr": 2.0}
+
+
+#: glibc's ``mallopt`` parameters (``malloc.h``) and the values :func:`steady_heap` sets: never trim the heap's top,
+#: and serve blocks up to 32 MiB (glibc's largest) from the heap rather than from fresh mappings.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+STEADY_TRIM, STEADY_MMAP = 1 << 30, 32 << 20
+
+
+def steady_heap() -> bool:
+    """Ask glibc to keep the memory this process frees, for the rest of the process: no trimming of the heap's top, and
+    blocks up to 32 MiB from the heap. Then a generation reuses the pages of the one before it instead of faulting them
+    in afresh, which is noise common to every method. Returns ``False`` where there is no glibc ``mallopt``."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(M_TRIM_THRESHOLD, STEADY_TRIM)) and bool(mallopt(M_MMAP_THRESHOLD, STEADY_MMAP))
 
 
 def _answer(loaded, method, batch: list, max_new_tokens: int) -> tuple[list[str], float, float, float]:
@@ -71,10 +96,14 @@ def main() -> None:
                         help="also time VAR run with these sink dimensions (a model without massive activations gives "
                              "VAR none, and VAR then runs the plain model: this row is the cost of VAR acting); by "
                              "default the two where phi peaks on the warm-up input; give the flag alone to skip it")
+    parser.add_argument("--default-heap", action="store_true",
+                        help="leave glibc's heap settings as they are (freed memory handed back and faulted in again)")
     args = parser.parse_args()
     if args.max_new_tokens is None:
         args.max_new_tokens = 28 if args.task == "caption" else 3
     torch.set_num_threads(1)
+    print("heap:", "glibc's defaults" if args.default_heap else
+          ("held steady" if steady_heap() else "glibc's defaults (no glibc mallopt here)"), flush=True)
 
     from attnlab.zoo import load
     from attnlab.zoo.toy_llava import toy_dataset
@@ -191,7 +220,8 @@ def _report(args, cpu: dict, wall: dict, faults: dict, setup: dict) -> None:
     """Print each method's median time per answer, its median ratio to the baseline on the same batch and its median
     page faults per answer, then JSON."""
     base_cpu, base_wall = cpu["baseline"], wall["baseline"]
-    result = {"model": args.model, "task": args.task, "batches": args.batches, "batch_size": args.batch_size,
+    result = {"model": args.model, "task": args.task, "heap": "default" if args.default_heap else "steady",
+              "batches": args.batches, "batch_size": args.batch_size,
               "repeats": args.repeats, "max_new_tokens": args.max_new_tokens,
               "baseline_ms": 1000 * statistics.median(base_cpu), "methods": {}}
     print(f"\n{args.model}, {args.task}: {args.batches} batches of {args.batch_size}, {args.max_new_tokens} new tokens "

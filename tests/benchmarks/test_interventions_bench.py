@@ -39,3 +39,35 @@ def test_var_dims_are_where_phi_peaks_and_make_var_act():
     assert rule == len(method.plan.layers) == 6 and acted > 0
     # planted negative beside it: no sink dimensions, no sinks anywhere
     assert acting_layers(loaded, var_method(model, processor, spec, sink_dims=()), image, prompt, 2)[0] == 0
+
+
+def test_a_steady_heap_stops_the_page_faults_of_freeing_and_reallocating():
+    """The benchmark holds glibc's heap steady (:func:`interventions.steady_heap`): blocks freed and allocated again,
+    as a prefill's temporaries are, reuse the process's pages. The control runs the same cycles under glibc's
+    starting thresholds (128 KiB, before it adapts them), which hand the blocks back and fault them in again. Each
+    in a child process, so the test process keeps its own settings."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import ctypes, resource, sys, torch\n"
+        "sys.path.insert(0, 'benchmarks')\n"
+        "import interventions as b\n"
+        "if sys.argv[1] == 'steady':\n"
+        "    assert b.steady_heap()\n"
+        "else:\n"
+        "    mallopt = ctypes.CDLL(None).mallopt\n"
+        "    assert mallopt(b.M_TRIM_THRESHOLD, 128 << 10) and mallopt(b.M_MMAP_THRESHOLD, 128 << 10)\n"
+        "def cycle():\n"  # 64 MiB in 4 MiB blocks, then all freed
+        "    xs = [torch.ones(1 << 20) for _ in range(16)]\n"
+        "    del xs\n"
+        "for _ in range(3): cycle()\n"
+        "f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "for _ in range(5): cycle()\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)\n")
+    root = Path(__file__).resolve().parents[2]
+    faults = {mode: int(subprocess.run([sys.executable, "-c", probe, mode], cwd=root, capture_output=True, text=True,
+                                       check=True).stdout.split()[-1])
+              for mode in ("steady", "control")}
+    assert faults["steady"] < 100, faults
+    assert faults["control"] > 5 * 16 * 1024 * 0.9, faults  # every 4 MiB block (1024 pages) faulted in each cycle

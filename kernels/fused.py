@@ -10,13 +10,7 @@ applies the plan around it:
   computed explicitly, reweighted by :func:`~attnlab.kernels.reference.reweight_rows` (the blockwise path's own
   function), and written over the fused kernel's output; every other row and head is the fused kernel's. A
   reweighting limited to a query set (VAR: the text after the image, a few rows of a prompt) or to some heads (ACT:
-  its calibrated heads, the other factors being 1) thus costs little beyond the plain call. The heads left alone are
-  then the plain call's bit for bit.
-* a decoding step (one row per head) reweighted on some heads only (ACT) runs every head through the compiled CPU
-  kernel (:mod:`~attnlab.kernels.cpu_rows`) where it applies: on one row per head it is faster than the fused
-  kernel on all heads alone (toy-llava's ACT layer: 88 against 127 us, 2026-12-05), and a factor of 1 leaves a head's
-  softmax as it is, so the heads left alone equal the plain call to float32 rounding (as VAR's rows its gate
-  leaves alone do on every decoding step), not bit for bit.
+  its calibrated heads, the other factors being 1) thus costs little beyond the plain call.
 
 Masks are the same on both sides: causality and windows (query ``i`` at position ``i + K - Q``), padding, any
 ``attn_mask`` and an additive ``bias``; a row with nothing to attend to gives 0, as on every attnlab path. The eager
@@ -104,9 +98,6 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
         out[:, :, redo] = _reweighted(qf[:, :, redo] if isinstance(redo, slice) else qf.index_select(2, redo), kf, vf,
                                       _subset(mask, None, redo, n_heads, n_q), scale, rw, key_sets,
                                       q_rows[:, redo] if isinstance(redo, slice) else q_rows.index_select(1, redo))
-    elif heads and n_q == 1 and rows is None and (out := cpu_rows.reweighted_rows(
-            qf, kf, vf, mask, q.shape[-1] ** -0.5 if scale is None else scale, rw, key_sets, None)) is not None:
-        pass  # ACT decoding: every head in the compiled kernel, the heads left alone with their factor of 1
     else:
         out = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=None if plain_causal else mask, scale=scale,
                                              is_causal=plain_causal)  # (B, H, Q, dv)

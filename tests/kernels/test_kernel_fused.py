@@ -148,29 +148,3 @@ def test_rows_after_the_image_split_from_the_rest(n_q, n_k, suffix):
     assert (out - plain).abs().amax() > 1e-3  # the plan acts on its rows
     # written token-major, the layout a model's attention hands back ([B, Q, H, dv]), which then needs no copy
     assert out.transpose(1, 2).is_contiguous()
-
-
-@pytest.mark.parametrize("kernel", ["1", "0"])
-def test_a_decoding_step_reweighted_on_some_heads(kernel, monkeypatch):
-    """ACT decoding (one row per head, some heads' factors 1): with the compiled CPU kernel every head goes through it,
-    without torch's fused kernel, and the heads left alone equal the plain call to float32 rounding; without the
-    compiled kernel the fused kernel computes them, bit for bit. The textbook holds either way, and the plan acts."""
-    from attnlab.kernels import fused
-
-    monkeypatch.setenv("ATTNLAB_CPU_KERNEL", kernel)
-    q, k, v, sets, _ = _decoding_inputs(n_q=1, n_k=37)
-    factors = (1.0, 0.2, 1.0, 0.0)
-    plan = LayerPlan(reweight=Reweight("sink", factors, target="image", gate=Gate("image", 0.05)))
-    kw = dict(causal=True, key_mask=None, attn_mask=None, scale=None, plan=plan, key_sets=sets, query_sets={})
-    want, _ = textbook_attention(q, k, v, **kw)
-    calls = []
-    sdpa = torch.nn.functional.scaled_dot_product_attention
-    monkeypatch.setattr(fused.F, "scaled_dot_product_attention", lambda *a, **kw_: calls.append(1) or sdpa(*a, **kw_))
-    out, _ = attention(q, k, v, impl="torch", **{**kw, "stats": ()})
-    assert_matches(out, {}, want, {}, "float32", "decoding, some heads")
-    assert len(calls) == (0 if kernel == "1" else 1)
-    plain, _ = attention(q, k, v, impl="torch", causal=True)
-    left_alone = [h for h, f in enumerate(factors) if f == 1.0]
-    tolerance = {} if kernel == "1" else {"rtol": 0, "atol": 0}
-    torch.testing.assert_close(out[:, left_alone], plain[:, left_alone], **tolerance)
-    assert (out[:, [1, 3]] - plain[:, [1, 3]]).abs().amax() > 1e-3

@@ -289,11 +289,12 @@ class EncoderDecoderPasses:
 def attach_hf(model: nn.Module, rec: Recorder, tokenizer=None, model_id: str | None = None) -> Iterator[Recorder]:
     """Install attnlab's attention on a HF model for the duration of the block."""
     ensure_registered()
-    stacks = find_stacks(model)  # refuses what cannot be captured, naming the module and why
+    modules = dict(model.named_modules())  # one walk of the model, read by each step below
+    stacks = find_stacks(model, modules)  # refuses what cannot be captured, naming the module and why
     model_id = model_id or getattr(model.config, "_name_or_path", "") or type(model).__name__
     for stack in stacks:
         rec.add_stack(stack.name, stack_meta(model, stack, model_id), main=stack.name == "main")
-    configs = {id(cfg): cfg for cfg in map(_config_of, model.modules())
+    configs = {id(cfg): cfg for cfg in map(_config_of, modules.values())
                if cfg is not None and hasattr(cfg, "_attn_implementation_internal")}
     saved = {key: cfg._attn_implementation_internal for key, cfg in configs.items()}
     handles, sited = [], []
@@ -309,7 +310,7 @@ def attach_hf(model: nn.Module, rec: Recorder, tokenizer=None, model_id: str | N
                 first: Callable | None = lambda st, h, n=n_distill: vision.first_block(st, n, h)  # noqa: E731
             else:
                 first = encdec.first_block if encdec is not None else None
-            handles += _site_stack(model, rec, stack, first, sited)
+            handles += _site_stack(modules, rec, stack, first, sited)
         with adapted(sited):
             yield rec
     finally:
@@ -377,7 +378,8 @@ def _pass_starters(model: nn.Module, rec: Recorder, tokenizer, stacks: list[Stac
     return handles
 
 
-def _site_stack(model: nn.Module, rec: Recorder, stack: Stack, first_block: Callable | None, sited: list) -> list:
+def _site_stack(modules: dict[str, nn.Module], rec: Recorder, stack: Stack, first_block: Callable | None,
+                sited: list) -> list:
     """Tell each attention module of ``stack`` its site and hook its blocks; returns the hook handles.
 
     ``first_block(stack, hidden [B, N, d])`` runs before the first block (a pass that starts once its token count
@@ -392,12 +394,12 @@ def _site_stack(model: nn.Module, rec: Recorder, stack: Stack, first_block: Call
         rec.block_input(stack.name, layer, hidden)
 
     for layer, attn_name in stack.attn_names.items():
-        module = model.get_submodule(attn_name)
+        module = modules[attn_name]
         setattr(module, SITE_ATTR, Site(rec, stack.name, layer))
         sited.append(module)
         if stack.role == "cross":
             continue
-        block = model.get_submodule(f"{stack.prefix}.{layer}")
+        block = modules[f"{stack.prefix}.{layer}"]
         # a hook on a block costs every call of it torch's slow path: only where something reads the hidden state
         if rec.reads_block_inputs(stack.name) or (first_block is not None and layer == min(stack.attn_names)):
             handles.append(block.register_forward_pre_hook(

@@ -151,14 +151,17 @@ def _name_encoder_decoder(model: nn.Module, stacks: list[Stack]) -> None:
     encoder[0].name, decoder[0].name, cross[0].name = "encoder", "main", "cross"
 
 
-def find_stacks(model: nn.Module) -> list[Stack]:
+def find_stacks(model: nn.Module, modules: dict[str, nn.Module] | None = None) -> list[Stack]:
     """Attention stacks of a HF model: innermost ``*Attention`` modules grouped by block-list prefix and role.
+
+    ``modules``: ``dict(model.named_modules())`` when the caller has it already (``attach`` walks the model once).
 
     Raises:
         ValueError: an attention module attnlab cannot capture (naming it and why), cross-attention outside an
             encoder-decoder, or no attention stack at all.
     """
-    found = {name: m for name, m in model.named_modules() if _is_attention_module(m)}
+    found = {name: m for name, m in (model.named_modules() if modules is None else modules.items())
+             if _is_attention_module(m)}
     inner = {n: m for n, m in found.items() if not any(o != n and o.startswith(n + ".") for o in found)}
     grouped: dict[tuple[str, str], dict[int, str]] = {}
     configs: dict[tuple[str, str], object] = {}

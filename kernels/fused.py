@@ -95,9 +95,8 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
             kept = kept.nonzero().flatten()  # (Q - r,) the rows the fused kernel computes
             out[:, :, kept] = F.scaled_dot_product_attention(qf.index_select(2, kept), kf, vf, scale=scale,
                                                              attn_mask=_subset(mask, None, kept, n_heads, n_q))
-        out[:, :, redo] = _reweighted(qf[:, :, redo] if isinstance(redo, slice) else qf.index_select(2, redo), kf, vf,
-                                      _subset(mask, None, redo, n_heads, n_q), scale, rw, key_sets,
-                                      q_rows[:, redo] if isinstance(redo, slice) else q_rows.index_select(1, redo))
+        out[:, :, redo] = _reweighted(_pick(qf, 2, redo), kf, vf, _subset(mask, None, redo, n_heads, n_q), scale, rw,
+                                      key_sets, _pick(q_rows, 1, redo))
     else:
         out = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=None if plain_causal else mask, scale=scale,
                                              is_causal=plain_causal)  # (B, H, Q, dv)
@@ -108,17 +107,15 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
             hs = slice(heads[0], heads[-1] + 1) if run else torch.tensor(heads, device=q.device)
             sub = _subset(mask, hs, None if every_row else rows, n_heads, n_q)
             if len(heads) < n_heads:  # keys, values, per-head sets and factors of the reweighted heads only
-                pick = (lambda t: t.narrow(1, heads[0], len(heads))) if run else (  # noqa: E731
-                    lambda t: t.index_select(1, hs))
-                qf, kf, vf = pick(qf), pick(kf), pick(vf)
-                key_sets = {name: m if m.dim() == 2 else pick(m) for name, m in key_sets.items()}
+                qf, kf, vf = _pick(qf, 1, hs), _pick(kf, 1, hs), _pick(vf, 1, hs)
+                key_sets = {name: m if m.dim() == 2 else _pick(m, 1, hs) for name, m in key_sets.items()}
                 rw = _heads_reweight(rw, n_heads)
             out = out.clone() if out.requires_grad else out  # the kernel's output is saved for its backward
             part = _reweighted(qf if every_row else qf.index_select(2, rows), kf, vf, sub, scale, rw, key_sets,
                                None if q_rows is None or every_row and bool(q_rows.all()) else
                                q_rows if every_row else q_rows.index_select(1, rows))
             if run and every_row:
-                out.narrow(1, heads[0], len(heads)).copy_(part)
+                _pick(out, 1, hs).copy_(part)
             elif run or every_row:
                 out[:, hs, slice(None) if every_row else rows] = part
             else:
@@ -141,7 +138,7 @@ def _changed_heads(rw: Reweight, n_heads: int) -> list[int]:
 def _heads_reweight(rw: Reweight, n_heads: int) -> Reweight:
     """``rw`` restricted to its changed heads (their factors, in order), for the explicit rows of those heads alone."""
     factors = rw.factors(n_heads)
-    return replace(rw, factor=tuple(factors[h] for h in rw.changed_heads(n_heads)))
+    return replace(rw, factor=tuple(factors[h] for h in _changed_heads(rw, n_heads)))
 
 
 def _subset(mask: torch.Tensor | None, heads: torch.Tensor | slice | None, rows: torch.Tensor | slice | None,
@@ -151,10 +148,17 @@ def _subset(mask: torch.Tensor | None, heads: torch.Tensor | slice | None, rows:
     if mask is None:
         return None
     if heads is not None and mask.shape[1] == n_heads and n_heads > 1:
-        mask = mask[:, heads] if isinstance(heads, slice) else mask.index_select(1, heads)
-    if rows is None or mask.shape[2] != n_q or n_q == 1:
-        return mask
-    return mask[:, :, rows] if isinstance(rows, slice) else mask.index_select(2, rows)
+        mask = _pick(mask, 1, heads)
+    return _pick(mask, 2, rows) if rows is not None and mask.shape[2] == n_q and n_q > 1 else mask
+
+
+def _pick(t: torch.Tensor, dim: int, index: torch.Tensor | slice) -> torch.Tensor:
+    """``t`` cut along ``dim`` to ``index``: a slice (step 1) as a view through ``narrow``, an index tensor by
+    ``index_select``."""
+    if isinstance(index, slice):
+        start, stop, _ = index.indices(t.shape[dim])
+        return t.narrow(dim, start, stop - start)
+    return t.index_select(dim, index)
 
 
 def _reweighted(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float | None,

@@ -102,8 +102,9 @@ def main() -> None:
     if args.max_new_tokens is None:
         args.max_new_tokens = 28 if args.task == "caption" else 3
     torch.set_num_threads(1)
-    print("heap:", "glibc's defaults" if args.default_heap else
-          ("held steady" if steady_heap() else "glibc's defaults (no glibc mallopt here)"), flush=True)
+    args.heap = "default" if args.default_heap or not steady_heap() else "steady"  # what the run got, for its JSON
+    print("heap:", "held steady" if args.heap == "steady" else
+          "glibc's defaults" + ("" if args.default_heap else " (no glibc mallopt here)"), flush=True)
 
     from attnlab.zoo import load
     from attnlab.zoo.toy_llava import toy_dataset
@@ -220,7 +221,7 @@ def _report(args, cpu: dict, wall: dict, faults: dict, setup: dict) -> None:
     """Print each method's median time per answer, its median ratio to the baseline on the same batch and its median
     page faults per answer, then JSON."""
     base_cpu, base_wall = cpu["baseline"], wall["baseline"]
-    result = {"model": args.model, "task": args.task, "heap": "default" if args.default_heap else "steady",
+    result = {"model": args.model, "task": args.task, "heap": args.heap,
               "batches": args.batches, "batch_size": args.batch_size,
               "repeats": args.repeats, "max_new_tokens": args.max_new_tokens,
               "baseline_ms": 1000 * statistics.median(base_cpu), "methods": {}}

@@ -22,7 +22,9 @@ from .bridge_scores import score_rows, weight_rows
 from .module_adapters import scatter_packed
 
 #: ``fn(layer, hidden_in [B, N, d] or None, static_sets {name: [B, K]} (a read-only mapping), preview=...,
-#: token_mask=[B, N]) -> {name: [B, K] bool}``.
+#: token_mask=[B, N], first_pass=bool) -> {name: [B, K] or [B, H, K] bool}``. ``first_pass``: the call belongs to the
+#: stack's first forward call inside ``attach`` (a generation's prefill). A function whose ``reads_hidden`` attribute is
+#: ``False`` (ACT's sinks, read from ``preview``) is handed ``None`` for ``hidden_in``, and no block is hooked for it.
 KeySetFn = Callable[[int, "torch.Tensor | None", dict], dict]
 
 
@@ -215,7 +217,7 @@ class Recorder:
         if self.key_set_fn is None or stack != self.main:
             return fitted
         dynamic = self.key_set_fn(layer, st.block_input.pop(layer, None), sets, preview=preview,
-                                  token_mask=first.token_mask)
+                                  token_mask=first.token_mask, first_pass=len(st.passes) == 1)
         return {**fitted, **{name: _grown(st.grown_sets, (layer, name), mask, n_keys, device)
                              for name, mask in dynamic.items()}}
 
@@ -420,9 +422,15 @@ class Recorder:
 
     def reads_block_inputs(self, stack: str) -> bool:
         """Whether anything reads the hidden state entering ``stack``'s blocks: the residual stream captured (the
-        embeddings are the first block's input), or a key-set function on the main stack (VAR's sinks). A backend
-        hooks the blocks only then; :meth:`block_output` is read only when the residual stream is captured."""
-        return self.capture.resid or (self.key_set_fn is not None and stack == self.main)
+        embeddings are the first block's input), or a key-set function that reads it (:meth:`_fn_reads_hidden`). A
+        backend hooks the blocks only then; :meth:`block_output` is read only when the residual stream is captured."""
+        return self.capture.resid or self._fn_reads_hidden(stack)
+
+    def _fn_reads_hidden(self, stack: str) -> bool:
+        """Whether the key-set function reads ``stack``'s block inputs: it runs on the main stack only, and reads
+        them unless it says otherwise (``reads_hidden = False``: ACT's sinks come from the layer's own attention)."""
+        fn = self.key_set_fn
+        return fn is not None and stack == self.main and getattr(fn, "reads_hidden", True)
 
     def block_input(self, stack: str, layer: int, hidden: torch.Tensor) -> None:
         """Called with the hidden state ``[B, N, d]`` entering a block; kept for the layer's key-set function when the
@@ -431,7 +439,7 @@ class Recorder:
         if st is None or not st.passes:
             return
         hidden = st.passes[-1].batched(hidden)
-        if self.key_set_fn is not None and stack == self.main and self.wants(stack, layer):
+        if self._fn_reads_hidden(stack) and self.wants(stack, layer):
             st.block_input[layer] = hidden.detach()
         if layer == 0 and self.capture.resid:
             st.passes[-1].embeddings = self._store(hidden)

@@ -91,11 +91,15 @@ class ACTSinks:
     rule: str = "act_relative"
     alpha: float = 5.0
     cache: dict = field(default_factory=dict)
+    #: the sinks come from the layer's own attention (``preview``), not from the hidden state entering the block, so
+    #: the recorder hooks no block for them (see :data:`attnlab.hooks.recorder.KeySetFn`)
+    reads_hidden = False
 
     def __call__(self, layer: int, hidden, static: dict, preview: Callable[[], torch.Tensor] | None = None,
-                 token_mask: torch.Tensor | None = None, **_) -> dict:
-        """``{act_sink: [B, H, K]}`` for ``layer``; ``token_mask`` ``[B, N]`` marks the prompt's real tokens."""
-        if layer not in self.cache or (hidden is not None and hidden.shape[1] > 1):
+                 token_mask: torch.Tensor | None = None, first_pass: bool = True, **_) -> dict:
+        """``{act_sink: [B, H, K]}`` for ``layer``; ``token_mask`` ``[B, N]`` marks the prompt's real tokens. The sinks
+        are found on a ``first_pass`` (a prompt's prefill) and reused by the decoding steps after it."""
+        if layer not in self.cache or first_pass:
             if preview is None:
                 return {}
             received = preview()  # (B, H, K)

@@ -235,6 +235,20 @@ def test_blocks_are_hooked_only_where_their_hidden_states_are_read(tiny_dir):
         assert hooks() == [(0, 0)] * len(blocks)
     with attach(model, plan=plan, tokenizer=tok, key_set_fn=lambda *a, **k: {}):
         assert hooks() == [(1, 0)] * len(blocks)
+
+    class FromAttention:  # a key-set function that says it reads no hidden state (as ACT's sinks do)
+        reads_hidden = False
+        seen = []
+
+        def __call__(self, layer, hidden, static, **kwargs):
+            self.seen.append((hidden, kwargs["first_pass"]))
+            return {}
+
+    fn = FromAttention()
+    with torch.no_grad(), attach(model, plan=plan, tokenizer=tok, key_set_fn=fn):
+        assert hooks() == [(0, 0)] * len(blocks)
+        model.generate(**prepare_inputs(tok, spec, TEXTS[:2]), max_new_tokens=3, do_sample=False)
+    assert fn.seen == [(None, True), (None, False), (None, False)]  # layer 0's prefill, then two decoding steps
     inputs = prepare_inputs(tok, spec, TEXTS[:1])
     with attach(model, Capture(resid=True), tokenizer=tok) as rec:
         assert hooks() == [(1, 1)] * len(blocks)

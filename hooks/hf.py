@@ -195,9 +195,7 @@ def _text_pass(rec: Recorder, model: nn.Module, tokenizer, args: tuple, kwargs: 
 
     if rec.capture.captured:  # read by the Trace
         rec.begin_pass(stack, tokens(), segments(), token_mask)
-    elif not rec.stacks[stack].passes:  # a generation that only steers attention: its key sets read the segments
-        rec.begin_pass(stack, Deferred(tokens), segments(), token_mask)
-    else:  # and its later passes: computed if anyone asks
+    else:  # a generation that only steers attention: made if a key set reads them (VAR's image set; not ACT's sinks)
         rec.begin_pass(stack, Deferred(tokens), Deferred(segments), token_mask)
 
 

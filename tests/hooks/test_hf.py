@@ -8,6 +8,7 @@ from PIL import Image
 from attnlab.core.capture import Capture
 from attnlab.hooks import attach
 from attnlab.hooks.inputs import prepare_inputs, tokenizer_of
+from attnlab.hooks.segments import text_segments
 from attnlab.kernels.plan import LayerPlan, Plan
 from attnlab.zoo import load
 
@@ -258,3 +259,30 @@ def test_blocks_are_hooked_only_where_their_hidden_states_are_read(tiny_dir):
     with torch.no_grad():  # (transformers hooks the blocks itself to hand back hidden states)
         hidden = model(**inputs, output_hidden_states=True).hidden_states  # (L + 1) x (B, N, d)
     torch.testing.assert_close(rec.trace().resid_in(1), hidden[1])  # the hooks still read what they are for
+
+
+def test_steering_makes_segments_only_when_a_key_set_reads_them(tiny_dir, monkeypatch):
+    """A generation that only steers attention defers the prompt's segments: a plan whose sets come from the segments
+    (``text``) makes them once for the whole generation, with the same result as made eagerly; a plan that reads none
+    (a head scale, ACT's per-head sinks) never makes them."""
+    from attnlab.hooks import hf
+    from attnlab.kernels.plan import Reweight
+
+    model, tok, spec = load(str(tiny_dir("llama")))
+    inputs = prepare_inputs(tok, spec, TEXTS)
+    made = []
+    monkeypatch.setattr(hf, "text_segments", lambda *a, **k: made.append(1) or text_segments(*a, **k))
+
+    def generate(plan):
+        made.clear()
+        with torch.no_grad(), attach(model, plan=plan, tokenizer=tok) as rec:
+            out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+        return out, rec
+
+    _, rec = generate(Plan({0: LayerPlan(head_scale=(0.5, 1.0, 1.0, 1.0))}))
+    assert made == []
+    _, rec = generate(Plan({1: LayerPlan(reweight=Reweight("text", 0.5))}))
+    assert made == [1]
+    with torch.no_grad(), attach(model, Capture(stats=("lse",)), tokenizer=tok) as captured:
+        model(**inputs)
+    assert list(rec.traces()[0].segments) == captured.trace().segments  # what the eager capture makes

@@ -63,9 +63,8 @@ def test_decoding_passes_fit_the_cached_sets_to_the_growing_keys(tiny_dir):
 
 
 def test_later_passes_of_a_steering_only_generation_give_their_tokens_when_asked(tiny_dir):
-    """Steering without capturing computes a decoding step's token strings and segments only if they are read: read,
-    they are those of the step's own tokens (the first pass's segments are computed at once, for the key sets; its
-    token strings only if read)."""
+    """Steering without capturing computes a pass's token strings and segments only if they are read: read, they are
+    those of the pass's own tokens (the prompt's at prefill, each decoding step's after it)."""
     from attnlab.hooks.segments import Deferred, text_segments, text_tokens
     from attnlab.kernels.plan import LayerPlan, Plan
 
@@ -75,9 +74,12 @@ def test_later_passes_of_a_steering_only_generation_give_their_tokens_when_asked
     with torch.no_grad(), attach(model, plan=plan, tokenizer=tok) as rec:
         out = model.generate(**inputs, max_new_tokens=3, do_sample=False, pad_token_id=tok.eos_token_id)
     passes = rec.stacks[rec.main].passes
-    assert len(passes) == 3 and not isinstance(passes[0].segments, Deferred)
-    assert isinstance(passes[0].tokens, Deferred) and passes[0].tokens._items is None
+    assert len(passes) == 3
+    assert all(isinstance(p.tokens, Deferred) and p.tokens._items is None for p in passes)  # a head scale reads none
+    assert all(isinstance(p.segments, Deferred) and p.segments._items is None for p in passes)
     assert list(passes[0].tokens) == text_tokens(inputs["input_ids"], tok)
+    assert list(passes[0].segments) == text_segments(inputs["input_ids"], inputs["attention_mask"].bool(),
+                                                     set(tok.all_special_ids))
     assert all(isinstance(p.tokens, Deferred) and p.tokens._items is None for p in passes[1:])
     new = out[:, inputs["input_ids"].shape[1]:]
     for step, p in enumerate(passes[1:]):

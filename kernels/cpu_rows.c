@@ -19,7 +19,8 @@
  *
  * Layouts: q [B, H, R, D], k [B, H, K, D], v [B, H, K, DV], float32, each row contiguous and the batch, head and row
  * axes read through strides in elements (a head slice of a wider tensor, or a [B, N, H, D] projection seen as
- * [B, H, N, D], needs no copy); out [B, H, R, DV] contiguous.
+ * [B, H, N, D], needs no copy); out [B, H, R, DV] the same way (rows written where the caller's output holds them:
+ * a head slice of torch's output, the rows after the image of a token-major output).
  * Masks, terms and sets are read through strides in elements (0 for a broadcast axis), their last axis contiguous:
  *   allowed [B, H, R, K] bytes (nonzero: may attend) or NULL;  terms [B, H, R, K] floats added to the scores (already
  *   >= -1e30) or NULL;  each set [B, H, K] bytes, NULL for none (tgt NULL: every key outside S);
@@ -186,7 +187,7 @@ static void scores(const float *q, const float *kt, long D, long kp, float *e) {
 int attnlab_reweighted_rows(
     const float *q, long q_sb, long q_sh, long q_sr, const float *k, long k_sb, long k_sh, long k_sr,
     const float *v, long v_sb, long v_sh, long v_sr,
-    float *out, long B, long H, long R, long K, long D, long DV, float scale,
+    float *out, long o_sb, long o_sh, long o_sr, long B, long H, long R, long K, long D, long DV, float scale,
     const unsigned char *allowed, long al_sb, long al_sh, long al_sr,
     const float *terms, long te_sb, long te_sh, long te_sr,
     const unsigned char *src, long src_sb, long src_sh,
@@ -222,7 +223,7 @@ int attnlab_reweighted_rows(
             if (transposed) transpose_keys(kb, k_sr, kt, K, D, kp);
             for (long i = 0; i < R; i++) {
                 const float *qr = q + b * q_sb + h * q_sh + i * q_sr;
-                float *o = out + ((b * H + h) * R + i) * DV;
+                float *o = out + b * o_sb + h * o_sh + i * o_sr;
                 const unsigned char *al = allowed ? allowed + b * al_sb + h * al_sh + i * al_sr : NULL;
                 const float *te = terms ? terms + b * te_sb + h * te_sh + i * te_sr : NULL;
                 if (transposed) {

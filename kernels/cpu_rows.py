@@ -46,7 +46,7 @@ _BUILDS = (
 )
 _P, _L, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
 _ARGTYPES = [_P, _L, _L, _L, _P, _L, _L, _L, _P, _L, _L, _L,  # q, k, v with their batch, head and row strides
-             _P, _L, _L, _L, _L, _L, _L, _F,  # out, B, H, R, K, D, DV, scale
+             _P, _L, _L, _L, _L, _L, _L, _L, _L, _L, _F,  # out with its strides, B, H, R, K, D, DV, scale
              _P, _L, _L, _L, _P, _L, _L, _L,  # allowed and its strides, terms and theirs
              _P, _L, _L, _P, _L, _L, _P, _L, _L, _P, _L, _L,  # source, target, within, part sets with strides
              _P, _L, ctypes.POINTER(_F), _F, _F]  # query rows, factors, gate thresholds
@@ -110,12 +110,13 @@ def _rows_contiguous(t: torch.Tensor) -> torch.Tensor:
 
 
 def reweighted_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float,
-                    rw: Reweight, key_sets: dict[str, torch.Tensor], q_rows: torch.Tensor | None
-                    ) -> torch.Tensor | None:
+                    rw: Reweight, key_sets: dict[str, torch.Tensor], q_rows: torch.Tensor | None,
+                    out: torch.Tensor | None = None) -> torch.Tensor | None:
     """Rows ``q`` ``[B, H, r, d]`` attending to ``k`` ``[B, H, K, d]``, values ``v`` ``[B, H, K, dv]``, their weights
-    reweighted by ``rw`` -> ``[B, H, r, dv]`` float32; ``None`` where the kernel does not apply (a tensor not a
-    float32 CPU tensor, a gradient wanted, more than :data:`MAX_WORK` multiply-adds, or no compiled
-    kernel).
+    reweighted by ``rw`` -> ``[B, H, r, dv]`` float32, written into ``out`` when given (a view of the caller's output,
+    each row contiguous: no copy of the rows afterwards) and returned; ``None`` where the kernel does not apply (a tensor
+    not a float32 CPU tensor, a gradient wanted, more than :data:`MAX_WORK` multiply-adds, an ``out`` whose rows are
+    not contiguous, or no compiled kernel), ``out`` then untouched.
 
     Args:
         mask: ``[B|1, 1|H, 1|r, K]`` bool (may attend) or float terms added to the scores (``-inf`` clamped to
@@ -132,11 +133,14 @@ def reweighted_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     for t in (q, k, v, mask) if terms_given else (q, k, v):
         if t.dtype is not torch.float32 or t.requires_grad or t.device.type != "cpu":
             return None
+    if out is not None and (out.dtype is not torch.float32 or out.requires_grad or out.device.type != "cpu"
+                            or (out.stride(-1) != 1 and dv > 1) or out.shape != (bsz, n_heads, n_rows, dv)):
+        return None
     entry = None if bsz * n_heads * n_rows * n_keys * (dim + dv) > MAX_WORK else _entry()
     if entry is None:
         return None
     q, k, v = _rows_contiguous(q), _rows_contiguous(k), _rows_contiguous(v)
-    out = torch.empty(bsz, n_heads, n_rows, dv)
+    out = torch.empty(bsz, n_heads, n_rows, dv) if out is None else out
     allowed = terms = None
     if terms_given:
         terms = _strided(mask, (bsz, n_heads, n_rows, n_keys))
@@ -151,7 +155,7 @@ def reweighted_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     within, part = (fitted[None], fitted[None]) if gate is None else (fitted[gate.within], fitted[gate.part])
     rows = None if q_rows is None else q_rows.to(torch.bool).contiguous()
     status = entry(q.data_ptr(), *q.stride()[:3], k.data_ptr(), *k.stride()[:3], v.data_ptr(), *v.stride()[:3],
-                   out.data_ptr(), bsz, n_heads, n_rows, n_keys, dim, dv, float(scale),
+                   out.data_ptr(), *out.stride()[:3], bsz, n_heads, n_rows, n_keys, dim, dv, float(scale),
                    *_mask_argument(allowed), *_mask_argument(terms), *_set_argument(src), *_set_argument(tgt),
                    *_set_argument(within), *_set_argument(part),
                    None if rows is None else rows.data_ptr(), 0 if rows is None else rows.stride(0),

@@ -95,8 +95,12 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
             kept = kept.nonzero().flatten()  # (Q - r,) the rows the fused kernel computes
             out[:, :, kept] = F.scaled_dot_product_attention(qf.index_select(2, kept), kf, vf, scale=scale,
                                                              attn_mask=_subset(mask, None, kept, n_heads, n_q))
-        out[:, :, redo] = _reweighted(_pick(qf, 2, redo), kf, vf, _subset(mask, None, redo, n_heads, n_q), scale, rw,
-                                      key_sets, _pick(q_rows, 1, redo))
+        # written in place where the rows to redo are a slice (a suffix); an index of rows takes a copy
+        dest = out[:, :, redo] if isinstance(redo, slice) else None
+        part = _reweighted(_pick(qf, 2, redo), kf, vf, _subset(mask, None, redo, n_heads, n_q), scale, rw, key_sets,
+                           _pick(q_rows, 1, redo), out=dest)
+        if dest is None:
+            out[:, :, redo] = part
     else:
         out = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=None if plain_causal else mask, scale=scale,
                                              is_causal=plain_causal)  # (B, H, Q, dv)
@@ -111,14 +115,13 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
                 key_sets = {name: m if m.dim() == 2 else _pick(m, 1, hs) for name, m in key_sets.items()}
                 rw = _heads_reweight(rw, n_heads)
             out = out.clone() if out.requires_grad else out  # the kernel's output is saved for its backward
+            dest = _pick(out, 1, hs) if run and every_row else None  # the heads' rows, written in place
             part = _reweighted(qf if every_row else qf.index_select(2, rows), kf, vf, sub, scale, rw, key_sets,
                                None if q_rows is None or every_row and bool(q_rows.all()) else
-                               q_rows if every_row else q_rows.index_select(1, rows))
-            if run and every_row:
-                _pick(out, 1, hs).copy_(part)
-            elif run or every_row:
+                               q_rows if every_row else q_rows.index_select(1, rows), out=dest)
+            if dest is None and (run or every_row):
                 out[:, hs, slice(None) if every_row else rows] = part
-            else:
+            elif dest is None:
                 out[:, hs[:, None], rows[None, :]] = part
     if dead is not None and bool(dead.any()):  # in place (keeping the layout) unless a gradient flows through it
         out = out.masked_fill(dead, 0.0) if out.requires_grad else out.masked_fill_(dead, 0.0)
@@ -162,21 +165,23 @@ def _pick(t: torch.Tensor, dim: int, index: torch.Tensor | slice) -> torch.Tenso
 
 
 def _reweighted(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float | None,
-                rw: Reweight, key_sets: dict[str, torch.Tensor], q_rows: torch.Tensor | None) -> torch.Tensor:
+                rw: Reweight, key_sets: dict[str, torch.Tensor], q_rows: torch.Tensor | None,
+                out: torch.Tensor | None = None) -> torch.Tensor:
     """Rows ``q`` ``[B, H, r, d]`` attending to ``k``, ``v`` ``[B, H, K, d|dv]`` (float32) under ``rw``, their weights
-    computed and reweighted explicitly (:func:`~attnlab.kernels.reference.reweight_rows`) -> ``[B, H, r, dv]``.
+    computed and reweighted explicitly (:func:`~attnlab.kernels.reference.reweight_rows`) -> ``[B, H, r, dv]``, written
+    into ``out`` (a view of the caller's output) when given.
     ``mask`` ``[B|1, 1|H, 1|r, K]`` (bool, or float terms) or ``None``; ``q_rows`` ``[B, r]`` bool or ``None``. Rows
     with nothing to attend to come out as the mean of the values (0 from the compiled kernel); the caller zeroes
     them. Without a gradient to keep, the compiled CPU kernel (:mod:`~attnlab.kernels.cpu_rows`) does it all in one
     call where it applies."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    out = cpu_rows.reweighted_rows(q, k, v, mask, scale, rw, key_sets, q_rows)
-    if out is not None:
-        return out
+    done = cpu_rows.reweighted_rows(q, k, v, mask, scale, rw, key_sets, q_rows, out=out)
+    if done is not None:
+        return done
     s = torch.matmul(q, k.transpose(-1, -2)).mul_(scale)  # (B, H, r, K)
     if mask is not None:
         s = s.add_(mask if mask.is_floating_point() else _additive(mask))
     p = torch.softmax(s, -1)
     del s  # freed before the reweighting's temporary is made, which then reuses its memory
     p = reweight_rows(p, rw, key_sets, q_rows, inplace=not p.requires_grad)  # (B, H, r, K)
-    return p @ v
+    return p @ v if out is None else out.copy_(p @ v)

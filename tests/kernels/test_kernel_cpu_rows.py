@@ -39,8 +39,9 @@ def _sets(b, h, n_k, per_head, gen):
     return {"sink": sink, "image": image, "image_nonsink": image & ~sink}
 
 
-def _check(q, k, v, *, mask, rw, sets, q_rows, scale=None):
-    """The kernel's rows against the textbook (same plan, masks as it takes them) and against the torch ops."""
+def _check(q, k, v, *, mask, rw, sets, q_rows, scale=None, into=False):
+    """The kernel's rows against the textbook (same plan, masks as it takes them) and against the torch ops; ``into``:
+    written into a head slice of a wider token-major output, which keeps its other entries."""
     b, h, r, d = q.shape
     scale = d ** -0.5 if scale is None else scale
     attn_mask = bias = None
@@ -54,12 +55,23 @@ def _check(q, k, v, *, mask, rw, sets, q_rows, scale=None):
                                  plan=LayerPlan(reweight=plan_rw), key_sets=sets, query_sets=queries, stats=(),
                                  bias=bias)
     kernel_mask = None if mask is None else (mask.clamp_min(MASKED) if mask.is_floating_point() else mask)
-    got = cpu_rows.reweighted_rows(q, k, v, kernel_mask, scale, rw, sets, q_rows)
+    wide = dest = None
+    if into:  # [B, r, H + 2, dv] token-major, the rows going to heads 1 .. H
+        wide = torch.full((b, r, h + 2, v.shape[-1]), float("nan"))
+        dest = wide.transpose(1, 2)[:, 1:h + 1]
+    got = cpu_rows.reweighted_rows(q, k, v, kernel_mask, scale, rw, sets, q_rows, out=dest)
     assert got is not None, "the kernel declined a call it should take"
+    if into:
+        assert got.data_ptr() == dest.data_ptr() and got.stride() == dest.stride()  # written in place, not copied
+        assert wide[:, :, [0, h + 1]].isnan().all()  # the heads around it untouched
     assert_matches(got, {}, want, {}, "float32", "cpu kernel vs textbook")
     with pytest.MonkeyPatch.context() as mp:  # the torch ops the kernel replaces
         mp.setenv("ATTNLAB_CPU_KERNEL", "0")
         ops = fused._reweighted(q, k, v, kernel_mask, scale, rw, sets, q_rows)
+        if into:  # the torch ops write into a destination too
+            dest = torch.full_like(wide, float("nan")).transpose(1, 2)[:, 1:h + 1]
+            assert fused._reweighted(q, k, v, kernel_mask, scale, rw, sets, q_rows, out=dest) is dest
+            torch.testing.assert_close(dest, ops, equal_nan=True)
     dead = (want.abs().sum(-1, keepdim=True) == 0) & (got.abs().sum(-1, keepdim=True) == 0)
     torch.testing.assert_close(got, ops.masked_fill(dead, 0.0), atol=2e-5, rtol=2e-4)  # torch: dead rows are means
     return got
@@ -71,16 +83,17 @@ def _check(q, k, v, *, mask, rw, sets, q_rows, scale=None):
        mask=st.sampled_from([None, "keys", "rows", "heads", "terms"]), per_head=st.booleans(),
        target=st.sampled_from([None, "image_nonsink"]), gate=st.sampled_from([None, "within", "part"]),
        rows=st.booleans(), factor=st.sampled_from([0.0, 0.4, "per_head"]),
-       layout=st.sampled_from(["whole", "sliced", "tokens"]),
+       layout=st.sampled_from(["whole", "sliced", "tokens"]), into=st.booleans(),
        seed=st.integers(0, 2**31 - 1))
 def test_kernel_matches_textbook_and_torch_ops(b, h, r, n_k, d, dv, mask, per_head, target, gate, rows, factor,
-                                               layout, seed):
+                                               layout, into, seed):
     """Random shapes (one row, through the transpose-and-add tree, and several rows, through each head's keys
     transposed once; keys below, at and past the 16-key blocks and tiles; head sizes that are and are not multiples of
     16), every mask form the fused route passes (bool per key, per row with dead rows, per head; float
     terms with masked pairs), per-item and per-head sets, every gate form, row sets and per-head factors; queries, keys
     and values whole, as head and batch slices of wider tensors (ACT's calibrated heads) or as ``[B, N, H, d]``
-    projections seen as ``[B, H, N, d]`` (a Hugging Face layer's values at prefill), the last two read without a copy."""
+    projections seen as ``[B, H, N, d]`` (a Hugging Face layer's values at prefill), the last two read without a copy;
+    the rows returned new or written into a view of a wider output (ACT's heads of torch's output)."""
     q, k, v, gen = _inputs(b, h, r, n_k, d, dv, seed)
     if layout == "sliced":  # the same values, as every other item and the last h of 2h heads of wider tensors
         q, k, v = (torch.randn(2 * b, 2 * h, *t.shape[2:], generator=gen).index_put_(
@@ -104,7 +117,7 @@ def test_kernel_matches_textbook_and_torch_ops(b, h, r, n_k, d, dv, mask, per_he
     factors = tuple(torch.rand(h, generator=gen).mul(1.5).tolist()) if factor == "per_head" else factor
     rw = Reweight("sink", factors, target=target, gate=gates[gate])
     q_rows = torch.rand(b, r, generator=gen) < 0.6 if rows else None
-    _check(q, k, v, mask=masks[mask], rw=rw, sets=sets, q_rows=q_rows)
+    _check(q, k, v, mask=masks[mask], rw=rw, sets=sets, q_rows=q_rows, into=into)
 
 
 def test_a_decoding_batch_at_the_eval_size():

@@ -7,6 +7,7 @@ Backends (Hugging Face, TransformerLens, plain torch) only translate their modul
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
@@ -253,7 +254,8 @@ class Recorder:
         lplan = self._layer_plan(stack, layer)
         stats = cap.stat_names if record else ()
         stats = stats + ("mass",) if stats else stats
-        real_queries = self._real_queries(st, q.shape[2], key_mask, q.device)  # (B, Q) or None
+        # (B, Q) or None: read by what is recorded and by the preview, not by a call that only steers
+        real_queries = self._real_queries(st, q.shape[2], key_mask, q.device) if record else None
         terms = {name: t for name, t in (("softcap", softcap), ("bias", bias)) if t is not None}
         # the first call of each layer goes through attention()'s checks of its inputs (a plan naming a key set
         # nobody supplies fails there, with its name); later calls (decoding steps) build the same inputs again
@@ -265,7 +267,7 @@ class Recorder:
             sub = _head_subset(heads, q, k, v[..., :0], attn_mask, terms)  # values of width 0: no output to weigh
             _, plain = call(*sub[:3], causal=causal, key_mask=key_mask, attn_mask=sub[3], scale=scale,
                             stats=("received",), **sub[4], impl="torch" if self.impl == "eager" else self.impl,
-                            received_queries=real_queries)
+                            received_queries=self._real_queries(st, q.shape[2], key_mask, q.device))
             if heads is None:
                 return plain.received  # (B, H, K)
             received = plain.received.new_zeros(q.shape[0], q.shape[1], k.shape[2])
@@ -274,9 +276,7 @@ class Recorder:
 
         n_q = q.shape[2]
         if lplan is not None and not stats:  # nothing recorded: the kernel reads (and checks) the plan's sets only
-            rw = lplan.reweight
-            queries = () if rw is None or not rw.queries else (rw.queries,)
-            reads = () if rw is None else rw.key_set_names()
+            reads, queries = _plan_sets(lplan)
             key_sets = self._key_sets(stack, layer, k.shape[2], k.device, preview, names=reads + queries)
             query_sets = {name: key_sets[name][:, -n_q:] for name in queries if name in key_sets}
             key_sets = {name: key_sets[name] for name in reads if name in key_sets}
@@ -485,7 +485,7 @@ def _generated_keys_in(name: str) -> bool:
 GROWN_SPARE_KEYS = 256
 
 
-def _grown(held: dict, key: tuple, mask: torch.Tensor, n_keys: int, device) -> torch.Tensor:
+def _grown(held: dict, key: tuple, mask: torch.Tensor, n_keys: int, device: torch.device) -> torch.Tensor:
     """Key set ``mask`` ``[B, (H,) N]`` fitted to ``n_keys`` keys on ``device`` (padded with generated keys, which
     belong to text and ``after_*`` sets, or trimmed), as a slice of a padded copy kept in ``held[key]`` once the same
     tensor comes back: a decoding step then costs a view instead of a pad and a copy."""
@@ -498,11 +498,11 @@ def _grown(held: dict, key: tuple, mask: torch.Tensor, n_keys: int, device) -> t
     if n >= n_keys:
         return _fit_keys(mask, n_keys).to(device)
     padded = entry[1]
-    if padded is None or padded.shape[-1] < n_keys or padded.device != torch.device(device):
+    if padded is None or padded.shape[-1] < n_keys or padded.device != device:
         padded = torch.full((*mask.shape[:-1], n_keys + GROWN_SPARE_KEYS), fill, dtype=torch.bool, device=device)
         padded[..., :n] = mask
         held[key] = (mask, padded)
-    return padded[..., :n_keys]
+    return padded.narrow(-1, 0, n_keys)
 
 
 def _fit_keys(mask: torch.Tensor, n_keys: int, fill: bool = False) -> torch.Tensor:
@@ -513,6 +513,16 @@ def _fit_keys(mask: torch.Tensor, n_keys: int, fill: bool = False) -> torch.Tens
     if n > n_keys:
         return mask[..., :n_keys]
     return torch.nn.functional.pad(mask, (0, n_keys - n), value=fill)
+
+
+@functools.lru_cache(maxsize=256)
+def _plan_sets(plan) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(key sets, query sets)`` a layer plan's reweighting reads, worked out once per (frozen) plan: a decoding
+    step asks at every planned layer."""
+    rw = plan.reweight
+    if rw is None:
+        return (), ()
+    return rw.key_set_names(), (() if not rw.queries else (rw.queries,))
 
 
 def _reweighted_heads(plan, n_heads: int) -> list[int] | None:

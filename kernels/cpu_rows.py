@@ -131,9 +131,9 @@ def reweighted_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     n_keys, dv = k.shape[2], v.shape[3]
     terms_given = mask is not None and mask.is_floating_point()
     for t in (q, k, v, mask) if terms_given else (q, k, v):
-        if t.dtype is not torch.float32 or t.requires_grad or t.device.type != "cpu":
+        if t.dtype is not torch.float32 or t.requires_grad or not t.is_cpu:
             return None
-    if out is not None and (out.dtype is not torch.float32 or out.requires_grad or out.device.type != "cpu"
+    if out is not None and (out.dtype is not torch.float32 or out.requires_grad or not out.is_cpu
                             or (out.stride(-1) != 1 and dv > 1) or out.shape != (bsz, n_heads, n_rows, dv)):
         return None
     entry = None if bsz * n_heads * n_rows * n_keys * (dim + dv) > MAX_WORK else _entry()
@@ -159,7 +159,7 @@ def reweighted_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
                    *_mask_argument(allowed), *_mask_argument(terms), *_set_argument(src), *_set_argument(tgt),
                    *_set_argument(within), *_set_argument(part),
                    None if rows is None else rows.data_ptr(), 0 if rows is None else rows.stride(0),
-                   _factor_array(rw.factors(n_heads)),
+                   _factor_array(rw, n_heads),
                    0.0 if gate is None else float(gate.min_mass), 0.0 if gate is None else float(gate.min_share))
     if status:
         raise MemoryError(f"attnlab's CPU kernel could not allocate {n_keys} keys of scratch")
@@ -185,6 +185,7 @@ def _set_argument(held: tuple) -> tuple:
 
 
 @functools.lru_cache(maxsize=64)
-def _factor_array(factors: tuple[float, ...]):
-    """The per-head factors as the kernel's ``float[H]`` (made once per distinct plan, read-only in the kernel)."""
-    return (ctypes.c_float * len(factors))(*factors)
+def _factor_array(rw: Reweight, n_heads: int):
+    """``rw``'s per-head factors as the kernel's ``float[H]`` (made once per (frozen) reweighting and head count,
+    read-only in the kernel)."""
+    return (ctypes.c_float * n_heads)(*rw.factors(n_heads))

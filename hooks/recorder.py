@@ -23,9 +23,9 @@ from .bridge_scores import score_rows, weight_rows
 from .module_adapters import scatter_packed
 
 #: ``fn(layer, hidden_in [B, N, d] or None, static_sets {name: [B, K]} (a read-only mapping), preview=...,
-#: token_mask=[B, N], first_pass=bool) -> {name: [B, K] or [B, H, K] bool}``. ``first_pass``: the call belongs to the
-#: stack's first forward call inside ``attach`` (a generation's prefill). A function whose ``reads_hidden`` attribute is
-#: ``False`` (ACT's sinks, read from ``preview``) is handed ``None`` for ``hidden_in``, and no block is hooked for it.
+#: token_mask=[B, N], n_queries=int) -> {name: [B, K] or [B, H, K] bool}``. ``n_queries``: the tokens the forward call
+#: brings (a prompt's at prefill, one per decoding step). A function whose ``reads_hidden`` attribute is ``False`` (ACT's
+#: sinks, read from ``preview``) is handed ``None`` for ``hidden_in``, and no block is hooked for it.
 KeySetFn = Callable[[int, "torch.Tensor | None", dict], dict]
 
 
@@ -218,7 +218,7 @@ class Recorder:
         if self.key_set_fn is None or stack != self.main:
             return fitted
         dynamic = self.key_set_fn(layer, st.block_input.pop(layer, None), sets, preview=preview,
-                                  token_mask=first.token_mask, first_pass=len(st.passes) == 1)
+                                  token_mask=first.token_mask, n_queries=st.passes[-1].token_mask.shape[1])
         return {**fitted, **{name: _grown(st.grown_sets, (layer, name), mask, n_keys, device)
                              for name, mask in dynamic.items()}}
 

@@ -96,10 +96,11 @@ class ACTSinks:
     reads_hidden = False
 
     def __call__(self, layer: int, hidden, static: dict, preview: Callable[[], torch.Tensor] | None = None,
-                 token_mask: torch.Tensor | None = None, first_pass: bool = True, **_) -> dict:
+                 token_mask: torch.Tensor | None = None, n_queries: int | None = None, **_) -> dict:
         """``{act_sink: [B, H, K]}`` for ``layer``; ``token_mask`` ``[B, N]`` marks the prompt's real tokens. The sinks
-        are found on a ``first_pass`` (a prompt's prefill) and reused by the decoding steps after it."""
-        if layer not in self.cache or first_pass:
+        are found on a prompt's prefill (a call of ``n_queries > 1`` tokens, or the layer's first call) and reused by
+        the decoding steps after it (one token each)."""
+        if layer not in self.cache or (n_queries or 0) > 1:
             if preview is None:
                 return {}
             received = preview()  # (B, H, K)

@@ -242,14 +242,16 @@ def test_blocks_are_hooked_only_where_their_hidden_states_are_read(tiny_dir):
         seen = []
 
         def __call__(self, layer, hidden, static, **kwargs):
-            self.seen.append((hidden, kwargs["first_pass"]))
+            self.seen.append((hidden, kwargs["n_queries"]))
             return {}
 
     fn = FromAttention()
+    prompts = prepare_inputs(tok, spec, TEXTS[:2])
     with torch.no_grad(), attach(model, plan=plan, tokenizer=tok, key_set_fn=fn):
         assert hooks() == [(0, 0)] * len(blocks)
-        model.generate(**prepare_inputs(tok, spec, TEXTS[:2]), max_new_tokens=3, do_sample=False)
-    assert fn.seen == [(None, True), (None, False), (None, False)]  # layer 0's prefill, then two decoding steps
+        model.generate(**prompts, max_new_tokens=3, do_sample=False)
+    n_prompt = prompts["input_ids"].shape[1]
+    assert fn.seen == [(None, n_prompt), (None, 1), (None, 1)]  # layer 0's prefill, then two decoding steps
     inputs = prepare_inputs(tok, spec, TEXTS[:1])
     with attach(model, Capture(resid=True), tokenizer=tok) as rec:
         assert hooks() == [(1, 1)] * len(blocks)

@@ -86,17 +86,17 @@ def test_act_formula_on_a_causal_map():
 
 
 def test_act_sinks_cached_for_decoding():
-    """Sinks are found on a first pass (a prefill) from the layer's own attention, reused by the later passes
-    (decoding steps), and found again on the next prompt's first pass; the hidden state is never read."""
+    """Sinks are found at a prefill from the layer's own attention, reused by the decoding steps after it (one query
+    each), and found again at the next prompt's prefill; the hidden state is never read."""
     fn = ACTSinks(0.1, rule="act")
     calls = []
     first = fn(2, None, {}, preview=lambda: calls.append(1) or torch.tensor([[[3.0, 2.0, 0.1, 0.1, 0.1]]]),
-               first_pass=True)
-    again = fn(2, None, {}, preview=lambda: calls.append(1) or torch.zeros(1, 1, 6), first_pass=False)
+               n_queries=5)
+    again = fn(2, None, {}, preview=lambda: calls.append(1) or torch.zeros(1, 1, 6), n_queries=1)
     assert calls == [1] and torch.equal(first[SINK_SET], again[SINK_SET])
     assert first[SINK_SET].tolist() == [[[False, True, False, False, False]]]  # the first sink (key 0) dropped
     other = fn(2, None, {}, preview=lambda: calls.append(1) or torch.tensor([[[3.0, 0.1, 0.1, 2.0, 0.1, 0.1]]]),
-               first_pass=True)
+               n_queries=6)
     assert calls == [1, 1] and other[SINK_SET].tolist() == [[[False, False, False, True, False, False]]]
     assert ACTSinks.reads_hidden is False  # so attach hooks no block for it
 

@@ -64,10 +64,11 @@ def attnlab_attention_forward(module: nn.Module, query: torch.Tensor, key: torch
     if position_bias is not None:
         bias = position_bias if bias is None else bias + position_bias
     softcap = kwargs.get("softcap")
-    needed = {name for name, term in (("softcap", softcap), ("bias", bias)) if term is not None}
-    if needed - kernel_score_terms():
-        raise ValueError(f"{type(module).__name__} needs score terms {sorted(needed - kernel_score_terms())} that "
-                         "attnlab's kernels do not take yet (see docs/models.md)")
+    needed = () if softcap is None and bias is None else \
+        {name for name, term in (("softcap", softcap), ("bias", bias)) if term is not None} - kernel_score_terms()
+    if needed:
+        raise ValueError(f"{type(module).__name__} needs score terms {sorted(needed)} that attnlab's kernels do not "
+                         "take yet (see docs/models.md)")
     out, pattern = site.recorder.attend(site.stack, site.layer, query, key, value, causal=causal,
                                         key_mask=None, attn_mask=attn_mask, scale=scaling,
                                         softcap=softcap, bias=bias)

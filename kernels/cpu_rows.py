@@ -102,11 +102,17 @@ def _strided(mask: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return out if out.stride(-1) == 1 else out.contiguous()
 
 
+def _rows_in_place(t: torch.Tensor) -> bool:
+    """Whether the kernel reads or writes ``t`` ``[B, H, N, d]`` where it lies: each row's ``d`` elements contiguous,
+    the batch, head and row axes through any strides (a head slice of a wider tensor, a ``[B, N, H, d]`` projection
+    seen as ``[B, H, N, d]``)."""
+    return t.stride(-1) == 1 or t.shape[-1] <= 1
+
+
 def _rows_contiguous(t: torch.Tensor) -> torch.Tensor:
-    """``t`` ``[B, H, N, d]`` as the kernel reads it: each row's ``d`` elements contiguous, the batch, head and row axes
-    through any strides (a head slice of a wider tensor, or a ``[B, N, H, d]`` projection seen as ``[B, H, N, d]``,
-    is kept as it is); otherwise a contiguous copy."""
-    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+    """``t`` ``[B, H, N, d]`` as the kernel reads it: kept as it is where :func:`_rows_in_place`, else a contiguous
+    copy."""
+    return t if _rows_in_place(t) else t.contiguous()
 
 
 def reweighted_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float,
@@ -134,7 +140,7 @@ def reweighted_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
         if t.dtype is not torch.float32 or t.requires_grad or not t.is_cpu:
             return None
     if out is not None and (out.dtype is not torch.float32 or out.requires_grad or not out.is_cpu
-                            or (out.stride(-1) != 1 and dv > 1) or out.shape != (bsz, n_heads, n_rows, dv)):
+                            or not _rows_in_place(out) or out.shape != (bsz, n_heads, n_rows, dv)):
         return None
     entry = None if bsz * n_heads * n_rows * n_keys * (dim + dv) > MAX_WORK else _entry()
     if entry is None:

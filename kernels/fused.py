@@ -119,10 +119,11 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
             part = _reweighted(qf if every_row else qf.index_select(2, rows), kf, vf, sub, scale, rw, key_sets,
                                None if q_rows is None or every_row and bool(q_rows.all()) else
                                q_rows if every_row else q_rows.index_select(1, rows), out=dest)
-            if dest is None and (run or every_row):
-                out[:, hs, slice(None) if every_row else rows] = part
-            elif dest is None:
-                out[:, hs[:, None], rows[None, :]] = part
+            if dest is None:  # an index of heads or of rows: written back by indexing
+                if run or every_row:
+                    out[:, hs, slice(None) if every_row else rows] = part
+                else:
+                    out[:, hs[:, None], rows[None, :]] = part
     if dead is not None and bool(dead.any()):  # in place (keeping the layout) unless a gradient flows through it
         out = out.masked_fill(dead, 0.0) if out.requires_grad else out.masked_fill_(dead, 0.0)
     if layer_plan is not None and layer_plan.head_scale is not None:
